@@ -1,0 +1,201 @@
+//! Starting the broker: host checks, the data-directory lock, the catalog,
+//! the shard-to-shard channels, and one executor per shard.
+//!
+//! Each shard, on its own thread: works around the glommio iopoll probe,
+//! connects its channels, recovers the partitions it owns, waits until every
+//! shard has recovered, then binds the listening port (SO_REUSEPORT) and
+//! serves.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::cluster::catalog::{Catalog, CatalogError};
+use crate::config::{Config, ConfigError};
+use crate::constants::CROSS_SHARD_QUEUE_DEPTH;
+use crate::runtime::{self, ExecutorSettings, RuntimeError, ShardChannels};
+use crate::server;
+use crate::shard::{Job, Shard};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("another broker is using data directory {0} (lock held on .lock)")]
+    Locked(String),
+    #[error("io_uring is disabled on this host (kernel.io_uring_disabled = {0}); set it to 0")]
+    IoUringDisabled(String),
+    #[error(
+        "the memlock limit is {have} bytes but {need} are needed ({shards} shards x 3 rings x {io_memory} bytes); \
+         raise it (ulimit -l, LimitMEMLOCK= in systemd), run with CAP_IPC_LOCK, or lower io_memory_bytes"
+    )]
+    Memlock {
+        have: u64,
+        need: u64,
+        shards: usize,
+        io_memory: usize,
+    },
+}
+
+/// Check that io_uring is allowed and that the memlock limit covers the
+/// rings; raise the soft limit when the hard limit allows.
+pub fn check_host(config: &Config) -> Result<(), StartError> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        let v = v.trim().to_string();
+        if v != "0" {
+            return Err(StartError::IoUringDisabled(v));
+        }
+    }
+    let shards = config.shard_count();
+    let need = (shards * 3 * config.io_memory_bytes) as u64;
+    // SAFETY: plain syscalls on a local struct.
+    let (mut soft, hard) = unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r);
+        (r.rlim_cur, r.rlim_max)
+    };
+    if soft != libc::RLIM_INFINITY && soft < need {
+        let target = if hard == libc::RLIM_INFINITY { need } else { need.min(hard) };
+        let r = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: hard,
+        };
+        // SAFETY: plain syscall.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } == 0 {
+            info!(from = soft, to = target, "raised the memlock soft limit");
+            soft = target;
+        }
+    }
+    // Root (CAP_IPC_LOCK) is not charged for io_uring memory (GLOMMIO.md §1).
+    // SAFETY: plain syscall.
+    let privileged = unsafe { libc::geteuid() } == 0;
+    if soft != libc::RLIM_INFINITY && soft < need && !privileged {
+        return Err(StartError::Memlock {
+            have: soft,
+            need,
+            shards,
+            io_memory: config.io_memory_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Hold an exclusive lock on `<data>/.lock` for the life of the process, so
+/// a second broker cannot share the data directory (or, through
+/// SO_REUSEPORT, silently share the port).
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    let display = dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+        path: display.clone(),
+        source,
+    })?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(|source| StartError::DataDir {
+            path: display.clone(),
+            source,
+        })?;
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StartError::Locked(display));
+    }
+    Ok(f)
+}
+
+/// Run the broker until the process is stopped.
+pub fn run(config: Config) -> Result<(), StartError> {
+    config.validate()?;
+    check_host(&config)?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let catalog = Arc::new(Catalog::load_or_create(&config.data_dir)?);
+    let shards = config.shard_count();
+    info!(
+        shards,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        topics = catalog.topics.len(),
+        "starting sluice"
+    );
+
+    let channels: Vec<Option<ShardChannels<Job>>> = runtime::channel_matrix(shards, CROSS_SHARD_QUEUE_DEPTH)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let channels = Arc::new(Mutex::new(channels));
+    let recovered = Arc::new(Barrier::new(shards));
+    let config = Arc::new(config);
+    let settings = ExecutorSettings {
+        shards,
+        io_memory_bytes: config.io_memory_bytes,
+        spin_before_park: Duration::from_micros(config.spin_before_park_us),
+        pin: true,
+    };
+
+    runtime::run_shards(&settings, move |id| {
+        let channels = channels.clone();
+        let catalog = catalog.clone();
+        let config = config.clone();
+        let recovered = recovered.clone();
+        async move {
+            // Startup only: each shard takes its own channel ends once.
+            let mine = channels.lock().expect("channel table")[id.0]
+                .take()
+                .expect("each shard takes its channels once");
+            if let Err(e) = runtime::file::warm_iopoll_probe(&config.data_dir).await {
+                error!(shard = %id, error = %e, "iopoll probe workaround failed");
+            }
+            let mut peers = Vec::with_capacity(shards);
+            for tx in mine.to {
+                peers.push(match tx {
+                    Some(tx) => Some(runtime::connect_sender(tx).await),
+                    None => None,
+                });
+            }
+            let shard = Shard::new(id, shards, config.clone(), Arc::new(Catalog::default()), peers);
+            for rx in mine.from.into_iter().flatten() {
+                shard.serve_peer(runtime::connect_receiver(rx).await);
+            }
+            shard.remove_orphans_with(&catalog);
+            if let Err(e) = shard.apply_catalog(catalog.clone()).await {
+                error!(shard = %id, error = %e, "cannot open partitions");
+                std::process::exit(1);
+            }
+            info!(shard = %id, partitions = shard.owned_partitions().len(), "partitions recovered");
+            // Serve only when every shard can answer for its partitions.
+            recovered.wait();
+            let listener = match runtime::bind_reuseport(config.listen) {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(shard = %id, addr = %config.listen, error = %e, "cannot listen");
+                    std::process::exit(1);
+                }
+            };
+            server::announce(&shard, &listener);
+            if id.0 == 0 {
+                info!(addr = %config.listen, "sluice ready");
+            }
+            server::accept_loop(shard, listener).await;
+            warn!(shard = %id, "accept loop ended");
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! Cluster-wide metadata: the topic catalog.
+pub mod catalog;

@@ -1,0 +1,21 @@
+//! # Sluice
+//!
+//! A Kafka-compatible message broker: io_uring, thread-per-core, storage
+//! optimized. See ARCHITECTURE.md for the tour.
+//!
+//! # Layout
+//! - [`runtime`]: the only module that knows about glommio: executors, tasks,
+//!   timers, sockets, shard-to-shard channels and direct-I/O files.
+//! - [`storage`]: per-partition logs of segment files with sparse offset and
+//!   time indexes, group commit and crash recovery.
+//! - [`types`], [`constants`]: newtypes for ids and offsets; every limit.
+pub mod constants;
+pub mod runtime;
+pub mod storage;
+pub mod types;
+pub mod alloc;
+pub mod broker;
+pub mod cluster;
+pub mod config;
+pub mod server;
+pub mod shard;

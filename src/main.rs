@@ -1,0 +1,138 @@
+//! The `sluice` command: `sluice serve` runs the broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use sluice::config::Config;
+
+#[global_allocator]
+static GLOBAL: sluice::alloc::GuardedAlloc = sluice::alloc::GuardedAlloc;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A Kafka-compatible, thread-per-core, io_uring message broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (defaults: data in ./data, port 9092, one shard per core).
+    Serve(ServeArgs),
+    /// Print the configuration settings with their defaults and bounds.
+    Config {
+        /// Print the defaults as a commented TOML file.
+        #[arg(long)]
+        defaults: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for partition logs and metadata [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:9092].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HOST:PORT advertised to clients [default: the listen address].
+    #[arg(long)]
+    advertised_listener: Option<String>,
+    /// Number of shards (one executor thread per core) [default: cores].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Broker id reported to clients [default: 0].
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long)]
+    num_partitions: Option<i32>,
+    /// Create unknown topics on Metadata requests [default: true].
+    #[arg(long)]
+    auto_create_topics: Option<bool>,
+    /// Roll segments at this size in bytes [default: 1 GiB].
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    /// 0: fdatasync before acknowledging (default); N: at most every N ms.
+    #[arg(long)]
+    flush_interval_ms: Option<u64>,
+    /// Largest record batch accepted in bytes.
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    /// Log filter, e.g. info, debug, sluice=trace [default: info, or RUST_LOG].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn init_logging(level: Option<&str>, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_level.as_deref(), args.log_json);
+    let mut config = match &args.config {
+        Some(p) => Config::from_file(p).with_context(|| format!("loading {}", p.display()))?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.advertised_listener {
+        config.advertised_listener = Some(v);
+    }
+    if let Some(v) = args.shards {
+        config.shards = Some(v);
+    }
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = args.num_partitions {
+        config.num_partitions = v;
+    }
+    if let Some(v) = args.auto_create_topics {
+        config.auto_create_topics = v;
+    }
+    if let Some(v) = args.segment_bytes {
+        config.segment_bytes = v;
+    }
+    if let Some(v) = args.flush_interval_ms {
+        config.flush_interval_ms = v;
+    }
+    if let Some(v) = args.max_message_bytes {
+        config.max_message_bytes = v;
+    }
+    sluice::broker::run(config).context("sluice could not start")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config { defaults: _ } => {
+            print!("{}", Config::defaults_toml());
+            Ok(())
+        }
+    }
+}

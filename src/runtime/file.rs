@@ -1,0 +1,247 @@
+//! Files behind the runtime seam: direct-I/O segment files, whole-file
+//! writes for index files, directory sync, and the glommio iopoll probe
+//! workaround (GLOMMIO.md §0).
+//!
+//! Storage code uses only what is exported here; nothing under
+//! `src/storage` imports glommio.
+//!
+//! Contract: every value here is local to the shard (thread) that created it.
+//! All I/O errors come back as `std::io::Error` with glommio's context (path,
+//! operation) in the message.
+//!
+//! Fault injection: [`fault`] lets a test make the next writes or syncs on
+//! this thread fail, so storage error paths can be tested deterministically
+//! without a simulated disk.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+
+/// Test hooks that make the next N file operations of a kind fail on the
+/// current thread. Counters are thread-local, so each shard (and each test
+/// executor) is independent. Zero cost when unused: one thread-local read.
+pub mod fault {
+    use std::cell::Cell;
+
+    thread_local! {
+        static WRITE_FAILURES: Cell<u32> = const { Cell::new(0) };
+        static SYNC_FAILURES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Make the next `n` [`super::SegmentFile::write_at`] calls on this thread fail.
+    pub fn fail_next_writes(n: u32) {
+        WRITE_FAILURES.with(|c| c.set(n));
+    }
+
+    /// Make the next `n` [`super::SegmentFile::fdatasync`] calls on this thread fail.
+    pub fn fail_next_syncs(n: u32) {
+        SYNC_FAILURES.with(|c| c.set(n));
+    }
+
+    fn take(cell: &'static std::thread::LocalKey<Cell<u32>>) -> bool {
+        cell.with(|c| {
+            let n = c.get();
+            if n > 0 {
+                c.set(n - 1);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    pub(super) fn write_should_fail() -> bool {
+        take(&WRITE_FAILURES)
+    }
+
+    pub(super) fn sync_should_fail() -> bool {
+        take(&SYNC_FAILURES)
+    }
+}
+
+/// An aligned buffer for direct I/O, allocated by [`SegmentFile::alloc_buffer`].
+/// Its length is a multiple of the file's alignment.
+pub struct IoBuffer(DmaBuffer);
+
+impl IoBuffer {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.0.as_bytes_mut()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A segment file opened for direct I/O (O_DIRECT), read-only or
+/// read+write. Writes must start at a multiple of [`SegmentFile::alignment`]
+/// and use buffers from [`SegmentFile::alloc_buffer`]; reads may be
+/// unaligned. Direct I/O bypasses the page cache: a write is on the device
+/// (modulo its cache) when `fdatasync` returns.
+pub struct SegmentFile {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+impl SegmentFile {
+    /// Open read+write, creating the file if `create` (never truncating).
+    /// Call [`warm_iopoll_probe`] on this shard first.
+    pub async fn open_rw(path: &Path, create: bool) -> io::Result<SegmentFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(path)
+            .await?;
+        Ok(SegmentFile {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Open read-only.
+    pub async fn open_read(path: &Path) -> io::Result<SegmentFile> {
+        let file = OpenOptions::new().read(true).dma_open(path).await?;
+        Ok(SegmentFile {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Required alignment of write positions and lengths (512 or 4096).
+    pub fn alignment(&self) -> u64 {
+        self.file.alignment()
+    }
+
+    /// Allocate a zero-filled aligned buffer of at least `len` bytes
+    /// (rounded up to the alignment).
+    pub fn alloc_buffer(&self, len: usize) -> IoBuffer {
+        let size = self.file.align_up(len as u64) as usize;
+        let mut buf = self.file.alloc_dma_buffer(size);
+        buf.as_bytes_mut().fill(0);
+        IoBuffer(buf)
+    }
+
+    /// Write the whole buffer at `pos` (aligned). Short writes are retried
+    /// by writing the rest; a zero-length write is an error.
+    pub async fn write_at(&self, buf: IoBuffer, pos: u64) -> io::Result<()> {
+        assert!(pos.is_multiple_of(self.alignment()), "unaligned write at {pos}");
+        if fault::write_should_fail() {
+            return Err(io::Error::other(format!("injected write failure: {}", self.path.display())));
+        }
+        let len = buf.len();
+        let buf = std::rc::Rc::new(buf.0);
+        let mut done = self.file.write_rc_at(buf.clone(), pos).await?;
+        // Short writes are rare (near ENOSPC): re-issue the remainder from
+        // the last aligned position, copying from the retained buffer.
+        while done < len {
+            let from = self.file.align_down(done as u64) as usize;
+            let mut rest = self.file.alloc_dma_buffer(len - from);
+            rest.as_bytes_mut().copy_from_slice(&buf.as_bytes()[from..]);
+            let w = self.file.write_at(rest, pos + from as u64).await?;
+            if w == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("write returned 0: {}", self.path.display()),
+                ));
+            }
+            done = from + w;
+        }
+        Ok(())
+    }
+
+    /// Read up to `len` bytes at `pos` (any alignment); fewer at end of file.
+    pub async fn read_at(&self, pos: u64, len: usize) -> io::Result<bytes::Bytes> {
+        if len == 0 {
+            return Ok(bytes::Bytes::new());
+        }
+        let r = self.file.read_at(pos, len).await?;
+        Ok(bytes::Bytes::copy_from_slice(&r))
+    }
+
+    pub async fn fdatasync(&self) -> io::Result<()> {
+        if fault::sync_should_fail() {
+            return Err(io::Error::other(format!("injected fdatasync failure: {}", self.path.display())));
+        }
+        Ok(self.file.fdatasync().await?)
+    }
+
+    /// Allocate blocks up to `size` bytes; the file size becomes at least
+    /// `size` and the new range reads as zeros.
+    pub async fn pre_allocate(&self, size: u64) -> io::Result<()> {
+        Ok(self.file.pre_allocate(size, false).await?)
+    }
+
+    pub async fn truncate(&self, size: u64) -> io::Result<()> {
+        Ok(self.file.truncate(size).await?)
+    }
+
+    pub async fn file_size(&self) -> io::Result<u64> {
+        Ok(self.file.file_size().await?)
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        Ok(self.file.close().await?)
+    }
+}
+
+/// Write `data` as the whole content of `path` (created or replaced in
+/// place), then fdatasync it. Used for index files of sealed segments.
+/// Not atomic: a crash in the middle leaves a damaged file, which recovery
+/// detects and rebuilds.
+pub async fn write_file_durable(path: &Path, data: &[u8]) -> io::Result<()> {
+    let file = SegmentFile::open_rw(path, true).await?;
+    if !data.is_empty() {
+        let mut buf = file.alloc_buffer(data.len());
+        buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+        file.write_at(buf, 0).await?;
+    }
+    file.truncate(data.len() as u64).await?;
+    file.fdatasync().await?;
+    file.close().await
+}
+
+/// Make the directory entries of `dir` durable (after creating, renaming or
+/// removing files in it).
+pub async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let d = glommio::io::Directory::open(dir).await?;
+    d.sync().await?;
+    Ok(d.close().await?)
+}
+
+/// Create `dir` and its parents if absent (blocking; rare).
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Remove `dir` and everything in it (blocking; rare).
+pub fn remove_dir_all(dir: &Path) -> io::Result<()> {
+    std::fs::remove_dir_all(dir)
+}
+
+/// Work around glommio 0.9's iopoll mis-probe (GLOMMIO.md §0, issue #670):
+/// the first DmaFile a shard opens on a device must be a non-empty file, or
+/// every later read fails with EOPNOTSUPP. Call once per shard per data
+/// device before any other file in `dir` is opened. Idempotent.
+pub async fn warm_iopoll_probe(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let p = dir.join(".iopoll-probe");
+    if std::fs::metadata(&p).map(|m| m.len() < 4096).unwrap_or(true) {
+        std::fs::write(&p, [0u8; 4096])?;
+    }
+    DmaFile::open(&p).await?.close().await?;
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The seam between Sluice and its io_uring runtime (glommio 0.9).
+//!
+//! Everything runtime-specific lives under this module: executors and their
+//! placement, tasks, timers, TCP sockets, shard-to-shard channels and files
+//! (`file.rs`). Storage, protocol and handler code call only what is exported
+//! here, so moving to another runtime (compio, monoio) means rewriting this
+//! module and nothing else.
+//!
+//! Contract: every value returned here is local to the shard (thread) that
+//! created it, except [`ShardSender`]s, which are handed out before the
+//! executors start and connected on their owning shard.
+
+pub mod file;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use glommio::net::{TcpListener, TcpStream};
+pub use glommio::task::JoinHandle;
+pub use glommio::{Task, TaskQueueHandle};
+
+use crate::types::ShardId;
+
+/// Errors starting or driving the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start executor for {shard}: {source}")]
+    Executor {
+        shard: ShardId,
+        #[source]
+        source: glommio::GlommioError<()>,
+    },
+    #[error("shard thread panicked: {0}")]
+    Panicked(String),
+}
+
+/// Spawn a task on the current shard; it runs until completion even if the
+/// handle is dropped (detached).
+pub fn spawn_detached<F>(future: F)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    glommio::spawn_local(future).detach();
+}
+
+/// Spawn a task on the current shard and return a handle to await its output.
+pub fn spawn<F>(future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    glommio::spawn_local(future)
+}
+
+/// Sleep for `duration` without blocking the shard.
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await
+}
+
+/// Run `future`, giving up after `duration`. `None` means it timed out.
+pub async fn timeout<F, T>(duration: Duration, future: F) -> Option<T>
+where
+    F: Future<Output = T>,
+{
+    futures_lite::future::or(async { Some(future.await) }, async {
+        glommio::timer::sleep(duration).await;
+        None
+    })
+    .await
+}
+
+/// Yield to other tasks if this one has run for too long.
+pub async fn yield_if_needed() {
+    glommio::yield_if_needed().await
+}
+
+/// Bind `addr` with SO_REUSEPORT so that every shard can bind the same port
+/// and the kernel spreads connections among them. glommio's bind sets the
+/// option itself.
+pub fn bind_reuseport(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// A one-shot, cross-thread reply slot: the shard that asked awaits the
+/// receiver; the shard that owns the data completes the sender.
+pub use futures::channel::oneshot;
+
+/// Sending half of a shard-to-shard channel, before it is connected on its
+/// shard. Created on the main thread by [`channel_matrix`].
+pub type ShardSenderUnconnected<T> = glommio::channels::shared_channel::SharedSender<T>;
+/// Receiving half, before connection.
+pub type ShardReceiverUnconnected<T> = glommio::channels::shared_channel::SharedReceiver<T>;
+/// A connected sender: usable only on the shard that connected it.
+pub type ShardSender<T> = glommio::channels::shared_channel::ConnectedSender<T>;
+/// A connected receiver: usable only on the shard that connected it.
+pub type ShardReceiver<T> = glommio::channels::shared_channel::ConnectedReceiver<T>;
+
+/// Connect a sender on the current shard.
+pub async fn connect_sender<T: Send + 'static>(s: ShardSenderUnconnected<T>) -> ShardSender<T> {
+    s.connect().await
+}
+
+/// Connect a receiver on the current shard.
+pub async fn connect_receiver<T: Send + 'static>(
+    r: ShardReceiverUnconnected<T>,
+) -> ShardReceiver<T> {
+    r.connect().await
+}
+
+/// The channels one shard takes: a sender to every other shard (None for
+/// itself) and a receiver from every other shard.
+pub struct ShardChannels<T: Send> {
+    pub to: Vec<Option<ShardSenderUnconnected<T>>>,
+    pub from: Vec<Option<ShardReceiverUnconnected<T>>>,
+}
+
+/// Build an N×N matrix of bounded single-producer single-consumer channels,
+/// one per ordered pair of distinct shards. Lock-free (glommio's shared
+/// channel is an SPSC ring), and fully sound, unlike cloning a mesh builder
+/// inside executors (see GLOMMIO.md §3).
+pub fn channel_matrix<T: Send + 'static>(shards: usize, depth: usize) -> Vec<ShardChannels<T>> {
+    let mut out: Vec<ShardChannels<T>> = (0..shards)
+        .map(|_| ShardChannels {
+            to: (0..shards).map(|_| None).collect(),
+            from: (0..shards).map(|_| None).collect(),
+        })
+        .collect();
+    for source in 0..shards {
+        for target in 0..shards {
+            if source == target {
+                continue;
+            }
+            let (tx, rx) = glommio::channels::shared_channel::new_bounded(depth);
+            out[source].to[target] = Some(tx);
+            out[target].from[source] = Some(rx);
+        }
+    }
+    out
+}
+
+/// How to start the executors.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub shards: usize,
+    /// Memory registered with io_uring per ring (three rings per shard).
+    pub io_memory_bytes: usize,
+    /// Busy-poll this long before parking an idle shard: trades idle CPU for
+    /// cross-shard wake-up latency (GLOMMIO.md §3).
+    pub spin_before_park: Duration,
+    /// Pin shard i to online CPU i when there are enough CPUs.
+    pub pin: bool,
+}
+
+/// Start one executor thread per shard, each running `shard_main(shard_id)`,
+/// and wait for all of them to finish. Shards are pinned to distinct cores
+/// when there are at least as many online cores as shards.
+pub fn run_shards<F, Fut>(settings: &ExecutorSettings, shard_main: F) -> Result<(), RuntimeError>
+where
+    F: Fn(ShardId) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let mut handles = Vec::with_capacity(settings.shards);
+    for i in 0..settings.shards {
+        let placement = if settings.pin && cpus.len() >= settings.shards {
+            glommio::Placement::Fixed(cpus[i])
+        } else {
+            glommio::Placement::Unbound
+        };
+        let f = shard_main.clone();
+        let handle = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("sluice-shard-{i}"))
+            .io_memory(settings.io_memory_bytes)
+            .spin_before_park(settings.spin_before_park)
+            .spawn(move || async move { f(ShardId(i)).await })
+            .map_err(|e| RuntimeError::Executor {
+                shard: ShardId(i),
+                source: map_glommio_err(e),
+            })?;
+        handles.push(handle);
+    }
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(RuntimeError::Panicked(e.to_string()));
+            }
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                return Err(RuntimeError::Panicked(msg));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn map_glommio_err<T>(e: glommio::GlommioError<T>) -> glommio::GlommioError<()> {
+    match e {
+        glommio::GlommioError::IoError(io) => glommio::GlommioError::IoError(io),
+        other => glommio::GlommioError::IoError(std::io::Error::other(other.to_string())),
+    }
+}
+
+/// A shard-local "something changed" signal: tasks wait for the next
+/// notification; notifying wakes all current waiters. Used to wake long-poll
+/// fetches when a partition's high watermark moves.
+#[derive(Default)]
+pub struct Notify {
+    event: event_listener::Event,
+}
+
+impl Notify {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A future that completes at the next [`Notify::notify_all`] after this
+    /// call. Register before checking the condition to avoid a lost wake-up.
+    pub fn listen(&self) -> event_listener::EventListener {
+        self.event.listen()
+    }
+
+    pub fn notify_all(&self) {
+        self.event.notify(usize::MAX);
+    }
+}
+
+/// A bounded single-shard channel (no atomics, no locks).
+pub fn local_channel<T>(depth: usize) -> (LocalSender<T>, LocalReceiver<T>) {
+    glommio::channels::local_channel::new_bounded(depth)
+}
+pub use glommio::channels::local_channel::{LocalReceiver, LocalSender};

@@ -1,0 +1,185 @@
+//! One client connection: framing, header decoding, dispatch, and responses
+//! in request order.
+//!
+//! Wire layout of a request: `length: i32 BE` then `length` bytes holding the
+//! request header (api_key i16, api_version i16, correlation_id i32,
+//! client_id nullable string, tagged fields from header v2) and the body.
+//!
+//! Pipelining: a reader task reads frames and starts a handler task for each,
+//! in order; a writer task awaits the handler tasks in the same order and
+//! writes their responses. At most `IN_FLIGHT_PER_CONNECTION_MAX` requests are
+//! outstanding; past that the reader stops reading (TCP backpressure).
+//! Handlers start in arrival order, so appends from one connection to one
+//! partition get offsets in request order.
+//!
+//! Bad input closes the connection with a logged reason: a length below 8 or
+//! above `max_request_bytes`, an unknown API key, an unsupported version of
+//! any API but ApiVersions, an undecodable header or body. ApiVersions with
+//! an unsupported version is answered with UNSUPPORTED_VERSION in the v0
+//! format, as Kafka does, so clients can downgrade.
+
+use std::rc::Rc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::messages::{
+    ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tracing::{debug, warn};
+
+use crate::constants::IN_FLIGHT_PER_CONNECTION_MAX;
+use crate::runtime::{self, TcpStream};
+use crate::server::handlers::{self, RequestContext};
+use crate::shard::Shard;
+
+/// Why a connection was closed by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame length {0} out of bounds (8..={1})")]
+    FrameLength(i64, usize),
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("unsupported version {version} of {key:?}")]
+    UnsupportedVersion { key: ApiKey, version: i16 },
+    #[error("cannot decode {key:?} v{version}: {reason}")]
+    Decode {
+        key: ApiKey,
+        version: i16,
+        reason: String,
+    },
+    #[error("cannot encode response: {0}")]
+    Encode(String),
+    #[error("handler failed: {0}")]
+    Handler(String),
+}
+
+/// A response ready to write: the full frame, length prefix included, or
+/// nothing (acks=0 produce).
+type Reply = Result<Option<Bytes>, ConnectionError>;
+
+/// Serve one connection until the client closes it or sends bad input.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.split();
+    let (tx, rx) = runtime::local_channel::<runtime::Task<Reply>>(IN_FLIGHT_PER_CONNECTION_MAX);
+
+    let writer_task = runtime::spawn(write_loop(writer, rx));
+    let read_result = read_loop(shard.clone(), reader, tx).await;
+    // The reader dropped its sender: the writer drains what is in flight.
+    let write_result = writer_task.await;
+    match read_result.and(write_result) {
+        Ok(()) => debug!(shard = %shard.id, %peer, "connection closed by client"),
+        Err(ConnectionError::Io(e)) => debug!(shard = %shard.id, %peer, error = %e, "connection closed"),
+        Err(e) => warn!(shard = %shard.id, %peer, reason = %e, "closing connection"),
+    }
+}
+
+async fn write_loop(
+    mut writer: futures::io::WriteHalf<TcpStream>,
+    rx: runtime::LocalReceiver<runtime::Task<Reply>>,
+) -> Result<(), ConnectionError> {
+    while let Some(task) = rx.recv().await {
+        if let Some(frame) = task.await? {
+            writer.write_all(&frame).await?;
+        }
+    }
+    let _ = writer.close().await;
+    Ok(())
+}
+
+async fn read_loop(
+    shard: Rc<Shard>,
+    mut reader: futures::io::ReadHalf<TcpStream>,
+    tx: runtime::LocalSender<runtime::Task<Reply>>,
+) -> Result<(), ConnectionError> {
+    let max = shard.config.max_request_bytes;
+    loop {
+        let mut len_buf = [0u8; 4];
+        match reader.read_exact(&mut len_buf).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let len = i32::from_be_bytes(len_buf);
+        if len < 8 || len as usize > max {
+            return Err(ConnectionError::FrameLength(i64::from(len), max));
+        }
+        let mut frame = BytesMut::zeroed(len as usize);
+        reader.read_exact(&mut frame).await?;
+        let task = start_request(shard.clone(), frame.freeze())?;
+        if tx.send(task).await.is_err() {
+            // The writer stopped (socket error): stop reading.
+            return Ok(());
+        }
+    }
+}
+
+/// Decode the header, check the API and version, and start the handler.
+fn start_request(shard: Rc<Shard>, mut frame: Bytes) -> Result<runtime::Task<Reply>, ConnectionError> {
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let key = ApiKey::try_from(raw_key).map_err(|_| ConnectionError::UnknownApiKey(raw_key))?;
+    let Some(range) = handlers::supported_versions(key) else {
+        return Err(ConnectionError::UnknownApiKey(raw_key));
+    };
+    if version < range.min || version > range.max {
+        if key == ApiKey::ApiVersions {
+            // Answer in v0 so any client can read it, then carry on.
+            let body = handlers::api_versions::unsupported_version_response();
+            let frame = encode_response(ApiKey::ApiVersions, 0, correlation_id, &ResponseKind::ApiVersions(body))?;
+            return Ok(runtime::spawn(async move { Ok(Some(frame)) }));
+        }
+        return Err(ConnectionError::UnsupportedVersion { key, version });
+    }
+    let decode_err = |reason: String| ConnectionError::Decode {
+        key,
+        version,
+        reason,
+    };
+    let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(|e| decode_err(e.to_string()))?;
+    let request = RequestKind::decode(key, &mut frame, version).map_err(|e| decode_err(e.to_string()))?;
+    let ctx = RequestContext {
+        shard,
+        api_key: key,
+        version,
+        header,
+    };
+    Ok(runtime::spawn(async move {
+        let response = handlers::dispatch(&ctx, request)
+            .await
+            .map_err(|e| ConnectionError::Handler(e.to_string()))?;
+        match response {
+            Some(body) => encode_response(key, version, ctx.header.correlation_id, &body).map(Some),
+            None => Ok(None),
+        }
+    }))
+}
+
+/// Encode a response frame: length, header, body.
+pub fn encode_response(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Result<Bytes, ConnectionError> {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut out, key.response_header_version(version))
+        .map_err(|e| ConnectionError::Encode(e.to_string()))?;
+    body.encode(&mut out, version)
+        .map_err(|e| ConnectionError::Encode(e.to_string()))?;
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out.freeze())
+}

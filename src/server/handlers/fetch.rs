@@ -1,0 +1,270 @@
+//! Fetch (key 1), versions 4-18 (v13+ names topics by id).
+//!
+//! Path: group the partitions by owning shard, read on each owner
+//! ([`read_on_owner`]), then assemble in request order, keeping to
+//! `max_bytes` (the first non-empty partition's first batch is always whole,
+//! KIP-74). If fewer than `min_bytes` came back, wait on the owners until a
+//! high watermark passes a fetch offset or `max_wait_ms` runs out
+//! ([`wait_on_owner`]), then read again.
+//!
+//! Fetch sessions (KIP-227) are not kept: the response's session id is 0,
+//! which tells clients to send full fetch requests.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+
+use super::{HandlerError, RequestContext, str_bytes};
+use crate::constants::FETCH_WAIT_MS_MAX;
+use crate::runtime;
+use crate::shard::Shard;
+use crate::types::{Offset, ShardId, TopicPartition};
+
+/// One partition to read on its owner.
+#[derive(Debug, Clone)]
+pub struct ReadSpec {
+    pub tp: TopicPartition,
+    pub offset: i64,
+    pub max_bytes: usize,
+}
+
+/// What the owner read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOutcome {
+    pub error_code: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
+struct Slot {
+    topic: usize,
+    partition: usize,
+    owner: ShardId,
+    spec: ReadSpec,
+}
+
+pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> Result<FetchResponse, HandlerError> {
+    let shard = &ctx.shard;
+    let catalog = shard.catalog();
+    let started = Instant::now();
+    let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX as i32) as u64);
+    let deadline = started + max_wait;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if req.max_bytes <= 0 { i32::MAX as usize } else { req.max_bytes as usize };
+
+    let mut outcomes: Vec<Vec<ReadOutcome>> = Vec::with_capacity(req.topics.len());
+    let mut names: Vec<TopicName> = Vec::with_capacity(req.topics.len());
+    let mut slots: Vec<Slot> = Vec::new();
+    for (ti, topic) in req.topics.iter().enumerate() {
+        let name = if ctx.version >= 13 {
+            catalog.name_of(&topic.topic_id).map(str::to_string)
+        } else {
+            Some(topic.topic.0.to_string())
+        };
+        names.push(TopicName(str_bytes(name.clone().unwrap_or_default())));
+        let mut row = Vec::with_capacity(topic.partitions.len());
+        for (pi, part) in topic.partitions.iter().enumerate() {
+            let mut outcome = ReadOutcome {
+                high_watermark: -1,
+                log_start_offset: -1,
+                ..Default::default()
+            };
+            match &name {
+                None => outcome.error_code = ResponseError::UnknownTopicId.code(),
+                Some(n) if !catalog.has_partition(n, part.partition) => {
+                    outcome.error_code = ResponseError::UnknownTopicOrPartition.code()
+                }
+                Some(n) => {
+                    let tp = TopicPartition::new(n.clone(), part.partition);
+                    slots.push(Slot {
+                        topic: ti,
+                        partition: pi,
+                        owner: shard.owner_of(&tp),
+                        spec: ReadSpec {
+                            tp,
+                            offset: part.fetch_offset,
+                            max_bytes: part.partition_max_bytes.max(0) as usize,
+                        },
+                    });
+                }
+            }
+            row.push(outcome);
+        }
+        outcomes.push(row);
+    }
+
+    loop {
+        let reads = read_all(shard, &slots, max_bytes).await?;
+        let mut total = 0usize;
+        let mut any_error = false;
+        for (slot, mut r) in slots.iter().zip(reads) {
+            // Keep to max_bytes in request order; never split a batch.
+            if !r.records.is_empty() {
+                if total > 0 && total + r.records.len() > max_bytes {
+                    r.records = Bytes::new();
+                } else {
+                    total += r.records.len();
+                }
+            }
+            any_error |= r.error_code != 0;
+            outcomes[slot.topic][slot.partition] = r;
+        }
+        // min_bytes 0 answers at once; otherwise wait for enough data.
+        if total >= min_bytes || any_error || slots.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        // After the wait, read again: the loop ends at the deadline.
+        wait_any(shard, &slots, deadline).await?;
+    }
+
+    let responses = req
+        .topics
+        .iter()
+        .zip(outcomes)
+        .zip(names)
+        .map(|((topic, row), name)| {
+            FetchableTopicResponse::default()
+                .with_topic(name)
+                .with_topic_id(topic.topic_id)
+                .with_partitions(
+                    topic
+                        .partitions
+                        .iter()
+                        .zip(row)
+                        .map(|(part, r)| {
+                            PartitionData::default()
+                                .with_partition_index(part.partition)
+                                .with_error_code(r.error_code)
+                                .with_high_watermark(r.high_watermark)
+                                .with_last_stable_offset(r.high_watermark)
+                                .with_log_start_offset(r.log_start_offset)
+                                .with_records(Some(r.records))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    Ok(FetchResponse::default().with_responses(responses))
+}
+
+/// Read every slot on its owner, in parallel across owners; results in slot
+/// order.
+async fn read_all(shard: &Rc<Shard>, slots: &[Slot], max_bytes: usize) -> Result<Vec<ReadOutcome>, HandlerError> {
+    let mut per_owner: Vec<Vec<(usize, ReadSpec)>> = vec![Vec::new(); shard.count];
+    for (i, s) in slots.iter().enumerate() {
+        per_owner[s.owner.0].push((i, s.spec.clone()));
+    }
+    let futs = per_owner.into_iter().enumerate().filter(|(_, w)| !w.is_empty()).map(|(owner, w)| {
+        let shard = shard.clone();
+        async move {
+            let idx: Vec<usize> = w.iter().map(|(i, _)| *i).collect();
+            let specs: Vec<ReadSpec> = w.into_iter().map(|(_, s)| s).collect();
+            let r = shard
+                .invoke_on(ShardId(owner), move |s| read_on_owner(s, specs, max_bytes))
+                .await;
+            (idx, r)
+        }
+    });
+    let mut out = vec![ReadOutcome::default(); slots.len()];
+    for (idx, r) in futures::future::join_all(futs).await {
+        for (i, o) in idx.into_iter().zip(r?) {
+            out[i] = o;
+        }
+    }
+    Ok(out)
+}
+
+/// Read partitions on the shard that owns them, stopping once `max_bytes`
+/// have been gathered.
+pub async fn read_on_owner(shard: Rc<Shard>, specs: Vec<ReadSpec>, max_bytes: usize) -> Vec<ReadOutcome> {
+    let mut out = Vec::with_capacity(specs.len());
+    let mut total = 0usize;
+    for spec in specs {
+        let Some(log) = shard.partition(&spec.tp) else {
+            out.push(ReadOutcome {
+                error_code: ResponseError::NotLeaderOrFollower.code(),
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: Bytes::new(),
+            });
+            continue;
+        };
+        let mut outcome = ReadOutcome {
+            error_code: 0,
+            high_watermark: log.high_watermark().get(),
+            log_start_offset: log.log_start_offset().get(),
+            records: Bytes::new(),
+        };
+        if total < max_bytes {
+            match log.read(Offset(spec.offset), spec.max_bytes.min(max_bytes - total).max(1)).await {
+                Ok(data) => {
+                    total += data.records.len();
+                    outcome.high_watermark = data.high_watermark.get();
+                    outcome.log_start_offset = data.log_start_offset.get();
+                    outcome.records = data.records;
+                }
+                Err(e) => outcome.error_code = e.kafka_error_code(),
+            }
+        }
+        out.push(outcome);
+    }
+    out
+}
+
+/// Wait until any slot's high watermark passes its fetch offset, or the
+/// deadline.
+async fn wait_any(shard: &Rc<Shard>, slots: &[Slot], deadline: Instant) -> Result<(), HandlerError> {
+    let mut per_owner: Vec<Vec<(TopicPartition, i64)>> = vec![Vec::new(); shard.count];
+    for s in slots {
+        per_owner[s.owner.0].push((s.spec.tp.clone(), s.spec.offset));
+    }
+    let waits: Vec<_> = per_owner
+        .into_iter()
+        .enumerate()
+        .filter(|(_, w)| !w.is_empty())
+        .map(|(owner, w)| {
+            let shard = shard.clone();
+            Box::pin(async move {
+                shard
+                    .invoke_on(ShardId(owner), move |s| wait_on_owner(s, w, deadline))
+                    .await
+            })
+        })
+        .collect();
+    if waits.is_empty() {
+        return Ok(());
+    }
+    let (first, _, _) = futures::future::select_all(waits).await;
+    first?;
+    Ok(())
+}
+
+/// On the owner: return once a partition's high watermark is past the given
+/// offset, or at the deadline.
+pub async fn wait_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>, deadline: Instant) {
+    let logs: Vec<_> = parts
+        .iter()
+        .filter_map(|(tp, off)| shard.partition(tp).map(|l| (l, *off)))
+        .collect();
+    loop {
+        // Listen before checking so a move between the check and the wait
+        // is not lost.
+        let listeners: Vec<_> = logs.iter().map(|(l, _)| l.hw_changed()).collect();
+        if logs.iter().any(|(l, off)| l.high_watermark().get() > *off) || logs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let any = futures::future::select_all(listeners.into_iter().map(Box::pin));
+        if runtime::timeout(deadline - now, any).await.is_none() {
+            return;
+        }
+    }
+}

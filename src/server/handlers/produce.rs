@@ -1,0 +1,196 @@
+//! Produce (key 0), versions 3-13 (v13 names topics by id).
+//!
+//! Path: resolve each topic against this shard's catalog copy, group the
+//! partitions by owning shard, and run the appends there
+//! ([`produce_on_owner`]); answer once every owner has answered. Batches stay
+//! opaque: the owner validates CRC32C and rewrites base offsets only.
+//!
+//! Acks: 0 appends and sends no response; 1 and -1 are answered after the
+//! batch is durable (fdatasync under the default flush policy). On a single
+//! broker the leader is the whole ISR, so 1 and -1 wait for the same thing,
+//! and an acknowledged batch survives `kill -9` either way.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+
+use super::{HandlerError, RequestContext, str_bytes};
+use crate::runtime;
+use crate::shard::Shard;
+use crate::types::{ShardId, TopicPartition};
+
+/// One partition's outcome.
+#[derive(Debug, Clone)]
+pub struct PartitionOutcome {
+    pub error_code: i16,
+    pub error_message: Option<String>,
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+impl PartitionOutcome {
+    fn error(code: ResponseError, message: Option<String>) -> Self {
+        Self {
+            error_code: code.code(),
+            error_message: message,
+            base_offset: -1,
+            log_start_offset: -1,
+        }
+    }
+}
+
+pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Result<Option<ProduceResponse>, HandlerError> {
+    let shard = &ctx.shard;
+    let acks = req.acks;
+    let catalog = shard.catalog();
+    // A client timeout of 0 or less would fail every acks=all produce: use 30 s.
+    let timeout = if req.timeout_ms > 0 {
+        Duration::from_millis(req.timeout_ms as u64)
+    } else {
+        Duration::from_secs(30)
+    };
+
+    // outcomes[t][p], filled either now (errors) or by the owners.
+    let mut outcomes: Vec<Vec<Option<PartitionOutcome>>> = Vec::with_capacity(req.topic_data.len());
+    // Work per owner shard: (topic index, partition index, tp, records).
+    let mut work: Vec<Vec<(usize, usize, TopicPartition, Option<Bytes>)>> = vec![Vec::new(); shard.count];
+    let mut names: Vec<TopicName> = Vec::with_capacity(req.topic_data.len());
+    for (ti, topic) in req.topic_data.iter().enumerate() {
+        let name = if ctx.version >= 13 {
+            catalog.name_of(&topic.topic_id).map(str::to_string)
+        } else {
+            Some(topic.name.0.to_string())
+        };
+        names.push(TopicName(str_bytes(name.clone().unwrap_or_default())));
+        let mut row = Vec::with_capacity(topic.partition_data.len());
+        for (pi, part) in topic.partition_data.iter().enumerate() {
+            let outcome = match &name {
+                _ if !matches!(acks, 0 | 1 | -1) => Some(PartitionOutcome::error(ResponseError::InvalidRequiredAcks, None)),
+                None => Some(PartitionOutcome::error(ResponseError::UnknownTopicId, None)),
+                Some(n) if !catalog.has_partition(n, part.index) => {
+                    Some(PartitionOutcome::error(ResponseError::UnknownTopicOrPartition, None))
+                }
+                Some(n) => {
+                    let tp = TopicPartition::new(n.clone(), part.index);
+                    work[shard.owner_of(&tp).0].push((ti, pi, tp, part.records.clone()));
+                    None
+                }
+            };
+            row.push(outcome);
+        }
+        outcomes.push(row);
+    }
+
+    // Start every owner's work before awaiting any, so appends from this
+    // connection keep their order on each partition.
+    let futures = work.into_iter().enumerate().filter(|(_, w)| !w.is_empty()).map(|(owner, w)| {
+        let shard = shard.clone();
+        async move {
+            let keys: Vec<(usize, usize)> = w.iter().map(|(t, p, _, _)| (*t, *p)).collect();
+            let parts: Vec<(TopicPartition, Option<Bytes>)> = w.into_iter().map(|(_, _, tp, r)| (tp, r)).collect();
+            let results = shard
+                .invoke_on(ShardId(owner), move |s| produce_on_owner(s, acks, timeout, parts))
+                .await;
+            (keys, results)
+        }
+    });
+    for (keys, results) in futures::future::join_all(futures).await {
+        let results = results?;
+        for ((t, p), r) in keys.into_iter().zip(results) {
+            outcomes[t][p] = Some(r);
+        }
+    }
+    if acks == 0 {
+        return Ok(None);
+    }
+
+    let responses = req
+        .topic_data
+        .iter()
+        .zip(outcomes)
+        .zip(names)
+        .map(|((topic, row), name)| {
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_topic_id(topic.topic_id)
+                .with_partition_responses(
+                    topic
+                        .partition_data
+                        .iter()
+                        .zip(row)
+                        .map(|(part, o)| {
+                            let o = o.expect("every partition has an outcome");
+                            PartitionProduceResponse::default()
+                                .with_index(part.index)
+                                .with_error_code(o.error_code)
+                                .with_error_message(o.error_message.map(str_bytes))
+                                .with_base_offset(o.base_offset)
+                                .with_log_append_time_ms(-1)
+                                .with_log_start_offset(o.log_start_offset)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    Ok(Some(ProduceResponse::default().with_responses(responses)))
+}
+
+/// Append on the shard that owns the partitions. All appends start (and get
+/// their offsets) before any durability wait.
+pub async fn produce_on_owner(
+    shard: Rc<Shard>,
+    acks: i16,
+    timeout: Duration,
+    parts: Vec<(TopicPartition, Option<Bytes>)>,
+) -> Vec<PartitionOutcome> {
+    let appends = parts.into_iter().map(|(tp, records)| {
+        let log = shard.partition(&tp);
+        async move {
+            let Some(log) = log else {
+                return PartitionOutcome::error(ResponseError::NotLeaderOrFollower, None);
+            };
+            let records = records.unwrap_or_default();
+            if records.is_empty() {
+                return PartitionOutcome::error(ResponseError::InvalidRecord, Some("empty record set".into()));
+            }
+            let info = match log.append(records).await {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::debug!(partition = %tp, error = %e, "append refused");
+                    return PartitionOutcome {
+                        error_code: e.kafka_error_code(),
+                        error_message: Some(e.to_string()),
+                        base_offset: -1,
+                        log_start_offset: log.log_start_offset().get(),
+                    };
+                }
+            };
+            if acks != 0 {
+                let next = crate::types::Offset(info.last_offset.get() + 1);
+                match runtime::timeout(timeout, log.wait_durable(next)).await {
+                    None => return PartitionOutcome::error(ResponseError::RequestTimedOut, None),
+                    Some(Err(e)) => {
+                        return PartitionOutcome {
+                            error_code: e.kafka_error_code(),
+                            error_message: Some(e.to_string()),
+                            base_offset: -1,
+                            log_start_offset: log.log_start_offset().get(),
+                        };
+                    }
+                    Some(Ok(())) => {}
+                }
+            }
+            PartitionOutcome {
+                error_code: 0,
+                error_message: None,
+                base_offset: info.base_offset.get(),
+                log_start_offset: info.log_start_offset.get(),
+            }
+        }
+    });
+    futures::future::join_all(appends).await
+}

@@ -1,0 +1,44 @@
+//! The Kafka-protocol server of one shard: the listener (every shard binds the
+//! same port with SO_REUSEPORT), connections and the API handlers.
+
+pub mod connection;
+pub mod handlers;
+
+use std::rc::Rc;
+
+use tracing::{info, warn};
+
+use crate::runtime::{self, TcpListener};
+use crate::shard::Shard;
+
+/// Accept connections until the listener fails. Connections past the
+/// per-shard limit are closed at once.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let limit = shard.config.max_connections_per_shard;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(shard = %shard.id, error = %e, "accept failed");
+                runtime::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= limit {
+            warn!(shard = %shard.id, limit, "connection limit reached: closing new connection");
+            drop(stream);
+            continue;
+        }
+        shard.connections.set(shard.connections.get() + 1);
+        let s = shard.clone();
+        runtime::spawn_detached(async move {
+            connection::serve(s.clone(), stream).await;
+            s.connections.set(s.connections.get() - 1);
+        });
+    }
+}
+
+/// Log that this shard is serving.
+pub fn announce(shard: &Shard, listener: &TcpListener) {
+    info!(shard = %shard.id, addr = ?listener.local_addr().ok(), "listening");
+}

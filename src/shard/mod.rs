@@ -1,0 +1,261 @@
+//! A shard: the state one core owns, and the way shards ask each other for
+//! work.
+//!
+//! Ownership: every partition is owned by exactly one shard,
+//! [`TopicPartition::owner`]; only that shard opens its files. A request that
+//! touches another shard's partitions runs the work there with
+//! [`Shard::invoke_on`] (message passing over lock-free SPSC channels) and the
+//! result comes back to the shard that owns the connection.
+//!
+//! Shard 0 is also the controller: the only writer of the topic catalog
+//! (`cluster::catalog`). It persists a change, then gives every shard the new
+//! copy ([`Shard::apply_catalog`]), which opens or deletes the partitions that
+//! shard owns.
+
+pub mod controller;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use crate::cluster::catalog::{Catalog, TopicMeta};
+use crate::config::Config;
+use crate::runtime::{self, ShardReceiver, ShardSender, oneshot};
+use crate::storage::{LogConfig, PartitionLog, StorageError};
+use crate::types::{ShardId, TopicPartition};
+
+/// Work sent to another shard: a closure run there with that shard's state.
+pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// Errors crossing shards.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("{0} is not reachable (channel closed)")]
+    Unreachable(ShardId),
+    #[error("{0} dropped the request")]
+    Dropped(ShardId),
+}
+
+/// The state one core owns. Lives in an `Rc` on its executor thread.
+pub struct Shard {
+    pub id: ShardId,
+    /// Number of shards in this broker.
+    pub count: usize,
+    pub config: Arc<Config>,
+    /// This shard's copy of the catalog; replaced wholesale by the controller.
+    catalog: RefCell<Arc<Catalog>>,
+    /// Partitions this shard owns, open.
+    partitions: RefCell<HashMap<TopicPartition, Rc<PartitionLog>>>,
+    /// Sender to every other shard (None at our own index).
+    peers: Vec<Option<ShardSender<Job>>>,
+    /// Open client connections on this shard.
+    pub connections: Cell<usize>,
+    /// Serialises controller operations (only used on shard 0).
+    pub(crate) controller_lock: futures::lock::Mutex<()>,
+    self_ref: Weak<Shard>,
+}
+
+impl Shard {
+    pub fn new(
+        id: ShardId,
+        count: usize,
+        config: Arc<Config>,
+        catalog: Arc<Catalog>,
+        peers: Vec<Option<ShardSender<Job>>>,
+    ) -> Rc<Self> {
+        Rc::new_cyclic(|w| Shard {
+            id,
+            count,
+            config,
+            catalog: RefCell::new(catalog),
+            partitions: RefCell::new(HashMap::new()),
+            peers,
+            connections: Cell::new(0),
+            controller_lock: futures::lock::Mutex::new(()),
+            self_ref: w.clone(),
+        })
+    }
+
+    fn rc(&self) -> Rc<Shard> {
+        self.self_ref.upgrade().expect("shard is alive")
+    }
+
+    /// Serve jobs sent by other shards: each runs as its own task, in arrival
+    /// order, so the loop never blocks and shards cannot deadlock on full
+    /// channels.
+    pub fn serve_peer(self: &Rc<Self>, rx: ShardReceiver<Job>) {
+        let shard = self.clone();
+        runtime::spawn_detached(async move {
+            while let Some(job) = rx.recv().await {
+                runtime::spawn_detached(job(shard.clone()));
+            }
+        });
+    }
+
+    /// The shard that owns `tp`.
+    pub fn owner_of(&self, tp: &TopicPartition) -> ShardId {
+        tp.owner(self.count)
+    }
+
+    /// Run `f` on shard `target` with that shard's state, and return its
+    /// result here. Runs inline when `target` is this shard.
+    pub async fn invoke_on<T, F, Fut>(&self, target: ShardId, f: F) -> Result<T, ShardError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        if target == self.id {
+            return Ok(f(self.rc()).await);
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let out = f(shard).await;
+                let _ = tx.send(out);
+            })
+        });
+        let sender = self.peers[target.0]
+            .as_ref()
+            .ok_or(ShardError::Unreachable(target))?;
+        if sender.send(job).await.is_err() {
+            return Err(ShardError::Unreachable(target));
+        }
+        rx.await.map_err(|_| ShardError::Dropped(target))
+    }
+
+    /// Run `f` on every shard (this one included) and collect the results in
+    /// shard order.
+    pub async fn invoke_on_all<T, F, Fut>(&self, f: F) -> Result<Vec<T>, ShardError>
+    where
+        T: Send + 'static,
+        F: Fn(Rc<Shard>) -> Fut + Send + Clone + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        let futs = (0..self.count).map(|s| self.invoke_on(ShardId(s), f.clone()));
+        futures::future::join_all(futs).await.into_iter().collect()
+    }
+
+    /// This shard's copy of the catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    /// An open partition this shard owns.
+    pub fn partition(&self, tp: &TopicPartition) -> Option<Rc<PartitionLog>> {
+        self.partitions.borrow().get(tp).cloned()
+    }
+
+    /// Partitions this shard owns (for shutdown and diagnostics).
+    pub fn owned_partitions(&self) -> Vec<(TopicPartition, Rc<PartitionLog>)> {
+        self.partitions
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Storage settings of a topic: broker defaults with topic overrides.
+    pub fn log_config_for(&self, meta: &TopicMeta) -> LogConfig {
+        let mut cfg = self.config.log_config();
+        if let Some(v) = meta.configs.get("segment.bytes").and_then(|v| v.parse().ok()) {
+            cfg.segment_bytes = v;
+        }
+        if let Some(v) = meta.configs.get("segment.ms").and_then(|v| v.parse().ok()) {
+            cfg.segment_ms = v;
+        }
+        if let Some(v) = meta
+            .configs
+            .get("max.message.bytes")
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.max_message_bytes = v;
+        }
+        cfg
+    }
+
+    /// Adopt a new catalog copy: delete the partitions of topics that are
+    /// gone (or were re-created with a new id), open the partitions this
+    /// shard owns that are not open yet. Ignores a copy older than ours.
+    pub async fn apply_catalog(&self, new: Arc<Catalog>) -> Result<(), StorageError> {
+        let old = self.catalog();
+        if new.version < old.version {
+            return Ok(());
+        }
+        *self.catalog.borrow_mut() = new.clone();
+        // Delete what is gone.
+        let doomed: Vec<(TopicPartition, Rc<PartitionLog>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(tp, _)| {
+                let same = match (old.get(&tp.topic), new.get(&tp.topic)) {
+                    (Some(o), Some(n)) => o.id == n.id,
+                    _ => false,
+                };
+                !same || !new.has_partition(&tp.topic, tp.partition)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (tp, log) in doomed {
+            self.partitions.borrow_mut().remove(&tp);
+            info!(shard = %self.id, partition = %tp, "deleting partition");
+            log.delete().await?;
+        }
+        // Open what is new.
+        for meta in new.topics.values() {
+            for p in 0..meta.partitions {
+                let tp = TopicPartition::new(meta.name.clone(), p);
+                if self.owner_of(&tp) != self.id || self.partitions.borrow().contains_key(&tp) {
+                    continue;
+                }
+                let dir = self.config.data_dir.join(tp.dir_name());
+                let log = PartitionLog::open(dir, self.log_config_for(meta)).await?;
+                debug!(shard = %self.id, partition = %tp, "opened partition");
+                self.partitions.borrow_mut().insert(tp, log);
+            }
+        }
+        Ok(())
+    }
+
+    /// At startup: remove partition directories this shard owns that the
+    /// catalog no longer lists (a crash between a DeleteTopics catalog write
+    /// and the directory removal leaves them behind).
+    pub fn remove_orphans_with(&self, catalog: &Catalog) {
+        let Ok(entries) = std::fs::read_dir(&self.config.data_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with("__") || name.starts_with('.') {
+                continue;
+            }
+            let Some(tp) = TopicPartition::parse_dir_name(name) else {
+                continue;
+            };
+            if self.owner_of(&tp) != self.id || catalog.has_partition(&tp.topic, tp.partition) {
+                continue;
+            }
+            warn!(shard = %self.id, dir = %name, "removing partition directory not in the catalog");
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                warn!(shard = %self.id, dir = %name, error = %e, "cannot remove orphan directory");
+            }
+        }
+    }
+
+    /// Close every partition (flush, seal) for a clean stop.
+    pub async fn close_all(&self) {
+        let parts: Vec<_> = self.partitions.borrow_mut().drain().collect();
+        for (tp, log) in parts {
+            if let Err(e) = log.close().await {
+                warn!(shard = %self.id, partition = %tp, error = %e, "close failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! Shared harness for Sluice's integration tests.
+//!
+//! # Layout
+//! - [`Broker`]: runs `target/release/sluice serve` on 127.0.0.1 with a temporary data directory,
+//!   waits until it answers a raw ApiVersions request, and kills it on drop. Its stderr goes to a
+//!   file in the temp dir, printed when the test panics.
+//! - Raw wire helpers ([`encode_request`], [`read_frame`], [`api_versions_v3`], ...) for tests that
+//!   talk to the broker byte by byte.
+//! - rdkafka helpers: client configs with bounded timeouts, and [`consume_partitions`], which
+//!   reads partitions from a start offset to a known end with an `assign()`ed consumer.
+//! - [`segment_batches`]: walks the RecordBatches in a segment file, the way recovery must.
+//! - [`run_with_timeout`]: runs an external command (kcat) with a deadline.
+//!
+//! Every loop here is bounded both in iterations and in wall-clock time, and every address is on
+//! 127.0.0.1.
+
+// Each test binary uses its own subset of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How long a broker may take from spawn to answering ApiVersions.
+pub const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a broker may take to exit after SIGTERM before it is sent SIGKILL.
+pub const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read/write timeout on raw sockets: a broker that neither answers nor closes within this time
+/// fails the test instead of hanging it.
+pub const RAW_IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response frame the raw helpers accept (the broker's own request limit is 100 MiB).
+pub const RAW_FRAME_BYTES_MAX: usize = 100 * 1024 * 1024;
+/// Bounds passed to every rdkafka client so nothing waits forever.
+pub const CLIENT_MESSAGE_TIMEOUT_MS: u32 = 30_000;
+pub const CLIENT_SOCKET_TIMEOUT_MS: u32 = 10_000;
+
+/// Options for `sluice serve` beyond the ones every test passes.
+#[derive(Clone, Debug, Default)]
+pub struct BrokerOptions {
+    pub segment_bytes: Option<u64>,
+    pub num_partitions: Option<u32>,
+}
+
+/// A running (or stopped) Sluice broker owned by one test.
+///
+/// The data directory lives as long as this value, so a test can stop the broker, tamper with
+/// the files and start it again on the same directory and port.
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    options: BrokerOptions,
+    /// Number of times the broker was spawned; each run writes its own log file.
+    runs: u32,
+    data_dir: PathBuf,
+    log_dir: PathBuf,
+    /// Keeps the temporary directory (data and logs) alive; removed on drop.
+    _temp: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_with(BrokerOptions::default())
+    }
+
+    pub fn start_with(options: BrokerOptions) -> Broker {
+        let temp = tempfile::Builder::new()
+            .prefix("sluice-it-")
+            .tempdir()
+            .expect("create temp dir");
+        let data_dir = temp.path().join("data");
+        let log_dir = temp.path().join("logs");
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        std::fs::create_dir_all(&log_dir).expect("create log dir");
+        let mut broker = Broker {
+            child: None,
+            port: free_port(),
+            options,
+            runs: 0,
+            data_dir,
+            log_dir,
+            _temp: temp,
+        };
+        broker.spawn_and_wait();
+        broker
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Directory of one partition's segment files: `<data>/<topic>-<partition>`.
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.data_dir.join(format!("{topic}-{partition}"))
+    }
+
+    fn log_path(&self, run: u32) -> PathBuf {
+        self.log_dir.join(format!("broker-run-{run}.log"))
+    }
+
+    fn spawn_and_wait(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        self.runs += 1;
+        let log_path = self.log_path(self.runs);
+        let log = File::create(&log_path).expect("create broker log");
+        let log_err = log.try_clone().expect("clone log handle");
+        let listen = self.bootstrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--advertised-listener")
+            .arg(&listen)
+            .arg("--shards")
+            .arg("2");
+        if let Some(bytes) = self.options.segment_bytes {
+            command.arg("--segment-bytes").arg(bytes.to_string());
+        }
+        if let Some(n) = self.options.num_partitions {
+            command.arg("--num-partitions").arg(n.to_string());
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        let child = command.spawn().expect("spawn sluice");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Polls TCP connect plus a raw ApiVersions v0 round trip until it succeeds, the broker
+    /// exits, or [`BROKER_READY_TIMEOUT`] passes.
+    fn wait_ready(&mut self) {
+        let started = Instant::now();
+        let mut last_error = String::from("no attempt made");
+        for attempt in 0..1_000u32 {
+            if started.elapsed() > BROKER_READY_TIMEOUT {
+                break;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                panic!(
+                    "broker exited during startup with {status}\n{}",
+                    self.logs_text()
+                );
+            }
+            match raw_api_versions_v0(self.addr(), 1_000 + attempt as i32) {
+                Ok(()) => return,
+                Err(error) => last_error = error,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "broker not ready within {:?} on {} (last error: {last_error})\n{}",
+            BROKER_READY_TIMEOUT,
+            self.bootstrap(),
+            self.logs_text()
+        );
+    }
+
+    /// Stops the broker gracefully: SIGTERM, then SIGKILL if it has not exited within
+    /// [`BROKER_STOP_TIMEOUT`]. Returns true if it exited on SIGTERM.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        if wait_child(&mut child, BROKER_STOP_TIMEOUT).is_some() {
+            return true;
+        }
+        eprintln!(
+            "broker did not exit within {BROKER_STOP_TIMEOUT:?} of SIGTERM; sending SIGKILL"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// `kill -9`: the broker gets no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.spawn_and_wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// All log files of all runs so far, concatenated (tail of each if long).
+    pub fn logs_text(&self) -> String {
+        const TAIL_BYTES: usize = 64 * 1024;
+        let mut text = String::new();
+        for run in 1..=self.runs {
+            let path = self.log_path(run);
+            let content = std::fs::read(&path).unwrap_or_default();
+            let start = content.len().saturating_sub(TAIL_BYTES);
+            text.push_str(&format!(
+                "===== broker log, run {run} ({}), last {} of {} bytes =====\n",
+                path.display(),
+                content.len() - start,
+                content.len()
+            ));
+            text.push_str(&String::from_utf8_lossy(&content[start..]));
+            text.push('\n');
+        }
+        text
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs_text());
+        }
+    }
+}
+
+/// Waits for a child to exit for at most `timeout`.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let started = Instant::now();
+    for _ in 0..100_000u32 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if started.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Picks a free port by binding 127.0.0.1:0 and releasing it.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Runs `command` with `stdin` fed to it, killing it after `timeout`.
+pub fn run_with_timeout(command: &mut Command, stdin: &[u8], timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+        // Dropping `input` closes the pipe: the command sees EOF.
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stdout.read_to_end(&mut buffer);
+        buffer
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = stderr.read_to_end(&mut buffer);
+        buffer
+    });
+    let status = match wait_child(&mut child, timeout) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let status = child.wait().expect("wait killed command");
+            eprintln!("command {command:?} killed after {timeout:?}");
+            status
+        }
+    };
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw wire helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Encodes a size-prefixed request frame with the header version the API key calls for.
+pub fn encode_request<R: Request>(request: &R, version: i16, correlation_id: i32) -> Vec<u8> {
+    let api_key = ApiKey::try_from(R::KEY).expect("known api key");
+    let header_version = api_key.request_header_version(version);
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("sluice-it")));
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, header_version)
+        .expect("encode header");
+    request.encode(&mut body, version).expect("encode body");
+    frame(&body)
+}
+
+/// Prefixes `payload` with its big-endian i32 length.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(payload.len() + 4);
+    framed.extend_from_slice(&(payload.len() as i32).to_be_bytes());
+    framed.extend_from_slice(payload);
+    framed
+}
+
+/// Request header v1 (api key, version, correlation id, nullable client id) as raw bytes, for
+/// requests whose version no encoder knows (e.g. Metadata v99).
+pub fn raw_header_v1(api_key: i16, version: i16, correlation_id: i32, client_id: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&api_key.to_be_bytes());
+    bytes.extend_from_slice(&version.to_be_bytes());
+    bytes.extend_from_slice(&correlation_id.to_be_bytes());
+    bytes.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    bytes.extend_from_slice(client_id.as_bytes());
+    bytes
+}
+
+pub fn connect_raw(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(RAW_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(RAW_IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Reads one size-prefixed frame (without its length prefix).
+pub fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length)?;
+    let length = i32::from_be_bytes(length);
+    if length < 0 || length as usize > RAW_FRAME_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("response frame length {length} out of range"),
+        ));
+    }
+    let mut payload = vec![0u8; length as usize];
+    stream.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
+/// What the broker did with a connection after a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerOutcome {
+    /// The broker closed the connection (EOF or reset).
+    Closed,
+    /// The broker sent these bytes instead of closing.
+    Answered(Vec<u8>),
+    /// Neither within [`RAW_IO_TIMEOUT`].
+    TimedOut,
+}
+
+/// Waits until the broker either closes the connection or sends something.
+pub fn await_close(stream: &mut TcpStream) -> PeerOutcome {
+    let mut buffer = [0u8; 4096];
+    match stream.read(&mut buffer) {
+        Ok(0) => PeerOutcome::Closed,
+        Ok(n) => PeerOutcome::Answered(buffer[..n].to_vec()),
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            PeerOutcome::TimedOut
+        }
+        // Connection reset / broken pipe: the broker closed with unread data pending.
+        Err(_) => PeerOutcome::Closed,
+    }
+}
+
+/// ApiVersions v0 round trip; used for readiness. Returns a description of what went wrong.
+pub fn raw_api_versions_v0(addr: SocketAddr, correlation_id: i32) -> Result<(), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let request = encode_request(&ApiVersionsRequest::default(), 0, correlation_id);
+    stream
+        .write_all(&request)
+        .map_err(|e| format!("write: {e}"))?;
+    let payload = read_frame(&mut stream).map_err(|e| format!("read: {e}"))?;
+    let (echoed, response) = decode_api_versions(&payload, 0)?;
+    if echoed != correlation_id {
+        return Err(format!(
+            "correlation id {echoed}, expected {correlation_id}"
+        ));
+    }
+    if response.error_code != 0 {
+        return Err(format!("error code {}", response.error_code));
+    }
+    Ok(())
+}
+
+/// Decodes an ApiVersions response payload (response header v0, always, per KIP-511).
+pub fn decode_api_versions(
+    payload: &[u8],
+    version: i16,
+) -> Result<(i32, ApiVersionsResponse), String> {
+    let mut buffer = bytes::Bytes::copy_from_slice(payload);
+    let header = ResponseHeader::decode(&mut buffer, 0).map_err(|e| format!("header: {e}"))?;
+    let body =
+        ApiVersionsResponse::decode(&mut buffer, version).map_err(|e| format!("body: {e}"))?;
+    Ok((header.correlation_id, body))
+}
+
+/// A full ApiVersions v3 round trip on a fresh connection: proves the broker serves normally.
+pub fn api_versions_v3(addr: SocketAddr, correlation_id: i32) -> ApiVersionsResponse {
+    let mut stream = connect_raw(addr).expect("connect for ApiVersions v3");
+    let request = ApiVersionsRequest::default()
+        .with_client_software_name(StrBytes::from_static_str("sluice-it"))
+        .with_client_software_version(StrBytes::from_static_str("0.1.0"));
+    stream
+        .write_all(&encode_request(&request, 3, correlation_id))
+        .expect("write ApiVersions v3");
+    let payload = read_frame(&mut stream).expect("read ApiVersions v3 response");
+    let (echoed, response) = decode_api_versions(&payload, 3).expect("decode ApiVersions v3");
+    assert_eq!(echoed, correlation_id, "ApiVersions v3 correlation id");
+    assert_eq!(response.error_code, 0, "ApiVersions v3 error code");
+    assert!(
+        !response.api_keys.is_empty(),
+        "ApiVersions v3 returned no APIs"
+    );
+    let _ = stream.shutdown(Shutdown::Both);
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
+// rdkafka helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Producer settings shared by the tests: acks=all, bounded timeouts, no idempotence (Sluice has
+/// no InitProducerId yet).
+pub fn producer_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("message.timeout.ms", CLIENT_MESSAGE_TIMEOUT_MS.to_string())
+        .set("request.timeout.ms", "10000")
+        .set("socket.timeout.ms", CLIENT_SOCKET_TIMEOUT_MS.to_string())
+        .set("linger.ms", "5")
+        .set("compression.type", "none")
+        .set("log_level", "4");
+    config
+}
+
+/// Consumer for `assign()` with explicit offsets. librdkafka's `assign()` requires a group.id
+/// (it fails with "Requires a consumer with group.id configured" otherwise), so one is set, but
+/// nothing ever commits: auto commit and offset store are off, and explicit start offsets mean
+/// no committed offset is ever fetched from a coordinator.
+pub fn assign_consumer(bootstrap: &str, group_hint: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("sluice-it-{group_hint}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "error")
+        .set("socket.timeout.ms", CLIENT_SOCKET_TIMEOUT_MS.to_string())
+        .set("session.timeout.ms", "10000")
+        .set("fetch.wait.max.ms", "100")
+        .set("log_level", "4")
+        .create()
+        .expect("create consumer")
+}
+
+/// Low and high watermark of one partition (ListOffsets earliest / latest).
+pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
+    let consumer = assign_consumer(bootstrap, "watermarks");
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("fetch_watermarks {topic}/{partition}: {e}"))
+}
+
+/// Reads each listed partition from `start` (inclusive) to `end` (exclusive) and returns the
+/// messages per partition in the order received. Fails the test if the range is not complete
+/// within `timeout`, or if a message outside the range arrives.
+pub fn consume_partitions(
+    bootstrap: &str,
+    topic: &str,
+    ranges: &BTreeMap<i32, (i64, i64)>,
+    timeout: Duration,
+) -> BTreeMap<i32, Vec<OwnedMessage>> {
+    let consumer = assign_consumer(bootstrap, topic);
+    let mut assignment = TopicPartitionList::new();
+    let mut result: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
+    let mut remaining: u64 = 0;
+    for (&partition, &(start, end)) in ranges {
+        assert!(start <= end, "bad range {start}..{end} for partition {partition}");
+        result.insert(partition, Vec::new());
+        if start < end {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(start))
+                .expect("add partition");
+            remaining += (end - start) as u64;
+        }
+    }
+    if remaining == 0 {
+        return result;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let started = Instant::now();
+    let mut errors = 0u32;
+    // Each poll either returns a message, an error, or waits at most 500 ms: bounded by time.
+    for _ in 0..10_000_000u64 {
+        if remaining == 0 {
+            break;
+        }
+        if started.elapsed() > timeout {
+            let progress: Vec<String> = ranges
+                .iter()
+                .map(|(p, (s, e))| {
+                    let got = result.get(p).map_or(0, |v| v.len());
+                    format!("p{p}: {got}/{} from {s}", e - s)
+                })
+                .collect();
+            panic!(
+                "consuming {topic} timed out after {timeout:?}: {}",
+                progress.join(", ")
+            );
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(error)) => {
+                errors += 1;
+                eprintln!("consumer error on {topic}: {error}");
+                assert!(errors < 1_000, "too many consumer errors");
+            }
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                let offset = message.offset();
+                let (start, end) = ranges[&partition];
+                assert!(
+                    offset >= start && offset < end,
+                    "partition {partition}: offset {offset} outside the requested {start}..{end}"
+                );
+                let received = result.get_mut(&partition).expect("assigned partition");
+                if let Some(last) = received.last() {
+                    assert!(
+                        offset > last.offset(),
+                        "partition {partition}: offset {offset} after {}",
+                        last.offset()
+                    );
+                }
+                received.push(message.detach());
+                remaining -= 1;
+            }
+        }
+    }
+    let _ = consumer.unassign();
+    result
+}
+
+/// Reads every partition of `topic` from 0 to its current high watermark.
+pub fn consume_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> BTreeMap<i32, Vec<OwnedMessage>> {
+    let ranges: BTreeMap<i32, (i64, i64)> = partitions
+        .iter()
+        .map(|&p| {
+            let (low, high) = watermarks(bootstrap, topic, p);
+            assert_eq!(low, 0, "low watermark of {topic}/{p}");
+            (p, (0, high))
+        })
+        .collect();
+    consume_partitions(bootstrap, topic, &ranges, timeout)
+}
+
+/// Partition count of `topic` as Metadata reports it (auto-creates unknown topics).
+pub fn partition_count(bootstrap: &str, topic: &str) -> usize {
+    let consumer = assign_consumer(bootstrap, "metadata");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("metadata for {topic}: {e}"));
+    let entry = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .unwrap_or_else(|| panic!("topic {topic} missing from metadata"));
+    assert!(
+        entry.error().is_none(),
+        "metadata error for {topic}: {:?}",
+        entry.error()
+    );
+    entry.partitions().len()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment files
+// ---------------------------------------------------------------------------------------------
+
+/// Position of one RecordBatch inside a segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchPosition {
+    /// Byte offset of the batch in the file.
+    pub position: u64,
+    /// Total size: batchLength + 12.
+    pub size: u64,
+    pub base_offset: i64,
+    pub last_offset_delta: i32,
+}
+
+/// Size of the batch fields up to and including the CRC (baseOffset 8, batchLength 4,
+/// partitionLeaderEpoch 4, magic 1, crc 4); the CRC covers everything after it.
+pub const BATCH_CRC_END: u64 = 21;
+/// Smallest valid RecordBatch (header without records).
+pub const BATCH_HEADER_BYTES: u64 = 61;
+
+/// Walks the batches of a segment from byte 0 until a zero batchLength or the end of the data.
+/// Panics on a batch that runs past the end of the file or fails its CRC: used on files the
+/// broker wrote and that the test has not damaged yet.
+pub fn segment_batches(path: &Path) -> Vec<BatchPosition> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut batches = Vec::new();
+    let mut position = 0usize;
+    for _ in 0..bytes.len() / BATCH_HEADER_BYTES as usize + 1 {
+        if position + 12 > bytes.len() {
+            break;
+        }
+        let length = i32::from_be_bytes(bytes[position + 8..position + 12].try_into().unwrap());
+        if length == 0 {
+            break;
+        }
+        assert!(
+            length as u64 >= BATCH_HEADER_BYTES - 12,
+            "{}: batch at {position} has batchLength {length}",
+            path.display()
+        );
+        let size = length as usize + 12;
+        assert!(
+            position + size <= bytes.len(),
+            "{}: batch at {position} of size {size} runs past the end ({})",
+            path.display(),
+            bytes.len()
+        );
+        let batch = &bytes[position..position + size];
+        assert_eq!(batch[16], 2, "magic of batch at {position}");
+        let crc_stored = u32::from_be_bytes(batch[17..21].try_into().unwrap());
+        let crc_computed = crc32c::crc32c(&batch[21..]);
+        assert_eq!(
+            crc_stored,
+            crc_computed,
+            "{}: CRC of batch at {position}",
+            path.display()
+        );
+        batches.push(BatchPosition {
+            position: position as u64,
+            size: size as u64,
+            base_offset: i64::from_be_bytes(batch[0..8].try_into().unwrap()),
+            last_offset_delta: i32::from_be_bytes(batch[23..27].try_into().unwrap()),
+        });
+        position += size;
+    }
+    batches
+}
+
+/// Segment files of a partition, sorted by base offset (the name is the 20-digit base offset).
+pub fn segment_files(partition_dir: &Path) -> Vec<(i64, PathBuf)> {
+    let mut segments: Vec<(i64, PathBuf)> = std::fs::read_dir(partition_dir)
+        .unwrap_or_else(|e| panic!("read dir {}: {e}", partition_dir.display()))
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path.file_name()?.to_str()?;
+            let stem = name.strip_suffix(".log")?;
+            if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((stem.parse().ok()?, path))
+        })
+        .collect();
+    segments.sort();
+    segments
+}
