@@ -163,16 +163,20 @@ pub fn run(config: Config) -> Result<(), StartError> {
             if let Err(e) = runtime::file::warm_iopoll_probe(&config.data_dir).await {
                 error!(shard = %id, error = %e, "iopoll probe workaround failed");
             }
-            let mut peers = Vec::with_capacity(shards);
-            for tx in mine.to {
-                peers.push(match tx {
+            // Connecting waits for the peer's end: connect every end at once.
+            let senders = futures::future::join_all(mine.to.into_iter().map(|tx| async move {
+                match tx {
                     Some(tx) => Some(runtime::connect_sender(tx).await),
                     None => None,
-                });
-            }
+                }
+            }));
+            let receivers = futures::future::join_all(
+                mine.from.into_iter().flatten().map(runtime::connect_receiver),
+            );
+            let (peers, receivers) = futures::future::join(senders, receivers).await;
             let shard = Shard::new(id, shards, config.clone(), Arc::new(Catalog::default()), peers);
-            for rx in mine.from.into_iter().flatten() {
-                shard.serve_peer(runtime::connect_receiver(rx).await);
+            for rx in receivers {
+                shard.serve_peer(rx);
             }
             shard.remove_orphans_with(&catalog);
             if let Err(e) = shard.apply_catalog(catalog.clone()).await {

@@ -63,7 +63,9 @@ fn malformed_frames_close_the_connection() {
         ),
         (
             "random bytes",
-            vec![0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0xff, 0x00, 0x7f],
+            vec![
+                0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0xff, 0x00, 0x7f,
+            ],
             false,
         ),
         ("huge length", 0x7fff_ffffi32.to_be_bytes().to_vec(), false),
@@ -202,7 +204,10 @@ fn many_connections_dropped_at_once() {
         streams.push(stream);
     }
     drop(streams);
-    eprintln!("{CONNECTIONS} connections opened and dropped in {:?}", started.elapsed());
+    eprintln!(
+        "{CONNECTIONS} connections opened and dropped in {:?}",
+        started.elapsed()
+    );
 
     // A raw request and a real client both work afterwards.
     api_versions_v3(broker.addr(), 77);

@@ -28,7 +28,11 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(90);
 type Acked = BTreeMap<(i32, i64), Vec<u8>>;
 
 fn payload(task: u32, sequence: u64) -> Vec<u8> {
-    format!("task={task} seq={sequence} {}", "x".repeat((sequence % 100) as usize)).into_bytes()
+    format!(
+        "task={task} seq={sequence} {}",
+        "x".repeat((sequence % 100) as usize)
+    )
+    .into_bytes()
 }
 
 /// Sends acks=all messages with a bounded window until `stop` is set, then waits for what is
@@ -56,8 +60,9 @@ async fn producer_task(
             }
             sequence += 1;
         }
-        match tokio::time::timeout(Duration::from_millis(200), in_flight.next()).await {
-            Ok(Some((value, result))) => match result.expect("delivery cancelled") {
+        let next = tokio::time::timeout(Duration::from_millis(200), in_flight.next()).await;
+        if let Ok(Some((value, result))) = next {
+            match result.expect("delivery cancelled") {
                 Ok(delivery) => {
                     let previous = acked
                         .lock()
@@ -72,8 +77,7 @@ async fn producer_task(
                     acks.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(_) => failures += 1,
-            },
-            Ok(None) | Err(_) => {}
+            }
         }
     }
     // Drain: acknowledgements that arrive now are still acknowledgements (the broker may have

@@ -39,7 +39,10 @@ fn expected(index: usize) -> Expected {
     let sequence = index / KEYS;
     let key = format!("key-{key_number}");
     Expected {
-        value: format!("{key}|seq={sequence}|index={index}|{}", "v".repeat(index % 97)),
+        value: format!(
+            "{key}|seq={sequence}|index={index}|{}",
+            "v".repeat(index % 97)
+        ),
         header_index: index.to_string(),
         header_key: format!("h-{key}"),
         timestamp_ms: TIMESTAMP_BASE_MS + index as i64,
@@ -126,7 +129,10 @@ async fn keyed_messages_round_trip_in_order() {
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     queue_full_waits += 1;
-                    assert!(queue_full_waits < 3_000, "producer queue stayed full for 30 s");
+                    assert!(
+                        queue_full_waits < 3_000,
+                        "producer queue stayed full for 30 s"
+                    );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err((error, _)) => panic!("enqueue message {index}: {error}"),
@@ -152,7 +158,10 @@ async fn keyed_messages_round_trip_in_order() {
     // Acknowledged offsets: each (partition, offset) once, and per partition 0..n without gaps.
     let mut acked_per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for &(partition, offset) in &placement {
-        acked_per_partition.entry(partition).or_default().push(offset);
+        acked_per_partition
+            .entry(partition)
+            .or_default()
+            .push(offset);
     }
     for (partition, offsets) in acked_per_partition.iter_mut() {
         offsets.sort_unstable();
@@ -251,9 +260,7 @@ fn kcat(bootstrap: &str) -> Command {
         .arg("-b")
         .arg(bootstrap)
         .arg("-X")
-        .arg("socket.timeout.ms=10000")
-        .arg("-X")
-        .arg("message.timeout.ms=20000");
+        .arg("socket.timeout.ms=10000");
     command
 }
 
@@ -267,13 +274,12 @@ fn kcat_produce_consume_and_list() {
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
     let topic = "kcat-round-trip";
-    let lines: Vec<String> = (0..50)
-        .map(|i| format!("k{i}:value number {i}"))
-        .collect();
+    let lines: Vec<String> = (0..50).map(|i| format!("k{i}:value number {i}")).collect();
     let input = lines.join("\n") + "\n";
 
     let produced = run_with_timeout(
         kcat(&bootstrap)
+            .args(["-X", "message.timeout.ms=20000"])
             .args(["-P", "-t", topic, "-K:"])
             .env("LC_ALL", "C"),
         input.as_bytes(),

@@ -27,7 +27,11 @@ fn payload(round: u32, index: u32) -> Vec<u8> {
 
 /// Produces `count` messages round-robin over the partitions, awaiting all acknowledgements.
 async fn produce(bootstrap: &str, round: u32, count: u32) -> Acked {
-    let producer: FutureProducer = producer_config(bootstrap).create().expect("producer");
+    // 64 KiB batches: several batches per 1 MiB segment.
+    let producer: FutureProducer = producer_config(bootstrap)
+        .set("batch.size", "65536")
+        .create()
+        .expect("producer");
     let mut pending = Vec::with_capacity(count as usize);
     for index in 0..count {
         let value = payload(round, index);

@@ -24,7 +24,10 @@ enum Damage {
 }
 
 fn value(index: i64) -> String {
-    format!("torn-tail message {index} {}", "z".repeat(index as usize % 30))
+    format!(
+        "torn-tail message {index} {}",
+        "z".repeat(index as usize % 30)
+    )
 }
 
 async fn torn_tail(damage: Damage, topic: &str) {
@@ -60,7 +63,10 @@ async fn torn_tail(damage: Damage, topic: &str) {
         active.display()
     );
     for (index, batch) in batches.iter().enumerate() {
-        assert_eq!(batch.base_offset, index as i64, "base offset of batch {index}");
+        assert_eq!(
+            batch.base_offset, index as i64,
+            "base offset of batch {index}"
+        );
         assert_eq!(batch.last_offset_delta, 0, "batch {index} holds one record");
     }
     let last = *batches.last().unwrap();

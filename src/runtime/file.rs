@@ -138,9 +138,15 @@ impl SegmentFile {
     /// Write the whole buffer at `pos` (aligned). Short writes are retried
     /// by writing the rest; a zero-length write is an error.
     pub async fn write_at(&self, buf: IoBuffer, pos: u64) -> io::Result<()> {
-        assert!(pos.is_multiple_of(self.alignment()), "unaligned write at {pos}");
+        assert!(
+            pos.is_multiple_of(self.alignment()),
+            "unaligned write at {pos}"
+        );
         if fault::write_should_fail() {
-            return Err(io::Error::other(format!("injected write failure: {}", self.path.display())));
+            return Err(io::Error::other(format!(
+                "injected write failure: {}",
+                self.path.display()
+            )));
         }
         let len = buf.len();
         let buf = std::rc::Rc::new(buf.0);
@@ -174,7 +180,10 @@ impl SegmentFile {
 
     pub async fn fdatasync(&self) -> io::Result<()> {
         if fault::sync_should_fail() {
-            return Err(io::Error::other(format!("injected fdatasync failure: {}", self.path.display())));
+            return Err(io::Error::other(format!(
+                "injected fdatasync failure: {}",
+                self.path.display()
+            )));
         }
         Ok(self.file.fdatasync().await?)
     }
@@ -239,7 +248,10 @@ pub fn remove_dir_all(dir: &Path) -> io::Result<()> {
 pub async fn warm_iopoll_probe(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let p = dir.join(".iopoll-probe");
-    if std::fs::metadata(&p).map(|m| m.len() < 4096).unwrap_or(true) {
+    if std::fs::metadata(&p)
+        .map(|m| m.len() < 4096)
+        .unwrap_or(true)
+    {
         std::fs::write(&p, [0u8; 4096])?;
     }
     DmaFile::open(&p).await?.close().await?;

@@ -24,12 +24,8 @@ use crate::types::ShardId;
 /// Errors starting or driving the runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("cannot start executor for {shard}: {source}")]
-    Executor {
-        shard: ShardId,
-        #[source]
-        source: glommio::GlommioError<()>,
-    },
+    #[error("cannot start executor for {shard}: {reason}")]
+    Executor { shard: ShardId, reason: String },
     #[error("shard thread panicked: {0}")]
     Panicked(String),
 }
@@ -180,35 +176,18 @@ where
             .spawn(move || async move { f(ShardId(i)).await })
             .map_err(|e| RuntimeError::Executor {
                 shard: ShardId(i),
-                source: map_glommio_err(e),
+                reason: e.to_string(),
             })?;
         handles.push(handle);
     }
     for h in handles {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(RuntimeError::Panicked(e.to_string()));
-            }
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                return Err(RuntimeError::Panicked(msg));
-            }
-        }
+        // A panicking shard surfaces here as an error from join.
+        h.join()
+            .map_err(|e| RuntimeError::Panicked(e.to_string()))?;
     }
     Ok(())
 }
 
-fn map_glommio_err<T>(e: glommio::GlommioError<T>) -> glommio::GlommioError<()> {
-    match e {
-        glommio::GlommioError::IoError(io) => glommio::GlommioError::IoError(io),
-        other => glommio::GlommioError::IoError(std::io::Error::other(other.to_string())),
-    }
-}
 
 /// A shard-local "something changed" signal: tasks wait for the next
 /// notification; notifying wakes all current waiters. Used to wake long-poll

@@ -120,7 +120,9 @@ pub fn batch_size(buf: &[u8]) -> Result<usize, StorageError> {
     }
     let len = be_i32(buf, 8);
     if len < (HEADER_LEN - LOG_OVERHEAD) as i32 {
-        return Err(StorageError::CorruptBatch(format!("batch length {len} below header size")));
+        return Err(StorageError::CorruptBatch(format!(
+            "batch length {len} below header size"
+        )));
     }
     let size = len as usize + LOG_OVERHEAD;
     if size > buf.len() {
@@ -158,7 +160,10 @@ pub fn validate_batch(buf: &[u8]) -> Result<(BatchHeader, usize), StorageError> 
 
 /// Everything append checks on one producer batch: [`validate_batch`],
 /// the size limit, and a sane record count.
-pub fn validate_for_append(buf: &[u8], max_batch_bytes: usize) -> Result<(BatchHeader, usize), StorageError> {
+pub fn validate_for_append(
+    buf: &[u8],
+    max_batch_bytes: usize,
+) -> Result<(BatchHeader, usize), StorageError> {
     if buf.len() >= LOG_OVERHEAD {
         let len = be_i32(buf, 8);
         if len >= 0 && (len as usize).saturating_add(LOG_OVERHEAD) > max_batch_bytes {
@@ -170,7 +175,10 @@ pub fn validate_for_append(buf: &[u8], max_batch_bytes: usize) -> Result<(BatchH
     }
     let (header, size) = validate_batch(buf)?;
     if header.record_count <= 0 {
-        return Err(StorageError::InvalidRecord(format!("record count {}", header.record_count)));
+        return Err(StorageError::InvalidRecord(format!(
+            "record count {}",
+            header.record_count
+        )));
     }
     if header.last_offset_delta != header.record_count - 1 {
         return Err(StorageError::InvalidRecord(format!(
@@ -194,7 +202,11 @@ pub struct BatchIter<'a> {
 
 impl<'a> BatchIter<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        BatchIter { buf, pos: 0, failed: false }
+        BatchIter {
+            buf,
+            pos: 0,
+            failed: false,
+        }
     }
 
     /// Position after the last batch returned.
@@ -211,7 +223,8 @@ impl Iterator for BatchIter<'_> {
             return None;
         }
         let rest = &self.buf[self.pos..];
-        let r = batch_size(rest).and_then(|size| BatchHeader::parse(&rest[..size]).map(|h| (h, size)));
+        let r =
+            batch_size(rest).and_then(|size| BatchHeader::parse(&rest[..size]).map(|h| (h, size)));
         match r {
             Ok((h, size)) => {
                 let at = self.pos;
@@ -243,7 +256,11 @@ pub(crate) mod test_util {
     /// Encode one batch of `count` records with offsets `base..` and
     /// timestamps `ts0 + i`, values `value_len` bytes.
     pub fn encode_batch(base: i64, count: usize, ts0: i64, value_len: usize) -> Bytes {
-        encode_batch_ts(base, &(0..count as i64).map(|i| ts0 + i).collect::<Vec<_>>(), value_len)
+        encode_batch_ts(
+            base,
+            &(0..count as i64).map(|i| ts0 + i).collect::<Vec<_>>(),
+            value_len,
+        )
     }
 
     /// Encode one batch with one record per timestamp in `ts`.
@@ -254,6 +271,7 @@ pub(crate) mod test_util {
             .map(|(i, t)| Record {
                 transactional: false,
                 control: false,
+                delete_horizon: false,
                 partition_leader_epoch: 0,
                 producer_id: -1,
                 producer_epoch: -1,
@@ -269,8 +287,15 @@ pub(crate) mod test_util {
             })
             .collect();
         let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
-            .expect("encode");
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("encode");
         buf.freeze()
     }
 }
@@ -333,7 +358,10 @@ mod tests {
         let b = encode_batch(0, 3, 1, 20);
         let mut m = b.to_vec();
         m[16] = 1;
-        assert!(matches!(validate_batch(&m), Err(StorageError::UnsupportedMagic(1))));
+        assert!(matches!(
+            validate_batch(&m),
+            Err(StorageError::UnsupportedMagic(1))
+        ));
         assert!(matches!(
             validate_for_append(&b, 50),
             Err(StorageError::BatchTooLarge { max: 50, .. })
@@ -370,7 +398,12 @@ mod tests {
         assert_eq!(g.len(), HEADER_LEN);
         let crc = compute_crc(&g);
         g[17..21].copy_from_slice(&crc.to_be_bytes());
-        let golden: [u8; 21] = [0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 49, 0xff, 0xff, 0xff, 0xff, 2, g[17], g[18], g[19], g[20]];
+        // CRC32C of bytes 21..61, computed independently (bitwise Python
+        // implementation of the Castagnoli polynomial).
+        assert_eq!(crc, 0xd46c_5403);
+        let golden: [u8; 21] = [
+            0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 49, 0xff, 0xff, 0xff, 0xff, 2, 0xd4, 0x6c, 0x54, 0x03,
+        ];
         assert_eq!(&g[..21], &golden);
         let (h, size) = validate_batch(&g).unwrap();
         assert_eq!(size, 61);
@@ -392,7 +425,5 @@ mod tests {
                 record_count: 1,
             }
         );
-        // CRC32C known value over the checked region, independent of our code path.
-        assert_eq!(crc, crc32c::crc32c(&g[21..]));
     }
 }

@@ -83,7 +83,11 @@ pub fn lookup_offset(buf: &[u8], rel: u64) -> Option<(u32, u32)> {
             hi = mid;
         }
     }
-    if lo == 0 { None } else { Some(offset_entry(buf, lo - 1)) }
+    if lo == 0 {
+        None
+    } else {
+        Some(offset_entry(buf, lo - 1))
+    }
 }
 
 pub fn time_entry_count(buf: &[u8]) -> usize {
@@ -198,8 +202,14 @@ impl Indexer {
     /// byte position `pos` of the segment.
     pub fn on_batch(&mut self, h: &BatchHeader, pos: u64, size: usize) {
         let rel = h.base_offset - self.base_offset;
-        assert!(rel >= 0 && rel <= i64::from(u32::MAX), "relative offset {rel} out of range");
-        assert!(pos <= u64::from(u32::MAX), "segment position {pos} out of range");
+        assert!(
+            rel >= 0 && rel <= i64::from(u32::MAX),
+            "relative offset {rel} out of range"
+        );
+        assert!(
+            pos <= u64::from(u32::MAX),
+            "segment position {pos} out of range"
+        );
         let (rel, pos32) = (rel as u32, pos as u32);
         // An entry for the first batch after each interval_bytes of log; the
         // first batch of a segment needs none (lookups fall back to 0).
@@ -211,7 +221,9 @@ impl Indexer {
         let raises = self.max_timestamp.is_none_or(|(t, _)| h.max_timestamp > t);
         if raises {
             self.max_timestamp = Some((h.max_timestamp, h.base_offset));
-            if self.times.is_empty() || self.bytes_since_time_entry >= u64::from(self.interval_bytes) {
+            if self.times.is_empty()
+                || self.bytes_since_time_entry >= u64::from(self.interval_bytes)
+            {
                 push_time_entry(&mut self.times, h.max_timestamp, rel);
                 self.bytes_since_time_entry = 0;
             }

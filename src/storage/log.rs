@@ -46,7 +46,9 @@ use super::batch::{self, BatchHeader};
 use super::error::{IoContext, StorageError};
 use super::index::{self, IndexBytes, Indexer};
 use super::recovery;
-use super::segment::{INDEX_SUFFIX, Scanner, Segment, SegmentIndex, TIME_INDEX_SUFFIX, segment_path};
+use super::segment::{
+    INDEX_SUFFIX, Scanner, Segment, SegmentIndex, TIME_INDEX_SUFFIX, segment_path,
+};
 use crate::constants;
 use crate::runtime::Notify;
 use crate::runtime::file::{self, SegmentFile};
@@ -133,6 +135,18 @@ struct Pending {
     max_timestamp: i64,
 }
 
+/// How to read from one segment.
+enum ReadPlan {
+    /// No visible bytes.
+    Empty,
+    /// Read `[start, end)` of `file`; `start` is a batch boundary.
+    Read {
+        file: Rc<SegmentFile>,
+        start: u64,
+        end: u64,
+    },
+}
+
 /// A recent batch kept for tailing readers.
 struct CachedBatch {
     base_offset: i64,
@@ -165,17 +179,25 @@ struct State {
 impl State {
     fn failed_error(&self) -> Option<StorageError> {
         self.failed.as_ref().map(|(kind, msg)| {
-            StorageError::io("partition log failed earlier", io::Error::new(*kind, msg.clone()))
+            StorageError::io(
+                "partition log failed earlier",
+                io::Error::new(*kind, msg.clone()),
+            )
         })
     }
 
     fn active(&mut self) -> &mut Segment {
-        self.segments.last_mut().expect("a log always has an active segment")
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
     }
 
     fn segment_mut(&mut self, base: i64) -> &mut Segment {
         let i = self.segments.partition_point(|s| s.base_offset <= base);
-        assert!(i > 0 && self.segments[i - 1].base_offset == base, "no segment {base}");
+        assert!(
+            i > 0 && self.segments[i - 1].base_offset == base,
+            "no segment {base}"
+        );
         &mut self.segments[i - 1]
     }
 }
@@ -247,12 +269,25 @@ impl PartitionLog {
     ///
     /// Call `crate::runtime::file::warm_iopoll_probe` on this shard first.
     pub async fn open(dir: PathBuf, cfg: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
-        assert!(cfg.segment_bytes > 0 && cfg.segment_bytes <= u64::from(u32::MAX), "segment_bytes out of range");
-        assert!(cfg.index_interval_bytes > 0, "index_interval_bytes must be > 0");
-        assert!(cfg.max_message_bytes >= batch::HEADER_LEN, "max_message_bytes too small");
+        assert!(
+            cfg.segment_bytes > 0 && cfg.segment_bytes <= u64::from(u32::MAX),
+            "segment_bytes out of range"
+        );
+        assert!(
+            cfg.index_interval_bytes > 0,
+            "index_interval_bytes must be > 0"
+        );
+        assert!(
+            cfg.max_message_bytes >= batch::HEADER_LEN,
+            "max_message_bytes too small"
+        );
         let rec = recovery::recover(&dir, &cfg, PREALLOCATE_STEP_BYTES).await?;
         let log_start = rec.segments.first().map_or(0, |s| s.base_offset);
-        let active_base = rec.segments.last().expect("recovery yields an active segment").base_offset;
+        let active_base = rec
+            .segments
+            .last()
+            .expect("recovery yields an active segment")
+            .base_offset;
         let writer = Writer {
             segment_base: active_base,
             file: rec.active_file,
@@ -327,7 +362,8 @@ impl PartitionLog {
         let mut batches: Vec<(usize, usize, BatchHeader)> = Vec::new();
         let mut pos = 0;
         while pos < records.len() {
-            let (h, size) = batch::validate_for_append(&records[pos..], self.cfg.max_message_bytes)?;
+            let (h, size) =
+                batch::validate_for_append(&records[pos..], self.cfg.max_message_bytes)?;
             batches.push((pos, size, h));
             pos += size;
         }
@@ -407,7 +443,8 @@ impl PartitionLog {
         }
         let too_big = seg.size + size > self.cfg.segment_bytes;
         let too_old = now.duration_since(seg.created) >= Duration::from_millis(self.cfg.segment_ms);
-        let rel_overflow = log_end + i64::from(last_offset_delta) - seg.base_offset > i64::from(i32::MAX);
+        let rel_overflow =
+            log_end + i64::from(last_offset_delta) - seg.base_offset > i64::from(i32::MAX);
         if too_big || too_old || rel_overflow {
             debug!(dir = %self.dir.display(), base = log_end, "rolling segment");
             st.segments.push(Segment {
@@ -427,7 +464,9 @@ impl PartitionLog {
     /// served. An append always fits when nothing is pending, so a batch
     /// larger than `pending_bytes_max` cannot wait forever.
     async fn wait_for_room(&self, len: usize) -> Result<(), StorageError> {
-        let fits = |st: &State| st.pending_bytes == 0 || st.pending_bytes + len <= self.cfg.pending_bytes_max;
+        let fits = |st: &State| {
+            st.pending_bytes == 0 || st.pending_bytes + len <= self.cfg.pending_bytes_max
+        };
         let id = {
             let mut st = self.state.borrow_mut();
             if st.room_waiters.is_empty() && fits(&st) {
@@ -531,14 +570,22 @@ impl PartitionLog {
         // it ends before (an empty active segment).
         let mut seg_index = {
             let st = self.state.borrow();
-            st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1)
+            st.segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1)
         };
         loop {
-            let Some((file, start, end)) = self.segment_read_plan(seg_index, offset).await? else {
-                return Ok(out(Bytes::new()));
-            };
-            if let Some(records) = read_batches(file, start, end, offset, hw, max_bytes, self.cfg.index_interval_bytes).await? {
-                return Ok(out(records));
+            match self.segment_read_plan(seg_index, offset).await? {
+                None => return Ok(out(Bytes::new())),
+                Some(ReadPlan::Empty) => {}
+                Some(ReadPlan::Read { file, start, end }) => {
+                    let interval = self.cfg.index_interval_bytes;
+                    if let Some(records) =
+                        read_batches(file, start, end, offset, hw, max_bytes, interval).await?
+                    {
+                        return Ok(out(records));
+                    }
+                }
             }
             seg_index += 1;
         }
@@ -563,7 +610,10 @@ impl PartitionLog {
             total += b.bytes.len();
             picked.push(&b.bytes);
         }
-        assert!(!picked.is_empty(), "offset {offset} below HW {hw} must be in the tail cache");
+        assert!(
+            !picked.is_empty(),
+            "offset {offset} below HW {hw} must be in the tail cache"
+        );
         if picked.len() == 1 {
             return Some(picked[0].clone());
         }
@@ -574,31 +624,49 @@ impl PartitionLog {
         Some(buf.freeze())
     }
 
-    /// File, start position and visible end for reading `offset` from
-    /// segment `i`; None past the last segment. Opens a sealed segment's
+    /// How to read `offset` from segment `i`; None past the last segment. Opens a sealed segment's
     /// file on first use.
-    async fn segment_read_plan(&self, i: usize, offset: i64) -> Result<Option<(Rc<SegmentFile>, u64, u64)>, StorageError> {
+    async fn segment_read_plan(
+        &self,
+        i: usize,
+        offset: i64,
+    ) -> Result<Option<ReadPlan>, StorageError> {
         let (file, base, start, end) = {
             let st = self.state.borrow();
             let Some(seg) = st.segments.get(i) else {
                 return Ok(None);
             };
-            (seg.file.clone(), seg.base_offset, seg.lookup_position(offset), seg.visible_size)
+            (
+                seg.file.clone(),
+                seg.base_offset,
+                seg.lookup_position(offset),
+                seg.visible_size,
+            )
         };
         if end == 0 {
-            return Ok(Some((self.placeholder_file(file, base).await?, 0, 0)));
+            // Nothing visible (an active segment the flusher may not have
+            // created yet): nothing to read, and maybe no file to open.
+            return Ok(Some(ReadPlan::Empty));
         }
-        let file = self.placeholder_file(file, base).await?;
-        Ok(Some((file, start, end)))
+        let file = self.segment_file(file, base).await?;
+        Ok(Some(ReadPlan::Read { file, start, end }))
     }
 
     /// The segment's open file, opening it read-only if needed.
-    async fn placeholder_file(&self, file: Option<Rc<SegmentFile>>, base: i64) -> Result<Rc<SegmentFile>, StorageError> {
+    async fn segment_file(
+        &self,
+        file: Option<Rc<SegmentFile>>,
+        base: i64,
+    ) -> Result<Rc<SegmentFile>, StorageError> {
         if let Some(f) = file {
             return Ok(f);
         }
         let path = segment_path(&self.dir, base, super::segment::LOG_SUFFIX);
-        let f = Rc::new(SegmentFile::open_read(&path).await.ctx(|| format!("opening {}", path.display()))?);
+        let f = Rc::new(
+            SegmentFile::open_read(&path)
+                .await
+                .ctx(|| format!("opening {}", path.display()))?,
+        );
         let mut st = self.state.borrow_mut();
         if self.closed.get() {
             return Err(StorageError::Closed);
@@ -610,7 +678,10 @@ impl PartitionLog {
     /// ListOffsets by timestamp: the earliest offset whose record timestamp
     /// is >= `ts`, with that timestamp; None if no visible record has one.
     /// Uses the time index to find the batch, then decodes that one batch.
-    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(Offset, i64)>, StorageError> {
+    pub async fn offset_for_timestamp(
+        &self,
+        ts: i64,
+    ) -> Result<Option<(Offset, i64)>, StorageError> {
         let hw = self.high_watermark().0;
         let count = self.state.borrow().segments.len();
         for i in 0..count {
@@ -634,8 +705,10 @@ impl PartitionLog {
                     _ => None,
                 }
             };
-            let Some((file, base, start, end)) = plan else { continue };
-            let file = self.placeholder_file(file, base).await?;
+            let Some((file, base, start, end)) = plan else {
+                continue;
+            };
+            let file = self.segment_file(file, base).await?;
             let mut sc = Scanner::new(file, start, end, READ_CHUNK_MIN_BYTES, false);
             while let Some((_, h, bytes)) = sc.next().await? {
                 if h.base_offset >= hw {
@@ -667,7 +740,9 @@ impl PartitionLog {
         let Some((ts, batch_base, i)) = best else {
             return Ok(None);
         };
-        let Some((file, start, end)) = self.segment_read_plan(i, batch_base).await? else {
+        let Some(ReadPlan::Read { file, start, end }) =
+            self.segment_read_plan(i, batch_base).await?
+        else {
             return Ok(None);
         };
         let mut sc = Scanner::new(file, start, end, READ_CHUNK_MIN_BYTES, false);
@@ -679,7 +754,9 @@ impl PartitionLog {
                 break;
             }
         }
-        Err(StorageError::CorruptBatch(format!("batch {batch_base} with the max timestamp not found")))
+        Err(StorageError::CorruptBatch(format!(
+            "batch {batch_base} with the max timestamp not found"
+        )))
     }
 
     /// Flush everything, fdatasync, seal the active segment (truncate it to
@@ -698,11 +775,22 @@ impl PartitionLog {
         }
         self.closed.set(true);
         self.hw_notify.notify_all();
-        let mut st = self.state.borrow_mut();
-        st.segments.clear(); // drops (closes) the file handles
-        st.tail.clear();
-        st.tail_bytes = 0;
-        match st.failed_error() {
+        let (segments, failed) = {
+            let mut st = self.state.borrow_mut();
+            st.tail.clear();
+            st.tail_bytes = 0;
+            (std::mem::take(&mut st.segments), st.failed_error())
+        };
+        for seg in segments {
+            // The flusher has exited, so only a concurrent read can still
+            // hold a handle; that one is closed when the read drops it.
+            if let Some(f) = seg.file.and_then(|f| Rc::try_unwrap(f).ok())
+                && let Err(e) = f.close().await
+            {
+                warn!(dir = %self.dir.display(), error = %e, "closing a segment file failed");
+            }
+        }
+        match failed {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -715,7 +803,9 @@ impl PartitionLog {
         }
         file::remove_dir_all(&self.dir).ctx(|| format!("removing {}", self.dir.display()))?;
         if let Some(parent) = self.dir.parent() {
-            file::sync_dir(parent).await.ctx(|| format!("syncing {}", parent.display()))?;
+            file::sync_dir(parent)
+                .await
+                .ctx(|| format!("syncing {}", parent.display()))?;
         }
         Ok(())
     }
@@ -761,12 +851,18 @@ impl PartitionLog {
             let seg = st.segment_mut(base);
             seg.visible_size = w.written;
             for p in group {
-                if seg.visible_max_timestamp.is_none_or(|(t, _)| p.max_timestamp > t) {
+                if seg
+                    .visible_max_timestamp
+                    .is_none_or(|(t, _)| p.max_timestamp > t)
+                {
                     seg.visible_max_timestamp = Some((p.max_timestamp, p.base_offset));
                 }
             }
             let last = group.last().expect("non-empty group");
-            assert!(last.next_offset > st.high_watermark, "the high watermark only moves forward");
+            assert!(
+                last.next_offset > st.high_watermark,
+                "the high watermark only moves forward"
+            );
             st.high_watermark = last.next_offset;
             assert!(st.high_watermark <= st.log_end);
             st.pending_bytes -= bytes;
@@ -778,7 +874,10 @@ impl PartitionLog {
     }
 
     async fn sync(&self, w: &mut Writer) -> Result<(), StorageError> {
-        w.file.fdatasync().await.ctx(|| format!("fdatasync {}", w.file.path().display()))?;
+        w.file
+            .fdatasync()
+            .await
+            .ctx(|| format!("fdatasync {}", w.file.path().display()))?;
         w.dirty = false;
         w.last_sync = Instant::now();
         Ok(())
@@ -788,11 +887,14 @@ impl PartitionLog {
     /// the new bytes, in aligned chunks of at most `WRITE_CHUNK_BYTES`.
     async fn write_group(&self, w: &mut Writer, group: &[Pending]) -> Result<(), StorageError> {
         let align = w.file.alignment();
-        assert!(WRITE_CHUNK_BYTES as u64 % align == 0);
+        assert!((WRITE_CHUNK_BYTES as u64).is_multiple_of(align));
         let new_bytes: u64 = group.iter().map(|p| p.bytes.len() as u64).sum();
         let mut expect = w.written;
         for p in group {
-            assert_eq!(p.position, expect, "batch position assigned at append must match the write position");
+            assert_eq!(
+                p.position, expect,
+                "batch position assigned at append must match the write position"
+            );
             expect += p.bytes.len() as u64;
         }
         let end = w.written + new_bytes;
@@ -852,12 +954,18 @@ impl PartitionLog {
     async fn seal(&self, w: &mut Writer) -> Result<(), StorageError> {
         let path = w.file.path().to_owned();
         self.sync(w).await?;
-        w.file.truncate(w.written).await.ctx(|| format!("truncating {}", path.display()))?;
+        w.file
+            .truncate(w.written)
+            .await
+            .ctx(|| format!("truncating {}", path.display()))?;
         self.sync(w).await?;
         let (offsets, times) = {
             let mut st = self.state.borrow_mut();
             let seg = st.segment_mut(w.segment_base);
-            assert_eq!(seg.size, w.written, "sealing a segment with unwritten batches");
+            assert_eq!(
+                seg.size, w.written,
+                "sealing a segment with unwritten batches"
+            );
             match &seg.index {
                 SegmentIndex::Building(ix) => (ix.offsets.clone(), ix.sealed_times()),
                 SegmentIndex::Sealed { .. } => return Ok(()),
@@ -871,10 +979,16 @@ impl PartitionLog {
         file::write_file_durable(&time_path, &times)
             .await
             .ctx(|| format!("writing {}", time_path.display()))?;
-        let offsets = IndexBytes::map_file(&index_path).ctx(|| format!("mapping {}", index_path.display()))?;
-        let times = IndexBytes::map_file(&time_path).ctx(|| format!("mapping {}", time_path.display()))?;
+        let offsets = IndexBytes::map_file(&index_path)
+            .ctx(|| format!("mapping {}", index_path.display()))?;
+        let times =
+            IndexBytes::map_file(&time_path).ctx(|| format!("mapping {}", time_path.display()))?;
         // Check after reading back (paired with the checks at recovery).
-        assert!(index::offset_index_is_valid(offsets.as_slice(), w.written.max(1), u64::from(u32::MAX)));
+        assert!(index::offset_index_is_valid(
+            offsets.as_slice(),
+            w.written.max(1),
+            u64::from(u32::MAX)
+        ));
         let mut st = self.state.borrow_mut();
         st.segment_mut(w.segment_base).index = SegmentIndex::Sealed { offsets, times };
         Ok(())
@@ -884,11 +998,15 @@ impl PartitionLog {
     /// its directory entry durable.
     async fn create_segment(&self, base: i64) -> Result<Writer, StorageError> {
         let path = segment_path(&self.dir, base, super::segment::LOG_SUFFIX);
-        let f = SegmentFile::open_rw(&path, true).await.ctx(|| format!("creating {}", path.display()))?;
+        let f = SegmentFile::open_rw(&path, true)
+            .await
+            .ctx(|| format!("creating {}", path.display()))?;
         f.pre_allocate(PREALLOCATE_STEP_BYTES)
             .await
             .ctx(|| format!("preallocating {}", path.display()))?;
-        file::sync_dir(&self.dir).await.ctx(|| format!("syncing {}", self.dir.display()))?;
+        file::sync_dir(&self.dir)
+            .await
+            .ctx(|| format!("syncing {}", self.dir.display()))?;
         let f = Rc::new(f);
         self.state.borrow_mut().segment_mut(base).file = Some(f.clone());
         Ok(Writer {
@@ -905,7 +1023,9 @@ impl PartitionLog {
     /// Final step of close: everything written, synced, active segment sealed.
     async fn finish(&self, w: &mut Writer) -> Result<(), StorageError> {
         self.seal(w).await?;
-        file::sync_dir(&self.dir).await.ctx(|| format!("syncing {}", self.dir.display()))
+        file::sync_dir(&self.dir)
+            .await
+            .ctx(|| format!("syncing {}", self.dir.display()))
     }
 }
 
@@ -973,9 +1093,15 @@ async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
 /// Decode one batch and return the first record whose timestamp satisfies
 /// `want`, with that timestamp. Falls back to the batch's base offset and
 /// max timestamp (e.g. LogAppendTime batches whose records carry none).
-fn find_record(bytes: Bytes, h: &BatchHeader, want: impl Fn(i64) -> bool) -> Result<(Offset, i64), StorageError> {
+fn find_record(
+    bytes: Bytes,
+    h: &BatchHeader,
+    want: impl Fn(i64) -> bool,
+) -> Result<(Offset, i64), StorageError> {
     let mut b = bytes;
-    let set = RecordBatchDecoder::decode(&mut b).map_err(|e| StorageError::CorruptBatch(format!("decoding batch {}: {e}", h.base_offset)))?;
+    let set = RecordBatchDecoder::decode(&mut b).map_err(|e| {
+        StorageError::CorruptBatch(format!("decoding batch {}: {e}", h.base_offset))
+    })?;
     for r in &set.records {
         if want(r.timestamp) {
             return Ok((Offset(r.offset), r.timestamp));
@@ -1009,39 +1135,40 @@ async fn read_batches(
         match sc.next().await? {
             None => {
                 if let Some(super::segment::ScanStop::Invalid(why)) = sc.stop_reason() {
-                    return Err(StorageError::CorruptBatch(format!("reading offset {offset}: {why}")));
+                    return Err(StorageError::CorruptBatch(format!(
+                        "reading offset {offset}: {why}"
+                    )));
                 }
                 return Ok(None);
             }
-            Some((_, h, bytes)) if h.next_offset() > offset => break (h, bytes),
+            Some((pos, h, bytes)) if h.next_offset() > offset => break (h, bytes, pos),
             Some(_) => {}
         }
     };
-    let (h, first_bytes) = first;
+    let (h, first_bytes, first_pos) = first;
     if h.base_offset >= hw {
         return Ok(None);
     }
-    let mut out = first_bytes;
-    // Extend with following batches already in the same buffer.
+    let mut total = first_bytes.len();
+    // Extend with following batches already in the same buffer (no more I/O).
     while let Some((size, whole)) = sc.peek_buffered() {
-        if !whole || out.len() + size > max_bytes {
+        if !whole || total + size > max_bytes {
             break;
         }
-        let Some((_, h, bytes)) = sc.next().await? else { break };
+        let Some((_, h, bytes)) = sc.next().await? else {
+            break;
+        };
         if h.base_offset >= hw {
             break;
         }
-        // Contiguous slices of one buffer: merge without copying.
-        assert_eq!(out.as_ptr() as usize + out.len(), bytes.as_ptr() as usize);
-        let merged_len = out.len() + bytes.len();
-        out = unsafe_merge(out, merged_len);
+        total += bytes.len();
     }
+    if total == first_bytes.len() {
+        return Ok(Some(first_bytes));
+    }
+    // Batches are contiguous in the file and all in the scanner's buffer.
+    let out = sc
+        .slice_buffered(first_pos, total as u64)
+        .expect("batches read are buffered");
     Ok(Some(out))
-}
-
-/// `Bytes` cannot grow a slice in place; re-slicing needs the parent. We
-/// keep it simple and safe: copy-free growth is emulated by rebuilding from
-/// the parent buffer in the caller in a future change. For now, this copies.
-fn unsafe_merge(_out: Bytes, _len: usize) -> Bytes {
-    unreachable!()
 }

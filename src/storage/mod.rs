@@ -1,6 +1,6 @@
 //! Storage: per-partition append-only logs made of segment files.
 //!
-//! SPEC (being implemented):
+//! # On-disk format
 //!
 //! On disk, per partition directory `<data>/<topic>-<partition>/`:
 //! - `<base offset, 20 digits>.log`: record batches exactly as received from
@@ -10,10 +10,34 @@
 //! - `<base>.index`: sparse offset index, entries (relative offset u32 BE,
 //!   position u32 BE), one per `index_interval_bytes` of log.
 //! - `<base>.timeindex`: time index, entries (timestamp i64 BE, relative
-//!   offset u32 BE), appended when a batch raises the segment's max timestamp.
+//!   offset u32 BE), appended when a batch raises the segment's max timestamp
+//!   and at least `index_interval_bytes` of log passed since the previous
+//!   entry (the first raise always gets one); sealing adds a final entry with
+//!   the segment's max timestamp, so a sealed segment's last entry is its max.
 //!   Index files of sealed segments are read through memmap2; the active
 //!   segment's index lives in memory and is written when the segment is sealed
 //!   (and rebuilt by the recovery scan after a crash).
 //!
 //! Contract of [`PartitionLog`]: owned by exactly one shard (it is `!Send`),
 //! all methods are called from that shard only.
+//!
+//! # Modules
+//! - [`batch`]: zero-copy view and validation of a RecordBatch header.
+//! - [`index`]: sparse offset and time indexes (same bytes in memory and on disk).
+//! - [`segment`]: segment file names, per-segment state, the batch scanner.
+//! - [`recovery`]: opening a directory after a clean shutdown or a crash.
+//! - [`log`]: [`PartitionLog`], the write path (group commit), reads, close.
+//! - [`error`]: [`StorageError`] and its Kafka error codes.
+
+pub mod batch;
+pub mod error;
+pub mod index;
+pub mod log;
+pub mod recovery;
+pub mod segment;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::StorageError;
+pub use log::{AppendInfo, FetchData, FlushPolicy, LogConfig, PartitionLog};

@@ -123,7 +123,13 @@ pub struct Scanner {
 }
 
 impl Scanner {
-    pub fn new(file: Rc<SegmentFile>, start: u64, end: u64, chunk_bytes: usize, check_crc: bool) -> Self {
+    pub fn new(
+        file: Rc<SegmentFile>,
+        start: u64,
+        end: u64,
+        chunk_bytes: usize,
+        check_crc: bool,
+    ) -> Self {
         Scanner {
             file,
             pos: start,
@@ -166,6 +172,14 @@ impl Scanner {
         Ok(())
     }
 
+    /// Bytes `[from, from + len)` of the file if they are in the read
+    /// buffer (a slice, no copy).
+    pub fn slice_buffered(&self, from: u64, len: u64) -> Option<Bytes> {
+        self.buffered(from, len)?;
+        let s = (from - self.buf_pos) as usize;
+        Some(self.buf.slice(s..s + len as usize))
+    }
+
     /// Size of the next batch if its length field is already buffered
     /// (no I/O). Lets readers stop at what one read returned.
     pub fn peek_buffered(&self) -> Option<(usize, bool)> {
@@ -173,7 +187,8 @@ impl Scanner {
             return None;
         }
         let lf = self.buffered(self.pos, LOG_OVERHEAD as u64)?;
-        let size = i32::from_be_bytes(lf[8..12].try_into().expect("4")) as i64 + LOG_OVERHEAD as i64;
+        let size =
+            i32::from_be_bytes(lf[8..12].try_into().expect("4")) as i64 + LOG_OVERHEAD as i64;
         if size < batch::HEADER_LEN as i64 {
             return None;
         }
@@ -212,7 +227,9 @@ impl Scanner {
             return Ok(None);
         }
         if len < (batch::HEADER_LEN - LOG_OVERHEAD) as i32 {
-            self.stop = Some(ScanStop::Invalid(format!("batch length {len} below header size")));
+            self.stop = Some(ScanStop::Invalid(format!(
+                "batch length {len} below header size"
+            )));
             return Ok(None);
         }
         let size = len as u64 + LOG_OVERHEAD as u64;
@@ -224,7 +241,8 @@ impl Scanner {
             return Ok(None);
         }
         if self.buffered(self.pos, size).is_none() {
-            self.fill(self.pos, self.chunk_bytes.max(size as usize)).await?;
+            self.fill(self.pos, self.chunk_bytes.max(size as usize))
+                .await?;
         }
         let Some(_) = self.buffered(self.pos, size) else {
             self.stop = Some(ScanStop::Invalid("file shorter than expected".into()));
@@ -244,7 +262,10 @@ impl Scanner {
                 Ok(Some((at, h, bytes)))
             }
             Ok(h) => {
-                self.stop = Some(ScanStop::Invalid(format!("negative lastOffsetDelta {}", h.last_offset_delta)));
+                self.stop = Some(ScanStop::Invalid(format!(
+                    "negative lastOffsetDelta {}",
+                    h.last_offset_delta
+                )));
                 Ok(None)
             }
             Err(e) => {
@@ -307,8 +328,14 @@ mod tests {
 
     #[test]
     fn file_names_round_trip() {
-        assert_eq!(segment_file_name(42, LOG_SUFFIX), "00000000000000000042.log");
-        assert_eq!(parse_segment_file_name("00000000000000000042.log"), Some(42));
+        assert_eq!(
+            segment_file_name(42, LOG_SUFFIX),
+            "00000000000000000042.log"
+        );
+        assert_eq!(
+            parse_segment_file_name("00000000000000000042.log"),
+            Some(42)
+        );
         assert_eq!(parse_segment_file_name("00000000000000000042.index"), None);
         assert_eq!(parse_segment_file_name("42.log"), None);
     }

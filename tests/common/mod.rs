@@ -166,7 +166,11 @@ impl Broker {
             if started.elapsed() > BROKER_READY_TIMEOUT {
                 break;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 panic!(
                     "broker exited during startup with {status}\n{}",
@@ -201,9 +205,7 @@ impl Broker {
         if wait_child(&mut child, BROKER_STOP_TIMEOUT).is_some() {
             return true;
         }
-        eprintln!(
-            "broker did not exit within {BROKER_STOP_TIMEOUT:?} of SIGTERM; sending SIGKILL"
-        );
+        eprintln!("broker did not exit within {BROKER_STOP_TIMEOUT:?} of SIGTERM; sending SIGKILL");
         let _ = child.kill();
         let _ = child.wait();
         false
@@ -544,7 +546,10 @@ pub fn consume_partitions(
     let mut result: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
     let mut remaining: u64 = 0;
     for (&partition, &(start, end)) in ranges {
-        assert!(start <= end, "bad range {start}..{end} for partition {partition}");
+        assert!(
+            start <= end,
+            "bad range {start}..{end} for partition {partition}"
+        );
         result.insert(partition, Vec::new());
         if start < end {
             assignment

@@ -37,6 +37,7 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> Result<Cr
         })
         .collect();
     let validate_only = req.validate_only;
+    let version = ctx.version;
     let outcomes = ctx
         .shard
         .invoke_on(CONTROLLER, move |c| async move { c.create_topics(specs, validate_only).await })
@@ -51,6 +52,7 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> Result<Cr
                 .with_topic_id(meta.id)
                 .with_num_partitions(meta.partitions)
                 .with_replication_factor(1)
+                // Configs are reported from v5; earlier encoders refuse them.
                 .with_configs(Some(
                     meta.configs
                         .iter()
@@ -60,6 +62,7 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> Result<Cr
                                 .with_value(Some(str_bytes(v.clone())))
                                 .with_config_source(SOURCE_TOPIC)
                         })
+                        .filter(|_| version >= 5)
                         .collect(),
                 )),
             Err((code, message)) => CreatableTopicResult::default()

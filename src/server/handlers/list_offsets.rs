@@ -42,7 +42,8 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> Result<Lis
                 base.with_error_code(code)
                     .with_offset(offset)
                     .with_timestamp(timestamp)
-                    .with_leader_epoch(0),
+                    // leader_epoch exists from v4; earlier encoders refuse it.
+                    .with_leader_epoch(if ctx.version >= 4 { 0 } else { -1 }),
             );
         }
         topics.push(
