@@ -71,7 +71,11 @@ pub fn check_host(config: &Config) -> Result<(), StartError> {
         (r.rlim_cur, r.rlim_max)
     };
     if soft != libc::RLIM_INFINITY && soft < need {
-        let target = if hard == libc::RLIM_INFINITY { need } else { need.min(hard) };
+        let target = if hard == libc::RLIM_INFINITY {
+            need
+        } else {
+            need.min(hard)
+        };
         let r = libc::rlimit {
             rlim_cur: target,
             rlim_max: hard,
@@ -136,10 +140,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         "starting sluice"
     );
 
-    let channels: Vec<Option<ShardChannels<Job>>> = runtime::channel_matrix(shards, CROSS_SHARD_QUEUE_DEPTH)
-        .into_iter()
-        .map(Some)
-        .collect();
+    let channels: Vec<Option<ShardChannels<Job>>> =
+        runtime::channel_matrix(shards, CROSS_SHARD_QUEUE_DEPTH)
+            .into_iter()
+            .map(Some)
+            .collect();
     let channels = Arc::new(Mutex::new(channels));
     let recovered = Arc::new(Barrier::new(shards));
     let config = Arc::new(config);
@@ -171,10 +176,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 }
             }));
             let receivers = futures::future::join_all(
-                mine.from.into_iter().flatten().map(runtime::connect_receiver),
+                mine.from
+                    .into_iter()
+                    .flatten()
+                    .map(runtime::connect_receiver),
             );
             let (peers, receivers) = futures::future::join(senders, receivers).await;
-            let shard = Shard::new(id, shards, config.clone(), Arc::new(Catalog::default()), peers);
+            let shard = Shard::new(
+                id,
+                shards,
+                config.clone(),
+                Arc::new(Catalog::default()),
+                peers,
+            );
             for rx in receivers {
                 shard.serve_peer(rx);
             }

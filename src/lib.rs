@@ -9,13 +9,13 @@
 //! - [`storage`]: per-partition logs of segment files with sparse offset and
 //!   time indexes, group commit and crash recovery.
 //! - [`types`], [`constants`]: newtypes for ids and offsets; every limit.
-pub mod constants;
-pub mod runtime;
-pub mod storage;
-pub mod types;
 pub mod alloc;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod constants;
+pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod storage;
+pub mod types;

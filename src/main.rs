@@ -12,7 +12,11 @@ use sluice::config::Config;
 static GLOBAL: sluice::alloc::GuardedAlloc = sluice::alloc::GuardedAlloc;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A Kafka-compatible, thread-per-core, io_uring message broker")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A Kafka-compatible, thread-per-core, io_uring message broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (defaults: data in ./data, port 9092, one shard per core).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the configuration settings with their defaults and bounds.
     Config {
         /// Print the defaults as a commented TOML file.
@@ -79,7 +83,9 @@ fn init_logging(level: Option<&str>, json: bool) {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -129,7 +135,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Config { defaults: _ } => {
             print!("{}", Config::defaults_toml());
             Ok(())

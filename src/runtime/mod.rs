@@ -188,7 +188,6 @@ where
     Ok(())
 }
 
-
 /// A shard-local "something changed" signal: tasks wait for the next
 /// notification; notifying wakes all current waiters. Used to wake long-poll
 /// fetches when a partition's high watermark moves.

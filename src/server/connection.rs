@@ -22,9 +22,7 @@ use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
-use kafka_protocol::messages::{
-    ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
-};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tracing::{debug, warn};
 
@@ -76,7 +74,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let write_result = writer_task.await;
     match read_result.and(write_result) {
         Ok(()) => debug!(shard = %shard.id, %peer, "connection closed by client"),
-        Err(ConnectionError::Io(e)) => debug!(shard = %shard.id, %peer, error = %e, "connection closed"),
+        Err(ConnectionError::Io(e)) => {
+            debug!(shard = %shard.id, %peer, error = %e, "connection closed")
+        }
         Err(e) => warn!(shard = %shard.id, %peer, reason = %e, "closing connection"),
     }
 }
@@ -122,7 +122,10 @@ async fn read_loop(
 }
 
 /// Decode the header, check the API and version, and start the handler.
-fn start_request(shard: Rc<Shard>, mut frame: Bytes) -> Result<runtime::Task<Reply>, ConnectionError> {
+fn start_request(
+    shard: Rc<Shard>,
+    mut frame: Bytes,
+) -> Result<runtime::Task<Reply>, ConnectionError> {
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -134,7 +137,12 @@ fn start_request(shard: Rc<Shard>, mut frame: Bytes) -> Result<runtime::Task<Rep
         if key == ApiKey::ApiVersions {
             // Answer in v0 so any client can read it, then carry on.
             let body = handlers::api_versions::unsupported_version_response();
-            let frame = encode_response(ApiKey::ApiVersions, 0, correlation_id, &ResponseKind::ApiVersions(body))?;
+            let frame = encode_response(
+                ApiKey::ApiVersions,
+                0,
+                correlation_id,
+                &ResponseKind::ApiVersions(body),
+            )?;
             return Ok(runtime::spawn(async move { Ok(Some(frame)) }));
         }
         return Err(ConnectionError::UnsupportedVersion { key, version });
@@ -146,7 +154,8 @@ fn start_request(shard: Rc<Shard>, mut frame: Bytes) -> Result<runtime::Task<Rep
     };
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(|e| decode_err(e.to_string()))?;
-    let request = RequestKind::decode(key, &mut frame, version).map_err(|e| decode_err(e.to_string()))?;
+    let request =
+        RequestKind::decode(key, &mut frame, version).map_err(|e| decode_err(e.to_string()))?;
     let ctx = RequestContext {
         shard,
         api_key: key,

@@ -73,9 +73,9 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
         return Err(format!("Invalid value {value} for configuration {name}"));
     }
     match name {
-        "segment.bytes" if value.parse::<i64>().unwrap_or(0) < 4096 => {
-            Err(format!("Invalid value {value} for configuration {name}: at least 4096"))
-        }
+        "segment.bytes" if value.parse::<i64>().unwrap_or(0) < 4096 => Err(format!(
+            "Invalid value {value} for configuration {name}: at least 4096"
+        )),
         "max.message.bytes" if value.parse::<i64>().unwrap_or(0) < 0 => {
             Err(format!("Invalid value {value} for configuration {name}"))
         }
@@ -99,7 +99,8 @@ fn error(e: ResponseError, msg: impl Into<String>) -> (i16, String) {
 
 impl Shard {
     fn check_spec(&self, spec: &TopicSpec) -> Result<TopicMeta, (i16, String)> {
-        validate_topic_name(&spec.name).map_err(|m| error(ResponseError::InvalidTopicException, m))?;
+        validate_topic_name(&spec.name)
+            .map_err(|m| error(ResponseError::InvalidTopicException, m))?;
         if self.catalog().get(&spec.name).is_some() {
             return Err(error(
                 ResponseError::TopicAlreadyExists,
@@ -111,7 +112,7 @@ impl Shard {
         } else {
             spec.partitions
         };
-        if partitions < 1 || partitions > PARTITIONS_PER_TOPIC_MAX {
+        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
             return Err(error(
                 ResponseError::InvalidPartitions,
                 format!("Number of partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}."),
@@ -139,7 +140,11 @@ impl Shard {
 
     /// Create topics (controller only). With `validate_only`, checks and
     /// reports without creating.
-    pub async fn create_topics(&self, specs: Vec<TopicSpec>, validate_only: bool) -> Vec<TopicOutcome> {
+    pub async fn create_topics(
+        &self,
+        specs: Vec<TopicSpec>,
+        validate_only: bool,
+    ) -> Vec<TopicOutcome> {
         assert_eq!(self.id, CONTROLLER, "create_topics runs on the controller");
         let _guard = self.controller_lock.lock().await;
         let mut catalog = self.catalog().snapshot();
@@ -191,7 +196,11 @@ impl Shard {
                     removed += 1;
                     results.push((name, meta.id, 0));
                 }
-                None => results.push((name, Uuid::nil(), ResponseError::UnknownTopicOrPartition.code())),
+                None => results.push((
+                    name,
+                    Uuid::nil(),
+                    ResponseError::UnknownTopicOrPartition.code(),
+                )),
             }
         }
         if removed > 0 {
@@ -210,7 +219,10 @@ impl Shard {
     }
 
     /// Persist `catalog` and make every shard adopt it.
-    async fn publish_catalog(&self, catalog: crate::cluster::catalog::Catalog) -> Result<(), String> {
+    async fn publish_catalog(
+        &self,
+        catalog: crate::cluster::catalog::Catalog,
+    ) -> Result<(), String> {
         catalog
             .save(&self.config.data_dir)
             .map_err(|e| e.to_string())?;

@@ -163,7 +163,11 @@ impl Shard {
     /// Storage settings of a topic: broker defaults with topic overrides.
     pub fn log_config_for(&self, meta: &TopicMeta) -> LogConfig {
         let mut cfg = self.config.log_config();
-        if let Some(v) = meta.configs.get("segment.bytes").and_then(|v| v.parse().ok()) {
+        if let Some(v) = meta
+            .configs
+            .get("segment.bytes")
+            .and_then(|v| v.parse().ok())
+        {
             cfg.segment_bytes = v;
         }
         if let Some(v) = meta.configs.get("segment.ms").and_then(|v| v.parse().ok()) {

@@ -1,7 +1,9 @@
 //! CreateTopics (key 19), versions 2-7: validated and applied by the
 //! controller (shard 0); answered once every shard has opened its partitions.
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::{HandlerError, RequestContext, str_bytes};
@@ -10,7 +12,10 @@ use crate::shard::controller::{CONTROLLER, TopicSpec};
 /// Config source DYNAMIC_TOPIC_CONFIG in DescribeConfigs terms.
 const SOURCE_TOPIC: i8 = 1;
 
-pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> Result<CreateTopicsResponse, HandlerError> {
+pub async fn handle(
+    ctx: &RequestContext,
+    req: CreateTopicsRequest,
+) -> Result<CreateTopicsResponse, HandlerError> {
     let specs: Vec<TopicSpec> = req
         .topics
         .iter()
@@ -32,7 +37,11 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> Result<Cr
             configs: t
                 .configs
                 .iter()
-                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                .filter_map(|c| {
+                    c.value
+                        .as_ref()
+                        .map(|v| (c.name.to_string(), v.to_string()))
+                })
                 .collect(),
         })
         .collect();
@@ -40,7 +49,9 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> Result<Cr
     let version = ctx.version;
     let outcomes = ctx
         .shard
-        .invoke_on(CONTROLLER, move |c| async move { c.create_topics(specs, validate_only).await })
+        .invoke_on(CONTROLLER, move |c| async move {
+            c.create_topics(specs, validate_only).await
+        })
         .await?;
     let topics = req
         .topics

@@ -9,7 +9,10 @@ use uuid::Uuid;
 use super::{HandlerError, RequestContext, str_bytes};
 use crate::shard::controller::CONTROLLER;
 
-pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> Result<DeleteTopicsResponse, HandlerError> {
+pub async fn handle(
+    ctx: &RequestContext,
+    req: DeleteTopicsRequest,
+) -> Result<DeleteTopicsResponse, HandlerError> {
     let catalog = ctx.shard.catalog();
     // (name if known, id as asked)
     let wanted: Vec<(Option<String>, Uuid)> = if ctx.version >= 6 {
@@ -29,7 +32,10 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> Result<De
     let names: Vec<String> = wanted.iter().filter_map(|(n, _)| n.clone()).collect();
     let results = ctx
         .shard
-        .invoke_on(CONTROLLER, move |c| async move { c.delete_topics(names).await })
+        .invoke_on(
+            CONTROLLER,
+            move |c| async move { c.delete_topics(names).await },
+        )
         .await?;
     let mut results = results.into_iter();
     let responses = wanted

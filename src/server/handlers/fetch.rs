@@ -48,14 +48,21 @@ struct Slot {
     spec: ReadSpec,
 }
 
-pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> Result<FetchResponse, HandlerError> {
+pub async fn handle(
+    ctx: &RequestContext,
+    req: FetchRequest,
+) -> Result<FetchResponse, HandlerError> {
     let shard = &ctx.shard;
     let catalog = shard.catalog();
     let started = Instant::now();
     let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX as i32) as u64);
     let deadline = started + max_wait;
     let min_bytes = req.min_bytes.max(0) as usize;
-    let max_bytes = if req.max_bytes <= 0 { i32::MAX as usize } else { req.max_bytes as usize };
+    let max_bytes = if req.max_bytes <= 0 {
+        i32::MAX as usize
+    } else {
+        req.max_bytes as usize
+    };
 
     let mut outcomes: Vec<Vec<ReadOutcome>> = Vec::with_capacity(req.topics.len());
     let mut names: Vec<TopicName> = Vec::with_capacity(req.topics.len());
@@ -154,22 +161,30 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> Result<FetchResp
 
 /// Read every slot on its owner, in parallel across owners; results in slot
 /// order.
-async fn read_all(shard: &Rc<Shard>, slots: &[Slot], max_bytes: usize) -> Result<Vec<ReadOutcome>, HandlerError> {
+async fn read_all(
+    shard: &Rc<Shard>,
+    slots: &[Slot],
+    max_bytes: usize,
+) -> Result<Vec<ReadOutcome>, HandlerError> {
     let mut per_owner: Vec<Vec<(usize, ReadSpec)>> = vec![Vec::new(); shard.count];
     for (i, s) in slots.iter().enumerate() {
         per_owner[s.owner.0].push((i, s.spec.clone()));
     }
-    let futs = per_owner.into_iter().enumerate().filter(|(_, w)| !w.is_empty()).map(|(owner, w)| {
-        let shard = shard.clone();
-        async move {
-            let idx: Vec<usize> = w.iter().map(|(i, _)| *i).collect();
-            let specs: Vec<ReadSpec> = w.into_iter().map(|(_, s)| s).collect();
-            let r = shard
-                .invoke_on(ShardId(owner), move |s| read_on_owner(s, specs, max_bytes))
-                .await;
-            (idx, r)
-        }
-    });
+    let futs = per_owner
+        .into_iter()
+        .enumerate()
+        .filter(|(_, w)| !w.is_empty())
+        .map(|(owner, w)| {
+            let shard = shard.clone();
+            async move {
+                let idx: Vec<usize> = w.iter().map(|(i, _)| *i).collect();
+                let specs: Vec<ReadSpec> = w.into_iter().map(|(_, s)| s).collect();
+                let r = shard
+                    .invoke_on(ShardId(owner), move |s| read_on_owner(s, specs, max_bytes))
+                    .await;
+                (idx, r)
+            }
+        });
     let mut out = vec![ReadOutcome::default(); slots.len()];
     for (idx, r) in futures::future::join_all(futs).await {
         for (i, o) in idx.into_iter().zip(r?) {
@@ -181,7 +196,11 @@ async fn read_all(shard: &Rc<Shard>, slots: &[Slot], max_bytes: usize) -> Result
 
 /// Read partitions on the shard that owns them, stopping once `max_bytes`
 /// have been gathered.
-pub async fn read_on_owner(shard: Rc<Shard>, specs: Vec<ReadSpec>, max_bytes: usize) -> Vec<ReadOutcome> {
+pub async fn read_on_owner(
+    shard: Rc<Shard>,
+    specs: Vec<ReadSpec>,
+    max_bytes: usize,
+) -> Vec<ReadOutcome> {
     let mut out = Vec::with_capacity(specs.len());
     let mut total = 0usize;
     for spec in specs {
@@ -201,7 +220,13 @@ pub async fn read_on_owner(shard: Rc<Shard>, specs: Vec<ReadSpec>, max_bytes: us
             records: Bytes::new(),
         };
         if total < max_bytes {
-            match log.read(Offset(spec.offset), spec.max_bytes.min(max_bytes - total).max(1)).await {
+            match log
+                .read(
+                    Offset(spec.offset),
+                    spec.max_bytes.min(max_bytes - total).max(1),
+                )
+                .await
+            {
                 Ok(data) => {
                     total += data.records.len();
                     outcome.high_watermark = data.high_watermark.get();
@@ -218,7 +243,11 @@ pub async fn read_on_owner(shard: Rc<Shard>, specs: Vec<ReadSpec>, max_bytes: us
 
 /// Wait until any slot's high watermark passes its fetch offset, or the
 /// deadline.
-async fn wait_any(shard: &Rc<Shard>, slots: &[Slot], deadline: Instant) -> Result<(), HandlerError> {
+async fn wait_any(
+    shard: &Rc<Shard>,
+    slots: &[Slot],
+    deadline: Instant,
+) -> Result<(), HandlerError> {
     let mut per_owner: Vec<Vec<(TopicPartition, i64)>> = vec![Vec::new(); shard.count];
     for s in slots {
         per_owner[s.owner.0].push((s.spec.tp.clone(), s.spec.offset));

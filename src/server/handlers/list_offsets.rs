@@ -5,7 +5,9 @@
 use std::rc::Rc;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::{HandlerError, RequestContext};
@@ -16,7 +18,10 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> Result<ListOffsetsResponse, HandlerError> {
+pub async fn handle(
+    ctx: &RequestContext,
+    req: ListOffsetsRequest,
+) -> Result<ListOffsetsResponse, HandlerError> {
     let shard = &ctx.shard;
     let catalog = shard.catalog();
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -29,7 +34,8 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> Result<Lis
                 .with_timestamp(-1)
                 .with_offset(-1);
             if !catalog.has_partition(&name, p.partition_index) {
-                partitions.push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                partitions
+                    .push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;
             }
             let tp = TopicPartition::new(name, p.partition_index);

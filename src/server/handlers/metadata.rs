@@ -17,7 +17,10 @@ use super::{HandlerError, RequestContext, str_bytes};
 use crate::cluster::catalog::{TopicMeta, validate_topic_name};
 use crate::shard::controller::{CONTROLLER, TopicSpec};
 
-pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> Result<MetadataResponse, HandlerError> {
+pub async fn handle(
+    ctx: &RequestContext,
+    req: MetadataRequest,
+) -> Result<MetadataResponse, HandlerError> {
     let shard = &ctx.shard;
     let config = &shard.config;
     // v0: an empty list means all topics; v1+: null means all topics.
@@ -60,7 +63,11 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> Result<Metada
     let node = config.node_id;
     let catalog = shard.catalog();
     let topics: Vec<MetadataResponseTopic> = match wanted {
-        None => catalog.topics.values().map(|m| topic_entry(m, node)).collect(),
+        None => catalog
+            .topics
+            .values()
+            .map(|m| topic_entry(m, node))
+            .collect(),
         Some(wanted) => wanted
             .into_iter()
             .map(|(name, id)| {
@@ -121,4 +128,3 @@ fn topic_entry(meta: &TopicMeta, node: i32) -> MetadataResponseTopic {
         .with_is_internal(meta.name.starts_with("__"))
         .with_partitions(partitions)
 }
-

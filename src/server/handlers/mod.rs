@@ -13,8 +13,8 @@ pub mod produce;
 use std::rc::Rc;
 
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
-use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::VersionRange;
 
 use crate::shard::{Shard, ShardError};
 
@@ -72,7 +72,9 @@ pub async fn dispatch(
             None => return Ok(None),
         },
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(ctx, r).await?),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets::handle(ctx, r).await?),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(list_offsets::handle(ctx, r).await?)
+        }
         _ => return Err(HandlerError::Mismatch),
     }))
 }

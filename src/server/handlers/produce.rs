@@ -43,7 +43,13 @@ impl PartitionOutcome {
     }
 }
 
-pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Result<Option<ProduceResponse>, HandlerError> {
+/// Work for an owner: (topic index, partition index, partition, records).
+type Work = (usize, usize, TopicPartition, Option<Bytes>);
+
+pub async fn handle(
+    ctx: &RequestContext,
+    req: ProduceRequest,
+) -> Result<Option<ProduceResponse>, HandlerError> {
     let shard = &ctx.shard;
     let acks = req.acks;
     let catalog = shard.catalog();
@@ -57,7 +63,7 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Result<Option<
     // outcomes[t][p], filled either now (errors) or by the owners.
     let mut outcomes: Vec<Vec<Option<PartitionOutcome>>> = Vec::with_capacity(req.topic_data.len());
     // Work per owner shard: (topic index, partition index, tp, records).
-    let mut work: Vec<Vec<(usize, usize, TopicPartition, Option<Bytes>)>> = vec![Vec::new(); shard.count];
+    let mut work: Vec<Vec<Work>> = vec![Vec::new(); shard.count];
     let mut names: Vec<TopicName> = Vec::with_capacity(req.topic_data.len());
     for (ti, topic) in req.topic_data.iter().enumerate() {
         let name = if ctx.version >= 13 {
@@ -69,11 +75,15 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Result<Option<
         let mut row = Vec::with_capacity(topic.partition_data.len());
         for (pi, part) in topic.partition_data.iter().enumerate() {
             let outcome = match &name {
-                _ if !matches!(acks, 0 | 1 | -1) => Some(PartitionOutcome::error(ResponseError::InvalidRequiredAcks, None)),
+                _ if !(-1..=1).contains(&acks) => Some(PartitionOutcome::error(
+                    ResponseError::InvalidRequiredAcks,
+                    None,
+                )),
                 None => Some(PartitionOutcome::error(ResponseError::UnknownTopicId, None)),
-                Some(n) if !catalog.has_partition(n, part.index) => {
-                    Some(PartitionOutcome::error(ResponseError::UnknownTopicOrPartition, None))
-                }
+                Some(n) if !catalog.has_partition(n, part.index) => Some(PartitionOutcome::error(
+                    ResponseError::UnknownTopicOrPartition,
+                    None,
+                )),
                 Some(n) => {
                     let tp = TopicPartition::new(n.clone(), part.index);
                     work[shard.owner_of(&tp).0].push((ti, pi, tp, part.records.clone()));
@@ -87,17 +97,24 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Result<Option<
 
     // Start every owner's work before awaiting any, so appends from this
     // connection keep their order on each partition.
-    let futures = work.into_iter().enumerate().filter(|(_, w)| !w.is_empty()).map(|(owner, w)| {
-        let shard = shard.clone();
-        async move {
-            let keys: Vec<(usize, usize)> = w.iter().map(|(t, p, _, _)| (*t, *p)).collect();
-            let parts: Vec<(TopicPartition, Option<Bytes>)> = w.into_iter().map(|(_, _, tp, r)| (tp, r)).collect();
-            let results = shard
-                .invoke_on(ShardId(owner), move |s| produce_on_owner(s, acks, timeout, parts))
-                .await;
-            (keys, results)
-        }
-    });
+    let futures = work
+        .into_iter()
+        .enumerate()
+        .filter(|(_, w)| !w.is_empty())
+        .map(|(owner, w)| {
+            let shard = shard.clone();
+            async move {
+                let keys: Vec<(usize, usize)> = w.iter().map(|(t, p, _, _)| (*t, *p)).collect();
+                let parts: Vec<(TopicPartition, Option<Bytes>)> =
+                    w.into_iter().map(|(_, _, tp, r)| (tp, r)).collect();
+                let results = shard
+                    .invoke_on(ShardId(owner), move |s| {
+                        produce_on_owner(s, acks, timeout, parts)
+                    })
+                    .await;
+                (keys, results)
+            }
+        });
     for (keys, results) in futures::future::join_all(futures).await {
         let results = results?;
         for ((t, p), r) in keys.into_iter().zip(results) {
@@ -155,7 +172,10 @@ pub async fn produce_on_owner(
             };
             let records = records.unwrap_or_default();
             if records.is_empty() {
-                return PartitionOutcome::error(ResponseError::InvalidRecord, Some("empty record set".into()));
+                return PartitionOutcome::error(
+                    ResponseError::InvalidRecord,
+                    Some("empty record set".into()),
+                );
             }
             let info = match log.append(records).await {
                 Ok(info) => info,
