@@ -11,10 +11,15 @@ use std::path::Path;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tracing::{error, info};
+
+/// Longest a graceful stop waits for in-flight requests, and for the other
+/// shards to drain.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 use crate::cluster::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
+use crate::lifecycle::{StopSignal, install_signal_handler};
 use crate::constants::CROSS_SHARD_QUEUE_DEPTH;
 use crate::runtime::{self, ExecutorSettings, RuntimeError, ShardChannels};
 use crate::server;
@@ -147,6 +152,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .collect();
     let channels = Arc::new(Mutex::new(channels));
     let recovered = Arc::new(Barrier::new(shards));
+    let stop = StopSignal::new();
+    install_signal_handler(stop.clone());
     let config = Arc::new(config);
     let settings = ExecutorSettings {
         shards,
@@ -160,6 +167,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let catalog = catalog.clone();
         let config = config.clone();
         let recovered = recovered.clone();
+        let stop = stop.clone();
         async move {
             // Startup only: each shard takes its own channel ends once.
             let mine = channels.lock().expect("channel table")[id.0]
@@ -211,9 +219,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
             if id.0 == 0 {
                 info!(addr = %config.listen, "sluice ready");
             }
-            server::accept_loop(shard, listener).await;
-            warn!(shard = %id, "accept loop ended");
+            server::accept_loop(shard.clone(), listener, stop.clone()).await;
+            server::drain(&shard, DRAIN_BOUND).await;
+            stop.drained_barrier(shards, DRAIN_BOUND).await;
+            shard.close_all().await;
+            info!(shard = %id, "partitions flushed and closed");
         }
     })?;
+    info!("sluice stopped cleanly");
     Ok(())
 }

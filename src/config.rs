@@ -134,6 +134,30 @@ pub const SETTINGS: &[Setting] = &[
         default: "4194304",
         bounds: "524288..=1073741824",
     },
+    Setting {
+        name: "offsets_topic_partitions",
+        description: "Partitions of __consumer_offsets when it is created (offsets.topic.num.partitions); a group's coordinator is the shard owning its partition",
+        default: "16",
+        bounds: "1..=1000",
+    },
+    Setting {
+        name: "group_initial_rebalance_delay_ms",
+        description: "How long the first rebalance of an empty group waits for more members (group.initial.rebalance.delay.ms)",
+        default: "3000",
+        bounds: "0..=300000",
+    },
+    Setting {
+        name: "group_min_session_timeout_ms",
+        description: "Smallest session timeout a group member may ask for (group.min.session.timeout.ms)",
+        default: "6000",
+        bounds: "1..=group_max_session_timeout_ms",
+    },
+    Setting {
+        name: "group_max_session_timeout_ms",
+        description: "Largest session timeout a group member may ask for (group.max.session.timeout.ms)",
+        default: "1800000",
+        bounds: "group_min_session_timeout_ms..=86400000",
+    },
 ];
 
 /// The broker's configuration. Field docs mirror [`SETTINGS`].
@@ -155,6 +179,10 @@ pub struct Config {
     pub max_connections_per_shard: usize,
     pub spin_before_park_us: u64,
     pub io_memory_bytes: usize,
+    pub offsets_topic_partitions: i32,
+    pub group_initial_rebalance_delay_ms: u64,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
 }
 
 impl Default for Config {
@@ -175,6 +203,10 @@ impl Default for Config {
             max_connections_per_shard: constants::CONNECTIONS_PER_SHARD_MAX_DEFAULT,
             spin_before_park_us: 20,
             io_memory_bytes: constants::IO_MEMORY_BYTES_PER_SHARD,
+            offsets_topic_partitions: constants::OFFSETS_TOPIC_PARTITIONS_DEFAULT,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
         }
     }
 }
@@ -271,6 +303,34 @@ impl Config {
             512 * 1024,
             1 << 30,
             "524288..=1073741824",
+        )?;
+        check(
+            "offsets_topic_partitions",
+            self.offsets_topic_partitions,
+            1,
+            1000,
+            "1..=1000",
+        )?;
+        check(
+            "group_initial_rebalance_delay_ms",
+            self.group_initial_rebalance_delay_ms,
+            0,
+            300_000,
+            "0..=300000",
+        )?;
+        check(
+            "group_max_session_timeout_ms",
+            self.group_max_session_timeout_ms,
+            1,
+            86_400_000,
+            "1..=86400000",
+        )?;
+        check(
+            "group_min_session_timeout_ms",
+            self.group_min_session_timeout_ms,
+            1,
+            self.group_max_session_timeout_ms,
+            "1..=group_max_session_timeout_ms",
         )?;
         self.advertised()?;
         Ok(())

@@ -29,6 +29,54 @@ pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 pub const TOPIC_NAME_LEN_MAX: usize = 249;
 /// Memory each shard registers with io_uring for DMA buffers.
 pub const IO_MEMORY_BYTES_PER_SHARD: usize = 4 * 1024 * 1024;
+/// Batches remembered per idempotent producer per partition for duplicate
+/// detection (Kafka's `NUM_BATCHES_TO_RETAIN`; clients keep at most 5 in flight).
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+/// A producer whose last batch is older than this is forgotten when its
+/// partition takes a state snapshot (Kafka's `producer.id.expiration.ms`).
+pub const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 3600 * 1000;
+/// Producer-state snapshot files kept per partition (the newest, and one
+/// to fall back on if the newest is damaged).
+pub const PRODUCER_SNAPSHOTS_KEPT: usize = 2;
+/// Producer ids the controller reserves per durable write of
+/// `__cluster/producer_ids.json` (Kafka's block size).
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+// Consumer groups (src/group/).
+/// Name of the internal topic holding committed offsets (Kafka's name).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Default partition count of the offsets topic (`offsets.topic.num.partitions`).
+pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: i32 = 16;
+/// Largest batch of offset records written at once to the offsets topic; a
+/// bigger commit is split into several batches appended together.
+pub const OFFSETS_BATCH_BYTES_MAX: usize = 512 * 1024;
+/// `max.message.bytes` of the offsets topic (one record is at most a few KiB).
+pub const OFFSETS_TOPIC_MESSAGE_BYTES_MAX: usize = 2 * OFFSETS_BATCH_BYTES_MAX;
+/// Longest committed-offset metadata string (`offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// Longest group id or group instance id accepted.
+pub const GROUP_ID_LEN_MAX: usize = 1024;
+/// Members in one group (`group.max.size`); more get GROUP_MAX_SIZE_REACHED.
+pub const GROUP_MEMBERS_MAX: usize = 1000;
+/// Groups one shard coordinates; new groups past this get COORDINATOR_NOT_AVAILABLE.
+pub const GROUPS_PER_SHARD_MAX: usize = 10_000;
+/// Committed offsets kept per group; a commit adding partitions past this gets
+/// INVALID_COMMIT_OFFSET_SIZE for them.
+pub const OFFSETS_PER_GROUP_MAX: usize = 100_000;
+/// Protocols one member may list in JoinGroup.
+pub const PROTOCOLS_PER_MEMBER_MAX: usize = 32;
+/// Bytes of protocol metadata one member may send in JoinGroup (all protocols).
+pub const MEMBER_METADATA_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of assignment one member may receive through SyncGroup.
+pub const MEMBER_ASSIGNMENT_BYTES_MAX: usize = 1024 * 1024;
+/// Period of each shard's group ticker: expires sessions, completes rebalances
+/// whose deadline passed. Deadlines are honoured to within this.
+pub const GROUP_TICK_MS: u64 = 100;
+/// KIP-394 member ids handed out (MEMBER_ID_REQUIRED) and not yet used, per group.
+pub const GROUP_PENDING_MEMBERS_MAX: usize = 1000;
 
 const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT < REQUEST_BYTES_MAX_DEFAULT);
 const _: () = assert!(PENDING_WRITE_BYTES_MAX > MESSAGE_BYTES_MAX_DEFAULT);
+const _: () = assert!(PRODUCER_BATCHES_KEPT > 0 && PRODUCER_BATCHES_KEPT <= u8::MAX as usize);
+const _: () = assert!(PRODUCER_SNAPSHOTS_KEPT >= 2);
+const _: () = assert!(PRODUCER_ID_BLOCK_SIZE > 0);

@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod lifecycle;
 pub mod constants;
 pub mod runtime;
 pub mod server;

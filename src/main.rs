@@ -69,6 +69,18 @@ struct ServeArgs {
     /// Largest record batch accepted in bytes.
     #[arg(long)]
     max_message_bytes: Option<usize>,
+    /// Partitions of __consumer_offsets when created [default: 16].
+    #[arg(long)]
+    offsets_topic_partitions: Option<i32>,
+    /// Delay of the first rebalance of an empty group in ms [default: 3000].
+    #[arg(long)]
+    group_initial_rebalance_delay_ms: Option<u64>,
+    /// Smallest session timeout a group member may ask for in ms [default: 6000].
+    #[arg(long)]
+    group_min_session_timeout_ms: Option<i32>,
+    /// Largest session timeout a group member may ask for in ms [default: 1800000].
+    #[arg(long)]
+    group_max_session_timeout_ms: Option<i32>,
     /// Log filter, e.g. info, debug, sluice=trace [default: info, or RUST_LOG].
     #[arg(long)]
     log_level: Option<String>,
@@ -128,6 +140,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.max_message_bytes {
         config.max_message_bytes = v;
+    }
+    if let Some(v) = args.offsets_topic_partitions {
+        config.offsets_topic_partitions = v;
+    }
+    if let Some(v) = args.group_initial_rebalance_delay_ms {
+        config.group_initial_rebalance_delay_ms = v;
+    }
+    if let Some(v) = args.group_min_session_timeout_ms {
+        config.group_min_session_timeout_ms = v;
+    }
+    if let Some(v) = args.group_max_session_timeout_ms {
+        config.group_max_session_timeout_ms = v;
     }
     sluice::broker::run(config).context("sluice could not start")
 }

@@ -113,6 +113,11 @@ async fn read_loop(
         }
         let mut frame = BytesMut::zeroed(len as usize);
         reader.read_exact(&mut frame).await?;
+        if shard.stopping.get() {
+            // Graceful stop: take no new requests; the client retries
+            // elsewhere or after the restart.
+            return Ok(());
+        }
         let task = start_request(shard.clone(), frame.freeze())?;
         if tx.send(task).await.is_err() {
             // The writer stopped (socket error): stop reading.
@@ -162,10 +167,11 @@ fn start_request(
         version,
         header,
     };
+    let in_flight = InFlight::new(ctx.shard.clone());
     Ok(runtime::spawn(async move {
-        let response = handlers::dispatch(&ctx, request)
-            .await
-            .map_err(|e| ConnectionError::Handler(e.to_string()))?;
+        let response = handlers::dispatch(&ctx, request).await;
+        drop(in_flight);
+        let response = response.map_err(|e| ConnectionError::Handler(e.to_string()))?;
         match response {
             Some(body) => encode_response(key, version, ctx.header.correlation_id, &body).map(Some),
             None => Ok(None),
@@ -191,4 +197,21 @@ pub fn encode_response(
     let len = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&len.to_be_bytes());
     Ok(out.freeze())
+}
+
+/// Counts a request in `Shard::in_flight` for as long as it lives, even if
+/// its task is cancelled.
+struct InFlight(Rc<Shard>);
+
+impl InFlight {
+    fn new(shard: Rc<Shard>) -> Self {
+        shard.in_flight.set(shard.in_flight.get() + 1);
+        Self(shard)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
 }

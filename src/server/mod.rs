@@ -8,15 +8,28 @@ use std::rc::Rc;
 
 use tracing::{info, warn};
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::lifecycle::StopSignal;
 use crate::runtime::{self, TcpListener};
 use crate::shard::Shard;
 
 /// Accept connections until the listener fails. Connections past the
 /// per-shard limit are closed at once.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Arc<StopSignal>) {
     let limit = shard.config.max_connections_per_shard;
     loop {
-        let stream = match listener.accept().await {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.stopped().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            info!(shard = %shard.id, "stopped accepting connections");
+            return;
+        };
+        let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
                 warn!(shard = %shard.id, error = %e, "accept failed");
@@ -41,4 +54,17 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// Log that this shard is serving.
 pub fn announce(shard: &Shard, listener: &TcpListener) {
     info!(shard = %shard.id, addr = ?listener.local_addr().ok(), "listening");
+}
+
+/// After accepting stopped: refuse new requests and wait (bounded) until the
+/// requests in flight on this shard's connections are answered.
+pub async fn drain(shard: &Shard, bound: Duration) {
+    shard.stopping.set(true);
+    let deadline = Instant::now() + bound;
+    while shard.in_flight.get() > 0 && Instant::now() < deadline {
+        runtime::sleep(Duration::from_millis(5)).await;
+    }
+    if shard.in_flight.get() > 0 {
+        warn!(shard = %shard.id, in_flight = shard.in_flight.get(), "drain timed out");
+    }
 }

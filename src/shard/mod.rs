@@ -55,6 +55,10 @@ pub struct Shard {
     peers: Vec<Option<ShardSender<Job>>>,
     /// Open client connections on this shard.
     pub connections: Cell<usize>,
+    /// Requests of this shard's connections being handled right now.
+    pub in_flight: Cell<usize>,
+    /// Set when a graceful stop begins: connections stop taking requests.
+    pub stopping: Cell<bool>,
     /// Serialises controller operations (only used on shard 0).
     pub(crate) controller_lock: futures::lock::Mutex<()>,
     self_ref: Weak<Shard>,
@@ -76,6 +80,8 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             peers,
             connections: Cell::new(0),
+            in_flight: Cell::new(0),
+            stopping: Cell::new(false),
             controller_lock: futures::lock::Mutex::new(()),
             self_ref: w.clone(),
         })

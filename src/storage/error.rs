@@ -35,6 +35,28 @@ pub enum StorageError {
     /// The log was closed or deleted.
     #[error("partition log is closed")]
     Closed,
+    /// An idempotent batch whose sequence does not continue its producer's
+    /// (a gap, or a new epoch not starting at 0).
+    #[error(
+        "out of order sequence for producer {producer_id} epoch {epoch}: got {sequence}, expected {expected}"
+    )]
+    OutOfOrderSequence {
+        producer_id: i64,
+        epoch: i16,
+        sequence: i32,
+        expected: i32,
+    },
+    /// An idempotent batch from an epoch older than the producer's current
+    /// one on this partition (a fenced producer).
+    #[error("producer {producer_id} epoch {epoch} is older than the current epoch {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    /// A transactional or control batch: transactions are not supported.
+    #[error("transactional batches are not supported")]
+    Transactional,
 }
 
 impl StorageError {
@@ -55,6 +77,11 @@ impl StorageError {
             StorageError::InvalidRecord(_) => 87,       // INVALID_RECORD
             StorageError::OffsetOutOfRange { .. } => 1, // OFFSET_OUT_OF_RANGE
             StorageError::Closed => 6,                  // NOT_LEADER_OR_FOLLOWER
+            StorageError::OutOfOrderSequence { .. } => 45, // OUT_OF_ORDER_SEQUENCE_NUMBER
+            // Kafka answers Produce with INVALID_PRODUCER_EPOCH (not
+            // PRODUCER_FENCED) since 2.7, for every Produce version.
+            StorageError::InvalidProducerEpoch { .. } => 47, // INVALID_PRODUCER_EPOCH
+            StorageError::Transactional => 48,               // INVALID_TXN_STATE
         }
     }
 }

@@ -12,6 +12,12 @@
 //!   valid-looking bytes remain after the logical end. Its indexes are
 //!   rebuilt in memory (its index files, if any, are stale and rewritten
 //!   when it is sealed).
+//! - Producer state (idempotence): the newest snapshot that decodes is
+//!   loaded and the batch headers from its offset to the end are replayed:
+//!   sealed segments after it with a header scan, the last segment through
+//!   the recovery scan itself (no second read). Without a snapshot, the
+//!   whole log is replayed. A snapshot past the recovered end (possible only
+//!   if the disk lost synced data) is discarded and the whole log replayed.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -21,12 +27,17 @@ use tracing::{info, warn};
 
 use super::error::{IoContext, StorageError};
 use super::index::{self, IndexBytes};
+use super::batch::BatchHeader;
 use super::log::{LogConfig, Recovered};
+use super::producer_state::{ProducerStateTable, parse_snapshot_file_name, snapshot_file_name};
 use super::segment::{
-    INDEX_SUFFIX, LOG_SUFFIX, ScanStop, Segment, SegmentIndex, TIME_INDEX_SUFFIX,
+    INDEX_SUFFIX, LOG_SUFFIX, ScanStop, Scanner, Segment, SegmentIndex, TIME_INDEX_SUFFIX,
     parse_segment_file_name, scan_segment, segment_path,
 };
+use crate::constants::PRODUCER_SNAPSHOTS_KEPT;
 use crate::runtime::file::{self, SegmentFile};
+
+const REPLAY_CHUNK_BYTES: usize = 1 << 20;
 
 pub(super) async fn recover(
     dir: &Path,
@@ -58,16 +69,37 @@ pub(super) async fn recover(
         }
         bases.push(0);
     }
+    let (from, mut producers) = load_newest_snapshot(dir).unwrap_or_default();
     let mut segments = Vec::with_capacity(bases.len());
     for w in bases.windows(2) {
-        segments.push(recover_sealed(dir, w[0], w[1], cfg).await?);
+        let seg = recover_sealed(dir, w[0], w[1], cfg).await?;
+        if w[1] > from {
+            replay_sealed(dir, &seg, from, &mut producers).await?;
+        }
+        segments.push(seg);
     }
     let last = *bases.last().expect("at least one segment");
+    let mut on_batch = |h: &BatchHeader| {
+        if h.producer_id >= 0 && h.base_offset >= from {
+            producers.update(h);
+        }
+    };
     let (active, file, tail_block, preallocated) =
-        recover_active(dir, last, cfg, preallocate_step).await?;
+        recover_active(dir, last, cfg, preallocate_step, &mut on_batch).await?;
     let log_end = active.next_offset;
     let written = active.size;
+    if from > log_end {
+        warn!(dir = %dir.display(), snapshot = from, log_end,
+            "producer state snapshot is past the end of the log: replaying the whole log");
+        producers = ProducerStateTable::default();
+        for seg in &segments {
+            replay_sealed(dir, seg, 0, &mut producers).await?;
+        }
+        replay(file.clone(), 0, written, 0, &mut producers).await?;
+    }
     segments.push(active);
+    producers.remove_expired(now_ms());
+    remove_stale_snapshots(dir, log_end);
     Ok(Recovered {
         segments,
         log_end,
@@ -75,7 +107,124 @@ pub(super) async fn recover(
         active_written: written,
         active_tail_block: tail_block,
         active_preallocated: preallocated,
+        producers,
     })
+}
+
+/// Wall-clock milliseconds since the Unix epoch (producer expiry compares
+/// batch timestamps, which are wall-clock, with it).
+pub(super) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Snapshot offsets in `dir`, ascending.
+pub(super) fn snapshot_offsets(dir: &Path) -> Vec<i64> {
+    let mut v: Vec<i64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(parse_snapshot_file_name))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// The newest snapshot that reads back valid (a damaged one is logged and
+/// skipped: the replay from an older one covers its range).
+fn load_newest_snapshot(dir: &Path) -> Option<(i64, ProducerStateTable)> {
+    for offset in snapshot_offsets(dir).into_iter().rev() {
+        let path = dir.join(snapshot_file_name(offset));
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| ProducerStateTable::decode_snapshot(&b).map_err(|e| e.to_string()))
+        {
+            Ok((at, table)) if at == offset => return Some((at, table)),
+            Ok((at, _)) => warn!(snapshot = %path.display(), at,
+                "producer state snapshot names another offset: ignoring it"),
+            Err(e) => warn!(snapshot = %path.display(), error = %e,
+                "damaged producer state snapshot: ignoring it"),
+        }
+    }
+    None
+}
+
+/// Remove snapshots past `log_end` (they describe batches that are gone)
+/// and all but the newest `PRODUCER_SNAPSHOTS_KEPT`. Best effort: a
+/// leftover file is only disk space.
+pub(super) fn remove_stale_snapshots(dir: &Path, log_end: i64) {
+    let offsets = snapshot_offsets(dir);
+    let kept_from = offsets
+        .iter()
+        .filter(|o| **o <= log_end)
+        .count()
+        .saturating_sub(PRODUCER_SNAPSHOTS_KEPT);
+    let mut below = 0;
+    for o in offsets {
+        let stale = if o > log_end {
+            true
+        } else {
+            below += 1;
+            below <= kept_from
+        };
+        if stale {
+            let path = dir.join(snapshot_file_name(o));
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!(snapshot = %path.display(), error = %e, "cannot remove an old producer state snapshot");
+            }
+        }
+    }
+}
+
+/// Replay the producer batches of a sealed segment from offset `from`.
+async fn replay_sealed(
+    dir: &Path,
+    seg: &Segment,
+    from: i64,
+    producers: &mut ProducerStateTable,
+) -> Result<(), StorageError> {
+    if seg.size == 0 || seg.next_offset <= from {
+        return Ok(());
+    }
+    let path = segment_path(dir, seg.base_offset, LOG_SUFFIX);
+    let f = Rc::new(
+        SegmentFile::open_read(&path)
+            .await
+            .ctx(|| format!("opening {}", path.display()))?,
+    );
+    let start = if from > seg.base_offset {
+        seg.lookup_position(from)
+    } else {
+        0
+    };
+    replay(f, start, seg.size, from, producers).await
+}
+
+/// Feed the headers of the batches in `[start, end)` of `file` with base
+/// offset >= `from` to the producer table. Headers only: the records are
+/// never decoded.
+async fn replay(
+    file: Rc<SegmentFile>,
+    start: u64,
+    end: u64,
+    from: i64,
+    producers: &mut ProducerStateTable,
+) -> Result<(), StorageError> {
+    let mut sc = Scanner::new(file, start, end, REPLAY_CHUNK_BYTES, false);
+    while let Some((_, h, _)) = sc.next().await? {
+        if h.producer_id >= 0 && h.base_offset >= from {
+            producers.update(&h);
+        }
+    }
+    match sc.stop_reason() {
+        Some(ScanStop::Invalid(why)) => Err(StorageError::CorruptBatch(format!(
+            "replaying producer state from {}: {why}",
+            sc.position()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 async fn recover_sealed(
@@ -110,7 +259,8 @@ async fn recover_sealed(
                 .await
                 .ctx(|| format!("opening {}", log_path.display()))?,
         );
-        let res = scan_segment(f.clone(), base, log_len, cfg.index_interval_bytes).await?;
+        let res =
+            scan_segment(f.clone(), base, log_len, cfg.index_interval_bytes, &mut |_| {}).await?;
         if res.end < log_len {
             warn!(segment = %log_path.display(), cut_bytes = log_len - res.end, position = res.end,
                 reason = ?res.stop, "sealed segment has an invalid tail: truncating");
@@ -177,6 +327,7 @@ async fn recover_active(
     base: i64,
     cfg: &LogConfig,
     preallocate_step: u64,
+    on_batch: &mut dyn FnMut(&BatchHeader),
 ) -> Result<(Segment, Rc<SegmentFile>, Vec<u8>, u64), StorageError> {
     let path = segment_path(dir, base, LOG_SUFFIX);
     let f = Rc::new(
@@ -188,7 +339,7 @@ async fn recover_active(
         .file_size()
         .await
         .ctx(|| format!("stat {}", path.display()))?;
-    let res = scan_segment(f.clone(), base, len, cfg.index_interval_bytes).await?;
+    let res = scan_segment(f.clone(), base, len, cfg.index_interval_bytes, on_batch).await?;
     match &res.stop {
         ScanStop::Invalid(why) => warn!(
             segment = %path.display(),

@@ -287,12 +287,15 @@ pub struct ScanResult {
 }
 
 /// Scan `file` from 0 to `file_len`, checking every batch (length, magic,
-/// CRC, offsets increasing), and rebuild its indexes.
+/// CRC, offsets increasing), and rebuild its indexes. `on_batch` sees the
+/// header of every valid batch, in order (recovery replays producer state
+/// from it without a second read).
 pub async fn scan_segment(
     file: Rc<SegmentFile>,
     base_offset: i64,
     file_len: u64,
     interval_bytes: u32,
+    on_batch: &mut dyn FnMut(&BatchHeader),
 ) -> Result<ScanResult, StorageError> {
     const RECOVERY_CHUNK_BYTES: usize = 1 << 20;
     let mut sc = Scanner::new(file, 0, file_len, RECOVERY_CHUNK_BYTES, true);
@@ -312,6 +315,7 @@ pub async fn scan_segment(
             });
         }
         indexer.on_batch(&h, pos, bytes.len());
+        on_batch(&h);
         next_offset = h.next_offset();
     }
     Ok(ScanResult {

@@ -34,6 +34,8 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// How long a broker may take from spawn to answering ApiVersions.
@@ -632,23 +634,39 @@ pub fn consume_all(
     consume_partitions(bootstrap, topic, &ranges, timeout)
 }
 
-/// Partition count of `topic` as Metadata reports it (auto-creates unknown topics).
+/// Partition count of `topic` as Metadata reports it. The request allows auto-creation (a
+/// producer-type client sends allow_auto_topic_creation=true; librdkafka consumers send false by
+/// default), so this creates unknown topics. LEADER_NOT_AVAILABLE, Kafka's answer while an
+/// auto-created topic is being set up, is retried a few times.
 pub fn partition_count(bootstrap: &str, topic: &str) -> usize {
-    let consumer = assign_consumer(bootstrap, "metadata");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("metadata for {topic}: {e}"));
-    let entry = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .unwrap_or_else(|| panic!("topic {topic} missing from metadata"));
-    assert!(
-        entry.error().is_none(),
-        "metadata error for {topic}: {:?}",
-        entry.error()
-    );
-    entry.partitions().len()
+    let client: BaseProducer = producer_config(bootstrap)
+        .create()
+        .expect("metadata client");
+    let started = Instant::now();
+    let mut last_error = None;
+    for _ in 0..20u32 {
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        let metadata = client
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("metadata for {topic}: {e}"));
+        let entry = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .unwrap_or_else(|| panic!("topic {topic} missing from metadata"));
+        match entry.error() {
+            None => return entry.partitions().len(),
+            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE) => {
+                last_error = entry.error();
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Some(error) => panic!("metadata error for {topic}: {error:?}"),
+        }
+    }
+    panic!("metadata for {topic} kept failing: {last_error:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
