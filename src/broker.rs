@@ -135,7 +135,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     config.validate()?;
     check_host(&config)?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let catalog = Arc::new(Catalog::load_or_create(&config.data_dir)?);
+    let mut catalog = Catalog::load_or_create(&config.data_dir)?;
+    crate::group::ensure_offsets_topic(&mut catalog, &config)?;
+    let catalog = Arc::new(catalog);
     let shards = config.shard_count();
     info!(
         shards,
@@ -206,6 +208,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 std::process::exit(1);
             }
             info!(shard = %id, partitions = shard.owned_partitions().len(), "partitions recovered");
+            // Committed offsets are served from memory: rebuild them first.
+            if let Err(e) = shard.groups.load(&shard).await {
+                error!(shard = %id, error = %e, "cannot load committed offsets");
+                std::process::exit(1);
+            }
+            crate::group::spawn_ticker(shard.clone());
             // Serve only when every shard can answer for its partitions.
             recovered.wait();
             let listener = match runtime::bind_reuseport(config.listen) {

@@ -8,6 +8,8 @@
 //!   timers, sockets, shard-to-shard channels and direct-I/O files.
 //! - [`storage`]: per-partition logs of segment files with sparse offset and
 //!   time indexes, group commit and crash recovery.
+//! - [`group`]: the group coordinator: consumer groups and committed offsets
+//!   (stored in the internal topic `__consumer_offsets`).
 //! - [`types`], [`constants`]: newtypes for ids and offsets; every limit.
 pub mod alloc;
 pub mod broker;
@@ -15,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod lifecycle;
 pub mod constants;
+pub mod group;
 pub mod runtime;
 pub mod server;
 pub mod shard;

@@ -103,25 +103,17 @@ async fn producer_task(
     failures
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_messages_survive_kill_9() {
-    let mut broker = Broker::start_with(BrokerOptions {
-        num_partitions: Some(PARTITIONS as u32),
-        ..BrokerOptions::default()
-    });
+/// Runs the producer tasks against `broker` until `acks_before_kill` acknowledgements came back,
+/// kills the broker with SIGKILL, lets the tasks finish, and returns every acknowledged message.
+async fn load_then_kill(broker: &mut Broker, round: u32, acks_before_kill: u64) -> Acked {
     let bootstrap = broker.bootstrap();
-    assert_eq!(
-        common::partition_count(&bootstrap, TOPIC),
-        PARTITIONS as usize
-    );
-
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(Mutex::new(Acked::new()));
     let mut tasks = Vec::new();
     {
         // Short message timeout: once the broker is gone, in-flight messages fail quickly and
-        // the old producers are dropped before the restart, so no retry lands afterwards.
+        // the producer is dropped before the restart, so no retry lands afterwards.
         let producer: FutureProducer = producer_config(&bootstrap)
             .set("message.timeout.ms", "5000")
             .set("linger.ms", "1")
@@ -130,7 +122,7 @@ async fn acknowledged_messages_survive_kill_9() {
         for task in 0..PRODUCER_TASKS {
             tasks.push(tokio::spawn(producer_task(
                 producer.clone(),
-                task,
+                round * 100 + task,
                 stop.clone(),
                 acks.clone(),
                 acked.clone(),
@@ -139,13 +131,16 @@ async fn acknowledged_messages_survive_kill_9() {
     }
 
     let started = Instant::now();
-    while acks.load(Ordering::Relaxed) < ACKS_BEFORE_KILL {
+    while acks.load(Ordering::Relaxed) < acks_before_kill {
         assert!(
             started.elapsed() < LOAD_TIMEOUT,
-            "only {} acknowledgements within {LOAD_TIMEOUT:?}",
+            "round {round}: only {} acknowledgements within {LOAD_TIMEOUT:?}",
             acks.load(Ordering::Relaxed)
         );
-        assert!(broker.is_running(), "broker exited under load");
+        assert!(
+            broker.is_running(),
+            "round {round}: broker exited under load"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     broker.kill9();
@@ -157,14 +152,18 @@ async fn acknowledged_messages_survive_kill_9() {
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     eprintln!(
-        "killed after {acks_at_kill} acks; {} acknowledged in total, {failures} failed",
+        "round {round}: killed after {acks_at_kill} acks; {} acknowledged in total, {failures} failed",
         acked.len()
     );
+    acked
+}
 
-    broker.restart();
+/// Reads the whole recovered log and checks that every acknowledged message is at its offset
+/// with its payload and that offsets have no gaps. Returns the end offset of each partition.
+fn verify_recovered(bootstrap: &str, acked: &Acked, when: &str) -> BTreeMap<i32, i64> {
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
     let consumed = tokio::task::block_in_place(|| {
-        consume_all(&bootstrap, TOPIC, &partitions, Duration::from_secs(60))
+        consume_all(bootstrap, TOPIC, &partitions, Duration::from_secs(60))
     });
     let mut stored = Acked::new();
     let mut ends = BTreeMap::new();
@@ -173,7 +172,7 @@ async fn acknowledged_messages_survive_kill_9() {
             assert_eq!(
                 message.offset(),
                 position as i64,
-                "partition {partition}: recovered log has a gap"
+                "{when}: partition {partition}: recovered log has a gap"
             );
             stored.insert(
                 (*partition, message.offset()),
@@ -183,7 +182,7 @@ async fn acknowledged_messages_survive_kill_9() {
         ends.insert(*partition, messages.len() as i64);
     }
     let mut missing = Vec::new();
-    for (place, value) in &acked {
+    for (place, value) in acked {
         match stored.get(place) {
             Some(found) if found == value => {}
             Some(found) => missing.push(format!(
@@ -196,11 +195,40 @@ async fn acknowledged_messages_survive_kill_9() {
     }
     assert!(
         missing.is_empty(),
-        "{} of {} acknowledged messages lost or changed after kill -9, e.g. {:?}",
+        "{when}: {} of {} acknowledged messages lost or changed after kill -9, e.g. {:?}",
         missing.len(),
         acked.len(),
         &missing[..missing.len().min(10)]
     );
+    ends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_kill_9() {
+    let mut broker = Broker::start_with(BrokerOptions {
+        num_partitions: Some(PARTITIONS as u32),
+        ..BrokerOptions::default()
+    });
+    let bootstrap = broker.bootstrap();
+    assert_eq!(
+        common::partition_count(&bootstrap, TOPIC),
+        PARTITIONS as usize
+    );
+
+    // Round 1 crashes a fresh log; round 2 crashes a log that was itself recovered from a crash.
+    let mut acked = load_then_kill(&mut broker, 1, ACKS_BEFORE_KILL).await;
+    broker.restart();
+    verify_recovered(&bootstrap, &acked, "after first kill");
+    let more = load_then_kill(&mut broker, 2, ACKS_BEFORE_KILL / 2).await;
+    for place in more.keys() {
+        assert!(
+            !acked.contains_key(place),
+            "offset {place:?} acknowledged in both rounds"
+        );
+    }
+    acked.extend(more);
+    broker.restart();
+    let ends = verify_recovered(&bootstrap, &acked, "after second kill");
 
     // New appends go right after the recovered end of each partition.
     let producer: FutureProducer = producer_config(&bootstrap).create().expect("producer");

@@ -8,14 +8,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Broker, consume_all, producer_config, run_with_timeout};
+use common::{Broker, consume_all, create_topic, producer_config, run_with_timeout};
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::Timestamp;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Timestamp};
 
 const TOPIC: &str = "produce-consume";
 const PARTITIONS: i32 = 8;
@@ -60,30 +58,6 @@ fn parse_index(value: &str) -> usize {
         .strip_prefix("index=")
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("bad index field in {value:?}"))
-}
-
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", "10000")
-        .create()
-        .expect("admin client");
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        .request_timeout(Some(Duration::from_secs(10)));
-    let results = tokio::time::timeout(
-        Duration::from_secs(30),
-        admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &options,
-        ),
-    )
-    .await
-    .expect("CreateTopics timed out")
-    .expect("CreateTopics request failed");
-    for result in results {
-        result.unwrap_or_else(|(name, code)| panic!("CreateTopics {name}: {code:?}"));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,7 @@ async fn restart_keeps_messages_and_offsets_continue() {
     let mut broker = Broker::start_with(BrokerOptions {
         segment_bytes: Some(SEGMENT_BYTES),
         num_partitions: Some(PARTITIONS as u32),
+        ..BrokerOptions::default()
     });
     let bootstrap = broker.bootstrap();
     assert_eq!(

@@ -239,6 +239,29 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// InitProducerId without a transactional id (controller only): a fresh
+    /// producer id with epoch 0, or, given the (id, epoch) a producer holds
+    /// (KIP-360), the same id with the next epoch. Err is a Kafka error code.
+    /// Synchronous (a block persist blocks for its fsyncs, once per
+    /// `PRODUCER_ID_BLOCK_SIZE` ids), so allocations cannot interleave.
+    pub fn init_producer_id(&self, current: Option<(i64, i16)>) -> Result<(i64, i16), i16> {
+        use crate::cluster::producer_ids::{ProducerIds, init_producer_id};
+        assert_eq!(self.id, CONTROLLER, "producer ids are allocated by the controller");
+        let mut ids = self.producer_ids.borrow_mut();
+        if ids.is_none() {
+            match ProducerIds::load(&self.config.data_dir) {
+                Ok(loaded) => *ids = Some(loaded),
+                Err(e) => {
+                    warn!(error = %e, "cannot load the producer id block");
+                    return Err(ResponseError::UnknownServerError.code());
+                }
+            }
+        }
+        init_producer_id(ids.as_ref().expect("loaded above"), current)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

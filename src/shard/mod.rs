@@ -59,8 +59,13 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     /// Set when a graceful stop begins: connections stop taking requests.
     pub stopping: Cell<bool>,
+    /// The consumer groups this shard coordinates (those whose
+    /// `__consumer_offsets` partition it owns; see `crate::group`).
+    pub groups: crate::group::GroupCoordinator,
     /// Serialises controller operations (only used on shard 0).
     pub(crate) controller_lock: futures::lock::Mutex<()>,
+    /// Producer id allocator (controller only), loaded on first use.
+    pub(crate) producer_ids: RefCell<Option<crate::cluster::producer_ids::ProducerIds>>,
     self_ref: Weak<Shard>,
 }
 
@@ -72,6 +77,7 @@ impl Shard {
         catalog: Arc<Catalog>,
         peers: Vec<Option<ShardSender<Job>>>,
     ) -> Rc<Self> {
+        let groups = crate::group::GroupCoordinator::new(&config);
         Rc::new_cyclic(|w| Shard {
             id,
             count,
@@ -82,7 +88,9 @@ impl Shard {
             connections: Cell::new(0),
             in_flight: Cell::new(0),
             stopping: Cell::new(false),
+            groups,
             controller_lock: futures::lock::Mutex::new(()),
+            producer_ids: RefCell::new(None),
             self_ref: w.clone(),
         })
     }

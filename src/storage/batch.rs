@@ -31,6 +31,10 @@ pub const LOG_OVERHEAD: usize = 12;
 /// The only supported record format.
 pub const MAGIC_V2: i8 = 2;
 const CRC_START: usize = 21;
+/// Attributes bit 4: the batch is part of a transaction.
+pub const ATTR_TRANSACTIONAL: i16 = 0x10;
+/// Attributes bit 5: a control batch (transaction marker).
+pub const ATTR_CONTROL: i16 = 0x20;
 
 fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
@@ -261,6 +265,40 @@ pub(crate) mod test_util {
             &(0..count as i64).map(|i| ts0 + i).collect::<Vec<_>>(),
             value_len,
         )
+    }
+
+    /// Encode one idempotent batch: producer `pid`, `epoch`, base sequence
+    /// `seq`, `count` records (sequences must not wrap inside the batch:
+    /// the encoder would split it), timestamps `ts0 + i`.
+    pub fn encode_idempotent(pid: i64, epoch: i16, seq: i32, count: usize, ts0: i64) -> Bytes {
+        let records: Vec<Record> = (0..count as i64)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: pid,
+                producer_epoch: epoch,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: seq + i as i32,
+                timestamp: ts0 + i,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("p{pid} e{epoch} s{}", seq + i as i32))),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("encode");
+        buf.freeze()
     }
 
     /// Encode one batch with one record per timestamp in `ts`.

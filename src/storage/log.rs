@@ -30,6 +30,15 @@
 //! If a write or sync fails, the log stops: queued data is dropped (it was
 //! never acknowledged), pending and later calls get `StorageError::Io`, the
 //! high watermark stays where it was. Reopening runs recovery.
+//!
+//! # Idempotent producers
+//! A batch with a producer id is checked against the partition's
+//! [`ProducerStateTable`] in the synchronous part of `append`, together with
+//! offset assignment, so the table covers queued batches too: a retry of a
+//! batch not yet durable is a duplicate, answered with the original offsets
+//! (the caller's `wait_durable` then waits for the original). Snapshots of
+//! the table are written when a segment is sealed and at close; see
+//! `producer_state` for the format and `recovery` for the replay.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -45,6 +54,7 @@ use tracing::{debug, warn};
 use super::batch::{self, BatchHeader};
 use super::error::{IoContext, StorageError};
 use super::index::{self, IndexBytes, Indexer};
+use super::producer_state::{ProducerStateTable, Verdict, snapshot_file_name};
 use super::recovery;
 use super::segment::{
     INDEX_SUFFIX, Scanner, Segment, SegmentIndex, TIME_INDEX_SUFFIX, segment_path,
@@ -115,6 +125,15 @@ pub struct AppendInfo {
     pub log_start_offset: Offset,
 }
 
+/// One producer's state in a partition, for DescribeProducers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
+}
+
 /// Result of a read: whole batches, plus the partition's offsets at the
 /// time of the read.
 #[derive(Debug, Clone)]
@@ -174,6 +193,11 @@ struct State {
     /// FIFO of appends waiting for room.
     room_waiters: VecDeque<u64>,
     next_waiter_id: u64,
+    /// Idempotent producers, as of every batch assigned an offset.
+    producers: ProducerStateTable,
+    /// Snapshots taken at segment rolls, (offset, file bytes), oldest
+    /// first: the flusher writes each once the segment before it is sealed.
+    pending_snapshots: VecDeque<(i64, Vec<u8>)>,
 }
 
 impl State {
@@ -249,6 +273,8 @@ pub(super) struct Recovered {
     pub active_written: u64,
     pub active_tail_block: Vec<u8>,
     pub active_preallocated: u64,
+    /// Producer state as of `log_end` (snapshot + replay).
+    pub producers: ProducerStateTable,
 }
 
 fn align_down(v: u64, a: u64) -> u64 {
@@ -314,6 +340,8 @@ impl PartitionLog {
                 flusher_done: false,
                 room_waiters: VecDeque::new(),
                 next_waiter_id: 0,
+                producers: rec.producers,
+                pending_snapshots: VecDeque::new(),
             }),
             hw_notify: Notify::new(),
             work_notify: Notify::new(),
@@ -343,6 +371,24 @@ impl PartitionLog {
         Offset(self.state.borrow().log_end)
     }
 
+    /// The partition's idempotent producers (DescribeProducers), sorted by
+    /// producer id. Includes batches assigned offsets but not yet durable.
+    pub fn producers(&self) -> Vec<ProducerInfo> {
+        let st = self.state.borrow();
+        let mut v: Vec<ProducerInfo> = st
+            .producers
+            .iter()
+            .map(|(id, e)| ProducerInfo {
+                producer_id: id,
+                epoch: e.epoch,
+                last_sequence: e.last_seq(),
+                last_timestamp: e.last_timestamp,
+            })
+            .collect();
+        v.sort_unstable_by_key(|p| p.producer_id);
+        v
+    }
+
     /// A listener that fires the next time the high watermark moves (or the
     /// log fails or closes). Register before checking the condition.
     pub fn hw_changed(&self) -> event_listener::EventListener {
@@ -355,17 +401,34 @@ impl PartitionLog {
     /// batches for the flusher. Calls made in a given order get offsets in
     /// that order. Nothing is appended if any batch is invalid. The data is
     /// durable (and visible) once `wait_durable(last_offset + 1)` resolves.
+    ///
+    /// A batch with a producer id (idempotent) must come alone, as Kafka
+    /// requires of Produce v3+. It is checked against the producer's state:
+    /// a duplicate of one of its last five batches is not appended and gets
+    /// that batch's offsets; a sequence gap or new epoch not starting at 0
+    /// is `OutOfOrderSequence`; an older epoch is `InvalidProducerEpoch`.
+    /// Transactional and control batches are refused (`Transactional`).
     pub async fn append(&self, records: Bytes) -> Result<AppendInfo, StorageError> {
         if records.is_empty() {
             return Err(StorageError::InvalidRecord("empty records".into()));
         }
         let mut batches: Vec<(usize, usize, BatchHeader)> = Vec::new();
         let mut pos = 0;
+        let mut idempotent = false;
         while pos < records.len() {
             let (h, size) =
                 batch::validate_for_append(&records[pos..], self.cfg.max_message_bytes)?;
+            if h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0 {
+                return Err(StorageError::Transactional);
+            }
+            idempotent |= h.producer_id >= 0;
             batches.push((pos, size, h));
             pos += size;
+        }
+        if idempotent && batches.len() > 1 {
+            return Err(StorageError::InvalidRecord(
+                "an idempotent produce must carry exactly one record batch per partition".into(),
+            ));
         }
         self.wait_for_room(records.len()).await?;
 
@@ -376,6 +439,18 @@ impl PartitionLog {
         }
         if st.closing {
             return Err(StorageError::Closed);
+        }
+        if idempotent {
+            match st.producers.check(&batches[0].2)? {
+                Verdict::Append => {}
+                Verdict::Duplicate(dup) => {
+                    return Ok(AppendInfo {
+                        base_offset: Offset(dup.base_offset),
+                        last_offset: Offset(dup.last_offset()),
+                        log_start_offset: Offset(st.log_start),
+                    });
+                }
+            }
         }
         let mut copy = BytesMut::from(&records[..]);
         let mut next = st.log_end;
@@ -415,6 +490,9 @@ impl PartitionLog {
             });
             st.tail_bytes += *size;
             st.log_end = h.next_offset();
+            if h.producer_id >= 0 {
+                st.producers.update(&h);
+            }
         }
         assert_eq!(st.log_end, next);
         while st.tail_bytes > self.cfg.tail_cache_bytes {
@@ -447,6 +525,10 @@ impl PartitionLog {
             log_end + i64::from(last_offset_delta) - seg.base_offset > i64::from(i32::MAX);
         if too_big || too_old || rel_overflow {
             debug!(dir = %self.dir.display(), base = log_end, "rolling segment");
+            // The table now covers exactly the batches below the new base.
+            st.producers.remove_expired(recovery::now_ms());
+            let snapshot = st.producers.encode_snapshot(log_end);
+            st.pending_snapshots.push_back((log_end, snapshot));
             st.segments.push(Segment {
                 base_offset: log_end,
                 file: None,
@@ -821,6 +903,7 @@ impl PartitionLog {
         };
         st.failed = Some((kind, e.to_string()));
         st.queue.clear();
+        st.pending_snapshots.clear();
         st.pending_bytes = 0;
         drop(st);
         self.hw_notify.notify_all();
@@ -839,7 +922,12 @@ impl PartitionLog {
             if base != w.segment_base {
                 assert!(base > w.segment_base, "segments only move forward");
                 self.seal(w).await?;
+                let snapshot = self.state.borrow_mut().pending_snapshots.pop_front();
+                let (offset, bytes) = snapshot.expect("every roll queues a producer snapshot");
+                assert_eq!(offset, base, "producer snapshots follow segment rolls");
+                self.write_snapshot(offset, &bytes).await?;
                 *w = self.create_segment(base).await?;
+                recovery::remove_stale_snapshots(&self.dir, offset);
             }
             self.write_group(w, group).await?;
             if self.cfg.flush == FlushPolicy::Always {
@@ -1023,9 +1111,37 @@ impl PartitionLog {
     /// Final step of close: everything written, synced, active segment sealed.
     async fn finish(&self, w: &mut Writer) -> Result<(), StorageError> {
         self.seal(w).await?;
+        // Everything assigned is written: the table covers exactly the log.
+        let (log_end, bytes) = {
+            let mut st = self.state.borrow_mut();
+            assert!(st.queue.is_empty() && st.high_watermark == st.log_end);
+            st.producers.remove_expired(recovery::now_ms());
+            (st.log_end, st.producers.encode_snapshot(st.log_end))
+        };
+        self.write_snapshot(log_end, &bytes).await?;
         file::sync_dir(&self.dir)
             .await
-            .ctx(|| format!("syncing {}", self.dir.display()))
+            .ctx(|| format!("syncing {}", self.dir.display()))?;
+        recovery::remove_stale_snapshots(&self.dir, log_end);
+        Ok(())
+    }
+
+    /// Write a producer-state snapshot file and fdatasync it. Its directory
+    /// entry is made durable by the caller's next directory sync; until
+    /// then recovery falls back to an older snapshot, which is still there.
+    async fn write_snapshot(&self, offset: i64, bytes: &[u8]) -> Result<(), StorageError> {
+        let path = self.dir.join(snapshot_file_name(offset));
+        file::write_file_durable(&path, bytes)
+            .await
+            .ctx(|| format!("writing {}", path.display()))?;
+        // Paired check: the file reads back as the table that was written.
+        let back = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        assert!(
+            back == bytes,
+            "producer snapshot {} does not read back",
+            path.display()
+        );
+        Ok(())
     }
 }
 

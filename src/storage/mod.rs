@@ -17,6 +17,9 @@
 //!   Index files of sealed segments are read through memmap2; the active
 //!   segment's index lives in memory and is written when the segment is sealed
 //!   (and rebuilt by the recovery scan after a crash).
+//! - `<offset>.snapshot`: idempotent-producer state covering the batches
+//!   below `offset`, written when a segment is sealed and at close
+//!   ([`producer_state`]).
 //!
 //! Contract of [`PartitionLog`]: owned by exactly one shard (it is `!Send`),
 //! all methods are called from that shard only.
@@ -27,12 +30,15 @@
 //! - [`segment`]: segment file names, per-segment state, the batch scanner.
 //! - [`recovery`]: opening a directory after a clean shutdown or a crash.
 //! - [`log`]: [`PartitionLog`], the write path (group commit), reads, close.
+//! - [`producer_state`]: idempotent producers' epochs and last batches per
+//!   partition, and its snapshot files (`<offset>.snapshot`).
 //! - [`error`]: [`StorageError`] and its Kafka error codes.
 
 pub mod batch;
 pub mod error;
 pub mod index;
 pub mod log;
+pub mod producer_state;
 pub mod recovery;
 pub mod segment;
 
@@ -40,4 +46,4 @@ pub mod segment;
 mod tests;
 
 pub use error::StorageError;
-pub use log::{AppendInfo, FetchData, FlushPolicy, LogConfig, PartitionLog};
+pub use log::{AppendInfo, FetchData, FlushPolicy, LogConfig, PartitionLog, ProducerInfo};

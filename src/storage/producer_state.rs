@@ -61,7 +61,7 @@ impl BatchMeta {
 }
 
 /// One producer's state in one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ProducerEntry {
     pub epoch: i16,
     /// Max timestamp of the producer's last batch (for expiry and
@@ -73,6 +73,17 @@ pub struct ProducerEntry {
     start: u8,
     len: u8,
 }
+
+/// Equal if the logical content is (not the ring's layout).
+impl PartialEq for ProducerEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.epoch == other.epoch
+            && self.last_timestamp == other.last_timestamp
+            && self.batches().eq(other.batches())
+    }
+}
+
+impl Eq for ProducerEntry {}
 
 impl ProducerEntry {
     fn new(epoch: i16) -> Self {

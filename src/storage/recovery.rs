@@ -133,7 +133,7 @@ pub(super) fn snapshot_offsets(dir: &Path) -> Vec<i64> {
 }
 
 /// The newest snapshot that reads back valid (a damaged one is logged and
-/// skipped: the replay from an older one covers its range).
+/// removed: the replay from an older one covers its range).
 fn load_newest_snapshot(dir: &Path) -> Option<(i64, ProducerStateTable)> {
     for offset in snapshot_offsets(dir).into_iter().rev() {
         let path = dir.join(snapshot_file_name(offset));
@@ -143,9 +143,13 @@ fn load_newest_snapshot(dir: &Path) -> Option<(i64, ProducerStateTable)> {
         {
             Ok((at, table)) if at == offset => return Some((at, table)),
             Ok((at, _)) => warn!(snapshot = %path.display(), at,
-                "producer state snapshot names another offset: ignoring it"),
+                "producer state snapshot names another offset: removing it"),
             Err(e) => warn!(snapshot = %path.display(), error = %e,
-                "damaged producer state snapshot: ignoring it"),
+                "damaged producer state snapshot: removing it"),
+        }
+        // Gone, so it never counts among the snapshots kept.
+        if let Err(e) = std::fs::remove_file(&path) {
+            warn!(snapshot = %path.display(), error = %e, "cannot remove a damaged snapshot");
         }
     }
     None

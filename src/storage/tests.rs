@@ -663,3 +663,275 @@ fn segment_ms_rolls() {
         log.close().await.unwrap();
     });
 }
+
+// ---- idempotent producers ----
+
+use super::batch::test_util::encode_idempotent;
+use super::producer_state::SNAPSHOT_SUFFIX;
+
+/// Wall-clock now: producer state expires by batch timestamp, so tests use
+/// real ones.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == SNAPSHOT_SUFFIX))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Append and wait until durable; the error code on failure.
+async fn produce(log: &PartitionLog, b: Bytes) -> Result<AppendInfo, i16> {
+    let info = log.append(b).await.map_err(|e| e.kafka_error_code())?;
+    log.wait_durable(Offset(info.last_offset.0 + 1))
+        .await
+        .map_err(|e| e.kafka_error_code())?;
+    Ok(info)
+}
+
+#[test]
+fn idempotent_duplicates_including_queued_batches() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        let ts = now_ms();
+        let a = encode_idempotent(7, 0, 0, 3, ts);
+        let first = log.append(a.clone()).await.unwrap();
+        // Still queued: not written, not visible.
+        assert!(log.high_watermark() < log.log_end_offset());
+        let retry = log.append(a.clone()).await.unwrap();
+        assert_eq!(retry, first);
+        assert_eq!(log.log_end_offset(), Offset(3));
+        log.wait_durable(Offset(3)).await.unwrap();
+        // A retry after it is durable too.
+        assert_eq!(produce(&log, a.clone()).await.unwrap().base_offset, Offset(0));
+        // Interleaved with a non-idempotent batch and another producer.
+        append_durable(&log, 2, ts, 5).await;
+        let b = encode_idempotent(7, 0, 3, 2, ts);
+        assert_eq!(produce(&log, b.clone()).await.unwrap().base_offset, Offset(5));
+        let other = encode_idempotent(8, 0, 0, 1, ts);
+        assert_eq!(produce(&log, other).await.unwrap().base_offset, Offset(7));
+        assert_eq!(produce(&log, b).await.unwrap().base_offset, Offset(5));
+        assert_eq!(produce(&log, a).await.unwrap().base_offset, Offset(0));
+        assert_eq!(log.log_end_offset(), Offset(8));
+        assert_eq!(read_all_count(&log).await, 8);
+        let p = log.producers();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].producer_id, p[0].epoch, p[0].last_sequence), (7, 0, 4));
+        assert_eq!((p[1].producer_id, p[1].last_sequence), (8, 0));
+        log.close().await.unwrap();
+    });
+}
+
+async fn read_all_count(log: &PartitionLog) -> usize {
+    let mut n = 0;
+    let mut next = 0;
+    while next < log.high_watermark().0 {
+        let d = log.read(Offset(next), 1 << 20).await.unwrap();
+        let mut b = d.records.clone();
+        for set in RecordBatchDecoder::decode_all(&mut b).unwrap() {
+            for r in set.records {
+                if r.offset >= next {
+                    n += 1;
+                    next = r.offset + 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn idempotent_gaps_fencing_epochs_and_wrap() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        let ts = now_ms();
+        produce(&log, encode_idempotent(1, 5, 0, 2, ts)).await.unwrap();
+        // Gap: 3 instead of 2.
+        assert_eq!(produce(&log, encode_idempotent(1, 5, 3, 1, ts)).await, Err(45));
+        // Older epoch: fenced.
+        assert_eq!(produce(&log, encode_idempotent(1, 4, 2, 1, ts)).await, Err(47));
+        // Newer epoch must start at 0.
+        assert_eq!(produce(&log, encode_idempotent(1, 6, 2, 1, ts)).await, Err(45));
+        assert_eq!(log.log_end_offset(), Offset(2));
+        produce(&log, encode_idempotent(1, 6, 0, 1, ts)).await.unwrap();
+        assert_eq!(produce(&log, encode_idempotent(1, 5, 2, 1, ts)).await, Err(47));
+        // Wrap at i32::MAX (a batch never wraps inside with this encoder).
+        produce(&log, encode_idempotent(2, 0, i32::MAX - 1, 2, ts))
+            .await
+            .unwrap();
+        assert_eq!(produce(&log, encode_idempotent(2, 0, 1, 1, ts)).await, Err(45));
+        produce(&log, encode_idempotent(2, 0, 0, 1, ts)).await.unwrap();
+        produce(&log, encode_idempotent(2, 0, 1, 1, ts)).await.unwrap();
+        // Transactional batches and several idempotent batches at once are refused.
+        let mut txn = encode_idempotent(3, 0, 0, 1, ts).to_vec();
+        txn[22] |= 0x10;
+        let crc = batch::compute_crc(&txn);
+        txn[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(produce(&log, Bytes::from(txn)).await, Err(48));
+        let mut two = encode_idempotent(3, 0, 0, 1, ts).to_vec();
+        two.extend_from_slice(&encode_idempotent(3, 0, 1, 1, ts));
+        assert_eq!(produce(&log, Bytes::from(two)).await, Err(87));
+        assert_eq!(log.log_end_offset(), Offset(7));
+        log.close().await.unwrap();
+    });
+}
+
+/// State written by `write`, then checked after a clean close + reopen
+/// (`crash == false`) or a drop without close (`crash == true`).
+fn check_state_survives(crash: bool) {
+    run(move |dir| async move {
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        let ts = now_ms();
+        let mut last = Vec::new();
+        for i in 0..10 {
+            let b = encode_idempotent(42, 1, i * 2, 2, ts);
+            produce(&log, b.clone()).await.unwrap();
+            last.push(b);
+        }
+        if crash {
+            drop(log);
+            crate::runtime::sleep(Duration::from_millis(10)).await;
+            assert!(snapshot_files(&dir).is_empty());
+        } else {
+            log.close().await.unwrap();
+            assert_eq!(snapshot_files(&dir).len(), 1);
+        }
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), Offset(20));
+        // The last five batches are duplicates, with their offsets.
+        for (i, b) in last.iter().enumerate().skip(5) {
+            let info = produce(&log, b.clone()).await.unwrap();
+            assert_eq!(info.base_offset, Offset(i as i64 * 2));
+        }
+        assert_eq!(produce(&log, last[0].clone()).await, Err(45));
+        assert_eq!(produce(&log, encode_idempotent(42, 0, 20, 1, ts)).await, Err(47));
+        assert_eq!(produce(&log, encode_idempotent(42, 1, 21, 1, ts)).await, Err(45));
+        assert_eq!(
+            produce(&log, encode_idempotent(42, 1, 20, 1, ts))
+                .await
+                .unwrap()
+                .base_offset,
+            Offset(20)
+        );
+        assert_eq!(log.log_end_offset(), Offset(21));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn producer_state_survives_close_and_reopen() {
+    check_state_survives(false);
+}
+
+#[test]
+fn producer_state_survives_a_crash() {
+    check_state_survives(true);
+}
+
+#[test]
+fn producer_snapshots_and_replay_across_segment_rolls() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        let ts = now_ms();
+        let mut sent: Vec<(Bytes, i64)> = Vec::new();
+        let mut seq = [0i32; 2];
+        for i in 0..240 {
+            let p = i % 2;
+            let b = encode_idempotent(100 + p as i64, 0, seq[p], 3, ts);
+            seq[p] += 3;
+            let info = produce(&log, b.clone()).await.unwrap();
+            sent.push((b, info.base_offset.0));
+        }
+        assert!(log_files(&dir).len() > 4, "expected several segments");
+        let snaps = snapshot_files(&dir);
+        assert_eq!(snaps.len(), 2, "the newest two snapshots are kept: {snaps:?}");
+        // Crash: no close snapshot; the newest one is at the active segment's base.
+        drop(log);
+        crate::runtime::sleep(Duration::from_millis(10)).await;
+
+        // Each variant: which snapshots to remove or damage before reopening.
+        for variant in ["as is", "newest damaged", "none"] {
+            let snaps = snapshot_files(&dir);
+            match variant {
+                "newest damaged" => {
+                    let last = snaps.last().unwrap();
+                    let mut b = std::fs::read(last).unwrap();
+                    let n = b.len();
+                    b[n / 2] ^= 0xff;
+                    std::fs::write(last, b).unwrap();
+                }
+                "none" => {
+                    for s in &snaps {
+                        std::fs::remove_file(s).unwrap();
+                    }
+                }
+                _ => {}
+            }
+            let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+            assert_eq!(log.log_end_offset(), Offset(720), "{variant}");
+            // The last five batches of each producer are duplicates.
+            for (b, base) in sent.iter().rev().take(10) {
+                let info = log.append(b.clone()).await.unwrap();
+                assert_eq!(info.base_offset, Offset(*base), "{variant}");
+            }
+            let p = log.producers();
+            assert_eq!(p.len(), 2);
+            assert_eq!(p[0].last_sequence, seq[0] - 1, "{variant}");
+            assert_eq!(p[1].last_sequence, seq[1] - 1, "{variant}");
+            assert_eq!(log.log_end_offset(), Offset(720));
+            // Crash again without appending.
+            drop(log);
+            crate::runtime::sleep(Duration::from_millis(10)).await;
+        }
+        // Carry on after the rebuild; a clean close leaves a snapshot at the end.
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        let b = encode_idempotent(100, 0, seq[0], 3, ts);
+        assert_eq!(produce(&log, b).await.unwrap().base_offset, Offset(720));
+        log.close().await.unwrap();
+        let snaps = snapshot_files(&dir);
+        assert!(snaps.last().unwrap().ends_with("00000000000000000723.snapshot"));
+        assert!(snaps.len() <= 2);
+    });
+}
+
+#[test]
+fn failed_log_does_not_claim_unwritten_batches() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        let ts = now_ms();
+        produce(&log, encode_idempotent(5, 0, 0, 2, ts)).await.unwrap();
+        file::fault::fail_next_writes(1);
+        let b = encode_idempotent(5, 0, 2, 2, ts);
+        assert_eq!(produce(&log, b.clone()).await, Err(56));
+        // The log is stopped: the retry is refused, not taken as a duplicate.
+        assert_eq!(produce(&log, b.clone()).await, Err(56));
+        assert!(log.close().await.is_err());
+        let log = PartitionLog::open(dir.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), Offset(2));
+        // After recovery the retry is appended for real.
+        assert_eq!(produce(&log, b.clone()).await.unwrap().base_offset, Offset(2));
+        assert_eq!(log.log_end_offset(), Offset(4));
+        assert_eq!(produce(&log, b).await.unwrap().base_offset, Offset(2));
+        log.close().await.unwrap();
+    });
+}

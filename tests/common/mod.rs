@@ -23,6 +23,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -32,7 +33,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaRespErr;
@@ -56,6 +60,9 @@ pub const CLIENT_SOCKET_TIMEOUT_MS: u32 = 10_000;
 pub struct BrokerOptions {
     pub segment_bytes: Option<u64>,
     pub num_partitions: Option<u32>,
+    /// Further `sluice serve` flags, passed as given (e.g.
+    /// `--group-initial-rebalance-delay-ms 100`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running (or stopped) Sluice broker owned by one test.
@@ -70,8 +77,9 @@ pub struct Broker {
     runs: u32,
     data_dir: PathBuf,
     log_dir: PathBuf,
-    /// Keeps the temporary directory (data and logs) alive; removed on drop.
-    _temp: tempfile::TempDir,
+    /// Keeps the temporary directory (data and logs) alive; removed on drop, except when the test
+    /// is failing: then it is kept for inspection and its path printed.
+    temp: Option<tempfile::TempDir>,
 }
 
 impl Broker {
@@ -95,7 +103,7 @@ impl Broker {
             runs: 0,
             data_dir,
             log_dir,
-            _temp: temp,
+            temp: Some(temp),
         };
         broker.spawn_and_wait();
         broker
@@ -150,7 +158,10 @@ impl Broker {
         if let Some(n) = self.options.num_partitions {
             command.arg("--num-partitions").arg(n.to_string());
         }
+        command.args(&self.options.extra_args);
         command
+            // Plain log lines in the captured file, without terminal colour codes.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
@@ -174,10 +185,8 @@ impl Broker {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
-                panic!(
-                    "broker exited during startup with {status}\n{}",
-                    self.logs_text()
-                );
+                // The log is printed by Drop.
+                panic!("broker exited during startup with {status}");
             }
             match raw_api_versions_v0(self.addr(), 1_000 + attempt as i32) {
                 Ok(()) => return,
@@ -186,10 +195,9 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
-            "broker not ready within {:?} on {} (last error: {last_error})\n{}",
+            "broker not ready within {:?} on {} (last error: {last_error})",
             BROKER_READY_TIMEOUT,
-            self.bootstrap(),
-            self.logs_text()
+            self.bootstrap()
         );
     }
 
@@ -262,6 +270,12 @@ impl Drop for Broker {
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs_text());
+            if let Some(temp) = self.temp.take() {
+                eprintln!(
+                    "test failed: broker data and logs kept in {}",
+                    temp.keep().display()
+                );
+            }
         }
     }
 }
@@ -281,8 +295,37 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     None
 }
 
-/// Picks a free port by binding 127.0.0.1:0 and releasing it.
+/// Picks a free port for a broker: one that binds on 127.0.0.1 now, released at once.
+///
+/// The port is taken from below the kernel's ephemeral range when possible. A broker port inside
+/// that range can be handed to a client's outgoing connection while the broker is down for a
+/// restart (then the restarted broker cannot bind it, or a reconnecting client connects to
+/// itself), which would make the restart tests flaky.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    const LOW: u32 = 10_000;
+    if ephemeral_low > LOW + 1_000 {
+        let span = ephemeral_low - LOW;
+        // Spread parallel tests and concurrent test binaries over the range.
+        let seed = std::process::id()
+            .wrapping_mul(7_919)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729))
+            .wrapping_add(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos()),
+            );
+        for attempt in 0..200u32 {
+            let port = LOW + (seed.wrapping_add(attempt.wrapping_mul(7_907))) % span;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
@@ -524,6 +567,85 @@ pub fn assign_consumer(bootstrap: &str, group_hint: &str) -> BaseConsumer {
         .set("log_level", "4")
         .create()
         .expect("create consumer")
+}
+
+/// Admin client with bounded timeouts.
+pub fn admin_client(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("socket.timeout.ms", CLIENT_SOCKET_TIMEOUT_MS.to_string())
+        .set("log_level", "4")
+        .create()
+        .expect("admin client")
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)))
+}
+
+/// CreateTopics for one topic; returns the per-topic result (Err carries the Kafka error code).
+pub async fn try_create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<String, (String, RDKafkaErrorCode)> {
+    let admin = admin_client(bootstrap);
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &admin_options(),
+        ),
+    )
+    .await
+    .expect("CreateTopics timed out")
+    .expect("CreateTopics request failed");
+    assert_eq!(results.len(), 1, "CreateTopics results");
+    results.into_iter().next().unwrap()
+}
+
+/// CreateTopics that must succeed.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    try_create_topic(bootstrap, topic, partitions)
+        .await
+        .unwrap_or_else(|(name, code)| panic!("CreateTopics {name}: {code:?}"));
+}
+
+/// DeleteTopics for one topic; returns the per-topic result.
+pub async fn try_delete_topic(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<String, (String, RDKafkaErrorCode)> {
+    let admin = admin_client(bootstrap);
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin.delete_topics(&[topic], &admin_options()),
+    )
+    .await
+    .expect("DeleteTopics timed out")
+    .expect("DeleteTopics request failed");
+    assert_eq!(results.len(), 1, "DeleteTopics results");
+    results.into_iter().next().unwrap()
+}
+
+/// Names of all topics in a Metadata response for all topics.
+pub fn topic_names(bootstrap: &str) -> Vec<String> {
+    let client: BaseProducer = producer_config(bootstrap)
+        .create()
+        .expect("metadata client");
+    let metadata = client
+        .client()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata for all topics");
+    let mut names: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Low and high watermark of one partition (ListOffsets earliest / latest).

@@ -14,7 +14,7 @@ use super::{APIS, RequestContext};
 fn api_list() -> Vec<ApiVersion> {
     APIS.iter()
         .map(|k| {
-            let r = k.valid_versions();
+            let r = super::served_versions(*k);
             ApiVersion::default()
                 .with_api_key(*k as i16)
                 .with_min_version(r.min)

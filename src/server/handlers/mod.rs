@@ -4,11 +4,24 @@
 
 pub mod api_versions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
+pub mod describe_producers;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 use std::rc::Rc;
 
@@ -27,11 +40,43 @@ pub const APIS: &[ApiKey] = &[
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
     ApiKey::DeleteTopics,
+    ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::ListGroups,
+    ApiKey::DescribeGroups,
+    ApiKey::DeleteGroups,
+    ApiKey::OffsetDelete,
+    ApiKey::InitProducerId,
+    ApiKey::DescribeProducers,
 ];
 
 /// The versions of `key` we serve, or None if we do not serve it.
 pub fn supported_versions(key: ApiKey) -> Option<VersionRange> {
-    APIS.contains(&key).then(|| key.valid_versions())
+    APIS.contains(&key).then(|| served_versions(key))
+}
+
+/// `ApiKey::valid_versions`, capped where kafka-protocol 0.18 lists a
+/// version its request decoder refuses (OffsetCommit and OffsetFetch v10:
+/// only the response types know v10).
+pub fn served_versions(key: ApiKey) -> VersionRange {
+    use kafka_protocol::protocol::Message;
+    let r = key.valid_versions();
+    let decodable = match key {
+        ApiKey::OffsetCommit => kafka_protocol::messages::OffsetCommitRequest::VERSIONS.max,
+        ApiKey::OffsetFetch => kafka_protocol::messages::OffsetFetchRequest::VERSIONS.max,
+        // InitProducerId v6 (KIP-939) is listed but its request does not decode.
+        ApiKey::InitProducerId => kafka_protocol::messages::InitProducerIdRequest::VERSIONS.max,
+        _ => r.max,
+    };
+    VersionRange {
+        min: r.min,
+        max: r.max.min(decodable),
+    }
 }
 
 /// What a handler needs to know about the request it serves.
@@ -74,6 +119,39 @@ pub async fn dispatch(
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(ctx, r).await?),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(ctx, r).await?)
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(find_coordinator::handle(ctx, r).await?)
+        }
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(join_group::handle(ctx, r).await?),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(sync_group::handle(ctx, r).await?),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(heartbeat::handle(ctx, r).await?),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(leave_group::handle(ctx, r).await?)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(offset_commit::handle(ctx, r).await?)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(offset_fetch::handle(ctx, r).await?)
+        }
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(list_groups::handle(ctx, r).await?)
+        }
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(describe_groups::handle(ctx, r).await?)
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(delete_groups::handle(ctx, r).await?)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(offset_delete::handle(ctx, r).await?)
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(init_producer_id::handle(ctx, r).await?)
+        }
+        RequestKind::DescribeProducers(r) => {
+            ResponseKind::DescribeProducers(describe_producers::handle(ctx, r).await?)
         }
         _ => return Err(HandlerError::Mismatch),
     }))

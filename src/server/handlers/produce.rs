@@ -9,6 +9,14 @@
 //! batch is durable (fdatasync under the default flush policy). On a single
 //! broker the leader is the whole ISR, so 1 and -1 wait for the same thing,
 //! and an acknowledged batch survives `kill -9` either way.
+//!
+//! Idempotent producers: the owner's `PartitionLog::append` checks each
+//! batch with a producer id against the partition's producer state. A retry
+//! of a batch already appended (durable or still queued) is answered with
+//! the original base offset and no error, once the original is durable, as
+//! Kafka does; a sequence gap gets OUT_OF_ORDER_SEQUENCE_NUMBER (45), an
+//! older epoch INVALID_PRODUCER_EPOCH (47, Kafka's answer to Produce since
+//! 2.7), a transactional batch INVALID_TXN_STATE (48).
 
 use std::rc::Rc;
 use std::time::Duration;

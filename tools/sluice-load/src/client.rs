@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
     CreateTopicsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
@@ -337,14 +337,14 @@ impl Connection {
     }
 }
 
-/// Parse the frame size prefix of a buffer (used by tests).
-pub fn frame_size(mut b: &[u8]) -> Option<i32> {
-    (b.len() >= 4).then(|| b.get_i32())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
+
+    fn frame_size(mut b: &[u8]) -> Option<i32> {
+        (b.len() >= 4).then(|| b.get_i32())
+    }
 
     #[test]
     fn request_frame_has_size_prefix_and_header() {

@@ -10,7 +10,7 @@
 //!
 //! Values are recorded in microseconds.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
@@ -46,15 +46,6 @@ impl Clock {
 
     pub fn now_us(&self) -> u64 {
         self.start_unix_us + self.start.elapsed().as_micros() as u64
-    }
-
-    pub fn start_us(&self) -> u64 {
-        self.start_unix_us
-    }
-
-    /// The Instant at which `now_us()` will read `us`.
-    pub fn instant_at(&self, us: u64) -> Instant {
-        self.start + Duration::from_micros(us.saturating_sub(self.start_unix_us))
     }
 }
 
@@ -121,7 +112,9 @@ impl LatencyPair {
 
     pub fn add(&mut self, other: &LatencyPair) {
         self.corrected.add(&other.corrected).expect("same bounds");
-        self.uncorrected.add(&other.uncorrected).expect("same bounds");
+        self.uncorrected
+            .add(&other.uncorrected)
+            .expect("same bounds");
     }
 
     pub fn reset(&mut self) {
@@ -173,7 +166,11 @@ mod tests {
         assert_eq!(c.len(), 10_000);
         // Uncorrected: one message saw the stall, so p99 and even p99.9
         // look like the 100 µs service time.
-        assert!(u.value_at_quantile(0.99) <= 1_100, "{}", u.value_at_quantile(0.99));
+        assert!(
+            u.value_at_quantile(0.99) <= 1_100,
+            "{}",
+            u.value_at_quantile(0.99)
+        );
         assert!(u.value_at_quantile(0.999) <= 1_100);
         assert!(u.max() >= 1_000_000);
         // Corrected: the message intended k ms into the stall completes

@@ -104,7 +104,11 @@ impl PayloadSource {
     pub fn from_workload(w: &Workload) -> Result<PayloadSource> {
         match &w.payload_file {
             Some(p) => Self::from_file(p),
-            None => Ok(Self::fixed(w.message_size.0 as usize, w.payload_fill, w.seed)),
+            None => Ok(Self::fixed(
+                w.message_size.0 as usize,
+                w.payload_fill,
+                w.seed,
+            )),
         }
     }
 
@@ -230,9 +234,7 @@ impl KeyChooser {
         } else {
             w.key_count as usize
         };
-        let keys: Vec<Bytes> = (0..n)
-            .map(|i| Bytes::from(format!("key-{i:08}")))
-            .collect();
+        let keys: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("key-{i:08}"))).collect();
         let key_partition = keys
             .iter()
             .map(|k| partition_for_key(k, partitions))
@@ -270,7 +272,9 @@ impl KeyChooser {
             KeyDistribution::Random => self.rng.below(self.keys.len() as u64) as usize,
             KeyDistribution::Zipf => {
                 let u = self.rng.next_f64();
-                self.zipf_cdf.partition_point(|c| *c < u).min(self.keys.len() - 1)
+                self.zipf_cdf
+                    .partition_point(|c| *c < u)
+                    .min(self.keys.len() - 1)
             }
         };
         (Some(self.keys[i].clone()), self.key_partition[i])
@@ -320,7 +324,10 @@ mod tests {
         assert_eq!(murmur2(b"foobar"), -790332482);
         assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
         assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
         assert_eq!(murmur2(b"abc"), 479470107);
     }
 

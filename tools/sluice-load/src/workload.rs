@@ -440,17 +440,26 @@ impl Workload {
     /// Check every bound; a workload that passes can run.
     pub fn validate(&self) -> Result<()> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(anyhow!("{what}")) };
-        check((1..=TOPICS_MAX).contains(&self.topics), "topics must be 1..=10000")?;
+        check(
+            (1..=TOPICS_MAX).contains(&self.topics),
+            "topics must be 1..=10000",
+        )?;
         check(
             (1..=PARTITIONS_MAX).contains(&self.partitions),
             "partitions must be 1..=100000",
         )?;
-        check(self.replication_factor >= 1, "replication factor must be >= 1")?;
+        check(
+            self.replication_factor >= 1,
+            "replication factor must be >= 1",
+        )?;
         check(
             (1..=PRODUCERS_MAX).contains(&self.producers),
             "producers must be 1..=1024",
         )?;
-        check(self.consumers <= CONSUMERS_MAX, "consumers must be 0..=1024")?;
+        check(
+            self.consumers <= CONSUMERS_MAX,
+            "consumers must be 0..=1024",
+        )?;
         if self.payload_file.is_none() {
             check(
                 (MESSAGE_BYTES_MIN..=MESSAGE_BYTES_MAX).contains(&self.message_size.0),
@@ -482,8 +491,7 @@ impl Workload {
             check(
                 !t.is_empty()
                     && t.len() <= 200
-                    && t
-                        .chars()
+                    && t.chars()
                         .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
                 "topic names use [A-Za-z0-9._-], at most 200 characters",
             )?;
@@ -493,7 +501,10 @@ impl Workload {
 
     /// Topic names this run uses.
     pub fn topic_names(&self, default_prefix: &str) -> Vec<String> {
-        let base = self.topic.clone().unwrap_or_else(|| default_prefix.to_string());
+        let base = self
+            .topic
+            .clone()
+            .unwrap_or_else(|| default_prefix.to_string());
         if self.topics == 1 {
             vec![base]
         } else {
@@ -519,10 +530,7 @@ mod tests {
         assert_eq!("1KiB".parse::<ByteSize>().unwrap(), ByteSize(1024));
         assert_eq!("1kb".parse::<ByteSize>().unwrap(), ByteSize(1000));
         assert_eq!("512".parse::<ByteSize>().unwrap(), ByteSize(512));
-        assert_eq!(
-            "10s".parse::<Dur>().unwrap(),
-            Dur(Duration::from_secs(10))
-        );
+        assert_eq!("10s".parse::<Dur>().unwrap(), Dur(Duration::from_secs(10)));
         assert_eq!(
             "500ms".parse::<Dur>().unwrap(),
             Dur(Duration::from_millis(500))

@@ -1,0 +1,816 @@
+//! The group coordinator: consumer groups (the classic rebalance protocol)
+//! and their committed offsets.
+//!
+//! # Ownership
+//! Group `g` lives in partition `fnv1a(g) % P` of the internal topic
+//! `__consumer_offsets` (P partitions, `offsets_topic_partitions` when the
+//! topic was created; the catalog's count is used afterwards), and is
+//! coordinated by the shard that owns that partition
+//! ([`TopicPartition::owner`]). Every handler forwards its group work there
+//! with `invoke_on`, so the group's state has a single owner and its offset
+//! writes are local appends.
+//!
+//! # Durability
+//! - Committed offsets are records in `__consumer_offsets` (Kafka's layout,
+//!   see [`records`]). An OffsetCommit is answered after its records are
+//!   durable (`wait_durable`), then the in-memory map is updated. DeleteGroups
+//!   and OffsetDelete write tombstones the same way.
+//! - At startup each shard replays its partitions of the topic from log start
+//!   to high watermark ([`GroupCoordinator::load`]) before the broker listens.
+//! - Membership (members, generation, assignments) is in memory only: after
+//!   a restart members get UNKNOWN_MEMBER_ID and rejoin. A group with only
+//!   offsets is an Empty group.
+//!
+//! # Time
+//! Each shard runs one ticker ([`spawn_ticker`], every `GROUP_TICK_MS`) that
+//! expires sessions and completes rebalances whose deadline passed; work per
+//! tick is bounded by the groups on the shard (`GROUPS_PER_SHARD_MAX`).
+//!
+//! # Modules
+//! - [`state`]: one group and the rebalance state machine (synchronous).
+//! - [`records`]: the key/value codec of `__consumer_offsets`.
+
+pub mod records;
+pub mod state;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::ResponseError;
+use kafka_protocol::records::RecordBatchDecoder;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::constants::{
+    GROUP_TICK_MS, GROUPS_PER_SHARD_MAX, OFFSETS_BATCH_BYTES_MAX, OFFSETS_PER_GROUP_MAX,
+    OFFSETS_TOPIC, OFFSETS_TOPIC_MESSAGE_BYTES_MAX,
+};
+use crate::runtime;
+use crate::shard::{Shard, ShardError};
+use crate::storage::StorageError;
+use crate::types::{Offset, ShardId, TopicPartition};
+
+use self::records::{OffsetKey, OffsetValue, RecordKey};
+use self::state::{
+    CommittedOffset, Group, GroupSettings, GroupState, JoinOutcome, JoinRequest, MemberSummary,
+    Reply, SyncOutcome, SyncRequest,
+};
+
+/// At startup, before any shard runs: add `__consumer_offsets` to the
+/// catalog if missing (`offsets_topic_partitions` partitions, compacted, a
+/// batch limit that fits the largest commit batch) and persist the catalog.
+pub fn ensure_offsets_topic(
+    catalog: &mut crate::cluster::catalog::Catalog,
+    config: &Config,
+) -> Result<(), crate::cluster::catalog::CatalogError> {
+    if catalog.get(OFFSETS_TOPIC).is_some() {
+        return Ok(());
+    }
+    let mut configs = BTreeMap::new();
+    configs.insert("cleanup.policy".to_string(), "compact".to_string());
+    configs.insert(
+        "max.message.bytes".to_string(),
+        OFFSETS_TOPIC_MESSAGE_BYTES_MAX.to_string(),
+    );
+    catalog.insert(crate::cluster::catalog::TopicMeta {
+        name: OFFSETS_TOPIC.to_string(),
+        id: uuid::Uuid::new_v4(),
+        partitions: config.offsets_topic_partitions,
+        configs,
+    });
+    catalog.save(&config.data_dir)?;
+    info!(
+        partitions = config.offsets_topic_partitions,
+        "created internal topic {OFFSETS_TOPIC}"
+    );
+    Ok(())
+}
+
+/// The `__consumer_offsets` partition of `group_id` among `partitions`
+/// (FNV-1a, stable across restarts and builds).
+pub fn offsets_partition(group_id: &str, partitions: i32) -> i32 {
+    assert!(partitions > 0);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % partitions as u64) as i32
+}
+
+/// The `__consumer_offsets` partition holding `group_id`, or None if the
+/// topic does not exist (deleted by a client).
+pub fn offsets_tp(shard: &Shard, group_id: &str) -> Option<TopicPartition> {
+    let partitions = shard.catalog().get(OFFSETS_TOPIC)?.partitions;
+    Some(TopicPartition::new(
+        OFFSETS_TOPIC,
+        offsets_partition(group_id, partitions),
+    ))
+}
+
+/// The shard coordinating `group_id`.
+pub fn coordinator_of(shard: &Shard, group_id: &str) -> Option<ShardId> {
+    offsets_tp(shard, group_id).map(|tp| shard.owner_of(&tp))
+}
+
+/// Run `f` on the shard coordinating `group_id` and return its result here.
+/// `Ok(None)`: no `__consumer_offsets` topic (COORDINATOR_NOT_AVAILABLE).
+pub async fn on_coordinator<T, F, Fut>(
+    shard: &Shard,
+    group_id: &str,
+    f: F,
+) -> Result<Option<T>, ShardError>
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    match coordinator_of(shard, group_id) {
+        Some(target) => shard.invoke_on(target, f).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One partition's commit.
+#[derive(Debug, Clone)]
+pub struct CommitPartition {
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// An OffsetCommit, decoded (topics already checked against the catalog).
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub generation: i32,
+    pub topics: Vec<(String, Vec<CommitPartition>)>,
+}
+
+/// Per topic, per partition: an error code.
+pub type PartitionErrors = Vec<(String, Vec<(i32, i16)>)>;
+
+/// One partition's committed offset as OffsetFetch reports it (-1 if none).
+#[derive(Debug, Clone)]
+pub struct FetchedOffset {
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// A group as ListGroups reports it.
+#[derive(Debug, Clone)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: &'static str,
+}
+
+/// A group as DescribeGroups reports it.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    /// GROUP_ID_NOT_FOUND (or NOT_COORDINATOR) for unknown groups.
+    pub error: i16,
+    pub state: &'static str,
+    pub protocol_type: String,
+    /// The selected protocol when Stable, else empty.
+    pub protocol_data: String,
+    pub members: Vec<MemberSummary>,
+}
+
+/// A write to `__consumer_offsets` failed: the code OffsetCommit reports
+/// (Kafka's mapping of storage errors).
+fn commit_error(e: &StorageError) -> i16 {
+    match e {
+        StorageError::Io { .. } | StorageError::Closed => ResponseError::NotCoordinator.code(),
+        StorageError::BatchTooLarge { .. } => ResponseError::InvalidCommitOffsetSize.code(),
+        _ => ResponseError::UnknownServerError.code(),
+    }
+}
+
+/// The per-shard coordinator state: the groups this shard owns.
+///
+/// Contract: used on its own shard only; no `RefCell` borrow is held across
+/// an `.await`.
+pub struct GroupCoordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    settings: GroupSettings,
+}
+
+impl GroupCoordinator {
+    pub fn new(config: &Config) -> Self {
+        GroupCoordinator {
+            groups: RefCell::new(HashMap::new()),
+            settings: GroupSettings {
+                initial_rebalance_delay: Duration::from_millis(
+                    config.group_initial_rebalance_delay_ms,
+                ),
+            },
+        }
+    }
+
+    /// Number of groups on this shard (members or offsets).
+    pub fn group_count(&self) -> usize {
+        self.groups.borrow().len()
+    }
+
+    /// Run `f` on the group, creating it if `create` and there is room.
+    /// None: unknown (or no room).
+    fn with_group<T>(
+        &self,
+        group_id: &str,
+        create: bool,
+        f: impl FnOnce(&mut Group) -> T,
+    ) -> Option<T> {
+        let mut groups = self.groups.borrow_mut();
+        if !groups.contains_key(group_id) {
+            if !create || groups.len() >= GROUPS_PER_SHARD_MAX {
+                return None;
+            }
+            groups.insert(group_id.to_string(), Group::new(group_id.to_string()));
+        }
+        groups.get_mut(group_id).map(f)
+    }
+
+    /// JoinGroup; waits until the generation forms.
+    pub async fn join(&self, group_id: &str, req: JoinRequest) -> JoinOutcome {
+        let member_id = req.member_id.clone();
+        let now = Instant::now();
+        let settings = self.settings.clone();
+        // A known member id names a group that must exist.
+        let create = req.member_id.is_empty();
+        let reply = self.with_group(group_id, create, |g| g.join(req, now, &settings));
+        let reply = match reply {
+            Some(r) => r,
+            None if create => {
+                return JoinOutcome::error(ResponseError::CoordinatorNotAvailable, member_id);
+            }
+            None => return JoinOutcome::error(ResponseError::UnknownMemberId, member_id),
+        };
+        match reply {
+            Reply::Now(o) => o,
+            Reply::Later(rx, bound) => match runtime::timeout(bound, rx).await {
+                Some(Ok(o)) => o,
+                // Replaced by a newer JoinGroup of the same member, or the
+                // bound passed: the client retries.
+                _ => JoinOutcome::error(ResponseError::RebalanceInProgress, member_id),
+            },
+        }
+    }
+
+    /// SyncGroup; a follower waits for the leader's assignment.
+    pub async fn sync(&self, group_id: &str, req: SyncRequest) -> SyncOutcome {
+        let now = Instant::now();
+        let Some(reply) = self.with_group(group_id, false, |g| g.sync(req, now)) else {
+            return SyncOutcome::error(ResponseError::UnknownMemberId);
+        };
+        match reply {
+            Reply::Now(o) => o,
+            Reply::Later(rx, bound) => match runtime::timeout(bound, rx).await {
+                Some(Ok(o)) => o,
+                _ => SyncOutcome::error(ResponseError::RebalanceInProgress),
+            },
+        }
+    }
+
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> i16 {
+        let now = Instant::now();
+        self.with_group(group_id, false, |g| {
+            g.heartbeat(member_id, instance_id, generation, now)
+        })
+        .unwrap_or(ResponseError::UnknownMemberId.code())
+    }
+
+    /// LeaveGroup for each (member id, instance id): error codes, or None if
+    /// the group is unknown.
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Option<Vec<i16>> {
+        let now = Instant::now();
+        let settings = self.settings.clone();
+        self.with_group(group_id, false, |g| {
+            members
+                .iter()
+                .map(|(m, i)| g.leave(m, i.as_deref(), now, &settings))
+                .collect()
+        })
+    }
+
+    /// Append `records` to the group's offsets partition and wait until they
+    /// are durable: the log offset of the first record.
+    async fn write(
+        &self,
+        shard: &Shard,
+        group_id: &str,
+        records: &[(Bytes, Option<Bytes>)],
+    ) -> Result<i64, i16> {
+        let log = offsets_tp(shard, group_id)
+            .and_then(|tp| shard.partition(&tp))
+            .ok_or(ResponseError::NotCoordinator.code())?;
+        let bytes = records::encode_batches(records, now_ms(), OFFSETS_BATCH_BYTES_MAX)
+            .map_err(|_| ResponseError::InvalidCommitOffsetSize.code())?;
+        let info = log.append(bytes).await.map_err(|e| commit_error(&e))?;
+        log.wait_durable(Offset(info.last_offset.get() + 1))
+            .await
+            .map_err(|e| commit_error(&e))?;
+        Ok(info.base_offset.get())
+    }
+
+    /// OffsetCommit: validate against the group, write durably, then apply.
+    pub async fn commit(&self, shard: &Shard, group_id: &str, req: CommitRequest) -> PartitionErrors {
+        let all = |code: i16, topics: &[(String, Vec<CommitPartition>)]| -> PartitionErrors {
+            topics
+                .iter()
+                .map(|(t, ps)| (t.clone(), ps.iter().map(|p| (p.partition, code)).collect()))
+                .collect()
+        };
+        let simple = req.generation < 0;
+        // Unknown group: only a simple consumer (generation < 0) creates it.
+        let Some(lock) = self.with_group(group_id, simple, |g| g.write_lock.clone()) else {
+            let code = if simple {
+                ResponseError::CoordinatorNotAvailable.code()
+            } else {
+                ResponseError::IllegalGeneration.code()
+            };
+            return all(code, &req.topics);
+        };
+        let _guard = lock.lock().await;
+        let now = Instant::now();
+        let timestamp = now_ms();
+        let check = self.with_group(group_id, simple, |g| {
+            let code = g.check_commit(
+                &req.member_id,
+                req.group_instance_id.as_deref(),
+                req.generation,
+                now,
+            );
+            (code, g.offsets.len())
+        });
+        let (code, mut held) = match check {
+            Some(c) => c,
+            None => (ResponseError::IllegalGeneration.code(), 0),
+        };
+        if code != 0 {
+            return all(code, &req.topics);
+        }
+        // Encode; partitions past the per-group bound are refused.
+        let mut results: PartitionErrors = Vec::with_capacity(req.topics.len());
+        let mut records: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+        let mut applied: Vec<((String, i32), CommittedOffset)> = Vec::new();
+        {
+            let groups = self.groups.borrow();
+            let existing = groups.get(group_id).map(|g| &g.offsets);
+            for (topic, parts) in &req.topics {
+                let mut codes = Vec::with_capacity(parts.len());
+                for p in parts {
+                    let key_tp = (topic.clone(), p.partition);
+                    let known = existing.is_some_and(|o| o.contains_key(&key_tp));
+                    if !known && held >= OFFSETS_PER_GROUP_MAX {
+                        codes.push((p.partition, ResponseError::InvalidCommitOffsetSize.code()));
+                        continue;
+                    }
+                    let key = OffsetKey {
+                        group: group_id.to_string(),
+                        topic: topic.clone(),
+                        partition: p.partition,
+                    };
+                    let value = OffsetValue {
+                        offset: p.offset,
+                        leader_epoch: p.leader_epoch,
+                        metadata: p.metadata.clone(),
+                        commit_timestamp_ms: timestamp,
+                    };
+                    match (records::encode_key(&key), records::encode_value(&value)) {
+                        (Ok(k), Ok(v)) => {
+                            if !known {
+                                held += 1;
+                            }
+                            records.push((k, Some(v)));
+                            applied.push((
+                                key_tp,
+                                CommittedOffset {
+                                    offset: p.offset,
+                                    leader_epoch: p.leader_epoch,
+                                    metadata: p.metadata.clone(),
+                                    commit_timestamp_ms: timestamp,
+                                    log_offset: -1,
+                                },
+                            ));
+                            codes.push((p.partition, 0));
+                        }
+                        _ => codes.push((
+                            p.partition,
+                            ResponseError::OffsetMetadataTooLarge.code(),
+                        )),
+                    }
+                }
+                results.push((topic.clone(), codes));
+            }
+        }
+        if records.is_empty() {
+            return results;
+        }
+        match self.write(shard, group_id, &records).await {
+            Ok(base) => {
+                self.with_group(group_id, true, |g| {
+                    for (i, (tp, mut c)) in applied.into_iter().enumerate() {
+                        c.log_offset = base + i as i64;
+                        let newer = g.offsets.get(&tp).is_none_or(|o| o.log_offset < c.log_offset);
+                        if newer {
+                            g.offsets.insert(tp, c);
+                        }
+                    }
+                });
+            }
+            Err(code) => {
+                for (_, codes) in results.iter_mut() {
+                    for (_, c) in codes.iter_mut().filter(|(_, c)| *c == 0) {
+                        *c = code;
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// OffsetFetch: the committed offsets of `topics` (None: every
+    /// partition with an offset). Unknown groups and partitions read -1.
+    pub fn fetch(
+        &self,
+        group_id: &str,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<(String, Vec<FetchedOffset>)> {
+        let groups = self.groups.borrow();
+        let offsets = groups.get(group_id).map(|g| &g.offsets);
+        let lookup = |topic: &str, partition: i32| -> FetchedOffset {
+            match offsets.and_then(|o| o.get(&(topic.to_string(), partition))) {
+                Some(c) => FetchedOffset {
+                    partition,
+                    offset: c.offset,
+                    leader_epoch: c.leader_epoch,
+                    metadata: c.metadata.clone(),
+                },
+                None => FetchedOffset {
+                    partition,
+                    offset: -1,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                },
+            }
+        };
+        match topics {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(t, ps)| {
+                    let fetched = ps.into_iter().map(|p| lookup(&t, p)).collect();
+                    (t, fetched)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: BTreeMap<String, Vec<FetchedOffset>> = BTreeMap::new();
+                for (topic, partition) in offsets.into_iter().flat_map(|o| o.keys()) {
+                    by_topic
+                        .entry(topic.clone())
+                        .or_default()
+                        .push(lookup(topic, *partition));
+                }
+                by_topic.into_iter().collect()
+            }
+        }
+    }
+
+    /// Every group on this shard.
+    pub fn list(&self) -> Vec<GroupListing> {
+        let mut out: Vec<GroupListing> = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|g| g.state != GroupState::Dead)
+            .map(|g| GroupListing {
+                group_id: g.id.clone(),
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                state: g.state.name(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        out
+    }
+
+    pub fn describe(&self, group_id: &str) -> GroupDescription {
+        let groups = self.groups.borrow();
+        match groups.get(group_id) {
+            Some(g) => GroupDescription {
+                error: 0,
+                state: g.state.name(),
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                protocol_data: if g.state == GroupState::Stable {
+                    g.protocol_name.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                members: g.member_summaries(),
+            },
+            None => GroupDescription {
+                error: ResponseError::GroupIdNotFound.code(),
+                state: GroupState::Dead.name(),
+                protocol_type: String::new(),
+                protocol_data: String::new(),
+                members: Vec::new(),
+            },
+        }
+    }
+
+    /// Write tombstones for `keys` of the group and drop them from memory.
+    async fn tombstone(
+        &self,
+        shard: &Shard,
+        group_id: &str,
+        keys: Vec<(String, i32)>,
+    ) -> Result<(), i16> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut records = Vec::with_capacity(keys.len());
+        for (topic, partition) in &keys {
+            let key = records::encode_key(&OffsetKey {
+                group: group_id.to_string(),
+                topic: topic.clone(),
+                partition: *partition,
+            })
+            .map_err(|_| ResponseError::InvalidRequest.code())?;
+            records.push((key, None));
+        }
+        let base = self.write(shard, group_id, &records).await?;
+        self.with_group(group_id, false, |g| {
+            for (i, tp) in keys.iter().enumerate() {
+                if g.offsets
+                    .get(tp)
+                    .is_some_and(|c| c.log_offset < base + i as i64)
+                {
+                    g.offsets.remove(tp);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// DeleteGroups for one group: the error code.
+    pub async fn delete(&self, shard: &Shard, group_id: &str) -> i16 {
+        let Some(lock) = self.with_group(group_id, false, |g| g.write_lock.clone()) else {
+            return ResponseError::GroupIdNotFound.code();
+        };
+        let _guard = lock.lock().await;
+        let keys = self.with_group(group_id, false, |g| {
+            if g.state == GroupState::Dead {
+                Err(ResponseError::GroupIdNotFound.code())
+            } else if g.state != GroupState::Empty || g.member_count() > 0 {
+                Err(ResponseError::NonEmptyGroup.code())
+            } else {
+                Ok(g.offsets.keys().cloned().collect::<Vec<_>>())
+            }
+        });
+        let keys = match keys {
+            Some(Ok(k)) => k,
+            Some(Err(code)) => return code,
+            None => return ResponseError::GroupIdNotFound.code(),
+        };
+        if let Err(code) = self.tombstone(shard, group_id, keys).await {
+            return code;
+        }
+        let mut groups = self.groups.borrow_mut();
+        if groups
+            .get(group_id)
+            .is_some_and(|g| g.state == GroupState::Empty && g.member_count() == 0)
+        {
+            groups.remove(group_id);
+        }
+        0
+    }
+
+    /// OffsetDelete: per-partition codes, or a group-level error.
+    pub async fn delete_offsets(
+        &self,
+        shard: &Shard,
+        group_id: &str,
+        topics: Vec<(String, Vec<i32>)>,
+    ) -> Result<PartitionErrors, i16> {
+        let Some(lock) = self.with_group(group_id, false, |g| g.write_lock.clone()) else {
+            return Err(ResponseError::GroupIdNotFound.code());
+        };
+        let _guard = lock.lock().await;
+        let plan = self.with_group(group_id, false, |g| {
+            if g.state == GroupState::Dead {
+                return Err(ResponseError::GroupIdNotFound.code());
+            }
+            let has_members = g.member_count() > 0;
+            let consumer = g.protocol_type.as_deref() == Some("consumer");
+            if has_members && !consumer {
+                return Err(ResponseError::NonEmptyGroup.code());
+            }
+            let subscribed = if has_members {
+                g.subscribed_topics()
+            } else {
+                Some(Default::default())
+            };
+            let mut results: PartitionErrors = Vec::new();
+            let mut doomed = Vec::new();
+            for (topic, parts) in &topics {
+                let busy = subscribed.as_ref().is_none_or(|s| s.contains(topic));
+                let mut codes = Vec::new();
+                for p in parts {
+                    if busy {
+                        codes.push((*p, ResponseError::GroupSubscribedToTopic.code()));
+                    } else {
+                        codes.push((*p, 0));
+                        if g.offsets.contains_key(&(topic.clone(), *p)) {
+                            doomed.push((topic.clone(), *p));
+                        }
+                    }
+                }
+                results.push((topic.clone(), codes));
+            }
+            Ok((results, doomed))
+        });
+        let (mut results, doomed) = match plan {
+            Some(Ok(p)) => p,
+            Some(Err(code)) => return Err(code),
+            None => return Err(ResponseError::GroupIdNotFound.code()),
+        };
+        if let Err(code) = self.tombstone(shard, group_id, doomed).await {
+            for (_, codes) in results.iter_mut() {
+                for (_, c) in codes.iter_mut().filter(|(_, c)| *c == 0) {
+                    *c = code;
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Deadlines of every group; forget groups with nothing left.
+    pub fn tick(&self, now: Instant) {
+        let mut groups = self.groups.borrow_mut();
+        for g in groups.values_mut() {
+            g.tick(now, &self.settings);
+        }
+        groups.retain(|_, g| !g.is_disposable());
+    }
+
+    /// Answer every parked JoinGroup and SyncGroup (graceful stop).
+    pub fn release_waiters(&self) {
+        for g in self.groups.borrow_mut().values_mut() {
+            g.release_waiters();
+        }
+    }
+
+    /// Apply one record of `__consumer_offsets` read at `log_offset`.
+    fn replay_record(&self, log_offset: i64, key: &[u8], value: Option<&[u8]>) {
+        let key = match records::decode_key(key) {
+            Ok(RecordKey::Offset(k)) => k,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(log_offset, error = %e, "skipping undecodable offsets key");
+                return;
+            }
+        };
+        let mut groups = self.groups.borrow_mut();
+        let tp = (key.topic, key.partition);
+        match value {
+            None => {
+                if let Some(g) = groups.get_mut(&key.group) {
+                    g.offsets.remove(&tp);
+                }
+            }
+            Some(v) => match records::decode_value(v) {
+                Ok(v) => {
+                    let g = groups
+                        .entry(key.group.clone())
+                        .or_insert_with(|| Group::new(key.group));
+                    g.offsets.insert(
+                        tp,
+                        CommittedOffset {
+                            offset: v.offset,
+                            leader_epoch: v.leader_epoch,
+                            metadata: v.metadata,
+                            commit_timestamp_ms: v.commit_timestamp_ms,
+                            log_offset,
+                        },
+                    );
+                }
+                Err(e) => warn!(log_offset, error = %e, "skipping undecodable offsets value"),
+            },
+        }
+    }
+
+    /// Rebuild the committed offsets of the groups this shard coordinates
+    /// from its `__consumer_offsets` partitions. Called once at startup,
+    /// before the broker listens. Returns the number of records read.
+    pub async fn load(&self, shard: &Shard) -> Result<u64, StorageError> {
+        const READ_BYTES: usize = 1 << 20;
+        let Some(meta) = shard.catalog().get(OFFSETS_TOPIC).cloned() else {
+            return Ok(0);
+        };
+        let mut count = 0u64;
+        for p in 0..meta.partitions {
+            let tp = TopicPartition::new(OFFSETS_TOPIC, p);
+            if shard.owner_of(&tp) != shard.id {
+                continue;
+            }
+            let Some(log) = shard.partition(&tp) else {
+                continue;
+            };
+            let mut next = log.log_start_offset().get();
+            let end = log.high_watermark().get();
+            while next < end {
+                let data = log.read(Offset(next), READ_BYTES).await?;
+                let before = next;
+                let mut buf = data.records;
+                // Batch header: baseOffset i64 @0, batchLength i32 @8,
+                // lastOffsetDelta i32 @23 (ARCHITECTURE.md).
+                while buf.len() >= 61 {
+                    let base = i64::from_be_bytes(buf[0..8].try_into().unwrap_or([0; 8]));
+                    let length = i32::from_be_bytes(buf[8..12].try_into().unwrap_or([0; 4]));
+                    let last_delta = i32::from_be_bytes(buf[23..27].try_into().unwrap_or([0; 4]));
+                    let size = (length.max(0) as usize).saturating_add(12);
+                    if length < 49 || size > buf.len() {
+                        break;
+                    }
+                    let mut batch = buf.split_to(size);
+                    let batch_next = base + i64::from(last_delta.max(0)) + 1;
+                    if batch_next <= next {
+                        continue;
+                    }
+                    match RecordBatchDecoder::decode(&mut batch) {
+                        Ok(set) => {
+                            for r in set.records.iter().filter(|r| !r.control && r.offset >= next) {
+                                if let Some(k) = &r.key {
+                                    self.replay_record(r.offset, k, r.value.as_deref());
+                                    count += 1;
+                                }
+                            }
+                        }
+                        Err(e) => warn!(partition = %tp, base, error = %e, "skipping undecodable batch"),
+                    }
+                    batch.advance(batch.remaining());
+                    next = batch_next;
+                    runtime::yield_if_needed().await;
+                }
+                if next == before {
+                    warn!(partition = %tp, offset = next, "offsets replay made no progress; stopping");
+                    break;
+                }
+            }
+        }
+        self.groups.borrow_mut().retain(|_, g| !g.is_disposable());
+        if count > 0 {
+            info!(shard = %shard.id, records = count, groups = self.group_count(), "committed offsets loaded");
+        }
+        Ok(count)
+    }
+}
+
+/// Run the shard's group ticker until the shard stops: deadlines every
+/// `GROUP_TICK_MS`; on a graceful stop, parked requests are answered so
+/// connections can drain.
+pub fn spawn_ticker(shard: Rc<Shard>) {
+    runtime::spawn_detached(async move {
+        loop {
+            runtime::sleep(Duration::from_millis(GROUP_TICK_MS)).await;
+            if shard.stopping.get() {
+                shard.groups.release_waiters();
+            }
+            shard.groups.tick(Instant::now());
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_stable_and_in_range() {
+        assert_eq!(offsets_partition("my-group", 16), offsets_partition("my-group", 16));
+        for g in ["a", "b", "group-1", ""] {
+            assert!((0..16).contains(&offsets_partition(g, 16)));
+        }
+        // FNV-1a of the empty string is the offset basis.
+        assert_eq!(offsets_partition("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as i32);
+    }
+}

@@ -1,0 +1,259 @@
+//! End to end against a real Sluice broker: a short fixed-rate run, then
+//! `compare` on its report.
+//!
+//! Needs the broker binary: run `cargo build --release --bin sluice` (or a
+//! debug build) first. It is looked up at `<workspace>/target/{release,debug}/sluice`
+//! (the newer of the two), or at `$SLUICE_BIN`. A missing binary fails the
+//! test: this is not a test that may silently skip in CI.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Upper bound on the whole run (3 s measured plus setup and drain).
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn sluice_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let candidates = [
+        root.join("target/release/sluice"),
+        root.join("target/debug/sluice"),
+    ];
+    candidates
+        .iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "Sluice broker binary not found at {:?}: run `cargo build --release --bin sluice` \
+                 before this test (or set SLUICE_BIN)",
+                candidates
+            )
+        })
+}
+
+/// A broker on a free loopback port, killed on drop.
+struct Broker {
+    child: Child,
+    port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let data = tempfile::tempdir().unwrap();
+        // Glommio listeners use SO_REUSEPORT, so a port "in use" would not
+        // fail to bind: take a free one from the kernel first.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(sluice_binary())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                "2",
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sluice");
+        let b = Broker {
+            child,
+            port,
+            _data: data,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sluice did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the tool with a time bound; panics with its output on failure.
+fn sluice_load(args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-load"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sluice-load {args:?} did not finish in {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "sluice-load {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+fn check_monotonic(curve: &Value, what: &str) {
+    let pts = curve.as_array().unwrap();
+    assert!(!pts.is_empty(), "{what}: empty curve");
+    for w in pts.windows(2) {
+        assert!(
+            w[1]["value_ms"].as_f64() >= w[0]["value_ms"].as_f64(),
+            "{what}"
+        );
+        assert!(
+            w[1]["percentile"].as_f64() >= w[0]["percentile"].as_f64(),
+            "{what}"
+        );
+    }
+}
+
+fn check_summary(s: &Value, what: &str) {
+    assert!(s["count"].as_u64().unwrap() > 0, "{what}: no samples");
+    let keys = [
+        "p50_ms",
+        "p75_ms",
+        "p95_ms",
+        "p99_ms",
+        "p99_9_ms",
+        "p99_99_ms",
+        "max_ms",
+    ];
+    let v: Vec<f64> = keys.iter().map(|k| s[k].as_f64().unwrap()).collect();
+    assert!(v[0] > 0.0, "{what}: p50 is 0");
+    for w in v.windows(2) {
+        assert!(w[1] >= w[0], "{what}: percentiles not monotonic: {v:?}");
+    }
+}
+
+#[test]
+fn fixed_rate_run_against_sluice_then_compare() {
+    let broker = Broker::start();
+    let out = tempfile::tempdir().unwrap();
+    let run_dir = out.path().join("sluice-2000");
+    let bootstrap = format!("127.0.0.1:{}", broker.port);
+    // One partition: multi-partition Produce requests spanning both shards
+    // can stall in the current broker (see tools/sluice-load/README.md).
+    let stdout = sluice_load(&[
+        "run",
+        "--bootstrap-server",
+        &bootstrap,
+        "--rate",
+        "2000",
+        "--duration",
+        "3s",
+        "--warmup",
+        "1s",
+        "--partitions",
+        "1",
+        "--message-size",
+        "256",
+        "--drain-timeout",
+        "10s",
+        "--request-timeout",
+        "10s",
+        "--output",
+        run_dir.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("exactly once"), "{stdout}");
+
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap())
+            .unwrap();
+    // Self-describing.
+    assert!(
+        report["command_line"]
+            .as_str()
+            .unwrap()
+            .contains("--rate 2000")
+    );
+    assert!(report["host"]["cores"].as_u64().unwrap() >= 1);
+    assert!(
+        !report["broker"]["api_versions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Reaches its target rate within 10%.
+    let rate = report["produce"]["msgs_per_s"].as_f64().unwrap();
+    assert!((1800.0..=2200.0).contains(&rate), "produce rate {rate}");
+    let consumed = report["consume"]["msgs_per_s"].as_f64().unwrap();
+    assert!(
+        (1800.0..=2200.0).contains(&consumed),
+        "consume rate {consumed}"
+    );
+
+    // Every produced message consumed exactly once.
+    let d = &report["delivery"];
+    assert_eq!(d["sent"], d["acked"], "{d}");
+    assert_eq!(d["produce_errors"], 0, "{d}");
+    assert_eq!(d["acked"], d["consumed_unique"], "{d}");
+    assert_eq!(d["duplicates"], 0, "{d}");
+    assert_eq!(d["missing"], 0, "{d}");
+    assert_eq!(d["exactly_once"], true, "{d}");
+    assert!(d["acked"].as_u64().unwrap() >= 7_500, "{d}");
+
+    // Histograms non-empty with monotonic percentiles, in the report and
+    // in the .hgrm files.
+    for metric in ["publish_latency", "end_to_end_latency"] {
+        let l = &report[metric];
+        check_summary(&l["corrected"], metric);
+        check_summary(&l["uncorrected"], metric);
+        check_monotonic(&l["corrected_curve"], metric);
+        for f in ["corrected_file", "uncorrected_file"] {
+            let text = std::fs::read_to_string(run_dir.join(l[f].as_str().unwrap())).unwrap();
+            assert!(text.contains("Percentile TotalCount 1/(1-Percentile)"));
+            assert!(text.contains("#[Max     ="));
+        }
+        // Corrected latency is never below uncorrected.
+        assert!(
+            l["corrected"]["p99_ms"].as_f64() >= l["uncorrected"]["p99_ms"].as_f64(),
+            "{metric}"
+        );
+    }
+
+    // compare writes SVG and PNG (the same run twice is a valid comparison).
+    let prefix = out.path().join("cmp");
+    let stdout = sluice_load(&[
+        "compare",
+        run_dir.to_str().unwrap(),
+        run_dir.join("report.json").to_str().unwrap(),
+        "--output",
+        prefix.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("produce msgs/s"), "{stdout}");
+    assert!(stdout.contains("1.00x"), "{stdout}");
+    let svg = std::fs::read_to_string(prefix.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("99.9%"), "svg");
+    let png = std::fs::read(prefix.with_extension("png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 10_000, "png too small: {}", png.len());
+}
