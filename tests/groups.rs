@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::{Broker, BrokerOptions, admin_client, create_topic, producer_config};
+use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::admin::AdminOptions;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// Longest any single phase of a test may take.
@@ -160,9 +160,12 @@ async fn group_splits_partitions_rebalances_and_consumes_each_message_once() {
     a.subscribe(&[TOPIC]).expect("subscribe a");
     b.subscribe(&[TOPIC]).expect("subscribe b");
     let mut seen = Vec::new();
-    poll_until(&[&a, &b], &mut seen, "two members with 3 partitions each", |s, _| {
-        disjoint_cover(s, PARTITIONS) && s.iter().all(|p| p.len() == 3)
-    });
+    poll_until(
+        &[&a, &b],
+        &mut seen,
+        "two members with 3 partitions each",
+        |s, _| disjoint_cover(s, PARTITIONS) && s.iter().all(|p| p.len() == 3),
+    );
     eprintln!("two consumers: {:?} {:?}", assigned(&a), assigned(&b));
     poll_until(&[&a, &b], &mut seen, "half the messages", |_, n| {
         n >= MESSAGES / 2
@@ -171,9 +174,12 @@ async fn group_splits_partitions_rebalances_and_consumes_each_message_once() {
     // A third member joins: the group rebalances to 2 partitions each.
     let c = group_consumer(&bootstrap, "split", "range");
     c.subscribe(&[TOPIC]).expect("subscribe c");
-    poll_until(&[&a, &b, &c], &mut seen, "three members with 2 partitions each", |s, _| {
-        disjoint_cover(s, PARTITIONS) && s.iter().all(|p| p.len() == 2)
-    });
+    poll_until(
+        &[&a, &b, &c],
+        &mut seen,
+        "three members with 2 partitions each",
+        |s, _| disjoint_cover(s, PARTITIONS) && s.iter().all(|p| p.len() == 2),
+    );
     eprintln!(
         "three consumers: {:?} {:?} {:?}",
         assigned(&a),
@@ -181,7 +187,9 @@ async fn group_splits_partitions_rebalances_and_consumes_each_message_once() {
         assigned(&c)
     );
     produce(&bootstrap, TOPIC, PARTITIONS, MESSAGES / 2, MESSAGES / 2);
-    poll_until(&[&a, &b, &c], &mut seen, "every message", |_, n| n >= MESSAGES);
+    poll_until(&[&a, &b, &c], &mut seen, "every message", |_, n| {
+        n >= MESSAGES
+    });
     // Let stragglers (duplicates) show up.
     for _ in 0..10 {
         for (i, consumer) in [&a, &b, &c].into_iter().enumerate() {
@@ -194,14 +202,20 @@ async fn group_splits_partitions_rebalances_and_consumes_each_message_once() {
         *counts.entry((*p, *o)).or_default() += 1;
     }
     let duplicates: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicates.is_empty(), "consumed more than once: {duplicates:?}");
+    assert!(
+        duplicates.is_empty(),
+        "consumed more than once: {duplicates:?}"
+    );
     assert_eq!(counts.len(), MESSAGES, "distinct messages consumed");
     let by_consumer: BTreeMap<usize, usize> = seen.iter().fold(BTreeMap::new(), |mut m, s| {
         *m.entry(s.0).or_default() += 1;
         m
     });
     eprintln!("messages per consumer: {by_consumer:?}");
-    assert!(by_consumer.get(&2).copied().unwrap_or(0) > 0, "the third consumer got messages");
+    assert!(
+        by_consumer.get(&2).copied().unwrap_or(0) > 0,
+        "the third consumer got messages"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,11 +234,12 @@ async fn restarted_consumer_resumes_from_committed_offset() {
         poll_until(&[&first], &mut seen, "40 messages", |_, n| n >= 40);
         first.unsubscribe();
     }
-    let committed_after_first: BTreeMap<i32, i64> = seen.iter().fold(BTreeMap::new(), |mut m, s| {
-        let e = m.entry(s.1).or_insert(0);
-        *e = (*e).max(s.2 + 1);
-        m
-    });
+    let committed_after_first: BTreeMap<i32, i64> =
+        seen.iter().fold(BTreeMap::new(), |mut m, s| {
+            let e = m.entry(s.1).or_insert(0);
+            *e = (*e).max(s.2 + 1);
+            m
+        });
     let first_count = seen.len();
 
     let second = group_consumer(&bootstrap, "resume", "roundrobin");
@@ -232,7 +247,10 @@ async fn restarted_consumer_resumes_from_committed_offset() {
     poll_until(&[&second], &mut seen, "the rest", |_, n| n >= 90);
     for (_, p, o) in &seen[first_count..] {
         let from = committed_after_first.get(p).copied().unwrap_or(0);
-        assert!(*o >= from, "p{p}: offset {o} re-read although {from} was committed");
+        assert!(
+            *o >= from,
+            "p{p}: offset {o} re-read although {from} was committed"
+        );
     }
     let distinct: BTreeSet<(i32, i64)> = seen.iter().map(|s| (s.1, s.2)).collect();
     assert_eq!(distinct.len(), 90);
@@ -247,7 +265,12 @@ async fn restarted_consumer_resumes_from_committed_offset() {
         .committed_offsets(tpl, Duration::from_secs(10))
         .expect("committed offsets");
     for e in committed.elements() {
-        assert_eq!(e.offset(), Offset::Offset(30), "p{} committed", e.partition());
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(30),
+            "p{} committed",
+            e.partition()
+        );
     }
 }
 
@@ -294,9 +317,17 @@ async fn committed_offsets_survive_restart_and_kill_9() {
     let bootstrap = broker.bootstrap();
     for (i, g) in groups.iter().enumerate() {
         let got = committed(&bootstrap, g, TOPIC, 4);
-        assert_eq!(got[&0], Offset::Offset(10 + i as i64), "{g} p0 after restart");
+        assert_eq!(
+            got[&0],
+            Offset::Offset(10 + i as i64),
+            "{g} p0 after restart"
+        );
         assert_eq!(got[&1], Offset::Invalid, "{g} p1 never committed");
-        assert_eq!(got[&3], Offset::Offset(100 + i as i64), "{g} p3 after restart");
+        assert_eq!(
+            got[&3],
+            Offset::Offset(100 + i as i64),
+            "{g} p3 after restart"
+        );
     }
     // Groups with only offsets are listed (Empty).
     let lister = simple_consumer(&bootstrap, "lister");
@@ -305,7 +336,10 @@ async fn committed_offsets_survive_restart_and_kill_9() {
         .expect("group list");
     let names: BTreeSet<&str> = list.groups().iter().map(|g| g.name()).collect();
     for g in &groups {
-        assert!(names.contains(g.as_str()), "{g} listed after restart: {names:?}");
+        assert!(
+            names.contains(g.as_str()),
+            "{g} listed after restart: {names:?}"
+        );
     }
 
     // New commits, then kill -9: acknowledged commits are durable.
@@ -318,8 +352,16 @@ async fn committed_offsets_survive_restart_and_kill_9() {
     let bootstrap = broker.bootstrap();
     for (i, g) in groups.iter().enumerate() {
         let got = committed(&bootstrap, g, TOPIC, 4);
-        assert_eq!(got[&0], Offset::Offset(1000 + i as i64), "{g} p0 after kill -9");
-        assert_eq!(got[&3], Offset::Offset(100 + i as i64), "{g} p3 after kill -9");
+        assert_eq!(
+            got[&0],
+            Offset::Offset(1000 + i as i64),
+            "{g} p0 after kill -9"
+        );
+        assert_eq!(
+            got[&3],
+            Offset::Offset(100 + i as i64),
+            "{g} p3 after kill -9"
+        );
     }
 
     // A group member resumes from offsets committed before the crash.
@@ -332,8 +374,16 @@ async fn committed_offsets_survive_restart_and_kill_9() {
     let member = group_consumer(&bootstrap, "resume-after-crash", "range");
     member.subscribe(&[TOPIC]).expect("subscribe");
     let mut seen = Vec::new();
-    poll_until(&[&member], &mut seen, "the 20 uncommitted messages", |_, n| n >= 20);
-    assert!(seen.iter().all(|s| s.2 >= 5), "resumed at the committed offsets: {seen:?}");
+    poll_until(
+        &[&member],
+        &mut seen,
+        "the 20 uncommitted messages",
+        |_, n| n >= 20,
+    );
+    assert!(
+        seen.iter().all(|s| s.2 >= 5),
+        "resumed at the committed offsets: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,9 +401,12 @@ async fn every_assignment_strategy_forms_a_group() {
         a.subscribe(&[TOPIC]).expect("subscribe");
         b.subscribe(&[TOPIC]).expect("subscribe");
         let mut seen = Vec::new();
-        poll_until(&[&a, &b], &mut seen, &format!("{strategy}: split and consume"), |s, n| {
-            disjoint_cover(s, PARTITIONS) && s.iter().all(|p| p.len() == 2) && n >= 40
-        });
+        poll_until(
+            &[&a, &b],
+            &mut seen,
+            &format!("{strategy}: split and consume"),
+            |s, n| disjoint_cover(s, PARTITIONS) && s.iter().all(|p| p.len() == 2) && n >= 40,
+        );
         let list = a
             .fetch_group_list(Some(&group), Duration::from_secs(10))
             .expect("describe");
@@ -398,7 +451,11 @@ async fn admin_lists_describes_and_deletes_groups() {
     let info = &list.groups()[0];
     assert_eq!((info.state(), info.protocol_type()), ("Stable", "consumer"));
     assert_eq!(info.members().len(), 1);
-    assert!(info.members()[0].assignment().is_some_and(|a| !a.is_empty()));
+    assert!(
+        info.members()[0]
+            .assignment()
+            .is_some_and(|a| !a.is_empty())
+    );
 
     let admin = admin_client(&bootstrap);
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
@@ -414,7 +471,10 @@ async fn admin_lists_describes_and_deletes_groups() {
         })
         .collect();
     assert_eq!(codes["admin-live"], Some(RDKafkaErrorCode::NonEmptyGroup));
-    assert_eq!(codes["admin-unknown"], Some(RDKafkaErrorCode::GroupIdNotFound));
+    assert_eq!(
+        codes["admin-unknown"],
+        Some(RDKafkaErrorCode::GroupIdNotFound)
+    );
 
     // The member leaves (LeaveGroup on close): the group becomes Empty with its offsets.
     drop(member);
@@ -427,7 +487,10 @@ async fn admin_lists_describes_and_deletes_groups() {
         if list.groups().first().is_some_and(|g| g.state() == "Empty") {
             break;
         }
-        assert!(started.elapsed() < PHASE_TIMEOUT, "group never became Empty");
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "group never became Empty"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(

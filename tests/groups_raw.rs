@@ -48,9 +48,8 @@ where
     stream
         .write_all(&encode_request(request, version, correlation))
         .expect("write request");
-    let payload = read_frame(stream).unwrap_or_else(|e| {
-        panic!("no answer to api {} v{version}: {e}", Req::KEY)
-    });
+    let payload = read_frame(stream)
+        .unwrap_or_else(|e| panic!("no answer to api {} v{version}: {e}", Req::KEY));
     let mut buf = Bytes::from(payload);
     let key = ApiKey::try_from(Req::KEY).expect("api key");
     let header = ResponseHeader::decode(&mut buf, key.response_header_version(version))
@@ -148,7 +147,10 @@ fn find_coordinator_every_version_and_batched() {
             .with_key_type(1),
         3,
     );
-    assert_eq!(resp.error_code, ResponseError::CoordinatorNotAvailable.code());
+    assert_eq!(
+        resp.error_code,
+        ResponseError::CoordinatorNotAvailable.code()
+    );
 }
 
 #[test]
@@ -164,9 +166,15 @@ fn membership_apis_in_every_version() {
         assert_eq!(joined.members.len(), 1, "leader gets the members (v{v})");
         assert_eq!(joined.members[0].metadata, subscription(&["t"]));
         if v >= 7 {
-            assert_eq!(joined.protocol_type.as_ref().map(|t| t.as_str()), Some("consumer"));
+            assert_eq!(
+                joined.protocol_type.as_ref().map(|t| t.as_str()),
+                Some("consumer")
+            );
         }
-        assert_eq!(joined.protocol_name.as_ref().map(|t| t.as_str()), Some("range"));
+        assert_eq!(
+            joined.protocol_name.as_ref().map(|t| t.as_str()),
+            Some("range")
+        );
         let member = joined.member_id.clone();
 
         let sync_version = v.min(5);
@@ -198,8 +206,11 @@ fn membership_apis_in_every_version() {
         let stale: HeartbeatResponse =
             call(&mut stream, &hb.clone().with_generation_id(7), hb_version);
         assert_eq!(stale.error_code, ResponseError::IllegalGeneration.code());
-        let unknown: HeartbeatResponse =
-            call(&mut stream, &hb.clone().with_member_id(s("nobody")), hb_version);
+        let unknown: HeartbeatResponse = call(
+            &mut stream,
+            &hb.clone().with_member_id(s("nobody")),
+            hb_version,
+        );
         assert_eq!(unknown.error_code, ResponseError::UnknownMemberId.code());
 
         let leave_version = v.min(5);
@@ -253,7 +264,10 @@ fn static_member_rejoin_fences_the_old_member_id() {
         &join_request("", Some("instance-1"), &["t"]).with_group_id(gid(group)),
         5,
     );
-    assert_eq!(first.error_code, 0, "static members skip MEMBER_ID_REQUIRED");
+    assert_eq!(
+        first.error_code, 0,
+        "static members skip MEMBER_ID_REQUIRED"
+    );
     let old = first.member_id.clone();
     let sync: SyncGroupResponse = call(
         &mut stream,
@@ -307,7 +321,13 @@ fn static_member_rejoin_fences_the_old_member_id() {
     assert_eq!(left.members[0].error_code, 0);
 }
 
-fn commit_request(group: &str, generation: i32, member: &str, topic: &str, offset: i64) -> OffsetCommitRequest {
+fn commit_request(
+    group: &str,
+    generation: i32,
+    member: &str,
+    topic: &str,
+    offset: i64,
+) -> OffsetCommitRequest {
     OffsetCommitRequest::default()
         .with_group_id(gid(group))
         .with_generation_id_or_member_epoch(generation)
@@ -336,8 +356,11 @@ async fn offsets_in_every_version_and_batched_fetch() {
 
     for v in 2..=9i16 {
         let group = format!("raw-commit-v{v}");
-        let resp: OffsetCommitResponse =
-            call(&mut stream, &commit_request(&group, -1, "", TOPIC, 100 + i64::from(v)), v);
+        let resp: OffsetCommitResponse = call(
+            &mut stream,
+            &commit_request(&group, -1, "", TOPIC, 100 + i64::from(v)),
+            v,
+        );
         let codes: Vec<(i32, i16)> = resp.topics[0]
             .partitions
             .iter()
@@ -350,8 +373,11 @@ async fn offsets_in_every_version_and_batched_fetch() {
         );
     }
     // A member generation for a group that does not exist.
-    let resp: OffsetCommitResponse =
-        call(&mut stream, &commit_request("raw-nogroup", 3, "m", TOPIC, 1), 8);
+    let resp: OffsetCommitResponse = call(
+        &mut stream,
+        &commit_request("raw-nogroup", 3, "m", TOPIC, 1),
+        8,
+    );
     assert_eq!(
         resp.topics[0].partitions[0].error_code,
         ResponseError::IllegalGeneration.code()
@@ -371,14 +397,20 @@ async fn offsets_in_every_version_and_batched_fetch() {
             v,
         );
         let parts = &resp.topics[0].partitions;
-        assert_eq!(parts[0].committed_offset, 100 + i64::from((v + 1).max(2)), "fetch v{v}");
+        assert_eq!(
+            parts[0].committed_offset,
+            100 + i64::from((v + 1).max(2)),
+            "fetch v{v}"
+        );
         assert_eq!(parts[0].metadata.as_ref().map(|m| m.as_str()), Some("meta"));
         assert_eq!(parts[1].committed_offset, -1, "nothing committed on p1");
     }
     // All topics of a group (topics null, v2+).
     let resp: OffsetFetchResponse = call(
         &mut stream,
-        &OffsetFetchRequest::default().with_group_id(gid("raw-commit-v5")).with_topics(None),
+        &OffsetFetchRequest::default()
+            .with_group_id(gid("raw-commit-v5"))
+            .with_topics(None),
         6,
     );
     assert_eq!(resp.topics.len(), 1);
@@ -423,7 +455,9 @@ async fn offsets_in_every_version_and_batched_fetch() {
         .with_topics(vec![
             OffsetDeleteRequestTopic::default()
                 .with_name(TopicName(s(TOPIC)))
-                .with_partitions(vec![OffsetDeleteRequestPartition::default().with_partition_index(0)]),
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0),
+                ]),
         ]);
     let refused: OffsetDeleteResponse = call(&mut stream, &delete, 0);
     assert_eq!(
@@ -438,15 +472,26 @@ async fn offsets_in_every_version_and_batched_fetch() {
         1,
     );
     let deleted: OffsetDeleteResponse = call(&mut stream, &delete, 0);
-    assert_eq!((deleted.error_code, deleted.topics[0].partitions[0].error_code), (0, 0));
+    assert_eq!(
+        (
+            deleted.error_code,
+            deleted.topics[0].partitions[0].error_code
+        ),
+        (0, 0)
+    );
     let after: OffsetFetchResponse = call(
         &mut stream,
-        &OffsetFetchRequest::default().with_group_id(gid("raw-commit-v3")).with_topics(None),
+        &OffsetFetchRequest::default()
+            .with_group_id(gid("raw-commit-v3"))
+            .with_topics(None),
         7,
     );
     assert!(after.topics.is_empty(), "offset deleted: {after:?}");
-    let unknown: OffsetDeleteResponse =
-        call(&mut stream, &delete.clone().with_group_id(gid("raw-unknown")), 0);
+    let unknown: OffsetDeleteResponse = call(
+        &mut stream,
+        &delete.clone().with_group_id(gid("raw-unknown")),
+        0,
+    );
     assert_eq!(unknown.error_code, ResponseError::GroupIdNotFound.code());
 }
 
@@ -457,8 +502,11 @@ async fn list_describe_delete_in_every_version() {
     create_topic(&broker.bootstrap(), TOPIC, 1).await;
     let mut stream = connect_raw(broker.addr()).expect("connect");
     for i in 0..3 {
-        let resp: OffsetCommitResponse =
-            call(&mut stream, &commit_request(&format!("raw-admin-{i}"), -1, "", TOPIC, 1), 8);
+        let resp: OffsetCommitResponse = call(
+            &mut stream,
+            &commit_request(&format!("raw-admin-{i}"), -1, "", TOPIC, 1),
+            8,
+        );
         assert_eq!(resp.topics[0].partitions[0].error_code, 0);
     }
     let live = join(&mut stream, "raw-admin-live", 5, &[TOPIC]);
@@ -475,7 +523,12 @@ async fn list_describe_delete_in_every_version() {
         let resp: ListGroupsResponse = call(&mut stream, &ListGroupsRequest::default(), v);
         assert_eq!(resp.error_code, 0);
         let names: Vec<&str> = resp.groups.iter().map(|g| g.group_id.as_str()).collect();
-        for g in ["raw-admin-0", "raw-admin-1", "raw-admin-2", "raw-admin-live"] {
+        for g in [
+            "raw-admin-0",
+            "raw-admin-1",
+            "raw-admin-2",
+            "raw-admin-live",
+        ] {
             assert!(names.contains(&g), "v{v}: {g} in {names:?}");
         }
         if v >= 4 {
@@ -506,26 +559,42 @@ async fn list_describe_delete_in_every_version() {
                 v,
             );
             assert!(classic.groups.len() >= 4);
-            assert!(classic.groups.iter().all(|g| g.group_type.as_str() == "classic"));
+            assert!(
+                classic
+                    .groups
+                    .iter()
+                    .all(|g| g.group_type.as_str() == "classic")
+            );
         }
     }
 
     for v in 0..=6i16 {
         let resp: DescribeGroupsResponse = call(
             &mut stream,
-            &DescribeGroupsRequest::default()
-                .with_groups(vec![gid("raw-admin-live"), gid("raw-admin-0"), gid("raw-admin-none")]),
+            &DescribeGroupsRequest::default().with_groups(vec![
+                gid("raw-admin-live"),
+                gid("raw-admin-0"),
+                gid("raw-admin-none"),
+            ]),
             v,
         );
         let live = &resp.groups[0];
-        assert_eq!((live.error_code, live.group_state.as_str()), (0, "Stable"), "v{v}");
+        assert_eq!(
+            (live.error_code, live.group_state.as_str()),
+            (0, "Stable"),
+            "v{v}"
+        );
         assert_eq!(live.protocol_data.as_str(), "range");
         assert_eq!(live.members.len(), 1);
         assert_eq!(live.members[0].member_metadata, subscription(&[TOPIC]));
         assert_eq!(resp.groups[1].group_state.as_str(), "Empty");
         let none = &resp.groups[2];
         assert_eq!(none.group_state.as_str(), "Dead", "v{v}");
-        let expected = if v >= 6 { ResponseError::GroupIdNotFound.code() } else { 0 };
+        let expected = if v >= 6 {
+            ResponseError::GroupIdNotFound.code()
+        } else {
+            0
+        };
         assert_eq!(none.error_code, expected, "v{v}");
     }
 

@@ -19,8 +19,8 @@ use kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, DescribeProducersRequest, DescribeProducersResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId, ResponseHeader,
-    TopicName, TransactionalId,
+    InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId, ResponseHeader, TopicName,
+    TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 use kafka_protocol::records::{
@@ -38,7 +38,12 @@ const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 // ---------------------------------------------------------------------------------------------
 
 /// One request/response round trip on `stream`; decodes the response at `version`.
-fn round_trip<R: Request>(stream: &mut TcpStream, request: &R, version: i16, correlation_id: i32) -> R::Response
+fn round_trip<R: Request>(
+    stream: &mut TcpStream,
+    request: &R,
+    version: i16,
+    correlation_id: i32,
+) -> R::Response
 where
     R::Response: Decodable,
 {
@@ -70,7 +75,10 @@ fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, count: i32) -> 
             sequence: sequence + i,
             timestamp: now_ms(),
             key: None,
-            value: Some(Bytes::from(format!("pid={producer_id} seq={}", sequence + i))),
+            value: Some(Bytes::from(format!(
+                "pid={producer_id} seq={}",
+                sequence + i
+            ))),
             headers: Default::default(),
         })
         .collect();
@@ -190,7 +198,11 @@ fn raw_duplicates_gaps_and_fencing() {
     let state = &partitions[0].active_producers;
     assert_eq!(state.len(), 1);
     assert_eq!(
-        (state[0].producer_id.0, state[0].producer_epoch, state[0].last_sequence),
+        (
+            state[0].producer_id.0,
+            state[0].producer_epoch,
+            state[0].last_sequence
+        ),
         (pid, 1, 0)
     );
     assert_eq!(partitions[1].error_code, 3, "unknown partition");
@@ -260,8 +272,9 @@ async fn send_all(producer: FutureProducer, acks: Arc<AtomicU64>, stop: Arc<Atom
         while next < MESSAGES && in_flight.len() < IN_FLIGHT {
             let payload = value(next);
             let partition = (next % PARTITIONS as u64) as i32;
-            let record: FutureRecord<'_, (), Vec<u8>> =
-                FutureRecord::to(TOPIC).partition(partition).payload(&payload);
+            let record: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(TOPIC)
+                .partition(partition)
+                .payload(&payload);
             match producer.send_result(record) {
                 Ok(delivery) => in_flight.push(delivery),
                 Err((e, _)) => panic!("enqueue {next}: {e}"),
@@ -282,7 +295,10 @@ async fn send_all(producer: FutureProducer, acks: Arc<AtomicU64>, stop: Arc<Atom
             }
         }
     }
-    assert!(in_flight.is_empty(), "deliveries still pending after {LOAD_TIMEOUT:?}");
+    assert!(
+        in_flight.is_empty(),
+        "deliveries still pending after {LOAD_TIMEOUT:?}"
+    );
     let _ = producer.flush(Duration::from_secs(10));
     failures
 }
@@ -329,7 +345,10 @@ async fn idempotent_producer_survives_restart_and_kill_9_without_duplicates() {
     let sender = tokio::spawn(send_all(producer, acks.clone(), stop.clone()));
 
     wait_for_acks(&acks, MESSAGES / 4).await;
-    eprintln!("graceful restart after {} acks", acks.load(Ordering::Relaxed));
+    eprintln!(
+        "graceful restart after {} acks",
+        acks.load(Ordering::Relaxed)
+    );
     tokio::task::block_in_place(|| {
         broker.stop();
         broker.restart();
@@ -383,7 +402,10 @@ async fn idempotent_producer_survives_restart_and_kill_9_without_duplicates() {
             }
         }
     }
-    let missing: Vec<u64> = (0..MESSAGES).filter(|s| !seen.contains_key(s)).take(10).collect();
+    let missing: Vec<u64> = (0..MESSAGES)
+        .filter(|s| !seen.contains_key(s))
+        .take(10)
+        .collect();
     assert!(missing.is_empty(), "messages lost, first ones: {missing:?}");
     assert_eq!(seen.len() as u64, MESSAGES);
 }

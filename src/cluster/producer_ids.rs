@@ -125,10 +125,12 @@ impl ProducerIds {
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         // Paired check: what is on disk is what was meant.
-        let back: Persisted = serde_json::from_slice(&std::fs::read(path).map_err(io)?)
-            .map_err(|source| ProducerIdsError::Parse {
-                path: path.clone(),
-                source,
+        let back: Persisted =
+            serde_json::from_slice(&std::fs::read(path).map_err(io)?).map_err(|source| {
+                ProducerIdsError::Parse {
+                    path: path.clone(),
+                    source,
+                }
             })?;
         assert_eq!(back.next_block_start, next_block_start);
         Ok(())
@@ -180,10 +182,7 @@ mod tests {
         assert_eq!(init_producer_id(&ids, None), Ok((0, 0)));
         assert_eq!(init_producer_id(&ids, Some((0, 0))), Ok((0, 1)));
         assert_eq!(init_producer_id(&ids, Some((0, 7))), Ok((0, 8)));
-        assert_eq!(
-            init_producer_id(&ids, Some((0, i16::MAX - 1))),
-            Ok((1, 0))
-        );
+        assert_eq!(init_producer_id(&ids, Some((0, i16::MAX - 1))), Ok((1, 0)));
         assert_eq!(init_producer_id(&ids, Some((99, 0))), Err(49));
     }
 

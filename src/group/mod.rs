@@ -334,7 +334,12 @@ impl GroupCoordinator {
     }
 
     /// OffsetCommit: validate against the group, write durably, then apply.
-    pub async fn commit(&self, shard: &Shard, group_id: &str, req: CommitRequest) -> PartitionErrors {
+    pub async fn commit(
+        &self,
+        shard: &Shard,
+        group_id: &str,
+        req: CommitRequest,
+    ) -> PartitionErrors {
         let all = |code: i16, topics: &[(String, Vec<CommitPartition>)]| -> PartitionErrors {
             topics
                 .iter()
@@ -415,10 +420,9 @@ impl GroupCoordinator {
                             ));
                             codes.push((p.partition, 0));
                         }
-                        _ => codes.push((
-                            p.partition,
-                            ResponseError::OffsetMetadataTooLarge.code(),
-                        )),
+                        _ => {
+                            codes.push((p.partition, ResponseError::OffsetMetadataTooLarge.code()))
+                        }
                     }
                 }
                 results.push((topic.clone(), codes));
@@ -432,7 +436,10 @@ impl GroupCoordinator {
                 self.with_group(group_id, true, |g| {
                     for (i, (tp, mut c)) in applied.into_iter().enumerate() {
                         c.log_offset = base + i as i64;
-                        let newer = g.offsets.get(&tp).is_none_or(|o| o.log_offset < c.log_offset);
+                        let newer = g
+                            .offsets
+                            .get(&tp)
+                            .is_none_or(|o| o.log_offset < c.log_offset);
                         if newer {
                             g.offsets.insert(tp, c);
                         }
@@ -758,14 +765,20 @@ impl GroupCoordinator {
                     }
                     match RecordBatchDecoder::decode(&mut batch) {
                         Ok(set) => {
-                            for r in set.records.iter().filter(|r| !r.control && r.offset >= next) {
+                            for r in set
+                                .records
+                                .iter()
+                                .filter(|r| !r.control && r.offset >= next)
+                            {
                                 if let Some(k) = &r.key {
                                     self.replay_record(r.offset, k, r.value.as_deref());
                                     count += 1;
                                 }
                             }
                         }
-                        Err(e) => warn!(partition = %tp, base, error = %e, "skipping undecodable batch"),
+                        Err(e) => {
+                            warn!(partition = %tp, base, error = %e, "skipping undecodable batch")
+                        }
                     }
                     batch.advance(batch.remaining());
                     next = batch_next;
@@ -806,11 +819,17 @@ mod tests {
 
     #[test]
     fn partition_is_stable_and_in_range() {
-        assert_eq!(offsets_partition("my-group", 16), offsets_partition("my-group", 16));
+        assert_eq!(
+            offsets_partition("my-group", 16),
+            offsets_partition("my-group", 16)
+        );
         for g in ["a", "b", "group-1", ""] {
             assert!((0..16).contains(&offsets_partition(g, 16)));
         }
         // FNV-1a of the empty string is the offset basis.
-        assert_eq!(offsets_partition("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as i32);
+        assert_eq!(
+            offsets_partition("", 16),
+            (0xcbf2_9ce4_8422_2325u64 % 16) as i32
+        );
     }
 }

@@ -331,12 +331,18 @@ mod tests {
         v1.extend_from_slice(&9i64.to_be_bytes());
         v1.extend_from_slice(&10i64.to_be_bytes());
         let d = decode_value(&v1).unwrap();
-        assert_eq!((d.offset, d.leader_epoch, d.commit_timestamp_ms), (5, -1, 9));
+        assert_eq!(
+            (d.offset, d.leader_epoch, d.commit_timestamp_ms),
+            (5, -1, 9)
+        );
         assert_eq!(
             decode_key(&[0, 2, 0, 1, b'g']).unwrap(),
             RecordKey::GroupMetadata("g".into())
         );
-        assert_eq!(decode_value(&[0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(), RecordError::ValueVersion(-1));
+        assert_eq!(
+            decode_value(&[0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(),
+            RecordError::ValueVersion(-1)
+        );
     }
 
     #[test]

@@ -435,10 +435,7 @@ impl Group {
                     return self.replace_static_member(&old_id, req, now, settings);
                 }
                 if self.members.len() >= GROUP_MEMBERS_MAX {
-                    return Reply::Now(JoinOutcome::error(
-                        ResponseError::GroupMaxSizeReached,
-                        "",
-                    ));
+                    return Reply::Now(JoinOutcome::error(ResponseError::GroupMaxSizeReached, ""));
                 }
                 let id = new_member_id(&instance);
                 return self.add_member(id, req, now, settings);
@@ -653,8 +650,7 @@ impl Group {
         if self.state != GroupState::PreparingRebalance || self.initial_delay.is_some() {
             return;
         }
-        if self.pending_members.is_empty()
-            && self.members.values().all(|m| m.join_waiter.is_some())
+        if self.pending_members.is_empty() && self.members.values().all(|m| m.join_waiter.is_some())
         {
             self.complete_join(now);
         }
@@ -755,9 +751,7 @@ impl Group {
             .as_ref()
             .is_some_and(|n| self.protocol_name.as_ref() != Some(n));
         if type_mismatch || name_mismatch {
-            return Reply::Now(SyncOutcome::error(
-                ResponseError::InconsistentGroupProtocol,
-            ));
+            return Reply::Now(SyncOutcome::error(ResponseError::InconsistentGroupProtocol));
         }
         match self.state {
             GroupState::Empty | GroupState::Dead => {
@@ -949,9 +943,8 @@ impl Group {
         ) && self.sync_deadline.is_some_and(|d| d <= now)
         {
             self.sync_deadline = None;
-            let laggards: Vec<String> = std::mem::take(&mut self.pending_sync)
-                .into_iter()
-                .collect();
+            let laggards: Vec<String> =
+                std::mem::take(&mut self.pending_sync).into_iter().collect();
             for id in laggards {
                 tracing::info!(group = %self.id, member = %id, "member did not sync in time");
                 self.remove_member(&id, now, settings);
@@ -962,7 +955,10 @@ impl Group {
     /// Answer every parked request (broker stopping).
     pub fn release_waiters(&mut self) {
         for m in self.members.values_mut() {
-            m.answer_join(JoinOutcome::error(ResponseError::NotCoordinator, m.id.clone()));
+            m.answer_join(JoinOutcome::error(
+                ResponseError::NotCoordinator,
+                m.id.clone(),
+            ));
             m.answer_sync(SyncOutcome::error(ResponseError::NotCoordinator));
         }
     }
@@ -1144,7 +1140,10 @@ mod tests {
             t0,
         );
         assert_eq!(&w2.try_recv().unwrap().unwrap().assignment[..], b"a2");
-        assert_eq!(g.heartbeat(&o2.member_id, None, 1, t0), ResponseError::IllegalGeneration.code());
+        assert_eq!(
+            g.heartbeat(&o2.member_id, None, 1, t0),
+            ResponseError::IllegalGeneration.code()
+        );
         // Session expiry of the follower triggers a rebalance.
         g.heartbeat(&o1.member_id, None, 2, t0 + Duration::from_secs(9));
         g.tick(t0 + Duration::from_secs(11), &s);
@@ -1180,7 +1179,10 @@ mod tests {
             panic!()
         };
         g.tick(t0 + Duration::from_millis(100), &s);
-        assert!(a.try_recv().unwrap().is_none(), "a new member extended the delay");
+        assert!(
+            a.try_recv().unwrap().is_none(),
+            "a new member extended the delay"
+        );
         g.tick(t0 + Duration::from_millis(200), &s);
         assert_eq!(a.try_recv().unwrap().unwrap().generation, 1);
         assert_eq!(b.try_recv().unwrap().unwrap().generation, 1);
@@ -1220,7 +1222,11 @@ mod tests {
         let o2 = later_outcome(r2);
         let leader = o1.leader.clone();
         let follower = if leader == o1.member_id { o2 } else { o1 };
-        let follower_instance = if follower.member_id.starts_with("i1") { "i1" } else { "i2" };
+        let follower_instance = if follower.member_id.starts_with("i1") {
+            "i1"
+        } else {
+            "i2"
+        };
         // The follower restarts without its member id.
         let mut again = join_req("", &["range"]);
         again.group_instance_id = Some(follower_instance.into());
@@ -1241,7 +1247,12 @@ mod tests {
         assert_ne!(replaced.member_id, follower.member_id);
         assert_eq!(g.state, GroupState::Stable, "no rebalance");
         assert_eq!(
-            g.heartbeat(&follower.member_id, Some(follower_instance), follower.generation, t0),
+            g.heartbeat(
+                &follower.member_id,
+                Some(follower_instance),
+                follower.generation,
+                t0
+            ),
             ResponseError::FencedInstanceId.code()
         );
     }
@@ -1254,7 +1265,10 @@ mod tests {
         let mut buf = bytes::BytesMut::new();
         buf.extend_from_slice(&1i16.to_be_bytes());
         kafka_protocol::protocol::Encodable::encode(&sub, &mut buf, 1).unwrap();
-        assert_eq!(decode_subscription(&buf.freeze()), Some(vec!["t1".to_string()]));
+        assert_eq!(
+            decode_subscription(&buf.freeze()),
+            Some(vec!["t1".to_string()])
+        );
         assert_eq!(decode_subscription(&Bytes::from_static(b"\x00")), None);
     }
 }

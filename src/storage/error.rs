@@ -70,13 +70,13 @@ impl StorageError {
     /// The Kafka protocol error code for this error.
     pub fn kafka_error_code(&self) -> i16 {
         match self {
-            StorageError::Io { .. } => 56,              // KAFKA_STORAGE_ERROR
-            StorageError::CorruptBatch(_) => 2,         // CORRUPT_MESSAGE
-            StorageError::UnsupportedMagic(_) => 43,    // UNSUPPORTED_FOR_MESSAGE_FORMAT
-            StorageError::BatchTooLarge { .. } => 10,   // MESSAGE_TOO_LARGE
-            StorageError::InvalidRecord(_) => 87,       // INVALID_RECORD
-            StorageError::OffsetOutOfRange { .. } => 1, // OFFSET_OUT_OF_RANGE
-            StorageError::Closed => 6,                  // NOT_LEADER_OR_FOLLOWER
+            StorageError::Io { .. } => 56,                 // KAFKA_STORAGE_ERROR
+            StorageError::CorruptBatch(_) => 2,            // CORRUPT_MESSAGE
+            StorageError::UnsupportedMagic(_) => 43,       // UNSUPPORTED_FOR_MESSAGE_FORMAT
+            StorageError::BatchTooLarge { .. } => 10,      // MESSAGE_TOO_LARGE
+            StorageError::InvalidRecord(_) => 87,          // INVALID_RECORD
+            StorageError::OffsetOutOfRange { .. } => 1,    // OFFSET_OUT_OF_RANGE
+            StorageError::Closed => 6,                     // NOT_LEADER_OR_FOLLOWER
             StorageError::OutOfOrderSequence { .. } => 45, // OUT_OF_ORDER_SEQUENCE_NUMBER
             // Kafka answers Produce with INVALID_PRODUCER_EPOCH (not
             // PRODUCER_FENCED) since 2.7, for every Produce version.

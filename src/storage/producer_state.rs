@@ -104,8 +104,7 @@ impl ProducerEntry {
 
     pub fn last_batch(&self) -> Option<&BatchMeta> {
         (self.len > 0).then(|| {
-            &self.batches
-                [(self.start as usize + self.len as usize - 1) % PRODUCER_BATCHES_KEPT]
+            &self.batches[(self.start as usize + self.len as usize - 1) % PRODUCER_BATCHES_KEPT]
         })
     }
 
@@ -349,7 +348,8 @@ impl ProducerStateTable {
                 };
                 if b.last_offset_delta < 0
                     || b.last_offset() >= offset
-                    || e.last_batch().is_some_and(|p| p.last_offset() >= b.base_offset)
+                    || e.last_batch()
+                        .is_some_and(|p| p.last_offset() >= b.base_offset)
                 {
                     return Err(bad("batch offsets out of order"));
                 }

@@ -25,9 +25,9 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+use super::batch::BatchHeader;
 use super::error::{IoContext, StorageError};
 use super::index::{self, IndexBytes};
-use super::batch::BatchHeader;
 use super::log::{LogConfig, Recovered};
 use super::producer_state::{ProducerStateTable, parse_snapshot_file_name, snapshot_file_name};
 use super::segment::{
@@ -263,8 +263,14 @@ async fn recover_sealed(
                 .await
                 .ctx(|| format!("opening {}", log_path.display()))?,
         );
-        let res =
-            scan_segment(f.clone(), base, log_len, cfg.index_interval_bytes, &mut |_| {}).await?;
+        let res = scan_segment(
+            f.clone(),
+            base,
+            log_len,
+            cfg.index_interval_bytes,
+            &mut |_| {},
+        )
+        .await?;
         if res.end < log_len {
             warn!(segment = %log_path.display(), cut_bytes = log_len - res.end, position = res.end,
                 reason = ?res.stop, "sealed segment has an invalid tail: truncating");

@@ -713,11 +713,17 @@ fn idempotent_duplicates_including_queued_batches() {
         assert_eq!(log.log_end_offset(), Offset(3));
         log.wait_durable(Offset(3)).await.unwrap();
         // A retry after it is durable too.
-        assert_eq!(produce(&log, a.clone()).await.unwrap().base_offset, Offset(0));
+        assert_eq!(
+            produce(&log, a.clone()).await.unwrap().base_offset,
+            Offset(0)
+        );
         // Interleaved with a non-idempotent batch and another producer.
         append_durable(&log, 2, ts, 5).await;
         let b = encode_idempotent(7, 0, 3, 2, ts);
-        assert_eq!(produce(&log, b.clone()).await.unwrap().base_offset, Offset(5));
+        assert_eq!(
+            produce(&log, b.clone()).await.unwrap().base_offset,
+            Offset(5)
+        );
         let other = encode_idempotent(8, 0, 0, 1, ts);
         assert_eq!(produce(&log, other).await.unwrap().base_offset, Offset(7));
         assert_eq!(produce(&log, b).await.unwrap().base_offset, Offset(5));
@@ -726,7 +732,10 @@ fn idempotent_duplicates_including_queued_batches() {
         assert_eq!(read_all_count(&log).await, 8);
         let p = log.producers();
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].producer_id, p[0].epoch, p[0].last_sequence), (7, 0, 4));
+        assert_eq!(
+            (p[0].producer_id, p[0].epoch, p[0].last_sequence),
+            (7, 0, 4)
+        );
         assert_eq!((p[1].producer_id, p[1].last_sequence), (8, 0));
         log.close().await.unwrap();
     });
@@ -757,23 +766,46 @@ fn idempotent_gaps_fencing_epochs_and_wrap() {
             .await
             .unwrap();
         let ts = now_ms();
-        produce(&log, encode_idempotent(1, 5, 0, 2, ts)).await.unwrap();
+        produce(&log, encode_idempotent(1, 5, 0, 2, ts))
+            .await
+            .unwrap();
         // Gap: 3 instead of 2.
-        assert_eq!(produce(&log, encode_idempotent(1, 5, 3, 1, ts)).await, Err(45));
+        assert_eq!(
+            produce(&log, encode_idempotent(1, 5, 3, 1, ts)).await,
+            Err(45)
+        );
         // Older epoch: fenced.
-        assert_eq!(produce(&log, encode_idempotent(1, 4, 2, 1, ts)).await, Err(47));
+        assert_eq!(
+            produce(&log, encode_idempotent(1, 4, 2, 1, ts)).await,
+            Err(47)
+        );
         // Newer epoch must start at 0.
-        assert_eq!(produce(&log, encode_idempotent(1, 6, 2, 1, ts)).await, Err(45));
+        assert_eq!(
+            produce(&log, encode_idempotent(1, 6, 2, 1, ts)).await,
+            Err(45)
+        );
         assert_eq!(log.log_end_offset(), Offset(2));
-        produce(&log, encode_idempotent(1, 6, 0, 1, ts)).await.unwrap();
-        assert_eq!(produce(&log, encode_idempotent(1, 5, 2, 1, ts)).await, Err(47));
+        produce(&log, encode_idempotent(1, 6, 0, 1, ts))
+            .await
+            .unwrap();
+        assert_eq!(
+            produce(&log, encode_idempotent(1, 5, 2, 1, ts)).await,
+            Err(47)
+        );
         // Wrap at i32::MAX (a batch never wraps inside with this encoder).
         produce(&log, encode_idempotent(2, 0, i32::MAX - 1, 2, ts))
             .await
             .unwrap();
-        assert_eq!(produce(&log, encode_idempotent(2, 0, 1, 1, ts)).await, Err(45));
-        produce(&log, encode_idempotent(2, 0, 0, 1, ts)).await.unwrap();
-        produce(&log, encode_idempotent(2, 0, 1, 1, ts)).await.unwrap();
+        assert_eq!(
+            produce(&log, encode_idempotent(2, 0, 1, 1, ts)).await,
+            Err(45)
+        );
+        produce(&log, encode_idempotent(2, 0, 0, 1, ts))
+            .await
+            .unwrap();
+        produce(&log, encode_idempotent(2, 0, 1, 1, ts))
+            .await
+            .unwrap();
         // Transactional batches and several idempotent batches at once are refused.
         let mut txn = encode_idempotent(3, 0, 0, 1, ts).to_vec();
         txn[22] |= 0x10;
@@ -820,8 +852,14 @@ fn check_state_survives(crash: bool) {
             assert_eq!(info.base_offset, Offset(i as i64 * 2));
         }
         assert_eq!(produce(&log, last[0].clone()).await, Err(45));
-        assert_eq!(produce(&log, encode_idempotent(42, 0, 20, 1, ts)).await, Err(47));
-        assert_eq!(produce(&log, encode_idempotent(42, 1, 21, 1, ts)).await, Err(45));
+        assert_eq!(
+            produce(&log, encode_idempotent(42, 0, 20, 1, ts)).await,
+            Err(47)
+        );
+        assert_eq!(
+            produce(&log, encode_idempotent(42, 1, 21, 1, ts)).await,
+            Err(45)
+        );
         assert_eq!(
             produce(&log, encode_idempotent(42, 1, 20, 1, ts))
                 .await
@@ -860,7 +898,11 @@ fn producer_snapshots_and_replay_across_segment_rolls() {
         }
         assert!(log_files(&dir).len() > 4, "expected several segments");
         let snaps = snapshot_files(&dir);
-        assert_eq!(snaps.len(), 2, "the newest two snapshots are kept: {snaps:?}");
+        assert_eq!(
+            snaps.len(),
+            2,
+            "the newest two snapshots are kept: {snaps:?}"
+        );
         // Crash: no close snapshot; the newest one is at the active segment's base.
         drop(log);
         crate::runtime::sleep(Duration::from_millis(10)).await;
@@ -905,7 +947,12 @@ fn producer_snapshots_and_replay_across_segment_rolls() {
         assert_eq!(produce(&log, b).await.unwrap().base_offset, Offset(720));
         log.close().await.unwrap();
         let snaps = snapshot_files(&dir);
-        assert!(snaps.last().unwrap().ends_with("00000000000000000723.snapshot"));
+        assert!(
+            snaps
+                .last()
+                .unwrap()
+                .ends_with("00000000000000000723.snapshot")
+        );
         assert!(snaps.len() <= 2);
     });
 }
@@ -917,7 +964,9 @@ fn failed_log_does_not_claim_unwritten_batches() {
             .await
             .unwrap();
         let ts = now_ms();
-        produce(&log, encode_idempotent(5, 0, 0, 2, ts)).await.unwrap();
+        produce(&log, encode_idempotent(5, 0, 0, 2, ts))
+            .await
+            .unwrap();
         file::fault::fail_next_writes(1);
         let b = encode_idempotent(5, 0, 2, 2, ts);
         assert_eq!(produce(&log, b.clone()).await, Err(56));
@@ -929,7 +978,10 @@ fn failed_log_does_not_claim_unwritten_batches() {
             .unwrap();
         assert_eq!(log.log_end_offset(), Offset(2));
         // After recovery the retry is appended for real.
-        assert_eq!(produce(&log, b.clone()).await.unwrap().base_offset, Offset(2));
+        assert_eq!(
+            produce(&log, b.clone()).await.unwrap().base_offset,
+            Offset(2)
+        );
         assert_eq!(log.log_end_offset(), Offset(4));
         assert_eq!(produce(&log, b).await.unwrap().base_offset, Offset(2));
         log.close().await.unwrap();

@@ -25,9 +25,11 @@ pub async fn handle(
             None
         } else {
             let key = gid.clone();
-            group::on_coordinator(&ctx.shard, &gid, move |s| async move {
-                s.groups.describe(&key)
-            })
+            group::on_coordinator(
+                &ctx.shard,
+                &gid,
+                move |s| async move { s.groups.describe(&key) },
+            )
             .await?
         };
         Ok::<_, HandlerError>((id, found))

@@ -30,7 +30,11 @@ pub async fn handle(
             .with_producer_epoch(-1)
     };
     match req.transactional_id.as_ref().map(|t| t.0.is_empty()) {
-        Some(false) => return Ok(error(ResponseError::TransactionalIdAuthorizationFailed.code())),
+        Some(false) => {
+            return Ok(error(
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
+            ));
+        }
         Some(true) => return Ok(error(ResponseError::InvalidRequest.code())),
         None => {}
     }
@@ -41,7 +45,10 @@ pub async fn handle(
     };
     let result = ctx
         .shard
-        .invoke_on(CONTROLLER, move |s| async move { s.init_producer_id(current) })
+        .invoke_on(
+            CONTROLLER,
+            move |s| async move { s.init_producer_id(current) },
+        )
         .await?;
     Ok(match result {
         Ok((id, epoch)) => {

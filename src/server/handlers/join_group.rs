@@ -90,7 +90,9 @@ pub async fn handle(
                 s.groups.join(&gid, join).await
             })
             .await?
-            .unwrap_or_else(|| JoinOutcome::error(ResponseError::CoordinatorNotAvailable, member_id))
+            .unwrap_or_else(|| {
+                JoinOutcome::error(ResponseError::CoordinatorNotAvailable, member_id)
+            })
         }
     };
     Ok(response(outcome, version))

@@ -126,18 +126,14 @@ pub async fn dispatch(
         RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(join_group::handle(ctx, r).await?),
         RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(sync_group::handle(ctx, r).await?),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(heartbeat::handle(ctx, r).await?),
-        RequestKind::LeaveGroup(r) => {
-            ResponseKind::LeaveGroup(leave_group::handle(ctx, r).await?)
-        }
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(leave_group::handle(ctx, r).await?),
         RequestKind::OffsetCommit(r) => {
             ResponseKind::OffsetCommit(offset_commit::handle(ctx, r).await?)
         }
         RequestKind::OffsetFetch(r) => {
             ResponseKind::OffsetFetch(offset_fetch::handle(ctx, r).await?)
         }
-        RequestKind::ListGroups(r) => {
-            ResponseKind::ListGroups(list_groups::handle(ctx, r).await?)
-        }
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(list_groups::handle(ctx, r).await?),
         RequestKind::DescribeGroups(r) => {
             ResponseKind::DescribeGroups(describe_groups::handle(ctx, r).await?)
         }

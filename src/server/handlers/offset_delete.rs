@@ -19,8 +19,9 @@ pub async fn handle(
 ) -> Result<OffsetDeleteResponse, HandlerError> {
     let group_id = req.group_id.0.to_string();
     if group_id.is_empty() {
-        return Ok(OffsetDeleteResponse::default()
-            .with_error_code(ResponseError::InvalidGroupId.code()));
+        return Ok(
+            OffsetDeleteResponse::default().with_error_code(ResponseError::InvalidGroupId.code())
+        );
     }
     let catalog = ctx.shard.catalog();
     let mut unknown: Vec<(String, i32)> = Vec::new();
@@ -43,8 +44,10 @@ pub async fn handle(
     })
     .await?;
     let results = match result {
-        None => return Ok(OffsetDeleteResponse::default()
-            .with_error_code(ResponseError::CoordinatorNotAvailable.code())),
+        None => {
+            return Ok(OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code()));
+        }
         Some(Err(code)) => return Ok(OffsetDeleteResponse::default().with_error_code(code)),
         Some(Ok(r)) => r,
     };

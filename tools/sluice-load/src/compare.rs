@@ -74,9 +74,12 @@ fn fmt_value(v: f64) -> String {
 
 /// The side-by-side table: one column per run, then one ratio column per
 /// run after the first (run / first).
+/// Extracts one figure from a report (None: not measured).
+type Figure<'a> = &'a dyn Fn(&Report) -> Option<f64>;
+
 pub fn table(runs: &[Run]) -> String {
     let mut rows: Vec<(String, Vec<Option<f64>>)> = Vec::new();
-    let mut add = |name: &str, f: &dyn Fn(&Report) -> Option<f64>| {
+    let mut add = |name: &str, f: Figure| {
         rows.push((
             name.to_string(),
             runs.iter().map(|r| f(&r.report)).collect(),
@@ -86,15 +89,14 @@ pub fn table(runs: &[Run]) -> String {
     add("produce msgs/s", &|r| Some(r.produce.msgs_per_s));
     add("produce MB/s", &|r| Some(r.produce.mb_per_s));
     add("consume msgs/s", &|r| Some(r.consume.msgs_per_s));
-    let lat_rows = |prefix: &str,
-                    get: fn(&Report) -> Option<&Summary>,
-                    add: &mut dyn FnMut(&str, &dyn Fn(&Report) -> Option<f64>)| {
-        for (i, (label, _)) in Summary::default().rows().iter().enumerate() {
-            add(&format!("{prefix} {label} ms"), &move |r: &Report| {
-                get(r).filter(|s| s.count > 0).map(|s| s.rows()[i].1)
-            });
-        }
-    };
+    let lat_rows =
+        |prefix: &str, get: fn(&Report) -> Option<&Summary>, add: &mut dyn FnMut(&str, Figure)| {
+            for (i, (label, _)) in Summary::default().rows().iter().enumerate() {
+                add(&format!("{prefix} {label} ms"), &move |r: &Report| {
+                    get(r).filter(|s| s.count > 0).map(|s| s.rows()[i].1)
+                });
+            }
+        };
     lat_rows(
         "publish",
         |r| r.publish_latency.as_ref().map(|l| &l.corrected),

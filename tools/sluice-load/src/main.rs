@@ -54,7 +54,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a workload and write DIR/report.json plus .hgrm histograms.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compare runs: print a table, write PREFIX.svg and PREFIX.png.
     Compare {
         /// report.json files or the directories holding them; the first

@@ -339,7 +339,7 @@ mod tests {
             ..Workload::default()
         };
         let mut kc = KeyChooser::new(&w, 16, 0);
-        let mut hits = vec![0u32; 16];
+        let mut hits = [0u32; 16];
         let mut first = 0;
         for _ in 0..100_000 {
             let (k, p) = kc.next();

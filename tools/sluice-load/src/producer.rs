@@ -469,9 +469,17 @@ impl Producer {
             }
         }
         let linger = self.workload.linger.0.as_micros() as u64;
-        for q in &self.accumulators {
+        let max_in_flight = self.workload.max_in_flight as usize;
+        for (p, q) in self.accumulators.iter().enumerate() {
+            // A batch that cannot go out until a response frees a slot is
+            // not due: the response wakes us (else this loop would spin).
+            let blocked = self
+                .links
+                .get(&self.partitions[p].leader)
+                .is_none_or(|l| l.in_flight.len() >= max_in_flight);
             if let Some(b) = q.front()
                 && !b.records.is_empty()
+                && !blocked
             {
                 due = due.min(b.first_created_us + linger);
             }
