@@ -93,7 +93,8 @@ mod tests {
         assert_eq!(tp.dir_name(), "orders-eu-12");
         assert_eq!(TopicPartition::parse_dir_name(&tp.dir_name()), Some(tp));
         assert_eq!(TopicPartition::parse_dir_name("nodash"), None);
-        assert_eq!(TopicPartition::parse_dir_name("t--1"), None);
+        assert_eq!(TopicPartition::parse_dir_name("t-x"), None);
+        assert_eq!(TopicPartition::parse_dir_name("-1"), None);
     }
 
     #[test]
