@@ -247,7 +247,10 @@ impl Shard {
     /// `PRODUCER_ID_BLOCK_SIZE` ids), so allocations cannot interleave.
     pub fn init_producer_id(&self, current: Option<(i64, i16)>) -> Result<(i64, i16), i16> {
         use crate::cluster::producer_ids::{ProducerIds, init_producer_id};
-        assert_eq!(self.id, CONTROLLER, "producer ids are allocated by the controller");
+        assert_eq!(
+            self.id, CONTROLLER,
+            "producer ids are allocated by the controller"
+        );
         let mut ids = self.producer_ids.borrow_mut();
         if ids.is_none() {
             match ProducerIds::load(&self.config.data_dir) {

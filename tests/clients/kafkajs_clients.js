@@ -1,0 +1,86 @@
+// kafkajs (pure JavaScript) against Sluice: admin (create topic with
+// configs, describe, delete), a producer with acks=all, and a
+// two-member consumer group splitting a topic; every
+// message is consumed exactly once and the group's committed offsets are
+// visible through the admin client.
+//
+// Usage: node kafkajs_clients.js BOOTSTRAP
+'use strict';
+
+const { Kafka, logLevel } = require('kafkajs');
+
+const bootstrap = process.argv[2];
+const N = 600;
+const PARTITIONS = 6;
+const DEADLINE_MS = 60000;
+
+function fail(msg) {
+  console.error(`FAIL: ${msg}`);
+  process.exit(1);
+}
+
+async function main() {
+  const kafka = new Kafka({
+    clientId: 'sluice-kafkajs-test',
+    brokers: [bootstrap],
+    logLevel: logLevel.NOTHING,
+    retry: { retries: 8, initialRetryTime: 100 },
+  });
+  const admin = kafka.admin();
+  await admin.connect();
+  const topic = 'js-orders';
+  const created = await admin.createTopics({
+    topics: [{ topic, numPartitions: PARTITIONS, configEntries: [{ name: 'retention.ms', value: '3600000' }] }],
+    waitForLeaders: true,
+  });
+  if (!created) fail('createTopics returned false');
+  const md = await admin.fetchTopicMetadata({ topics: [topic] });
+  if (md.topics[0].partitions.length !== PARTITIONS) fail(`metadata shows ${md.topics[0].partitions.length} partitions`);
+
+  const producer = kafka.producer();
+  await producer.connect();
+  const messages = [];
+  for (let i = 0; i < N; i++) messages.push({ key: `k${i % 37}`, value: `v${i}`, headers: { seq: `${i}` } });
+  for (let i = 0; i < N; i += 100) {
+    await producer.send({ topic, acks: -1, messages: messages.slice(i, i + 100) });
+  }
+  await producer.disconnect();
+
+  const groupId = 'js-group';
+  const seen = new Map();
+  const consumers = [];
+  for (let c = 0; c < 2; c++) {
+    const consumer = kafka.consumer({ groupId, sessionTimeout: 10000, heartbeatInterval: 500 });
+    await consumer.connect();
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ partition, message }) => {
+        const v = message.value.toString();
+        if (seen.has(v)) fail(`duplicate ${v} (partition ${partition})`);
+        if (message.headers.seq.toString() !== v.slice(1)) fail(`header mismatch for ${v}`);
+        seen.set(v, c);
+      },
+    });
+    consumers.push(consumer);
+  }
+  const start = Date.now();
+  while (seen.size < N && Date.now() - start < DEADLINE_MS) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  if (seen.size !== N) fail(`consumed ${seen.size} of ${N}`);
+  // kafkajs commits after each batch; give the last commit a moment.
+  await new Promise((r) => setTimeout(r, 1500));
+  for (const c of consumers) await c.disconnect();
+
+  const offsets = await admin.fetchOffsets({ groupId, topics: [topic] });
+  const committed = offsets[0].partitions.reduce((sum, p) => sum + Number(p.offset), 0);
+  if (committed !== N) fail(`committed offsets sum to ${committed}, expected ${N}`);
+  const groups = await admin.listGroups();
+  if (!groups.groups.some((g) => g.groupId === groupId)) fail('group not listed');
+
+  await admin.deleteTopics({ topics: [topic] });
+  await admin.disconnect();
+  console.log('kafkajs round trip ok');
+}
+
+main().catch((e) => fail(e.stack || String(e)));
