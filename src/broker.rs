@@ -19,8 +19,8 @@ const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 use crate::cluster::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
-use crate::lifecycle::{StopSignal, install_signal_handler};
 use crate::constants::CROSS_SHARD_QUEUE_DEPTH;
+use crate::lifecycle::{StopSignal, install_signal_handler};
 use crate::runtime::{self, ExecutorSettings, RuntimeError, ShardChannels};
 use crate::server;
 use crate::shard::{Job, Shard};

@@ -12,7 +12,10 @@ use common::{Broker, run_with_timeout};
 #[test]
 fn python_clients_round_trip() {
     let broker = Broker::start();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_clients.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/python_clients.py"
+    );
     let output = run_with_timeout(
         Command::new("python3").arg(script).arg(broker.bootstrap()),
         b"",
