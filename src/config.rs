@@ -99,6 +99,24 @@ pub const SETTINGS: &[Setting] = &[
         bounds: ">= 1000",
     },
     Setting {
+        name: "retention_ms",
+        description: "Delete a sealed segment once its newest record is this old (log.retention.ms; -1: never)",
+        default: "604800000",
+        bounds: ">= -1",
+    },
+    Setting {
+        name: "retention_bytes",
+        description: "Delete the oldest sealed segments while a partition is larger (log.retention.bytes; -1: no limit)",
+        default: "-1",
+        bounds: ">= -1",
+    },
+    Setting {
+        name: "retention_check_interval_ms",
+        description: "Period of each shard's retention pass (log.retention.check.interval.ms)",
+        default: "5000",
+        bounds: "100..=3600000",
+    },
+    Setting {
         name: "flush_interval_ms",
         description: "0: fdatasync before acks=all is answered and before data is visible; N: fdatasync at most every N ms",
         default: "0",
@@ -173,6 +191,9 @@ pub struct Config {
     pub num_partitions: i32,
     pub segment_bytes: u64,
     pub segment_ms: u64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub retention_check_interval_ms: u64,
     pub flush_interval_ms: u64,
     pub max_message_bytes: usize,
     pub max_request_bytes: usize,
@@ -197,6 +218,9 @@ impl Default for Config {
             num_partitions: 1,
             segment_bytes: constants::SEGMENT_BYTES_DEFAULT,
             segment_ms: constants::SEGMENT_MS_DEFAULT,
+            retention_ms: constants::RETENTION_MS_DEFAULT,
+            retention_bytes: -1,
+            retention_check_interval_ms: constants::RETENTION_CHECK_INTERVAL_MS_DEFAULT,
             flush_interval_ms: 0,
             max_message_bytes: constants::MESSAGE_BYTES_MAX_DEFAULT,
             max_request_bytes: constants::REQUEST_BYTES_MAX_DEFAULT,
@@ -262,6 +286,21 @@ impl Config {
             "4096..=4294967295",
         )?;
         check("segment_ms", self.segment_ms, 1000, u64::MAX, ">= 1000")?;
+        check("retention_ms", self.retention_ms, -1, i64::MAX, ">= -1")?;
+        check(
+            "retention_bytes",
+            self.retention_bytes,
+            -1,
+            i64::MAX,
+            ">= -1",
+        )?;
+        check(
+            "retention_check_interval_ms",
+            self.retention_check_interval_ms,
+            100,
+            3_600_000,
+            "100..=3600000",
+        )?;
         check(
             "flush_interval_ms",
             self.flush_interval_ms,
@@ -378,6 +417,8 @@ impl Config {
             segment_bytes: self.segment_bytes,
             segment_ms: self.segment_ms,
             max_message_bytes: self.max_message_bytes,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
             flush: if self.flush_interval_ms == 0 {
                 FlushPolicy::Always
             } else {

@@ -15,6 +15,13 @@ pub const CROSS_SHARD_QUEUE_DEPTH: usize = 1024;
 pub const SEGMENT_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
 /// Age at which the active segment is rolled (Kafka's `segment.ms`, 7 days).
 pub const SEGMENT_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+/// How long a partition keeps a sealed segment (Kafka's `retention.ms`, 7 days).
+pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 3600 * 1000;
+/// Period of each shard's retention task (deletes expired sealed segments).
+pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// File in a partition directory holding a log start offset that
+/// DeleteRecords moved inside the first segment.
+pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 /// Bytes of log between two sparse index entries.
 pub const INDEX_INTERVAL_BYTES: u32 = 4096;
 /// Bytes appended but not yet written to disk, per partition, before producers wait.

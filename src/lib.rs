@@ -10,9 +10,12 @@
 //!   time indexes, group commit and crash recovery.
 //! - [`group`]: the group coordinator: consumer groups and committed offsets
 //!   (stored in the internal topic `__consumer_offsets`).
+//! - [`cli`]: the admin commands (`sluice topic ...`, `sluice group ...`) and their small
+//!   blocking Kafka client.
 //! - [`types`], [`constants`]: newtypes for ids and offsets; every limit.
 pub mod alloc;
 pub mod broker;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod constants;

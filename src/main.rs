@@ -1,4 +1,5 @@
-//! The `sluice` command: `sluice serve` runs the broker.
+//! The `sluice` command: `sluice serve` runs the broker; `sluice topic ...` and
+//! `sluice group ...` administer any Kafka-protocol broker (see `sluice::cli`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ enum Command {
         #[arg(long)]
         defaults: bool,
     },
+    /// Create, list, describe, delete topics and change their configs.
+    Topic(sluice::cli::TopicCommand),
+    /// List, describe and delete consumer groups; reset their committed offsets.
+    Group(sluice::cli::GroupCommand),
 }
 
 #[derive(clap::Args)]
@@ -156,6 +161,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     sluice::broker::run(config).context("sluice could not start")
 }
 
+/// Runs an admin command with stdout as its output. An operating error (broker unreachable,
+/// topic missing, ...) is printed alone, without the backtrace anyhow would add, and exits with
+/// status 1.
+fn run_admin(
+    command: impl FnOnce(&mut dyn std::io::Write) -> Result<(), sluice::cli::CliError>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let result = command(&mut std::io::stdout().lock());
+    std::io::stdout().flush().context("writing to stdout")?;
+    if let Err(error) = result {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -164,5 +185,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", Config::defaults_toml());
             Ok(())
         }
+        Command::Topic(command) => run_admin(|out| sluice::cli::topic::run(&command, out)),
+        Command::Group(command) => run_admin(|out| sluice::cli::group::run(&command, out)),
     }
 }

@@ -31,6 +31,10 @@ pub struct TopicMeta {
 pub struct Catalog {
     pub cluster_id: String,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Dynamic broker configs set with AlterConfigs (`log.retention.ms`,
+    /// ...): defaults for topics without their own override.
+    #[serde(default)]
+    pub broker_configs: BTreeMap<String, String>,
     /// Bumped on every change; a shard ignores an older copy.
     pub version: u64,
     #[serde(skip)]
@@ -154,6 +158,34 @@ impl Catalog {
         self.by_id.remove(&meta.id);
         self.version += 1;
         Some(meta)
+    }
+
+    /// Replace a topic's config overrides (the caller has validated them).
+    /// Returns false if the topic does not exist.
+    pub fn set_topic_configs(&mut self, name: &str, configs: BTreeMap<String, String>) -> bool {
+        let Some(meta) = self.topics.get_mut(name) else {
+            return false;
+        };
+        meta.configs = configs;
+        self.version += 1;
+        true
+    }
+
+    /// Grow a topic to `partitions` (the caller has checked it only grows).
+    pub fn set_partitions(&mut self, name: &str, partitions: i32) -> bool {
+        let Some(meta) = self.topics.get_mut(name) else {
+            return false;
+        };
+        assert!(partitions >= meta.partitions, "partitions only grow");
+        meta.partitions = partitions;
+        self.version += 1;
+        true
+    }
+
+    /// Replace the dynamic broker configs (validated by the caller).
+    pub fn set_broker_configs(&mut self, configs: BTreeMap<String, String>) {
+        self.broker_configs = configs;
+        self.version += 1;
     }
 
     /// Does partition `p` of `topic` exist?

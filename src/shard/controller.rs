@@ -1,4 +1,5 @@
-//! Controller operations: topic creation and deletion. They run on shard 0
+//! Controller operations: topic creation and deletion, partition growth,
+//! topic and broker config changes. They run on shard 0
 //! only (callers use `invoke_on(CONTROLLER, ..)`), one at a time, and change
 //! the catalog in this order: validate, persist, then give every shard the new
 //! copy and wait until all have opened (or deleted) their partitions. When a
@@ -91,6 +92,254 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// Topic configs Sluice obeys, with the dynamic broker config that sets
+/// their default (Kafka's names). Other topic configs in [`TOPIC_CONFIGS`]
+/// are accepted and stored but have no effect.
+///
+/// `cleanup.policy=compact` is accepted and stored, but compaction is not
+/// implemented: a compact-only topic keeps everything (no retention), a
+/// `compact,delete` topic gets retention only.
+pub const OBEYED_TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "log.cleanup.policy"),
+    ("max.message.bytes", "message.max.bytes"),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("retention.ms", "log.retention.ms"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.ms", "log.roll.ms"),
+];
+
+/// Where a config value comes from (DescribeConfigs `config_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A topic override (DYNAMIC_TOPIC_CONFIG).
+    Topic = 1,
+    /// A dynamic broker config set with AlterConfigs (DYNAMIC_BROKER_CONFIG).
+    DynamicBroker = 2,
+    /// The broker's static configuration (STATIC_BROKER_CONFIG).
+    StaticBroker = 4,
+    /// Built-in default (DEFAULT_CONFIG).
+    Default = 5,
+}
+
+/// One config as reported: name, value, source.
+#[derive(Debug, Clone)]
+pub struct ConfigEntry {
+    pub name: String,
+    pub value: String,
+    pub source: ConfigSource,
+}
+
+/// The broker-level default of an obeyed topic config (broker name), from
+/// the dynamic broker configs or the static configuration.
+pub fn broker_config_value(
+    config: &crate::config::Config,
+    catalog: &crate::cluster::catalog::Catalog,
+    broker_key: &str,
+) -> Option<ConfigEntry> {
+    if let Some(v) = catalog.broker_configs.get(broker_key) {
+        return Some(ConfigEntry {
+            name: broker_key.to_string(),
+            value: v.clone(),
+            source: ConfigSource::DynamicBroker,
+        });
+    }
+    // A static setting equal to the built-in default is reported as the
+    // default (as Kafka does for settings absent from server.properties).
+    let defaults = crate::config::Config::default();
+    let pick = |value: String, default: String| {
+        let source = if value == default {
+            ConfigSource::Default
+        } else {
+            ConfigSource::StaticBroker
+        };
+        (value, source)
+    };
+    let (value, source) = match broker_key {
+        "log.cleanup.policy" => ("delete".to_string(), ConfigSource::Default),
+        "message.max.bytes" => pick(
+            config.max_message_bytes.to_string(),
+            defaults.max_message_bytes.to_string(),
+        ),
+        "log.message.timestamp.type" => ("CreateTime".to_string(), ConfigSource::Default),
+        "log.retention.bytes" => pick(
+            config.retention_bytes.to_string(),
+            defaults.retention_bytes.to_string(),
+        ),
+        "log.retention.ms" => pick(
+            config.retention_ms.to_string(),
+            defaults.retention_ms.to_string(),
+        ),
+        "log.segment.bytes" => pick(
+            config.segment_bytes.to_string(),
+            defaults.segment_bytes.to_string(),
+        ),
+        "log.roll.ms" => pick(
+            config.segment_ms.to_string(),
+            defaults.segment_ms.to_string(),
+        ),
+        _ => return None,
+    };
+    Some(ConfigEntry {
+        name: broker_key.to_string(),
+        value,
+        source,
+    })
+}
+
+/// A topic's effective obeyed configs (override, else broker default), then
+/// its other stored overrides. With `synonyms`, each entry is followed by
+/// the values it overrides (topic, broker), as DescribeConfigs reports them.
+pub fn topic_config_entries(
+    config: &crate::config::Config,
+    catalog: &crate::cluster::catalog::Catalog,
+    meta: &TopicMeta,
+) -> Vec<(ConfigEntry, Vec<ConfigEntry>)> {
+    let mut out = Vec::new();
+    for (topic_key, broker_key) in OBEYED_TOPIC_CONFIGS {
+        let broker = broker_config_value(config, catalog, broker_key).expect("known broker key");
+        let mut synonyms = Vec::new();
+        let entry = match meta.configs.get(*topic_key) {
+            Some(v) => {
+                let e = ConfigEntry {
+                    name: topic_key.to_string(),
+                    value: v.clone(),
+                    source: ConfigSource::Topic,
+                };
+                synonyms.push(e.clone());
+                e
+            }
+            None => ConfigEntry {
+                name: topic_key.to_string(),
+                value: broker.value.clone(),
+                source: broker.source,
+            },
+        };
+        synonyms.push(broker);
+        out.push((entry, synonyms));
+    }
+    for (k, v) in &meta.configs {
+        if OBEYED_TOPIC_CONFIGS.iter().any(|(t, _)| t == k) {
+            continue;
+        }
+        let e = ConfigEntry {
+            name: k.clone(),
+            value: v.clone(),
+            source: ConfigSource::Topic,
+        };
+        out.push((e.clone(), vec![e]));
+    }
+    out
+}
+
+/// The effective value of an obeyed topic config.
+pub fn topic_config_value(
+    config: &crate::config::Config,
+    catalog: &crate::cluster::catalog::Catalog,
+    meta: &TopicMeta,
+    topic_key: &str,
+) -> Option<String> {
+    if let Some(v) = meta.configs.get(topic_key) {
+        return Some(v.clone());
+    }
+    let (_, broker_key) = OBEYED_TOPIC_CONFIGS.iter().find(|(t, _)| *t == topic_key)?;
+    broker_config_value(config, catalog, broker_key).map(|e| e.value)
+}
+
+/// Check a dynamic broker config: one of the broker names in
+/// [`OBEYED_TOPIC_CONFIGS`], with a value valid for its topic config.
+pub fn validate_broker_config(name: &str, value: &str) -> Result<(), String> {
+    let Some((topic_key, _)) = OBEYED_TOPIC_CONFIGS.iter().find(|(_, b)| *b == name) else {
+        return Err(format!(
+            "Broker config {name} cannot be changed dynamically on Sluice"
+        ));
+    };
+    validate_topic_config(topic_key, value)
+}
+
+/// One config operation (IncrementalAlterConfigs; AlterConfigs is a
+/// `replace` of the whole set with `Set`s).
+#[derive(Debug, Clone)]
+pub enum ConfigOp {
+    Set(String, String),
+    Delete(String),
+    /// Add an item to a list config (`cleanup.policy`).
+    Append(String, String),
+    /// Remove an item from a list config.
+    Subtract(String, String),
+}
+
+/// Resource types of DescribeConfigs / AlterConfigs.
+pub const RESOURCE_TOPIC: i8 = 2;
+pub const RESOURCE_BROKER: i8 = 4;
+
+/// A change to one resource's configs.
+#[derive(Debug, Clone)]
+pub struct ConfigAlteration {
+    pub resource_type: i8,
+    pub resource_name: String,
+    /// AlterConfigs semantics: configs not named are reset to defaults.
+    pub replace: bool,
+    pub ops: Vec<ConfigOp>,
+}
+
+/// Apply `ops` to `current`. APPEND and SUBTRACT on a config not set
+/// start from its default (`default_of`), as Kafka does.
+fn apply_ops(
+    current: &BTreeMap<String, String>,
+    replace: bool,
+    ops: &[ConfigOp],
+    default_of: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
+    let mut out = if replace {
+        BTreeMap::new()
+    } else {
+        current.clone()
+    };
+    for op in ops {
+        match op {
+            ConfigOp::Set(k, v) => {
+                out.insert(k.clone(), v.clone());
+            }
+            ConfigOp::Delete(k) => {
+                out.remove(k);
+            }
+            ConfigOp::Append(k, v) => {
+                let mut items: Vec<String> = out
+                    .get(k)
+                    .cloned()
+                    .or_else(|| default_of(k))
+                    .map(|s| {
+                        s.split(',')
+                            .map(|x| x.trim().to_string())
+                            .filter(|x| !x.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for item in v.split(',').map(str::trim) {
+                    if !item.is_empty() && !items.iter().any(|x| x == item) {
+                        items.push(item.to_string());
+                    }
+                }
+                out.insert(k.clone(), items.join(","));
+            }
+            ConfigOp::Subtract(k, v) => {
+                if let Some(cur) = out.get(k).cloned().or_else(|| default_of(k)) {
+                    let drop: Vec<&str> = v.split(',').map(str::trim).collect();
+                    let items: Vec<&str> = cur
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|x| !drop.contains(x))
+                        .collect();
+                    let joined = items.join(",");
+                    out.insert(k.clone(), joined);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn error(e: ResponseError, msg: impl Into<String>) -> (i16, String) {
@@ -216,6 +465,166 @@ impl Shard {
             }
         }
         results
+    }
+
+    /// Change topic or broker configs (controller only): validate every
+    /// resource, then persist and publish the changed ones together. With
+    /// `validate_only`, checks and reports without changing anything.
+    /// Outcome per alteration, in order: Ok, or a Kafka error code and
+    /// message.
+    pub async fn alter_configs(
+        &self,
+        alterations: Vec<ConfigAlteration>,
+        validate_only: bool,
+    ) -> Vec<Result<(), (i16, String)>> {
+        assert_eq!(self.id, CONTROLLER, "alter_configs runs on the controller");
+        let _guard = self.controller_lock.lock().await;
+        let mut catalog = self.catalog().snapshot();
+        let mut outcomes = Vec::with_capacity(alterations.len());
+        let mut changed = 0;
+        for alt in &alterations {
+            let outcome = match alt.resource_type {
+                RESOURCE_TOPIC => match catalog.get(&alt.resource_name) {
+                    None => Err(error(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("Topic {} does not exist", alt.resource_name),
+                    )),
+                    Some(meta) => {
+                        let new = apply_ops(&meta.configs, alt.replace, &alt.ops, |k| {
+                            let (_, b) = OBEYED_TOPIC_CONFIGS.iter().find(|(t, _)| *t == k)?;
+                            broker_config_value(&self.config, &catalog, b).map(|e| e.value)
+                        });
+                        new.iter()
+                            .try_for_each(|(k, v)| validate_topic_config(k, v))
+                            .map_err(|m| error(ResponseError::InvalidConfig, m))
+                            .map(|()| new)
+                    }
+                }
+                .map(|new| {
+                    if !validate_only
+                        && catalog.get(&alt.resource_name).map(|m| &m.configs) != Some(&new)
+                    {
+                        catalog.set_topic_configs(&alt.resource_name, new);
+                        changed += 1;
+                    }
+                }),
+                RESOURCE_BROKER => {
+                    let name_ok = alt.resource_name.is_empty()
+                        || alt.resource_name == self.config.node_id.to_string();
+                    if !name_ok {
+                        Err(error(
+                            ResponseError::InvalidRequest,
+                            format!("Unknown broker {}", alt.resource_name),
+                        ))
+                    } else {
+                        let new = apply_ops(&catalog.broker_configs, alt.replace, &alt.ops, |k| {
+                            broker_config_value(&self.config, &catalog, k).map(|e| e.value)
+                        });
+                        new.iter()
+                            .try_for_each(|(k, v)| validate_broker_config(k, v))
+                            .map_err(|m| error(ResponseError::InvalidConfig, m))
+                            .map(|()| {
+                                if !validate_only && catalog.broker_configs != new {
+                                    catalog.set_broker_configs(new);
+                                    changed += 1;
+                                }
+                            })
+                    }
+                }
+                t => Err(error(
+                    ResponseError::InvalidRequest,
+                    format!("Unsupported resource type {t}"),
+                )),
+            };
+            outcomes.push(outcome);
+        }
+        if changed == 0 {
+            return outcomes;
+        }
+        if let Err(e) = self.publish_catalog(catalog).await {
+            warn!(error = %e, "config change failed");
+            for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *o = Err(error(ResponseError::KafkaStorageError, e.clone()));
+            }
+            return outcomes;
+        }
+        for (alt, o) in alterations.iter().zip(&outcomes) {
+            if o.is_ok() {
+                info!(resource = %alt.resource_name, kind = alt.resource_type, "configs changed");
+            }
+        }
+        outcomes
+    }
+
+    /// Grow topics to the given partition counts (controller only). A count
+    /// not above the current one is INVALID_PARTITIONS. Answered once every
+    /// shard has opened the new partitions.
+    pub async fn create_partitions(
+        &self,
+        requests: Vec<(String, i32)>,
+        validate_only: bool,
+    ) -> Vec<Result<(), (i16, String)>> {
+        assert_eq!(
+            self.id, CONTROLLER,
+            "create_partitions runs on the controller"
+        );
+        let _guard = self.controller_lock.lock().await;
+        let mut catalog = self.catalog().snapshot();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut changed = 0;
+        for (name, count) in &requests {
+            let outcome = if requests.iter().filter(|(n, _)| n == name).count() > 1 {
+                Err(error(
+                    ResponseError::InvalidRequest,
+                    format!("Duplicate topic name {name} in request"),
+                ))
+            } else {
+                match catalog.get(name).map(|m| m.partitions) {
+                    None => Err(error(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("Topic {name} does not exist"),
+                    )),
+                    Some(current) if *count == current => Err(error(
+                        ResponseError::InvalidPartitions,
+                        format!("Topic already has {current} partitions."),
+                    )),
+                    Some(current) if *count < current => Err(error(
+                        ResponseError::InvalidPartitions,
+                        format!(
+                            "Topic currently has {current} partitions, which is higher than the requested {count}."
+                        ),
+                    )),
+                    Some(_) if *count > PARTITIONS_PER_TOPIC_MAX => Err(error(
+                        ResponseError::InvalidPartitions,
+                        format!("Number of partitions must be at most {PARTITIONS_PER_TOPIC_MAX}."),
+                    )),
+                    Some(_) => {
+                        if !validate_only {
+                            catalog.set_partitions(name, *count);
+                            changed += 1;
+                        }
+                        Ok(())
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        if changed == 0 {
+            return outcomes;
+        }
+        if let Err(e) = self.publish_catalog(catalog).await {
+            warn!(error = %e, "partition creation failed");
+            for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                *o = Err(error(ResponseError::KafkaStorageError, e.clone()));
+            }
+            return outcomes;
+        }
+        for ((name, count), o) in requests.iter().zip(&outcomes) {
+            if o.is_ok() {
+                info!(topic = %name, partitions = count, "added partitions");
+            }
+        }
+        outcomes
     }
 
     /// Persist `catalog` and make every shard adopt it.

@@ -78,7 +78,8 @@ impl Shard {
         peers: Vec<Option<ShardSender<Job>>>,
     ) -> Rc<Self> {
         let groups = crate::group::GroupCoordinator::new(&config);
-        Rc::new_cyclic(|w| Shard {
+        let every = std::time::Duration::from_millis(config.retention_check_interval_ms);
+        let shard = Rc::new_cyclic(|w| Shard {
             id,
             count,
             config,
@@ -92,7 +93,9 @@ impl Shard {
             controller_lock: futures::lock::Mutex::new(()),
             producer_ids: RefCell::new(None),
             self_ref: w.clone(),
-        })
+        });
+        runtime::spawn_detached(retention_task(Rc::downgrade(&shard), every));
+        shard
     }
 
     fn rc(&self) -> Rc<Shard> {
@@ -174,25 +177,35 @@ impl Shard {
             .collect()
     }
 
-    /// Storage settings of a topic: broker defaults with topic overrides.
+    /// Storage settings of a topic: the broker's static settings, dynamic
+    /// broker configs, then topic overrides (this shard's catalog copy).
+    /// Values out of the log's bounds are clamped to them.
     pub fn log_config_for(&self, meta: &TopicMeta) -> LogConfig {
+        use controller::topic_config_value;
+        let catalog = self.catalog();
+        let value = |key: &str| topic_config_value(&self.config, &catalog, meta, key);
+        let int = |key: &str| value(key).and_then(|v| v.parse::<i64>().ok());
         let mut cfg = self.config.log_config();
-        if let Some(v) = meta
-            .configs
-            .get("segment.bytes")
-            .and_then(|v| v.parse().ok())
-        {
-            cfg.segment_bytes = v;
+        if let Some(v) = int("segment.bytes") {
+            cfg.segment_bytes = v.clamp(4096, i64::from(u32::MAX)) as u64;
         }
-        if let Some(v) = meta.configs.get("segment.ms").and_then(|v| v.parse().ok()) {
-            cfg.segment_ms = v;
+        if let Some(v) = int("segment.ms") {
+            cfg.segment_ms = v.max(1) as u64;
         }
-        if let Some(v) = meta
-            .configs
-            .get("max.message.bytes")
-            .and_then(|v| v.parse().ok())
-        {
-            cfg.max_message_bytes = v;
+        if let Some(v) = int("max.message.bytes") {
+            cfg.max_message_bytes = v.max(crate::storage::batch::HEADER_LEN as i64) as usize;
+        }
+        if let Some(v) = int("retention.ms") {
+            cfg.retention_ms = v.max(-1);
+        }
+        if let Some(v) = int("retention.bytes") {
+            cfg.retention_bytes = v.max(-1);
+        }
+        if let Some(v) = value("cleanup.policy") {
+            cfg.retention_enabled = v.split(',').any(|p| p.trim() == "delete");
+        }
+        if let Some(v) = value("message.timestamp.type") {
+            cfg.log_append_time = v == "LogAppendTime";
         }
         cfg
     }
@@ -224,6 +237,17 @@ impl Shard {
             self.partitions.borrow_mut().remove(&tp);
             info!(shard = %self.id, partition = %tp, "deleting partition");
             log.delete().await?;
+        }
+        // Apply changed configs (topic or broker level) to open partitions.
+        let open: Vec<(TopicPartition, Rc<PartitionLog>)> = self.owned_partitions();
+        for (tp, log) in open {
+            if let Some(meta) = new.get(&tp.topic) {
+                let cfg = self.log_config_for(meta);
+                if cfg != log.cfg() {
+                    debug!(shard = %self.id, partition = %tp, "applying changed configs");
+                    log.update_config(cfg);
+                }
+            }
         }
         // Open what is new.
         for meta in new.topics.values() {
@@ -274,6 +298,35 @@ impl Shard {
             if let Err(e) = log.close().await {
                 warn!(shard = %self.id, partition = %tp, error = %e, "close failed");
             }
+        }
+    }
+}
+
+/// Each shard's retention pass, every `retention_check_interval_ms`: asks
+/// each partition it owns to delete its expired sealed segments
+/// ([`PartitionLog::enforce_retention`]). Bounded: one pass per period, one
+/// partition at a time; exits when the shard stops or is dropped.
+async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
+    loop {
+        runtime::sleep(every).await;
+        let Some(shard) = shard.upgrade() else { return };
+        if shard.stopping.get() {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for (tp, log) in shard.owned_partitions() {
+            match log.enforce_retention(now_ms).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(shard = %shard.id, partition = %tp, segments = n, log_start = log.log_start_offset().get(), "retention deleted segments")
+                }
+                Err(e) => {
+                    warn!(shard = %shard.id, partition = %tp, error = %e, "retention pass failed")
+                }
+            }
+            runtime::yield_if_needed().await;
         }
     }
 }

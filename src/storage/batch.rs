@@ -35,6 +35,8 @@ const CRC_START: usize = 21;
 pub const ATTR_TRANSACTIONAL: i16 = 0x10;
 /// Attributes bit 5: a control batch (transaction marker).
 pub const ATTR_CONTROL: i16 = 0x20;
+/// Attributes bit 3: the batch's timestamps are LogAppendTime.
+pub const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 
 fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
@@ -241,6 +243,17 @@ impl Iterator for BatchIter<'_> {
             }
         }
     }
+}
+
+/// Mark a whole batch as LogAppendTime with `time_ms` as its max timestamp
+/// and recompute its CRC (both fields are covered by it).
+pub fn set_log_append_time(batch: &mut [u8], time_ms: i64) {
+    assert!(batch.len() >= HEADER_LEN, "a batch has a full header");
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]) | ATTR_LOG_APPEND_TIME;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&time_ms.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Overwrite the base offset (bytes 0..8) in place. The CRC does not cover

@@ -83,8 +83,9 @@ pub enum FlushPolicy {
     Interval(Duration),
 }
 
-/// Per-partition log settings.
-#[derive(Debug, Clone)]
+/// Per-partition log settings. Topic configs may change them while the log
+/// is open ([`PartitionLog::update_config`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogConfig {
     /// Roll when the active segment would exceed this. At most `u32::MAX`
     /// (index positions are u32).
@@ -101,6 +102,18 @@ pub struct LogConfig {
     pub pending_bytes_max: usize,
     /// Recent batches kept in memory to serve tailing fetches without I/O.
     pub tail_cache_bytes: usize,
+    /// Delete sealed segments whose max timestamp is older than this
+    /// (`retention.ms`); -1: keep forever.
+    pub retention_ms: i64,
+    /// Delete the oldest sealed segments while the partition is larger
+    /// than this (`retention.bytes`); -1: no limit.
+    pub retention_bytes: i64,
+    /// Retention applies (`cleanup.policy` contains `delete`). A
+    /// compact-only topic keeps everything: compaction is not implemented.
+    pub retention_enabled: bool,
+    /// `message.timestamp.type=LogAppendTime`: append rewrites each batch's
+    /// timestamp type and max timestamp to the append time.
+    pub log_append_time: bool,
 }
 
 impl Default for LogConfig {
@@ -113,6 +126,10 @@ impl Default for LogConfig {
             flush: FlushPolicy::Always,
             pending_bytes_max: constants::PENDING_WRITE_BYTES_MAX,
             tail_cache_bytes: constants::TAIL_CACHE_BYTES_MAX,
+            retention_ms: constants::RETENTION_MS_DEFAULT,
+            retention_bytes: -1,
+            retention_enabled: true,
+            log_append_time: false,
         }
     }
 }
@@ -123,6 +140,8 @@ pub struct AppendInfo {
     pub base_offset: Offset,
     pub last_offset: Offset,
     pub log_start_offset: Offset,
+    /// The append time written into the batches under LogAppendTime, else -1.
+    pub log_append_time_ms: i64,
 }
 
 /// One producer's state in a partition, for DescribeProducers.
@@ -229,7 +248,8 @@ impl State {
 /// One partition's log. See the module documentation for the contracts.
 pub struct PartitionLog {
     dir: PathBuf,
-    cfg: LogConfig,
+    /// Current settings; replaced by `update_config` (read, never borrowed).
+    cfg: Cell<LogConfig>,
     state: RefCell<State>,
     /// The high watermark moved, or the log failed or closed.
     hw_notify: Notify,
@@ -240,6 +260,9 @@ pub struct PartitionLog {
     /// The flusher exited.
     done_notify: Notify,
     closed: Cell<bool>,
+    /// Serialises log start moves and segment removal (retention,
+    /// DeleteRecords).
+    admin_lock: futures::lock::Mutex<()>,
 }
 
 impl Drop for PartitionLog {
@@ -308,7 +331,13 @@ impl PartitionLog {
             "max_message_bytes too small"
         );
         let rec = recovery::recover(&dir, &cfg, PREALLOCATE_STEP_BYTES).await?;
-        let log_start = rec.segments.first().map_or(0, |s| s.base_offset);
+        // The log start is the first segment's base, or further when
+        // DeleteRecords moved it inside that segment (persisted in
+        // `log-start-offset`); never past the log end.
+        let first_base = rec.segments.first().map_or(0, |s| s.base_offset);
+        let log_start = read_log_start_file(&dir)?
+            .unwrap_or(first_base)
+            .clamp(first_base, rec.log_end.max(first_base));
         let active_base = rec
             .segments
             .last()
@@ -325,7 +354,7 @@ impl PartitionLog {
         };
         let log = Rc::new(PartitionLog {
             dir,
-            cfg,
+            cfg: Cell::new(cfg),
             state: RefCell::new(State {
                 segments: rec.segments,
                 log_end: rec.log_end,
@@ -348,6 +377,7 @@ impl PartitionLog {
             room_notify: Notify::new(),
             done_notify: Notify::new(),
             closed: Cell::new(false),
+            admin_lock: futures::lock::Mutex::new(()),
         });
         crate::runtime::spawn_detached(flusher(Rc::downgrade(&log), writer));
         Ok(log)
@@ -369,6 +399,184 @@ impl PartitionLog {
     /// Next offset to assign.
     pub fn log_end_offset(&self) -> Offset {
         Offset(self.state.borrow().log_end)
+    }
+
+    /// The current settings.
+    pub fn cfg(&self) -> LogConfig {
+        self.cfg.get()
+    }
+
+    /// Apply changed topic configs to the open log. Segment size and age
+    /// apply from the next append's roll check, max.message.bytes and
+    /// message.timestamp.type from the next append, retention from the next
+    /// retention pass. The flush policy, index interval and memory bounds
+    /// are the broker's and stay.
+    pub fn update_config(&self, cfg: LogConfig) {
+        assert!(
+            cfg.segment_bytes > 0 && cfg.segment_bytes <= u64::from(u32::MAX),
+            "segment_bytes out of range"
+        );
+        assert!(
+            cfg.max_message_bytes >= batch::HEADER_LEN,
+            "max_message_bytes too small"
+        );
+        let old = self.cfg.get();
+        self.cfg.set(LogConfig {
+            flush: old.flush,
+            index_interval_bytes: old.index_interval_bytes,
+            pending_bytes_max: old.pending_bytes_max,
+            tail_cache_bytes: old.tail_cache_bytes,
+            ..cfg
+        });
+    }
+
+    /// Bytes of every segment (batches assigned offsets, written or not).
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.iter().map(|s| s.size).sum()
+    }
+
+    /// One retention pass (run periodically by the owning shard): delete the
+    /// oldest sealed segments whose max timestamp is older than
+    /// `retention_ms` before `now_ms`, or while the partition without them
+    /// is still at least `retention_bytes`, plus sealed segments wholly
+    /// below the log start (left by DeleteRecords). Never the active
+    /// segment, never a segment the flusher has not sealed yet. Returns the
+    /// number of segments deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
+        let _admin = self.admin_lock.lock().await;
+        let cfg = self.cfg();
+        let count = {
+            let st = self.state.borrow();
+            if st.closing || self.closed.get() || st.failed.is_some() {
+                return Ok(0);
+            }
+            let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
+            let mut n = 0;
+            let sealed_count = st.segments.len() - 1;
+            for (i, seg) in st.segments[..sealed_count].iter().enumerate() {
+                if !matches!(seg.index, SegmentIndex::Sealed { .. }) {
+                    break;
+                }
+                let below_start = st.segments[i + 1].base_offset <= st.log_start;
+                let too_old = cfg.retention_ms >= 0
+                    && seg
+                        .visible_max_timestamp
+                        .is_some_and(|(t, _)| now_ms.saturating_sub(t) > cfg.retention_ms);
+                let too_big =
+                    cfg.retention_bytes >= 0 && total - seg.size >= cfg.retention_bytes as u64;
+                if !(below_start || (cfg.retention_enabled && (too_old || too_big))) {
+                    break;
+                }
+                total -= seg.size;
+                n += 1;
+            }
+            n
+        };
+        self.remove_oldest_segments(count).await?;
+        Ok(count)
+    }
+
+    /// DeleteRecords: move the log start offset to `offset` (-1: the high
+    /// watermark) and delete the sealed segments wholly below it. A start
+    /// inside a segment is persisted (`log-start-offset`, durable before it
+    /// takes effect) so it survives a restart. Returns the new log start
+    /// (the low watermark). `offset` above the high watermark is
+    /// `OffsetOutOfRange`; below the current start changes nothing.
+    pub async fn delete_records(&self, offset: i64) -> Result<Offset, StorageError> {
+        let _admin = self.admin_lock.lock().await;
+        let (hw, log_start) = {
+            let st = self.state.borrow();
+            if st.closing || self.closed.get() {
+                return Err(StorageError::Closed);
+            }
+            if let Some(e) = st.failed_error() {
+                return Err(e);
+            }
+            (st.high_watermark, st.log_start)
+        };
+        let target = if offset == -1 { hw } else { offset };
+        if target < 0 || target > hw {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                high_watermark: hw,
+            });
+        }
+        if target > log_start {
+            write_log_start_file(&self.dir, target).await?;
+            let mut st = self.state.borrow_mut();
+            st.log_start = st.log_start.max(target);
+        }
+        let count = {
+            let st = self.state.borrow();
+            let sealed_count = st.segments.len() - 1;
+            st.segments[..sealed_count]
+                .iter()
+                .enumerate()
+                .take_while(|(i, seg)| {
+                    matches!(seg.index, SegmentIndex::Sealed { .. })
+                        && st.segments[i + 1].base_offset <= st.log_start
+                })
+                .count()
+        };
+        self.remove_oldest_segments(count).await?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Remove the `count` oldest segments (all sealed, never the active
+    /// one): drop them from the state and move the log start to the next
+    /// segment's base first, so no reader is sent to them, then delete their
+    /// files, index files first and the `.log` last, oldest segment first:
+    /// after a crash in the middle the first remaining `.log` is still the
+    /// log start (recovery rebuilds a missing index). Caller holds
+    /// `admin_lock`.
+    async fn remove_oldest_segments(&self, count: usize) -> Result<(), StorageError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let removed: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            assert!(
+                count < st.segments.len(),
+                "the active segment is never removed"
+            );
+            let new_start = st.segments[count].base_offset;
+            let removed: Vec<Segment> = st.segments.drain(..count).collect();
+            assert!(
+                removed
+                    .iter()
+                    .all(|s| matches!(s.index, SegmentIndex::Sealed { .. }))
+            );
+            st.log_start = st.log_start.max(new_start);
+            removed
+        };
+        for seg in removed {
+            let base = seg.base_offset;
+            debug!(dir = %self.dir.display(), base, "deleting segment (retention)");
+            if let Some(f) = seg.file.and_then(|f| Rc::try_unwrap(f).ok())
+                && let Err(e) = f.close().await
+            {
+                warn!(dir = %self.dir.display(), error = %e, "closing a deleted segment failed");
+            }
+            drop(seg.index);
+            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, super::segment::LOG_SUFFIX] {
+                let path = segment_path(&self.dir, base, suffix);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StorageError::io(
+                            "removing a segment file",
+                            io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+                        ));
+                    }
+                }
+            }
+        }
+        file::sync_dir(&self.dir)
+            .await
+            .ctx(|| format!("syncing {}", self.dir.display()))?;
+        Ok(())
     }
 
     /// The partition's idempotent producers (DescribeProducers), sorted by
@@ -417,7 +625,7 @@ impl PartitionLog {
         let mut idempotent = false;
         while pos < records.len() {
             let (h, size) =
-                batch::validate_for_append(&records[pos..], self.cfg.max_message_bytes)?;
+                batch::validate_for_append(&records[pos..], self.cfg().max_message_bytes)?;
             if h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0 {
                 return Err(StorageError::Transactional);
             }
@@ -448,14 +656,28 @@ impl PartitionLog {
                         base_offset: Offset(dup.base_offset),
                         last_offset: Offset(dup.last_offset()),
                         log_start_offset: Offset(st.log_start),
+                        log_append_time_ms: -1,
                     });
                 }
             }
         }
         let mut copy = BytesMut::from(&records[..]);
         let mut next = st.log_end;
-        for (pos, size, h) in &batches {
-            batch::set_base_offset(&mut copy[*pos..*pos + *size], next);
+        let log_append_time_ms = if self.cfg().log_append_time {
+            recovery::now_ms()
+        } else {
+            -1
+        };
+        for (pos, size, h) in &mut batches {
+            let b = &mut copy[*pos..*pos + *size];
+            batch::set_base_offset(b, next);
+            if log_append_time_ms >= 0 {
+                // The one header rewrite besides the base offset: it is
+                // covered by the CRC, so the CRC is recomputed.
+                batch::set_log_append_time(b, log_append_time_ms);
+                h.attributes |= batch::ATTR_LOG_APPEND_TIME;
+                h.max_timestamp = log_append_time_ms;
+            }
             next += i64::from(h.last_offset_delta) + 1;
         }
         let copy = copy.freeze();
@@ -495,7 +717,7 @@ impl PartitionLog {
             }
         }
         assert_eq!(st.log_end, next);
-        while st.tail_bytes > self.cfg.tail_cache_bytes {
+        while st.tail_bytes > self.cfg().tail_cache_bytes {
             let b = st.tail.pop_front().expect("tail bytes > 0");
             st.tail_bytes -= b.bytes.len();
         }
@@ -504,6 +726,7 @@ impl PartitionLog {
             base_offset: Offset(first_offset),
             last_offset: Offset(st.log_end - 1),
             log_start_offset: Offset(st.log_start),
+            log_append_time_ms,
         };
         drop(st);
         self.work_notify.notify_all();
@@ -519,8 +742,9 @@ impl PartitionLog {
         if seg.size == 0 {
             return;
         }
-        let too_big = seg.size + size > self.cfg.segment_bytes;
-        let too_old = now.duration_since(seg.created) >= Duration::from_millis(self.cfg.segment_ms);
+        let too_big = seg.size + size > self.cfg().segment_bytes;
+        let too_old =
+            now.duration_since(seg.created) >= Duration::from_millis(self.cfg().segment_ms);
         let rel_overflow =
             log_end + i64::from(last_offset_delta) - seg.base_offset > i64::from(i32::MAX);
         if too_big || too_old || rel_overflow {
@@ -536,7 +760,10 @@ impl PartitionLog {
                 visible_size: 0,
                 next_offset: log_end,
                 visible_max_timestamp: None,
-                index: SegmentIndex::Building(Indexer::new(log_end, self.cfg.index_interval_bytes)),
+                index: SegmentIndex::Building(Indexer::new(
+                    log_end,
+                    self.cfg().index_interval_bytes,
+                )),
                 created: now,
             });
         }
@@ -547,7 +774,7 @@ impl PartitionLog {
     /// larger than `pending_bytes_max` cannot wait forever.
     async fn wait_for_room(&self, len: usize) -> Result<(), StorageError> {
         let fits = |st: &State| {
-            st.pending_bytes == 0 || st.pending_bytes + len <= self.cfg.pending_bytes_max
+            st.pending_bytes == 0 || st.pending_bytes + len <= self.cfg().pending_bytes_max
         };
         let id = {
             let mut st = self.state.borrow_mut();
@@ -650,18 +877,21 @@ impl PartitionLog {
         }
         // From the segments: the one holding `offset`, or the next ones if
         // it ends before (an empty active segment).
-        let mut seg_index = {
-            let st = self.state.borrow();
-            st.segments
-                .partition_point(|s| s.base_offset <= offset)
-                .saturating_sub(1)
-        };
+        // Segments are found by offset on every step (not by position):
+        // retention may remove the oldest ones while this read waits.
+        let mut at = offset;
         loop {
+            let seg_index = {
+                let st = self.state.borrow();
+                st.segments
+                    .partition_point(|s| s.base_offset <= at)
+                    .saturating_sub(1)
+            };
             match self.segment_read_plan(seg_index, offset).await? {
                 None => return Ok(out(Bytes::new())),
                 Some(ReadPlan::Empty) => {}
                 Some(ReadPlan::Read { file, start, end }) => {
-                    let interval = self.cfg.index_interval_bytes;
+                    let interval = self.cfg().index_interval_bytes;
                     if let Some(records) =
                         read_batches(file, start, end, offset, hw, max_bytes, interval).await?
                     {
@@ -669,7 +899,14 @@ impl PartitionLog {
                     }
                 }
             }
-            seg_index += 1;
+            let next = {
+                let st = self.state.borrow();
+                st.segments.get(seg_index + 1).map(|s| s.base_offset)
+            };
+            match next {
+                Some(base) if base > at => at = base,
+                _ => return Ok(out(Bytes::new())),
+            }
         }
     }
 
@@ -797,7 +1034,9 @@ impl PartitionLog {
                     break;
                 }
                 if h.max_timestamp >= ts {
-                    return Ok(Some(find_record(bytes, &h, |t| t >= ts)?));
+                    let (offset, t) = find_record(bytes, &h, |t| t >= ts)?;
+                    // DeleteRecords may have moved the start inside this batch.
+                    return Ok(Some((offset.max(self.log_start_offset()), t)));
                 }
             }
         }
@@ -930,7 +1169,7 @@ impl PartitionLog {
                 recovery::remove_stale_snapshots(&self.dir, offset);
             }
             self.write_group(w, group).await?;
-            if self.cfg.flush == FlushPolicy::Always {
+            if self.cfg().flush == FlushPolicy::Always {
                 self.sync(w).await?;
             }
             // Visible now: move the high watermark.
@@ -1164,7 +1403,7 @@ async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
                 result = log.flush_round(&mut w, batches).await;
             }
             if result.is_ok()
-                && let FlushPolicy::Interval(d) = log.cfg.flush
+                && let FlushPolicy::Interval(d) = log.cfg().flush
                 && w.dirty
             {
                 let due = w.last_sync + d;
@@ -1287,4 +1526,39 @@ async fn read_batches(
         .slice_buffered(first_pos, total as u64)
         .expect("batches read are buffered");
     Ok(Some(out))
+}
+
+/// The log start offset DeleteRecords persisted, if any. The file holds the
+/// offset in decimal; it is replaced atomically (temporary file + rename),
+/// so a damaged one is a broken invariant reported as corruption.
+fn read_log_start_file(dir: &std::path::Path) -> Result<Option<i64>, StorageError> {
+    let path = dir.join(constants::LOG_START_OFFSET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<i64>() {
+            Ok(v) if v >= 0 => Ok(Some(v)),
+            _ => Err(StorageError::CorruptBatch(format!(
+                "{} does not hold an offset: {text:?}",
+                path.display()
+            ))),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io("reading the log start offset", e)),
+    }
+}
+
+/// Persist `offset` as the log start: write a temporary file durably,
+/// rename it over `log-start-offset`, sync the directory, read it back.
+async fn write_log_start_file(dir: &std::path::Path, offset: i64) -> Result<(), StorageError> {
+    let path = dir.join(constants::LOG_START_OFFSET_FILE);
+    let tmp = dir.join(format!("{}.tmp", constants::LOG_START_OFFSET_FILE));
+    file::write_file_durable(&tmp, format!("{offset}\n").as_bytes())
+        .await
+        .ctx(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).ctx(|| format!("renaming {}", tmp.display()))?;
+    file::sync_dir(dir)
+        .await
+        .ctx(|| format!("syncing {}", dir.display()))?;
+    // Paired check: the file reads back as the offset written.
+    assert_eq!(read_log_start_file(dir)?, Some(offset));
+    Ok(())
 }

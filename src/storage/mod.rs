@@ -20,6 +20,12 @@
 //! - `<offset>.snapshot`: idempotent-producer state covering the batches
 //!   below `offset`, written when a segment is sealed and at close
 //!   ([`producer_state`]).
+//! - `log-start-offset`: the log start offset in decimal, written (temporary
+//!   file, fdatasync, rename, directory sync) when DeleteRecords moves the
+//!   start inside a segment. Without it, the log start is the first
+//!   segment's base. Retention (a periodic pass per shard, see
+//!   [`PartitionLog::enforce_retention`]) and DeleteRecords delete whole
+//!   sealed segments only, never the active one.
 //!
 //! Contract of [`PartitionLog`]: owned by exactly one shard (it is `!Send`),
 //! all methods are called from that shard only.

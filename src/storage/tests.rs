@@ -632,7 +632,7 @@ fn interval_policy_moves_hw_after_write() {
             flush: FlushPolicy::Interval(Duration::from_millis(20)),
             ..small_cfg()
         };
-        let log = PartitionLog::open(dir.clone(), cfg.clone()).await.unwrap();
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
         for i in 0..20 {
             append_durable(&log, 3, i, 100).await;
         }
@@ -984,6 +984,107 @@ fn failed_log_does_not_claim_unwritten_batches() {
         );
         assert_eq!(log.log_end_offset(), Offset(4));
         assert_eq!(produce(&log, b).await.unwrap().base_offset, Offset(2));
+        log.close().await.unwrap();
+    });
+}
+
+/// Size retention deletes the oldest sealed segments (files too), moves
+/// the log start, and reads below it are out of range; a reopen keeps it.
+#[test]
+fn retention_by_bytes_and_time_then_reopen() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        for i in 0..40 {
+            append_durable(&log, 4, 1_000 + i, 200).await;
+        }
+        let segments_before = log_files(&dir)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .count();
+        assert!(segments_before > 5, "{segments_before} segments");
+        // Keep at most ~3 segments' worth.
+        log.update_config(LogConfig {
+            retention_bytes: 3 * 4096,
+            ..log.cfg()
+        });
+        let n = log.enforce_retention(i64::MAX / 2).await.unwrap();
+        assert!(n > 0);
+        let start = log.log_start_offset().0;
+        assert!(start > 0);
+        assert!(log.size_bytes() < 4 * 4096);
+        assert!(!segment_path(&dir, 0, LOG_SUFFIX).exists());
+        assert!(matches!(
+            log.read(Offset(start - 1), 1 << 20).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        let all = read_all(&log, start, 1 << 20).await;
+        assert_eq!(all.len() as i64, 160 - start);
+        // Time: every sealed segment is older than 1 ms at time 10^9.
+        log.update_config(LogConfig {
+            retention_bytes: -1,
+            retention_ms: 1,
+            ..log.cfg()
+        });
+        log.enforce_retention(1_000_000_000).await.unwrap();
+        let start = log.log_start_offset().0;
+        let files = log_files(&dir)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .count();
+        assert_eq!(files, 1, "only the active segment remains");
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.log_start_offset().0, start);
+        assert_eq!(log.high_watermark().0, 160);
+        log.close().await.unwrap();
+    });
+}
+
+/// DeleteRecords inside a segment: persisted, survives a reopen; -1 means
+/// the high watermark; above it is out of range.
+#[test]
+fn delete_records_persists_log_start() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        for i in 0..20 {
+            append_durable(&log, 4, 1_000 + i, 200).await;
+        }
+        assert_eq!(log.delete_records(33).await.unwrap(), Offset(33));
+        assert!(matches!(
+            log.delete_records(81).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        // Below the start: no change.
+        assert_eq!(log.delete_records(5).await.unwrap(), Offset(33));
+        let first = read_all(&log, 33, 1 << 20).await;
+        assert_eq!(first.first().map(|r| r.0), Some(33));
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(33));
+        assert_eq!(log.delete_records(-1).await.unwrap(), Offset(80));
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(80));
+        log.close().await.unwrap();
+    });
+}
+
+/// LogAppendTime: the stored batch carries the append time as its max
+/// timestamp and the timestamp-type bit, with a valid CRC.
+#[test]
+fn log_append_time_rewrites_header() {
+    run(|dir| async move {
+        let cfg = LogConfig {
+            log_append_time: true,
+            ..small_cfg()
+        };
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        let info = append_durable(&log, 3, 1_000, 10).await;
+        assert!(info.log_append_time_ms > 1_000_000_000_000);
+        let data = log.read(Offset(0), 1 << 20).await.unwrap();
+        let (h, _) = batch::validate_batch(&data.records).unwrap();
+        assert_eq!(h.max_timestamp, info.log_append_time_ms);
+        assert_ne!(h.attributes & batch::ATTR_LOG_APPEND_TIME, 0);
         log.close().await.unwrap();
     });
 }

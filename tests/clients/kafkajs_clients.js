@@ -133,5 +133,77 @@ async function idempotent() {
   console.log('kafkajs idempotent ok');
 }
 
+// Admin APIs: createPartitions, describeConfigs, alterConfigs,
+// deleteTopicRecords.
+async function admin() {
+  const { ConfigResourceTypes } = require('kafkajs');
+  const kafka = new Kafka({
+    clientId: 'sluice-kafkajs-admin',
+    brokers: [bootstrap],
+    logLevel: logLevel.NOTHING,
+    retry: { retries: 8, initialRetryTime: 100 },
+  });
+  const admin = kafka.admin();
+  await admin.connect();
+  const topic = 'js-admin';
+  await admin.createTopics({
+    topics: [{ topic, numPartitions: 1, configEntries: [{ name: 'retention.ms', value: '3600000' }] }],
+    waitForLeaders: true,
+  });
+
+  const describe = async () => {
+    const r = await admin.describeConfigs({
+      resources: [{ type: ConfigResourceTypes.TOPIC, name: topic }],
+      includeSynonyms: false,
+    });
+    const entries = {};
+    for (const e of r.resources[0].configEntries) entries[e.configName] = e;
+    return entries;
+  };
+  let entries = await describe();
+  if (entries['retention.ms'].configValue !== '3600000') fail(`retention.ms ${entries['retention.ms'].configValue}`);
+  if (entries['retention.ms'].isDefault) fail('retention.ms reported as default');
+  if (!entries['segment.bytes'].isDefault) fail('segment.bytes reported as overridden');
+
+  await admin.alterConfigs({
+    validateOnly: false,
+    resources: [{
+      type: ConfigResourceTypes.TOPIC,
+      name: topic,
+      configEntries: [{ name: 'max.message.bytes', value: '200000' }],
+    }],
+  });
+  entries = await describe();
+  if (entries['max.message.bytes'].configValue !== '200000') fail(`max.message.bytes ${entries['max.message.bytes'].configValue}`);
+  if (!entries['retention.ms'].isDefault) fail('retention.ms still overridden after alterConfigs');
+
+  await admin.createPartitions({ topicPartitions: [{ topic, count: 3 }] });
+  const md = await admin.fetchTopicMetadata({ topics: [topic] });
+  if (md.topics[0].partitions.length !== 3) fail(`createPartitions: ${md.topics[0].partitions.length} partitions`);
+  let refused = false;
+  try {
+    await admin.createPartitions({ topicPartitions: [{ topic, count: 2 }] });
+  } catch (e) {
+    refused = true;
+  }
+  if (!refused) fail('shrinking partitions accepted');
+
+  const producer = kafka.producer();
+  await producer.connect();
+  const messages = [];
+  for (let i = 0; i < 20; i++) messages.push({ partition: 2, value: `v${i}` });
+  await producer.send({ topic, acks: -1, messages });
+  await producer.disconnect();
+  await admin.deleteTopicRecords({ topic, partitions: [{ partition: 2, offset: '12' }] });
+  const offsets = await admin.fetchTopicOffsets(topic);
+  const p2 = offsets.find((o) => o.partition === 2);
+  if (p2.low !== '12' || p2.high !== '20') fail(`after deleteTopicRecords: low ${p2.low} high ${p2.high}`);
+
+  await admin.deleteTopics({ topics: [topic] });
+  await admin.disconnect();
+  console.log('kafkajs admin ok');
+}
+
 const mode = process.argv[3] || 'round-trip';
-(mode === 'idempotent' ? idempotent() : main()).catch((e) => fail(e.stack || String(e)));
+const modes = { idempotent, admin };
+(modes[mode] || main)().catch((e) => fail(e.stack || String(e)));

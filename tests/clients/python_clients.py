@@ -5,13 +5,13 @@ Python) each produce keyed messages with acks=all to their own topic and read
 them back with manually assigned partitions; the admin client creates and
 deletes topics. Exits non-zero with a message on the first failure.
 
-Usage: python3 python_clients.py BOOTSTRAP
+Usage: python3 python_clients.py BOOTSTRAP [admin]
 """
 
 import sys
 import time
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 DEADLINE_S = 60
@@ -81,6 +81,116 @@ def confluent_round_trip(bootstrap):
     print("confluent-kafka round trip ok")
 
 
+def source_of(entry):
+    """A ConfigEntry's source as an int (an enum or an int, by version)."""
+    return int(getattr(entry.source, "value", entry.source))
+
+
+def confluent_admin(bootstrap):
+    """AdminClient: create with configs, describe/alter/incremental-alter
+    configs, create partitions, delete records, describe cluster, delete."""
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       ConfigSource, NewPartitions, ResourceType)
+
+    TOPIC_SOURCE = ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = "py-admin"
+    fs = admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1,
+                                       config={"retention.ms": "3600000",
+                                               "cleanup.policy": "delete"})])
+    fs[topic].result(timeout=30)
+
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    configs = admin.describe_configs([res])[res].result(timeout=30)
+    if configs["retention.ms"].value != "3600000":
+        fail(f"retention.ms is {configs['retention.ms'].value}")
+    if source_of(configs["retention.ms"]) != TOPIC_SOURCE:
+        fail(f"retention.ms source {configs['retention.ms'].source}")
+    if source_of(configs["segment.bytes"]) == TOPIC_SOURCE:
+        fail("segment.bytes reported as a topic override")
+    if "max.message.bytes" not in configs or "message.timestamp.type" not in configs:
+        fail(f"obeyed configs missing: {sorted(configs)}")
+
+    # AlterConfigs replaces the whole set: retention.ms goes back to default.
+    res = ConfigResource(ResourceType.TOPIC, topic, set_config={"retention.bytes": "1048576"})
+    admin.alter_configs([res])[res].result(timeout=30)
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    configs = admin.describe_configs([res])[res].result(timeout=30)
+    if configs["retention.bytes"].value != "1048576":
+        fail(f"retention.bytes is {configs['retention.bytes'].value}")
+    if source_of(configs["retention.ms"]) == TOPIC_SOURCE:
+        fail("retention.ms still overridden after AlterConfigs")
+
+    # Incremental: SET one, DELETE another, APPEND to a list.
+    res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("segment.ms", "3600000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("retention.bytes", None, incremental_operation=AlterConfigOpType.DELETE),
+        ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND),
+    ])
+    admin.incremental_alter_configs([res])[res].result(timeout=30)
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    configs = admin.describe_configs([res])[res].result(timeout=30)
+    if configs["segment.ms"].value != "3600000":
+        fail(f"segment.ms is {configs['segment.ms'].value}")
+    if source_of(configs["retention.bytes"]) == TOPIC_SOURCE:
+        fail("retention.bytes still overridden after DELETE")
+    if set(configs["cleanup.policy"].value.split(",")) != {"delete", "compact"}:
+        fail(f"cleanup.policy is {configs['cleanup.policy'].value}")
+
+    # An invalid value is refused.
+    bad = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET)])
+    try:
+        admin.incremental_alter_configs([bad])[bad].result(timeout=30)
+        fail("invalid retention.ms accepted")
+    except KafkaException:
+        pass
+
+    # Broker configs: described, and a dynamic one can be set.
+    broker = ConfigResource(ResourceType.BROKER, "0")
+    bconf = admin.describe_configs([broker])[broker].result(timeout=30)
+    if "log.retention.ms" not in bconf:
+        fail(f"broker configs lack log.retention.ms: {sorted(bconf)}")
+
+    # CreatePartitions: grow, then refuse a non-increase.
+    admin.create_partitions([NewPartitions(topic, 4)])[topic].result(timeout=30)
+    if len(admin.list_topics(topic, timeout=10).topics[topic].partitions) != 4:
+        fail("partitions not grown to 4")
+    try:
+        admin.create_partitions([NewPartitions(topic, 3)])[topic].result(timeout=30)
+        fail("shrinking partitions accepted")
+    except KafkaException as e:
+        if e.args[0].code() != KafkaError.INVALID_PARTITIONS:
+            fail(f"shrink error {e}")
+
+    # Produce to the new partition 3, then DeleteRecords up to offset 5.
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": 30000})
+    for i in range(10):
+        p.produce(topic, partition=3, value=f"v{i}".encode())
+    if p.flush(30) != 0:
+        fail("producer did not flush")
+    fs = admin.delete_records([TopicPartition(topic, 3, 5)])
+    for tp, f in fs.items():
+        r = f.result(timeout=30)
+        if r.low_watermark != 5:
+            fail(f"low watermark after DeleteRecords {r.low_watermark}")
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "py-admin-check",
+                  "enable.auto.commit": False})
+    low, high = c.get_watermark_offsets(TopicPartition(topic, 3), timeout=10)
+    c.close()
+    if (low, high) != (5, 10):
+        fail(f"watermarks after DeleteRecords {(low, high)}")
+
+    cluster = admin.describe_cluster().result(timeout=30)
+    if len(cluster.nodes) != 1 or cluster.controller is None or not cluster.cluster_id:
+        fail(f"describe_cluster: {cluster}")
+
+    admin.delete_topics([topic])[topic].result(timeout=30)
+    if topic in admin.list_topics(timeout=10).topics:
+        fail("deleted topic still listed")
+    print("confluent-kafka admin ok")
+
+
 def kafka_python_round_trip(bootstrap):
     from kafka import KafkaConsumer, KafkaProducer
     from kafka import TopicPartition as KTP
@@ -116,6 +226,9 @@ def kafka_python_round_trip(bootstrap):
 
 def main():
     bootstrap = sys.argv[1]
+    if len(sys.argv) > 2 and sys.argv[2] == "admin":
+        confluent_admin(bootstrap)
+        return
     confluent_round_trip(bootstrap)
     kafka_python_round_trip(bootstrap)
 

@@ -5,6 +5,11 @@
 //! ([`produce_on_owner`]); answer once every owner has answered. Batches stay
 //! opaque: the owner validates CRC32C and rewrites base offsets only.
 //!
+//! Topic configs obeyed here (through the partition's `LogConfig`):
+//! `max.message.bytes` (a larger batch gets MESSAGE_TOO_LARGE) and
+//! `message.timestamp.type=LogAppendTime` (the owner stamps the batch and
+//! the answer carries `log_append_time_ms`).
+//!
 //! Acks: 0 appends and sends no response; 1 and -1 are answered after the
 //! batch is durable (fdatasync under the default flush policy). On a single
 //! broker the leader is the whole ISR, so 1 and -1 wait for the same thing,
@@ -38,6 +43,8 @@ pub struct PartitionOutcome {
     pub error_message: Option<String>,
     pub base_offset: i64,
     pub log_start_offset: i64,
+    /// The batches' append time under LogAppendTime, else -1.
+    pub log_append_time_ms: i64,
 }
 
 impl PartitionOutcome {
@@ -47,6 +54,7 @@ impl PartitionOutcome {
             error_message: message,
             base_offset: -1,
             log_start_offset: -1,
+            log_append_time_ms: -1,
         }
     }
 }
@@ -154,7 +162,7 @@ pub async fn handle(
                                 .with_error_code(o.error_code)
                                 .with_error_message(o.error_message.map(str_bytes))
                                 .with_base_offset(o.base_offset)
-                                .with_log_append_time_ms(-1)
+                                .with_log_append_time_ms(o.log_append_time_ms)
                                 .with_log_start_offset(o.log_start_offset)
                         })
                         .collect(),
@@ -194,6 +202,7 @@ pub async fn produce_on_owner(
                         error_message: Some(e.to_string()),
                         base_offset: -1,
                         log_start_offset: log.log_start_offset().get(),
+                        log_append_time_ms: -1,
                     };
                 }
             };
@@ -207,6 +216,7 @@ pub async fn produce_on_owner(
                             error_message: Some(e.to_string()),
                             base_offset: -1,
                             log_start_offset: log.log_start_offset().get(),
+                            log_append_time_ms: -1,
                         };
                     }
                     Some(Ok(())) => {}
@@ -217,6 +227,7 @@ pub async fn produce_on_owner(
                 error_message: None,
                 base_offset: info.base_offset.get(),
                 log_start_offset: info.log_start_offset.get(),
+                log_append_time_ms: info.log_append_time_ms,
             }
         }
     });

@@ -1,0 +1,60 @@
+//! Admin APIs through real client libraries: confluent-kafka's AdminClient
+//! (Python: topic configs, CreatePartitions, DeleteRecords,
+//! DescribeCluster) and kafkajs admin (createPartitions, describeConfigs,
+//! alterConfigs, deleteTopicRecords). The client code lives in
+//! tests/clients/; `.ci/run` installs the packages.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Broker, run_with_timeout};
+
+#[test]
+fn python_confluent_admin() {
+    let broker = Broker::start();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/python_clients.py"
+    );
+    let output = run_with_timeout(
+        Command::new("python3")
+            .arg(script)
+            .arg(broker.bootstrap())
+            .arg("admin"),
+        b"",
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python admin failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        broker.logs_text()
+    );
+    assert!(stdout.contains("confluent-kafka admin ok"), "{stdout}");
+}
+
+#[test]
+fn kafkajs_admin() {
+    let broker = Broker::start();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+    let output = run_with_timeout(
+        Command::new("node")
+            .arg(format!("{dir}/kafkajs_clients.js"))
+            .arg(broker.bootstrap())
+            .arg("admin")
+            .current_dir(dir),
+        b"",
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "kafkajs admin failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        broker.logs_text()
+    );
+    assert!(stdout.contains("kafkajs admin ok"), "{stdout}");
+}
