@@ -68,11 +68,7 @@ pub async fn handle(
     let mut names: Vec<TopicName> = Vec::with_capacity(req.topics.len());
     let mut slots: Vec<Slot> = Vec::new();
     for (ti, topic) in req.topics.iter().enumerate() {
-        let name = if ctx.version >= 13 {
-            catalog.name_of(&topic.topic_id).map(str::to_string)
-        } else {
-            Some(topic.topic.0.to_string())
-        };
+        let name = super::resolve_topic(&catalog, ctx.version >= 13, &topic.topic, &topic.topic_id);
         names.push(TopicName(str_bytes(name.clone().unwrap_or_default())));
         let mut row = Vec::with_capacity(topic.partitions.len());
         for (pi, part) in topic.partitions.iter().enumerate() {

@@ -192,3 +192,18 @@ pub async fn dispatch(
 pub fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
+
+/// The topic a Produce/Fetch entry names: by id when the request version
+/// uses topic ids (KIP-516), else by name. `None`: an unknown id.
+pub fn resolve_topic(
+    catalog: &crate::cluster::catalog::Catalog,
+    by_id: bool,
+    name: &kafka_protocol::messages::TopicName,
+    id: &uuid::Uuid,
+) -> Option<String> {
+    if by_id {
+        catalog.name_of(id).map(str::to_string)
+    } else {
+        Some(name.0.to_string())
+    }
+}

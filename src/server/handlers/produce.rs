@@ -82,11 +82,7 @@ pub async fn handle(
     let mut work: Vec<Vec<Work>> = vec![Vec::new(); shard.count];
     let mut names: Vec<TopicName> = Vec::with_capacity(req.topic_data.len());
     for (ti, topic) in req.topic_data.iter().enumerate() {
-        let name = if ctx.version >= 13 {
-            catalog.name_of(&topic.topic_id).map(str::to_string)
-        } else {
-            Some(topic.name.0.to_string())
-        };
+        let name = super::resolve_topic(&catalog, ctx.version >= 13, &topic.name, &topic.topic_id);
         names.push(TopicName(str_bytes(name.clone().unwrap_or_default())));
         let mut row = Vec::with_capacity(topic.partition_data.len());
         for (pi, part) in topic.partition_data.iter().enumerate() {
