@@ -77,6 +77,10 @@ async function main() {
   if (committed !== N) fail(`committed offsets sum to ${committed}, expected ${N}`);
   const groups = await admin.listGroups();
   if (!groups.groups.some((g) => g.groupId === groupId)) fail('group not listed');
+  const deleted = await admin.deleteGroups([groupId]);
+  if (deleted[0].errorCode !== 0) fail(`deleteGroups: ${JSON.stringify(deleted)}`);
+  const after = await admin.fetchOffsets({ groupId, topics: [topic] });
+  if (after[0].partitions.some((p) => p.offset !== '-1')) fail('offsets remain after deleteGroups');
 
   await admin.deleteTopics({ topics: [topic] });
   await admin.disconnect();

@@ -185,6 +185,23 @@ def confluent_admin(bootstrap):
     if len(cluster.nodes) != 1 or cluster.controller is None or not cluster.cluster_id:
         fail(f"describe_cluster: {cluster}")
 
+    # Groups: commit offsets as a group with no members, then list,
+    # describe and delete it.
+    group = "py-admin-group"
+    gc = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    gc.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
+    gc.close()
+    listed = admin.list_consumer_groups().result(timeout=30)
+    if group not in {g.group_id for g in listed.valid}:
+        fail(f"group {group} not listed: {listed.valid}")
+    described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    if described.members:
+        fail(f"group should have no members: {described}")
+    admin.delete_consumer_groups([group])[group].result(timeout=30)
+    listed = admin.list_consumer_groups().result(timeout=30)
+    if group in {g.group_id for g in listed.valid}:
+        fail("deleted group still listed")
+
     admin.delete_topics([topic])[topic].result(timeout=30)
     if topic in admin.list_topics(timeout=10).topics:
         fail("deleted topic still listed")
