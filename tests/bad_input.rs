@@ -117,6 +117,18 @@ fn malformed_frames_close_the_connection() {
             },
             false,
         ),
+        // A hostile array length: the decoder sizes its vector from it before reading
+        // elements, so 2^31 - 1 topics must not abort the broker (src/alloc.rs).
+        (
+            "hostile array length",
+            {
+                let mut request = raw_header_v1(3, 1, 13, "sluice-it");
+                request.extend_from_slice(&i32::MAX.to_be_bytes());
+                request.extend_from_slice(b"ab");
+                frame(&request)
+            },
+            false,
+        ),
     ];
     // A frame announcing 100 bytes, 10 sent, then the client half-closes: the broker sees EOF
     // mid-frame and must close its side.
