@@ -12,6 +12,13 @@
 //!   (stored in the internal topic `__consumer_offsets`).
 //! - [`cli`]: the admin commands (`sluice topic ...`, `sluice group ...`) and their small
 //!   blocking Kafka client.
+//! - [`server`]: connections (framing, pipelining, bad input) and one handler
+//!   file per Kafka API.
+//! - [`shard`]: the state one core owns, `invoke_on`, the controller.
+//! - [`cluster`]: the topic catalog and producer id blocks (written by shard 0).
+//! - [`broker`], [`lifecycle`], [`config`]: startup checks, graceful stop,
+//!   settings with descriptions and bounds.
+//! - [`alloc`]: the allocator guard against hostile array lengths.
 //! - [`types`], [`constants`]: newtypes for ids and offsets; every limit.
 pub mod alloc;
 pub mod broker;
