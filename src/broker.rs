@@ -131,10 +131,17 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
 }
 
 /// Run the broker until the process is stopped.
-pub fn run(config: Config) -> Result<(), StartError> {
+pub fn run(mut config: Config) -> Result<(), StartError> {
     config.validate()?;
     check_host(&config)?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    // Absolute from here on: glommio's directory calls fail (EBADF) on
+    // relative paths such as the default `./data`.
+    config.data_dir =
+        std::fs::canonicalize(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
     let mut catalog = Catalog::load_or_create(&config.data_dir)?;
     crate::group::ensure_offsets_topic(&mut catalog, &config)?;
     let catalog = Arc::new(catalog);
