@@ -368,14 +368,11 @@ impl Cluster {
                 }
             })?;
             let coordinator = if version >= 4 {
-                response
-                    .coordinators
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| CliError::Protocol {
-                        context: format!("FindCoordinator for group {group}"),
-                        message: "empty coordinator list".into(),
-                    })?
+                super::first(
+                    response.coordinators,
+                    || format!("FindCoordinator for group {group}"),
+                    "coordinator list",
+                )?
             } else {
                 Coordinator::default()
                     .with_node_id(response.node_id)

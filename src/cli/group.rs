@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::consumer_protocol_assignment::ConsumerProtocolAssignment;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::offset_commit_request::{
@@ -133,16 +134,12 @@ fn list(cluster: &mut Cluster) -> Result<String, CliError> {
 fn describe_group(coordinator: &mut Connection, group: &str) -> Result<DescribedGroup, CliError> {
     let (response, _) = coordinator
         .call(|_| DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes(group))]))?;
-    let described = response
-        .groups
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Protocol {
-            context: format!("describing group {group}"),
-            message: "empty DescribeGroups response".into(),
-        })?;
-    // GROUP_ID_NOT_FOUND
-    if described.error_code == 69 {
+    let described = super::first(
+        response.groups,
+        || format!("describing group {group}"),
+        "DescribeGroups response",
+    )?;
+    if described.error_code == ResponseError::GroupIdNotFound.code() {
         return Err(CliError::NotFound(format!("group {group} does not exist")));
     }
     CliError::check(
@@ -334,14 +331,11 @@ fn delete(cluster: &mut Cluster, group: &str) -> Result<String, CliError> {
     let (response, _) = coordinator.call(|_| {
         DeleteGroupsRequest::default().with_groups_names(vec![GroupId(str_bytes(group))])
     })?;
-    let result = response
-        .results
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Protocol {
-            context: format!("deleting group {group}"),
-            message: "empty DeleteGroups response".into(),
-        })?;
+    let result = super::first(
+        response.results,
+        || format!("deleting group {group}"),
+        "DeleteGroups response",
+    )?;
     match result.error_code {
         // NON_EMPTY_GROUP
         68 => Err(CliError::GroupState(format!(

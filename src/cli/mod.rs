@@ -59,6 +59,19 @@ pub struct ConnectArgs {
     pub bootstrap_server: String,
 }
 
+/// The first (for one-item requests, the only) entry of a response list, or
+/// a protocol error naming what was being done and what came back empty.
+pub(crate) fn first<T>(
+    items: Vec<T>,
+    context: impl FnOnce() -> String,
+    what: &str,
+) -> Result<T, CliError> {
+    items.into_iter().next().ok_or_else(|| CliError::Protocol {
+        context: context(),
+        message: format!("empty {what}"),
+    })
+}
+
 /// What can go wrong in an admin command.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
@@ -141,14 +142,11 @@ fn create(
             .with_topics(vec![topic])
             .with_timeout_ms(BROKER_OPERATION_TIMEOUT_MS)
     })?;
-    let result = response
-        .topics
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Protocol {
-            context: format!("creating topic {name}"),
-            message: "empty CreateTopics response".into(),
-        })?;
+    let result = super::first(
+        response.topics,
+        || format!("creating topic {name}"),
+        "CreateTopics response",
+    )?;
     CliError::check(result.error_code, result.error_message.as_ref(), || {
         format!("creating topic {name}")
     })?;
@@ -191,7 +189,7 @@ fn describe(cluster: &mut Cluster, name: &str, all_configs: bool) -> Result<Stri
         .iter()
         .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name))
         .ok_or_else(|| CliError::NotFound(format!("topic {name} does not exist")))?;
-    if topic.error_code == 3 {
+    if topic.error_code == ResponseError::UnknownTopicOrPartition.code() {
         return Err(CliError::NotFound(format!("topic {name} does not exist")));
     }
     CliError::check(topic.error_code, None, || {
@@ -294,14 +292,11 @@ fn describe_configs(
                 .with_configuration_keys(None),
         ])
     })?;
-    let result = response
-        .results
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Protocol {
-            context: format!("describing configs of topic {name}"),
-            message: "empty DescribeConfigs response".into(),
-        })?;
+    let result = super::first(
+        response.results,
+        || format!("describing configs of topic {name}"),
+        "DescribeConfigs response",
+    )?;
     CliError::check(result.error_code, result.error_message.as_ref(), || {
         format!("describing configs of topic {name}")
     })?;
@@ -336,15 +331,12 @@ fn delete(cluster: &mut Cluster, name: &str) -> Result<String, CliError> {
             request.with_topic_names(vec![TopicName(str_bytes(name))])
         }
     })?;
-    let result = response
-        .responses
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError::Protocol {
-            context: format!("deleting topic {name}"),
-            message: "empty DeleteTopics response".into(),
-        })?;
-    if result.error_code == 3 {
+    let result = super::first(
+        response.responses,
+        || format!("deleting topic {name}"),
+        "DeleteTopics response",
+    )?;
+    if result.error_code == ResponseError::UnknownTopicOrPartition.code() {
         return Err(CliError::NotFound(format!("topic {name} does not exist")));
     }
     CliError::check(result.error_code, result.error_message.as_ref(), || {
