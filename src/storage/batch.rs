@@ -280,6 +280,21 @@ pub(crate) mod test_util {
         )
     }
 
+    /// Encode `records` as uncompressed v2 batches.
+    fn encode_records(records: &[Record]) -> Bytes {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("encode");
+        buf.freeze()
+    }
+
     /// Encode one idempotent batch: producer `pid`, `epoch`, base sequence
     /// `seq`, `count` records (sequences must not wrap inside the batch:
     /// the encoder would split it), timestamps `ts0 + i`.
@@ -301,17 +316,7 @@ pub(crate) mod test_util {
                 headers: Default::default(),
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .expect("encode");
-        buf.freeze()
+        encode_records(&records)
     }
 
     /// Encode one batch with one record per timestamp in `ts`.
@@ -337,17 +342,7 @@ pub(crate) mod test_util {
                 headers: Default::default(),
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .expect("encode");
-        buf.freeze()
+        encode_records(&records)
     }
 }
 
