@@ -2,7 +2,8 @@
 //! - batch header parse, CRC32C validation, base-offset rewrite
 //!   (`sluice::storage::batch`), per produced batch;
 //! - sparse offset index lookup (`sluice::storage::index`), per fetch;
-//! - segment append through `PartitionLog` in a glommio executor.
+//! - segment append through `PartitionLog` in a glommio executor;
+//! - recording metrics (`sluice::metrics`): what every request pays.
 //!
 //! `cargo bench --bench storage` measures. `cargo test --release --benches`
 //! (and `--all-targets`) runs each benchmark once as a smoke test, so the
@@ -169,5 +170,38 @@ async fn open_log(
     .expect("open log")
 }
 
-criterion_group!(benches, batch_validation, index_lookup, segment_append);
+/// The cost of recording on the request path: one request (counter plus
+/// latency histogram, with the `Instant::now()` it needs) and one size
+/// histogram observation (a produced partition).
+fn metrics_record(c: &mut Criterion) {
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("request_done", |b| {
+        b.iter(|| sluice::metrics::request_done(black_box(0), Instant::now()))
+    });
+    g.bench_function("request_done_and_bytes", |b| {
+        b.iter(|| {
+            let started = Instant::now();
+            sluice::metrics::bytes_in(black_box(1024));
+            sluice::metrics::request_done(black_box(1), started);
+            sluice::metrics::bytes_out(black_box(512));
+        })
+    });
+    // Baseline: the clock read inside request_done (elapsed()).
+    g.bench_function("instant_elapsed_baseline", |b| {
+        let started = Instant::now();
+        b.iter(|| black_box(started.elapsed()))
+    });
+    g.bench_function("size_observe", |b| {
+        b.iter(|| sluice::metrics::produce_partition_bytes(black_box(16 * 1024)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    batch_validation,
+    index_lookup,
+    segment_append,
+    metrics_record
+);
 criterion_main!(benches);

@@ -8,8 +8,10 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
@@ -24,6 +26,8 @@ use crate::lifecycle::{StopSignal, install_signal_handler};
 use crate::runtime::{self, ExecutorSettings, RuntimeError, ShardChannels};
 use crate::server;
 use crate::shard::{Job, Shard};
+use crate::storage::OpenedFrom;
+use crate::types::ShardId;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,15 @@ pub enum StartError {
         shards: usize,
         io_memory: usize,
     },
+}
+
+/// The host as `sluice tune` and the start-up checks see it for this
+/// configuration: its data directory, shard cores and io_uring memory
+/// (shards x 3 rings x `io_memory_bytes`, as charged to memlock below).
+pub fn tuning_host(config: &Config) -> sluice_tune::Host {
+    let shards = config.shard_count();
+    let need = (shards * 3 * config.io_memory_bytes) as u64;
+    sluice_tune::Host::local(&config.data_dir, shards, need)
 }
 
 /// Check that io_uring is allowed and that the memlock limit covers the
@@ -130,10 +143,31 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
     Ok(f)
 }
 
+/// On shard 0: serve the metrics endpoint if `metrics_listen` is set. A
+/// port that cannot be bound is logged and the broker runs without metrics:
+/// losing observability must not take the data path down.
+fn start_metrics(shard: &Rc<Shard>, config: &Config, stop: &Arc<StopSignal>) {
+    let Ok(Some(addr)) = config.metrics_addr() else {
+        info!("metrics endpoint disabled (metrics_listen is empty)");
+        return;
+    };
+    match runtime::bind_exclusive(addr) {
+        Ok(listener) => runtime::spawn_detached(crate::metrics::http::serve(
+            shard.clone(),
+            listener,
+            stop.clone(),
+        )),
+        Err(e) => error!(%addr, error = %e, "cannot serve metrics: running without them"),
+    }
+}
+
 /// Run the broker until the process is stopped.
 pub fn run(mut config: Config) -> Result<(), StartError> {
     config.validate()?;
+    crate::metrics::http::mark_start();
     check_host(&config)?;
+    // Warnings only (reads of /proc and /sys): a badly tuned host is slower, not broken.
+    sluice_tune::log_startup_checks(&tuning_host(&config));
     let _lock = lock_data_dir(&config.data_dir)?;
     // Absolute from here on: glommio's directory calls fail (EBADF) on
     // relative paths such as the default `./data`.
@@ -142,6 +176,8 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+    // Before any partition opens: report (and consume) how the last run ended.
+    crate::lifecycle::take_broker_marker(&config.data_dir);
     let mut catalog = Catalog::load_or_create(&config.data_dir)?;
     crate::group::ensure_offsets_topic(&mut catalog, &config)?;
     let catalog = Arc::new(catalog);
@@ -163,6 +199,10 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
     let recovered = Arc::new(Barrier::new(shards));
     let stop = StopSignal::new();
     install_signal_handler(stop.clone());
+    let data_dir = config.data_dir.clone();
+    // Partitions closed cleanly / not, summed over shards at stop.
+    let closed = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let closed_all = closed.clone();
     let config = Arc::new(config);
     let settings = ExecutorSettings {
         shards,
@@ -177,6 +217,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
         let config = config.clone();
         let recovered = recovered.clone();
         let stop = stop.clone();
+        let closed = closed_all.clone();
         async move {
             // Startup only: each shard takes its own channel ends once.
             let mine = channels.lock().expect("channel table")[id.0]
@@ -192,12 +233,14 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                     None => None,
                 }
             }));
-            let receivers = futures::future::join_all(
-                mine.from
-                    .into_iter()
-                    .flatten()
-                    .map(runtime::connect_receiver),
-            );
+            let receivers =
+                futures::future::join_all(mine.from.into_iter().enumerate().filter_map(
+                    |(source, rx)| {
+                        rx.map(|rx| async move {
+                            (ShardId(source), runtime::connect_receiver(rx).await)
+                        })
+                    },
+                ));
             let (peers, receivers) = futures::future::join(senders, receivers).await;
             let shard = Shard::new(
                 id,
@@ -206,15 +249,32 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                 Arc::new(Catalog::default()),
                 peers,
             );
-            for rx in receivers {
-                shard.serve_peer(rx);
+            for (source, rx) in receivers {
+                shard.serve_peer(source, rx);
             }
             shard.remove_orphans_with(&catalog);
+            let opening = Instant::now();
             if let Err(e) = shard.apply_catalog(catalog.clone()).await {
                 error!(shard = %id, error = %e, "cannot open partitions");
                 std::process::exit(1);
             }
-            info!(shard = %id, partitions = shard.owned_partitions().len(), "partitions recovered");
+            let partitions = shard.owned_partitions();
+            let count = |how| {
+                partitions
+                    .iter()
+                    .filter(|(_, log)| log.opened_from() == how)
+                    .count()
+            };
+            info!(
+                shard = %id,
+                partitions = partitions.len(),
+                opened_clean = count(OpenedFrom::CleanShutdown),
+                recovered = count(OpenedFrom::Recovery),
+                created = count(OpenedFrom::Created),
+                elapsed_ms = opening.elapsed().as_millis() as u64,
+                "partitions recovered"
+            );
+            drop(partitions);
             // Committed offsets are served from memory: rebuild them first.
             if let Err(e) = shard.groups.load(&shard).await {
                 error!(shard = %id, error = %e, "cannot load committed offsets");
@@ -232,15 +292,30 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             };
             server::announce(&shard, &listener);
             if id.0 == 0 {
+                start_metrics(&shard, &config, &stop);
                 info!(addr = %config.listen, "sluice ready");
             }
             server::accept_loop(shard.clone(), listener, stop.clone()).await;
             server::drain(&shard, DRAIN_BOUND).await;
             stop.drained_barrier(shards, DRAIN_BOUND).await;
-            shard.close_all().await;
-            info!(shard = %id, "partitions flushed and closed");
+            let (ok, failed) = shard.close_all().await;
+            closed.0.fetch_add(ok, Ordering::SeqCst);
+            closed.1.fetch_add(failed, Ordering::SeqCst);
+            info!(shard = %id, closed = ok, failed, "partitions flushed and closed");
         }
     })?;
-    info!("sluice stopped cleanly");
+    let ok = closed.0.load(Ordering::SeqCst);
+    let failed = closed.1.load(Ordering::SeqCst);
+    if failed > 0 {
+        error!(
+            failed,
+            "some partitions did not close cleanly: the next start recovers them"
+        );
+        return Ok(());
+    }
+    match crate::lifecycle::write_broker_marker(&data_dir, ok) {
+        Ok(()) => info!(partitions = ok, "sluice stopped cleanly"),
+        Err(e) => error!(error = %e, "cannot write the clean-shutdown marker"),
+    }
     Ok(())
 }

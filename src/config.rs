@@ -63,6 +63,12 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "HOST:PORT",
     },
     Setting {
+        name: "metrics_listen",
+        description: "Address of the Prometheus endpoint (GET /metrics, served by shard 0); empty: no endpoint. If it cannot be bound the broker logs an error and runs without it",
+        default: "0.0.0.0:9644",
+        bounds: "HOST:PORT or empty",
+    },
+    Setting {
         name: "shards",
         description: "Number of shards (executor threads, one per core)",
         default: "number of available cores",
@@ -185,6 +191,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub advertised_listener: Option<String>,
+    /// Empty disables the endpoint; see [`Config::metrics_addr`].
+    pub metrics_listen: String,
     pub shards: Option<usize>,
     pub node_id: i32,
     pub auto_create_topics: bool,
@@ -212,6 +220,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             listen: "0.0.0.0:9092".parse().expect("static address"),
             advertised_listener: None,
+            metrics_listen: "0.0.0.0:9644".to_string(),
             shards: None,
             node_id: 0,
             auto_create_topics: true,
@@ -372,7 +381,21 @@ impl Config {
             "1..=group_max_session_timeout_ms",
         )?;
         self.advertised()?;
+        self.metrics_addr()?;
         Ok(())
+    }
+
+    /// The metrics endpoint's address, or None when `metrics_listen` is
+    /// empty (disabled).
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let s = self.metrics_listen.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            name: "metrics_listen",
+            reason: format!("`{s}` is not HOST:PORT (an IP address and a port) or empty"),
+        })
     }
 
     /// Number of shards to run.
@@ -430,12 +453,22 @@ impl Config {
 
     /// The defaults as a commented TOML document.
     pub fn defaults_toml() -> String {
-        let mut out = String::from("# Sluice configuration: every setting with its default.\n\n");
+        let values = toml::Value::try_from(Config::default()).expect("the defaults serialize");
+        let mut out = String::from(
+            "# Sluice configuration file: every setting with its description, default and\n\
+             # bounds. Printed by `sluice config --defaults`; load with `sluice serve --config`.\n\
+             # Flags given to `sluice serve` override this file.\n\n",
+        );
         for s in SETTINGS {
             out.push_str(&format!(
-                "# {}\n# default: {}; bounds: {}\n# {} = ...\n\n",
-                s.description, s.default, s.bounds, s.name
+                "# {}\n# default: {}; bounds: {}\n",
+                s.description, s.default, s.bounds
             ));
+            // Settings without a value by default (computed at start) stay commented out.
+            match values.get(s.name) {
+                Some(v) => out.push_str(&format!("{} = {}\n\n", s.name, v)),
+                None => out.push_str(&format!("# {} = \n\n", s.name)),
+            }
         }
         out
     }
@@ -465,6 +498,17 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_parses_or_disables() {
+        let on = Config::default().metrics_addr().unwrap();
+        assert_eq!(on, Some("0.0.0.0:9644".parse().unwrap()));
+        let off: Config = toml::from_str("metrics_listen = \"\"\n").unwrap();
+        assert_eq!(off.metrics_addr().unwrap(), None);
+        off.validate().unwrap();
+        let bad: Config = toml::from_str("metrics_listen = \"localhost\"\n").unwrap();
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn every_field_is_described() {
         let json = serde_json::to_value(Config::default()).unwrap();
         for key in json.as_object().unwrap().keys() {
@@ -472,6 +516,20 @@ mod tests {
                 SETTINGS.iter().any(|s| s.name == key),
                 "setting {key} lacks a description"
             );
+        }
+    }
+
+    #[test]
+    fn printed_defaults_load_back_as_the_defaults() {
+        let printed = Config::defaults_toml();
+        let parsed: Config = toml::from_str(&printed).expect("defaults TOML parses");
+        parsed.validate().unwrap();
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
+        for s in SETTINGS {
+            assert!(printed.contains(s.name), "{} is not printed", s.name);
         }
     }
 }

@@ -82,6 +82,16 @@ pub const GROUP_TICK_MS: u64 = 100;
 /// KIP-394 member ids handed out (MEMBER_ID_REQUIRED) and not yet used, per group.
 pub const GROUP_PENDING_MEMBERS_MAX: usize = 1000;
 
+// Metrics endpoint (src/metrics/).
+/// Largest HTTP request head a scrape may send.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// Longest a scrape connection may take to send its request head.
+pub const METRICS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest a scrape waits for every shard's snapshot before answering 503.
+pub const METRICS_SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Scrape connections served at once; more are closed at accept.
+pub const METRICS_CONNECTIONS_MAX: usize = 16;
+
 const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT < REQUEST_BYTES_MAX_DEFAULT);
 const _: () = assert!(PENDING_WRITE_BYTES_MAX > MESSAGE_BYTES_MAX_DEFAULT);
 const _: () = assert!(PRODUCER_BATCHES_KEPT > 0 && PRODUCER_BATCHES_KEPT <= u8::MAX as usize);

@@ -18,6 +18,8 @@
 //! - [`cluster`]: the topic catalog and producer id blocks (written by shard 0).
 //! - [`broker`], [`lifecycle`], [`config`]: startup checks, graceful stop,
 //!   settings with descriptions and bounds.
+//! - [`metrics`]: per-shard counters and histograms (no locks), merged and
+//!   served as Prometheus/OpenMetrics text by shard 0 on `metrics_listen`.
 //! - [`alloc`]: the allocator guard against hostile array lengths.
 //! - [`types`], [`constants`]: newtypes for ids and offsets; every limit.
 pub mod alloc;
@@ -28,6 +30,7 @@ pub mod config;
 pub mod constants;
 pub mod group;
 pub mod lifecycle;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod shard;

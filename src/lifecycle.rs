@@ -6,7 +6,18 @@
 //! accepting, lets in-flight requests finish (bounded), waits for the other
 //! shards to drain too, then flushes and closes its partitions. A second
 //! signal exits at once.
+//!
+//! # Clean-shutdown markers
+//! Each partition's `close` leaves its own marker (`storage::clean_shutdown`),
+//! which is what the next start trusts to skip the recovery scan. When
+//! every shard closed all its partitions without error, the main thread
+//! also writes `<data>/clean-shutdown` ([`write_broker_marker`]); the next
+//! start reads and removes it before any shard starts
+//! ([`take_broker_marker`]) and logs whether the previous shutdown was
+//! clean. The broker-wide file only reports; it is never trusted for data.
 
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -88,5 +99,97 @@ pub fn install_signal_handler(stop: Arc<StopSignal>) {
                 }
             })
             .expect("spawn signal thread");
+    }
+}
+
+/// Name of the broker-wide marker in the data directory.
+pub const BROKER_MARKER_FILE: &str = "clean-shutdown";
+/// First line of the broker-wide marker (the format, for humans and tools).
+const BROKER_MARKER_HEADER: &str = "sluice clean shutdown v1";
+
+/// How the previous run of the broker on this data directory ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviousShutdown {
+    /// No catalog yet: a new data directory.
+    FirstStart,
+    /// Every partition was closed cleanly (the broker-wide marker was there).
+    Clean,
+    /// Killed, crashed, or a partition failed to close: partitions without
+    /// their own marker are recovered by a scan.
+    NotClean,
+}
+
+/// At startup, before any shard opens a partition: read and remove
+/// `<data>/clean-shutdown` (durably, so a crash of this run is not taken
+/// for a clean stop), and log what it says. Blocking (main thread).
+pub fn take_broker_marker(data_dir: &Path) -> PreviousShutdown {
+    let path = data_dir.join(BROKER_MARKER_FILE);
+    let text = std::fs::read_to_string(&path).ok();
+    if text.is_some()
+        && let Err(e) = std::fs::remove_file(&path).and_then(|()| sync_dir_blocking(data_dir))
+    {
+        warn!(marker = %path.display(), error = %e, "cannot remove the clean-shutdown marker");
+    }
+    let first_start = !data_dir.join("__cluster").join("catalog.json").exists();
+    match text {
+        Some(t) if t.starts_with(BROKER_MARKER_HEADER) => {
+            let detail = t.lines().skip(1).collect::<Vec<_>>().join(" ");
+            info!(detail = %detail, "previous shutdown was clean");
+            PreviousShutdown::Clean
+        }
+        _ if first_start => {
+            info!("new data directory: no previous shutdown");
+            PreviousShutdown::FirstStart
+        }
+        _ => {
+            warn!("previous shutdown was not clean: partitions will be recovered");
+            PreviousShutdown::NotClean
+        }
+    }
+}
+
+/// After every shard closed all its partitions without error: write
+/// `<data>/clean-shutdown` (temporary file, fsync, rename, directory
+/// fsync). Blocking (main thread, after the shards stopped).
+pub fn write_broker_marker(data_dir: &Path, partitions: usize) -> std::io::Result<()> {
+    let path = data_dir.join(BROKER_MARKER_FILE);
+    let tmp = data_dir.join(format!("{BROKER_MARKER_FILE}.tmp"));
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let text = format!("{BROKER_MARKER_HEADER}\nat_ms={at_ms}\npartitions={partitions}\n");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    sync_dir_blocking(data_dir)?;
+    // Paired check: it reads back as written.
+    assert_eq!(std::fs::read_to_string(&path)?, text);
+    Ok(())
+}
+
+/// fsync a directory from a plain thread (no executor here).
+fn sync_dir_blocking(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_marker_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        assert_eq!(take_broker_marker(dir), PreviousShutdown::FirstStart);
+        std::fs::create_dir_all(dir.join("__cluster")).unwrap();
+        std::fs::write(dir.join("__cluster/catalog.json"), "{}").unwrap();
+        assert_eq!(take_broker_marker(dir), PreviousShutdown::NotClean);
+        write_broker_marker(dir, 3).unwrap();
+        assert_eq!(take_broker_marker(dir), PreviousShutdown::Clean);
+        // Taken: the next start after a crash is not clean.
+        assert!(!dir.join(BROKER_MARKER_FILE).exists());
+        assert_eq!(take_broker_marker(dir), PreviousShutdown::NotClean);
     }
 }

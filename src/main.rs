@@ -37,6 +37,39 @@ enum Command {
     Topic(sluice::cli::TopicCommand),
     /// List, describe and delete consumer groups; reset their committed offsets.
     Group(sluice::cli::GroupCommand),
+    /// Check this host's kernel settings for the broker, or apply the wanted ones (tuning/README.md).
+    Tune(TuneArgs),
+}
+
+/// `sluice tune --check` | `sluice tune --apply [--dry-run]`.
+///
+/// Exit status: `--check` exits 1 when a finding is at error level (the broker would not start
+/// here), or with `--strict` at warn level, and 0 otherwise; `--apply` exits 1 when a change
+/// failed (EACCES as non-root, EINVAL), after trying every other change.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["check", "apply"])))]
+struct TuneArgs {
+    /// Print every setting: tuner, setting, current value, wanted value, severity, note.
+    #[arg(long)]
+    check: bool,
+    /// Change what is not as wanted (needs root), printing the shell command of each change first.
+    #[arg(long)]
+    apply: bool,
+    /// With --apply: print the commands only, change nothing.
+    #[arg(long, requires = "apply")]
+    dry_run: bool,
+    /// With --check: exit 1 on warn-level findings too.
+    #[arg(long, requires = "check")]
+    strict: bool,
+    /// TOML configuration file of the broker; flags override it.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The broker's data directory; its disk is tuned [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The broker's shard count; shard cores are kept free of IRQs [default: cores].
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -53,6 +86,9 @@ struct ServeArgs {
     /// HOST:PORT advertised to clients [default: the listen address].
     #[arg(long)]
     advertised_listener: Option<String>,
+    /// Address of the Prometheus endpoint GET /metrics, or '' for none [default: 0.0.0.0:9644].
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Number of shards (one executor thread per core) [default: cores].
     #[arg(long)]
     shards: Option<usize>,
@@ -125,6 +161,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.advertised_listener {
         config.advertised_listener = Some(v);
     }
+    if let Some(v) = args.metrics_listen {
+        config.metrics_listen = v;
+    }
     if let Some(v) = args.shards {
         config.shards = Some(v);
     }
@@ -161,6 +200,56 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     sluice::broker::run(config).context("sluice could not start")
 }
 
+/// Runs `sluice tune`; see [`TuneArgs`] for the exit status.
+fn tune(args: TuneArgs) -> anyhow::Result<()> {
+    use sluice_tune::Severity;
+    use std::io::Write;
+    let mut config = match &args.config {
+        Some(p) => Config::from_file(p).with_context(|| format!("loading {}", p.display()))?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.shards {
+        config.shards = Some(v);
+    }
+    let host = sluice::broker::tuning_host(&config);
+    let tuners = sluice_tune::tuners::all();
+    let mut out = std::io::stdout().lock();
+    let failed = if args.apply {
+        let planned = sluice_tune::plan(&host, tuners.iter().map(|t| t.as_ref()));
+        if args.dry_run {
+            writeln!(
+                out,
+                "# sluice tune --apply --dry-run: nothing below was run"
+            )?;
+        }
+        if planned.is_empty() {
+            writeln!(out, "# nothing to change")?;
+        }
+        let failures = sluice_tune::apply(&host, &planned, args.dry_run, &mut out)?;
+        for f in &failures {
+            eprintln!("error: {}: {}", f.tuner, f.error);
+        }
+        !failures.is_empty()
+    } else {
+        let findings = sluice_tune::check_all(&host);
+        write!(out, "{}", sluice_tune::render_table(&findings))?;
+        let limit = if args.strict {
+            Severity::Warn
+        } else {
+            Severity::Error
+        };
+        findings.iter().any(|f| f.severity >= limit)
+    };
+    out.flush().context("writing to stdout")?;
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 /// Runs an admin command with stdout as its output. An operating error (broker unreachable,
 /// topic missing, ...) is printed alone, without the backtrace anyhow would add, and exits with
 /// status 1.
@@ -187,5 +276,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Topic(command) => run_admin(|out| sluice::cli::topic::run(&command, out)),
         Command::Group(command) => run_admin(|out| sluice::cli::group::run(&command, out)),
+        Command::Tune(args) => tune(args),
     }
 }

@@ -223,6 +223,37 @@ pub async fn write_file_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     file.close().await
 }
 
+/// Replace `path` atomically and durably with `data`: write
+/// `<path>.tmp`, fdatasync it, rename it over `path`, sync the directory.
+/// After a crash `path` holds either the old content (or nothing) or
+/// `data`, never a mix.
+pub async fn replace_file_durable(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_file_durable(&tmp, data).await?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir).await
+}
+
+/// Remove `path` if it exists and make the removal durable (directory
+/// sync). Returns whether there was a file.
+pub async fn remove_file_durable(path: &Path) -> io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?;
+    sync_dir(dir).await?;
+    Ok(true)
+}
+
 /// Make the directory entries of `dir` durable (after creating, renaming or
 /// removing files in it).
 pub async fn sync_dir(dir: &Path) -> io::Result<()> {

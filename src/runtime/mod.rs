@@ -78,6 +78,23 @@ pub fn bind_reuseport(addr: std::net::SocketAddr) -> std::io::Result<TcpListener
     TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
+/// Bind `addr` for one listener only (no SO_REUSEPORT, unlike
+/// [`bind_reuseport`]), so a second process on the same port is an error
+/// instead of a silent share. Used by the metrics endpoint.
+pub fn bind_exclusive(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Rebinding right after a restart is fine (TIME_WAIT); sharing is not.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    // SAFETY: the descriptor is a listening TCP socket we own; the listener
+    // takes ownership of it.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// A one-shot, cross-thread reply slot: the shard that asked awaits the
 /// receiver; the shard that owns the data completes the sender.
 pub use futures::channel::oneshot;

@@ -19,6 +19,7 @@
 //! format, as Kafka does, so clients can downgrade.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,7 +67,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
-    let (tx, rx) = runtime::local_channel::<runtime::Task<Reply>>(IN_FLIGHT_PER_CONNECTION_MAX);
+    let (tx, rx) = runtime::local_channel::<Queued>(IN_FLIGHT_PER_CONNECTION_MAX);
 
     let writer_task = runtime::spawn(write_loop(writer, rx));
     let read_result = read_loop(shard.clone(), reader, tx).await;
@@ -77,18 +78,24 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Err(ConnectionError::Io(e)) => {
             debug!(shard = %shard.id, %peer, error = %e, "connection closed")
         }
-        Err(e) => warn!(shard = %shard.id, %peer, reason = %e, "closing connection"),
+        Err(e) => {
+            crate::metrics::bad_input_close();
+            warn!(shard = %shard.id, %peer, reason = %e, "closing connection")
+        }
     }
 }
 
 async fn write_loop(
     mut writer: futures::io::WriteHalf<TcpStream>,
-    rx: runtime::LocalReceiver<runtime::Task<Reply>>,
+    rx: runtime::LocalReceiver<Queued>,
 ) -> Result<(), ConnectionError> {
-    while let Some(task) = rx.recv().await {
+    while let Some((in_flight, task)) = rx.recv().await {
         if let Some(frame) = task.await? {
             writer.write_all(&frame).await?;
+            crate::metrics::bytes_out(frame.len());
         }
+        // Answered: a graceful stop waits for this, not just the handler.
+        drop(in_flight);
     }
     let _ = writer.close().await;
     Ok(())
@@ -97,7 +104,7 @@ async fn write_loop(
 async fn read_loop(
     shard: Rc<Shard>,
     mut reader: futures::io::ReadHalf<TcpStream>,
-    tx: runtime::LocalSender<runtime::Task<Reply>>,
+    tx: runtime::LocalSender<Queued>,
 ) -> Result<(), ConnectionError> {
     let max = shard.config.max_request_bytes;
     loop {
@@ -113,13 +120,15 @@ async fn read_loop(
         }
         let mut frame = BytesMut::zeroed(len as usize);
         reader.read_exact(&mut frame).await?;
+        let started = Instant::now();
+        crate::metrics::bytes_in(4 + frame.len());
         if shard.stopping.get() {
             // Graceful stop: take no new requests; the client retries
             // elsewhere or after the restart.
             return Ok(());
         }
-        let task = start_request(shard.clone(), frame.freeze())?;
-        if tx.send(task).await.is_err() {
+        let task = start_request(shard.clone(), frame.freeze(), started)?;
+        if tx.send((InFlight::new(shard.clone()), task)).await.is_err() {
             // The writer stopped (socket error): stop reading.
             return Ok(());
         }
@@ -127,9 +136,12 @@ async fn read_loop(
 }
 
 /// Decode the header, check the API and version, and start the handler.
+/// `started` is when the frame had been read: the request's latency runs
+/// from there to its response encoded.
 fn start_request(
     shard: Rc<Shard>,
     mut frame: Bytes,
+    started: Instant,
 ) -> Result<runtime::Task<Reply>, ConnectionError> {
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -148,6 +160,7 @@ fn start_request(
                 correlation_id,
                 &ResponseKind::ApiVersions(body),
             )?;
+            crate::metrics::request_done(raw_key, started);
             return Ok(runtime::spawn(async move { Ok(Some(frame)) }));
         }
         return Err(ConnectionError::UnsupportedVersion { key, version });
@@ -167,15 +180,20 @@ fn start_request(
         version,
         header,
     };
-    let in_flight = InFlight::new(ctx.shard.clone());
     Ok(runtime::spawn(async move {
         let response = handlers::dispatch(&ctx, request).await;
-        drop(in_flight);
         let response = response.map_err(|e| ConnectionError::Handler(e.to_string()))?;
-        match response {
-            Some(body) => encode_response(key, version, ctx.header.correlation_id, &body).map(Some),
-            None => Ok(None),
-        }
+        let frame = match response {
+            Some(body) => Some(encode_response(
+                key,
+                version,
+                ctx.header.correlation_id,
+                &body,
+            )?),
+            None => None,
+        };
+        crate::metrics::request_done(raw_key, started);
+        Ok(frame)
     }))
 }
 
@@ -199,8 +217,14 @@ pub fn encode_response(
     Ok(out.freeze())
 }
 
-/// Counts a request in `Shard::in_flight` for as long as it lives, even if
-/// its task is cancelled.
+/// A request on its way to the writer: counted in `Shard::in_flight` until
+/// its response is written.
+type Queued = (InFlight, runtime::Task<Reply>);
+
+/// Counts a request in `Shard::in_flight` from when its handler starts
+/// until its response is written to the socket, even if its task is
+/// cancelled: a graceful stop waits until requests are answered, not just
+/// handled.
 struct InFlight(Rc<Shard>);
 
 impl InFlight {

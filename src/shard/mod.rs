@@ -77,6 +77,7 @@ impl Shard {
         catalog: Arc<Catalog>,
         peers: Vec<Option<ShardSender<Job>>>,
     ) -> Rc<Self> {
+        crate::metrics::init(count);
         let groups = crate::group::GroupCoordinator::new(&config);
         let every = std::time::Duration::from_millis(config.retention_check_interval_ms);
         let shard = Rc::new_cyclic(|w| Shard {
@@ -102,13 +103,14 @@ impl Shard {
         self.self_ref.upgrade().expect("shard is alive")
     }
 
-    /// Serve jobs sent by other shards: each runs as its own task, in arrival
-    /// order, so the loop never blocks and shards cannot deadlock on full
-    /// channels.
-    pub fn serve_peer(self: &Rc<Self>, rx: ShardReceiver<Job>) {
+    /// Serve jobs sent by shard `source`: each runs as its own task, in
+    /// arrival order, so the loop never blocks and shards cannot deadlock on
+    /// full channels.
+    pub fn serve_peer(self: &Rc<Self>, source: ShardId, rx: ShardReceiver<Job>) {
         let shard = self.clone();
         runtime::spawn_detached(async move {
             while let Some(job) = rx.recv().await {
+                crate::metrics::cross_shard_received(source.0);
                 runtime::spawn_detached(job(shard.clone()));
             }
         });
@@ -140,6 +142,9 @@ impl Shard {
         let sender = self.peers[target.0]
             .as_ref()
             .ok_or(ShardError::Unreachable(target))?;
+        // Outstanding (the target's queue depth as seen from here) until
+        // the reply arrives or the send fails.
+        let _outstanding = crate::metrics::cross_shard_sent(target.0);
         if sender.send(job).await.is_err() {
             return Err(ShardError::Unreachable(target));
         }
@@ -291,14 +296,22 @@ impl Shard {
         }
     }
 
-    /// Close every partition (flush, seal) for a clean stop.
-    pub async fn close_all(&self) {
+    /// Close every partition (flush, seal, clean-shutdown marker) for a
+    /// clean stop. Returns how many closed cleanly and how many failed (a
+    /// failed one has no marker and is recovered at the next start).
+    pub async fn close_all(&self) -> (usize, usize) {
         let parts: Vec<_> = self.partitions.borrow_mut().drain().collect();
+        let (mut closed, mut failed) = (0, 0);
         for (tp, log) in parts {
-            if let Err(e) = log.close().await {
-                warn!(shard = %self.id, partition = %tp, error = %e, "close failed");
+            match log.close().await {
+                Ok(()) => closed += 1,
+                Err(e) => {
+                    failed += 1;
+                    warn!(shard = %self.id, partition = %tp, error = %e, "close failed");
+                }
             }
         }
+        (closed, failed)
     }
 }
 

@@ -198,6 +198,41 @@ impl Indexer {
         }
     }
 
+    /// Continue building the indexes of a segment sealed by a clean close
+    /// and reopened as the active segment: `offsets` and `times` are its
+    /// index files (checked valid by the caller), `size` its length,
+    /// `max_timestamp` its max with the base offset of that batch. The
+    /// next offset entry comes `interval_bytes` after the last one, as if
+    /// the segment had never been closed. The sealed time index may end
+    /// with the final max entry sealing adds; keeping it is harmless (it is
+    /// a true entry) and the next time entry comes after `interval_bytes`
+    /// more bytes.
+    pub fn resume(
+        base_offset: i64,
+        interval_bytes: u32,
+        offsets: Vec<u8>,
+        times: Vec<u8>,
+        size: u64,
+        max_timestamp: Option<(i64, i64)>,
+    ) -> Self {
+        let n = offset_entry_count(&offsets);
+        let last_indexed = if n == 0 {
+            0
+        } else {
+            u64::from(offset_entry(&offsets, n - 1).1)
+        };
+        assert!(last_indexed <= size, "index entry past the segment end");
+        Indexer {
+            base_offset,
+            interval_bytes,
+            offsets,
+            times,
+            bytes_since_offset_entry: size - last_indexed,
+            bytes_since_time_entry: 0,
+            max_timestamp,
+        }
+    }
+
     /// Record the batch `h` (already carrying its assigned base offset) at
     /// byte position `pos` of the segment.
     pub fn on_batch(&mut self, h: &BatchHeader, pos: u64, size: usize) {

@@ -52,6 +52,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use tracing::{debug, warn};
 
 use super::batch::{self, BatchHeader};
+use super::clean_shutdown::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use super::error::{IoContext, StorageError};
 use super::index::{self, IndexBytes, Indexer};
 use super::producer_state::{ProducerStateTable, Verdict, snapshot_file_name};
@@ -142,6 +143,31 @@ pub struct AppendInfo {
     pub log_start_offset: Offset,
     /// The append time written into the batches under LogAppendTime, else -1.
     pub log_append_time_ms: i64,
+}
+
+/// How [`PartitionLog::open`] found the partition's last segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenedFrom {
+    /// A valid clean-shutdown marker: the last segment was opened from its
+    /// index files and the producer snapshot at the log end, without a
+    /// scan or replay.
+    CleanShutdown,
+    /// Full recovery: the last segment was scanned batch by batch.
+    Recovery,
+    /// A new partition: the directory had no segment.
+    Created,
+}
+
+/// What tests compare of one segment's in-memory state.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SegmentSummary {
+    pub base: i64,
+    pub size: u64,
+    pub next_offset: i64,
+    pub offsets: Vec<u8>,
+    pub times: Vec<u8>,
+    pub max_timestamp: Option<(i64, i64)>,
 }
 
 /// One producer's state in a partition, for DescribeProducers.
@@ -260,6 +286,8 @@ pub struct PartitionLog {
     /// The flusher exited.
     done_notify: Notify,
     closed: Cell<bool>,
+    /// Whether open trusted a clean-shutdown marker or recovered.
+    opened_from: OpenedFrom,
     /// Serialises log start moves and segment removal (retention,
     /// DeleteRecords).
     admin_lock: futures::lock::Mutex<()>,
@@ -298,6 +326,7 @@ pub(super) struct Recovered {
     pub active_preallocated: u64,
     /// Producer state as of `log_end` (snapshot + replay).
     pub producers: ProducerStateTable,
+    pub opened_from: OpenedFrom,
 }
 
 fn align_down(v: u64, a: u64) -> u64 {
@@ -309,10 +338,14 @@ fn align_up(v: u64, a: u64) -> u64 {
 }
 
 impl PartitionLog {
-    /// Open (creating the directory if absent) and recover: scan the last
+    /// Open (creating the directory if absent) and recover. After a clean
+    /// close (a valid `clean-shutdown` marker that agrees with the files)
+    /// the last segment is opened from its index files and the producer
+    /// snapshot at the log end, without a scan. Otherwise: scan the last
     /// segment batch by batch (length + CRC), truncate a torn or corrupt
     /// tail (logging a warning with what was cut), rebuild missing or
-    /// damaged index files of sealed segments, restore the log end offset;
+    /// damaged index files of sealed segments, restore the log end offset.
+    /// Either way the marker is removed (durably) before this returns, and
     /// the high watermark starts at the log end offset. Spawns the
     /// partition's flusher task on the current shard.
     ///
@@ -377,6 +410,7 @@ impl PartitionLog {
             room_notify: Notify::new(),
             done_notify: Notify::new(),
             closed: Cell::new(false),
+            opened_from: rec.opened_from,
             admin_lock: futures::lock::Mutex::new(()),
         });
         crate::runtime::spawn_detached(flusher(Rc::downgrade(&log), writer));
@@ -385,6 +419,31 @@ impl PartitionLog {
 
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// Whether this open trusted the clean-shutdown marker (no scan) or ran
+    /// the full recovery.
+    pub fn opened_from(&self) -> OpenedFrom {
+        self.opened_from
+    }
+
+    /// Per segment: base, size, next offset, offset index, time index as
+    /// sealed, visible max timestamp (tests compare the two open paths).
+    #[cfg(test)]
+    pub(super) fn segment_summaries(&self) -> Vec<SegmentSummary> {
+        self.state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| SegmentSummary {
+                base: s.base_offset,
+                size: s.size,
+                next_offset: s.next_offset,
+                offsets: s.offsets_index().to_vec(),
+                times: s.time_index_snapshot(),
+                max_timestamp: s.visible_max_timestamp,
+            })
+            .collect()
     }
 
     /// First offset not yet visible to consumers.
@@ -1081,8 +1140,10 @@ impl PartitionLog {
     }
 
     /// Flush everything, fdatasync, seal the active segment (truncate it to
-    /// its size, write its index files), stop the flusher. Later calls get
-    /// `Closed`. Idempotent.
+    /// its size, write its index files), write the producer snapshot at the
+    /// log end, and, if all of that succeeded, the clean-shutdown marker
+    /// (see `clean_shutdown`); stop the flusher. Later calls get `Closed`.
+    /// Idempotent.
     pub async fn close(&self) -> Result<(), StorageError> {
         self.state.borrow_mut().closing = true;
         self.work_notify.notify_all();
@@ -1201,10 +1262,12 @@ impl PartitionLog {
     }
 
     async fn sync(&self, w: &mut Writer) -> Result<(), StorageError> {
+        let started = Instant::now();
         w.file
             .fdatasync()
             .await
             .ctx(|| format!("fdatasync {}", w.file.path().display()))?;
+        crate::metrics::fsync_done(started.elapsed());
         w.dirty = false;
         w.last_sync = Instant::now();
         Ok(())
@@ -1362,6 +1425,40 @@ impl PartitionLog {
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
         recovery::remove_stale_snapshots(&self.dir, log_end);
+        // Last: everything the marker vouches for is durable by now.
+        let marker = {
+            let st = self.state.borrow();
+            let seg = st
+                .segments
+                .last()
+                .expect("a log always has an active segment");
+            assert_eq!(
+                seg.base_offset, w.segment_base,
+                "the writer's segment is the last"
+            );
+            assert_eq!(seg.size, w.written);
+            assert_eq!(seg.next_offset, log_end);
+            CleanShutdown {
+                segment_base: seg.base_offset,
+                segment_bytes: seg.size,
+                log_end,
+                max_timestamp: seg.visible_max_timestamp,
+            }
+        };
+        let path = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        let bytes = marker.encode();
+        file::replace_file_durable(&path, &bytes)
+            .await
+            .ctx(|| format!("writing {}", path.display()))?;
+        // Paired check: the marker reads back as written.
+        let back = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        assert_eq!(
+            CleanShutdown::decode(&back).ok(),
+            Some(marker),
+            "clean-shutdown marker {} does not read back",
+            path.display()
+        );
+        debug!(dir = %self.dir.display(), log_end, "wrote the clean-shutdown marker");
         Ok(())
     }
 

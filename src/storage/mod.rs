@@ -20,6 +20,9 @@
 //! - `<offset>.snapshot`: idempotent-producer state covering the batches
 //!   below `offset`, written when a segment is sealed and at close
 //!   ([`producer_state`]).
+//! - `clean-shutdown`: written last by a clean close and removed by the
+//!   next open before it accepts appends; lets that open trust the last
+//!   segment without scanning it ([`clean_shutdown`]).
 //! - `log-start-offset`: the log start offset in decimal, written (temporary
 //!   file, fdatasync, rename, directory sync) when DeleteRecords moves the
 //!   start inside a segment. Without it, the log start is the first
@@ -35,12 +38,14 @@
 //! - [`index`]: sparse offset and time indexes (same bytes in memory and on disk).
 //! - [`segment`]: segment file names, per-segment state, the batch scanner.
 //! - [`recovery`]: opening a directory after a clean shutdown or a crash.
+//! - [`clean_shutdown`]: the marker a clean close leaves for the next open.
 //! - [`log`]: [`PartitionLog`], the write path (group commit), reads, close.
 //! - [`producer_state`]: idempotent producers' epochs and last batches per
 //!   partition, and its snapshot files (`<offset>.snapshot`).
 //! - [`error`]: [`StorageError`] and its Kafka error codes.
 
 pub mod batch;
+pub mod clean_shutdown;
 pub mod error;
 pub mod index;
 pub mod log;
@@ -52,4 +57,6 @@ pub mod segment;
 mod tests;
 
 pub use error::StorageError;
-pub use log::{AppendInfo, FetchData, FlushPolicy, LogConfig, PartitionLog, ProducerInfo};
+pub use log::{
+    AppendInfo, FetchData, FlushPolicy, LogConfig, OpenedFrom, PartitionLog, ProducerInfo,
+};

@@ -1,5 +1,16 @@
 //! Opening a partition directory after a clean shutdown or a crash.
 //!
+//! - Clean-shutdown marker (`clean_shutdown`): read and removed first, the
+//!   removal made durable before anything else, so it serves one open only.
+//!   If it decodes and agrees with the files (it names the last segment,
+//!   whose file has exactly the recorded size; that segment's index files
+//!   are valid and end with the recorded max timestamp; the newest producer
+//!   snapshot is at the recorded log end; the batches after the last index
+//!   entry, at most one index interval plus a batch, check out and end
+//!   exactly at the log end), the last segment is opened like a sealed one:
+//!   indexes from its files, producer state from the snapshot, no scan and
+//!   no replay. Anything else is logged with the reason and the partition
+//!   is recovered as below.
 //! - Sealed segments (all but the last): their index files are checked
 //!   (whole entries, monotonic, inside the log, below the next segment's
 //!   base). Missing or damaged ones are rebuilt by scanning the segment,
@@ -23,12 +34,13 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::batch::BatchHeader;
+use super::clean_shutdown::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use super::error::{IoContext, StorageError};
-use super::index::{self, IndexBytes};
-use super::log::{LogConfig, Recovered};
+use super::index::{self, IndexBytes, Indexer};
+use super::log::{LogConfig, OpenedFrom, Recovered};
 use super::producer_state::{ProducerStateTable, parse_snapshot_file_name, snapshot_file_name};
 use super::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, ScanStop, Scanner, Segment, SegmentIndex, TIME_INDEX_SUFFIX,
@@ -51,7 +63,8 @@ pub(super) async fn recover(
         .filter_map(|e| e.file_name().to_str().and_then(parse_segment_file_name))
         .collect();
     bases.sort_unstable();
-    if bases.is_empty() {
+    let created = bases.is_empty();
+    if created {
         let path = segment_path(dir, 0, LOG_SUFFIX);
         let f = SegmentFile::open_rw(&path, true)
             .await
@@ -69,6 +82,7 @@ pub(super) async fn recover(
         }
         bases.push(0);
     }
+    let marker = take_marker(dir, created).await?;
     let (from, mut producers) = load_newest_snapshot(dir).unwrap_or_default();
     let mut segments = Vec::with_capacity(bases.len());
     for w in bases.windows(2) {
@@ -79,13 +93,32 @@ pub(super) async fn recover(
         segments.push(seg);
     }
     let last = *bases.last().expect("at least one segment");
-    let mut on_batch = |h: &BatchHeader| {
-        if h.producer_id >= 0 && h.base_offset >= from {
-            producers.update(h);
+    let mut opened = None;
+    if let Some(m) = marker {
+        match open_active_clean(dir, last, &m, from, cfg, preallocate_step).await? {
+            Ok(parts) => opened = Some(parts),
+            Err(why) => info!(dir = %dir.display(), reason = %why,
+                "clean-shutdown marker does not match the files: running full recovery"),
+        }
+    }
+    let opened_from = if created {
+        OpenedFrom::Created
+    } else if opened.is_some() {
+        OpenedFrom::CleanShutdown
+    } else {
+        OpenedFrom::Recovery
+    };
+    let (active, file, tail_block, preallocated) = match opened {
+        Some(parts) => parts,
+        None => {
+            let mut on_batch = |h: &BatchHeader| {
+                if h.producer_id >= 0 && h.base_offset >= from {
+                    producers.update(h);
+                }
+            };
+            recover_active(dir, last, cfg, preallocate_step, &mut on_batch).await?
         }
     };
-    let (active, file, tail_block, preallocated) =
-        recover_active(dir, last, cfg, preallocate_step, &mut on_batch).await?;
     let log_end = active.next_offset;
     let written = active.size;
     if from > log_end {
@@ -108,7 +141,169 @@ pub(super) async fn recover(
         active_tail_block: tail_block,
         active_preallocated: preallocated,
         producers,
+        opened_from,
     })
+}
+
+/// Read and remove the clean-shutdown marker, durably, before the log can
+/// take any append: after this, a crash leads to a full recovery. Returns
+/// the marker if one was there and decodes (a damaged one is logged).
+/// `created`: the directory had no segment (a new partition: a missing
+/// marker is expected and not logged).
+async fn take_marker(dir: &Path, created: bool) -> Result<Option<CleanShutdown>, StorageError> {
+    let path = dir.join(CLEAN_SHUTDOWN_FILE);
+    // A temporary file left by a close that crashed before its rename.
+    let _ = std::fs::remove_file(dir.join(format!("{CLEAN_SHUTDOWN_FILE}.tmp")));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !created {
+                info!(dir = %dir.display(), "no clean-shutdown marker: running full recovery");
+            }
+            return Ok(None);
+        }
+        Err(e) => {
+            warn!(marker = %path.display(), error = %e,
+                "cannot read the clean-shutdown marker: running full recovery");
+            Vec::new()
+        }
+    };
+    file::remove_file_durable(&path)
+        .await
+        .ctx(|| format!("removing {}", path.display()))?;
+    assert!(
+        !path.exists(),
+        "the clean-shutdown marker must be gone before the log opens"
+    );
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    match CleanShutdown::decode(&bytes) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => {
+            warn!(marker = %path.display(), error = %e,
+                "damaged clean-shutdown marker: running full recovery");
+            Ok(None)
+        }
+    }
+}
+
+/// The active segment, its open file, its partial last block and its
+/// preallocated size (what [`recover_active`] returns).
+type ActiveParts = (Segment, Rc<SegmentFile>, Vec<u8>, u64);
+
+/// Open the last segment as a clean close left it, trusting `m` after
+/// checking it against the files; `Ok(Err(reason))` if they disagree (the
+/// caller then runs [`recover_active`]). `snapshot_at` is the offset of the
+/// newest valid producer snapshot (0 if none). Reads the index files and at
+/// most one index interval plus one batch of the segment.
+async fn open_active_clean(
+    dir: &Path,
+    base: i64,
+    m: &CleanShutdown,
+    snapshot_at: i64,
+    cfg: &LogConfig,
+    preallocate_step: u64,
+) -> Result<Result<ActiveParts, String>, StorageError> {
+    if m.segment_base != base {
+        return Ok(Err(format!(
+            "marker names segment {} but the last segment is {base}",
+            m.segment_base
+        )));
+    }
+    let path = segment_path(dir, base, LOG_SUFFIX);
+    let len = std::fs::metadata(&path)
+        .ctx(|| format!("stat {}", path.display()))?
+        .len();
+    if len != m.segment_bytes {
+        return Ok(Err(format!(
+            "segment is {len} bytes, the marker says {}",
+            m.segment_bytes
+        )));
+    }
+    if snapshot_at != m.log_end {
+        return Ok(Err(format!(
+            "newest producer snapshot is at {snapshot_at}, the log end is {}",
+            m.log_end
+        )));
+    }
+    let rel_end = (m.log_end - base) as u64;
+    let (Ok(offsets), Ok(times)) = (
+        std::fs::read(segment_path(dir, base, INDEX_SUFFIX)),
+        std::fs::read(segment_path(dir, base, TIME_INDEX_SUFFIX)),
+    ) else {
+        return Ok(Err("index files missing".into()));
+    };
+    if !index::offset_index_is_valid(&offsets, len, rel_end.max(1))
+        || !index::time_index_is_valid(&times, rel_end.max(1), len == 0)
+    {
+        return Ok(Err("index files damaged".into()));
+    }
+    let n = index::time_entry_count(&times);
+    let last_time = (n > 0).then(|| {
+        let (ts, rel) = index::time_entry(&times, n - 1);
+        (ts, base + i64::from(rel))
+    });
+    if last_time != m.max_timestamp {
+        return Ok(Err(format!(
+            "time index ends with {last_time:?}, the marker says {:?}",
+            m.max_timestamp
+        )));
+    }
+    let f = Rc::new(
+        SegmentFile::open_rw(&path, false)
+            .await
+            .ctx(|| format!("opening {}", path.display()))?,
+    );
+    // Trust, but read the few batches after the last index entry: they
+    // must be valid and end exactly at the recorded size and log end.
+    let (from_offset, from_pos) =
+        index::offset_entry_count(&offsets)
+            .checked_sub(1)
+            .map_or((base, 0), |i| {
+                let (rel, pos) = index::offset_entry(&offsets, i);
+                (base + i64::from(rel), u64::from(pos))
+            });
+    let mut sc = Scanner::new(f.clone(), from_pos, len, REPLAY_CHUNK_BYTES, true);
+    let mut next = from_offset;
+    while let Some((pos, h, _)) = sc.next().await? {
+        if (pos == from_pos && h.base_offset != from_offset) || h.base_offset < next {
+            return Ok(Err(format!(
+                "batch at {pos} has base offset {}, expected {next}",
+                h.base_offset
+            )));
+        }
+        next = h.next_offset();
+    }
+    if sc.stop_reason() != Some(&ScanStop::End) || (len > 0 && next != m.log_end) {
+        return Ok(Err(format!(
+            "the last batches end at offset {next} ({:?}), the marker says {}",
+            sc.stop_reason(),
+            m.log_end
+        )));
+    }
+    let (tail_block, preallocated) = prepare_for_appends(&f, len, preallocate_step).await?;
+    debug!(segment = %path.display(), bytes = len, next_offset = m.log_end,
+        "opened active segment from the clean-shutdown marker (no scan)");
+    let indexer = Indexer::resume(
+        base,
+        cfg.index_interval_bytes,
+        offsets,
+        times,
+        len,
+        m.max_timestamp,
+    );
+    let seg = Segment {
+        base_offset: base,
+        file: Some(f.clone()),
+        size: len,
+        visible_size: len,
+        next_offset: m.log_end,
+        visible_max_timestamp: m.max_timestamp,
+        index: SegmentIndex::Building(indexer),
+        created: Instant::now(),
+    };
+    Ok(Ok((seg, f, tail_block, preallocated)))
 }
 
 /// Wall-clock milliseconds since the Unix epoch (producer expiry compares
@@ -374,26 +569,7 @@ async fn recover_active(
             .await
             .ctx(|| format!("fdatasync {}", path.display()))?;
     }
-    let align = f.alignment();
-    let block_start = res.end - res.end % align;
-    let tail_block = if block_start < res.end {
-        let b = f
-            .read_at(block_start, (res.end - block_start) as usize)
-            .await
-            .ctx(|| format!("reading {}", path.display()))?;
-        assert_eq!(
-            b.len() as u64,
-            res.end - block_start,
-            "short read of the last block"
-        );
-        b.to_vec()
-    } else {
-        Vec::new()
-    };
-    let preallocated = (res.end / preallocate_step + 1) * preallocate_step;
-    f.pre_allocate(preallocated)
-        .await
-        .ctx(|| format!("preallocating {}", path.display()))?;
+    let (tail_block, preallocated) = prepare_for_appends(&f, res.end, preallocate_step).await?;
     let seg = Segment {
         base_offset: base,
         file: Some(f.clone()),
@@ -405,4 +581,36 @@ async fn recover_active(
         created: Instant::now(),
     };
     Ok((seg, f, tail_block, preallocated))
+}
+
+/// Make the active segment ready for the flusher, whose logical end is
+/// `end`: read the partial last block (direct-I/O writes rewrite it whole)
+/// and preallocate past the end. Returns that block and the preallocated
+/// size.
+async fn prepare_for_appends(
+    f: &SegmentFile,
+    end: u64,
+    preallocate_step: u64,
+) -> Result<(Vec<u8>, u64), StorageError> {
+    let align = f.alignment();
+    let block_start = end - end % align;
+    let tail_block = if block_start < end {
+        let b = f
+            .read_at(block_start, (end - block_start) as usize)
+            .await
+            .ctx(|| format!("reading {}", f.path().display()))?;
+        assert_eq!(
+            b.len() as u64,
+            end - block_start,
+            "short read of the last block"
+        );
+        b.to_vec()
+    } else {
+        Vec::new()
+    };
+    let preallocated = (end / preallocate_step + 1) * preallocate_step;
+    f.pre_allocate(preallocated)
+        .await
+        .ctx(|| format!("preallocating {}", f.path().display()))?;
+    Ok((tail_block, preallocated))
 }

@@ -1088,3 +1088,306 @@ fn log_append_time_rewrites_header() {
         log.close().await.unwrap();
     });
 }
+
+// ---- clean-shutdown marker ----
+
+use super::clean_shutdown::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
+use super::log::SegmentSummary;
+
+/// Everything a reader can observe of a log, to compare the two open paths.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    log_end: Offset,
+    high_watermark: Offset,
+    records: Vec<(i64, i64, Option<Bytes>)>,
+    segments: Vec<SegmentSummary>,
+    producers: Vec<ProducerInfo>,
+    max_timestamp: Option<(Offset, i64)>,
+}
+
+/// Every visible record as (offset, timestamp, value), checking offsets
+/// are contiguous from 0.
+async fn read_records(log: &PartitionLog) -> Vec<(i64, i64, Option<Bytes>)> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    let hw = log.high_watermark().0;
+    for _ in 0..100_000 {
+        if next >= hw {
+            break;
+        }
+        let d = log.read(Offset(next), 700).await.unwrap();
+        let mut b = d.records.clone();
+        for set in RecordBatchDecoder::decode_all(&mut b).unwrap() {
+            for r in set.records {
+                if r.offset >= next {
+                    assert_eq!(r.offset, next, "records not contiguous");
+                    out.push((r.offset, r.timestamp, r.value));
+                    next += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(next, hw, "read everything below the high watermark");
+    out
+}
+
+async fn observe(log: &PartitionLog) -> Observed {
+    Observed {
+        log_end: log.log_end_offset(),
+        high_watermark: log.high_watermark(),
+        records: read_records(log).await,
+        segments: log.segment_summaries(),
+        producers: log.producers(),
+        max_timestamp: log.max_timestamp().await.unwrap(),
+    }
+}
+
+/// Several segments, plain and idempotent batches; returns the idempotent
+/// batches sent with their base offsets.
+async fn fill(log: &PartitionLog, rounds: i32, seq0: i32) -> Vec<(Bytes, Offset)> {
+    let ts = now_ms();
+    let mut sent = Vec::new();
+    for i in 0..rounds {
+        append_durable(log, 3, ts + i64::from(i), 60).await;
+        let b = encode_idempotent(77, 0, seq0 + i * 2, 2, ts + i64::from(i));
+        let info = produce(log, b.clone()).await.unwrap();
+        sent.push((b, info.base_offset));
+    }
+    sent
+}
+
+fn marker_path(dir: &Path) -> PathBuf {
+    dir.join(CLEAN_SHUTDOWN_FILE)
+}
+
+async fn crash(log: Rc<PartitionLog>) {
+    drop(log);
+    crate::runtime::sleep(Duration::from_millis(10)).await;
+}
+
+/// A clean close leaves a marker; the next open takes the marker path, sees
+/// exactly what a full recovery of the same files sees (offsets, high
+/// watermark, data, indexes, producer state), and removes the marker.
+#[test]
+fn clean_close_then_open_skips_recovery_and_matches_it() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.opened_from(), OpenedFrom::Created);
+        let sent = fill(&log, 40, 0).await;
+        assert!(log_files(&dir).len() > 3, "expected several segments");
+        let before = observe(&log).await;
+        log.close().await.unwrap();
+        let m = CleanShutdown::decode(&std::fs::read(marker_path(&dir)).unwrap()).unwrap();
+        assert_eq!(m.log_end, before.log_end.0);
+        assert_eq!(m.segment_base, before.segments.last().unwrap().base);
+
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.opened_from(), OpenedFrom::CleanShutdown);
+        assert!(!marker_path(&dir).exists(), "the marker is removed at open");
+        let clean = observe(&log).await;
+        assert_eq!(clean, before);
+        // No appends, then a crash: the next open recovers the same files.
+        crash(log).await;
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.opened_from(), OpenedFrom::Recovery);
+        assert_eq!(observe(&log).await, clean);
+        // Producer state works as before: the last five are duplicates.
+        for (b, base) in sent.iter().rev().take(5) {
+            assert_eq!(log.append(b.clone()).await.unwrap().base_offset, *base);
+        }
+        assert_eq!(log.log_end_offset(), before.log_end);
+        log.close().await.unwrap();
+    });
+}
+
+/// An empty partition closes and reopens through the marker too.
+#[test]
+fn empty_log_clean_close_and_open() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.opened_from(), OpenedFrom::CleanShutdown);
+        assert_eq!(log.log_end_offset(), Offset(0));
+        append_durable(&log, 2, 5, 10).await;
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.opened_from(), OpenedFrom::CleanShutdown);
+        assert_eq!(read_records(&log).await.len(), 2);
+        log.close().await.unwrap();
+    });
+}
+
+/// After a clean open, appends continue the segment (same file, indexes
+/// resumed); a crash then recovers everything, and a clean close after a
+/// crash-free run is trusted again.
+#[test]
+fn appends_after_clean_open_then_crash_are_recovered() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        fill(&log, 10, 0).await;
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.opened_from(), OpenedFrom::CleanShutdown);
+        // Within the active segment, then across rolls.
+        let sent = fill(&log, 30, 20).await;
+        let before = observe(&log).await;
+        assert_eq!(before.records.len() as i64, before.log_end.0);
+        crash(log).await;
+        assert!(!marker_path(&dir).exists());
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.opened_from(), OpenedFrom::Recovery);
+        let after = observe(&log).await;
+        assert_eq!(after.records, before.records);
+        assert_eq!(after.log_end, before.log_end);
+        assert_eq!(after.producers, before.producers);
+        for (b, base) in sent.iter().rev().take(5) {
+            assert_eq!(log.append(b.clone()).await.unwrap().base_offset, *base);
+        }
+        // A clean open with appends and a clean close: trusted again.
+        fill(&log, 3, 80).await;
+        let before = observe(&log).await;
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.opened_from(), OpenedFrom::CleanShutdown);
+        assert_eq!(observe(&log).await, before);
+        log.close().await.unwrap();
+    });
+}
+
+/// A marker that is damaged or disagrees with the files is ignored (and
+/// removed) and the partition is recovered by the scan, losing nothing.
+#[test]
+fn bad_or_stale_marker_falls_back_to_full_recovery() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        fill(&log, 30, 0).await;
+        let expected = read_records(&log).await;
+        log.close().await.unwrap();
+        let variants = [
+            "flipped byte",
+            "truncated marker",
+            "wrong size",
+            "wrong log end",
+            "segment grown",
+            "index missing",
+            "time index damaged",
+            "snapshot missing",
+            "last batch corrupt",
+        ];
+        for variant in variants {
+            let m_path = marker_path(&dir);
+            let m = CleanShutdown::decode(&std::fs::read(&m_path).unwrap()).unwrap();
+            let seg = segment_path(&dir, m.segment_base, LOG_SUFFIX);
+            match variant {
+                "flipped byte" => {
+                    let mut b = std::fs::read(&m_path).unwrap();
+                    b[10] ^= 0x40;
+                    std::fs::write(&m_path, b).unwrap();
+                }
+                "truncated marker" => {
+                    let b = std::fs::read(&m_path).unwrap();
+                    std::fs::write(&m_path, &b[..b.len() - 1]).unwrap();
+                }
+                "wrong size" => {
+                    let forged = CleanShutdown {
+                        segment_bytes: m.segment_bytes - 1,
+                        ..m
+                    };
+                    std::fs::write(&m_path, forged.encode()).unwrap();
+                }
+                "wrong log end" => {
+                    let forged = CleanShutdown {
+                        log_end: m.log_end + 1,
+                        ..m
+                    };
+                    std::fs::write(&m_path, forged.encode()).unwrap();
+                }
+                "segment grown" => {
+                    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+                    f.set_len(m.segment_bytes + 4096).unwrap();
+                }
+                "index missing" => {
+                    std::fs::remove_file(segment_path(&dir, m.segment_base, INDEX_SUFFIX)).unwrap();
+                }
+                "time index damaged" => {
+                    let p = segment_path(&dir, m.segment_base, TIME_INDEX_SUFFIX);
+                    let mut b = std::fs::read(&p).unwrap();
+                    b.truncate(b.len() - 3);
+                    std::fs::write(&p, b).unwrap();
+                }
+                "snapshot missing" => {
+                    for s in snapshot_files(&dir) {
+                        std::fs::remove_file(s).unwrap();
+                    }
+                }
+                "last batch corrupt" => {
+                    // A byte inside the last batch's records (CRC-covered).
+                    let mut b = std::fs::read(&seg).unwrap();
+                    let n = b.len();
+                    b[n - 2] ^= 0x01;
+                    std::fs::write(&seg, b).unwrap();
+                }
+                _ => unreachable!(),
+            }
+            let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+            assert_eq!(log.opened_from(), OpenedFrom::Recovery, "{variant}");
+            assert!(!m_path.exists(), "{variant}: marker left behind");
+            let got = read_records(&log).await;
+            if variant == "last batch corrupt" {
+                // Recovery cuts the damaged last batch, as after a crash.
+                assert!(got.len() < expected.len() && expected.starts_with(&got));
+            } else {
+                assert_eq!(got, expected, "{variant}");
+            }
+            log.close().await.unwrap();
+            // The clean close restores the marker for the next variant.
+            assert!(m_path.exists());
+        }
+    });
+}
+
+/// Open time of a partition whose last segment is large, with the
+/// clean-shutdown marker and without it (full scan). A measurement, not a
+/// check: run with
+/// `SLUICE_OPEN_BENCH_MB=300 cargo test --release --lib open_time -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn open_time_with_and_without_marker() {
+    let mb: u64 = std::env::var("SLUICE_OPEN_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    run(move |dir| async move {
+        let cfg = LogConfig::default();
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        let batch_bytes = 8 * 100_000;
+        let mut last = None;
+        for i in 0..(mb << 20) / batch_bytes as u64 {
+            last = Some(
+                log.append(encode_batch(0, 8, i as i64, 100_000))
+                    .await
+                    .unwrap(),
+            );
+        }
+        log.wait_durable(Offset(last.unwrap().last_offset.0 + 1))
+            .await
+            .unwrap();
+        let size = log.size_bytes();
+        log.close().await.unwrap();
+        let started = std::time::Instant::now();
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        let clean = started.elapsed();
+        assert_eq!(log.opened_from(), OpenedFrom::CleanShutdown);
+        crash(log).await;
+        let started = std::time::Instant::now();
+        let log = PartitionLog::open(dir.clone(), cfg).await.unwrap();
+        let scanned = started.elapsed();
+        assert_eq!(log.opened_from(), OpenedFrom::Recovery);
+        log.close().await.unwrap();
+        eprintln!(
+            "open of a {size}-byte last segment: {clean:?} with the clean-shutdown marker, \
+             {scanned:?} with the full recovery scan"
+        );
+    });
+}

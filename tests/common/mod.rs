@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`Broker`]: runs `target/release/sluice serve` on 127.0.0.1 with a temporary data directory,
 //!   waits until it answers a raw ApiVersions request, and kills it on drop. Its stderr goes to a
-//!   file in the temp dir, printed when the test panics.
+//!   file in the temp dir, printed when the test panics. Its metrics endpoint listens on a port of
+//!   its own ([`Broker::metrics_addr`], [`Broker::scrape`]), never the shared default 9644.
 //! - Raw wire helpers ([`encode_request`], [`read_frame`], [`api_versions_v3`], ...) for tests that
 //!   talk to the broker byte by byte.
 //! - rdkafka helpers: client configs with bounded timeouts, and [`consume_partitions`], which
@@ -60,6 +61,8 @@ pub const CLIENT_SOCKET_TIMEOUT_MS: u32 = 10_000;
 pub struct BrokerOptions {
     pub segment_bytes: Option<u64>,
     pub num_partitions: Option<u32>,
+    /// `--metrics-listen` value; None: 127.0.0.1 on a free port of this broker's own.
+    pub metrics_listen: Option<String>,
     /// Further `sluice serve` flags, passed as given (e.g.
     /// `--group-initial-rebalance-delay-ms 100`).
     pub extra_args: Vec<String>,
@@ -72,6 +75,8 @@ pub struct BrokerOptions {
 pub struct Broker {
     child: Option<Child>,
     port: u16,
+    /// Port of the metrics endpoint (`--metrics-listen`), kept across restarts.
+    metrics_port: u16,
     options: BrokerOptions,
     /// Number of times the broker was spawned; each run writes its own log file.
     runs: u32,
@@ -99,6 +104,7 @@ impl Broker {
         let mut broker = Broker {
             child: None,
             port: free_port(),
+            metrics_port: free_port(),
             options,
             runs: 0,
             data_dir,
@@ -119,6 +125,17 @@ impl Broker {
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Address of the broker's Prometheus endpoint.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.metrics_port))
+    }
+
+    /// `GET path` on the metrics endpoint: (status code, Content-Type, body). Bounded by
+    /// [`RAW_IO_TIMEOUT`] per read and write.
+    pub fn scrape(&self, path: &str) -> (u16, String, String) {
+        http_get(self.metrics_addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -151,7 +168,14 @@ impl Broker {
             .arg("--advertised-listener")
             .arg(&listen)
             .arg("--shards")
-            .arg("2");
+            .arg("2")
+            .arg("--metrics-listen")
+            .arg(
+                self.options
+                    .metrics_listen
+                    .clone()
+                    .unwrap_or_else(|| format!("127.0.0.1:{}", self.metrics_port)),
+            );
         if let Some(bytes) = self.options.segment_bytes {
             command.arg("--segment-bytes").arg(bytes.to_string());
         }
@@ -278,6 +302,38 @@ impl Drop for Broker {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 GET (the server closes after one response): (status code, Content-Type,
+/// body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, RAW_IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(RAW_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(RAW_IO_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.take(64 * 1024 * 1024).read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).map_err(std::io::Error::other)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Ok((status, content_type, body.to_string()))
 }
 
 /// Waits for a child to exit for at most `timeout`.
@@ -876,4 +932,59 @@ pub fn segment_files(partition_dir: &Path) -> Vec<(i64, PathBuf)> {
         .collect();
     segments.sort();
     segments
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful stop (tests/lifecycle.rs)
+// ---------------------------------------------------------------------------------------------
+
+impl Broker {
+    /// Sends SIGTERM and waits up to `timeout` for the broker to exit. Returns its exit status
+    /// and how long it took, or None if it did not exit in time (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let mut child = self.child.take()?;
+        let started = Instant::now();
+        // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        match wait_child(&mut child, timeout) {
+            Some(status) => Some((status, started.elapsed())),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+
+    /// The log of the latest run only.
+    pub fn last_run_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_path(self.runs)).unwrap_or_default())
+            .into_owned()
+    }
+}
+
+/// Sums the integer field `field=` over the log lines containing `message` (e.g. the per-shard
+/// "partitions recovered" lines); None if no line has the message.
+pub fn sum_log_field(log: &str, message: &str, field: &str) -> Option<u64> {
+    let key = format!("{field}=");
+    let mut found = false;
+    let mut sum = 0;
+    for line in log.lines().filter(|l| l.contains(message)) {
+        found = true;
+        let value = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(&key))
+            .and_then(|v| {
+                v.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {field}= in log line: {line}"));
+        sum += value;
+    }
+    found.then_some(sum)
 }

@@ -124,6 +124,9 @@ pub async fn handle(
         // After the wait, read again: the loop ends at the deadline.
         wait_any(shard, &slots, deadline).await?;
     }
+    for r in outcomes.iter().flatten().filter(|r| r.error_code == 0) {
+        crate::metrics::fetch_partition_bytes(r.records.len());
+    }
 
     let responses = req
         .topics

@@ -97,6 +97,9 @@ pub async fn handle(
                     None,
                 )),
                 Some(n) => {
+                    crate::metrics::produce_partition_bytes(
+                        part.records.as_ref().map_or(0, Bytes::len),
+                    );
                     let tp = TopicPartition::new(n.clone(), part.index);
                     work[shard.owner_of(&tp).0].push((ti, pi, tp, part.records.clone()));
                     None
