@@ -99,7 +99,7 @@ pub fn check_host(config: &Config) -> Result<(), StartError> {
             rlim_max: hard,
         };
         // SAFETY: plain syscall.
-        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } == 0 {
+        if target > soft && unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } == 0 {
             info!(from = soft, to = target, "raised the memlock soft limit");
             soft = target;
         }
