@@ -554,6 +554,12 @@ async fn recover_active(
             reason = %why,
             "torn or corrupt tail after the last valid batch: truncating"
         ),
+        // An empty segment (a new partition) has nothing to report.
+        ScanStop::Zeros | ScanStop::End if res.end == 0 => debug!(
+            segment = %path.display(),
+            next_offset = res.next_offset,
+            "recovered empty active segment"
+        ),
         ScanStop::Zeros | ScanStop::End => info!(
             segment = %path.display(),
             bytes = res.end,
