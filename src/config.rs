@@ -182,6 +182,18 @@ pub const SETTINGS: &[Setting] = &[
         default: "1800000",
         bounds: "group_min_session_timeout_ms..=86400000",
     },
+    Setting {
+        name: "log_level",
+        description: "tracing filter for the log on stderr, e.g. \"info\", \"debug\", \"info,sluice::storage=trace\"; unset: RUST_LOG, else info",
+        default: "RUST_LOG, else info",
+        bounds: "a tracing-subscriber EnvFilter directive",
+    },
+    Setting {
+        name: "log_json",
+        description: "Log one JSON object per line instead of text lines",
+        default: "false",
+        bounds: "true|false",
+    },
 ];
 
 /// The broker's configuration. Field docs mirror [`SETTINGS`].
@@ -212,6 +224,9 @@ pub struct Config {
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
+    /// None: `RUST_LOG`, else `info`; see [`Config::log_filter`].
+    pub log_level: Option<String>,
+    pub log_json: bool,
 }
 
 impl Default for Config {
@@ -240,6 +255,8 @@ impl Default for Config {
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
+            log_level: None,
+            log_json: false,
         }
     }
 }
@@ -382,7 +399,23 @@ impl Config {
         )?;
         self.advertised()?;
         self.metrics_addr()?;
+        self.log_filter()?;
         Ok(())
+    }
+
+    /// The log filter: `log_level` when set, else `RUST_LOG` when set and
+    /// valid, else `info`.
+    pub fn log_filter(&self) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
+        use tracing_subscriber::EnvFilter;
+        match &self.log_level {
+            Some(level) => EnvFilter::try_new(level).map_err(|e| ConfigError::Invalid {
+                name: "log_level",
+                reason: format!("`{level}` is not a log filter: {e}"),
+            }),
+            None => {
+                Ok(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+            }
+        }
     }
 
     /// The metrics endpoint's address, or None when `metrics_listen` is
@@ -506,6 +539,23 @@ mod tests {
         off.validate().unwrap();
         let bad: Config = toml::from_str("metrics_listen = \"localhost\"\n").unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn log_level_is_a_filter() {
+        let c: Config =
+            toml::from_str("log_level = \"info,sluice::storage=trace\"\nlog_json = true\n")
+                .unwrap();
+        c.validate().unwrap();
+        assert!(c.log_json);
+        let bad: Config = toml::from_str("log_level = \"sluice=loud\"\n").unwrap();
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Invalid {
+                name: "log_level",
+                ..
+            })
+        ));
     }
 
     #[test]

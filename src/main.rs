@@ -27,12 +27,9 @@ struct Cli {
 enum Command {
     /// Run the broker (defaults: data in ./data, port 9092, one shard per core).
     Serve(Box<ServeArgs>),
-    /// Print the configuration settings with their defaults and bounds.
-    Config {
-        /// Print the defaults as a commented TOML file.
-        #[arg(long)]
-        defaults: bool,
-    },
+    /// Print the configuration: the defaults with every setting's description and bounds
+    /// (`--defaults`), or the effective settings of a file after checking them (`--config FILE`).
+    Config(ConfigArgs),
     /// Create, list, describe, delete topics and change their configs.
     Topic(sluice::cli::TopicCommand),
     /// List, describe and delete consumer groups; reset their committed offsets.
@@ -70,6 +67,20 @@ struct TuneArgs {
     /// The broker's shard count; shard cores are kept free of IRQs [default: cores].
     #[arg(long)]
     shards: Option<usize>,
+}
+
+/// `sluice config --defaults` | `sluice config --config FILE`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["defaults", "config"])))]
+struct ConfigArgs {
+    /// Print every setting with its description, default and bounds, as a TOML file that
+    /// loads back as the defaults.
+    #[arg(long)]
+    defaults: bool,
+    /// Check this TOML file against every bound and print the settings it gives (defaults
+    /// filled in); exit 1 if it is invalid.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -125,29 +136,26 @@ struct ServeArgs {
     /// Log filter, e.g. info, debug, sluice=trace [default: info, or RUST_LOG].
     #[arg(long)]
     log_level: Option<String>,
-    /// Log as JSON lines.
+    /// Log as JSON lines [default: false].
     #[arg(long)]
     log_json: bool,
 }
 
-fn init_logging(level: Option<&str>, json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
+/// Start the tracing subscriber on stderr with the configured filter and format.
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = config.log_filter()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if json {
+    if config.log_json {
         builder.json().init();
     } else {
         builder.init();
     }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_level.as_deref(), args.log_json);
     let mut config = match &args.config {
         Some(p) => Config::from_file(p).with_context(|| format!("loading {}", p.display()))?,
         None => Config::default(),
@@ -197,6 +205,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.group_max_session_timeout_ms {
         config.group_max_session_timeout_ms = v;
     }
+    if let Some(v) = args.log_level {
+        config.log_level = Some(v);
+    }
+    if args.log_json {
+        config.log_json = true;
+    }
+    init_logging(&config)?;
     sluice::broker::run(config).context("sluice could not start")
 }
 
@@ -250,6 +265,27 @@ fn tune(args: TuneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `sluice config`.
+fn print_config(args: ConfigArgs) -> anyhow::Result<()> {
+    match args.config {
+        // clap requires one of the two; --defaults wins if both are given.
+        Some(path) if !args.defaults => {
+            let config =
+                Config::from_file(&path).with_context(|| format!("loading {}", path.display()))?;
+            if let Err(e) = config.validate() {
+                eprintln!("error: {}: {e}", path.display());
+                std::process::exit(1);
+            }
+            print!(
+                "{}",
+                toml::to_string(&config).context("encoding the configuration")?
+            );
+        }
+        _ => print!("{}", Config::defaults_toml()),
+    }
+    Ok(())
+}
+
 /// Runs an admin command with stdout as its output. An operating error (broker unreachable,
 /// topic missing, ...) is printed alone, without the backtrace anyhow would add, and exits with
 /// status 1.
@@ -270,10 +306,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Config { defaults: _ } => {
-            print!("{}", Config::defaults_toml());
-            Ok(())
-        }
+        Command::Config(args) => print_config(args),
         Command::Topic(command) => run_admin(|out| sluice::cli::topic::run(&command, out)),
         Command::Group(command) => run_admin(|out| sluice::cli::group::run(&command, out)),
         Command::Tune(args) => tune(args),
