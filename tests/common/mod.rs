@@ -11,12 +11,16 @@
 //!   reads partitions from a start offset to a known end with an `assign()`ed consumer.
 //! - [`segment_batches`]: walks the RecordBatches in a segment file, the way recovery must.
 //! - [`run_with_timeout`]: runs an external command (kcat) with a deadline.
+//! - [`load`]: acks=all producer tasks that record every acknowledgement, and the read-back
+//!   check that none was lost (the stop and crash tests).
 //!
 //! Every loop here is bounded both in iterations and in wall-clock time, and every address is on
 //! 127.0.0.1.
 
 // Each test binary uses its own subset of this module.
 #![allow(dead_code)]
+
+pub mod load;
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -37,13 +37,26 @@ pub trait Tuner {
     fn name(&self) -> &'static str;
     /// One line saying what the tuner checks and why it matters for the broker.
     fn description(&self) -> &'static str;
-    /// Reads the host and reports one finding per setting (or per device/core/IRQ). Never
-    /// fails and never writes; see the crate-level contract.
-    fn check(&self, host: &Host) -> Vec<Finding>;
-    /// The changes that would fix this tuner's failed findings, in the order they must run.
-    /// Empty when everything is fine or nothing can be done automatically.
-    fn plan(&self, host: &Host) -> Vec<Change>;
+    /// Reads the host once: one finding per setting (or per device/core/IRQ), each with the
+    /// changes that would fix it, in the order they must run (empty when it is ok or nothing
+    /// can be done automatically). Never fails and never writes; see the crate-level contract.
+    /// [`Tuner::check`] and [`Tuner::plan`] both come from it, so they never disagree.
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation>;
+    /// The findings of [`Tuner::evaluate`].
+    fn check(&self, host: &Host) -> Vec<Finding> {
+        self.evaluate(host).into_iter().map(|(f, _)| f).collect()
+    }
+    /// The changes of [`Tuner::evaluate`], in order.
+    fn plan(&self, host: &Host) -> Vec<Change> {
+        self.evaluate(host)
+            .into_iter()
+            .flat_map(|(_, c)| c)
+            .collect()
+    }
 }
+
+/// A finding and the changes that would fix it (empty when ok or not fixable automatically).
+pub type Evaluation = (Finding, Vec<Change>);
 
 /// Runs every tuner's check against `host`.
 pub fn check_all(host: &Host) -> Vec<Finding> {

@@ -5,30 +5,16 @@
 //! value is reported as `Info`, not `Warn`: apply still raises it for parity with `rpk` and for
 //! AIO users sharing the host (databases, `fio --ioengine=libaio` benchmarks).
 
-use crate::Tuner;
-use crate::change::Change;
-use crate::finding::{Finding, Severity};
+use crate::finding::Severity;
 use crate::host::Host;
-use crate::tuners::{Bound, changes, findings, numeric_sysctl};
+use crate::tuners::{Bound, numeric_sysctl};
+use crate::{Evaluation, Tuner};
 
 /// Wanted lower bound of `fs.aio-max-nr`.
 pub const AIO_MAX_NR_MIN: u64 = 1_048_576;
 
 /// Leaves room for Linux AIO contexts.
 pub struct AioMaxNr;
-
-impl AioMaxNr {
-    fn evaluate(&self, host: &Host) -> Vec<(Finding, Option<Change>)> {
-        vec![numeric_sysctl(
-            host,
-            self.name(),
-            "fs.aio-max-nr",
-            Bound::AtLeast(AIO_MAX_NR_MIN),
-            Severity::Info,
-            "io_uring does not use AIO contexts; raised for parity with rpk and AIO tools",
-        )]
-    }
-}
 
 impl Tuner for AioMaxNr {
     fn name(&self) -> &'static str {
@@ -37,11 +23,15 @@ impl Tuner for AioMaxNr {
     fn description(&self) -> &'static str {
         "fs.aio-max-nr >= 1048576: room for Linux AIO contexts (io_uring is not charged)"
     }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        findings(self.evaluate(host))
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        changes(self.evaluate(host))
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
+        vec![numeric_sysctl(
+            host,
+            self.name(),
+            "fs.aio-max-nr",
+            Bound::AtLeast(AIO_MAX_NR_MIN),
+            Severity::Info,
+            "io_uring does not use AIO contexts; raised for parity with rpk and AIO tools",
+        )]
     }
 }
 

@@ -6,11 +6,11 @@
 //! declared the TSC unstable it does not offer it, and the finding is `Info`. Other
 //! architectures have one good clock source, so there is nothing to check.
 
-use crate::Tuner;
 use crate::change::Change;
 use crate::finding::{Finding, Severity};
 use crate::host::Host;
 use crate::sysfs;
+use crate::{Evaluation, Tuner};
 
 /// The wanted clock source on x86.
 pub const CLOCKSOURCE_WANTED: &str = "tsc";
@@ -19,8 +19,14 @@ const DIR: &str = "devices/system/clocksource/clocksource0";
 /// Keeps clock reads in user space (vDSO).
 pub struct Clocksource;
 
-impl Clocksource {
-    fn evaluate(&self, host: &Host) -> Vec<(Finding, Option<Change>)> {
+impl Tuner for Clocksource {
+    fn name(&self) -> &'static str {
+        "clocksource"
+    }
+    fn description(&self) -> &'static str {
+        "clock source = tsc on x86: cheap clock reads for timestamps and timeouts"
+    }
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
         let setting = format!("{DIR}/current_clocksource");
         let path = host.sys(&setting);
         let current = match sysfs::read_value(&path) {
@@ -28,7 +34,7 @@ impl Clocksource {
             Err(e) => {
                 return vec![(
                     sysfs::unreadable(self.name(), setting, CLOCKSOURCE_WANTED, &e),
-                    None,
+                    Vec::new(),
                 )];
             }
         };
@@ -40,13 +46,13 @@ impl Clocksource {
                     severity: Severity::Info,
                     ..f
                 },
-                None,
+                Vec::new(),
             )];
         }
         if current == CLOCKSOURCE_WANTED {
             return vec![(
                 Finding::ok(self.name(), setting, current, CLOCKSOURCE_WANTED),
-                None,
+                Vec::new(),
             )];
         }
         let available = sysfs::read_value(&host.sys(&format!("{DIR}/available_clocksource")))
@@ -59,7 +65,7 @@ impl Clocksource {
                     severity: Severity::Info,
                     ..f
                 },
-                None,
+                Vec::new(),
             )];
         }
         vec![(
@@ -71,26 +77,11 @@ impl Clocksource {
                 Severity::Warn,
                 "clock reads leave the vDSO",
             ),
-            Some(Change::Write {
+            vec![Change::Write {
                 path,
                 value: CLOCKSOURCE_WANTED.into(),
-            }),
+            }],
         )]
-    }
-}
-
-impl Tuner for Clocksource {
-    fn name(&self) -> &'static str {
-        "clocksource"
-    }
-    fn description(&self) -> &'static str {
-        "clock source = tsc on x86: cheap clock reads for timestamps and timeouts"
-    }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        super::findings(self.evaluate(host))
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        super::changes(self.evaluate(host))
     }
 }
 

@@ -5,11 +5,11 @@
 //! latency). `performance` keeps the frequency at its maximum. VMs and some drivers have no
 //! cpufreq at all: that is `Info`, the hypervisor decides.
 
-use crate::Tuner;
 use crate::change::Change;
 use crate::finding::{Finding, Severity};
 use crate::host::Host;
 use crate::sysfs;
+use crate::{Evaluation, Tuner};
 
 /// The governor apply selects.
 pub const GOVERNOR_WANTED: &str = "performance";
@@ -17,8 +17,14 @@ pub const GOVERNOR_WANTED: &str = "performance";
 /// Keeps shard cores at full clock.
 pub struct CpuGovernor;
 
-impl CpuGovernor {
-    fn evaluate(&self, host: &Host) -> Vec<(Finding, Option<Change>)> {
+impl Tuner for CpuGovernor {
+    fn name(&self) -> &'static str {
+        "cpu_governor"
+    }
+    fn description(&self) -> &'static str {
+        "cpufreq governor = performance on the broker's cores: no clock ramp-up after idle"
+    }
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
         let mut out = Vec::new();
         let mut missing = 0;
         for &cpu in &host.cores {
@@ -33,7 +39,7 @@ impl CpuGovernor {
                 Err(e) => {
                     out.push((
                         sysfs::unreadable(self.name(), setting, GOVERNOR_WANTED, &e),
-                        None,
+                        Vec::new(),
                     ));
                     continue;
                 }
@@ -41,7 +47,7 @@ impl CpuGovernor {
             if current == GOVERNOR_WANTED {
                 out.push((
                     Finding::ok(self.name(), setting, current, GOVERNOR_WANTED),
-                    None,
+                    Vec::new(),
                 ));
                 continue;
             }
@@ -57,7 +63,7 @@ impl CpuGovernor {
                         severity: Severity::Info,
                         ..f
                     },
-                    None,
+                    Vec::new(),
                 ));
                 continue;
             }
@@ -70,10 +76,10 @@ impl CpuGovernor {
                     Severity::Warn,
                     "clock ramp-up after idle adds latency",
                 ),
-                Some(Change::Write {
+                vec![Change::Write {
                     path,
                     value: GOVERNOR_WANTED.into(),
-                }),
+                }],
             ));
         }
         if missing > 0 && out.is_empty() {
@@ -84,25 +90,10 @@ impl CpuGovernor {
                     GOVERNOR_WANTED,
                     "not available here (no cpufreq: VM or fixed-frequency CPU)",
                 ),
-                None,
+                Vec::new(),
             ));
         }
         out
-    }
-}
-
-impl Tuner for CpuGovernor {
-    fn name(&self) -> &'static str {
-        "cpu_governor"
-    }
-    fn description(&self) -> &'static str {
-        "cpufreq governor = performance on the broker's cores: no clock ramp-up after idle"
-    }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        super::findings(self.evaluate(host))
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        super::changes(self.evaluate(host))
     }
 }
 

@@ -13,11 +13,11 @@
 
 use std::path::PathBuf;
 
-use crate::Tuner;
 use crate::change::Change;
 use crate::finding::{Finding, Severity};
 use crate::host::Host;
 use crate::sysfs::{self, Disk};
+use crate::{Evaluation, Tuner};
 
 /// The scheduler wanted for non-rotational disks.
 pub const SCHEDULER_FLASH: &str = "none";
@@ -28,25 +28,7 @@ pub const SCHEDULER_ROTATIONAL: &str = "mq-deadline";
 pub struct IoScheduler;
 
 impl IoScheduler {
-    fn evaluate(&self, host: &Host) -> Vec<(Finding, Option<Change>)> {
-        match sysfs::data_disks(host) {
-            Ok(disks) => disks
-                .iter()
-                .flat_map(|d| [self.scheduler(host, d), self.nr_requests(host, d)])
-                .collect(),
-            Err(reason) => vec![(
-                Finding::unavailable(
-                    self.name(),
-                    "block/<data disk>/queue/scheduler",
-                    SCHEDULER_FLASH,
-                    format!("not available here: {reason}"),
-                ),
-                None,
-            )],
-        }
-    }
-
-    fn scheduler(&self, host: &Host, disk: &Disk) -> (Finding, Option<Change>) {
+    fn scheduler(&self, host: &Host, disk: &Disk) -> (Finding, Vec<Change>) {
         let setting = format!("block/{}/queue/scheduler", disk.name);
         let path = queue_file(host, disk, "scheduler");
         let rotational = sysfs::read_value(&disk.dir.join("queue/rotational"))
@@ -59,11 +41,19 @@ impl IoScheduler {
         };
         let text = match sysfs::read_value(&path) {
             Ok(t) => t,
-            Err(e) => return (sysfs::unreadable(self.name(), setting, wanted, &e), None),
+            Err(e) => {
+                return (
+                    sysfs::unreadable(self.name(), setting, wanted, &e),
+                    Vec::new(),
+                );
+            }
         };
         let current = sysfs::selected(&text).unwrap_or(&text).to_string();
         if current == wanted {
-            return (Finding::ok(self.name(), setting, current, wanted), None);
+            return (
+                Finding::ok(self.name(), setting, current, wanted),
+                Vec::new(),
+            );
         }
         if !sysfs::choices(&text).contains(&wanted) {
             let f = Finding::ok(self.name(), setting, current, wanted)
@@ -73,7 +63,7 @@ impl IoScheduler {
                     severity: Severity::Info,
                     ..f
                 },
-                None,
+                Vec::new(),
             );
         }
         (
@@ -89,14 +79,14 @@ impl IoScheduler {
                     "a scheduler adds latency the device does not need"
                 },
             ),
-            Some(Change::Write {
+            vec![Change::Write {
                 path,
                 value: wanted.into(),
-            }),
+            }],
         )
     }
 
-    fn nr_requests(&self, host: &Host, disk: &Disk) -> (Finding, Option<Change>) {
+    fn nr_requests(&self, host: &Host, disk: &Disk) -> (Finding, Vec<Change>) {
         let setting = format!("block/{}/queue/nr_requests", disk.name);
         let path = queue_file(host, disk, "nr_requests");
         let depth = std::fs::read_dir(disk.dir.join("mq"))
@@ -116,18 +106,23 @@ impl IoScheduler {
                     "hardware queue depth",
                     "not available here (no mq/*/nr_tags)",
                 ),
-                None,
+                Vec::new(),
             );
         };
         let wanted = format!(">= {depth}");
         let current = match sysfs::read_u64(&path) {
             Ok(v) => v,
-            Err(e) => return (sysfs::unreadable(self.name(), setting, wanted, &e), None),
+            Err(e) => {
+                return (
+                    sysfs::unreadable(self.name(), setting, wanted, &e),
+                    Vec::new(),
+                );
+            }
         };
         if current >= depth {
             return (
                 Finding::ok(self.name(), setting, current.to_string(), wanted),
-                None,
+                Vec::new(),
             );
         }
         (
@@ -139,10 +134,10 @@ impl IoScheduler {
                 Severity::Warn,
                 "fewer request slots than the device has tags",
             ),
-            Some(Change::Write {
+            vec![Change::Write {
                 path,
                 value: depth.to_string(),
-            }),
+            }],
         )
     }
 }
@@ -173,11 +168,22 @@ impl Tuner for IoScheduler {
     fn description(&self) -> &'static str {
         "data disk: scheduler none (mq-deadline if rotational), nr_requests >= queue depth"
     }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        super::findings(self.evaluate(host))
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        super::changes(self.evaluate(host))
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
+        match sysfs::data_disks(host) {
+            Ok(disks) => disks
+                .iter()
+                .flat_map(|d| [self.scheduler(host, d), self.nr_requests(host, d)])
+                .collect(),
+            Err(reason) => vec![(
+                Finding::unavailable(
+                    self.name(),
+                    "block/<data disk>/queue/scheduler",
+                    SCHEDULER_FLASH,
+                    format!("not available here: {reason}"),
+                ),
+                Vec::new(),
+            )],
+        }
     }
 }
 

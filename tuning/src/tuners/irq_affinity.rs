@@ -23,11 +23,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::Tuner;
 use crate::change::Change;
 use crate::finding::{Finding, Severity};
 use crate::host::Host;
 use crate::sysfs;
+use crate::{Evaluation, Tuner};
 
 /// Keeps device interrupts off the shard cores, or spreads them when every core is a shard's.
 pub struct IrqAffinity;
@@ -87,91 +87,8 @@ impl IrqAffinity {
         }
     }
 
-    fn evaluate(&self, host: &Host) -> Vec<(Finding, Option<Change>)> {
-        let name = self.name();
-        let plan = Self::plan_for(host);
-        let shard_list = sysfs::format_cpu_list(&host.shard_cores);
-        let (plan_wanted, plan_note) = match &plan {
-            Plan::Spare(spare) => (
-                format!("IRQs on {}", sysfs::format_cpu_list(spare)),
-                "spare cores take every NIC and data-disk IRQ".to_string(),
-            ),
-            Plan::Spread(cores) => (
-                format!("spread over {}", sysfs::format_cpu_list(cores)),
-                "every core runs a shard: one IRQ per core round robin, irqbalance off; \
-                 reserve cores with --shards to move IRQs off shards"
-                    .to_string(),
-            ),
-        };
-        let plan_finding =
-            Finding::ok(name, "plan", format!("shards on {shard_list}"), plan_wanted)
-                .with_note(plan_note);
-        let mut out = vec![(
-            Finding {
-                severity: Severity::Info,
-                ..plan_finding
-            },
-            None,
-        )];
-        let irqs = self.device_irqs(host);
-        if irqs.is_empty() {
-            out.push((
-                Finding::unavailable(
-                    name,
-                    "device IRQs",
-                    "-",
-                    "not available here: no MSI IRQs found for a NIC or the data disk",
-                ),
-                None,
-            ));
-        }
-        for (i, (irq, devices)) in irqs.iter().enumerate() {
-            let setting = format!("irq {irq} ({devices})");
-            let (wanted, severity) = match &plan {
-                Plan::Spare(spare) => (spare.clone(), Severity::Warn),
-                Plan::Spread(cores) if !cores.is_empty() => {
-                    (vec![cores[i % cores.len()]], Severity::Info)
-                }
-                Plan::Spread(_) => continue,
-            };
-            let wanted_text = sysfs::format_cpu_list(&wanted);
-            let path = host.proc_root.join(format!("irq/{irq}/smp_affinity_list"));
-            let text = match sysfs::read_value(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    out.push((sysfs::unreadable(name, setting, wanted_text, &e), None));
-                    continue;
-                }
-            };
-            let current = sysfs::parse_cpu_list(&text).unwrap_or_default();
-            let ok = match &plan {
-                Plan::Spare(spare) => {
-                    !current.is_empty() && current.iter().all(|c| spare.contains(c))
-                }
-                Plan::Spread(_) => current == wanted,
-            };
-            if ok {
-                out.push((Finding::ok(name, setting, text, wanted_text), None));
-            } else {
-                let note = match plan {
-                    Plan::Spare(_) => "interrupts land on shard cores",
-                    Plan::Spread(_) => "not spread (no spare core to move it to)",
-                };
-                out.push((
-                    Finding::failed(name, setting, text, wanted_text.clone(), severity, note),
-                    Some(Change::Write {
-                        path,
-                        value: wanted_text,
-                    }),
-                ));
-            }
-        }
-        out.push(self.irqbalance(host));
-        out
-    }
-
     /// irqbalance rewrites affinities every few seconds; it must not run.
-    fn irqbalance(&self, host: &Host) -> (Finding, Option<Change>) {
+    fn irqbalance(&self, host: &Host) -> (Finding, Vec<Change>) {
         let running = std::fs::read_dir(&host.proc_root)
             .map(|entries| {
                 entries
@@ -196,14 +113,14 @@ impl IrqAffinity {
                     Severity::Warn,
                     "irqbalance undoes the IRQ plan",
                 ),
-                Some(Change::Advice(
+                vec![Change::Advice(
                     "systemctl disable --now irqbalance  # it would move the IRQs back".into(),
-                )),
+                )],
             )
         } else {
             (
                 Finding::ok(self.name(), "irqbalance", "not running", "stopped"),
-                None,
+                Vec::new(),
             )
         }
     }
@@ -216,11 +133,90 @@ impl Tuner for IrqAffinity {
     fn description(&self) -> &'static str {
         "NIC and data-disk IRQs on spare cores (or spread one per core when there are none)"
     }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        super::findings(self.evaluate(host))
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        super::changes(self.evaluate(host))
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
+        let name = self.name();
+        let plan = Self::plan_for(host);
+        let shard_list = sysfs::format_cpu_list(&host.shard_cores);
+        let (plan_wanted, plan_note) = match &plan {
+            Plan::Spare(spare) => (
+                format!("IRQs on {}", sysfs::format_cpu_list(spare)),
+                "spare cores take every NIC and data-disk IRQ".to_string(),
+            ),
+            Plan::Spread(cores) => (
+                format!("spread over {}", sysfs::format_cpu_list(cores)),
+                "every core runs a shard: one IRQ per core round robin, irqbalance off; \
+                 reserve cores with --shards to move IRQs off shards"
+                    .to_string(),
+            ),
+        };
+        let plan_finding =
+            Finding::ok(name, "plan", format!("shards on {shard_list}"), plan_wanted)
+                .with_note(plan_note);
+        let mut out = vec![(
+            Finding {
+                severity: Severity::Info,
+                ..plan_finding
+            },
+            Vec::new(),
+        )];
+        let irqs = self.device_irqs(host);
+        if irqs.is_empty() {
+            out.push((
+                Finding::unavailable(
+                    name,
+                    "device IRQs",
+                    "-",
+                    "not available here: no MSI IRQs found for a NIC or the data disk",
+                ),
+                Vec::new(),
+            ));
+        }
+        for (i, (irq, devices)) in irqs.iter().enumerate() {
+            let setting = format!("irq {irq} ({devices})");
+            let (wanted, severity) = match &plan {
+                Plan::Spare(spare) => (spare.clone(), Severity::Warn),
+                Plan::Spread(cores) if !cores.is_empty() => {
+                    (vec![cores[i % cores.len()]], Severity::Info)
+                }
+                Plan::Spread(_) => continue,
+            };
+            let wanted_text = sysfs::format_cpu_list(&wanted);
+            let path = host.proc_root.join(format!("irq/{irq}/smp_affinity_list"));
+            let text = match sysfs::read_value(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    out.push((
+                        sysfs::unreadable(name, setting, wanted_text, &e),
+                        Vec::new(),
+                    ));
+                    continue;
+                }
+            };
+            let current = sysfs::parse_cpu_list(&text).unwrap_or_default();
+            let ok = match &plan {
+                Plan::Spare(spare) => {
+                    !current.is_empty() && current.iter().all(|c| spare.contains(c))
+                }
+                Plan::Spread(_) => current == wanted,
+            };
+            if ok {
+                out.push((Finding::ok(name, setting, text, wanted_text), Vec::new()));
+            } else {
+                let note = match plan {
+                    Plan::Spare(_) => "interrupts land on shard cores",
+                    Plan::Spread(_) => "not spread (no spare core to move it to)",
+                };
+                out.push((
+                    Finding::failed(name, setting, text, wanted_text.clone(), severity, note),
+                    vec![Change::Write {
+                        path,
+                        value: wanted_text,
+                    }],
+                ));
+            }
+        }
+        out.push(self.irqbalance(host));
+        out
     }
 }
 

@@ -12,10 +12,10 @@
 //! or, for brokers started from a login shell, `/etc/security/limits.d/90-sluice.conf`, which
 //! apply writes for the `sluice` user.
 
-use crate::Tuner;
 use crate::change::Change;
 use crate::finding::{Finding, Severity};
 use crate::host::Host;
+use crate::{Evaluation, Tuner};
 
 /// File under `<etc>` that apply writes when the hard limit is too low.
 pub const LIMITS_FILE: &str = "security/limits.d/90-sluice.conf";
@@ -39,9 +39,15 @@ fn limit_text(bytes: u64) -> String {
     }
 }
 
-impl Memlock {
+impl Tuner for Memlock {
+    fn name(&self) -> &'static str {
+        "memlock"
+    }
+    fn description(&self) -> &'static str {
+        "RLIMIT_MEMLOCK covers shards x 3 rings x io_memory_bytes (LimitMEMLOCK=infinity)"
+    }
     /// The one finding and the changes that fix it (empty unless the finding is an `Error`).
-    fn evaluate(&self, host: &Host) -> (Finding, Vec<Change>) {
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
         let need = host.memlock_need_bytes;
         let (soft, hard) = (host.memlock.soft_bytes, host.memlock.hard_bytes);
         let setting = "RLIMIT_MEMLOCK";
@@ -49,7 +55,7 @@ impl Memlock {
         let wanted = format!(">= {} (unlimited)", limit_text(need));
         let name = self.name();
         if soft >= need {
-            return (Finding::ok(name, setting, current, wanted), Vec::new());
+            return vec![(Finding::ok(name, setting, current, wanted), Vec::new())];
         }
         let info = |note: &str| {
             let f = Finding::ok(name, setting, current.clone(), wanted.clone()).with_note(note);
@@ -62,12 +68,14 @@ impl Memlock {
             )
         };
         if host.privileged {
-            return info(
+            return vec![info(
                 "root (CAP_IPC_LOCK) is not charged; a non-root broker needs LimitMEMLOCK=infinity",
-            );
+            )];
         }
         if hard >= need {
-            return info("the broker raises its soft limit to the need at start");
+            return vec![info(
+                "the broker raises its soft limit to the need at start",
+            )];
         }
         let finding = Finding::failed(
             name,
@@ -84,22 +92,7 @@ impl Memlock {
                 contents: LIMITS_CONTENTS.into(),
             },
         ];
-        (finding, changes)
-    }
-}
-
-impl Tuner for Memlock {
-    fn name(&self) -> &'static str {
-        "memlock"
-    }
-    fn description(&self) -> &'static str {
-        "RLIMIT_MEMLOCK covers shards x 3 rings x io_memory_bytes (LimitMEMLOCK=infinity)"
-    }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        vec![self.evaluate(host).0]
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        self.evaluate(host).1
+        vec![(finding, changes)]
     }
 }
 

@@ -1,11 +1,12 @@
-//! One file per tuner. Each evaluates the host once into (finding, optional change) pairs;
-//! `check` keeps the findings and `plan` the changes, so the two never disagree.
+//! One file per tuner. Each evaluates the host once into (finding, changes) pairs
+//! ([`Tuner::evaluate`]); `check` keeps the findings and `plan` the changes, so the two never
+//! disagree.
 
-use crate::Tuner;
 use crate::change::Change;
 use crate::finding::{Finding, Severity};
 use crate::host::Host;
 use crate::sysfs;
+use crate::{Evaluation, Tuner};
 
 pub mod aio_max_nr;
 pub mod clocksource;
@@ -35,19 +36,6 @@ pub fn all() -> Vec<Box<dyn Tuner>> {
     ]
 }
 
-/// A finding and the change that would fix it (None when ok or not fixable automatically).
-pub(crate) type Evaluation = (Finding, Option<Change>);
-
-/// The changes of `evaluations`, in order.
-pub(crate) fn changes(evaluations: Vec<Evaluation>) -> Vec<Change> {
-    evaluations.into_iter().filter_map(|(_, c)| c).collect()
-}
-
-/// The findings of `evaluations`, in order.
-pub(crate) fn findings(evaluations: Vec<Evaluation>) -> Vec<Finding> {
-    evaluations.into_iter().map(|(f, _)| f).collect()
-}
-
 /// Which way a numeric sysctl must lie relative to its wanted value.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Bound {
@@ -73,7 +61,7 @@ pub(crate) fn numeric_sysctl(
     };
     let current = match sysfs::read_u64(&host.sysctl_path(key)) {
         Ok(v) => v,
-        Err(e) => return (sysfs::unreadable(tuner, key, wanted_text, &e), None),
+        Err(e) => return (sysfs::unreadable(tuner, key, wanted_text, &e), Vec::new()),
     };
     let ok = match bound {
         Bound::AtLeast(v) => current >= v,
@@ -82,15 +70,15 @@ pub(crate) fn numeric_sysctl(
     if ok {
         (
             Finding::ok(tuner, key, current.to_string(), wanted_text),
-            None,
+            Vec::new(),
         )
     } else {
         (
             Finding::failed(tuner, key, current.to_string(), wanted_text, severity, why),
-            Some(Change::Sysctl {
+            vec![Change::Sysctl {
                 key: key.to_string(),
                 value: target.to_string(),
-            }),
+            }],
         )
     }
 }

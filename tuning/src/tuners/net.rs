@@ -10,12 +10,12 @@
 //!
 //! Only lower bounds: a host already tuned higher is left alone.
 
-use crate::Tuner;
 use crate::change::Change;
 use crate::finding::{Finding, Severity};
 use crate::host::Host;
 use crate::sysfs;
 use crate::tuners::{Bound, numeric_sysctl};
+use crate::{Evaluation, Tuner};
 
 /// Wanted lower bound of the socket buffer maxima, bytes.
 pub const SOCKET_BUFFER_BYTES_MIN: u64 = 16 << 20;
@@ -28,7 +28,54 @@ pub const NETDEV_BACKLOG_MIN: u64 = 5000;
 pub struct Net;
 
 impl Net {
-    fn evaluate(&self, host: &Host) -> Vec<(Finding, Option<Change>)> {
+    /// `tcp_rmem`/`tcp_wmem` hold "min default max"; only max is raised, the rest kept.
+    fn tcp_mem(&self, host: &Host, key: &str) -> (Finding, Vec<Change>) {
+        let wanted = format!("max >= {SOCKET_BUFFER_BYTES_MIN}");
+        let text = match sysfs::read_value(&host.sysctl_path(key)) {
+            Ok(t) => t,
+            Err(e) => return (sysfs::unreadable(self.name(), key, wanted, &e), Vec::new()),
+        };
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let current = fields
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let [min, default, max] = fields[..] else {
+            let f = Finding::unavailable(self.name(), key, wanted, format!("unexpected {text:?}"));
+            return (f, Vec::new());
+        };
+        if max >= SOCKET_BUFFER_BYTES_MIN {
+            return (Finding::ok(self.name(), key, current, wanted), Vec::new());
+        }
+        (
+            Finding::failed(
+                self.name(),
+                key,
+                current,
+                wanted,
+                Severity::Warn,
+                "TCP autotuning cannot grow buffers past max",
+            ),
+            vec![Change::Sysctl {
+                key: key.to_string(),
+                value: format!("{min} {default} {SOCKET_BUFFER_BYTES_MIN}"),
+            }],
+        )
+    }
+}
+
+impl Tuner for Net {
+    fn name(&self) -> &'static str {
+        "net"
+    }
+    fn description(&self) -> &'static str {
+        "socket buffer maxima >= 16 MiB, listen/SYN backlogs >= 4096, netdev backlog >= 5000"
+    }
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
         let name = self.name();
         let buffers = "small socket buffers cap throughput per connection";
         let backlog = "connection storms overflow a short backlog";
@@ -67,60 +114,6 @@ impl Net {
             ));
         }
         out
-    }
-
-    /// `tcp_rmem`/`tcp_wmem` hold "min default max"; only max is raised, the rest kept.
-    fn tcp_mem(&self, host: &Host, key: &str) -> (Finding, Option<Change>) {
-        let wanted = format!("max >= {SOCKET_BUFFER_BYTES_MIN}");
-        let text = match sysfs::read_value(&host.sysctl_path(key)) {
-            Ok(t) => t,
-            Err(e) => return (sysfs::unreadable(self.name(), key, wanted, &e), None),
-        };
-        let fields: Vec<u64> = text
-            .split_whitespace()
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        let current = fields
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(" ");
-        let [min, default, max] = fields[..] else {
-            let f = Finding::unavailable(self.name(), key, wanted, format!("unexpected {text:?}"));
-            return (f, None);
-        };
-        if max >= SOCKET_BUFFER_BYTES_MIN {
-            return (Finding::ok(self.name(), key, current, wanted), None);
-        }
-        (
-            Finding::failed(
-                self.name(),
-                key,
-                current,
-                wanted,
-                Severity::Warn,
-                "TCP autotuning cannot grow buffers past max",
-            ),
-            Some(Change::Sysctl {
-                key: key.to_string(),
-                value: format!("{min} {default} {SOCKET_BUFFER_BYTES_MIN}"),
-            }),
-        )
-    }
-}
-
-impl Tuner for Net {
-    fn name(&self) -> &'static str {
-        "net"
-    }
-    fn description(&self) -> &'static str {
-        "socket buffer maxima >= 16 MiB, listen/SYN backlogs >= 4096, netdev backlog >= 5000"
-    }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        super::findings(self.evaluate(host))
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        super::changes(self.evaluate(host))
     }
 }
 

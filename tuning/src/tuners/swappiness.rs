@@ -4,30 +4,16 @@
 //! turns a microsecond request into a disk read. 1 (not 0) still lets the kernel swap in a real
 //! memory emergency instead of invoking the OOM killer at once.
 
-use crate::Tuner;
-use crate::change::Change;
-use crate::finding::{Finding, Severity};
+use crate::finding::Severity;
 use crate::host::Host;
-use crate::tuners::{Bound, changes, findings, numeric_sysctl};
+use crate::tuners::{Bound, numeric_sysctl};
+use crate::{Evaluation, Tuner};
 
 /// Wanted upper bound of `vm.swappiness`.
 pub const SWAPPINESS_MAX: u64 = 1;
 
 /// Keeps anonymous memory out of swap.
 pub struct Swappiness;
-
-impl Swappiness {
-    fn evaluate(&self, host: &Host) -> Vec<(Finding, Option<Change>)> {
-        vec![numeric_sysctl(
-            host,
-            self.name(),
-            "vm.swappiness",
-            Bound::AtMost(SWAPPINESS_MAX),
-            Severity::Warn,
-            "swapping a shard's memory stalls every connection on that core",
-        )]
-    }
-}
 
 impl Tuner for Swappiness {
     fn name(&self) -> &'static str {
@@ -36,11 +22,15 @@ impl Tuner for Swappiness {
     fn description(&self) -> &'static str {
         "vm.swappiness <= 1: keep the broker's memory out of swap"
     }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        findings(self.evaluate(host))
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        changes(self.evaluate(host))
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
+        vec![numeric_sysctl(
+            host,
+            self.name(),
+            "vm.swappiness",
+            Bound::AtMost(SWAPPINESS_MAX),
+            Severity::Warn,
+            "swapping a shard's memory stalls every connection on that core",
+        )]
     }
 }
 

@@ -7,11 +7,11 @@
 //! Kafka, MongoDB and Redis operators use; Redpanda's Seastar allocator, unlike Sluice's, wants
 //! huge pages and so `rpk` differs here.
 
-use crate::Tuner;
 use crate::change::Change;
 use crate::finding::{Finding, Severity};
 use crate::host::Host;
 use crate::sysfs;
+use crate::{Evaluation, Tuner};
 
 /// The value apply writes to both files.
 pub const THP_WANTED: &str = "madvise";
@@ -25,8 +25,14 @@ const SETTINGS: [(&str, &[&str]); 2] = [
     ("defrag", &["madvise", "never", "defer", "defer+madvise"]),
 ];
 
-impl TransparentHugepages {
-    fn evaluate(&self, host: &Host) -> Vec<(Finding, Option<Change>)> {
+impl Tuner for TransparentHugepages {
+    fn name(&self) -> &'static str {
+        "transparent_hugepages"
+    }
+    fn description(&self) -> &'static str {
+        "THP enabled/defrag = madvise: no khugepaged or compaction stalls in the broker"
+    }
+    fn evaluate(&self, host: &Host) -> Vec<Evaluation> {
         SETTINGS
             .iter()
             .map(|(file, fine)| {
@@ -37,13 +43,16 @@ impl TransparentHugepages {
                     Err(e) => {
                         return (
                             sysfs::unreadable(self.name(), setting, THP_WANTED, &e),
-                            None,
+                            Vec::new(),
                         );
                     }
                 };
                 let current = sysfs::selected(&text).unwrap_or(&text).to_string();
                 if fine.contains(&current.as_str()) {
-                    (Finding::ok(self.name(), setting, current, THP_WANTED), None)
+                    (
+                        Finding::ok(self.name(), setting, current, THP_WANTED),
+                        Vec::new(),
+                    )
                 } else {
                     (
                         Finding::failed(
@@ -54,29 +63,14 @@ impl TransparentHugepages {
                             Severity::Warn,
                             "huge-page compaction stalls page faults",
                         ),
-                        Some(Change::Write {
+                        vec![Change::Write {
                             path,
                             value: THP_WANTED.into(),
-                        }),
+                        }],
                     )
                 }
             })
             .collect()
-    }
-}
-
-impl Tuner for TransparentHugepages {
-    fn name(&self) -> &'static str {
-        "transparent_hugepages"
-    }
-    fn description(&self) -> &'static str {
-        "THP enabled/defrag = madvise: no khugepaged or compaction stalls in the broker"
-    }
-    fn check(&self, host: &Host) -> Vec<Finding> {
-        super::findings(self.evaluate(host))
-    }
-    fn plan(&self, host: &Host) -> Vec<Change> {
-        super::changes(self.evaluate(host))
     }
 }
 
