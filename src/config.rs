@@ -165,6 +165,12 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "1..=1000",
     },
     Setting {
+        name: "offsets_topic_segment_bytes",
+        description: "Segment size of __consumer_offsets (offsets.topic.segment.bytes). Once a partition of it has older segments holding at least twice the bytes of its live offsets, the coordinator re-appends the live offsets and deletes those segments, so the topic and the startup replay stay bounded",
+        default: "104857600",
+        bounds: "4096..=4294967295",
+    },
+    Setting {
         name: "group_initial_rebalance_delay_ms",
         description: "How long the first rebalance of an empty group waits for more members (group.initial.rebalance.delay.ms)",
         default: "3000",
@@ -221,6 +227,7 @@ pub struct Config {
     pub spin_before_park_us: u64,
     pub io_memory_bytes: usize,
     pub offsets_topic_partitions: i32,
+    pub offsets_topic_segment_bytes: u64,
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
@@ -252,6 +259,7 @@ impl Default for Config {
             spin_before_park_us: 20,
             io_memory_bytes: constants::IO_MEMORY_BYTES_PER_SHARD,
             offsets_topic_partitions: constants::OFFSETS_TOPIC_PARTITIONS_DEFAULT,
+            offsets_topic_segment_bytes: constants::OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -375,6 +383,13 @@ impl Config {
             1,
             1000,
             "1..=1000",
+        )?;
+        check(
+            "offsets_topic_segment_bytes",
+            self.offsets_topic_segment_bytes,
+            4096,
+            u64::from(u32::MAX),
+            "4096..=4294967295",
         )?;
         check(
             "group_initial_rebalance_delay_ms",

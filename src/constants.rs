@@ -54,6 +54,8 @@ pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Default partition count of the offsets topic (`offsets.topic.num.partitions`).
 pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: i32 = 16;
+/// Segment size of `__consumer_offsets` (Kafka's offsets.topic.segment.bytes).
+pub const OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT: u64 = 100 * 1024 * 1024;
 /// Largest batch of offset records written at once to the offsets topic; a
 /// bigger commit is split into several batches appended together.
 pub const OFFSETS_BATCH_BYTES_MAX: usize = 512 * 1024;

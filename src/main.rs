@@ -124,6 +124,10 @@ struct ServeArgs {
     /// Partitions of __consumer_offsets when created [default: 16].
     #[arg(long)]
     offsets_topic_partitions: Option<i32>,
+    /// Segment size of __consumer_offsets in bytes; it is compacted segment by segment
+    /// [default: 100 MiB].
+    #[arg(long)]
+    offsets_topic_segment_bytes: Option<u64>,
     /// Delay of the first rebalance of an empty group in ms [default: 3000].
     #[arg(long)]
     group_initial_rebalance_delay_ms: Option<u64>,
@@ -195,6 +199,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.offsets_topic_partitions {
         config.offsets_topic_partitions = v;
+    }
+    if let Some(v) = args.offsets_topic_segment_bytes {
+        config.offsets_topic_segment_bytes = v;
     }
     if let Some(v) = args.group_initial_rebalance_delay_ms {
         config.group_initial_rebalance_delay_ms = v;

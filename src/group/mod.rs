@@ -50,7 +50,7 @@ use crate::constants::{
 };
 use crate::runtime;
 use crate::shard::{Shard, ShardError};
-use crate::storage::StorageError;
+use crate::storage::{PartitionLog, StorageError};
 use crate::types::{Offset, ShardId, TopicPartition};
 
 use self::records::{OffsetKey, OffsetValue, RecordKey};
@@ -189,6 +189,26 @@ pub struct GroupDescription {
     /// The selected protocol when Stable, else empty.
     pub protocol_data: String,
     pub members: Vec<MemberSummary>,
+}
+
+/// What one compaction of a `__consumer_offsets` partition did.
+#[derive(Debug)]
+struct Compacted {
+    /// Live offsets appended again.
+    rewritten: usize,
+    /// Bytes of the segments below the new log start.
+    freed_bytes: u64,
+    log_start: Offset,
+}
+
+/// Why a compaction pass stopped; the partition is left as it was, apart
+/// from records appended again (replay gives the same map).
+#[derive(Debug, thiserror::Error)]
+enum CompactError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("encoding a committed offset: {0}")]
+    Encode(#[from] records::RecordError),
 }
 
 /// A write to `__consumer_offsets` failed: the code OffsetCommit reports
@@ -668,6 +688,144 @@ impl GroupCoordinator {
             }
         }
         Ok(results)
+    }
+
+    /// Compact the `__consumer_offsets` partitions this shard owns (run by
+    /// the shard's retention pass). See [`GroupCoordinator::compact_partition`].
+    pub async fn compact_offsets(&self, shard: &Shard) {
+        let Some(meta) = shard.catalog().get(OFFSETS_TOPIC).cloned() else {
+            return;
+        };
+        for p in 0..meta.partitions {
+            let tp = TopicPartition::new(OFFSETS_TOPIC, p);
+            if shard.owner_of(&tp) != shard.id || shard.stopping.get() {
+                continue;
+            }
+            let Some(log) = shard.partition(&tp) else {
+                continue;
+            };
+            match self.compact_partition(&log, p, meta.partitions).await {
+                Ok(None) => {}
+                Ok(Some(done)) => info!(
+                    shard = %shard.id,
+                    partition = %tp,
+                    rewritten = done.rewritten,
+                    freed_bytes = done.freed_bytes,
+                    log_start = done.log_start.get(),
+                    "compacted committed offsets"
+                ),
+                Err(e) => {
+                    warn!(shard = %shard.id, partition = %tp, error = %e, "compacting committed offsets failed")
+                }
+            }
+            runtime::yield_if_needed().await;
+        }
+    }
+
+    /// Compaction of one `__consumer_offsets` partition, the way Kafka's log
+    /// cleaner keeps that topic bounded, but from the coordinator's own map
+    /// instead of a scan: the map holds, for every live key, the value of its
+    /// latest record and that record's offset.
+    ///
+    /// When the segments before the active one hold at least twice the bytes
+    /// the live offsets need, every live offset whose latest record lies
+    /// below the active segment's base `B` is appended again (same value and
+    /// commit time), group by group under the group's write lock, so no
+    /// commit or delete of that group interleaves with its copy. Once they
+    /// are durable, every key's latest record is at or above `B`, and
+    /// tombstoned keys have no record left that could bring them back below
+    /// it: the log start moves to `B` (DeleteRecords) and the older segments
+    /// are deleted. A crash before that only leaves duplicate records;
+    /// replay from the log start gives the same map either way.
+    ///
+    /// Returns None when there was nothing worth doing.
+    async fn compact_partition(
+        &self,
+        log: &PartitionLog,
+        partition: i32,
+        partitions: i32,
+    ) -> Result<Option<Compacted>, CompactError> {
+        let (active_base, older_bytes) = log.active_segment();
+        if older_bytes == 0
+            || active_base <= log.log_start_offset()
+            || log.high_watermark() < active_base
+        {
+            return Ok(None);
+        }
+        let (locks, live_bytes) = {
+            let groups = self.groups.borrow();
+            let mut live_bytes = 0u64;
+            let mut locks = Vec::new();
+            for (id, g) in groups
+                .iter()
+                .filter(|(id, _)| offsets_partition(id, partitions) == partition)
+            {
+                for ((topic, _), c) in &g.offsets {
+                    live_bytes += records::record_size_estimate_parts(id, topic, &c.metadata);
+                }
+                locks.push((id.clone(), g.write_lock.clone()));
+            }
+            (locks, live_bytes)
+        };
+        if older_bytes < live_bytes.saturating_mul(2) {
+            return Ok(None);
+        }
+        let mut rewritten = 0usize;
+        for (group_id, lock) in locks {
+            let _guard = lock.lock().await;
+            // Under the lock no write of this group is in flight: its map
+            // entries are its latest records.
+            let stale: Vec<((String, i32), CommittedOffset)> = self
+                .groups
+                .borrow()
+                .get(&group_id)
+                .map(|g| {
+                    g.offsets
+                        .iter()
+                        .filter(|(_, c)| c.log_offset < active_base.get())
+                        .map(|(tp, c)| (tp.clone(), c.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if stale.is_empty() {
+                continue;
+            }
+            let mut copies = Vec::with_capacity(stale.len());
+            for ((topic, partition), c) in &stale {
+                let key = records::encode_key(&OffsetKey {
+                    group: group_id.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                })?;
+                let value = records::encode_value(&OffsetValue {
+                    offset: c.offset,
+                    leader_epoch: c.leader_epoch,
+                    metadata: c.metadata.clone(),
+                    commit_timestamp_ms: c.commit_timestamp_ms,
+                })?;
+                copies.push((key, Some(value)));
+            }
+            let bytes = records::encode_batches(&copies, now_ms(), OFFSETS_BATCH_BYTES_MAX)?;
+            let info = log.append(bytes).await?;
+            log.wait_durable(Offset(info.last_offset.get() + 1)).await?;
+            let base = info.base_offset.get();
+            self.with_group(&group_id, false, |g| {
+                for (i, (tp, old)) in stale.iter().enumerate() {
+                    if let Some(c) = g.offsets.get_mut(tp)
+                        && c.log_offset == old.log_offset
+                    {
+                        c.log_offset = base + i as i64;
+                    }
+                }
+            });
+            rewritten += stale.len();
+        }
+        let log_start = log.delete_records(active_base.get()).await?;
+        Ok(Some(Compacted {
+            rewritten,
+            freed_bytes: older_bytes,
+            log_start,
+        }))
     }
 
     /// Deadlines of every group; forget groups with nothing left.

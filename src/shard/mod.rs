@@ -194,6 +194,13 @@ impl Shard {
         if let Some(v) = int("segment.bytes") {
             cfg.segment_bytes = v.clamp(4096, i64::from(u32::MAX)) as u64;
         }
+        if meta.name == crate::constants::OFFSETS_TOPIC
+            && !meta.configs.contains_key("segment.bytes")
+        {
+            // Kafka's offsets.topic.segment.bytes, unless the topic itself overrides it: small
+            // segments let the coordinator compact the topic (GroupCoordinator::compact_offsets).
+            cfg.segment_bytes = self.config.offsets_topic_segment_bytes;
+        }
         if let Some(v) = int("segment.ms") {
             cfg.segment_ms = v.max(1) as u64;
         }
@@ -315,8 +322,10 @@ impl Shard {
     }
 }
 
-/// Each shard's retention pass, every `retention_check_interval_ms`: asks
-/// each partition it owns to delete its expired sealed segments
+/// Each shard's retention pass, every `retention_check_interval_ms`: lets the
+/// group coordinator compact its `__consumer_offsets` partitions
+/// ([`crate::group::GroupCoordinator::compact_offsets`]), then asks each
+/// partition it owns to delete its expired sealed segments
 /// ([`PartitionLog::enforce_retention`]). Bounded: one pass per period, one
 /// partition at a time; exits when the shard stops or is dropped.
 async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
@@ -329,6 +338,7 @@ async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        shard.groups.compact_offsets(&shard).await;
         for (tp, log) in shard.owned_partitions() {
             match log.enforce_retention(now_ms).await {
                 Ok(0) => {}

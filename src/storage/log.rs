@@ -494,6 +494,21 @@ impl PartitionLog {
         self.state.borrow().segments.iter().map(|s| s.size).sum()
     }
 
+    /// Base offset of the active (last) segment and the bytes of the
+    /// segments before it: what [`PartitionLog::delete_records`] at that
+    /// base would free once they are sealed.
+    pub fn active_segment(&self) -> (Offset, u64) {
+        let st = self.state.borrow();
+        let (active, older) = st
+            .segments
+            .split_last()
+            .expect("a log always has an active segment");
+        (
+            Offset(active.base_offset),
+            older.iter().map(|s| s.size).sum(),
+        )
+    }
+
     /// One retention pass (run periodically by the owning shard): delete the
     /// oldest sealed segments whose max timestamp is older than
     /// `retention_ms` before `now_ms`, or while the partition without them
