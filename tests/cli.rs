@@ -108,14 +108,7 @@ fn produce(bootstrap: &str, topic: &str, partition: i32, count: usize) {
 
 /// Commits offsets for `group` without joining it (assign-style consumer, generation -1).
 fn commit(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("socket.timeout.ms", "10000")
-        .set("log_level", "4")
-        .create()
-        .expect("consumer");
+    let consumer = common::simple_consumer(bootstrap, group);
     let mut list = TopicPartitionList::new();
     for &(partition, offset) in offsets {
         list.add_partition_offset(topic, partition, Offset::Offset(offset))

@@ -11,7 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{Broker, BrokerOptions, admin_client, create_topic, producer_config};
+use common::{Broker, BrokerOptions, admin_client, create_topic, producer_config, simple_consumer};
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -51,17 +51,6 @@ fn group_consumer(bootstrap: &str, group: &str, strategy: &str) -> BaseConsumer 
 }
 
 /// A consumer without group management, for manual assign + commit (generation -1).
-fn simple_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("socket.timeout.ms", "10000")
-        .set("log_level", "4")
-        .create()
-        .expect("create simple consumer")
-}
-
 /// Produce `count` keyed messages, spread over `partitions` explicitly (value = index).
 fn produce(bootstrap: &str, topic: &str, partitions: i32, start: usize, count: usize) {
     let producer: BaseProducer = producer_config(bootstrap).create().expect("producer");

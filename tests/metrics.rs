@@ -18,9 +18,9 @@ use common::{
     Broker, BrokerOptions, RAW_IO_TIMEOUT, consume_all, create_topic, producer_config, watermarks,
 };
 use prometheus_parse::{Sample, Scrape, Value};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 const TOPIC: &str = "metrics-run";
 const PARTITIONS: i32 = 4;
@@ -142,14 +142,7 @@ fn produce(bootstrap: &str) {
 }
 
 fn commit(bootstrap: &str, offsets: &[(i32, i64)]) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", GROUP)
-        .set("enable.auto.commit", "false")
-        .set("socket.timeout.ms", "10000")
-        .set("log_level", "4")
-        .create()
-        .expect("consumer");
+    let consumer = common::simple_consumer(bootstrap, GROUP);
     let mut tpl = TopicPartitionList::new();
     for &(p, o) in offsets {
         tpl.add_partition_offset(TOPIC, p, Offset::Offset(o))

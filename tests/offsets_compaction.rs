@@ -9,10 +9,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{Broker, BrokerOptions, admin_client, create_topic, watermarks};
+use common::{Broker, BrokerOptions, admin_client, create_topic, simple_consumer, watermarks};
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 const TOPIC: &str = "compaction-source";
 const PARTITIONS: i32 = 4;
@@ -21,17 +21,6 @@ const SEGMENT_BYTES: u64 = 16 * 1024;
 /// Commits of the busy group, each of every partition.
 const BUSY_COMMITS: i64 = 600;
 const WAIT: Duration = Duration::from_secs(30);
-
-fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("socket.timeout.ms", "10000")
-        .set("log_level", "4")
-        .create()
-        .expect("consumer")
-}
 
 fn commit(consumer: &BaseConsumer, offsets: &[(i32, i64)]) {
     let mut tpl = TopicPartitionList::new();
@@ -47,7 +36,7 @@ fn committed(bootstrap: &str, group: &str) -> BTreeMap<i32, Offset> {
     for p in 0..PARTITIONS {
         tpl.add_partition(TOPIC, p);
     }
-    consumer(bootstrap, group)
+    simple_consumer(bootstrap, group)
         .committed_offsets(tpl, Duration::from_secs(10))
         .expect("committed offsets")
         .elements()
@@ -57,7 +46,7 @@ fn committed(bootstrap: &str, group: &str) -> BTreeMap<i32, Offset> {
 }
 
 fn groups(bootstrap: &str) -> BTreeSet<String> {
-    consumer(bootstrap, "lister")
+    simple_consumer(bootstrap, "lister")
         .fetch_group_list(None, Duration::from_secs(10))
         .expect("group list")
         .groups()
@@ -125,8 +114,8 @@ async fn offsets_topic_is_compacted_and_keeps_the_latest_offsets() {
     create_topic(&bootstrap, TOPIC, PARTITIONS).await;
 
     // Written first, so their records sit in the oldest segment.
-    commit(&consumer(&bootstrap, "early"), &[(0, 7), (1, 8)]);
-    commit(&consumer(&bootstrap, "deleted"), &[(0, 5), (3, 6)]);
+    commit(&simple_consumer(&bootstrap, "early"), &[(0, 7), (1, 8)]);
+    commit(&simple_consumer(&bootstrap, "deleted"), &[(0, 5), (3, 6)]);
     let admin = admin_client(&bootstrap);
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let deleted = admin
@@ -138,7 +127,7 @@ async fn offsets_topic_is_compacted_and_keeps_the_latest_offsets() {
 
     // Then many commits: many segments' worth of records for a handful of live keys.
     tokio::task::block_in_place(|| {
-        let busy = consumer(&bootstrap, "busy");
+        let busy = simple_consumer(&bootstrap, "busy");
         for i in 0..BUSY_COMMITS {
             let offsets: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, i + i64::from(p))).collect();
             commit(&busy, &offsets);
@@ -183,7 +172,7 @@ async fn offsets_topic_is_compacted_and_keeps_the_latest_offsets() {
 
     // Compaction while commits keep coming, then a crash.
     tokio::task::block_in_place(|| {
-        let busy = consumer(&bootstrap, "busy");
+        let busy = simple_consumer(&bootstrap, "busy");
         for i in 0..BUSY_COMMITS {
             let offsets: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, i + i64::from(p))).collect();
             commit(&busy, &offsets);

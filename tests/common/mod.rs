@@ -609,6 +609,19 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// A consumer of `group` that never joins it: for committing offsets (generation -1, as a
+/// manually assigned consumer does) and reading them back. Auto commit is off.
+pub fn simple_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("socket.timeout.ms", CLIENT_SOCKET_TIMEOUT_MS.to_string())
+        .set("log_level", "4")
+        .create()
+        .expect("create simple consumer")
+}
+
 /// Consumer for `assign()` with explicit offsets. librdkafka's `assign()` requires a group.id
 /// (it fails with "Requires a consumer with group.id configured" otherwise), so one is set, but
 /// nothing ever commits: auto commit and offset store are off, and explicit start offsets mean
