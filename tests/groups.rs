@@ -11,7 +11,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{Broker, BrokerOptions, admin_client, create_topic, producer_config, simple_consumer};
+use common::{
+    Broker, BrokerOptions, admin_client, committed, create_topic, producer_config, simple_consumer,
+};
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -271,21 +273,6 @@ fn commit_simple(consumer: &BaseConsumer, topic: &str, offsets: &[(i32, i64)]) {
             .expect("add partition offset");
     }
     consumer.commit(&tpl, CommitMode::Sync).expect("commit");
-}
-
-fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Offset> {
-    let consumer = simple_consumer(bootstrap, group);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets")
-        .elements()
-        .iter()
-        .map(|e| (e.partition(), e.offset()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

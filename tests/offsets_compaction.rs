@@ -32,17 +32,7 @@ fn commit(consumer: &BaseConsumer, offsets: &[(i32, i64)]) {
 }
 
 fn committed(bootstrap: &str, group: &str) -> BTreeMap<i32, Offset> {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(TOPIC, p);
-    }
-    simple_consumer(bootstrap, group)
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets")
-        .elements()
-        .iter()
-        .map(|e| (e.partition(), e.offset()))
-        .collect()
+    common::committed(bootstrap, group, TOPIC, PARTITIONS)
 }
 
 fn groups(bootstrap: &str) -> BTreeSet<String> {

@@ -622,6 +622,27 @@ pub fn simple_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
         .expect("create simple consumer")
 }
 
+/// The committed offsets of `group` for partitions 0..partitions of `topic` (OffsetFetch);
+/// `Offset::Invalid` where none is committed.
+pub fn committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, Offset> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    simple_consumer(bootstrap, group)
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect()
+}
+
 /// Consumer for `assign()` with explicit offsets. librdkafka's `assign()` requires a group.id
 /// (it fails with "Requires a consumer with group.id configured" otherwise), so one is set, but
 /// nothing ever commits: auto commit and offset store are off, and explicit start offsets mean
