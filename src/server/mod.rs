@@ -59,7 +59,7 @@ pub fn announce(shard: &Shard, listener: &TcpListener) {
 /// After accepting stopped: refuse new requests and wait (bounded) until the
 /// requests in flight on this shard's connections are answered.
 pub async fn drain(shard: &Shard, bound: Duration) {
-    shard.stopping.set(true);
+    shard.begin_stop();
     let deadline = Instant::now() + bound;
     while shard.in_flight.get() > 0 && Instant::now() < deadline {
         runtime::sleep(Duration::from_millis(5)).await;

@@ -58,7 +58,11 @@ pub struct Shard {
     /// Requests of this shard's connections being handled right now.
     pub in_flight: Cell<usize>,
     /// Set when a graceful stop begins: connections stop taking requests.
+    /// Set it only through [`Shard::begin_stop`], which also wakes
+    /// [`Shard::until_stopping`].
     pub stopping: Cell<bool>,
+    /// Fired by [`Shard::begin_stop`].
+    stop_notify: runtime::Notify,
     /// The consumer groups this shard coordinates (those whose
     /// `__consumer_offsets` partition it owns; see `crate::group`).
     pub groups: crate::group::GroupCoordinator,
@@ -90,6 +94,7 @@ impl Shard {
             connections: Cell::new(0),
             in_flight: Cell::new(0),
             stopping: Cell::new(false),
+            stop_notify: runtime::Notify::new(),
             groups,
             controller_lock: futures::lock::Mutex::new(()),
             producer_ids: RefCell::new(None),
@@ -161,6 +166,25 @@ impl Shard {
     {
         let futs = (0..self.count).map(|s| self.invoke_on(ShardId(s), f.clone()));
         futures::future::join_all(futs).await.into_iter().collect()
+    }
+
+    /// A graceful stop begins on this shard: take no new requests and end
+    /// the waits of long-polling requests ([`Shard::until_stopping`]), so
+    /// they are answered with what they have.
+    pub fn begin_stop(&self) {
+        self.stopping.set(true);
+        self.stop_notify.notify_all();
+    }
+
+    /// Resolves once [`Shard::begin_stop`] ran (at once if it already did).
+    pub async fn until_stopping(&self) {
+        while !self.stopping.get() {
+            let listener = self.stop_notify.listen();
+            if self.stopping.get() {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// This shard's copy of the catalog.

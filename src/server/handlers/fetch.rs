@@ -4,8 +4,11 @@
 //! ([`read_on_owner`]), then assemble in request order, keeping to
 //! `max_bytes` (the first non-empty partition's first batch is always whole,
 //! KIP-74). If fewer than `min_bytes` came back, wait on the owners until a
-//! high watermark passes a fetch offset or `max_wait_ms` runs out
-//! ([`wait_on_owner`]), then read again.
+//! high watermark moves past what that read saw (new data) or `max_wait_ms`
+//! runs out ([`wait_on_owner`]), then read again. Waiting for the fetch
+//! offset instead would return at once whenever some data, but less than
+//! `min_bytes`, is there, and the handler would spin its shard until the
+//! deadline.
 //!
 //! Fetch sessions (KIP-227) are not kept: the response's session id is 0,
 //! which tells clients to send full fetch requests.
@@ -101,11 +104,14 @@ pub async fn handle(
         outcomes.push(row);
     }
 
+    // Per slot: the high watermark a wait must see exceeded (new data).
+    let mut seen: Vec<i64> = vec![0; slots.len()];
     loop {
         let reads = read_all(shard, &slots, max_bytes).await?;
         let mut total = 0usize;
         let mut any_error = false;
-        for (slot, mut r) in slots.iter().zip(reads) {
+        for ((slot, mut r), seen) in slots.iter().zip(reads).zip(seen.iter_mut()) {
+            *seen = slot.spec.offset.max(r.high_watermark);
             // Keep to max_bytes in request order; never split a batch.
             if !r.records.is_empty() {
                 if total > 0 && total + r.records.len() > max_bytes {
@@ -122,7 +128,25 @@ pub async fn handle(
             break;
         }
         // After the wait, read again: the loop ends at the deadline.
-        wait_any(shard, &slots, deadline).await?;
+        // A graceful stop answers with what is there instead of waiting.
+        let stopping = futures_lite::future::or(
+            async {
+                wait_any(shard, &slots, &seen, deadline)
+                    .await
+                    .map(|()| false)
+            },
+            async {
+                shard.until_stopping().await;
+                Ok(true)
+            },
+        )
+        .await?;
+        // The owner's wait also ends when the owner stops: check here too, or the loop would
+        // read and wait again at once until the deadline.
+        if stopping || shard.stopping.get() {
+            break;
+        }
+        runtime::yield_if_needed().await;
     }
     for r in outcomes.iter().flatten().filter(|r| r.error_code == 0) {
         crate::metrics::fetch_partition_bytes(r.records.len());
@@ -240,16 +264,18 @@ pub async fn read_on_owner(
     out
 }
 
-/// Wait until any slot's high watermark passes its fetch offset, or the
+/// Wait until any slot's high watermark passes `seen` (that slot's high
+/// watermark at the last read, or its fetch offset if higher), or the
 /// deadline.
 async fn wait_any(
     shard: &Rc<Shard>,
     slots: &[Slot],
+    seen: &[i64],
     deadline: Instant,
 ) -> Result<(), HandlerError> {
     let mut per_owner: Vec<Vec<(TopicPartition, i64)>> = vec![Vec::new(); shard.count];
-    for s in slots {
-        per_owner[s.owner.0].push((s.spec.tp.clone(), s.spec.offset));
+    for (s, seen) in slots.iter().zip(seen) {
+        per_owner[s.owner.0].push((s.spec.tp.clone(), *seen));
     }
     let waits: Vec<_> = per_owner
         .into_iter()
@@ -273,7 +299,8 @@ async fn wait_any(
 }
 
 /// On the owner: return once a partition's high watermark is past the given
-/// offset, or at the deadline.
+/// offset, or at the deadline (or at once when none of the partitions is
+/// here any more: the caller's next read reports it).
 pub async fn wait_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>, deadline: Instant) {
     let logs: Vec<_> = parts
         .iter()
@@ -291,8 +318,14 @@ pub async fn wait_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>, 
             return;
         }
         let any = futures::future::select_all(listeners.into_iter().map(Box::pin));
-        if runtime::timeout(deadline - now, any).await.is_none() {
-            return;
+        let woken = futures_lite::future::or(async { Some(any.await) }, async {
+            shard.until_stopping().await;
+            None
+        });
+        match runtime::timeout(deadline - now, woken).await {
+            Some(Some(_)) => {}
+            // The deadline, or this shard is stopping.
+            _ => return,
         }
     }
 }
