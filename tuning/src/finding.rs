@@ -87,13 +87,10 @@ impl Finding {
         note: impl Into<String>,
     ) -> Self {
         Finding {
-            tuner,
-            setting: setting.into(),
-            current: current.into(),
-            wanted: wanted.into(),
             severity,
             ok: false,
             note: note.into(),
+            ..Finding::ok(tuner, setting, current, wanted)
         }
     }
 
@@ -106,13 +103,9 @@ impl Finding {
         note: impl Into<String>,
     ) -> Self {
         Finding {
-            tuner,
-            setting: setting.into(),
-            current: "-".into(),
-            wanted: wanted.into(),
             severity: Severity::Info,
-            ok: true,
             note: note.into(),
+            ..Finding::ok(tuner, setting, "-", wanted)
         }
     }
 
