@@ -201,14 +201,49 @@ struct Compacted {
     log_start: Offset,
 }
 
-/// Why a compaction pass stopped; the partition is left as it was, apart
-/// from records appended again (replay gives the same map).
+/// A write to `__consumer_offsets` failed before or in the log. A compaction
+/// that stops on one leaves the partition as it was, apart from records
+/// appended again (replay gives the same map).
 #[derive(Debug, thiserror::Error)]
-enum CompactError {
+enum OffsetsWriteError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("encoding a committed offset: {0}")]
     Encode(#[from] records::RecordError),
+}
+
+/// The `__consumer_offsets` record (key, value) saying that `group` committed
+/// `committed` for `topic`/`partition`.
+fn offset_record(
+    group: &str,
+    topic: &str,
+    partition: i32,
+    committed: &CommittedOffset,
+) -> Result<(Bytes, Option<Bytes>), records::RecordError> {
+    let key = records::encode_key(&OffsetKey {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        partition,
+    })?;
+    let value = records::encode_value(&OffsetValue {
+        offset: committed.offset,
+        leader_epoch: committed.leader_epoch,
+        metadata: committed.metadata.clone(),
+        commit_timestamp_ms: committed.commit_timestamp_ms,
+    })?;
+    Ok((key, Some(value)))
+}
+
+/// Append `records` to an offsets partition and wait until they are
+/// durable: the log offset of the first record (record `i` is at `+ i`).
+async fn append_durable(
+    log: &PartitionLog,
+    records: &[(Bytes, Option<Bytes>)],
+) -> Result<i64, OffsetsWriteError> {
+    let bytes = records::encode_batches(records, now_ms(), OFFSETS_BATCH_BYTES_MAX)?;
+    let info = log.append(bytes).await?;
+    log.wait_durable(Offset(info.last_offset.get() + 1)).await?;
+    Ok(info.base_offset.get())
 }
 
 /// A write to `__consumer_offsets` failed: the code OffsetCommit reports
@@ -344,13 +379,10 @@ impl GroupCoordinator {
         let log = offsets_tp(shard, group_id)
             .and_then(|tp| shard.partition(&tp))
             .ok_or(ResponseError::NotCoordinator.code())?;
-        let bytes = records::encode_batches(records, now_ms(), OFFSETS_BATCH_BYTES_MAX)
-            .map_err(|_| ResponseError::InvalidCommitOffsetSize.code())?;
-        let info = log.append(bytes).await.map_err(|e| commit_error(&e))?;
-        log.wait_durable(Offset(info.last_offset.get() + 1))
-            .await
-            .map_err(|e| commit_error(&e))?;
-        Ok(info.base_offset.get())
+        append_durable(&log, records).await.map_err(|e| match e {
+            OffsetsWriteError::Encode(_) => ResponseError::InvalidCommitOffsetSize.code(),
+            OffsetsWriteError::Storage(e) => commit_error(&e),
+        })
     }
 
     /// OffsetCommit: validate against the group, write durably, then apply.
@@ -411,36 +443,23 @@ impl GroupCoordinator {
                         codes.push((p.partition, ResponseError::InvalidCommitOffsetSize.code()));
                         continue;
                     }
-                    let key = OffsetKey {
-                        group: group_id.to_string(),
-                        topic: topic.clone(),
-                        partition: p.partition,
-                    };
-                    let value = OffsetValue {
+                    let committed = CommittedOffset {
                         offset: p.offset,
                         leader_epoch: p.leader_epoch,
                         metadata: p.metadata.clone(),
                         commit_timestamp_ms: timestamp,
+                        log_offset: -1,
                     };
-                    match (records::encode_key(&key), records::encode_value(&value)) {
-                        (Ok(k), Ok(v)) => {
+                    match offset_record(group_id, topic, p.partition, &committed) {
+                        Ok(record) => {
                             if !known {
                                 held += 1;
                             }
-                            records.push((k, Some(v)));
-                            applied.push((
-                                key_tp,
-                                CommittedOffset {
-                                    offset: p.offset,
-                                    leader_epoch: p.leader_epoch,
-                                    metadata: p.metadata.clone(),
-                                    commit_timestamp_ms: timestamp,
-                                    log_offset: -1,
-                                },
-                            ));
+                            records.push(record);
+                            applied.push((key_tp, committed));
                             codes.push((p.partition, 0));
                         }
-                        _ => {
+                        Err(_) => {
                             codes.push((p.partition, ResponseError::OffsetMetadataTooLarge.code()))
                         }
                     }
@@ -744,7 +763,7 @@ impl GroupCoordinator {
         log: &PartitionLog,
         partition: i32,
         partitions: i32,
-    ) -> Result<Option<Compacted>, CompactError> {
+    ) -> Result<Option<Compacted>, OffsetsWriteError> {
         let (active_base, older_bytes) = log.active_segment();
         if older_bytes == 0
             || active_base <= log.log_start_offset()
@@ -790,25 +809,11 @@ impl GroupCoordinator {
             if stale.is_empty() {
                 continue;
             }
-            let mut copies = Vec::with_capacity(stale.len());
-            for ((topic, partition), c) in &stale {
-                let key = records::encode_key(&OffsetKey {
-                    group: group_id.clone(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                })?;
-                let value = records::encode_value(&OffsetValue {
-                    offset: c.offset,
-                    leader_epoch: c.leader_epoch,
-                    metadata: c.metadata.clone(),
-                    commit_timestamp_ms: c.commit_timestamp_ms,
-                })?;
-                copies.push((key, Some(value)));
-            }
-            let bytes = records::encode_batches(&copies, now_ms(), OFFSETS_BATCH_BYTES_MAX)?;
-            let info = log.append(bytes).await?;
-            log.wait_durable(Offset(info.last_offset.get() + 1)).await?;
-            let base = info.base_offset.get();
+            let copies = stale
+                .iter()
+                .map(|((topic, partition), c)| offset_record(&group_id, topic, *partition, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let base = append_durable(log, &copies).await?;
             self.with_group(&group_id, false, |g| {
                 for (i, (tp, old)) in stale.iter().enumerate() {
                     if let Some(c) = g.offsets.get_mut(tp)
