@@ -104,14 +104,11 @@ pub async fn handle(
         outcomes.push(row);
     }
 
-    // Per slot: the high watermark a wait must see exceeded (new data).
-    let mut seen: Vec<i64> = vec![0; slots.len()];
     loop {
         let reads = read_all(shard, &slots, max_bytes).await?;
         let mut total = 0usize;
         let mut any_error = false;
-        for ((slot, mut r), seen) in slots.iter().zip(reads).zip(seen.iter_mut()) {
-            *seen = slot.spec.offset.max(r.high_watermark);
+        for (slot, mut r) in slots.iter().zip(reads) {
             // Keep to max_bytes in request order; never split a batch.
             if !r.records.is_empty() {
                 if total > 0 && total + r.records.len() > max_bytes {
@@ -127,11 +124,11 @@ pub async fn handle(
         if total >= min_bytes || any_error || slots.is_empty() || Instant::now() >= deadline {
             break;
         }
-        // After the wait, read again: the loop ends at the deadline.
-        // A graceful stop answers with what is there instead of waiting.
+        // After the wait, read again: the loop ends at the deadline. A
+        // graceful stop of this shard answers with what is there instead.
         let stopping = futures_lite::future::or(
             async {
-                wait_any(shard, &slots, &seen, deadline)
+                wait_any(shard, &slots, &outcomes, deadline)
                     .await
                     .map(|()| false)
             },
@@ -141,12 +138,9 @@ pub async fn handle(
             },
         )
         .await?;
-        // The owner's wait also ends when the owner stops: check here too, or the loop would
-        // read and wait again at once until the deadline.
-        if stopping || shard.stopping.get() {
+        if stopping {
             break;
         }
-        runtime::yield_if_needed().await;
     }
     for r in outcomes.iter().flatten().filter(|r| r.error_code == 0) {
         crate::metrics::fetch_partition_bytes(r.records.len());
@@ -264,18 +258,18 @@ pub async fn read_on_owner(
     out
 }
 
-/// Wait until any slot's high watermark passes `seen` (that slot's high
-/// watermark at the last read, or its fetch offset if higher), or the
-/// deadline.
+/// Wait until any slot's high watermark passes the one its last read saw
+/// (`outcomes`; the fetch offset if that is higher), or the deadline.
 async fn wait_any(
     shard: &Rc<Shard>,
     slots: &[Slot],
-    seen: &[i64],
+    outcomes: &[Vec<ReadOutcome>],
     deadline: Instant,
 ) -> Result<(), HandlerError> {
     let mut per_owner: Vec<Vec<(TopicPartition, i64)>> = vec![Vec::new(); shard.count];
-    for (s, seen) in slots.iter().zip(seen) {
-        per_owner[s.owner.0].push((s.spec.tp.clone(), *seen));
+    for s in slots {
+        let seen = outcomes[s.topic][s.partition].high_watermark;
+        per_owner[s.owner.0].push((s.spec.tp.clone(), s.spec.offset.max(seen)));
     }
     let waits: Vec<_> = per_owner
         .into_iter()
@@ -300,7 +294,9 @@ async fn wait_any(
 
 /// On the owner: return once a partition's high watermark is past the given
 /// offset, or at the deadline (or at once when none of the partitions is
-/// here any more: the caller's next read reports it).
+/// here any more: the caller's next read reports it). A caller that stops
+/// waiting (another owner answered first, or its shard stops) drops the
+/// reply; this wait still ends at its deadline at the latest.
 pub async fn wait_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>, deadline: Instant) {
     let logs: Vec<_> = parts
         .iter()
@@ -318,14 +314,8 @@ pub async fn wait_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>, 
             return;
         }
         let any = futures::future::select_all(listeners.into_iter().map(Box::pin));
-        let woken = futures_lite::future::or(async { Some(any.await) }, async {
-            shard.until_stopping().await;
-            None
-        });
-        match runtime::timeout(deadline - now, woken).await {
-            Some(Some(_)) => {}
-            // The deadline, or this shard is stopping.
-            _ => return,
+        if runtime::timeout(deadline - now, any).await.is_none() {
+            return;
         }
     }
 }
