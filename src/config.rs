@@ -166,7 +166,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "offsets_topic_segment_bytes",
-        description: "Segment size of __consumer_offsets (offsets.topic.segment.bytes). Once a partition of it has older segments holding at least twice the bytes of its live offsets, the coordinator re-appends the live offsets and deletes those segments, so the topic and the startup replay stay bounded",
+        description: "Segment size of __consumer_offsets, set as its segment.bytes when the topic is created (offsets.topic.segment.bytes; AlterConfigs changes it later). Once a partition of it has older segments holding at least twice the bytes of its live offsets, the coordinator re-appends the live offsets and deletes those segments, so the topic and the startup replay stay bounded",
         default: "104857600",
         bounds: "4096..=4294967295",
     },

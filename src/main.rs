@@ -124,8 +124,8 @@ struct ServeArgs {
     /// Partitions of __consumer_offsets when created [default: 16].
     #[arg(long)]
     offsets_topic_partitions: Option<i32>,
-    /// Segment size of __consumer_offsets in bytes; it is compacted segment by segment
-    /// [default: 100 MiB].
+    /// Segment size of __consumer_offsets when it is created; it is compacted segment by
+    /// segment [default: 100 MiB].
     #[arg(long)]
     offsets_topic_segment_bytes: Option<u64>,
     /// Delay of the first rebalance of an empty group in ms [default: 3000].

@@ -60,8 +60,9 @@ use self::state::{
 };
 
 /// At startup, before any shard runs: add `__consumer_offsets` to the
-/// catalog if missing (`offsets_topic_partitions` partitions, compacted, a
-/// batch limit that fits the largest commit batch) and persist the catalog.
+/// catalog if missing (`offsets_topic_partitions` partitions, compacted,
+/// `offsets_topic_segment_bytes` segments, a batch limit that fits the
+/// largest commit batch) and persist the catalog.
 pub fn ensure_offsets_topic(
     catalog: &mut crate::cluster::catalog::Catalog,
     config: &Config,
@@ -71,6 +72,12 @@ pub fn ensure_offsets_topic(
     }
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
+    // Kafka's offsets.topic.segment.bytes: small enough segments for the
+    // coordinator to compact the topic (GroupCoordinator::compact_offsets).
+    configs.insert(
+        "segment.bytes".to_string(),
+        config.offsets_topic_segment_bytes.to_string(),
+    );
     configs.insert(
         "max.message.bytes".to_string(),
         OFFSETS_TOPIC_MESSAGE_BYTES_MAX.to_string(),

@@ -218,13 +218,6 @@ impl Shard {
         if let Some(v) = int("segment.bytes") {
             cfg.segment_bytes = v.clamp(4096, i64::from(u32::MAX)) as u64;
         }
-        if meta.name == crate::constants::OFFSETS_TOPIC
-            && !meta.configs.contains_key("segment.bytes")
-        {
-            // Kafka's offsets.topic.segment.bytes, unless the topic itself overrides it: small
-            // segments let the coordinator compact the topic (GroupCoordinator::compact_offsets).
-            cfg.segment_bytes = self.config.offsets_topic_segment_bytes;
-        }
         if let Some(v) = int("segment.ms") {
             cfg.segment_ms = v.max(1) as u64;
         }
