@@ -71,10 +71,16 @@ struct TuneArgs {
 
 /// `sluice config --defaults` | `sluice config --config FILE`.
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["defaults", "config"])))]
+// `multiple`: SLUICE_CONFIG in the environment must not make `--defaults` an error.
+#[command(group(
+    clap::ArgGroup::new("what")
+        .required(true)
+        .multiple(true)
+        .args(["defaults", "config"])
+))]
 struct ConfigArgs {
     /// Print every setting with its description, default and bounds, as a TOML file that
-    /// loads back as the defaults.
+    /// loads back as the defaults (wins over --config).
     #[arg(long)]
     defaults: bool,
     /// Check this TOML file against every bound and print the settings it gives (defaults
@@ -274,22 +280,20 @@ fn tune(args: TuneArgs) -> anyhow::Result<()> {
 
 /// Runs `sluice config`.
 fn print_config(args: ConfigArgs) -> anyhow::Result<()> {
-    match args.config {
-        // clap requires one of the two; --defaults wins if both are given.
-        Some(path) if !args.defaults => {
-            let config =
-                Config::from_file(&path).with_context(|| format!("loading {}", path.display()))?;
-            if let Err(e) = config.validate() {
-                eprintln!("error: {}: {e}", path.display());
-                std::process::exit(1);
-            }
-            print!(
-                "{}",
-                toml::to_string(&config).context("encoding the configuration")?
-            );
-        }
-        _ => print!("{}", Config::defaults_toml()),
+    // clap requires at least one of the two.
+    let Some(path) = args.config.filter(|_| !args.defaults) else {
+        print!("{}", Config::defaults_toml());
+        return Ok(());
+    };
+    let config = Config::from_file(&path).with_context(|| format!("loading {}", path.display()))?;
+    if let Err(e) = config.validate() {
+        eprintln!("error: {}: {e}", path.display());
+        std::process::exit(1);
     }
+    print!(
+        "{}",
+        toml::to_string(&config).context("encoding the configuration")?
+    );
     Ok(())
 }
 
