@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::{
-    Broker, BrokerOptions, admin_client, committed, create_topic, producer_config, simple_consumer,
+    Broker, BrokerOptions, admin_client, commit_offsets, committed, create_topic, producer_config,
+    simple_consumer,
 };
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -52,7 +53,6 @@ fn group_consumer(bootstrap: &str, group: &str, strategy: &str) -> BaseConsumer 
         .expect("create group consumer")
 }
 
-/// A consumer without group management, for manual assign + commit (generation -1).
 /// Produce `count` keyed messages, spread over `partitions` explicitly (value = index).
 fn produce(bootstrap: &str, topic: &str, partitions: i32, start: usize, count: usize) {
     let producer: BaseProducer = producer_config(bootstrap).create().expect("producer");
@@ -266,15 +266,6 @@ async fn restarted_consumer_resumes_from_committed_offset() {
 }
 
 /// Commit with a manually assigned consumer (generation -1, no member id) and read it back.
-fn commit_simple(consumer: &BaseConsumer, topic: &str, offsets: &[(i32, i64)]) {
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in offsets {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
-            .expect("add partition offset");
-    }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_survive_restart_and_kill_9() {
     const TOPIC: &str = "groups-durable";
@@ -285,7 +276,7 @@ async fn committed_offsets_survive_restart_and_kill_9() {
     let groups: Vec<String> = (0..8).map(|i| format!("durable-{i}")).collect();
     for (i, g) in groups.iter().enumerate() {
         let c = simple_consumer(&bootstrap, g);
-        commit_simple(&c, TOPIC, &[(0, 10 + i as i64), (3, 100 + i as i64)]);
+        commit_offsets(&c, TOPIC, &[(0, 10 + i as i64), (3, 100 + i as i64)]);
     }
 
     assert!(broker.stop(), "graceful stop");
@@ -321,7 +312,7 @@ async fn committed_offsets_survive_restart_and_kill_9() {
     // New commits, then kill -9: acknowledged commits are durable.
     for (i, g) in groups.iter().enumerate() {
         let c = simple_consumer(&bootstrap, g);
-        commit_simple(&c, TOPIC, &[(0, 1000 + i as i64)]);
+        commit_offsets(&c, TOPIC, &[(0, 1000 + i as i64)]);
     }
     broker.kill9();
     broker.restart();
@@ -343,7 +334,7 @@ async fn committed_offsets_survive_restart_and_kill_9() {
     // A group member resumes from offsets committed before the crash.
     produce(&bootstrap, TOPIC, 4, 0, 40);
     let c = simple_consumer(&bootstrap, "resume-after-crash");
-    commit_simple(&c, TOPIC, &[(0, 5), (1, 5), (2, 5), (3, 5)]);
+    commit_offsets(&c, TOPIC, &[(0, 5), (1, 5), (2, 5), (3, 5)]);
     broker.kill9();
     broker.restart();
     let bootstrap = broker.bootstrap();

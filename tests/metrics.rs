@@ -18,9 +18,7 @@ use common::{
     Broker, BrokerOptions, RAW_IO_TIMEOUT, consume_all, create_topic, producer_config, watermarks,
 };
 use prometheus_parse::{Sample, Scrape, Value};
-use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 
 const TOPIC: &str = "metrics-run";
 const PARTITIONS: i32 = 4;
@@ -142,13 +140,7 @@ fn produce(bootstrap: &str) {
 }
 
 fn commit(bootstrap: &str, offsets: &[(i32, i64)]) {
-    let consumer = common::simple_consumer(bootstrap, GROUP);
-    let mut tpl = TopicPartitionList::new();
-    for &(p, o) in offsets {
-        tpl.add_partition_offset(TOPIC, p, Offset::Offset(o))
-            .expect("add");
-    }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    common::commit_offsets(&common::simple_consumer(bootstrap, GROUP), TOPIC, offsets);
 }
 
 #[test]

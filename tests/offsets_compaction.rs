@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{Broker, BrokerOptions, admin_client, create_topic, simple_consumer, watermarks};
+use rdkafka::Offset;
 use rdkafka::admin::AdminOptions;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const TOPIC: &str = "compaction-source";
 const PARTITIONS: i32 = 4;
@@ -23,12 +23,7 @@ const BUSY_COMMITS: i64 = 600;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn commit(consumer: &BaseConsumer, offsets: &[(i32, i64)]) {
-    let mut tpl = TopicPartitionList::new();
-    for &(p, o) in offsets {
-        tpl.add_partition_offset(TOPIC, p, Offset::Offset(o))
-            .expect("add");
-    }
-    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    common::commit_offsets(consumer, TOPIC, offsets);
 }
 
 fn committed(bootstrap: &str, group: &str) -> BTreeMap<i32, Offset> {

@@ -622,6 +622,18 @@ pub fn simple_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
         .expect("create simple consumer")
 }
 
+/// Commits `offsets` ((partition, offset) of `topic`) with `consumer`, synchronously.
+pub fn commit_offsets(consumer: &BaseConsumer, topic: &str, offsets: &[(i32, i64)]) {
+    let mut tpl = TopicPartitionList::new();
+    for &(p, o) in offsets {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .expect("add partition offset");
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .expect("commit");
+}
+
 /// The committed offsets of `group` for partitions 0..partitions of `topic` (OffsetFetch);
 /// `Offset::Invalid` where none is committed.
 pub fn committed(
