@@ -2,7 +2,8 @@
 //! (Python: topic configs, CreatePartitions, DeleteRecords,
 //! DescribeCluster) and kafkajs admin (createPartitions, describeConfigs,
 //! alterConfigs, deleteTopicRecords). The client code lives in
-//! tests/clients/; `.ci/run` installs the packages.
+//! tests/clients/; the Python packages come from `.ci/run` (README), the pinned npm ones are
+//! installed on first use (`common::kafkajs_command`).
 
 mod common;
 
@@ -39,13 +40,8 @@ fn python_confluent_admin() {
 #[test]
 fn kafkajs_admin() {
     let broker = Broker::start();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
     let output = run_with_timeout(
-        Command::new("node")
-            .arg(format!("{dir}/kafkajs_clients.js"))
-            .arg(broker.bootstrap())
-            .arg("admin")
-            .current_dir(dir),
+        &mut common::kafkajs_command(&broker.bootstrap(), &["admin"]),
         b"",
         Duration::from_secs(120),
     );

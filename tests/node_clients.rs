@@ -1,13 +1,13 @@
 //! kafkajs (pure JavaScript) against a real broker: admin, producer, and a
 //! two-member consumer group. The client code lives in
-//! tests/clients/kafkajs_clients.js; `.ci/run` installs its npm packages.
+//! tests/clients/kafkajs_clients.js; its pinned npm packages are installed on first use
+//! (`common::kafkajs_command`).
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Broker, BrokerOptions, run_with_timeout};
+use common::{Broker, BrokerOptions, kafkajs_command, run_with_timeout};
 
 #[test]
 fn kafkajs_round_trip_with_group() {
@@ -15,12 +15,8 @@ fn kafkajs_round_trip_with_group() {
         extra_args: vec!["--group-initial-rebalance-delay-ms".into(), "200".into()],
         ..BrokerOptions::default()
     });
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
     let output = run_with_timeout(
-        Command::new("node")
-            .arg(format!("{dir}/kafkajs_clients.js"))
-            .arg(broker.bootstrap())
-            .current_dir(dir),
+        &mut kafkajs_command(&broker.bootstrap(), &[]),
         b"",
         Duration::from_secs(150),
     );
@@ -43,12 +39,7 @@ fn kafkajs_idempotent_producer_across_restart() {
         extra_args: vec!["--group-initial-rebalance-delay-ms".into(), "200".into()],
         ..BrokerOptions::default()
     });
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
-    let mut child = Command::new("node")
-        .arg(format!("{dir}/kafkajs_clients.js"))
-        .arg(broker.bootstrap())
-        .arg("idempotent")
-        .current_dir(dir)
+    let mut child = kafkajs_command(&broker.bootstrap(), &["idempotent"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
