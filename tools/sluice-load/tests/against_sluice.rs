@@ -2,7 +2,7 @@
 //! `compare` on its report.
 //!
 //! Needs the broker binary: run `cargo build --release --bin sluice` (or a
-//! debug build) first. It is looked up at `<workspace>/target/{release,debug}/sluice`
+//! debug build) first. It is looked up at `<target dir>/{release,debug}/sluice`
 //! (the newer of the two), or at `$SLUICE_BIN`. A missing binary fails the
 //! test: this is not a test that may silently skip in CI.
 
@@ -20,11 +20,15 @@ fn sluice_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("SLUICE_BIN") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let candidates = [
-        root.join("target/release/sluice"),
-        root.join("target/debug/sluice"),
-    ];
+    // This test runs as <target>/<profile>/deps/against_sluice-<hash>, so <target> is
+    // found whatever CARGO_TARGET_DIR says.
+    let exe = std::env::current_exe().expect("test executable path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let candidates = [target.join("release/sluice"), target.join("debug/sluice")];
     candidates
         .iter()
         .filter(|p| p.exists())
