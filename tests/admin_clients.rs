@@ -2,12 +2,11 @@
 //! (Python: topic configs, CreatePartitions, DeleteRecords,
 //! DescribeCluster) and kafkajs admin (createPartitions, describeConfigs,
 //! alterConfigs, deleteTopicRecords). The client code lives in
-//! tests/clients/; the Python packages come from `.ci/run` (README), the pinned npm ones are
-//! installed on first use (`common::kafkajs_command`).
+//! tests/clients/; `tools/test.sh` (the README's test command) installs the pinned Python and
+//! npm packages.
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Broker, run_with_timeout};
@@ -15,13 +14,8 @@ use common::{Broker, run_with_timeout};
 #[test]
 fn python_confluent_admin() {
     let broker = Broker::start();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_clients.py"
-    );
     let output = run_with_timeout(
-        Command::new("python3")
-            .arg(script)
+        common::python_command("python_clients.py")
             .arg(broker.bootstrap())
             .arg("admin"),
         b"",

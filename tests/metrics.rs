@@ -310,12 +310,8 @@ fn scrape_during_and_after_a_produce_fetch_run() {
 /// tests/clients/openmetrics_check.py), which is strict where `prometheus-parse` is lenient:
 /// `# EOF`, `_total` on counters, cumulative buckets ending in +Inf == `_count`.
 fn strict_openmetrics_check(text: &str) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/openmetrics_check.py"
-    );
     let output = common::run_with_timeout(
-        std::process::Command::new("python3").arg(script),
+        &mut common::python_command("openmetrics_check.py"),
         text.as_bytes(),
         Duration::from_secs(60),
     );

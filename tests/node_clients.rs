@@ -1,7 +1,6 @@
 //! kafkajs (pure JavaScript) against a real broker: admin, producer, and a
 //! two-member consumer group. The client code lives in
-//! tests/clients/kafkajs_clients.js; its pinned npm packages are installed on first use
-//! (`common::kafkajs_command`).
+//! tests/clients/kafkajs_clients.js; `tools/test.sh` installs its pinned npm packages.
 
 mod common;
 

@@ -1,10 +1,9 @@
 //! Python clients against a real broker: confluent-kafka (current
 //! librdkafka) and kafka-python (pure Python). The client code lives in
-//! tests/clients/python_clients.py; `.ci/run` installs the packages.
+//! tests/clients/python_clients.py; `tools/test.sh` installs the packages.
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Broker, run_with_timeout};
@@ -12,12 +11,8 @@ use common::{Broker, run_with_timeout};
 #[test]
 fn python_clients_round_trip() {
     let broker = Broker::start();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_clients.py"
-    );
     let output = run_with_timeout(
-        Command::new("python3").arg(script).arg(broker.bootstrap()),
+        common::python_command("python_clients.py").arg(broker.bootstrap()),
         b"",
         Duration::from_secs(150),
     );

@@ -15,6 +15,9 @@
 //!   see [`records`]). An OffsetCommit is answered after its records are
 //!   durable (`wait_durable`), then the in-memory map is updated. DeleteGroups
 //!   and OffsetDelete write tombstones the same way.
+//! - Order: a group's writes are appended in the order they reached the
+//!   coordinator ([`write_order`]), and the map keeps, per key, the value of
+//!   the record with the highest log offset, so the last commit sent wins.
 //! - At startup each shard replays its partitions of the topic from log start
 //!   to high watermark ([`GroupCoordinator::load`]) before the broker listens.
 //! - Membership (members, generation, assignments) is in memory only: after
@@ -29,9 +32,12 @@
 //! # Modules
 //! - [`state`]: one group and the rebalance state machine (synchronous).
 //! - [`records`]: the key/value codec of `__consumer_offsets`.
+//! - [`write_order`]: the order of one group's offset writes (commits
+//!   shared and pipelined, tombstones and compaction exclusive).
 
 pub mod records;
 pub mod state;
+pub mod write_order;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +64,7 @@ use self::state::{
     CommittedOffset, Group, GroupSettings, GroupState, JoinOutcome, JoinRequest, MemberSummary,
     Reply, SyncOutcome, SyncRequest,
 };
+use self::write_order::Mode;
 
 /// At startup, before any shard runs: add `__consumer_offsets` to the
 /// catalog if missing (`offsets_topic_partitions` partitions, compacted,
@@ -244,7 +251,7 @@ fn offset_record(
 /// Append `records` to an offsets partition and wait until they are
 /// durable: the log offset of the first record (record `i` is at `+ i`).
 async fn append_durable(
-    log: &PartitionLog,
+    log: &Rc<PartitionLog>,
     records: &[(Bytes, Option<Bytes>)],
 ) -> Result<i64, OffsetsWriteError> {
     let bytes = records::encode_batches(records, now_ms(), OFFSETS_BATCH_BYTES_MAX)?;
@@ -393,11 +400,34 @@ impl GroupCoordinator {
     }
 
     /// OffsetCommit: validate against the group, write durably, then apply.
-    pub async fn commit(
+    ///
+    /// Takes the group's place in line ([`write_order`]) when called, on the
+    /// coordinator, so commits take effect in the order they were sent
+    /// (jobs from one shard arrive in order); they pipeline, sharing fsyncs.
+    pub fn commit(
+        shard: Rc<Shard>,
+        group_id: String,
+        req: CommitRequest,
+    ) -> impl std::future::Future<Output = PartitionErrors> + 'static {
+        let simple = req.generation < 0;
+        // Unknown group: only a simple consumer (generation < 0) creates it.
+        let ticket = shard
+            .groups
+            .with_group(&group_id, simple, |g| g.write_order.enter(Mode::Shared));
+        async move {
+            shard
+                .groups
+                .commit_in_line(&shard, &group_id, req, ticket)
+                .await
+        }
+    }
+
+    async fn commit_in_line(
         &self,
         shard: &Shard,
         group_id: &str,
         req: CommitRequest,
+        ticket: Option<write_order::Ticket>,
     ) -> PartitionErrors {
         let all = |code: i16, topics: &[(String, Vec<CommitPartition>)]| -> PartitionErrors {
             topics
@@ -406,8 +436,7 @@ impl GroupCoordinator {
                 .collect()
         };
         let simple = req.generation < 0;
-        // Unknown group: only a simple consumer (generation < 0) creates it.
-        let Some(lock) = self.with_group(group_id, simple, |g| g.write_lock.clone()) else {
+        let Some(ticket) = ticket else {
             let code = if simple {
                 ResponseError::CoordinatorNotAvailable.code()
             } else {
@@ -415,7 +444,9 @@ impl GroupCoordinator {
             };
             return all(code, &req.topics);
         };
-        let _guard = lock.lock().await;
+        // From the grant to the append (in `write`) there is no await: the
+        // appends keep the order of the entries.
+        let _granted = ticket.granted().await;
         let now = Instant::now();
         let timestamp = now_ms();
         let check = self.with_group(group_id, simple, |g| {
@@ -626,10 +657,12 @@ impl GroupCoordinator {
 
     /// DeleteGroups for one group: the error code.
     pub async fn delete(&self, shard: &Shard, group_id: &str) -> i16 {
-        let Some(lock) = self.with_group(group_id, false, |g| g.write_lock.clone()) else {
+        let Some(ticket) =
+            self.with_group(group_id, false, |g| g.write_order.enter(Mode::Exclusive))
+        else {
             return ResponseError::GroupIdNotFound.code();
         };
-        let _guard = lock.lock().await;
+        let _granted = ticket.granted().await;
         let keys = self.with_group(group_id, false, |g| {
             if g.state == GroupState::Dead {
                 Err(ResponseError::GroupIdNotFound.code())
@@ -664,10 +697,12 @@ impl GroupCoordinator {
         group_id: &str,
         topics: Vec<(String, Vec<i32>)>,
     ) -> Result<PartitionErrors, i16> {
-        let Some(lock) = self.with_group(group_id, false, |g| g.write_lock.clone()) else {
+        let Some(ticket) =
+            self.with_group(group_id, false, |g| g.write_order.enter(Mode::Exclusive))
+        else {
             return Err(ResponseError::GroupIdNotFound.code());
         };
-        let _guard = lock.lock().await;
+        let _granted = ticket.granted().await;
         let plan = self.with_group(group_id, false, |g| {
             if g.state == GroupState::Dead {
                 return Err(ResponseError::GroupIdNotFound.code());
@@ -756,7 +791,7 @@ impl GroupCoordinator {
     /// When the segments before the active one hold at least twice the bytes
     /// the live offsets need, every live offset whose latest record lies
     /// below the active segment's base `B` is appended again (same value and
-    /// commit time), group by group under the group's write lock, so no
+    /// commit time), group by group holding the group's write order exclusive, so no
     /// commit or delete of that group interleaves with its copy. Once they
     /// are durable, every key's latest record is at or above `B`, and
     /// tombstoned keys have no record left that could bring them back below
@@ -767,7 +802,7 @@ impl GroupCoordinator {
     /// Returns None when there was nothing worth doing.
     async fn compact_partition(
         &self,
-        log: &PartitionLog,
+        log: &Rc<PartitionLog>,
         partition: i32,
         partitions: i32,
     ) -> Result<Option<Compacted>, OffsetsWriteError> {
@@ -789,7 +824,7 @@ impl GroupCoordinator {
                 for ((topic, _), c) in &g.offsets {
                     live_bytes += records::record_size_estimate_parts(id, topic, &c.metadata);
                 }
-                locks.push((id.clone(), g.write_lock.clone()));
+                locks.push((id.clone(), g.write_order.clone()));
             }
             (locks, live_bytes)
         };
@@ -797,9 +832,9 @@ impl GroupCoordinator {
             return Ok(None);
         }
         let mut rewritten = 0usize;
-        for (group_id, lock) in locks {
-            let _guard = lock.lock().await;
-            // Under the lock no write of this group is in flight: its map
+        for (group_id, order) in locks {
+            let _granted = order.enter(Mode::Exclusive).granted().await;
+            // Held exclusive, no write of this group is in flight: its map
             // entries are its latest records.
             let stale: Vec<((String, i32), CommittedOffset)> = self
                 .groups

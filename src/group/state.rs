@@ -258,9 +258,9 @@ pub struct Group {
     sync_deadline: Option<Instant>,
     /// Committed offsets by (topic, partition).
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
-    /// Serialises the offset writes of this group (commit vs delete), so
-    /// the in-memory map applies them in log order.
-    pub write_lock: Rc<futures::lock::Mutex<()>>,
+    /// Orders the offset writes of this group (commits shared, deletes and
+    /// compaction exclusive), so the in-memory map applies them in log order.
+    pub write_order: Rc<super::write_order::WriteOrder>,
 }
 
 fn new_member_id(prefix: &str) -> String {
@@ -284,7 +284,7 @@ impl Group {
             pending_sync: BTreeSet::new(),
             sync_deadline: None,
             offsets: BTreeMap::new(),
-            write_lock: Rc::new(futures::lock::Mutex::new(())),
+            write_order: super::write_order::WriteOrder::new(),
         }
     }
 
@@ -303,7 +303,7 @@ impl Group {
             && self.members.is_empty()
             && self.pending_members.is_empty()
             && self.offsets.is_empty()
-            && Rc::strong_count(&self.write_lock) == 1
+            && Rc::strong_count(&self.write_order) == 1
     }
 
     /// A request naming `instance_id` with a member id that is not the

@@ -205,6 +205,21 @@ where
     Ok(())
 }
 
+/// Run `f()` to completion on a fresh executor thread (unit tests).
+#[cfg(test)]
+pub fn block_on_test<F, Fut>(f: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future + 'static,
+    Fut::Output: Send + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move { f().await })
+        .expect("test executor")
+        .join()
+        .expect("test executor thread")
+}
+
 /// A shard-local "something changed" signal: tasks wait for the next
 /// notification; notifying wakes all current waiters. Used to wake long-poll
 /// fetches when a partition's high watermark moves.

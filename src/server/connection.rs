@@ -9,8 +9,11 @@
 //! in order; a writer task awaits the handler tasks in the same order and
 //! writes their responses. At most `IN_FLIGHT_PER_CONNECTION_MAX` requests are
 //! outstanding; past that the reader stops reading (TCP backpressure).
-//! Handlers start in arrival order, so appends from one connection to one
-//! partition get offsets in request order.
+//! Effects keep request order too (`ordering.rs`): each handler task first
+//! waits for what its kind needs of the requests before it (a write for the
+//! previous write's placement, a read for the earlier writes' completion, a
+//! barrier for everything), so appends to a partition, commits of a group and
+//! topic changes take effect in the order the client sent them.
 //!
 //! Bad input closes the connection with a logged reason: a length below 8 or
 //! above `max_request_bytes`, an unknown API key, an unsupported version of
@@ -30,6 +33,7 @@ use tracing::{debug, warn};
 use crate::constants::IN_FLIGHT_PER_CONNECTION_MAX;
 use crate::runtime::{self, TcpStream};
 use crate::server::handlers::{self, RequestContext};
+use crate::server::ordering::{self, Sequencer};
 use crate::shard::Shard;
 
 /// Why a connection was closed by the broker.
@@ -107,6 +111,7 @@ async fn read_loop(
     tx: runtime::LocalSender<Queued>,
 ) -> Result<(), ConnectionError> {
     let max = shard.config.max_request_bytes;
+    let mut sequencer = Sequencer::default();
     loop {
         let mut len_buf = [0u8; 4];
         match reader.read_exact(&mut len_buf).await {
@@ -127,7 +132,7 @@ async fn read_loop(
             // elsewhere or after the restart.
             return Ok(());
         }
-        let task = start_request(shard.clone(), frame.freeze(), started)?;
+        let task = start_request(shard.clone(), frame.freeze(), started, &mut sequencer)?;
         if tx.send((InFlight::new(shard.clone()), task)).await.is_err() {
             // The writer stopped (socket error): stop reading.
             return Ok(());
@@ -142,6 +147,7 @@ fn start_request(
     shard: Rc<Shard>,
     mut frame: Bytes,
     started: Instant,
+    sequencer: &mut Sequencer,
 ) -> Result<runtime::Task<Reply>, ConnectionError> {
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -174,13 +180,17 @@ fn start_request(
         .map_err(|e| decode_err(e.to_string()))?;
     let request =
         RequestKind::decode(key, &mut frame, version).map_err(|e| decode_err(e.to_string()))?;
+    let kind = ordering::kind_of(&request, shard.config.auto_create_topics);
+    let (prerequisites, completion) = sequencer.admit(kind);
     let ctx = RequestContext {
         shard,
         api_key: key,
         version,
         header,
+        completion,
     };
     Ok(runtime::spawn(async move {
+        prerequisites.wait().await;
         let response = handlers::dispatch(&ctx, request).await;
         let response = response.map_err(|e| ConnectionError::Handler(e.to_string()))?;
         let frame = match response {

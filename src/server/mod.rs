@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod handlers;
+pub mod ordering;
 
 use std::rc::Rc;
 

@@ -29,8 +29,12 @@ use crate::runtime::{self, ShardReceiver, ShardSender, oneshot};
 use crate::storage::{LogConfig, PartitionLog, StorageError};
 use crate::types::{ShardId, TopicPartition};
 
-/// Work sent to another shard: a closure run there with that shard's state.
+/// Work sent to another shard: a closure called there, in arrival order,
+/// with that shard's state; the future it returns runs as a task.
 pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// The result of work handed to a shard with [`Shard::send_on`].
+pub type Reply<T> = Pin<Box<dyn Future<Output = Result<T, ShardError>>>>;
 
 /// Errors crossing shards.
 #[derive(Debug, thiserror::Error)]
@@ -108,9 +112,12 @@ impl Shard {
         self.self_ref.upgrade().expect("shard is alive")
     }
 
-    /// Serve jobs sent by shard `source`: each runs as its own task, in
-    /// arrival order, so the loop never blocks and shards cannot deadlock on
-    /// full channels.
+    /// Serve jobs sent by shard `source`, in arrival order: each job's
+    /// closure is called here, in the receive loop, so the synchronous part
+    /// of every job (an append's offset assignment, a commit's place in its
+    /// group's line) runs in the order the jobs were sent; what it returns
+    /// runs as its own task, so the loop never blocks and shards cannot
+    /// deadlock on full channels.
     pub fn serve_peer(self: &Rc<Self>, source: ShardId, rx: ShardReceiver<Job>) {
         let shard = self.clone();
         runtime::spawn_detached(async move {
@@ -134,14 +141,33 @@ impl Shard {
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: Future<Output = T> + 'static,
     {
+        self.send_on(target, f).await?.await
+    }
+
+    /// Hand `f` to shard `target` and return once it is on its way: `f`
+    /// itself (its synchronous part) has run when `target` is this shard, or
+    /// else sits in the channel to `target` behind every job sent there
+    /// before it, and `target` calls it in that order. The returned
+    /// [`Reply`] resolves to the result of the future `f` returned.
+    ///
+    /// This is the ordering point of a request (`server::ordering`): once
+    /// `send_on` returned for each of its owners, a later request of the
+    /// connection may be sent, and its jobs run after these on every shard.
+    pub async fn send_on<T, F, Fut>(&self, target: ShardId, f: F) -> Result<Reply<T>, ShardError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
         if target == self.id {
-            return Ok(f(self.rc()).await);
+            let fut = f(self.rc());
+            return Ok(Box::pin(async move { Ok(fut.await) }));
         }
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |shard| {
+            let fut = f(shard);
             Box::pin(async move {
-                let out = f(shard).await;
-                let _ = tx.send(out);
+                let _ = tx.send(fut.await);
             })
         });
         let sender = self.peers[target.0]
@@ -149,11 +175,15 @@ impl Shard {
             .ok_or(ShardError::Unreachable(target))?;
         // Outstanding (the target's queue depth as seen from here) until
         // the reply arrives or the send fails.
-        let _outstanding = crate::metrics::cross_shard_sent(target.0);
+        let outstanding = crate::metrics::cross_shard_sent(target.0);
         if sender.send(job).await.is_err() {
             return Err(ShardError::Unreachable(target));
         }
-        rx.await.map_err(|_| ShardError::Dropped(target))
+        Ok(Box::pin(async move {
+            let out = rx.await.map_err(|_| ShardError::Dropped(target));
+            drop(outstanding);
+            out
+        }))
     }
 
     /// Run `f` on every shard (this one included) and collect the results in

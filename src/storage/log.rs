@@ -271,6 +271,40 @@ impl State {
     }
 }
 
+/// Batches of one `append` call that passed validation: the request bytes
+/// and each batch's (position, size, header).
+struct ValidatedBatches {
+    records: Bytes,
+    batches: Vec<(usize, usize, BatchHeader)>,
+    idempotent: bool,
+}
+
+/// What the synchronous part of `append` did.
+enum Placement {
+    /// Offsets assigned (or the batch refused) at the call.
+    Done(Result<AppendInfo, StorageError>),
+    /// Waiting for room, in line behind every earlier call.
+    Queued(RoomTicket, ValidatedBatches),
+}
+
+/// A place in the room queue (FIFO of appends waiting for
+/// `pending_bytes_max`); leaving it, granted or dropped, wakes the others.
+struct RoomTicket {
+    log: Rc<PartitionLog>,
+    id: u64,
+    /// Bytes this append will queue.
+    len: usize,
+}
+
+impl Drop for RoomTicket {
+    fn drop(&mut self) {
+        let mut st = self.log.state.borrow_mut();
+        st.room_waiters.retain(|w| *w != self.id);
+        drop(st);
+        self.log.room_notify.notify_all();
+    }
+}
+
 /// One partition's log. See the module documentation for the contracts.
 pub struct PartitionLog {
     dir: PathBuf,
@@ -678,11 +712,18 @@ impl PartitionLog {
     }
 
     /// Validate every batch in `records` (magic 2, length, CRC, size limit,
-    /// record count), wait FIFO for room if more than `pending_bytes_max`
-    /// bytes are queued, then synchronously assign offsets and queue the
-    /// batches for the flusher. Calls made in a given order get offsets in
-    /// that order. Nothing is appended if any batch is invalid. The data is
-    /// durable (and visible) once `wait_durable(last_offset + 1)` resolves.
+    /// record count), then assign offsets and queue the batches for the
+    /// flusher, waiting first (FIFO) for room if more than
+    /// `pending_bytes_max` bytes are queued. Nothing is appended if any batch
+    /// is invalid. The data is durable (and visible) once
+    /// `wait_durable(last_offset + 1)` resolves.
+    ///
+    /// Order: appends take effect in the order `append` is *called*, not the
+    /// order the returned futures are polled: the call itself assigns the
+    /// offsets when nothing waits for room, or else takes its place in the
+    /// room queue, behind every earlier call. This is what keeps the
+    /// requests of one connection in order on a partition (see
+    /// `server::ordering`).
     ///
     /// A batch with a producer id (idempotent) must come alone, as Kafka
     /// requires of Produce v3+. It is checked against the producer's state:
@@ -690,7 +731,28 @@ impl PartitionLog {
     /// that batch's offsets; a sequence gap or new epoch not starting at 0
     /// is `OutOfOrderSequence`; an older epoch is `InvalidProducerEpoch`.
     /// Transactional and control batches are refused (`Transactional`).
-    pub async fn append(&self, records: Bytes) -> Result<AppendInfo, StorageError> {
+    pub fn append(
+        self: &Rc<Self>,
+        records: Bytes,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
+        let placed = self.place_append(records);
+        let log = self.clone();
+        async move {
+            match placed? {
+                Placement::Done(info) => info,
+                Placement::Queued(ticket, batches) => {
+                    log.wait_for_room(&ticket).await?;
+                    let info = log.assign_offsets(batches);
+                    drop(ticket); // leaves the room queue, wakes the next in line
+                    info
+                }
+            }
+        }
+    }
+
+    /// The synchronous part of [`PartitionLog::append`]: validate, then
+    /// assign now or take a place in the room queue.
+    fn place_append(self: &Rc<Self>, records: Bytes) -> Result<Placement, StorageError> {
         if records.is_empty() {
             return Err(StorageError::InvalidRecord("empty records".into()));
         }
@@ -712,9 +774,51 @@ impl PartitionLog {
                 "an idempotent produce must carry exactly one record batch per partition".into(),
             ));
         }
-        self.wait_for_room(records.len()).await?;
+        let validated = ValidatedBatches {
+            records,
+            batches,
+            idempotent,
+        };
+        let ticket = {
+            let mut st = self.state.borrow_mut();
+            let len = validated.records.len();
+            if st.room_waiters.is_empty() && self.fits(&st, len) {
+                None
+            } else {
+                let id = st.next_waiter_id;
+                st.next_waiter_id += 1;
+                st.room_waiters.push_back(id);
+                Some(id)
+            }
+        };
+        Ok(match ticket {
+            None => Placement::Done(self.assign_offsets(validated)),
+            Some(id) => Placement::Queued(
+                RoomTicket {
+                    log: self.clone(),
+                    id,
+                    len: validated.records.len(),
+                },
+                validated,
+            ),
+        })
+    }
 
-        // From here to the end: no await, so offsets follow call order.
+    /// Whether `len` more bytes may be queued now. An append always fits
+    /// when nothing is pending, so a batch larger than `pending_bytes_max`
+    /// cannot wait forever.
+    fn fits(&self, st: &State, len: usize) -> bool {
+        st.pending_bytes == 0 || st.pending_bytes + len <= self.cfg().pending_bytes_max
+    }
+
+    /// Assign offsets to validated batches and queue them: no await, so
+    /// offsets follow the order of the calls.
+    fn assign_offsets(&self, validated: ValidatedBatches) -> Result<AppendInfo, StorageError> {
+        let ValidatedBatches {
+            records,
+            mut batches,
+            idempotent,
+        } = validated;
         let mut st = self.state.borrow_mut();
         if let Some(e) = st.failed_error() {
             return Err(e);
@@ -843,37 +947,8 @@ impl PartitionLog {
         }
     }
 
-    /// Wait until this append may queue `len` more bytes, first come first
-    /// served. An append always fits when nothing is pending, so a batch
-    /// larger than `pending_bytes_max` cannot wait forever.
-    async fn wait_for_room(&self, len: usize) -> Result<(), StorageError> {
-        let fits = |st: &State| {
-            st.pending_bytes == 0 || st.pending_bytes + len <= self.cfg().pending_bytes_max
-        };
-        let id = {
-            let mut st = self.state.borrow_mut();
-            if st.room_waiters.is_empty() && fits(&st) {
-                return Ok(());
-            }
-            let id = st.next_waiter_id;
-            st.next_waiter_id += 1;
-            st.room_waiters.push_back(id);
-            id
-        };
-        // Leaves the queue if this future is dropped while waiting.
-        struct Guard<'a> {
-            log: &'a PartitionLog,
-            id: u64,
-        }
-        impl Drop for Guard<'_> {
-            fn drop(&mut self) {
-                let mut st = self.log.state.borrow_mut();
-                st.room_waiters.retain(|w| *w != self.id);
-                drop(st);
-                self.log.room_notify.notify_all();
-            }
-        }
-        let _guard = Guard { log: self, id };
+    /// Wait until `ticket` is first in the room queue and its bytes fit.
+    async fn wait_for_room(&self, ticket: &RoomTicket) -> Result<(), StorageError> {
         loop {
             let listener = self.room_notify.listen();
             {
@@ -884,8 +959,8 @@ impl PartitionLog {
                 if st.closing {
                     return Err(StorageError::Closed);
                 }
-                if st.room_waiters.front() == Some(&id) && fits(&st) {
-                    return Ok(()); // the guard dequeues and wakes the next waiter
+                if st.room_waiters.front() == Some(&ticket.id) && self.fits(&st, ticket.len) {
+                    return Ok(());
                 }
             }
             listener.await;

@@ -43,7 +43,7 @@ fn small_cfg() -> LogConfig {
 
 /// Append one batch of `count` records (timestamps ts0..) and wait until durable.
 async fn append_durable(
-    log: &PartitionLog,
+    log: &Rc<PartitionLog>,
     count: usize,
     ts0: i64,
     value_len: usize,
@@ -689,7 +689,7 @@ fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Append and wait until durable; the error code on failure.
-async fn produce(log: &PartitionLog, b: Bytes) -> Result<AppendInfo, i16> {
+async fn produce(log: &Rc<PartitionLog>, b: Bytes) -> Result<AppendInfo, i16> {
     let info = log.append(b).await.map_err(|e| e.kafka_error_code())?;
     log.wait_durable(Offset(info.last_offset.0 + 1))
         .await
@@ -1144,7 +1144,7 @@ async fn observe(log: &PartitionLog) -> Observed {
 
 /// Several segments, plain and idempotent batches; returns the idempotent
 /// batches sent with their base offsets.
-async fn fill(log: &PartitionLog, rounds: i32, seq0: i32) -> Vec<(Bytes, Offset)> {
+async fn fill(log: &Rc<PartitionLog>, rounds: i32, seq0: i32) -> Vec<(Bytes, Offset)> {
     let ts = now_ms();
     let mut sent = Vec::new();
     for i in 0..rounds {

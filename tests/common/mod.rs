@@ -390,48 +390,41 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// The Node test clients' folder (tests/clients).
-const NODE_CLIENTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
-/// Longest `npm ci` of the Node test clients may take.
-const NPM_CI_TIMEOUT: Duration = Duration::from_secs(300);
+/// The test clients' folder (tests/clients): Python and Node scripts, and the packages
+/// `tools/test.sh` installs for them (`.venv`, `node_modules`).
+const CLIENTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 
-/// `node tests/clients/kafkajs_clients.js <bootstrap> <args...>`, ready to run. Installs the
-/// pinned npm packages first (`npm ci`, from tests/clients/package-lock.json) when this checkout
-/// does not have them yet, so the README's test command works in a fresh clone; concurrent test
-/// processes serialise on a lock file.
+/// Panics with the command that installs the test clients when `path` (inside tests/clients)
+/// is missing.
+fn require_client_install(path: &Path) {
+    assert!(
+        path.exists(),
+        "{} is missing: the README's test command (tools/test.sh) installs the test clients; \
+         `tools/test.sh setup` installs them without running the tests",
+        path.display()
+    );
+}
+
+/// `tests/clients/.venv/bin/python3 tests/clients/<script>`: the pinned Python clients
+/// (tests/clients/requirements.txt) live in that virtual environment, never in the system's.
+pub fn python_command(script: &str) -> Command {
+    let python = Path::new(CLIENTS_DIR).join(".venv/bin/python3");
+    require_client_install(&python);
+    let mut command = Command::new(python);
+    command.arg(Path::new(CLIENTS_DIR).join(script));
+    command
+}
+
+/// `node tests/clients/kafkajs_clients.js <bootstrap> <args...>`, ready to run, with the pinned
+/// npm packages (tests/clients/package-lock.json) that `tools/test.sh` installs.
 pub fn kafkajs_command(bootstrap: &str, args: &[&str]) -> Command {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let dir = Path::new(NODE_CLIENTS_DIR);
-        let lock = File::create(dir.join(".npm-ci.lock")).expect("npm lock file");
-        // SAFETY: flock on a descriptor we own, released when `lock` is dropped.
-        let locked = unsafe {
-            use std::os::fd::AsRawFd;
-            libc::flock(lock.as_raw_fd(), libc::LOCK_EX)
-        };
-        assert_eq!(locked, 0, "flock {}", dir.display());
-        if !dir.join("node_modules/kafkajs/package.json").exists() {
-            let output = run_with_timeout(
-                Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund"])
-                    .current_dir(dir),
-                b"",
-                NPM_CI_TIMEOUT,
-            );
-            assert!(
-                output.status.success(),
-                "npm ci in {} failed:\n{}",
-                dir.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    });
+    require_client_install(&Path::new(CLIENTS_DIR).join("node_modules/kafkajs/package.json"));
     let mut command = Command::new("node");
     command
-        .arg(format!("{NODE_CLIENTS_DIR}/kafkajs_clients.js"))
+        .arg(format!("{CLIENTS_DIR}/kafkajs_clients.js"))
         .arg(bootstrap)
         .args(args)
-        .current_dir(NODE_CLIENTS_DIR);
+        .current_dir(CLIENTS_DIR);
     command
 }
 

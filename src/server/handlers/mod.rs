@@ -99,6 +99,18 @@ pub struct RequestContext {
     pub api_key: ApiKey,
     pub version: i16,
     pub header: RequestHeader,
+    /// This request's place in its connection's order
+    /// (`server::ordering`); pipelined writes call
+    /// [`RequestContext::placed`].
+    pub completion: crate::server::ordering::Completion,
+}
+
+impl RequestContext {
+    /// A pipelined write (Produce, OffsetCommit) has handed its work to
+    /// every owner (`Shard::send_on`): the connection's next write may go.
+    pub fn placed(&self) {
+        self.completion.placed();
+    }
 }
 
 /// A failure that closes the connection (a Kafka error code is preferred

@@ -2,6 +2,8 @@
 //! Members commit with their generation and member id; simple consumers
 //! (manual assignment) with generation -1 and no member id. Answered once
 //! the records are durable in `__consumer_offsets` (see `crate::group`).
+//! A pipelined write (`server::ordering`): commits of one connection apply in
+//! the order sent, so the last one sent wins.
 //! v10 (topic ids) is not served: kafka-protocol 0.18 cannot decode it.
 
 use std::collections::HashMap;
@@ -14,7 +16,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use super::{HandlerError, RequestContext};
 use crate::constants::{GROUP_ID_LEN_MAX, OFFSET_METADATA_BYTES_MAX};
-use crate::group::{self, CommitPartition, CommitRequest};
+use crate::group::{self, CommitPartition, CommitRequest, GroupCoordinator};
 
 pub async fn handle(
     ctx: &RequestContext,
@@ -78,10 +80,21 @@ pub async fn handle(
             topics: forward.clone(),
         };
         let gid = group_id.clone();
-        let result = group::on_coordinator(&ctx.shard, &group_id, move |s| async move {
-            s.groups.commit(&s, &gid, commit).await
-        })
-        .await?;
+        // Hand the commit to the coordinator, which takes its place in the
+        // group's line on arrival; then the connection's next write may go.
+        let reply = match group::coordinator_of(&ctx.shard, &group_id) {
+            Some(target) => Some(
+                ctx.shard
+                    .send_on(target, move |s| GroupCoordinator::commit(s, gid, commit))
+                    .await?,
+            ),
+            None => None,
+        };
+        ctx.placed();
+        let result = match reply {
+            Some(reply) => Some(reply.await?),
+            None => None,
+        };
         match result {
             Some(results) => {
                 for (topic, parts) in results {

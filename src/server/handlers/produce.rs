@@ -23,7 +23,6 @@
 //! older epoch INVALID_PRODUCER_EPOCH (47, Kafka's answer to Produce since
 //! 2.7), a transactional batch INVALID_TXN_STATE (48).
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -110,29 +109,29 @@ pub async fn handle(
         outcomes.push(row);
     }
 
-    // Start every owner's work before awaiting any, so appends from this
-    // connection keep their order on each partition.
-    let futures = work
+    // Hand every owner its appends, then let the connection's next write
+    // go (`server::ordering`): the owners assign offsets in the order the
+    // work reached them, so this request's batches land after the previous
+    // request's on every partition. Then wait for durability.
+    let mut replies = Vec::new();
+    for (owner, w) in work.into_iter().enumerate().filter(|(_, w)| !w.is_empty()) {
+        let keys: Vec<(usize, usize)> = w.iter().map(|(t, p, _, _)| (*t, *p)).collect();
+        let parts: Vec<(TopicPartition, Option<Bytes>)> =
+            w.into_iter().map(|(_, _, tp, r)| (tp, r)).collect();
+        let reply = shard
+            .send_on(ShardId(owner), move |s| {
+                produce_on_owner(&s, acks, timeout, parts)
+            })
+            .await?;
+        replies.push((keys, reply));
+    }
+    ctx.placed();
+    let (keys, replies): (Vec<_>, Vec<_>) = replies.into_iter().unzip();
+    for (keys, results) in keys
         .into_iter()
-        .enumerate()
-        .filter(|(_, w)| !w.is_empty())
-        .map(|(owner, w)| {
-            let shard = shard.clone();
-            async move {
-                let keys: Vec<(usize, usize)> = w.iter().map(|(t, p, _, _)| (*t, *p)).collect();
-                let parts: Vec<(TopicPartition, Option<Bytes>)> =
-                    w.into_iter().map(|(_, _, tp, r)| (tp, r)).collect();
-                let results = shard
-                    .invoke_on(ShardId(owner), move |s| {
-                        produce_on_owner(s, acks, timeout, parts)
-                    })
-                    .await;
-                (keys, results)
-            }
-        });
-    for (keys, results) in futures::future::join_all(futures).await {
-        let results = results?;
-        for ((t, p), r) in keys.into_iter().zip(results) {
+        .zip(futures::future::join_all(replies).await)
+    {
+        for ((t, p), r) in keys.into_iter().zip(results?) {
             outcomes[t][p] = Some(r);
         }
     }
@@ -171,45 +170,39 @@ pub async fn handle(
     Ok(Some(ProduceResponse::default().with_responses(responses)))
 }
 
-/// Append on the shard that owns the partitions. All appends start (and get
-/// their offsets) before any durability wait.
-pub async fn produce_on_owner(
-    shard: Rc<Shard>,
+/// Append on the shard that owns the partitions. The appends are *called*
+/// here, before this returns (so in the order the work arrived), and get
+/// their offsets then or their place in line; the returned future waits
+/// for durability.
+pub fn produce_on_owner(
+    shard: &Shard,
     acks: i16,
     timeout: Duration,
     parts: Vec<(TopicPartition, Option<Bytes>)>,
-) -> Vec<PartitionOutcome> {
-    let appends = parts.into_iter().map(|(tp, records)| {
-        let log = shard.partition(&tp);
-        async move {
-            let Some(log) = log else {
-                return PartitionOutcome::error(ResponseError::NotLeaderOrFollower, None);
-            };
+) -> impl std::future::Future<Output = Vec<PartitionOutcome>> + use<> {
+    let appends: Vec<_> = parts
+        .into_iter()
+        .map(|(tp, records)| {
+            let log = shard.partition(&tp);
             let records = records.unwrap_or_default();
-            if records.is_empty() {
-                return PartitionOutcome::error(
-                    ResponseError::InvalidRecord,
-                    Some("empty record set".into()),
-                );
-            }
-            let info = match log.append(records).await {
-                Ok(info) => info,
-                Err(e) => {
-                    tracing::debug!(partition = %tp, error = %e, "append refused");
-                    return PartitionOutcome {
-                        error_code: e.kafka_error_code(),
-                        error_message: Some(e.to_string()),
-                        base_offset: -1,
-                        log_start_offset: log.log_start_offset().get(),
-                        log_append_time_ms: -1,
-                    };
-                }
+            let appended = match &log {
+                Some(log) if !records.is_empty() => Some(log.append(records)),
+                _ => None,
             };
-            if acks != 0 {
-                let next = crate::types::Offset(info.last_offset.get() + 1);
-                match runtime::timeout(timeout, log.wait_durable(next)).await {
-                    None => return PartitionOutcome::error(ResponseError::RequestTimedOut, None),
-                    Some(Err(e)) => {
+            async move {
+                let Some(log) = log else {
+                    return PartitionOutcome::error(ResponseError::NotLeaderOrFollower, None);
+                };
+                let Some(appended) = appended else {
+                    return PartitionOutcome::error(
+                        ResponseError::InvalidRecord,
+                        Some("empty record set".into()),
+                    );
+                };
+                let info = match appended.await {
+                    Ok(info) => info,
+                    Err(e) => {
+                        tracing::debug!(partition = %tp, error = %e, "append refused");
                         return PartitionOutcome {
                             error_code: e.kafka_error_code(),
                             error_message: Some(e.to_string()),
@@ -218,17 +211,34 @@ pub async fn produce_on_owner(
                             log_append_time_ms: -1,
                         };
                     }
-                    Some(Ok(())) => {}
+                };
+                if acks != 0 {
+                    let next = crate::types::Offset(info.last_offset.get() + 1);
+                    match runtime::timeout(timeout, log.wait_durable(next)).await {
+                        None => {
+                            return PartitionOutcome::error(ResponseError::RequestTimedOut, None);
+                        }
+                        Some(Err(e)) => {
+                            return PartitionOutcome {
+                                error_code: e.kafka_error_code(),
+                                error_message: Some(e.to_string()),
+                                base_offset: -1,
+                                log_start_offset: log.log_start_offset().get(),
+                                log_append_time_ms: -1,
+                            };
+                        }
+                        Some(Ok(())) => {}
+                    }
+                }
+                PartitionOutcome {
+                    error_code: 0,
+                    error_message: None,
+                    base_offset: info.base_offset.get(),
+                    log_start_offset: info.log_start_offset.get(),
+                    log_append_time_ms: info.log_append_time_ms,
                 }
             }
-            PartitionOutcome {
-                error_code: 0,
-                error_message: None,
-                base_offset: info.base_offset.get(),
-                log_start_offset: info.log_start_offset.get(),
-                log_append_time_ms: info.log_append_time_ms,
-            }
-        }
-    });
-    futures::future::join_all(appends).await
+        })
+        .collect();
+    futures::future::join_all(appends)
 }
