@@ -221,7 +221,11 @@ mod tests {
             1,
             "a write after a barrier waits for its completion"
         );
-        assert_eq!(pending(&p6), 1);
+        assert_eq!(
+            pending(&p6),
+            2,
+            "the read waits for the barrier and the write"
+        );
         drop(b4);
         assert_eq!(pending(&p5), 0);
         assert_eq!(

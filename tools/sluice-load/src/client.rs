@@ -2,7 +2,7 @@
 //! `kafka-protocol` crate's message types.
 //!
 //! Only standard APIs are used (ApiVersions, Metadata, CreateTopics,
-//! Produce, Fetch, ListOffsets), so the same code drives Sluice, Apache Kafka
+//! Produce, Fetch, ListOffsets, OffsetCommit, OffsetFetch), so the same code drives Sluice, Apache Kafka
 //! and Redpanda. Versions are negotiated per connection: the highest version
 //! both the broker (ApiVersions) and this tool ([`VERSION_CAPS`]) support.
 //!
@@ -47,6 +47,8 @@ pub const VERSION_CAPS: &[(ApiKey, i16)] = &[
     (ApiKey::Produce, 11),
     (ApiKey::Fetch, 12),
     (ApiKey::ListOffsets, 7),
+    (ApiKey::OffsetCommit, 8),
+    (ApiKey::OffsetFetch, 7),
 ];
 
 /// Kafka error code: topic already exists (CreateTopics).

@@ -8,6 +8,7 @@
 //! sluice-load run --bootstrap-server 127.0.0.1:9092 --workload workloads/max-throughput.yaml --output runs/a
 //! sluice-load run --bootstrap-server 127.0.0.1:9092 --rate 2000 --duration 10s --output runs/b
 //! sluice-load compare runs/a runs/b --output runs/a-vs-b
+//! sluice-load commits --bootstrap-server 127.0.0.1:9092 --in-flight 16 --duration 10s
 //! ```
 //!
 //! # Layout
@@ -20,8 +21,10 @@
 //! - [`run`]: one run end to end.
 //! - [`report`], [`hgrm`]: report.json and `.hgrm` files.
 //! - [`compare`]: side-by-side table and percentile chart.
+//! - [`commits`]: pipelined OffsetCommit rate on one connection.
 
 mod client;
+mod commits;
 mod compare;
 mod consumer;
 mod hgrm;
@@ -65,6 +68,31 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Pipelined OffsetCommits on one connection: commits/s and latency, then check that the
+    /// last offsets sent are the committed ones.
+    Commits(CommitsArgs),
+}
+
+#[derive(Args)]
+struct CommitsArgs {
+    /// host:port of the group's coordinator (a single broker: any).
+    #[arg(long, short = 'b')]
+    bootstrap_server: String,
+    /// Consumer group committing (a simple consumer: no membership).
+    #[arg(long, default_value = "sluice-load-commits")]
+    group: String,
+    /// Topic whose partitions are committed (created if missing).
+    #[arg(long, default_value = "sluice-load-commits")]
+    topic: String,
+    /// Partitions committed per request.
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// Requests outstanding on the connection.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// How long to send, e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    duration: workload::Dur,
 }
 
 #[derive(Args)]
@@ -214,6 +242,21 @@ fn main() -> Result<()> {
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             println!("{}", report.summary_table());
             println!("report: {}", args.output.join("report.json").display());
+        }
+        Command::Commits(args) => {
+            let load = commits::CommitLoad {
+                group: args.group,
+                topic: args.topic,
+                partitions: args.partitions,
+                in_flight: args.in_flight.max(1),
+                duration: args.duration.0,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            let report = rt.block_on(commits::run(&args.bootstrap_server, &load))?;
+            println!("{}", report.summary(&load));
         }
         Command::Compare { runs, output } => {
             let (svg, png) = compare::compare(&runs, &output)?;
