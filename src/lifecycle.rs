@@ -16,7 +16,6 @@
 //! ([`take_broker_marker`]) and logs whether the previous shutdown was
 //! clean. The broker-wide file only reports; it is never trusted for data.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -153,17 +152,11 @@ pub fn take_broker_marker(data_dir: &Path) -> PreviousShutdown {
 /// fsync). Blocking (main thread, after the shards stopped).
 pub fn write_broker_marker(data_dir: &Path, partitions: usize) -> std::io::Result<()> {
     let path = data_dir.join(BROKER_MARKER_FILE);
-    let tmp = data_dir.join(format!("{BROKER_MARKER_FILE}.tmp"));
     let at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let text = format!("{BROKER_MARKER_HEADER}\nat_ms={at_ms}\npartitions={partitions}\n");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &path)?;
-    sync_dir_blocking(data_dir)?;
+    crate::runtime::file::replace_file_durable_blocking(&path, text.as_bytes())?;
     // Paired check: it reads back as written.
     assert_eq!(std::fs::read_to_string(&path)?, text);
     Ok(())

@@ -109,25 +109,13 @@ impl Catalog {
     /// controller for admin operations, never on the data path.
     pub fn save(&self, data_dir: &Path) -> Result<(), CatalogError> {
         let path = Self::file_path(data_dir);
-        let dir = path.parent().expect("catalog path has a parent").to_owned();
-        let io = |source| CatalogError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = dir.join("catalog.json.tmp");
         let bytes = serde_json::to_vec_pretty(self).expect("catalog serializes");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
+        crate::runtime::file::replace_file_durable_blocking(&path, &bytes).map_err(|source| {
+            CatalogError::Io {
+                path: path.clone(),
+                source,
+            }
+        })
     }
 
     fn reindex(&mut self) {

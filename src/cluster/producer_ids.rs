@@ -110,20 +110,8 @@ impl ProducerIds {
             path: path.clone(),
             source,
         };
-        let dir = path.parent().expect("producer id path has a parent");
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = dir.join("producer_ids.json.tmp");
         let bytes = serde_json::to_vec(&Persisted { next_block_start }).expect("serializes");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        crate::runtime::file::replace_file_durable_blocking(path, &bytes).map_err(io)?;
         // Paired check: what is on disk is what was meant.
         let back: Persisted =
             serde_json::from_slice(&std::fs::read(path).map_err(io)?).map_err(|source| {

@@ -239,6 +239,26 @@ pub async fn replace_file_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     sync_dir(dir).await
 }
 
+/// [`replace_file_durable`] without an executor (plain `std::fs`, blocking): for the
+/// main thread and for the controller's rare metadata writes (catalog, producer ids, the
+/// broker-wide clean-shutdown marker). Creates the parent directory if absent.
+pub fn replace_file_durable_blocking(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Remove `path` if it exists and make the removal durable (directory
 /// sync). Returns whether there was a file.
 pub async fn remove_file_durable(path: &Path) -> io::Result<bool> {

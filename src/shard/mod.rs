@@ -13,6 +13,7 @@
 //! shard owns.
 
 pub mod controller;
+pub mod scatter;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

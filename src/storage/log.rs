@@ -1737,14 +1737,9 @@ fn read_log_start_file(dir: &std::path::Path) -> Result<Option<i64>, StorageErro
 /// rename it over `log-start-offset`, sync the directory, read it back.
 async fn write_log_start_file(dir: &std::path::Path, offset: i64) -> Result<(), StorageError> {
     let path = dir.join(constants::LOG_START_OFFSET_FILE);
-    let tmp = dir.join(format!("{}.tmp", constants::LOG_START_OFFSET_FILE));
-    file::write_file_durable(&tmp, format!("{offset}\n").as_bytes())
+    file::replace_file_durable(&path, format!("{offset}\n").as_bytes())
         .await
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).ctx(|| format!("renaming {}", tmp.display()))?;
-    file::sync_dir(dir)
-        .await
-        .ctx(|| format!("syncing {}", dir.display()))?;
+        .ctx(|| format!("replacing {}", path.display()))?;
     // Paired check: the file reads back as the offset written.
     assert_eq!(read_log_start_file(dir)?, Some(offset));
     Ok(())

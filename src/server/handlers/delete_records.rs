@@ -15,7 +15,8 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use super::{HandlerError, RequestContext};
 use crate::shard::Shard;
-use crate::types::{ShardId, TopicPartition};
+use crate::shard::scatter::ByOwner;
+use crate::types::TopicPartition;
 
 pub async fn handle(
     ctx: &RequestContext,
@@ -25,15 +26,14 @@ pub async fn handle(
     let catalog = shard.catalog();
     // results[t][p] = (low watermark, error code)
     let mut results: Vec<Vec<(i64, i16)>> = Vec::with_capacity(req.topics.len());
-    let mut per_owner: Vec<Vec<(usize, usize, TopicPartition, i64)>> =
-        vec![Vec::new(); shard.count];
+    let mut per_owner = ByOwner::new(shard.count);
     for (ti, t) in req.topics.iter().enumerate() {
         let name = t.name.0.to_string();
         let mut row = Vec::with_capacity(t.partitions.len());
         for (pi, p) in t.partitions.iter().enumerate() {
             if catalog.has_partition(&name, p.partition_index) {
                 let tp = TopicPartition::new(name.clone(), p.partition_index);
-                per_owner[shard.owner_of(&tp).0].push((ti, pi, tp, p.offset));
+                per_owner.push(shard, &tp.clone(), (ti, pi), (tp, p.offset));
                 row.push((-1, 0));
             } else {
                 row.push((-1, ResponseError::UnknownTopicOrPartition.code()));
@@ -41,26 +41,9 @@ pub async fn handle(
         }
         results.push(row);
     }
-    let futs = per_owner
-        .into_iter()
-        .enumerate()
-        .filter(|(_, w)| !w.is_empty())
-        .map(|(owner, w)| {
-            let shard = shard.clone();
-            async move {
-                let keys: Vec<(usize, usize)> = w.iter().map(|(t, p, _, _)| (*t, *p)).collect();
-                let parts: Vec<(TopicPartition, i64)> =
-                    w.into_iter().map(|(_, _, tp, o)| (tp, o)).collect();
-                let r = shard
-                    .invoke_on(ShardId(owner), move |s| delete_on_owner(s, parts))
-                    .await;
-                (keys, r)
-            }
-        });
-    for (keys, r) in futures::future::join_all(futs).await {
-        for ((t, p), outcome) in keys.into_iter().zip(r?) {
-            results[t][p] = outcome;
-        }
+    let gathered = shard.scatter(per_owner, delete_on_owner).await?;
+    for ((t, p), outcome) in gathered.all().await? {
+        results[t][p] = outcome;
     }
     let topics = req
         .topics

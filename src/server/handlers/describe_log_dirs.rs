@@ -12,7 +12,8 @@ use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, 
 
 use super::{HandlerError, RequestContext, str_bytes};
 use crate::shard::Shard;
-use crate::types::{ShardId, TopicPartition};
+use crate::shard::scatter::ByOwner;
+use crate::types::TopicPartition;
 
 pub async fn handle(
     ctx: &RequestContext,
@@ -41,29 +42,20 @@ pub async fn handle(
             .filter(|(_, p): &(String, Vec<i32>)| !p.is_empty())
             .collect(),
     };
-    let mut per_owner: Vec<Vec<TopicPartition>> = vec![Vec::new(); shard.count];
+    let mut per_owner = ByOwner::new(shard.count);
     for (name, parts) in &wanted {
         for p in parts {
             let tp = TopicPartition::new(name.clone(), *p);
-            per_owner[shard.owner_of(&tp).0].push(tp);
+            per_owner.push(shard, &tp, tp.clone(), tp.clone());
         }
     }
-    let futs = per_owner
+    let sizes: std::collections::HashMap<TopicPartition, i64> = shard
+        .scatter(per_owner, sizes_on_owner)
+        .await?
+        .all()
+        .await?
         .into_iter()
-        .enumerate()
-        .filter(|(_, w)| !w.is_empty())
-        .map(|(owner, w)| {
-            let shard = shard.clone();
-            async move {
-                shard
-                    .invoke_on(ShardId(owner), move |s| sizes_on_owner(s, w))
-                    .await
-            }
-        });
-    let mut sizes = std::collections::HashMap::new();
-    for r in futures::future::join_all(futs).await {
-        sizes.extend(r?);
-    }
+        .collect();
     let topics = wanted
         .into_iter()
         .map(|(name, parts)| {
@@ -99,17 +91,11 @@ pub async fn handle(
     Ok(DescribeLogDirsResponse::default().with_results(vec![result]))
 }
 
-/// On the owner: each open partition's size in bytes.
-async fn sizes_on_owner(
-    shard: Rc<Shard>,
-    parts: Vec<TopicPartition>,
-) -> Vec<(TopicPartition, i64)> {
+/// On the owner: each partition's size in bytes, 0 if it is not open.
+async fn sizes_on_owner(shard: Rc<Shard>, parts: Vec<TopicPartition>) -> Vec<i64> {
     parts
-        .into_iter()
-        .filter_map(|tp| {
-            let log = shard.partition(&tp)?;
-            Some((tp, log.size_bytes() as i64))
-        })
+        .iter()
+        .map(|tp| shard.partition(tp).map_or(0, |log| log.size_bytes() as i64))
         .collect()
 }
 

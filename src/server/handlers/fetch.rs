@@ -25,6 +25,7 @@ use super::{HandlerError, RequestContext, str_bytes};
 use crate::constants::FETCH_WAIT_MS_MAX;
 use crate::runtime;
 use crate::shard::Shard;
+use crate::shard::scatter::ByOwner;
 use crate::types::{Offset, ShardId, TopicPartition};
 
 /// One partition to read on its owner.
@@ -183,30 +184,18 @@ async fn read_all(
     slots: &[Slot],
     max_bytes: usize,
 ) -> Result<Vec<ReadOutcome>, HandlerError> {
-    let mut per_owner: Vec<Vec<(usize, ReadSpec)>> = vec![Vec::new(); shard.count];
+    let mut per_owner = ByOwner::new(shard.count);
     for (i, s) in slots.iter().enumerate() {
-        per_owner[s.owner.0].push((i, s.spec.clone()));
+        per_owner.push_to(s.owner, i, s.spec.clone());
     }
-    let futs = per_owner
-        .into_iter()
-        .enumerate()
-        .filter(|(_, w)| !w.is_empty())
-        .map(|(owner, w)| {
-            let shard = shard.clone();
-            async move {
-                let idx: Vec<usize> = w.iter().map(|(i, _)| *i).collect();
-                let specs: Vec<ReadSpec> = w.into_iter().map(|(_, s)| s).collect();
-                let r = shard
-                    .invoke_on(ShardId(owner), move |s| read_on_owner(s, specs, max_bytes))
-                    .await;
-                (idx, r)
-            }
-        });
+    let gathered = shard
+        .scatter(per_owner, move |s, specs| {
+            read_on_owner(s, specs, max_bytes)
+        })
+        .await?;
     let mut out = vec![ReadOutcome::default(); slots.len()];
-    for (idx, r) in futures::future::join_all(futs).await {
-        for (i, o) in idx.into_iter().zip(r?) {
-            out[i] = o;
-        }
+    for (i, o) in gathered.all().await? {
+        out[i] = o;
     }
     Ok(out)
 }
@@ -266,30 +255,18 @@ async fn wait_any(
     outcomes: &[Vec<ReadOutcome>],
     deadline: Instant,
 ) -> Result<(), HandlerError> {
-    let mut per_owner: Vec<Vec<(TopicPartition, i64)>> = vec![Vec::new(); shard.count];
+    let mut per_owner = ByOwner::new(shard.count);
     for s in slots {
         let seen = outcomes[s.topic][s.partition].high_watermark;
-        per_owner[s.owner.0].push((s.spec.tp.clone(), s.spec.offset.max(seen)));
+        per_owner.push_to(s.owner, (), (s.spec.tp.clone(), s.spec.offset.max(seen)));
     }
-    let waits: Vec<_> = per_owner
-        .into_iter()
-        .enumerate()
-        .filter(|(_, w)| !w.is_empty())
-        .map(|(owner, w)| {
-            let shard = shard.clone();
-            Box::pin(async move {
-                shard
-                    .invoke_on(ShardId(owner), move |s| wait_on_owner(s, w, deadline))
-                    .await
-            })
+    let waits = shard
+        .scatter(per_owner, move |s, w| async move {
+            wait_on_owner(s, w, deadline).await;
+            Vec::<()>::new()
         })
-        .collect();
-    if waits.is_empty() {
-        return Ok(());
-    }
-    let (first, _, _) = futures::future::select_all(waits).await;
-    first?;
-    Ok(())
+        .await?;
+    Ok(waits.first().await?)
 }
 
 /// On the owner: return once a partition's high watermark is past the given

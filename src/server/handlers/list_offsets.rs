@@ -12,7 +12,8 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::{HandlerError, RequestContext};
 use crate::shard::Shard;
-use crate::types::{ShardId, TopicPartition};
+use crate::shard::scatter::ByOwner;
+use crate::types::TopicPartition;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -24,45 +25,72 @@ pub async fn handle(
 ) -> Result<ListOffsetsResponse, HandlerError> {
     let shard = &ctx.shard;
     let catalog = shard.catalog();
-    let mut topics = Vec::with_capacity(req.topics.len());
-    for topic in req.topics {
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for p in topic.partitions {
-            let name = topic.name.0.to_string();
-            let base = ListOffsetsPartitionResponse::default()
-                .with_partition_index(p.partition_index)
-                .with_timestamp(-1)
-                .with_offset(-1);
-            if !catalog.has_partition(&name, p.partition_index) {
-                partitions
-                    .push(base.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
-                continue;
+    // Answers per (topic, partition) index: filled now (unknown) or by the owners.
+    let mut found: Vec<Vec<(i16, i64, i64)>> = Vec::with_capacity(req.topics.len());
+    let mut per_owner = ByOwner::new(shard.count);
+    for (ti, topic) in req.topics.iter().enumerate() {
+        let name = topic.name.0.to_string();
+        let mut row = Vec::with_capacity(topic.partitions.len());
+        for (pi, p) in topic.partitions.iter().enumerate() {
+            if catalog.has_partition(&name, p.partition_index) {
+                let tp = TopicPartition::new(name.clone(), p.partition_index);
+                per_owner.push(shard, &tp.clone(), (ti, pi), (tp, p.timestamp));
+                row.push((0, -1, -1));
+            } else {
+                row.push((ResponseError::UnknownTopicOrPartition.code(), -1, -1));
             }
-            let tp = TopicPartition::new(name, p.partition_index);
-            let owner: ShardId = shard.owner_of(&tp);
-            let ts = p.timestamp;
-            let (code, offset, timestamp) = shard
-                .invoke_on(owner, move |s| lookup_on_owner(s, tp, ts))
-                .await?;
-            partitions.push(
-                base.with_error_code(code)
-                    .with_offset(offset)
-                    .with_timestamp(timestamp)
-                    // leader_epoch exists from v4; earlier encoders refuse it.
-                    .with_leader_epoch(if ctx.version >= 4 { 0 } else { -1 }),
-            );
         }
-        topics.push(
+        found.push(row);
+    }
+    let gathered = shard.scatter(per_owner, lookup_all_on_owner).await?;
+    for ((t, p), answer) in gathered.all().await? {
+        found[t][p] = answer;
+    }
+    let topics = req
+        .topics
+        .into_iter()
+        .zip(found)
+        .map(|(topic, row)| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .zip(row)
+                .map(|(p, (code, offset, timestamp))| {
+                    let answer = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                        .with_offset(offset)
+                        .with_timestamp(timestamp);
+                    if code == ResponseError::UnknownTopicOrPartition.code() {
+                        answer
+                    } else {
+                        // leader_epoch exists from v4; earlier encoders refuse it.
+                        answer.with_leader_epoch(if ctx.version >= 4 { 0 } else { -1 })
+                    }
+                })
+                .collect();
             ListOffsetsTopicResponse::default()
                 .with_name(topic.name)
-                .with_partitions(partitions),
-        );
-    }
+                .with_partitions(partitions)
+        })
+        .collect();
     Ok(ListOffsetsResponse::default().with_topics(topics))
 }
 
+/// On the owner: every lookup of one request, in order.
+async fn lookup_all_on_owner(
+    shard: Rc<Shard>,
+    parts: Vec<(TopicPartition, i64)>,
+) -> Vec<(i16, i64, i64)> {
+    let mut out = Vec::with_capacity(parts.len());
+    for (tp, ts) in parts {
+        out.push(lookup_on_owner(&shard, tp, ts).await);
+    }
+    out
+}
+
 /// On the owner: (error code, offset, timestamp).
-async fn lookup_on_owner(shard: Rc<Shard>, tp: TopicPartition, ts: i64) -> (i16, i64, i64) {
+async fn lookup_on_owner(shard: &Shard, tp: TopicPartition, ts: i64) -> (i16, i64, i64) {
     let Some(log) = shard.partition(&tp) else {
         return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
     };

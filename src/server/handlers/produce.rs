@@ -33,7 +33,8 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use super::{HandlerError, RequestContext, str_bytes};
 use crate::runtime;
 use crate::shard::Shard;
-use crate::types::{ShardId, TopicPartition};
+use crate::shard::scatter::ByOwner;
+use crate::types::TopicPartition;
 
 /// One partition's outcome.
 #[derive(Debug, Clone)]
@@ -58,9 +59,6 @@ impl PartitionOutcome {
     }
 }
 
-/// Work for an owner: (topic index, partition index, partition, records).
-type Work = (usize, usize, TopicPartition, Option<Bytes>);
-
 pub async fn handle(
     ctx: &RequestContext,
     req: ProduceRequest,
@@ -77,8 +75,8 @@ pub async fn handle(
 
     // outcomes[t][p], filled either now (errors) or by the owners.
     let mut outcomes: Vec<Vec<Option<PartitionOutcome>>> = Vec::with_capacity(req.topic_data.len());
-    // Work per owner shard: (topic index, partition index, tp, records).
-    let mut work: Vec<Vec<Work>> = vec![Vec::new(); shard.count];
+    // Per owner: (topic index, partition index) -> (partition, records).
+    let mut work = ByOwner::new(shard.count);
     let mut names: Vec<TopicName> = Vec::with_capacity(req.topic_data.len());
     for (ti, topic) in req.topic_data.iter().enumerate() {
         let name = super::resolve_topic(&catalog, ctx.version >= 13, &topic.name, &topic.topic_id);
@@ -100,7 +98,7 @@ pub async fn handle(
                         part.records.as_ref().map_or(0, Bytes::len),
                     );
                     let tp = TopicPartition::new(n.clone(), part.index);
-                    work[shard.owner_of(&tp).0].push((ti, pi, tp, part.records.clone()));
+                    work.push(shard, &tp.clone(), (ti, pi), (tp, part.records.clone()));
                     None
                 }
             };
@@ -113,27 +111,14 @@ pub async fn handle(
     // go (`server::ordering`): the owners assign offsets in the order the
     // work reached them, so this request's batches land after the previous
     // request's on every partition. Then wait for durability.
-    let mut replies = Vec::new();
-    for (owner, w) in work.into_iter().enumerate().filter(|(_, w)| !w.is_empty()) {
-        let keys: Vec<(usize, usize)> = w.iter().map(|(t, p, _, _)| (*t, *p)).collect();
-        let parts: Vec<(TopicPartition, Option<Bytes>)> =
-            w.into_iter().map(|(_, _, tp, r)| (tp, r)).collect();
-        let reply = shard
-            .send_on(ShardId(owner), move |s| {
-                produce_on_owner(&s, acks, timeout, parts)
-            })
-            .await?;
-        replies.push((keys, reply));
-    }
+    let gathered = shard
+        .scatter(work, move |s, parts| {
+            produce_on_owner(&s, acks, timeout, parts)
+        })
+        .await?;
     ctx.placed();
-    let (keys, replies): (Vec<_>, Vec<_>) = replies.into_iter().unzip();
-    for (keys, results) in keys
-        .into_iter()
-        .zip(futures::future::join_all(replies).await)
-    {
-        for ((t, p), r) in keys.into_iter().zip(results?) {
-            outcomes[t][p] = Some(r);
-        }
+    for ((t, p), r) in gathered.all().await? {
+        outcomes[t][p] = Some(r);
     }
     if acks == 0 {
         return Ok(None);
