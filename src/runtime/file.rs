@@ -1,9 +1,9 @@
-//! Files behind the runtime seam: direct-I/O segment files, whole-file
-//! writes for index files, directory sync, and the glommio iopoll probe
-//! workaround (GLOMMIO.md §0).
+//! Files behind the runtime seam: direct-I/O segment files and the real
+//! disk ([`RealDisk`], the production side of `storage::io::Disk`),
+//! directory sync, and the glommio iopoll probe workaround (GLOMMIO.md §0).
 //!
-//! Storage code uses only what is exported here; nothing under
-//! `src/storage` imports glommio.
+//! Storage code reaches the disk only through `storage::io::Disk`; nothing
+//! under `src/storage` imports glommio.
 //!
 //! Contract: every value here is local to the shard (thread) that created it.
 //! All I/O errors come back as `std::io::Error` with glommio's context (path,
@@ -16,7 +16,11 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::rc::Rc;
+
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+
+use crate::storage::io::{Disk, DiskFile, IoBuffer as StorageBuffer, SegmentFile};
 
 /// Test hooks that make the next N file operations of a kind fail on the
 /// current thread. Counters are thread-local, so each shard (and each test
@@ -29,12 +33,12 @@ pub mod fault {
         static SYNC_FAILURES: Cell<u32> = const { Cell::new(0) };
     }
 
-    /// Make the next `n` [`super::SegmentFile::write_at`] calls on this thread fail.
+    /// Make the next `n` [`super::DmaSegmentFile::write_at`] calls on this thread fail.
     pub fn fail_next_writes(n: u32) {
         WRITE_FAILURES.with(|c| c.set(n));
     }
 
-    /// Make the next `n` [`super::SegmentFile::fdatasync`] calls on this thread fail.
+    /// Make the next `n` [`super::DmaSegmentFile::fdatasync`] calls on this thread fail.
     pub fn fail_next_syncs(n: u32) {
         SYNC_FAILURES.with(|c| c.set(n));
     }
@@ -60,7 +64,7 @@ pub mod fault {
     }
 }
 
-/// An aligned buffer for direct I/O, allocated by [`SegmentFile::alloc_buffer`].
+/// An aligned buffer for direct I/O, allocated by [`DmaSegmentFile::alloc_buffer`].
 /// Its length is a multiple of the file's alignment.
 pub struct IoBuffer(DmaBuffer);
 
@@ -83,35 +87,35 @@ impl IoBuffer {
 }
 
 /// A segment file opened for direct I/O (O_DIRECT), read-only or
-/// read+write. Writes must start at a multiple of [`SegmentFile::alignment`]
-/// and use buffers from [`SegmentFile::alloc_buffer`]; reads may be
+/// read+write. Writes must start at a multiple of [`DmaSegmentFile::alignment`]
+/// and use buffers from [`DmaSegmentFile::alloc_buffer`]; reads may be
 /// unaligned. Direct I/O bypasses the page cache: a write is on the device
 /// (modulo its cache) when `fdatasync` returns.
-pub struct SegmentFile {
+pub struct DmaSegmentFile {
     file: DmaFile,
     path: PathBuf,
 }
 
-impl SegmentFile {
+impl DmaSegmentFile {
     /// Open read+write, creating the file if `create` (never truncating).
     /// Call [`warm_iopoll_probe`] on this shard first.
-    pub async fn open_rw(path: &Path, create: bool) -> io::Result<SegmentFile> {
+    pub async fn open_rw(path: &Path, create: bool) -> io::Result<DmaSegmentFile> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(create)
             .dma_open(path)
             .await?;
-        Ok(SegmentFile {
+        Ok(DmaSegmentFile {
             file,
             path: path.to_owned(),
         })
     }
 
     /// Open read-only.
-    pub async fn open_read(path: &Path) -> io::Result<SegmentFile> {
+    pub async fn open_read(path: &Path) -> io::Result<DmaSegmentFile> {
         let file = OpenOptions::new().read(true).dma_open(path).await?;
-        Ok(SegmentFile {
+        Ok(DmaSegmentFile {
             file,
             path: path.to_owned(),
         })
@@ -202,44 +206,117 @@ impl SegmentFile {
         Ok(self.file.file_size().await?)
     }
 
-    pub async fn close(self) -> io::Result<()> {
-        Ok(self.file.close().await?)
+    /// Nothing to wait for: the descriptor is closed when the last handle is dropped (every
+    /// write that matters was followed by an fdatasync that reported its errors).
+    pub async fn close(&self) -> io::Result<()> {
+        Ok(())
     }
 }
 
-/// Write `data` as the whole content of `path` (created or replaced in
-/// place), then fdatasync it. Used for index files of sealed segments.
-/// Not atomic: a crash in the middle leaves a damaged file, which recovery
-/// detects and rebuilds.
-pub async fn write_file_durable(path: &Path, data: &[u8]) -> io::Result<()> {
-    let file = SegmentFile::open_rw(path, true).await?;
-    if !data.is_empty() {
-        let mut buf = file.alloc_buffer(data.len());
-        buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-        file.write_at(buf, 0).await?;
+/// The real disk behind `storage::io::Disk`: glommio direct I/O for files, `std::fs` for
+/// directory operations (rare, small), glommio for directory syncs.
+pub struct RealDisk;
+
+#[async_trait::async_trait(?Send)]
+impl DiskFile for DmaSegmentFile {
+    fn path(&self) -> &Path {
+        DmaSegmentFile::path(self)
     }
-    file.truncate(data.len() as u64).await?;
-    file.fdatasync().await?;
-    file.close().await
+
+    fn alignment(&self) -> u64 {
+        DmaSegmentFile::alignment(self)
+    }
+
+    fn alloc_buffer(&self, len: usize) -> StorageBuffer {
+        StorageBuffer::Dma(DmaSegmentFile::alloc_buffer(self, len))
+    }
+
+    async fn write_at(&self, buf: StorageBuffer, pos: u64) -> io::Result<()> {
+        match buf {
+            StorageBuffer::Dma(b) => DmaSegmentFile::write_at(self, b, pos).await,
+            StorageBuffer::Heap(v) => {
+                let mut b = DmaSegmentFile::alloc_buffer(self, v.len());
+                b.as_mut_slice()[..v.len()].copy_from_slice(&v);
+                DmaSegmentFile::write_at(self, b, pos).await
+            }
+        }
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<bytes::Bytes> {
+        DmaSegmentFile::read_at(self, pos, len).await
+    }
+
+    async fn fdatasync(&self) -> io::Result<()> {
+        DmaSegmentFile::fdatasync(self).await
+    }
+
+    async fn pre_allocate(&self, size: u64) -> io::Result<()> {
+        DmaSegmentFile::pre_allocate(self, size).await
+    }
+
+    async fn truncate(&self, size: u64) -> io::Result<()> {
+        DmaSegmentFile::truncate(self, size).await
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        self.file_size().await
+    }
+
+    async fn close(&self) -> io::Result<()> {
+        DmaSegmentFile::close(self).await
+    }
 }
 
-/// Replace `path` atomically and durably with `data`: write
-/// `<path>.tmp`, fdatasync it, rename it over `path`, sync the directory.
-/// After a crash `path` holds either the old content (or nothing) or
-/// `data`, never a mix.
-pub async fn replace_file_durable(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    write_file_durable(&tmp, data).await?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(dir).await
+#[async_trait::async_trait(?Send)]
+impl Disk for RealDisk {
+    async fn open_rw(&self, path: &Path, create: bool) -> io::Result<SegmentFile> {
+        Ok(Rc::new(DmaSegmentFile::open_rw(path, create).await?))
+    }
+
+    async fn open_read(&self, path: &Path) -> io::Result<SegmentFile> {
+        Ok(Rc::new(DmaSegmentFile::open_read(path).await?))
+    }
+
+    async fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    async fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+
+    async fn map_index(&self, path: &Path) -> io::Result<crate::storage::index::IndexBytes> {
+        crate::storage::index::IndexBytes::map_file(path)
+    }
+
+    async fn list_dir(&self, dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect()
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        sync_dir(dir).await
+    }
+
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(dir)
+    }
 }
 
-/// [`replace_file_durable`] without an executor (plain `std::fs`, blocking): for the
+/// `storage::io::Env::replace_file_durable` without an executor (plain `std::fs`, blocking): for the
 /// main thread and for the controller's rare metadata writes (catalog, producer ids, the
 /// broker-wide clean-shutdown marker). Creates the parent directory if absent.
 pub fn replace_file_durable_blocking(path: &Path, data: &[u8]) -> io::Result<()> {
@@ -259,37 +336,12 @@ pub fn replace_file_durable_blocking(path: &Path, data: &[u8]) -> io::Result<()>
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Remove `path` if it exists and make the removal durable (directory
-/// sync). Returns whether there was a file.
-pub async fn remove_file_durable(path: &Path) -> io::Result<bool> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?;
-    sync_dir(dir).await?;
-    Ok(true)
-}
-
 /// Make the directory entries of `dir` durable (after creating, renaming or
 /// removing files in it).
 pub async fn sync_dir(dir: &Path) -> io::Result<()> {
     let d = glommio::io::Directory::open(dir).await?;
     d.sync().await?;
     Ok(d.close().await?)
-}
-
-/// Create `dir` and its parents if absent (blocking; rare).
-pub fn create_dir_all(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)
-}
-
-/// Remove `dir` and everything in it (blocking; rare).
-pub fn remove_dir_all(dir: &Path) -> io::Result<()> {
-    std::fs::remove_dir_all(dir)
 }
 
 /// Work around glommio 0.9's iopoll mis-probe (GLOMMIO.md §0, issue #670):

@@ -54,7 +54,8 @@ use tracing::{debug, warn};
 use super::batch::{self, BatchHeader};
 use super::clean_shutdown::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use super::error::{IoContext, StorageError};
-use super::index::{self, IndexBytes, Indexer};
+use super::index::{self, Indexer};
+use super::io::{Env, SegmentFile};
 use super::producer_state::{ProducerStateTable, Verdict, snapshot_file_name};
 use super::recovery;
 use super::segment::{
@@ -62,7 +63,6 @@ use super::segment::{
 };
 use crate::constants;
 use crate::runtime::Notify;
-use crate::runtime::file::{self, SegmentFile};
 use crate::types::Offset;
 
 /// Largest single write issued by the flusher.
@@ -205,7 +205,7 @@ enum ReadPlan {
     Empty,
     /// Read `[start, end)` of `file`; `start` is a batch boundary.
     Read {
-        file: Rc<SegmentFile>,
+        file: SegmentFile,
         start: u64,
         end: u64,
     },
@@ -307,6 +307,8 @@ impl Drop for RoomTicket {
 
 /// One partition's log. See the module documentation for the contracts.
 pub struct PartitionLog {
+    /// The disk and clock it runs on (`storage::io`).
+    env: Env,
     dir: PathBuf,
     /// Current settings; replaced by `update_config` (read, never borrowed).
     cfg: Cell<LogConfig>,
@@ -337,7 +339,7 @@ impl Drop for PartitionLog {
 /// The flusher's own view of the active segment file.
 struct Writer {
     segment_base: i64,
-    file: Rc<SegmentFile>,
+    file: SegmentFile,
     /// Logical bytes written to the file.
     written: u64,
     /// Bytes `[align_down(written), written)`: rewritten with the next
@@ -354,7 +356,7 @@ struct Writer {
 pub(super) struct Recovered {
     pub segments: Vec<Segment>,
     pub log_end: i64,
-    pub active_file: Rc<SegmentFile>,
+    pub active_file: SegmentFile,
     pub active_written: u64,
     pub active_tail_block: Vec<u8>,
     pub active_preallocated: u64,
@@ -385,6 +387,15 @@ impl PartitionLog {
     ///
     /// Call `crate::runtime::file::warm_iopoll_probe` on this shard first.
     pub async fn open(dir: PathBuf, cfg: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
+        Self::open_in(Env::production(), dir, cfg).await
+    }
+
+    /// [`PartitionLog::open`] on the given disk and clock (the simulation's, in tests).
+    pub async fn open_in(
+        env: Env,
+        dir: PathBuf,
+        cfg: LogConfig,
+    ) -> Result<Rc<PartitionLog>, StorageError> {
         assert!(
             cfg.segment_bytes > 0 && cfg.segment_bytes <= u64::from(u32::MAX),
             "segment_bytes out of range"
@@ -397,12 +408,13 @@ impl PartitionLog {
             cfg.max_message_bytes >= batch::HEADER_LEN,
             "max_message_bytes too small"
         );
-        let rec = recovery::recover(&dir, &cfg, PREALLOCATE_STEP_BYTES).await?;
+        let rec = recovery::recover(&env, &dir, &cfg, PREALLOCATE_STEP_BYTES).await?;
         // The log start is the first segment's base, or further when
         // DeleteRecords moved it inside that segment (persisted in
         // `log-start-offset`); never past the log end.
         let first_base = rec.segments.first().map_or(0, |s| s.base_offset);
-        let log_start = read_log_start_file(&dir)?
+        let log_start = read_log_start_file(&env, &dir)
+            .await?
             .unwrap_or(first_base)
             .clamp(first_base, rec.log_end.max(first_base));
         let active_base = rec
@@ -417,9 +429,10 @@ impl PartitionLog {
             tail_block: rec.active_tail_block,
             preallocated: rec.active_preallocated,
             dirty: false,
-            last_sync: Instant::now(),
+            last_sync: env.clock.now(),
         };
         let log = Rc::new(PartitionLog {
+            env,
             dir,
             cfg: Cell::new(cfg),
             state: RefCell::new(State {
@@ -611,7 +624,7 @@ impl PartitionLog {
             });
         }
         if target > log_start {
-            write_log_start_file(&self.dir, target).await?;
+            write_log_start_file(&self.env, &self.dir, target).await?;
             let mut st = self.state.borrow_mut();
             st.log_start = st.log_start.max(target);
         }
@@ -661,7 +674,7 @@ impl PartitionLog {
         for seg in removed {
             let base = seg.base_offset;
             debug!(dir = %self.dir.display(), base, "deleting segment (retention)");
-            if let Some(f) = seg.file.and_then(|f| Rc::try_unwrap(f).ok())
+            if let Some(f) = seg.file.filter(|f| Rc::strong_count(f) == 1)
                 && let Err(e) = f.close().await
             {
                 warn!(dir = %self.dir.display(), error = %e, "closing a deleted segment failed");
@@ -669,7 +682,7 @@ impl PartitionLog {
             drop(seg.index);
             for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, super::segment::LOG_SUFFIX] {
                 let path = segment_path(&self.dir, base, suffix);
-                match std::fs::remove_file(&path) {
+                match self.env.disk.remove_file(&path).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
@@ -681,7 +694,9 @@ impl PartitionLog {
                 }
             }
         }
-        file::sync_dir(&self.dir)
+        self.env
+            .disk
+            .sync_dir(&self.dir)
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
         Ok(())
@@ -842,7 +857,7 @@ impl PartitionLog {
         let mut copy = BytesMut::from(&records[..]);
         let mut next = st.log_end;
         let log_append_time_ms = if self.cfg().log_append_time {
-            recovery::now_ms()
+            self.env.clock.wall_ms()
         } else {
             -1
         };
@@ -860,7 +875,7 @@ impl PartitionLog {
         }
         let copy = copy.freeze();
         let first_offset = st.log_end;
-        let now = Instant::now();
+        let now = self.env.clock.now();
         for (pos, size, h) in &batches {
             let base_offset = st.log_end;
             let h = BatchHeader { base_offset, ..*h };
@@ -928,7 +943,7 @@ impl PartitionLog {
         if too_big || too_old || rel_overflow {
             debug!(dir = %self.dir.display(), base = log_end, "rolling segment");
             // The table now covers exactly the batches below the new base.
-            st.producers.remove_expired(recovery::now_ms());
+            st.producers.remove_expired(self.env.clock.wall_ms());
             let snapshot = st.producers.encode_snapshot(log_end);
             st.pending_snapshots.push_back((log_end, snapshot));
             st.segments.push(Segment {
@@ -1123,18 +1138,19 @@ impl PartitionLog {
     /// The segment's open file, opening it read-only if needed.
     async fn segment_file(
         &self,
-        file: Option<Rc<SegmentFile>>,
+        file: Option<SegmentFile>,
         base: i64,
-    ) -> Result<Rc<SegmentFile>, StorageError> {
+    ) -> Result<SegmentFile, StorageError> {
         if let Some(f) = file {
             return Ok(f);
         }
         let path = segment_path(&self.dir, base, super::segment::LOG_SUFFIX);
-        let f = Rc::new(
-            SegmentFile::open_read(&path)
-                .await
-                .ctx(|| format!("opening {}", path.display()))?,
-        );
+        let f = self
+            .env
+            .disk
+            .open_read(&path)
+            .await
+            .ctx(|| format!("opening {}", path.display()))?;
         let mut st = self.state.borrow_mut();
         if self.closed.get() {
             return Err(StorageError::Closed);
@@ -1256,7 +1272,7 @@ impl PartitionLog {
         for seg in segments {
             // The flusher has exited, so only a concurrent read can still
             // hold a handle; that one is closed when the read drops it.
-            if let Some(f) = seg.file.and_then(|f| Rc::try_unwrap(f).ok())
+            if let Some(f) = seg.file.filter(|f| Rc::strong_count(f) == 1)
                 && let Err(e) = f.close().await
             {
                 warn!(dir = %self.dir.display(), error = %e, "closing a segment file failed");
@@ -1273,9 +1289,15 @@ impl PartitionLog {
         if let Err(e) = self.close().await {
             warn!(dir = %self.dir.display(), error = %e, "closing a log being deleted failed");
         }
-        file::remove_dir_all(&self.dir).ctx(|| format!("removing {}", self.dir.display()))?;
+        self.env
+            .disk
+            .remove_dir_all(&self.dir)
+            .await
+            .ctx(|| format!("removing {}", self.dir.display()))?;
         if let Some(parent) = self.dir.parent() {
-            file::sync_dir(parent)
+            self.env
+                .disk
+                .sync_dir(parent)
                 .await
                 .ctx(|| format!("syncing {}", parent.display()))?;
         }
@@ -1317,7 +1339,7 @@ impl PartitionLog {
                 assert_eq!(offset, base, "producer snapshots follow segment rolls");
                 self.write_snapshot(offset, &bytes).await?;
                 *w = self.create_segment(base).await?;
-                recovery::remove_stale_snapshots(&self.dir, offset);
+                recovery::remove_stale_snapshots(&self.env, &self.dir, offset).await;
             }
             self.write_group(w, group).await?;
             if self.cfg().flush == FlushPolicy::Always {
@@ -1352,14 +1374,15 @@ impl PartitionLog {
     }
 
     async fn sync(&self, w: &mut Writer) -> Result<(), StorageError> {
-        let started = Instant::now();
+        let started = self.env.clock.now();
         w.file
             .fdatasync()
             .await
             .ctx(|| format!("fdatasync {}", w.file.path().display()))?;
-        crate::metrics::fsync_done(started.elapsed());
+        let now = self.env.clock.now();
+        crate::metrics::fsync_done(now.saturating_duration_since(started));
         w.dirty = false;
-        w.last_sync = Instant::now();
+        w.last_sync = now;
         Ok(())
     }
 
@@ -1453,16 +1476,26 @@ impl PartitionLog {
         };
         let index_path = segment_path(&self.dir, w.segment_base, INDEX_SUFFIX);
         let time_path = segment_path(&self.dir, w.segment_base, TIME_INDEX_SUFFIX);
-        file::write_file_durable(&index_path, &offsets)
+        self.env
+            .write_file_durable(&index_path, &offsets)
             .await
             .ctx(|| format!("writing {}", index_path.display()))?;
-        file::write_file_durable(&time_path, &times)
+        self.env
+            .write_file_durable(&time_path, &times)
             .await
             .ctx(|| format!("writing {}", time_path.display()))?;
-        let offsets = IndexBytes::map_file(&index_path)
+        let offsets = self
+            .env
+            .disk
+            .map_index(&index_path)
+            .await
             .ctx(|| format!("mapping {}", index_path.display()))?;
-        let times =
-            IndexBytes::map_file(&time_path).ctx(|| format!("mapping {}", time_path.display()))?;
+        let times = self
+            .env
+            .disk
+            .map_index(&time_path)
+            .await
+            .ctx(|| format!("mapping {}", time_path.display()))?;
         // Check after reading back (paired with the checks at recovery).
         assert!(index::offset_index_is_valid(
             offsets.as_slice(),
@@ -1478,16 +1511,20 @@ impl PartitionLog {
     /// its directory entry durable.
     async fn create_segment(&self, base: i64) -> Result<Writer, StorageError> {
         let path = segment_path(&self.dir, base, super::segment::LOG_SUFFIX);
-        let f = SegmentFile::open_rw(&path, true)
+        let f = self
+            .env
+            .disk
+            .open_rw(&path, true)
             .await
             .ctx(|| format!("creating {}", path.display()))?;
         f.pre_allocate(PREALLOCATE_STEP_BYTES)
             .await
             .ctx(|| format!("preallocating {}", path.display()))?;
-        file::sync_dir(&self.dir)
+        self.env
+            .disk
+            .sync_dir(&self.dir)
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
-        let f = Rc::new(f);
         self.state.borrow_mut().segment_mut(base).file = Some(f.clone());
         Ok(Writer {
             segment_base: base,
@@ -1496,7 +1533,7 @@ impl PartitionLog {
             tail_block: Vec::new(),
             preallocated: PREALLOCATE_STEP_BYTES,
             dirty: false,
-            last_sync: Instant::now(),
+            last_sync: self.env.clock.now(),
         })
     }
 
@@ -1507,14 +1544,16 @@ impl PartitionLog {
         let (log_end, bytes) = {
             let mut st = self.state.borrow_mut();
             assert!(st.queue.is_empty() && st.high_watermark == st.log_end);
-            st.producers.remove_expired(recovery::now_ms());
+            st.producers.remove_expired(self.env.clock.wall_ms());
             (st.log_end, st.producers.encode_snapshot(st.log_end))
         };
         self.write_snapshot(log_end, &bytes).await?;
-        file::sync_dir(&self.dir)
+        self.env
+            .disk
+            .sync_dir(&self.dir)
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
-        recovery::remove_stale_snapshots(&self.dir, log_end);
+        recovery::remove_stale_snapshots(&self.env, &self.dir, log_end).await;
         // Last: everything the marker vouches for is durable by now.
         let marker = {
             let st = self.state.borrow();
@@ -1537,11 +1576,17 @@ impl PartitionLog {
         };
         let path = self.dir.join(CLEAN_SHUTDOWN_FILE);
         let bytes = marker.encode();
-        file::replace_file_durable(&path, &bytes)
+        self.env
+            .replace_file_durable(&path, &bytes)
             .await
             .ctx(|| format!("writing {}", path.display()))?;
         // Paired check: the marker reads back as written.
-        let back = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        let back = self
+            .env
+            .disk
+            .read(&path)
+            .await
+            .ctx(|| format!("reading {}", path.display()))?;
         assert_eq!(
             CleanShutdown::decode(&back).ok(),
             Some(marker),
@@ -1557,11 +1602,17 @@ impl PartitionLog {
     /// then recovery falls back to an older snapshot, which is still there.
     async fn write_snapshot(&self, offset: i64, bytes: &[u8]) -> Result<(), StorageError> {
         let path = self.dir.join(snapshot_file_name(offset));
-        file::write_file_durable(&path, bytes)
+        self.env
+            .write_file_durable(&path, bytes)
             .await
             .ctx(|| format!("writing {}", path.display()))?;
         // Paired check: the file reads back as the table that was written.
-        let back = std::fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+        let back = self
+            .env
+            .disk
+            .read(&path)
+            .await
+            .ctx(|| format!("reading {}", path.display()))?;
         assert!(
             back == bytes,
             "producer snapshot {} does not read back",
@@ -1594,10 +1645,11 @@ async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
                 && w.dirty
             {
                 let due = w.last_sync + d;
-                if Instant::now() >= due {
+                let now = log.env.clock.now();
+                if now >= due {
                     result = log.sync(&mut w).await;
                 } else {
-                    sleep_for = Some(due - Instant::now());
+                    sleep_for = Some(due - now);
                 }
             }
             let more = !log.state.borrow().queue.is_empty();
@@ -1659,7 +1711,7 @@ fn find_record(
 /// `offset`. The result is one slice of one read buffer (batches are
 /// contiguous), so there is no copy beyond the read itself.
 async fn read_batches(
-    file: Rc<SegmentFile>,
+    file: SegmentFile,
     start: u64,
     end: u64,
     offset: i64,
@@ -1718,14 +1770,18 @@ async fn read_batches(
 /// The log start offset DeleteRecords persisted, if any. The file holds the
 /// offset in decimal; it is replaced atomically (temporary file + rename),
 /// so a damaged one is a broken invariant reported as corruption.
-fn read_log_start_file(dir: &std::path::Path) -> Result<Option<i64>, StorageError> {
+async fn read_log_start_file(
+    env: &Env,
+    dir: &std::path::Path,
+) -> Result<Option<i64>, StorageError> {
     let path = dir.join(constants::LOG_START_OFFSET_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => match text.trim().parse::<i64>() {
+    match env.disk.read(&path).await {
+        Ok(bytes) => match String::from_utf8_lossy(&bytes).trim().parse::<i64>() {
             Ok(v) if v >= 0 => Ok(Some(v)),
             _ => Err(StorageError::CorruptBatch(format!(
-                "{} does not hold an offset: {text:?}",
-                path.display()
+                "{} does not hold an offset: {:?}",
+                path.display(),
+                String::from_utf8_lossy(&bytes)
             ))),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -1735,12 +1791,16 @@ fn read_log_start_file(dir: &std::path::Path) -> Result<Option<i64>, StorageErro
 
 /// Persist `offset` as the log start: write a temporary file durably,
 /// rename it over `log-start-offset`, sync the directory, read it back.
-async fn write_log_start_file(dir: &std::path::Path, offset: i64) -> Result<(), StorageError> {
+async fn write_log_start_file(
+    env: &Env,
+    dir: &std::path::Path,
+    offset: i64,
+) -> Result<(), StorageError> {
     let path = dir.join(constants::LOG_START_OFFSET_FILE);
-    file::replace_file_durable(&path, format!("{offset}\n").as_bytes())
+    env.replace_file_durable(&path, format!("{offset}\n").as_bytes())
         .await
         .ctx(|| format!("replacing {}", path.display()))?;
     // Paired check: the file reads back as the offset written.
-    assert_eq!(read_log_start_file(dir)?, Some(offset));
+    assert_eq!(read_log_start_file(env, dir).await?, Some(offset));
     Ok(())
 }

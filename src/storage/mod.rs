@@ -48,6 +48,7 @@ pub mod batch;
 pub mod clean_shutdown;
 pub mod error;
 pub mod index;
+pub mod io;
 pub mod log;
 pub mod producer_state;
 pub mod recovery;

@@ -31,15 +31,14 @@
 //!   if the disk lost synced data) is discarded and the whole log replayed.
 
 use std::path::Path;
-use std::rc::Rc;
-use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
 use super::batch::BatchHeader;
 use super::clean_shutdown::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use super::error::{IoContext, StorageError};
-use super::index::{self, IndexBytes, Indexer};
+use super::index::{self, Indexer};
+use super::io::{Env, SegmentFile};
 use super::log::{LogConfig, OpenedFrom, Recovered};
 use super::producer_state::{ProducerStateTable, parse_snapshot_file_name, snapshot_file_name};
 use super::segment::{
@@ -47,55 +46,65 @@ use super::segment::{
     parse_segment_file_name, scan_segment, segment_path,
 };
 use crate::constants::PRODUCER_SNAPSHOTS_KEPT;
-use crate::runtime::file::{self, SegmentFile};
 
 const REPLAY_CHUNK_BYTES: usize = 1 << 20;
 
 pub(super) async fn recover(
+    env: &Env,
     dir: &Path,
     cfg: &LogConfig,
     preallocate_step: u64,
 ) -> Result<Recovered, StorageError> {
-    file::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-    let mut bases: Vec<i64> = std::fs::read_dir(dir)
+    env.disk
+        .create_dir_all(dir)
+        .await
+        .ctx(|| format!("creating {}", dir.display()))?;
+    let mut bases: Vec<i64> = env
+        .disk
+        .list_dir(dir)
+        .await
         .ctx(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(parse_segment_file_name))
+        .iter()
+        .filter_map(|name| name.to_str().and_then(parse_segment_file_name))
         .collect();
     bases.sort_unstable();
     let created = bases.is_empty();
     if created {
         let path = segment_path(dir, 0, LOG_SUFFIX);
-        let f = SegmentFile::open_rw(&path, true)
+        let f = env
+            .disk
+            .open_rw(&path, true)
             .await
             .ctx(|| format!("creating {}", path.display()))?;
         f.close()
             .await
             .ctx(|| format!("closing {}", path.display()))?;
-        file::sync_dir(dir)
+        env.disk
+            .sync_dir(dir)
             .await
             .ctx(|| format!("syncing {}", dir.display()))?;
         if let Some(parent) = dir.parent() {
-            file::sync_dir(parent)
+            env.disk
+                .sync_dir(parent)
                 .await
                 .ctx(|| format!("syncing {}", parent.display()))?;
         }
         bases.push(0);
     }
-    let marker = take_marker(dir, created).await?;
-    let (from, mut producers) = load_newest_snapshot(dir).unwrap_or_default();
+    let marker = take_marker(env, dir, created).await?;
+    let (from, mut producers) = load_newest_snapshot(env, dir).await.unwrap_or_default();
     let mut segments = Vec::with_capacity(bases.len());
     for w in bases.windows(2) {
-        let seg = recover_sealed(dir, w[0], w[1], cfg).await?;
+        let seg = recover_sealed(env, dir, w[0], w[1], cfg).await?;
         if w[1] > from {
-            replay_sealed(dir, &seg, from, &mut producers).await?;
+            replay_sealed(env, dir, &seg, from, &mut producers).await?;
         }
         segments.push(seg);
     }
     let last = *bases.last().expect("at least one segment");
     let mut opened = None;
     if let Some(m) = marker {
-        match open_active_clean(dir, last, &m, from, cfg, preallocate_step).await? {
+        match open_active_clean(env, dir, last, &m, from, cfg, preallocate_step).await? {
             Ok(parts) => opened = Some(parts),
             Err(why) => info!(dir = %dir.display(), reason = %why,
                 "clean-shutdown marker does not match the files: running full recovery"),
@@ -116,7 +125,7 @@ pub(super) async fn recover(
                     producers.update(h);
                 }
             };
-            recover_active(dir, last, cfg, preallocate_step, &mut on_batch).await?
+            recover_active(env, dir, last, cfg, preallocate_step, &mut on_batch).await?
         }
     };
     let log_end = active.next_offset;
@@ -126,13 +135,13 @@ pub(super) async fn recover(
             "producer state snapshot is past the end of the log: replaying the whole log");
         producers = ProducerStateTable::default();
         for seg in &segments {
-            replay_sealed(dir, seg, 0, &mut producers).await?;
+            replay_sealed(env, dir, seg, 0, &mut producers).await?;
         }
         replay(file.clone(), 0, written, 0, &mut producers).await?;
     }
     segments.push(active);
-    producers.remove_expired(now_ms());
-    remove_stale_snapshots(dir, log_end);
+    producers.remove_expired(env.clock.wall_ms());
+    remove_stale_snapshots(env, dir, log_end).await;
     Ok(Recovered {
         segments,
         log_end,
@@ -150,11 +159,18 @@ pub(super) async fn recover(
 /// the marker if one was there and decodes (a damaged one is logged).
 /// `created`: the directory had no segment (a new partition: a missing
 /// marker is expected and not logged).
-async fn take_marker(dir: &Path, created: bool) -> Result<Option<CleanShutdown>, StorageError> {
+async fn take_marker(
+    env: &Env,
+    dir: &Path,
+    created: bool,
+) -> Result<Option<CleanShutdown>, StorageError> {
     let path = dir.join(CLEAN_SHUTDOWN_FILE);
     // A temporary file left by a close that crashed before its rename.
-    let _ = std::fs::remove_file(dir.join(format!("{CLEAN_SHUTDOWN_FILE}.tmp")));
-    let bytes = match std::fs::read(&path) {
+    let _ = env
+        .disk
+        .remove_file(&dir.join(format!("{CLEAN_SHUTDOWN_FILE}.tmp")))
+        .await;
+    let bytes = match env.disk.read(&path).await {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if !created {
@@ -168,11 +184,11 @@ async fn take_marker(dir: &Path, created: bool) -> Result<Option<CleanShutdown>,
             Vec::new()
         }
     };
-    file::remove_file_durable(&path)
+    env.remove_file_durable(&path)
         .await
         .ctx(|| format!("removing {}", path.display()))?;
     assert!(
-        !path.exists(),
+        env.disk.len(&path).await.is_err(),
         "the clean-shutdown marker must be gone before the log opens"
     );
     if bytes.is_empty() {
@@ -190,7 +206,7 @@ async fn take_marker(dir: &Path, created: bool) -> Result<Option<CleanShutdown>,
 
 /// The active segment, its open file, its partial last block and its
 /// preallocated size (what [`recover_active`] returns).
-type ActiveParts = (Segment, Rc<SegmentFile>, Vec<u8>, u64);
+type ActiveParts = (Segment, SegmentFile, Vec<u8>, u64);
 
 /// Open the last segment as a clean close left it, trusting `m` after
 /// checking it against the files; `Ok(Err(reason))` if they disagree (the
@@ -198,6 +214,7 @@ type ActiveParts = (Segment, Rc<SegmentFile>, Vec<u8>, u64);
 /// newest valid producer snapshot (0 if none). Reads the index files and at
 /// most one index interval plus one batch of the segment.
 async fn open_active_clean(
+    env: &Env,
     dir: &Path,
     base: i64,
     m: &CleanShutdown,
@@ -212,9 +229,11 @@ async fn open_active_clean(
         )));
     }
     let path = segment_path(dir, base, LOG_SUFFIX);
-    let len = std::fs::metadata(&path)
-        .ctx(|| format!("stat {}", path.display()))?
-        .len();
+    let len = env
+        .disk
+        .len(&path)
+        .await
+        .ctx(|| format!("stat {}", path.display()))?;
     if len != m.segment_bytes {
         return Ok(Err(format!(
             "segment is {len} bytes, the marker says {}",
@@ -229,8 +248,10 @@ async fn open_active_clean(
     }
     let rel_end = (m.log_end - base) as u64;
     let (Ok(offsets), Ok(times)) = (
-        std::fs::read(segment_path(dir, base, INDEX_SUFFIX)),
-        std::fs::read(segment_path(dir, base, TIME_INDEX_SUFFIX)),
+        env.disk.read(&segment_path(dir, base, INDEX_SUFFIX)).await,
+        env.disk
+            .read(&segment_path(dir, base, TIME_INDEX_SUFFIX))
+            .await,
     ) else {
         return Ok(Err("index files missing".into()));
     };
@@ -250,11 +271,11 @@ async fn open_active_clean(
             m.max_timestamp
         )));
     }
-    let f = Rc::new(
-        SegmentFile::open_rw(&path, false)
-            .await
-            .ctx(|| format!("opening {}", path.display()))?,
-    );
+    let f = env
+        .disk
+        .open_rw(&path, false)
+        .await
+        .ctx(|| format!("opening {}", path.display()))?;
     // Trust, but read the few batches after the last index entry: they
     // must be valid and end exactly at the recorded size and log end.
     let (from_offset, from_pos) =
@@ -282,7 +303,7 @@ async fn open_active_clean(
             m.log_end
         )));
     }
-    let (tail_block, preallocated) = prepare_for_appends(&f, len, preallocate_step).await?;
+    let (tail_block, preallocated) = prepare_for_appends(&f, &path, len, preallocate_step).await?;
     debug!(segment = %path.display(), bytes = len, next_offset = m.log_end,
         "opened active segment from the clean-shutdown marker (no scan)");
     let indexer = Indexer::resume(
@@ -301,25 +322,21 @@ async fn open_active_clean(
         next_offset: m.log_end,
         visible_max_timestamp: m.max_timestamp,
         index: SegmentIndex::Building(indexer),
-        created: Instant::now(),
+        created: env.clock.now(),
     };
     Ok(Ok((seg, f, tail_block, preallocated)))
 }
 
-/// Wall-clock milliseconds since the Unix epoch (producer expiry compares
-/// batch timestamps, which are wall-clock, with it).
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Snapshot offsets in `dir`, ascending.
-pub(super) fn snapshot_offsets(dir: &Path) -> Vec<i64> {
-    let mut v: Vec<i64> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(parse_snapshot_file_name))
+pub(super) async fn snapshot_offsets(env: &Env, dir: &Path) -> Vec<i64> {
+    let mut v: Vec<i64> = env
+        .disk
+        .list_dir(dir)
+        .await
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|name| name.to_str().and_then(parse_snapshot_file_name))
                 .collect()
         })
         .unwrap_or_default();
@@ -329,10 +346,13 @@ pub(super) fn snapshot_offsets(dir: &Path) -> Vec<i64> {
 
 /// The newest snapshot that reads back valid (a damaged one is logged and
 /// removed: the replay from an older one covers its range).
-fn load_newest_snapshot(dir: &Path) -> Option<(i64, ProducerStateTable)> {
-    for offset in snapshot_offsets(dir).into_iter().rev() {
+async fn load_newest_snapshot(env: &Env, dir: &Path) -> Option<(i64, ProducerStateTable)> {
+    for offset in snapshot_offsets(env, dir).await.into_iter().rev() {
         let path = dir.join(snapshot_file_name(offset));
-        match std::fs::read(&path)
+        match env
+            .disk
+            .read(&path)
+            .await
             .map_err(|e| e.to_string())
             .and_then(|b| ProducerStateTable::decode_snapshot(&b).map_err(|e| e.to_string()))
         {
@@ -343,7 +363,7 @@ fn load_newest_snapshot(dir: &Path) -> Option<(i64, ProducerStateTable)> {
                 "damaged producer state snapshot: removing it"),
         }
         // Gone, so it never counts among the snapshots kept.
-        if let Err(e) = std::fs::remove_file(&path) {
+        if let Err(e) = env.disk.remove_file(&path).await {
             warn!(snapshot = %path.display(), error = %e, "cannot remove a damaged snapshot");
         }
     }
@@ -353,8 +373,8 @@ fn load_newest_snapshot(dir: &Path) -> Option<(i64, ProducerStateTable)> {
 /// Remove snapshots past `log_end` (they describe batches that are gone)
 /// and all but the newest `PRODUCER_SNAPSHOTS_KEPT`. Best effort: a
 /// leftover file is only disk space.
-pub(super) fn remove_stale_snapshots(dir: &Path, log_end: i64) {
-    let offsets = snapshot_offsets(dir);
+pub(super) async fn remove_stale_snapshots(env: &Env, dir: &Path, log_end: i64) {
+    let offsets = snapshot_offsets(env, dir).await;
     let kept_from = offsets
         .iter()
         .filter(|o| **o <= log_end)
@@ -370,7 +390,7 @@ pub(super) fn remove_stale_snapshots(dir: &Path, log_end: i64) {
         };
         if stale {
             let path = dir.join(snapshot_file_name(o));
-            if let Err(e) = std::fs::remove_file(&path) {
+            if let Err(e) = env.disk.remove_file(&path).await {
                 warn!(snapshot = %path.display(), error = %e, "cannot remove an old producer state snapshot");
             }
         }
@@ -379,6 +399,7 @@ pub(super) fn remove_stale_snapshots(dir: &Path, log_end: i64) {
 
 /// Replay the producer batches of a sealed segment from offset `from`.
 async fn replay_sealed(
+    env: &Env,
     dir: &Path,
     seg: &Segment,
     from: i64,
@@ -388,11 +409,11 @@ async fn replay_sealed(
         return Ok(());
     }
     let path = segment_path(dir, seg.base_offset, LOG_SUFFIX);
-    let f = Rc::new(
-        SegmentFile::open_read(&path)
-            .await
-            .ctx(|| format!("opening {}", path.display()))?,
-    );
+    let f = env
+        .disk
+        .open_read(&path)
+        .await
+        .ctx(|| format!("opening {}", path.display()))?;
     let start = if from > seg.base_offset {
         seg.lookup_position(from)
     } else {
@@ -405,7 +426,7 @@ async fn replay_sealed(
 /// offset >= `from` to the producer table. Headers only: the records are
 /// never decoded.
 async fn replay(
-    file: Rc<SegmentFile>,
+    file: SegmentFile,
     start: u64,
     end: u64,
     from: i64,
@@ -427,6 +448,7 @@ async fn replay(
 }
 
 async fn recover_sealed(
+    env: &Env,
     dir: &Path,
     base: i64,
     next_base: i64,
@@ -435,12 +457,14 @@ async fn recover_sealed(
     let log_path = segment_path(dir, base, LOG_SUFFIX);
     let index_path = segment_path(dir, base, INDEX_SUFFIX);
     let time_path = segment_path(dir, base, TIME_INDEX_SUFFIX);
-    let mut log_len = std::fs::metadata(&log_path)
-        .ctx(|| format!("stat {}", log_path.display()))?
-        .len();
+    let mut log_len = env
+        .disk
+        .len(&log_path)
+        .await
+        .ctx(|| format!("stat {}", log_path.display()))?;
     let rel_end = (next_base - base) as u64;
-    let offsets = IndexBytes::map_file(&index_path).ok();
-    let times = IndexBytes::map_file(&time_path).ok();
+    let offsets = env.disk.map_index(&index_path).await.ok();
+    let times = env.disk.map_index(&time_path).await.ok();
     let valid = match (&offsets, &times) {
         (Some(o), Some(t)) => {
             index::offset_index_is_valid(o.as_slice(), log_len, rel_end)
@@ -453,11 +477,11 @@ async fn recover_sealed(
     } else {
         drop((offsets, times));
         warn!(segment = %log_path.display(), "index files missing or damaged: rebuilding them");
-        let f = Rc::new(
-            SegmentFile::open_rw(&log_path, false)
-                .await
-                .ctx(|| format!("opening {}", log_path.display()))?,
-        );
+        let f = env
+            .disk
+            .open_rw(&log_path, false)
+            .await
+            .ctx(|| format!("opening {}", log_path.display()))?;
         let res = scan_segment(
             f.clone(),
             base,
@@ -482,19 +506,26 @@ async fn recover_sealed(
                 "sealed segment does not end where the next one starts");
         }
         drop(f);
-        file::write_file_durable(&index_path, &res.indexer.offsets)
+        env.write_file_durable(&index_path, &res.indexer.offsets)
             .await
             .ctx(|| format!("writing {}", index_path.display()))?;
-        file::write_file_durable(&time_path, &res.indexer.sealed_times())
+        env.write_file_durable(&time_path, &res.indexer.sealed_times())
             .await
             .ctx(|| format!("writing {}", time_path.display()))?;
-        file::sync_dir(dir)
+        env.disk
+            .sync_dir(dir)
             .await
             .ctx(|| format!("syncing {}", dir.display()))?;
-        let o = IndexBytes::map_file(&index_path)
+        let o = env
+            .disk
+            .map_index(&index_path)
+            .await
             .ctx(|| format!("mapping {}", index_path.display()))?;
-        let t =
-            IndexBytes::map_file(&time_path).ctx(|| format!("mapping {}", time_path.display()))?;
+        let t = env
+            .disk
+            .map_index(&time_path)
+            .await
+            .ctx(|| format!("mapping {}", time_path.display()))?;
         // Paired check: what was written reads back valid.
         assert!(index::offset_index_is_valid(
             o.as_slice(),
@@ -521,29 +552,27 @@ async fn recover_sealed(
         next_offset: next_base,
         visible_max_timestamp,
         index: SegmentIndex::Sealed { offsets, times },
-        created: Instant::now(),
+        created: env.clock.now(),
     })
 }
 
 /// Returns the active segment, its open file, the bytes of its partial last
 /// block, and how far it is preallocated.
 async fn recover_active(
+    env: &Env,
     dir: &Path,
     base: i64,
     cfg: &LogConfig,
     preallocate_step: u64,
     on_batch: &mut dyn FnMut(&BatchHeader),
-) -> Result<(Segment, Rc<SegmentFile>, Vec<u8>, u64), StorageError> {
+) -> Result<ActiveParts, StorageError> {
     let path = segment_path(dir, base, LOG_SUFFIX);
-    let f = Rc::new(
-        SegmentFile::open_rw(&path, false)
-            .await
-            .ctx(|| format!("opening {}", path.display()))?,
-    );
-    let len = f
-        .file_size()
+    let f = env
+        .disk
+        .open_rw(&path, false)
         .await
-        .ctx(|| format!("stat {}", path.display()))?;
+        .ctx(|| format!("opening {}", path.display()))?;
+    let len = f.size().await.ctx(|| format!("stat {}", path.display()))?;
     let res = scan_segment(f.clone(), base, len, cfg.index_interval_bytes, on_batch).await?;
     match &res.stop {
         ScanStop::Invalid(why) => warn!(
@@ -575,7 +604,8 @@ async fn recover_active(
             .await
             .ctx(|| format!("fdatasync {}", path.display()))?;
     }
-    let (tail_block, preallocated) = prepare_for_appends(&f, res.end, preallocate_step).await?;
+    let (tail_block, preallocated) =
+        prepare_for_appends(&f, &path, res.end, preallocate_step).await?;
     let seg = Segment {
         base_offset: base,
         file: Some(f.clone()),
@@ -584,7 +614,7 @@ async fn recover_active(
         next_offset: res.next_offset,
         visible_max_timestamp: res.indexer.max_timestamp,
         index: SegmentIndex::Building(res.indexer),
-        created: Instant::now(),
+        created: env.clock.now(),
     };
     Ok((seg, f, tail_block, preallocated))
 }
@@ -595,6 +625,7 @@ async fn recover_active(
 /// size.
 async fn prepare_for_appends(
     f: &SegmentFile,
+    path: &Path,
     end: u64,
     preallocate_step: u64,
 ) -> Result<(Vec<u8>, u64), StorageError> {
@@ -604,7 +635,7 @@ async fn prepare_for_appends(
         let b = f
             .read_at(block_start, (end - block_start) as usize)
             .await
-            .ctx(|| format!("reading {}", f.path().display()))?;
+            .ctx(|| format!("reading {}", path.display()))?;
         assert_eq!(
             b.len() as u64,
             end - block_start,
@@ -617,6 +648,6 @@ async fn prepare_for_appends(
     let preallocated = (end / preallocate_step + 1) * preallocate_step;
     f.pre_allocate(preallocated)
         .await
-        .ctx(|| format!("preallocating {}", f.path().display()))?;
+        .ctx(|| format!("preallocating {}", path.display()))?;
     Ok((tail_block, preallocated))
 }

@@ -6,7 +6,6 @@
 //! digits, as Kafka names them.
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use bytes::Bytes;
 use super::batch::{self, BatchHeader, LOG_OVERHEAD};
 use super::error::{IoContext, StorageError};
 use super::index::{self, IndexBytes, Indexer};
-use crate::runtime::file::SegmentFile;
+use super::io::SegmentFile;
 
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
@@ -56,7 +55,7 @@ pub struct Segment {
     pub base_offset: i64,
     /// Open file, or None for a sealed segment not read since recovery
     /// (opened lazily) or an active segment the flusher has not created yet.
-    pub file: Option<Rc<SegmentFile>>,
+    pub file: Option<SegmentFile>,
     /// Logical size: bytes of all batches assigned to this segment,
     /// including those not yet written.
     pub size: u64,
@@ -112,7 +111,7 @@ pub enum ScanStop {
 /// than that). With `check_crc`, every batch's CRC is verified (recovery);
 /// without, only lengths and magic (read path).
 pub struct Scanner {
-    file: Rc<SegmentFile>,
+    file: SegmentFile,
     pos: u64,
     end: u64,
     buf: Bytes,
@@ -124,7 +123,7 @@ pub struct Scanner {
 
 impl Scanner {
     pub fn new(
-        file: Rc<SegmentFile>,
+        file: SegmentFile,
         start: u64,
         end: u64,
         chunk_bytes: usize,
@@ -291,7 +290,7 @@ pub struct ScanResult {
 /// header of every valid batch, in order (recovery replays producer state
 /// from it without a second read).
 pub async fn scan_segment(
-    file: Rc<SegmentFile>,
+    file: SegmentFile,
     base_offset: i64,
     file_len: u64,
     interval_bytes: u32,

@@ -41,6 +41,9 @@ pub struct CommitReport {
     pub requests: u64,
     pub elapsed: Duration,
     pub latency_us: Histogram<u64>,
+    /// The OffsetFetch at the end: Ok, or which partition read back another offset than the
+    /// last one sent.
+    pub read_back: std::result::Result<(), String>,
 }
 
 impl CommitReport {
@@ -52,7 +55,7 @@ impl CommitReport {
         let q = |p: f64| self.latency_us.value_at_quantile(p) as f64 / 1000.0;
         format!(
             "{} OffsetCommits ({} partitions each, {} in flight) in {:.1}s: {:.0} commits/s; \
-             latency ms p50 {:.2} p99 {:.2} max {:.2}; committed offsets read back in order",
+             latency ms p50 {:.2} p99 {:.2} max {:.2}; {}",
             self.requests,
             load.partitions,
             load.in_flight,
@@ -60,7 +63,11 @@ impl CommitReport {
             self.per_second(),
             q(0.5),
             q(0.99),
-            self.latency_us.max() as f64 / 1000.0
+            self.latency_us.max() as f64 / 1000.0,
+            match &self.read_back {
+                Ok(()) => "committed offsets read back in order".to_string(),
+                Err(e) => format!("OUT OF ORDER: {e}"),
+            }
         )
     }
 }
@@ -156,20 +163,21 @@ pub async fn run(bootstrap: &str, load: &CommitLoad) -> Result<CommitReport> {
     let fetched: OffsetFetchResponse = conn
         .call(ApiKey::OffsetFetch, fetch_version, &fetch)
         .await?;
-    for topic in &fetched.topics {
-        for p in &topic.partitions {
-            if p.committed_offset != next_offset {
-                bail!(
-                    "partition {}: committed offset {} but the last commit sent was {next_offset}",
-                    p.partition_index,
-                    p.committed_offset
-                );
-            }
-        }
-    }
+    let read_back = fetched
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.committed_offset != next_offset)
+        .map_or(Ok(()), |p| {
+            Err(format!(
+                "partition {}: committed offset {} but the last commit sent was {next_offset}",
+                p.partition_index, p.committed_offset
+            ))
+        });
     Ok(CommitReport {
         requests,
         elapsed,
         latency_us,
+        read_back,
     })
 }

@@ -257,6 +257,9 @@ fn main() -> Result<()> {
                 .context("tokio runtime")?;
             let report = rt.block_on(commits::run(&args.bootstrap_server, &load))?;
             println!("{}", report.summary(&load));
+            if let Err(e) = report.read_back {
+                anyhow::bail!("commits applied out of order: {e}");
+            }
         }
         Command::Compare { runs, output } => {
             let (svg, png) = compare::compare(&runs, &output)?;

@@ -1,0 +1,227 @@
+//! The seam between storage and the machine: every file operation and every clock read that
+//! storage and recovery make go through [`Disk`] and [`Clock`], so the same code runs on the
+//! real disk (glommio direct I/O, `runtime::file`) or on a simulated one that a seeded test
+//! can crash, fill up or make fail on purpose (`storage::sim`).
+//!
+//! Contract: shard-local (`Rc`, `!Send`), like everything in storage. Paths are the real
+//! paths under the data directory; the simulated disk keeps them as names only.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A buffer for [`DiskFile::write_at`], allocated by [`DiskFile::alloc_buffer`]: aligned DMA
+/// memory on the real disk, plain memory on the simulated one. Its length is a multiple of
+/// the file's alignment.
+pub enum IoBuffer {
+    Dma(crate::runtime::file::IoBuffer),
+    Heap(Vec<u8>),
+}
+
+impl IoBuffer {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            IoBuffer::Dma(b) => b.as_mut_slice(),
+            IoBuffer::Heap(v) => v,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            IoBuffer::Dma(b) => b.as_slice(),
+            IoBuffer::Heap(v) => v,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One open file. Writes start at a multiple of [`DiskFile::alignment`] and use buffers from
+/// [`DiskFile::alloc_buffer`]; reads may be unaligned. A write is durable once a later
+/// `fdatasync` returned Ok; a failed `fdatasync` leaves the unsynced writes in doubt (the
+/// caller must not retry it on the same file and count on the data: the fsyncgate lesson).
+#[async_trait(?Send)]
+pub trait DiskFile {
+    /// The path it was opened at (for messages).
+    fn path(&self) -> &Path;
+    /// Required alignment of write positions and lengths.
+    fn alignment(&self) -> u64;
+    /// A zero-filled buffer of at least `len` bytes, rounded up to the alignment.
+    fn alloc_buffer(&self, len: usize) -> IoBuffer;
+    /// Write the whole buffer at `pos` (aligned).
+    async fn write_at(&self, buf: IoBuffer, pos: u64) -> io::Result<()>;
+    /// Up to `len` bytes at `pos`; fewer at the end of the file.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes>;
+    async fn fdatasync(&self) -> io::Result<()>;
+    /// Make the file at least `size` bytes long, the new range reading as zeros, with its
+    /// blocks allocated (ENOSPC here, not at a later write).
+    async fn pre_allocate(&self, size: u64) -> io::Result<()>;
+    async fn truncate(&self, size: u64) -> io::Result<()>;
+    async fn size(&self) -> io::Result<u64>;
+    async fn close(&self) -> io::Result<()>;
+}
+
+/// Opened files are shared by the segment that reads and the writer that appends.
+pub type SegmentFile = Rc<dyn DiskFile>;
+
+/// The file system of one data directory.
+#[async_trait(?Send)]
+pub trait Disk {
+    /// Open read+write, creating the file if `create` (never truncating).
+    async fn open_rw(&self, path: &Path, create: bool) -> io::Result<SegmentFile>;
+    /// Open read-only.
+    async fn open_read(&self, path: &Path) -> io::Result<SegmentFile>;
+    /// The whole content of a small file (indexes, markers, snapshots).
+    async fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The length of a file.
+    async fn len(&self, path: &Path) -> io::Result<u64>;
+    /// A sealed segment's index file, read-only: memory-mapped on the real disk.
+    async fn map_index(&self, path: &Path) -> io::Result<super::index::IndexBytes>;
+    /// Names of the entries of `dir`.
+    async fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+    /// Atomic replace of `to` by `from` (durable after [`Disk::sync_dir`]).
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Remove a file (durable after [`Disk::sync_dir`]); NotFound if absent.
+    async fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Make the entries of `dir` durable (files created, renamed, removed in it).
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Create `dir` and its parents if absent.
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Remove `dir` and everything in it.
+    async fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// Time as storage sees it: monotonic for ages and intervals, wall-clock milliseconds for
+/// record timestamps and retention.
+pub trait Clock {
+    fn now(&self) -> Instant;
+    fn wall_ms(&self) -> i64;
+}
+
+/// What a partition log runs on.
+#[derive(Clone)]
+pub struct Env {
+    pub disk: Rc<dyn Disk>,
+    pub clock: Rc<dyn Clock>,
+}
+
+impl Env {
+    /// The real disk and the system clock.
+    pub fn production() -> Self {
+        Env {
+            disk: Rc::new(crate::runtime::file::RealDisk),
+            clock: Rc::new(SystemClock),
+        }
+    }
+
+    /// Write `data` as the whole content of `path` (created or replaced in place), then
+    /// fdatasync it. Not atomic: a crash in the middle leaves a damaged file, which recovery
+    /// detects (index files are checked and rebuilt).
+    pub async fn write_file_durable(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let file = self.disk.open_rw(path, true).await?;
+        if !data.is_empty() {
+            let mut buf = file.alloc_buffer(data.len());
+            buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+            file.write_at(buf, 0).await?;
+        }
+        file.truncate(data.len() as u64).await?;
+        file.fdatasync().await?;
+        file.close().await
+    }
+
+    /// Replace `path` atomically and durably with `data`: write `<path>.tmp`, fdatasync it,
+    /// rename it over `path`, sync the directory. After a crash `path` holds the old content
+    /// (or nothing) or `data`, never a mix.
+    pub async fn replace_file_durable(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let dir = parent(path)?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        self.write_file_durable(&tmp, data).await?;
+        self.disk.rename(&tmp, path).await?;
+        self.disk.sync_dir(dir).await
+    }
+
+    /// Remove `path` if it exists and make the removal durable. Returns whether there was a
+    /// file.
+    pub async fn remove_file_durable(&self, path: &Path) -> io::Result<bool> {
+        match self.disk.remove_file(path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.disk.sync_dir(parent(path)?).await?;
+        Ok(true)
+    }
+
+    /// The content of `path`, or None if it does not exist.
+    pub async fn read_if_exists(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        match self.disk.read(path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn parent(path: &Path) -> io::Result<&Path> {
+    path.parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn wall_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+/// A clock that moves only when told to (simulation): starts at a fixed wall time.
+pub struct ManualClock {
+    base: Instant,
+    elapsed: std::cell::Cell<Duration>,
+    wall_base_ms: i64,
+}
+
+impl ManualClock {
+    pub fn new(wall_base_ms: i64) -> Self {
+        ManualClock {
+            base: Instant::now(),
+            elapsed: std::cell::Cell::new(Duration::ZERO),
+            wall_base_ms,
+        }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.elapsed.set(self.elapsed.get() + by);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.base + self.elapsed.get()
+    }
+
+    fn wall_ms(&self) -> i64 {
+        self.wall_base_ms + self.elapsed.get().as_millis() as i64
+    }
+}
