@@ -53,7 +53,10 @@ pub mod log;
 pub mod producer_state;
 pub mod recovery;
 pub mod segment;
+pub mod sim;
 
+#[cfg(test)]
+mod sim_test;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,488 @@
+//! The partition log against a reference model, on the simulated disk (`storage::sim`), with
+//! seeded crashes, clean stops and reopens.
+//!
+//! Each seed runs a random sequence of steps: appends of many sizes (plain batches and one
+//! idempotent producer's), left in flight while the flusher works; reads from random offsets;
+//! DeleteRecords; clock moves; clean close and reopen; and crashes that lose what was not
+//! synced (torn writes included). After every reopen it checks:
+//! - every acknowledged batch is there, at its acknowledged offset, byte for byte;
+//! - nothing a consumer could have seen (below a high watermark observed) is lost;
+//! - nothing past the durable end is visible, and every visible batch is one that was appended
+//!   at that offset (no garbage, no stale bytes);
+//! - the high watermark is the log end and the log start is the one DeleteRecords made
+//!   durable;
+//! - reads from every offset find the batch holding it (the indexes agree with the log);
+//! - the producer state agrees with the batches that survived: a retry of the producer's last
+//!   surviving batch is a duplicate with its offsets, the next sequence is accepted.
+//!
+//! Quick mode runs `SEEDS_QUICK` seeds inside the test command; `SLUICE_SIM_SEEDS=N` runs N
+//! (a soak); `SLUICE_SIM_SEED=S` replays one. A failure prints the seed and its replay command.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::batch::{self, test_util};
+use super::io::{Clock, Disk, Env, ManualClock};
+use super::sim::{Faults, SimDisk, SimRng};
+use super::{LogConfig, PartitionLog};
+use crate::types::Offset;
+
+/// Seeds run by the test command.
+const SEEDS_QUICK: u64 = 300;
+/// Steps per seed.
+const STEPS: u32 = 160;
+const PRODUCER_ID: i64 = 1000;
+
+fn cfg() -> LogConfig {
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 512,
+        tail_cache_bytes: 1024,
+        pending_bytes_max: 8192,
+        ..LogConfig::default()
+    }
+}
+
+/// What the model knows of one appended batch.
+#[derive(Debug, Clone)]
+struct Appended {
+    /// The batch as stored: the sent bytes with the base offset rewritten.
+    bytes: Bytes,
+    next_offset: i64,
+    /// Idempotent batches: (first sequence, last sequence).
+    sequences: Option<(i32, i32)>,
+}
+
+#[derive(Default)]
+struct Model {
+    /// Every batch that got offsets in the current incarnation or survived into it, by base
+    /// offset (cut back to the log end at each reopen).
+    appended: BTreeMap<i64, Appended>,
+    /// Base offsets whose append was acknowledged (durable).
+    acked: BTreeMap<i64, i64>,
+    /// The highest high watermark any reader saw.
+    seen_end: i64,
+    /// The log start DeleteRecords made durable.
+    log_start: i64,
+    /// The next sequence of the idempotent producer, in the current incarnation.
+    next_sequence: i32,
+}
+
+fn stored(sent: &Bytes, base: i64) -> Bytes {
+    let mut b = BytesMut::from(&sent[..]);
+    batch::set_base_offset(&mut b, base);
+    b.freeze()
+}
+
+/// The seeds to run, from the environment (see the module documentation).
+fn seeds() -> Vec<u64> {
+    if let Ok(s) = std::env::var("SLUICE_SIM_SEED") {
+        return vec![s.parse().expect("SLUICE_SIM_SEED is a number")];
+    }
+    let n = std::env::var("SLUICE_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SEEDS_QUICK);
+    (0..n).collect()
+}
+
+/// Prints the replay command if the seed's run panics.
+struct SeedGuard(u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "simulation failed with seed {0}; replay: SLUICE_SIM_SEED={0} cargo test --release \
+                 --lib storage::sim_test",
+                self.0
+            );
+        }
+    }
+}
+
+struct Run {
+    seed: u64,
+    rng: SimRng,
+    disk: SimDisk,
+    env: Env,
+    clock: Rc<ManualClock>,
+    dir: PathBuf,
+    model: Rc<RefCell<Model>>,
+    log: Option<Rc<PartitionLog>>,
+    /// Appends in flight: (task, incarnation).
+    tasks: Vec<crate::runtime::Task<()>>,
+    stats: Stats,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Stats {
+    pub appends: u64,
+    pub acked: u64,
+    pub crashes: u64,
+    pub clean_stops: u64,
+    pub reads: u64,
+}
+
+impl Run {
+    fn new(seed: u64) -> Self {
+        let disk = SimDisk::new(seed ^ 0x5eed, Faults::default());
+        let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+        let env = Env {
+            disk: Rc::new(disk.clone()),
+            clock: clock.clone(),
+        };
+        Run {
+            seed,
+            rng: SimRng::new(seed),
+            disk,
+            env,
+            clock,
+            dir: PathBuf::from("/data/topic-0"),
+            model: Rc::new(RefCell::new(Model::default())),
+            log: None,
+            tasks: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    async fn open(&mut self) {
+        let log = PartitionLog::open_in(self.env.clone(), self.dir.clone(), cfg())
+            .await
+            .unwrap_or_else(|e| panic!("seed {}: reopen failed: {e}", self.seed));
+        self.check_reopened(&log).await;
+        self.log = Some(log);
+    }
+
+    fn log(&self) -> Rc<PartitionLog> {
+        self.log.clone().expect("open")
+    }
+
+    /// Start an append and leave it in flight; its ack is recorded when it is durable.
+    fn append(&mut self) {
+        let log = self.log();
+        let idempotent = self.rng.below(4) == 0;
+        let count = 1 + self.rng.below(12) as usize;
+        let value_len = [0, 10, 100, 700][self.rng.below(4) as usize];
+        let ts = self.clock.wall_ms();
+        let (sent, sequences) = if idempotent {
+            let seq = self.model.borrow().next_sequence;
+            let b = test_util::encode_idempotent(PRODUCER_ID, 0, seq, count, ts);
+            (b, Some((seq, seq + count as i32 - 1)))
+        } else {
+            (test_util::encode_batch(0, count, ts, value_len), None)
+        };
+        let appended = log.append(sent.clone());
+        if let Some((_, last)) = sequences {
+            self.model.borrow_mut().next_sequence = last + 1;
+        }
+        self.stats.appends += 1;
+        let model = self.model.clone();
+        let seed = self.seed;
+        self.tasks.push(crate::runtime::spawn(async move {
+            let Ok(info) = appended.await else { return };
+            let base = info.base_offset.get();
+            let next = info.last_offset.get() + 1;
+            model.borrow_mut().appended.insert(
+                base,
+                Appended {
+                    bytes: stored(&sent, base),
+                    next_offset: next,
+                    sequences,
+                },
+            );
+            if log.wait_durable(Offset(next)).await.is_ok() {
+                let mut m = model.borrow_mut();
+                assert!(
+                    m.appended.contains_key(&base),
+                    "seed {seed}: acked batch {base} unknown"
+                );
+                m.acked.insert(base, next);
+            }
+        }));
+    }
+
+    /// Read from a random offset and check what comes back against the model.
+    async fn read(&mut self) {
+        let log = self.log();
+        let hw = log.high_watermark().get();
+        let start = log.log_start_offset().get();
+        {
+            let mut m = self.model.borrow_mut();
+            m.seen_end = m.seen_end.max(hw);
+        }
+        if hw <= start {
+            return;
+        }
+        let offset = start + self.rng.below((hw - start) as u64) as i64;
+        self.stats.reads += 1;
+        let data = log
+            .read(Offset(offset), 1 + self.rng.below(6000) as usize)
+            .await
+            .unwrap_or_else(|e| panic!("seed {}: read at {offset}: {e}", self.seed));
+        self.check_batches(&data.records, offset, hw);
+    }
+
+    /// `records` (read from `offset`) are whole batches the model appended at their offsets,
+    /// the first holding `offset`, all below `hw`.
+    fn check_batches(&self, records: &Bytes, offset: i64, hw: i64) {
+        let m = self.model.borrow();
+        let mut pos = 0;
+        let mut first = true;
+        while pos < records.len() {
+            let h = batch::BatchHeader::parse(&records[pos..])
+                .unwrap_or_else(|e| panic!("seed {}: unparsable batch at {pos}: {e}", self.seed));
+            let size = h.size();
+            let bytes = records.slice(pos..pos + size);
+            let want = m.appended.get(&h.base_offset).unwrap_or_else(|| {
+                panic!(
+                    "seed {}: read a batch at {} that was never appended there",
+                    self.seed, h.base_offset
+                )
+            });
+            assert_eq!(
+                bytes, want.bytes,
+                "seed {}: batch {} differs",
+                self.seed, h.base_offset
+            );
+            if first {
+                assert!(
+                    h.base_offset <= offset && offset < want.next_offset,
+                    "seed {}: read at {offset} starts with batch {}..{}",
+                    self.seed,
+                    h.base_offset,
+                    want.next_offset
+                );
+                first = false;
+            }
+            assert!(
+                want.next_offset <= hw,
+                "seed {}: read past the high watermark",
+                self.seed
+            );
+            pos += size;
+        }
+    }
+
+    async fn delete_records(&mut self) {
+        let log = self.log();
+        let hw = log.high_watermark().get();
+        let start = log.log_start_offset().get();
+        if hw <= start {
+            return;
+        }
+        let target = start + self.rng.below((hw - start) as u64 / 4 + 1) as i64;
+        if let Ok(low) = log.delete_records(target).await {
+            assert_eq!(low.get(), target.max(start));
+            let mut m = self.model.borrow_mut();
+            m.log_start = m.log_start.max(low.get());
+        }
+    }
+
+    /// Let tasks run: the flusher writes and syncs, appends complete.
+    async fn settle(&mut self, yields: u64) {
+        for _ in 0..yields {
+            futures_lite::future::yield_now().await;
+        }
+    }
+
+    async fn crash(&mut self) {
+        self.stats.crashes += 1;
+        self.disk.crash();
+        let log = self.log.take().expect("open");
+        // In-flight appends fail now: the disk lost the handles under them.
+        drop(log);
+        for t in std::mem::take(&mut self.tasks) {
+            t.await;
+        }
+        self.open().await;
+    }
+
+    async fn clean_stop(&mut self) {
+        self.stats.clean_stops += 1;
+        let log = self.log.take().expect("open");
+        for t in std::mem::take(&mut self.tasks) {
+            t.await;
+        }
+        let end = log.log_end_offset().get();
+        log.close()
+            .await
+            .unwrap_or_else(|e| panic!("seed {}: clean close: {e}", self.seed));
+        drop(log);
+        self.open().await;
+        assert_eq!(
+            self.log().log_end_offset().get(),
+            end,
+            "seed {}: a clean stop keeps everything appended",
+            self.seed
+        );
+    }
+
+    /// The invariants after a reopen; cuts the model back to what survived.
+    async fn check_reopened(&mut self, log: &Rc<PartitionLog>) {
+        let seed = self.seed;
+        let end = log.log_end_offset().get();
+        let hw = log.high_watermark().get();
+        assert_eq!(
+            hw, end,
+            "seed {seed}: high watermark {hw} is not the log end {end}"
+        );
+        {
+            let mut m = self.model.borrow_mut();
+            let acked_end = m.acked.values().copied().max().unwrap_or(0);
+            assert!(
+                end >= acked_end,
+                "seed {seed}: log end {end} below the acknowledged end {acked_end}"
+            );
+            assert!(
+                end >= m.seen_end,
+                "seed {seed}: log end {end} below what a reader saw ({})",
+                m.seen_end
+            );
+            assert_eq!(
+                log.log_start_offset().get(),
+                m.log_start.max(0),
+                "seed {seed}: log start"
+            );
+            // What did not survive is forgotten: later appends reuse those offsets.
+            m.appended.retain(|_, a| a.next_offset <= end);
+            m.seen_end = end;
+        }
+        self.stats.acked = self.model.borrow().acked.len() as u64;
+        // Every acked batch, and every batch that survived, reads back at its offset.
+        let bases: Vec<(i64, i64)> = {
+            let m = self.model.borrow();
+            m.appended
+                .iter()
+                .filter(|(b, _)| **b >= m.log_start)
+                .map(|(b, a)| (*b, a.next_offset))
+                .collect()
+        };
+        for (base, next) in &bases {
+            let data = log
+                .read(Offset(*base), 1)
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: read at {base}: {e}"));
+            assert!(!data.records.is_empty(), "seed {seed}: batch {base} lost");
+            self.check_batches(&data.records, *base, hw);
+            // The last offset of the batch finds it too (index lookup inside the segment).
+            let data = log
+                .read(Offset(next - 1), 1)
+                .await
+                .expect("read last offset");
+            self.check_batches(&data.records, next - 1, hw);
+        }
+        {
+            let m = self.model.borrow();
+            for (base, next) in &m.acked {
+                if *next <= m.log_start {
+                    continue;
+                }
+                assert!(
+                    m.appended.contains_key(base),
+                    "seed {seed}: acknowledged batch {base}..{next} lost"
+                );
+            }
+            // Surviving batches tile the log from the start: no gap, no garbage.
+            let mut expect = None;
+            for (base, a) in m.appended.range(m.log_start..) {
+                if let Some(e) = expect {
+                    assert_eq!(*base, e, "seed {seed}: gap before batch {base}");
+                }
+                expect = Some(a.next_offset);
+            }
+        }
+        self.check_producer_state(log).await;
+    }
+
+    /// A retry of the producer's last surviving batch is a duplicate with its offsets; the
+    /// producer then carries on from the sequence after it.
+    async fn check_producer_state(&mut self, log: &Rc<PartitionLog>) {
+        let last = {
+            let m = self.model.borrow();
+            m.appended
+                .iter()
+                .rev()
+                .find_map(|(b, a)| a.sequences.map(|s| (*b, a.clone(), s)))
+        };
+        let next_sequence = match last {
+            Some((base, a, (first, last))) => {
+                let count = (a.next_offset - base) as usize;
+                let retry = test_util::encode_idempotent(PRODUCER_ID, 0, first, count, 0);
+                // Same sequences, same header fields that matter: a duplicate, not appended.
+                match log.append(retry).await {
+                    Ok(info) => assert_eq!(
+                        info.base_offset.get(),
+                        base,
+                        "seed {}: a retry of batch {base} was appended again",
+                        self.seed
+                    ),
+                    Err(e) => panic!("seed {}: retry of batch {base} refused: {e}", self.seed),
+                }
+                last + 1
+            }
+            None => 0,
+        };
+        self.model.borrow_mut().next_sequence = next_sequence;
+    }
+
+    async fn step(&mut self) {
+        match self.rng.below(100) {
+            0..=54 => self.append(),
+            55..=69 => self.read().await,
+            70..=79 => {
+                let n = self.rng.below(20);
+                self.settle(n).await;
+            }
+            80..=84 => self.delete_records().await,
+            85..=89 => self
+                .clock
+                .advance(Duration::from_millis(self.rng.below(2000))),
+            90..=95 => self.crash().await,
+            _ => self.clean_stop().await,
+        }
+    }
+}
+
+/// One seed's run; returns what it did.
+pub(crate) async fn run_seed(seed: u64) -> Stats {
+    let _guard = SeedGuard(seed);
+    let mut run = Run::new(seed);
+    run.disk
+        .create_dir_all(&run.dir)
+        .await
+        .expect("create the data directory");
+    run.open().await;
+    for _ in 0..STEPS {
+        run.step().await;
+    }
+    run.crash().await;
+    run.stats
+}
+
+#[test]
+fn simulated_crashes_lose_nothing_acknowledged() {
+    crate::runtime::block_on_test(|| async {
+        let seeds = seeds();
+        let mut total = Stats::default();
+        for &seed in &seeds {
+            let s = run_seed(seed).await;
+            total.appends += s.appends;
+            total.acked += s.acked;
+            total.crashes += s.crashes;
+            total.clean_stops += s.clean_stops;
+            total.reads += s.reads;
+        }
+        eprintln!("simulation: {} seeds, {total:?}", seeds.len());
+        assert!(
+            total.crashes >= seeds.len() as u64,
+            "every seed ends with a crash"
+        );
+        assert!(total.acked > 0, "the simulation acknowledged nothing");
+    });
+}
