@@ -53,7 +53,6 @@ pub(super) async fn recover(
     env: &Env,
     dir: &Path,
     cfg: &LogConfig,
-    preallocate_step: u64,
 ) -> Result<Recovered, StorageError> {
     env.disk
         .create_dir_all(dir)
@@ -104,7 +103,7 @@ pub(super) async fn recover(
     let last = *bases.last().expect("at least one segment");
     let mut opened = None;
     if let Some(m) = marker {
-        match open_active_clean(env, dir, last, &m, from, cfg, preallocate_step).await? {
+        match open_active_clean(env, dir, last, &m, from, cfg).await? {
             Ok(parts) => opened = Some(parts),
             Err(why) => info!(dir = %dir.display(), reason = %why,
                 "clean-shutdown marker does not match the files: running full recovery"),
@@ -125,7 +124,7 @@ pub(super) async fn recover(
                     producers.update(h);
                 }
             };
-            recover_active(env, dir, last, cfg, preallocate_step, &mut on_batch).await?
+            recover_active(env, dir, last, cfg, &mut on_batch).await?
         }
     };
     let log_end = active.next_offset;
@@ -220,7 +219,6 @@ async fn open_active_clean(
     m: &CleanShutdown,
     snapshot_at: i64,
     cfg: &LogConfig,
-    preallocate_step: u64,
 ) -> Result<Result<ActiveParts, String>, StorageError> {
     if m.segment_base != base {
         return Ok(Err(format!(
@@ -303,7 +301,7 @@ async fn open_active_clean(
             m.log_end
         )));
     }
-    let (tail_block, preallocated) = prepare_for_appends(&f, &path, len, preallocate_step).await?;
+    let (tail_block, preallocated) = prepare_for_appends(&f, &path, len, cfg.segment_bytes).await?;
     debug!(segment = %path.display(), bytes = len, next_offset = m.log_end,
         "opened active segment from the clean-shutdown marker (no scan)");
     let indexer = Indexer::resume(
@@ -563,7 +561,6 @@ async fn recover_active(
     dir: &Path,
     base: i64,
     cfg: &LogConfig,
-    preallocate_step: u64,
     on_batch: &mut dyn FnMut(&BatchHeader),
 ) -> Result<ActiveParts, StorageError> {
     let path = segment_path(dir, base, LOG_SUFFIX);
@@ -605,7 +602,7 @@ async fn recover_active(
             .ctx(|| format!("fdatasync {}", path.display()))?;
     }
     let (tail_block, preallocated) =
-        prepare_for_appends(&f, &path, res.end, preallocate_step).await?;
+        prepare_for_appends(&f, &path, res.end, cfg.segment_bytes).await?;
     let seg = Segment {
         base_offset: base,
         file: Some(f.clone()),
@@ -627,7 +624,7 @@ async fn prepare_for_appends(
     f: &SegmentFile,
     path: &Path,
     end: u64,
-    preallocate_step: u64,
+    segment_bytes: u64,
 ) -> Result<(Vec<u8>, u64), StorageError> {
     let align = f.alignment();
     let block_start = end - end % align;
@@ -645,7 +642,7 @@ async fn prepare_for_appends(
     } else {
         Vec::new()
     };
-    let preallocated = (end / preallocate_step + 1) * preallocate_step;
+    let preallocated = super::log::preallocation_target(end, segment_bytes);
     f.pre_allocate(preallocated)
         .await
         .ctx(|| format!("preallocating {}", path.display()))?;

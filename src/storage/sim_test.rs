@@ -33,9 +33,9 @@ use super::{LogConfig, PartitionLog};
 use crate::types::Offset;
 
 /// Seeds run by the test command.
-const SEEDS_QUICK: u64 = 300;
+const SEEDS_QUICK: u64 = 1000;
 /// Steps per seed.
-const STEPS: u32 = 160;
+const STEPS: u32 = 200;
 const PRODUCER_ID: i64 = 1000;
 
 fn cfg() -> LogConfig {
@@ -484,5 +484,55 @@ fn simulated_crashes_lose_nothing_acknowledged() {
             "every seed ends with a crash"
         );
         assert!(total.acked > 0, "the simulation acknowledged nothing");
+    });
+}
+
+/// Preallocation grows with the segment, bounded by the segment size: a fresh broker's 16
+/// offsets partitions (100 MiB segments) open and take appends on a disk with 2 MiB free.
+#[test]
+fn partitions_open_on_a_nearly_full_disk() {
+    assert_eq!(super::log::preallocation_target(0, 100 << 20), 64 << 10);
+    assert_eq!(
+        super::log::preallocation_target(64 << 10, 100 << 20),
+        128 << 10
+    );
+    assert_eq!(
+        super::log::preallocation_target(40 << 20, 100 << 20),
+        48 << 20
+    );
+    assert_eq!(super::log::preallocation_target(0, 4096), 64 << 10);
+    assert_eq!(super::log::preallocation_target(200 << 10, 4096), 256 << 10);
+    crate::runtime::block_on_test(|| async {
+        let disk = SimDisk::new(
+            1,
+            Faults {
+                capacity_bytes: Some(2 << 20),
+                ..Faults::default()
+            },
+        );
+        let env = Env {
+            disk: Rc::new(disk.clone()),
+            clock: Rc::new(ManualClock::new(0)),
+        };
+        let cfg = LogConfig {
+            segment_bytes: 100 << 20,
+            ..LogConfig::default()
+        };
+        let mut logs = Vec::new();
+        for p in 0..16 {
+            let dir = PathBuf::from(format!("/data/__consumer_offsets-{p}"));
+            disk.create_dir_all(&dir).await.unwrap();
+            logs.push(PartitionLog::open_in(env.clone(), dir, cfg).await.unwrap());
+        }
+        for log in &logs {
+            let info = log
+                .append(test_util::encode_batch(0, 3, 0, 100))
+                .await
+                .unwrap();
+            log.wait_durable(Offset(info.last_offset.get() + 1))
+                .await
+                .unwrap();
+        }
+        assert!(disk.used_bytes() <= 16 * (64 << 10) + (64 << 10));
     });
 }
