@@ -509,6 +509,13 @@ impl PartitionLog {
     }
 
     /// First offset not yet visible to consumers.
+    /// A write or fdatasync failed: the log accepts and acknowledges
+    /// nothing more until it is reopened (reads below the high watermark go
+    /// on).
+    pub fn failed(&self) -> bool {
+        self.state.borrow().failed.is_some()
+    }
+
     pub fn high_watermark(&self) -> Offset {
         Offset(self.state.borrow().high_watermark)
     }

@@ -126,6 +126,7 @@ pub(crate) struct Stats {
     pub acked: u64,
     pub crashes: u64,
     pub clean_stops: u64,
+    pub faults: u64,
     pub reads: u64,
 }
 
@@ -221,11 +222,18 @@ impl Run {
         }
         let offset = start + self.rng.below((hw - start) as u64) as i64;
         self.stats.reads += 1;
-        let data = log
+        match log
             .read(Offset(offset), 1 + self.rng.below(6000) as usize)
             .await
-            .unwrap_or_else(|e| panic!("seed {}: read at {offset}: {e}", self.seed));
-        self.check_batches(&data.records, offset, hw);
+        {
+            Ok(data) => self.check_batches(&data.records, offset, hw),
+            // Only a log that failed (a failed fdatasync) may refuse a read.
+            Err(e) => assert!(
+                log.failed(),
+                "seed {}: read at {offset} of a healthy log: {e}",
+                self.seed
+            ),
+        }
     }
 
     /// `records` (read from `offset`) are whole batches the model appended at their offsets,
@@ -273,7 +281,7 @@ impl Run {
         let log = self.log();
         let hw = log.high_watermark().get();
         let start = log.log_start_offset().get();
-        if hw <= start {
+        if hw <= start || log.failed() {
             return;
         }
         let target = start + self.rng.below((hw - start) as u64 / 4 + 1) as i64;
@@ -294,6 +302,8 @@ impl Run {
     async fn crash(&mut self) {
         self.stats.crashes += 1;
         self.disk.crash();
+        // Faults armed for the old incarnation do not carry over into recovery.
+        self.disk.fail_next(0, 0, 0);
         let log = self.log.take().expect("open");
         // In-flight appends fail now: the disk lost the handles under them.
         drop(log);
@@ -310,9 +320,22 @@ impl Run {
             t.await;
         }
         let end = log.log_end_offset().get();
-        log.close()
-            .await
-            .unwrap_or_else(|e| panic!("seed {}: clean close: {e}", self.seed));
+        let was_failed = log.failed();
+        let closed = log.close().await;
+        if was_failed || closed.is_err() {
+            // A log that lost an fdatasync (before or during the close) does not close cleanly
+            // and leaves no marker: the restart recovers it, like after a crash.
+            assert!(
+                closed.is_err() && log.failed(),
+                "seed {}: a failed log closed cleanly ({closed:?})",
+                self.seed
+            );
+            drop(log);
+            self.disk.crash();
+            self.disk.fail_next(0, 0, 0);
+            self.open().await;
+            return;
+        }
         drop(log);
         self.open().await;
         assert_eq!(
@@ -431,9 +454,31 @@ impl Run {
         self.model.borrow_mut().next_sequence = next_sequence;
     }
 
+    /// A disk fault: the next fdatasync fails (the log must stop acknowledging: it goes
+    /// offline until reopened), or the next read fails (only that read fails).
+    async fn fault(&mut self) {
+        self.stats.faults += 1;
+        if self.rng.below(2) == 0 {
+            self.disk.fail_next(0, 1, 0);
+        } else {
+            self.disk.fail_next(0, 0, 1);
+            let log = self.log();
+            let hw = log.high_watermark().get();
+            let start = log.log_start_offset().get();
+            if hw > start {
+                // Served from the tail cache or the segment: either way no panic, and the log
+                // keeps working for the next read.
+                let _ = log.read(Offset(start), 1 << 20).await;
+            }
+            self.disk.fail_next(0, 0, 0);
+            self.read().await;
+        }
+    }
+
     async fn step(&mut self) {
         match self.rng.below(100) {
-            0..=54 => self.append(),
+            0..=53 => self.append(),
+            54 => self.fault().await,
             55..=69 => self.read().await,
             70..=79 => {
                 let n = self.rng.below(20);
@@ -477,6 +522,7 @@ fn simulated_crashes_lose_nothing_acknowledged() {
             total.crashes += s.crashes;
             total.clean_stops += s.clean_stops;
             total.reads += s.reads;
+            total.faults += s.faults;
         }
         eprintln!("simulation: {} seeds, {total:?}", seeds.len());
         assert!(
@@ -534,5 +580,62 @@ fn partitions_open_on_a_nearly_full_disk() {
                 .unwrap();
         }
         assert!(disk.used_bytes() <= 16 * (64 << 10) + (64 << 10));
+    });
+}
+
+/// A failed fdatasync takes the partition offline: the appends waiting for it and every later
+/// one get KAFKA_STORAGE_ERROR, nothing more is acknowledged, the fsync is not retried on that
+/// file; reads below the high watermark still work; a reopen recovers it.
+#[test]
+fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
+    crate::runtime::block_on_test(|| async {
+        let disk = SimDisk::new(3, Faults::default());
+        let env = Env {
+            disk: Rc::new(disk.clone()),
+            clock: Rc::new(ManualClock::new(0)),
+        };
+        let dir = PathBuf::from("/data/t-0");
+        disk.create_dir_all(&dir).await.unwrap();
+        let log = PartitionLog::open_in(env.clone(), dir.clone(), cfg())
+            .await
+            .unwrap();
+        let first = log
+            .append(test_util::encode_batch(0, 5, 0, 50))
+            .await
+            .unwrap();
+        log.wait_durable(Offset(first.last_offset.get() + 1))
+            .await
+            .unwrap();
+        disk.fail_next(0, 1, 0);
+        let second = log
+            .append(test_util::encode_batch(0, 5, 0, 50))
+            .await
+            .unwrap();
+        let err = log
+            .wait_durable(Offset(second.last_offset.get() + 1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kafka_error_code(), 56, "KAFKA_STORAGE_ERROR: {err}");
+        assert!(log.failed());
+        let later = log.append(test_util::encode_batch(0, 1, 0, 10)).await;
+        assert_eq!(later.unwrap_err().kafka_error_code(), 56);
+        assert_eq!(log.high_watermark().get(), first.last_offset.get() + 1);
+        let data = log.read(Offset(0), 1 << 20).await.unwrap();
+        assert!(
+            !data.records.is_empty(),
+            "reads below the high watermark go on"
+        );
+        drop(log);
+        disk.crash();
+        let log = PartitionLog::open_in(env, dir, cfg()).await.unwrap();
+        assert!(!log.failed());
+        assert!(log.log_end_offset().get() >= first.last_offset.get() + 1);
+        let next = log
+            .append(test_util::encode_batch(0, 2, 0, 10))
+            .await
+            .unwrap();
+        log.wait_durable(Offset(next.last_offset.get() + 1))
+            .await
+            .unwrap();
     });
 }
