@@ -629,7 +629,7 @@ fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
         disk.crash();
         let log = PartitionLog::open_in(env, dir, cfg()).await.unwrap();
         assert!(!log.failed());
-        assert!(log.log_end_offset().get() >= first.last_offset.get() + 1);
+        assert!(log.log_end_offset().get() > first.last_offset.get());
         let next = log
             .append(test_util::encode_batch(0, 2, 0, 10))
             .await
