@@ -55,7 +55,9 @@ use crate::constants::{
     OFFSETS_TOPIC, OFFSETS_TOPIC_MESSAGE_BYTES_MAX,
 };
 use crate::runtime;
+use crate::runtime::SystemClock;
 use crate::shard::{Shard, ShardError};
+use crate::storage::io::Clock;
 use crate::storage::{PartitionLog, StorageError};
 use crate::types::{Offset, ShardId, TopicPartition};
 
@@ -146,13 +148,6 @@ where
         Some(target) => shard.invoke_on(target, f).await.map(Some),
         None => Ok(None),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// One partition's commit.
@@ -253,8 +248,9 @@ fn offset_record(
 async fn append_durable(
     log: &Rc<PartitionLog>,
     records: &[(Bytes, Option<Bytes>)],
+    timestamp_ms: i64,
 ) -> Result<i64, OffsetsWriteError> {
-    let bytes = records::encode_batches(records, now_ms(), OFFSETS_BATCH_BYTES_MAX)?;
+    let bytes = records::encode_batches(records, timestamp_ms, OFFSETS_BATCH_BYTES_MAX)?;
     let info = log.append(bytes).await?;
     log.wait_durable(Offset(info.last_offset.get() + 1)).await?;
     Ok(info.base_offset.get())
@@ -277,6 +273,9 @@ fn commit_error(e: &StorageError) -> i16 {
 pub struct GroupCoordinator {
     groups: RefCell<HashMap<String, Group>>,
     settings: GroupSettings,
+    /// Time for offset writes (commit timestamps, batch timestamps) and
+    /// commit checks (`storage::io::Clock`, the system clock in production).
+    clock: Rc<dyn Clock>,
 }
 
 impl GroupCoordinator {
@@ -288,6 +287,7 @@ impl GroupCoordinator {
                     config.group_initial_rebalance_delay_ms,
                 ),
             },
+            clock: Rc::new(SystemClock),
         }
     }
 
@@ -393,10 +393,12 @@ impl GroupCoordinator {
         let log = offsets_tp(shard, group_id)
             .and_then(|tp| shard.partition(&tp))
             .ok_or(ResponseError::NotCoordinator.code())?;
-        append_durable(&log, records).await.map_err(|e| match e {
-            OffsetsWriteError::Encode(_) => ResponseError::InvalidCommitOffsetSize.code(),
-            OffsetsWriteError::Storage(e) => commit_error(&e),
-        })
+        append_durable(&log, records, self.clock.wall_ms())
+            .await
+            .map_err(|e| match e {
+                OffsetsWriteError::Encode(_) => ResponseError::InvalidCommitOffsetSize.code(),
+                OffsetsWriteError::Storage(e) => commit_error(&e),
+            })
     }
 
     /// OffsetCommit: validate against the group, write durably, then apply.
@@ -447,8 +449,8 @@ impl GroupCoordinator {
         // From the grant to the append (in `write`) there is no await: the
         // appends keep the order of the entries.
         let _granted = ticket.granted().await;
-        let now = Instant::now();
-        let timestamp = now_ms();
+        let now = self.clock.now();
+        let timestamp = self.clock.wall_ms();
         let check = self.with_group(group_id, simple, |g| {
             let code = g.check_commit(
                 &req.member_id,
@@ -855,7 +857,7 @@ impl GroupCoordinator {
                 .iter()
                 .map(|((topic, partition), c)| offset_record(&group_id, topic, *partition, c))
                 .collect::<Result<Vec<_>, _>>()?;
-            let base = append_durable(log, &copies).await?;
+            let base = append_durable(log, &copies, self.clock.wall_ms()).await?;
             self.with_group(&group_id, false, |g| {
                 for (i, (tp, old)) in stale.iter().enumerate() {
                     if let Some(c) = g.offsets.get_mut(tp)

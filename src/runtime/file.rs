@@ -285,8 +285,19 @@ impl Disk for RealDisk {
         Ok(std::fs::metadata(path)?.len())
     }
 
+    /// Map `path` read-only (memmap2). An empty file gives an empty in-memory index
+    /// (zero-length maps are not portable).
     async fn map_index(&self, path: &Path) -> io::Result<crate::storage::index::IndexBytes> {
-        crate::storage::index::IndexBytes::map_file(path)
+        use crate::storage::index::IndexBytes;
+        let f = std::fs::File::open(path)?;
+        if f.metadata()?.len() == 0 {
+            return Ok(IndexBytes::Memory(Vec::new()));
+        }
+        // SAFETY: index files of sealed segments are written once, before they are mapped,
+        // and never modified while the log is open (only recovery rewrites them, before
+        // mapping).
+        let m = unsafe { memmap2::Mmap::map(&f)? };
+        Ok(IndexBytes::Mapped(m))
     }
 
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {

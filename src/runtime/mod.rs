@@ -49,6 +49,21 @@ where
     glommio::spawn_local(future)
 }
 
+/// The system clock behind `storage::io::Clock`.
+pub struct SystemClock;
+
+impl crate::storage::io::Clock for SystemClock {
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    fn wall_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
 /// Sleep for `duration` without blocking the shard.
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await

@@ -16,8 +16,6 @@
 //!   segment is sealed, a last entry with the segment's max timestamp is
 //!   added, so the last entry of a sealed segment's time index is its max.
 
-use std::path::Path;
-
 use super::batch::BatchHeader;
 
 pub const OFFSET_ENTRY_LEN: usize = 8;
@@ -36,20 +34,6 @@ impl IndexBytes {
             IndexBytes::Memory(v) => v,
             IndexBytes::Mapped(m) => m,
         }
-    }
-
-    /// Map `path` read-only. An empty file gives an empty in-memory index
-    /// (zero-length maps are not portable).
-    pub fn map_file(path: &Path) -> std::io::Result<IndexBytes> {
-        let f = std::fs::File::open(path)?;
-        if f.metadata()?.len() == 0 {
-            return Ok(IndexBytes::Memory(Vec::new()));
-        }
-        // SAFETY: index files of sealed segments are written once, before
-        // they are mapped, and never modified while the log is open (only
-        // recovery rewrites them, before mapping).
-        let m = unsafe { memmap2::Mmap::map(&f)? };
-        Ok(IndexBytes::Mapped(m))
     }
 }
 

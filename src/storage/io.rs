@@ -121,7 +121,7 @@ impl Env {
     pub fn production() -> Self {
         Env {
             disk: Rc::new(crate::runtime::file::RealDisk),
-            clock: Rc::new(SystemClock),
+            clock: Rc::new(crate::runtime::SystemClock),
         }
     }
 
@@ -178,21 +178,6 @@ impl Env {
 fn parent(path: &Path) -> io::Result<&Path> {
     path.parent()
         .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))
-}
-
-/// The system clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn wall_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    }
 }
 
 /// A clock that moves only when told to (simulation): starts at a fixed wall time.
