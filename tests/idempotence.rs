@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::{Broker, BrokerOptions, connect_raw, encode_request, producer_config, read_frame};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -23,9 +23,6 @@ use kafka_protocol::messages::{
     TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -61,38 +58,10 @@ where
 
 /// One idempotent batch of `count` records.
 fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, count: i32) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i64::from(i),
-            // The encoder starts a new batch when offset - sequence changes: keep them in step.
-            sequence: sequence + i,
-            timestamp: now_ms(),
-            key: None,
-            value: Some(Bytes::from(format!(
-                "pid={producer_id} seq={}",
-                sequence + i
-            ))),
-            headers: Default::default(),
-        })
+    let values = (0..count)
+        .map(|i| Bytes::from(format!("pid={producer_id} seq={}", sequence + i)))
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
+    common::record_batch((producer_id, epoch, sequence), now_ms(), values)
 }
 
 fn now_ms() -> i64 {

@@ -17,7 +17,7 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::{Broker, connect_raw, create_topic, encode_request, read_frame};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -28,9 +28,8 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
+use sluice::storage::sim::SimRng as Rng;
 
 /// Partitions of the test topics: with 2 shards, both own some.
 const PARTITIONS: i32 = 4;
@@ -50,23 +49,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
-}
-
-/// A small deterministic PRNG (SplitMix64), so a seed replays the same requests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// The seeds to run: `SLUICE_ORDER_SEED=S` alone, else `SLUICE_ORDER_SEEDS` (default 5) seeds.
@@ -171,7 +153,7 @@ fn pipelined_offset_commits_apply_in_order() {
     const COMMIT_V: i16 = 8;
     const FETCH_V: i16 = 7;
     for_each_seed("pipelined_offset_commits_apply_in_order", |seed| {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         for c in 0..CONNECTIONS {
             let groups = groups_on_both_shards(&format!("order-{seed}-{c}"));
             let mut stream = connect_raw(broker.addr()).expect("connect");
@@ -180,8 +162,8 @@ fn pipelined_offset_commits_apply_in_order() {
             let mut frames = Vec::new();
             let mut correlation = 0;
             for _ in 0..BURST {
-                let g = rng.below(groups.len());
-                let p = rng.below(PARTITIONS as usize);
+                let g = rng.below(groups.len() as u64) as usize;
+                let p = rng.below(PARTITIONS as u64) as usize;
                 next[g][p] += 1 + rng.below(10) as i64;
                 correlation += 1;
                 let request = offset_commit(&groups[g], topic, p as i32, next[g][p]);
@@ -233,34 +215,10 @@ fn pipelined_offset_commits_apply_in_order() {
 
 /// One non-idempotent batch of `count` records whose values are `tag:index`.
 fn batch(tag: u64, first: usize, count: usize) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 0,
-            key: None,
-            value: Some(Bytes::from(format!("{tag}:{}", first + i))),
-            headers: Default::default(),
-        })
+    let values = (first..first + count)
+        .map(|k| Bytes::from(format!("{tag}:{k}")))
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
+    common::record_batch((-1, -1, -1), 0, values)
 }
 
 fn produce(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
@@ -321,7 +279,7 @@ fn pipelined_produces_land_in_order() {
     const PRODUCE_V: i16 = 9;
     const FETCH_V: i16 = 12;
     for_each_seed("pipelined_produces_land_in_order", |seed| {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let topic = format!("order-produce-{seed}");
         block_on(create_topic(&broker.bootstrap(), &topic, PARTITIONS));
         // Per partition, the values sent so far, in request order, across connections (each
@@ -332,8 +290,8 @@ fn pipelined_produces_land_in_order() {
             let mut frames = Vec::new();
             let mut partitions = Vec::new();
             for i in 0..BURST {
-                let p = rng.below(PARTITIONS as usize);
-                let count = 1 + rng.below(20);
+                let p = rng.below(PARTITIONS as u64) as usize;
+                let count = 1 + rng.below(20) as usize;
                 let first = sent[p].len();
                 let tag = (c * BURST + i) as u64;
                 sent[p].extend((first..first + count).map(|k| format!("{tag}:{k}")));
@@ -392,7 +350,7 @@ fn create_topics_then_produce_without_waiting() {
     const PRODUCE_V: i16 = 9;
     const METADATA_V: i16 = 9;
     for_each_seed("create_topics_then_produce_without_waiting", |seed| {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut stream = connect_raw(broker.addr()).expect("connect");
         let topic = format!("order-create-{seed}");
         let create = CreateTopicsRequest::default()
@@ -404,7 +362,7 @@ fn create_topics_then_produce_without_waiting() {
                     .with_replication_factor(1),
             ]);
         let mut frames = vec![encode_request(&create, CREATE_V, 1)];
-        let produces = 4 + rng.below(8);
+        let produces = 4 + rng.below(8) as usize;
         for i in 0..produces {
             let p = (i % PARTITIONS as usize) as i32;
             frames.push(encode_request(

@@ -492,6 +492,47 @@ pub fn encode_request<R: Request>(request: &R, version: i16, correlation_id: i32
     frame(&body)
 }
 
+/// One uncompressed magic-v2 RecordBatch holding `values` (offsets from 0, timestamp `ts`)
+/// from `producer` = (producer id, epoch, first sequence); `(-1, -1, -1)` for a plain,
+/// non-idempotent producer.
+pub fn record_batch(producer: (i64, i16, i32), ts: i64, values: Vec<bytes::Bytes>) -> bytes::Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let (producer_id, producer_epoch, first_sequence) = producer;
+    let records: Vec<Record> = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch when offset - sequence changes: keep them in step.
+            sequence: first_sequence + i as i32,
+            timestamp: ts,
+            key: None,
+            value: Some(value),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
+    buf.freeze()
+}
+
 /// Prefixes `payload` with its big-endian i32 length.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut framed = Vec::with_capacity(payload.len() + 4);

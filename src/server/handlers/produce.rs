@@ -48,6 +48,17 @@ pub struct PartitionOutcome {
 }
 
 impl PartitionOutcome {
+    /// The log refused the batch or could not make it durable.
+    fn refused(e: &crate::storage::StorageError, log: &crate::storage::PartitionLog) -> Self {
+        Self {
+            error_code: e.kafka_error_code(),
+            error_message: Some(e.to_string()),
+            base_offset: -1,
+            log_start_offset: log.log_start_offset().get(),
+            log_append_time_ms: -1,
+        }
+    }
+
     fn error(code: ResponseError, message: Option<String>) -> Self {
         Self {
             error_code: code.code(),
@@ -188,13 +199,7 @@ pub fn produce_on_owner(
                     Ok(info) => info,
                     Err(e) => {
                         tracing::debug!(partition = %tp, error = %e, "append refused");
-                        return PartitionOutcome {
-                            error_code: e.kafka_error_code(),
-                            error_message: Some(e.to_string()),
-                            base_offset: -1,
-                            log_start_offset: log.log_start_offset().get(),
-                            log_append_time_ms: -1,
-                        };
+                        return PartitionOutcome::refused(&e, &log);
                     }
                 };
                 if acks != 0 {
@@ -203,15 +208,7 @@ pub fn produce_on_owner(
                         None => {
                             return PartitionOutcome::error(ResponseError::RequestTimedOut, None);
                         }
-                        Some(Err(e)) => {
-                            return PartitionOutcome {
-                                error_code: e.kafka_error_code(),
-                                error_message: Some(e.to_string()),
-                                base_offset: -1,
-                                log_start_offset: log.log_start_offset().get(),
-                                log_append_time_ms: -1,
-                            };
-                        }
+                        Some(Err(e)) => return PartitionOutcome::refused(&e, &log),
                         Some(Ok(())) => {}
                     }
                 }
