@@ -23,11 +23,19 @@
 //! - [`alloc`]: the allocator guard against hostile array lengths.
 //! - [`types`], [`constants`]: newtypes for ids and offsets; every limit.
 pub mod alloc;
+
+/// Unit tests run with the broker's allocator (hostile array lengths in the fuzz smoke test
+/// reserve address space instead of aborting, as in `sluice serve`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: alloc::GuardedAlloc = alloc::GuardedAlloc;
 pub mod broker;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod constants;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod group;
 pub mod lifecycle;
 pub mod metrics;

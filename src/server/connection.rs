@@ -143,12 +143,31 @@ async fn read_loop(
 /// Decode the header, check the API and version, and start the handler.
 /// `started` is when the frame had been read: the request's latency runs
 /// from there to its response encoded.
-fn start_request(
-    shard: Rc<Shard>,
-    mut frame: Bytes,
-    started: Instant,
-    sequencer: &mut Sequencer,
-) -> Result<runtime::Task<Reply>, ConnectionError> {
+/// A request frame (without its length prefix), decoded.
+// Returned by value and destructured at once: boxing the large variant would
+// cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Decoded {
+    /// An API and version we serve: the handler runs.
+    Request {
+        key: ApiKey,
+        version: i16,
+        header: RequestHeader,
+        request: RequestKind,
+    },
+    /// ApiVersions in a version we do not serve: answered in v0 with
+    /// UNSUPPORTED_VERSION so the client can downgrade.
+    UnsupportedApiVersions { correlation_id: i32 },
+}
+
+/// Check the API key and version and decode the header and body of one
+/// frame (at least 8 bytes: the reader checks the length). Pure: the fuzz
+/// target `request_frame` drives it with arbitrary bytes; any input gives
+/// `Ok` or a `ConnectionError`, never a panic.
+pub fn decode_request(mut frame: Bytes) -> Result<Decoded, ConnectionError> {
+    if frame.len() < 8 {
+        return Err(ConnectionError::FrameLength(frame.len() as i64, usize::MAX));
+    }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -158,16 +177,7 @@ fn start_request(
     };
     if version < range.min || version > range.max {
         if key == ApiKey::ApiVersions {
-            // Answer in v0 so any client can read it, then carry on.
-            let body = handlers::api_versions::unsupported_version_response();
-            let frame = encode_response(
-                ApiKey::ApiVersions,
-                0,
-                correlation_id,
-                &ResponseKind::ApiVersions(body),
-            )?;
-            crate::metrics::request_done(raw_key, started);
-            return Ok(runtime::spawn(async move { Ok(Some(frame)) }));
+            return Ok(Decoded::UnsupportedApiVersions { correlation_id });
         }
         return Err(ConnectionError::UnsupportedVersion { key, version });
     }
@@ -180,6 +190,41 @@ fn start_request(
         .map_err(|e| decode_err(e.to_string()))?;
     let request =
         RequestKind::decode(key, &mut frame, version).map_err(|e| decode_err(e.to_string()))?;
+    Ok(Decoded::Request {
+        key,
+        version,
+        header,
+        request,
+    })
+}
+
+fn start_request(
+    shard: Rc<Shard>,
+    frame: Bytes,
+    started: Instant,
+    sequencer: &mut Sequencer,
+) -> Result<runtime::Task<Reply>, ConnectionError> {
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let (key, version, header, request) = match decode_request(frame)? {
+        Decoded::Request {
+            key,
+            version,
+            header,
+            request,
+        } => (key, version, header, request),
+        Decoded::UnsupportedApiVersions { correlation_id } => {
+            // Answer in v0 so any client can read it, then carry on.
+            let body = handlers::api_versions::unsupported_version_response();
+            let frame = encode_response(
+                ApiKey::ApiVersions,
+                0,
+                correlation_id,
+                &ResponseKind::ApiVersions(body),
+            )?;
+            crate::metrics::request_done(raw_key, started);
+            return Ok(runtime::spawn(async move { Ok(Some(frame)) }));
+        }
+    };
     let kind = ordering::kind_of(&request, shard.config.auto_create_topics);
     let (prerequisites, completion) = sequencer.admit(kind);
     let ctx = RequestContext {
