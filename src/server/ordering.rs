@@ -158,7 +158,8 @@ impl Sequencer {
         self.all.retain(|s| !s.set.get());
         let done = Rc::new(Signal::default());
         let (waits, placed) = match kind {
-            Kind::Read => (self.writes.clone(), Rc::new(Signal::default())),
+            // Nothing waits for a read's placement: it is its completion.
+            Kind::Read => (self.writes.clone(), done.clone()),
             Kind::PipelinedWrite => {
                 let placed = Rc::new(Signal::default());
                 let waits = self

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::rc::Rc;
 
 use super::{Reply, Shard, ShardError};
-use crate::types::{ShardId, TopicPartition};
+use crate::types::ShardId;
 
 /// Work for each shard, in the order it was pushed; `K` says where each result goes back.
 pub struct ByOwner<K, W> {
@@ -25,13 +25,8 @@ impl<K, W> ByOwner<K, W> {
         }
     }
 
-    /// Add `work` for the shard owning `tp`.
-    pub fn push(&mut self, shard: &Shard, tp: &TopicPartition, key: K, work: W) {
-        self.push_to(shard.owner_of(tp), key, work);
-    }
-
-    /// Add `work` for shard `owner`.
-    pub fn push_to(&mut self, owner: ShardId, key: K, work: W) {
+    /// Add `work` for shard `owner` (`Shard::owner_of` the partition it is for).
+    pub fn push(&mut self, owner: ShardId, key: K, work: W) {
         self.per_owner[owner.0].push((key, work));
     }
 

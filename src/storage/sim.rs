@@ -68,6 +68,14 @@ pub struct Faults {
     pub capacity_bytes: Option<u64>,
 }
 
+/// The file operations that can fail on purpose.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Write,
+    Sync,
+    Read,
+}
+
 /// A change to a file since its last fdatasync, in the order made.
 #[derive(Debug, Clone)]
 enum FileOp {
@@ -243,8 +251,35 @@ impl SimDisk {
         st.inodes.retain(|i, _| linked.contains(i));
     }
 
-    fn roll(&self, p: f64) -> bool {
-        p > 0.0 && self.rng.borrow_mut().chance(p)
+    /// EIO if an injected fault of this kind is due: one of the next N armed by
+    /// [`SimDisk::fail_next`], or by the kind's probability in [`Faults`].
+    fn inject(&self, op: Op, path: &Path) -> io::Result<()> {
+        let armed = {
+            let mut st = self.state.borrow_mut();
+            let counter = match op {
+                Op::Write => &mut st.fail_next_writes,
+                Op::Sync => &mut st.fail_next_syncs,
+                Op::Read => &mut st.fail_next_reads,
+            };
+            let armed = *counter > 0;
+            *counter = counter.saturating_sub(1);
+            armed
+        };
+        let faults = self.faults.get();
+        let p = match op {
+            Op::Write => faults.write_error,
+            Op::Sync => faults.sync_error,
+            Op::Read => faults.read_error,
+        };
+        if armed || (p > 0.0 && self.rng.borrow_mut().chance(p)) {
+            let what = match op {
+                Op::Write => "write",
+                Op::Sync => "fdatasync",
+                Op::Read => "read",
+            };
+            return Err(eio(what, path));
+        }
+        Ok(())
     }
 
     fn lookup(&self, path: &Path) -> io::Result<u64> {
@@ -361,16 +396,7 @@ impl DiskFile for SimFile {
         let data = buf.as_slice().to_vec();
         let end = pos + data.len() as u64;
         self.ensure_space(end)?;
-        {
-            let mut st = self.disk.state.borrow_mut();
-            if st.fail_next_writes > 0 {
-                st.fail_next_writes -= 1;
-                return Err(eio("write", &self.path));
-            }
-        }
-        if self.disk.roll(self.disk.faults.get().write_error) {
-            return Err(eio("write", &self.path));
-        }
+        self.disk.inject(Op::Write, &self.path)?;
         self.with_inode(|inode| {
             if inode.current.len() < end as usize {
                 inode.current.resize(end as usize, 0);
@@ -383,16 +409,7 @@ impl DiskFile for SimFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
-        {
-            let mut st = self.disk.state.borrow_mut();
-            if st.fail_next_reads > 0 {
-                st.fail_next_reads -= 1;
-                return Err(eio("read", &self.path));
-            }
-        }
-        if self.disk.roll(self.disk.faults.get().read_error) {
-            return Err(eio("read", &self.path));
-        }
+        self.disk.inject(Op::Read, &self.path)?;
         self.with_inode(|inode| {
             let start = (pos as usize).min(inode.current.len());
             let end = (start + len).min(inode.current.len());
@@ -401,17 +418,8 @@ impl DiskFile for SimFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
-        {
-            let mut st = self.disk.state.borrow_mut();
-            if st.fail_next_syncs > 0 {
-                st.fail_next_syncs -= 1;
-                return Err(eio("fdatasync", &self.path));
-            }
-        }
-        if self.disk.roll(self.disk.faults.get().sync_error) {
-            // The writes stay unsynced: a crash may keep or lose them.
-            return Err(eio("fdatasync", &self.path));
-        }
+        // On failure the writes stay unsynced: a crash may keep or lose them.
+        self.disk.inject(Op::Sync, &self.path)?;
         self.with_inode(|inode| {
             inode.durable = inode.current.clone();
             inode.unsynced.clear();
@@ -461,13 +469,7 @@ impl Disk for SimDisk {
 
     async fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let inode = self.lookup(path)?;
-        {
-            let mut st = self.state.borrow_mut();
-            if st.fail_next_reads > 0 {
-                st.fail_next_reads -= 1;
-                return Err(eio("read", path));
-            }
-        }
+        self.inject(Op::Read, path)?;
         let st = self.state.borrow();
         Ok(st
             .inodes

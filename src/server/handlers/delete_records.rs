@@ -33,7 +33,7 @@ pub async fn handle(
         for (pi, p) in t.partitions.iter().enumerate() {
             if catalog.has_partition(&name, p.partition_index) {
                 let tp = TopicPartition::new(name.clone(), p.partition_index);
-                per_owner.push(shard, &tp.clone(), (ti, pi), (tp, p.offset));
+                per_owner.push(shard.owner_of(&tp), (ti, pi), (tp, p.offset));
                 row.push((-1, 0));
             } else {
                 row.push((-1, ResponseError::UnknownTopicOrPartition.code()));

@@ -46,7 +46,7 @@ pub async fn handle(
     for (name, parts) in &wanted {
         for p in parts {
             let tp = TopicPartition::new(name.clone(), *p);
-            per_owner.push(shard, &tp, tp.clone(), tp.clone());
+            per_owner.push(shard.owner_of(&tp), tp.clone(), tp);
         }
     }
     let sizes: std::collections::HashMap<TopicPartition, i64> = shard

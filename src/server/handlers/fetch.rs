@@ -186,7 +186,7 @@ async fn read_all(
 ) -> Result<Vec<ReadOutcome>, HandlerError> {
     let mut per_owner = ByOwner::new(shard.count);
     for (i, s) in slots.iter().enumerate() {
-        per_owner.push_to(s.owner, i, s.spec.clone());
+        per_owner.push(s.owner, i, s.spec.clone());
     }
     let gathered = shard
         .scatter(per_owner, move |s, specs| {
@@ -258,7 +258,7 @@ async fn wait_any(
     let mut per_owner = ByOwner::new(shard.count);
     for s in slots {
         let seen = outcomes[s.topic][s.partition].high_watermark;
-        per_owner.push_to(s.owner, (), (s.spec.tp.clone(), s.spec.offset.max(seen)));
+        per_owner.push(s.owner, (), (s.spec.tp.clone(), s.spec.offset.max(seen)));
     }
     let waits = shard
         .scatter(per_owner, move |s, w| async move {

@@ -34,7 +34,7 @@ pub async fn handle(
         for (pi, p) in topic.partitions.iter().enumerate() {
             if catalog.has_partition(&name, p.partition_index) {
                 let tp = TopicPartition::new(name.clone(), p.partition_index);
-                per_owner.push(shard, &tp.clone(), (ti, pi), (tp, p.timestamp));
+                per_owner.push(shard.owner_of(&tp), (ti, pi), (tp, p.timestamp));
                 row.push((0, -1, -1));
             } else {
                 row.push((ResponseError::UnknownTopicOrPartition.code(), -1, -1));

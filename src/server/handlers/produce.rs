@@ -109,7 +109,7 @@ pub async fn handle(
                         part.records.as_ref().map_or(0, Bytes::len),
                     );
                     let tp = TopicPartition::new(n.clone(), part.index);
-                    work.push(shard, &tp.clone(), (ti, pi), (tp, part.records.clone()));
+                    work.push(shard.owner_of(&tp), (ti, pi), (tp, part.records.clone()));
                     None
                 }
             };
