@@ -1,0 +1,308 @@
+//! The appender: admission (the room queue), validation, offset assignment, segment rolls.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tracing::debug;
+
+use super::*;
+use crate::storage::batch::{self, BatchHeader};
+use crate::storage::error::StorageError;
+use crate::storage::index::Indexer;
+use crate::storage::producer_state::Verdict;
+use crate::storage::segment::{Segment, SegmentIndex};
+use crate::types::Offset;
+
+/// Batches of one `append` call that passed validation: the request bytes
+/// and each batch's (position, size, header).
+pub(super) struct ValidatedBatches {
+    pub(super) records: Bytes,
+    pub(super) batches: Vec<(usize, usize, BatchHeader)>,
+    pub(super) idempotent: bool,
+}
+
+/// What the synchronous part of `append` did.
+pub(super) enum Placement {
+    /// Offsets assigned (or the batch refused) at the call.
+    Done(Result<AppendInfo, StorageError>),
+    /// Waiting for room, in line behind every earlier call.
+    Queued(RoomTicket, ValidatedBatches),
+}
+
+/// A place in the room queue (FIFO of appends waiting for
+/// `pending_bytes_max`); leaving it, granted or dropped, wakes the others.
+pub(super) struct RoomTicket {
+    pub(super) log: Rc<PartitionLog>,
+    pub(super) id: u64,
+    /// Bytes this append will queue.
+    pub(super) len: usize,
+}
+
+impl Drop for RoomTicket {
+    fn drop(&mut self) {
+        let mut st = self.log.state.borrow_mut();
+        st.room_waiters.retain(|w| *w != self.id);
+        drop(st);
+        self.log.room_notify.notify_all();
+    }
+}
+
+impl PartitionLog {
+    /// Validate every batch in `records` (magic 2, length, CRC, size limit,
+    /// record count), then assign offsets and queue the batches for the
+    /// flusher, waiting first (FIFO) for room if more than
+    /// `pending_bytes_max` bytes are queued. Nothing is appended if any batch
+    /// is invalid. The data is durable (and visible) once
+    /// `wait_durable(last_offset + 1)` resolves.
+    ///
+    /// Order: appends take effect in the order `append` is *called*, not the
+    /// order the returned futures are polled: the call itself assigns the
+    /// offsets when nothing waits for room, or else takes its place in the
+    /// room queue, behind every earlier call. This is what keeps the
+    /// requests of one connection in order on a partition (see
+    /// `server::ordering`).
+    ///
+    /// A batch with a producer id (idempotent) must come alone, as Kafka
+    /// requires of Produce v3+. It is checked against the producer's state:
+    /// a duplicate of one of its last five batches is not appended and gets
+    /// that batch's offsets; a sequence gap or new epoch not starting at 0
+    /// is `OutOfOrderSequence`; an older epoch is `InvalidProducerEpoch`.
+    /// Transactional and control batches are refused (`Transactional`).
+    pub fn append(
+        self: &Rc<Self>,
+        records: Bytes,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
+        let placed = self.place_append(records);
+        let log = self.clone();
+        async move {
+            match placed? {
+                Placement::Done(info) => info,
+                Placement::Queued(ticket, batches) => {
+                    log.wait_for_room(&ticket).await?;
+                    let info = log.assign_offsets(batches);
+                    drop(ticket); // leaves the room queue, wakes the next in line
+                    info
+                }
+            }
+        }
+    }
+
+    /// The synchronous part of [`PartitionLog::append`]: validate, then
+    /// assign now or take a place in the room queue.
+    pub(super) fn place_append(self: &Rc<Self>, records: Bytes) -> Result<Placement, StorageError> {
+        if records.is_empty() {
+            return Err(StorageError::InvalidRecord("empty records".into()));
+        }
+        let mut batches: Vec<(usize, usize, BatchHeader)> = Vec::new();
+        let mut pos = 0;
+        let mut idempotent = false;
+        while pos < records.len() {
+            let (h, size) =
+                batch::validate_for_append(&records[pos..], self.cfg().max_message_bytes)?;
+            if h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0 {
+                return Err(StorageError::Transactional);
+            }
+            idempotent |= h.producer_id >= 0;
+            batches.push((pos, size, h));
+            pos += size;
+        }
+        if idempotent && batches.len() > 1 {
+            return Err(StorageError::InvalidRecord(
+                "an idempotent produce must carry exactly one record batch per partition".into(),
+            ));
+        }
+        let validated = ValidatedBatches {
+            records,
+            batches,
+            idempotent,
+        };
+        let ticket = {
+            let mut st = self.state.borrow_mut();
+            let len = validated.records.len();
+            if st.room_waiters.is_empty() && self.fits(&st, len) {
+                None
+            } else {
+                let id = st.next_waiter_id;
+                st.next_waiter_id += 1;
+                st.room_waiters.push_back(id);
+                Some(id)
+            }
+        };
+        Ok(match ticket {
+            None => Placement::Done(self.assign_offsets(validated)),
+            Some(id) => Placement::Queued(
+                RoomTicket {
+                    log: self.clone(),
+                    id,
+                    len: validated.records.len(),
+                },
+                validated,
+            ),
+        })
+    }
+
+    /// Whether `len` more bytes may be queued now. An append always fits
+    /// when nothing is pending, so a batch larger than `pending_bytes_max`
+    /// cannot wait forever.
+    pub(super) fn fits(&self, st: &State, len: usize) -> bool {
+        st.pending_bytes == 0 || st.pending_bytes + len <= self.cfg().pending_bytes_max
+    }
+
+    /// Assign offsets to validated batches and queue them: no await, so
+    /// offsets follow the order of the calls.
+    pub(super) fn assign_offsets(
+        &self,
+        validated: ValidatedBatches,
+    ) -> Result<AppendInfo, StorageError> {
+        let ValidatedBatches {
+            records,
+            mut batches,
+            idempotent,
+        } = validated;
+        let mut st = self.state.borrow_mut();
+        if let Some(e) = st.failed_error() {
+            return Err(e);
+        }
+        if st.closing {
+            return Err(StorageError::Closed);
+        }
+        if idempotent {
+            match st.producers.check(&batches[0].2)? {
+                Verdict::Append => {}
+                Verdict::Duplicate(dup) => {
+                    return Ok(AppendInfo {
+                        base_offset: Offset(dup.base_offset),
+                        last_offset: Offset(dup.last_offset()),
+                        log_start_offset: Offset(st.log_start),
+                        log_append_time_ms: -1,
+                    });
+                }
+            }
+        }
+        let mut copy = BytesMut::from(&records[..]);
+        let mut next = st.log_end;
+        let log_append_time_ms = if self.cfg().log_append_time {
+            self.env.clock.wall_ms()
+        } else {
+            -1
+        };
+        for (pos, size, h) in &mut batches {
+            let b = &mut copy[*pos..*pos + *size];
+            batch::set_base_offset(b, next);
+            if log_append_time_ms >= 0 {
+                // The one header rewrite besides the base offset: it is
+                // covered by the CRC, so the CRC is recomputed.
+                batch::set_log_append_time(b, log_append_time_ms);
+                h.attributes |= batch::ATTR_LOG_APPEND_TIME;
+                h.max_timestamp = log_append_time_ms;
+            }
+            next += i64::from(h.last_offset_delta) + 1;
+        }
+        let copy = copy.freeze();
+        let first_offset = st.log_end;
+        let now = self.env.clock.now();
+        for (pos, size, h) in &batches {
+            let base_offset = st.log_end;
+            let h = BatchHeader { base_offset, ..*h };
+            self.maybe_roll(&mut st, *size as u64, h.last_offset_delta, now);
+            let bytes = copy.slice(*pos..*pos + *size);
+            let seg = st.active();
+            let position = seg.size;
+            match &mut seg.index {
+                SegmentIndex::Building(ix) => ix.on_batch(&h, position, *size),
+                SegmentIndex::Sealed { .. } => unreachable!("the active segment is never sealed"),
+            }
+            seg.size += *size as u64;
+            seg.next_offset = h.next_offset();
+            let segment_base = seg.base_offset;
+            st.queue.push_back(Pending {
+                segment_base,
+                position,
+                bytes: bytes.clone(),
+                base_offset,
+                next_offset: h.next_offset(),
+                max_timestamp: h.max_timestamp,
+            });
+            st.tail.push(base_offset, h.next_offset(), bytes);
+            st.log_end = h.next_offset();
+            if h.producer_id >= 0 {
+                st.producers.update(&h);
+            }
+        }
+        assert_eq!(st.log_end, next);
+        st.tail.trim(self.cfg().tail_cache_bytes);
+        st.pending_bytes += records.len();
+        let info = AppendInfo {
+            base_offset: Offset(first_offset),
+            last_offset: Offset(st.log_end - 1),
+            log_start_offset: Offset(st.log_start),
+            log_append_time_ms,
+        };
+        drop(st);
+        self.work_notify.notify_all();
+        Ok(info)
+    }
+
+    /// Start a new active segment if the batch would overflow the current
+    /// one, the current one is too old, or relative offsets would overflow.
+    /// The file is created by the flusher when it reaches the first batch.
+    pub(super) fn maybe_roll(
+        &self,
+        st: &mut State,
+        size: u64,
+        last_offset_delta: i32,
+        now: Instant,
+    ) {
+        let log_end = st.log_end;
+        let seg = st.active();
+        if seg.size == 0 {
+            return;
+        }
+        let too_big = seg.size + size > self.cfg().segment_bytes;
+        let too_old =
+            now.duration_since(seg.created) >= Duration::from_millis(self.cfg().segment_ms);
+        let rel_overflow =
+            log_end + i64::from(last_offset_delta) - seg.base_offset > i64::from(i32::MAX);
+        if too_big || too_old || rel_overflow {
+            debug!(dir = %self.dir.display(), base = log_end, "rolling segment");
+            // The table now covers exactly the batches below the new base.
+            st.producers.remove_expired(self.env.clock.wall_ms());
+            let snapshot = st.producers.encode_snapshot(log_end);
+            st.pending_snapshots.push_back((log_end, snapshot));
+            st.segments.push(Segment {
+                base_offset: log_end,
+                file: None,
+                size: 0,
+                visible_size: 0,
+                next_offset: log_end,
+                visible_max_timestamp: None,
+                index: SegmentIndex::Building(Indexer::new(
+                    log_end,
+                    self.cfg().index_interval_bytes,
+                )),
+                created: now,
+            });
+        }
+    }
+
+    /// Wait until `ticket` is first in the room queue and its bytes fit.
+    pub(super) async fn wait_for_room(&self, ticket: &RoomTicket) -> Result<(), StorageError> {
+        loop {
+            let listener = self.room_notify.listen();
+            {
+                let st = self.state.borrow();
+                if let Some(e) = st.failed_error() {
+                    return Err(e);
+                }
+                if st.closing {
+                    return Err(StorageError::Closed);
+                }
+                if st.room_waiters.front() == Some(&ticket.id) && self.fits(&st, ticket.len) {
+                    return Ok(());
+                }
+            }
+            listener.await;
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! `PartitionLog`: one partition's append-only log of segments, with group
+//! commit, a tail cache for tailing consumers, and crash recovery.
+//!
+//! # Ownership and concurrency
+//! A `PartitionLog` is owned by exactly one shard and used as
+//! `Rc<PartitionLog>` from that shard's tasks only (it is `!Send`). State
+//! lives in a `RefCell` that is never borrowed across an `.await`.
+//!
+//! # Write path
+//! `append` validates the batches, waits (FIFO) for room if too many bytes
+//! are queued, then synchronously assigns offsets (rewriting each batch's
+//! base offset in a copy of the request bytes), updates the in-memory
+//! indexes and tail cache, queues the bytes and wakes the partition's
+//! flusher task. The flusher takes everything queued, writes it with
+//! direct I/O in aligned chunks (rewriting the partial last block each
+//! round), then under [`FlushPolicy::Always`] fdatasyncs, and only then
+//! moves the high watermark and wakes `wait_durable` and `hw_changed`
+//! waiters. Appends arriving during a round go together in the next one
+//! (group commit).
+//!
+//! # Durability
+//! Under `FlushPolicy::Always`, every offset below the high watermark has
+//! been fdatasync'ed: it survives kill -9 and power loss. Under
+//! `FlushPolicy::Interval(d)` the high watermark moves once data is written
+//! (in the OS, not necessarily on the device) and fdatasync runs at most
+//! every `d`; a crash may lose up to `d` of acknowledged data on power loss
+//! (not on process kill: direct I/O writes are in the kernel).
+//!
+//! # Failure
+//! If a write or sync fails, the log stops: queued data is dropped (it was
+//! never acknowledged), pending and later calls get `StorageError::Io`, the
+//! high watermark stays where it was. Reopening runs recovery.
+//!
+//! # Idempotent producers
+//! A batch with a producer id is checked against the partition's
+//! [`ProducerStateTable`] in the synchronous part of `append`, together with
+//! offset assignment, so the table covers queued batches too: a retry of a
+//! batch not yet durable is a duplicate, answered with the original offsets
+//! (the caller's `wait_durable` then waits for the original). Snapshots of
+//! the table are written when a segment is sealed and at close; see
+//! `producer_state` for the format and `recovery` for the replay.
+
+mod append;
+mod read;
+mod retention;
+mod tail;
+mod writer;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::warn;
+
+use super::batch::{self};
+use super::error::{IoContext, StorageError};
+use super::io::{Env, SegmentFile};
+use super::producer_state::ProducerStateTable;
+use super::recovery;
+use super::segment::Segment;
+use crate::constants;
+use crate::runtime::Notify;
+use crate::types::Offset;
+
+use retention::read_log_start_file;
+use tail::TailCache;
+pub(crate) use writer::preallocation_target;
+use writer::{Pending, Writer, flusher};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// fdatasync before the high watermark moves, so before any consumer
+    /// sees the data and before acks=-1 is answered. The default.
+    Always,
+    /// Write at once and move the high watermark after the write;
+    /// fdatasync at most this often.
+    Interval(Duration),
+}
+
+/// Per-partition log settings. Topic configs may change them while the log
+/// is open ([`PartitionLog::update_config`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogConfig {
+    /// Roll when the active segment would exceed this. At most `u32::MAX`
+    /// (index positions are u32).
+    pub segment_bytes: u64,
+    /// Roll when the active segment is older than this (checked at append;
+    /// a recovered segment's age starts when the log is opened).
+    pub segment_ms: u64,
+    /// Bytes of log between two sparse index entries.
+    pub index_interval_bytes: u32,
+    /// Largest single batch accepted.
+    pub max_message_bytes: usize,
+    pub flush: FlushPolicy,
+    /// Appended-but-not-yet-written bytes before `append` waits.
+    pub pending_bytes_max: usize,
+    /// Recent batches kept in memory to serve tailing fetches without I/O.
+    pub tail_cache_bytes: usize,
+    /// Delete sealed segments whose max timestamp is older than this
+    /// (`retention.ms`); -1: keep forever.
+    pub retention_ms: i64,
+    /// Delete the oldest sealed segments while the partition is larger
+    /// than this (`retention.bytes`); -1: no limit.
+    pub retention_bytes: i64,
+    /// Retention applies (`cleanup.policy` contains `delete`). A
+    /// compact-only topic keeps everything: compaction is not implemented.
+    pub retention_enabled: bool,
+    /// `message.timestamp.type=LogAppendTime`: append rewrites each batch's
+    /// timestamp type and max timestamp to the append time.
+    pub log_append_time: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: constants::SEGMENT_BYTES_DEFAULT,
+            segment_ms: constants::SEGMENT_MS_DEFAULT,
+            index_interval_bytes: constants::INDEX_INTERVAL_BYTES,
+            max_message_bytes: constants::MESSAGE_BYTES_MAX_DEFAULT,
+            flush: FlushPolicy::Always,
+            pending_bytes_max: constants::PENDING_WRITE_BYTES_MAX,
+            tail_cache_bytes: constants::TAIL_CACHE_BYTES_MAX,
+            retention_ms: constants::RETENTION_MS_DEFAULT,
+            retention_bytes: -1,
+            retention_enabled: true,
+            log_append_time: false,
+        }
+    }
+}
+
+/// Offsets assigned by one `append`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub log_start_offset: Offset,
+    /// The append time written into the batches under LogAppendTime, else -1.
+    pub log_append_time_ms: i64,
+}
+
+/// How [`PartitionLog::open`] found the partition's last segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenedFrom {
+    /// A valid clean-shutdown marker: the last segment was opened from its
+    /// index files and the producer snapshot at the log end, without a
+    /// scan or replay.
+    CleanShutdown,
+    /// Full recovery: the last segment was scanned batch by batch.
+    Recovery,
+    /// A new partition: the directory had no segment.
+    Created,
+}
+
+/// What tests compare of one segment's in-memory state.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SegmentSummary {
+    pub base: i64,
+    pub size: u64,
+    pub next_offset: i64,
+    pub offsets: Vec<u8>,
+    pub times: Vec<u8>,
+    pub max_timestamp: Option<(i64, i64)>,
+}
+
+/// One producer's state in a partition, for DescribeProducers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
+}
+
+/// Result of a read: whole batches, plus the partition's offsets at the
+/// time of the read.
+#[derive(Debug, Clone)]
+pub struct FetchData {
+    pub records: Bytes,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
+}
+
+struct State {
+    /// Sorted by base offset; the last one is active (receives appends).
+    segments: Vec<Segment>,
+    log_end: i64,
+    high_watermark: i64,
+    log_start: i64,
+    queue: VecDeque<Pending>,
+    /// Bytes appended and not yet written (queued or being written).
+    pending_bytes: usize,
+    tail: TailCache,
+    /// Set when a write or sync failed: the log accepts nothing more.
+    failed: Option<(io::ErrorKind, String)>,
+    /// close() was called: no more appends.
+    closing: bool,
+    /// The flusher finished (after close or failure).
+    flusher_done: bool,
+    /// FIFO of appends waiting for room.
+    room_waiters: VecDeque<u64>,
+    next_waiter_id: u64,
+    /// Idempotent producers, as of every batch assigned an offset.
+    producers: ProducerStateTable,
+    /// Snapshots taken at segment rolls, (offset, file bytes), oldest
+    /// first: the flusher writes each once the segment before it is sealed.
+    pending_snapshots: VecDeque<(i64, Vec<u8>)>,
+}
+
+impl State {
+    fn failed_error(&self) -> Option<StorageError> {
+        self.failed.as_ref().map(|(kind, msg)| {
+            StorageError::io(
+                "partition log failed earlier",
+                io::Error::new(*kind, msg.clone()),
+            )
+        })
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+
+    fn segment_mut(&mut self, base: i64) -> &mut Segment {
+        let i = self.segments.partition_point(|s| s.base_offset <= base);
+        assert!(
+            i > 0 && self.segments[i - 1].base_offset == base,
+            "no segment {base}"
+        );
+        &mut self.segments[i - 1]
+    }
+}
+
+pub struct PartitionLog {
+    /// The disk and clock it runs on (`storage::io`).
+    env: Env,
+    dir: PathBuf,
+    /// Current settings; replaced by `update_config` (read, never borrowed).
+    cfg: Cell<LogConfig>,
+    state: RefCell<State>,
+    /// The high watermark moved, or the log failed or closed.
+    hw_notify: Notify,
+    /// Work for the flusher.
+    work_notify: Notify,
+    /// Pending bytes were released or a room waiter left.
+    room_notify: Notify,
+    /// The flusher exited.
+    done_notify: Notify,
+    closed: Cell<bool>,
+    /// Whether open trusted a clean-shutdown marker or recovered.
+    opened_from: OpenedFrom,
+    /// Serialises log start moves and segment removal (retention,
+    /// DeleteRecords).
+    admin_lock: futures::lock::Mutex<()>,
+}
+
+impl Drop for PartitionLog {
+    fn drop(&mut self) {
+        // Wake the flusher so it sees the log is gone and exits.
+        self.work_notify.notify_all();
+    }
+}
+
+/// What recovery hands to the log.
+pub(super) struct Recovered {
+    pub segments: Vec<Segment>,
+    pub log_end: i64,
+    pub active_file: SegmentFile,
+    pub active_written: u64,
+    pub active_tail_block: Vec<u8>,
+    pub active_preallocated: u64,
+    /// Producer state as of `log_end` (snapshot + replay).
+    pub producers: ProducerStateTable,
+    pub opened_from: OpenedFrom,
+}
+
+fn align_down(v: u64, a: u64) -> u64 {
+    v - v % a
+}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+impl PartitionLog {
+    /// Open (creating the directory if absent) and recover. After a clean
+    /// close (a valid `clean-shutdown` marker that agrees with the files)
+    /// the last segment is opened from its index files and the producer
+    /// snapshot at the log end, without a scan. Otherwise: scan the last
+    /// segment batch by batch (length + CRC), truncate a torn or corrupt
+    /// tail (logging a warning with what was cut), rebuild missing or
+    /// damaged index files of sealed segments, restore the log end offset.
+    /// Either way the marker is removed (durably) before this returns, and
+    /// the high watermark starts at the log end offset. Spawns the
+    /// partition's flusher task on the current shard.
+    ///
+    /// Call `crate::runtime::file::warm_iopoll_probe` on this shard first.
+    pub async fn open(dir: PathBuf, cfg: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
+        Self::open_in(Env::production(), dir, cfg).await
+    }
+
+    /// [`PartitionLog::open`] on the given disk and clock (the simulation's, in tests).
+    pub async fn open_in(
+        env: Env,
+        dir: PathBuf,
+        cfg: LogConfig,
+    ) -> Result<Rc<PartitionLog>, StorageError> {
+        assert!(
+            cfg.segment_bytes > 0 && cfg.segment_bytes <= u64::from(u32::MAX),
+            "segment_bytes out of range"
+        );
+        assert!(
+            cfg.index_interval_bytes > 0,
+            "index_interval_bytes must be > 0"
+        );
+        assert!(
+            cfg.max_message_bytes >= batch::HEADER_LEN,
+            "max_message_bytes too small"
+        );
+        let rec = recovery::recover(&env, &dir, &cfg).await?;
+        // The log start is the first segment's base, or further when
+        // DeleteRecords moved it inside that segment (persisted in
+        // `log-start-offset`); never past the log end.
+        let first_base = rec.segments.first().map_or(0, |s| s.base_offset);
+        let log_start = read_log_start_file(&env, &dir)
+            .await?
+            .unwrap_or(first_base)
+            .clamp(first_base, rec.log_end.max(first_base));
+        let active_base = rec
+            .segments
+            .last()
+            .expect("recovery yields an active segment")
+            .base_offset;
+        let writer = Writer {
+            segment_base: active_base,
+            file: rec.active_file,
+            written: rec.active_written,
+            tail_block: rec.active_tail_block,
+            preallocated: rec.active_preallocated,
+            dirty: false,
+            last_sync: env.clock.now(),
+        };
+        let log = Rc::new(PartitionLog {
+            env,
+            dir,
+            cfg: Cell::new(cfg),
+            state: RefCell::new(State {
+                segments: rec.segments,
+                log_end: rec.log_end,
+                high_watermark: rec.log_end,
+                log_start,
+                queue: VecDeque::new(),
+                pending_bytes: 0,
+                tail: TailCache::default(),
+                failed: None,
+                closing: false,
+                flusher_done: false,
+                room_waiters: VecDeque::new(),
+                next_waiter_id: 0,
+                producers: rec.producers,
+                pending_snapshots: VecDeque::new(),
+            }),
+            hw_notify: Notify::new(),
+            work_notify: Notify::new(),
+            room_notify: Notify::new(),
+            done_notify: Notify::new(),
+            closed: Cell::new(false),
+            opened_from: rec.opened_from,
+            admin_lock: futures::lock::Mutex::new(()),
+        });
+        crate::runtime::spawn_detached(flusher(Rc::downgrade(&log), writer));
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Whether this open trusted the clean-shutdown marker (no scan) or ran
+    /// the full recovery.
+    pub fn opened_from(&self) -> OpenedFrom {
+        self.opened_from
+    }
+
+    /// Per segment: base, size, next offset, offset index, time index as
+    /// sealed, visible max timestamp (tests compare the two open paths).
+    #[cfg(test)]
+    pub(super) fn segment_summaries(&self) -> Vec<SegmentSummary> {
+        self.state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| SegmentSummary {
+                base: s.base_offset,
+                size: s.size,
+                next_offset: s.next_offset,
+                offsets: s.offsets_index().to_vec(),
+                times: s.time_index_snapshot(),
+                max_timestamp: s.visible_max_timestamp,
+            })
+            .collect()
+    }
+
+    /// First offset not yet visible to consumers.
+    /// A write or fdatasync failed: the log accepts and acknowledges
+    /// nothing more until it is reopened (reads below the high watermark go
+    /// on).
+    pub fn failed(&self) -> bool {
+        self.state.borrow().failed.is_some()
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        Offset(self.state.borrow().high_watermark)
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        Offset(self.state.borrow().log_start)
+    }
+
+    /// Next offset to assign.
+    pub fn log_end_offset(&self) -> Offset {
+        Offset(self.state.borrow().log_end)
+    }
+
+    /// The current settings.
+    pub fn cfg(&self) -> LogConfig {
+        self.cfg.get()
+    }
+
+    /// Apply changed topic configs to the open log. Segment size and age
+    /// apply from the next append's roll check, max.message.bytes and
+    /// message.timestamp.type from the next append, retention from the next
+    /// retention pass. The flush policy, index interval and memory bounds
+    /// are the broker's and stay.
+    pub fn update_config(&self, cfg: LogConfig) {
+        assert!(
+            cfg.segment_bytes > 0 && cfg.segment_bytes <= u64::from(u32::MAX),
+            "segment_bytes out of range"
+        );
+        assert!(
+            cfg.max_message_bytes >= batch::HEADER_LEN,
+            "max_message_bytes too small"
+        );
+        let old = self.cfg.get();
+        self.cfg.set(LogConfig {
+            flush: old.flush,
+            index_interval_bytes: old.index_interval_bytes,
+            pending_bytes_max: old.pending_bytes_max,
+            tail_cache_bytes: old.tail_cache_bytes,
+            ..cfg
+        });
+    }
+
+    /// Bytes of every segment (batches assigned offsets, written or not).
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Base offset of the active (last) segment and the bytes of the
+    /// segments before it: what [`PartitionLog::delete_records`] at that
+    /// base would free once they are sealed.
+    pub fn active_segment(&self) -> (Offset, u64) {
+        let st = self.state.borrow();
+        let (active, older) = st
+            .segments
+            .split_last()
+            .expect("a log always has an active segment");
+        (
+            Offset(active.base_offset),
+            older.iter().map(|s| s.size).sum(),
+        )
+    }
+
+    /// The partition's idempotent producers (DescribeProducers), sorted by
+    /// producer id. Includes batches assigned offsets but not yet durable.
+    pub fn producers(&self) -> Vec<ProducerInfo> {
+        let st = self.state.borrow();
+        let mut v: Vec<ProducerInfo> = st
+            .producers
+            .iter()
+            .map(|(id, e)| ProducerInfo {
+                producer_id: id,
+                epoch: e.epoch,
+                last_sequence: e.last_seq(),
+                last_timestamp: e.last_timestamp,
+            })
+            .collect();
+        v.sort_unstable_by_key(|p| p.producer_id);
+        v
+    }
+
+    /// A listener that fires the next time the high watermark moves (or the
+    /// log fails or closes). Register before checking the condition.
+    pub fn hw_changed(&self) -> event_listener::EventListener {
+        self.hw_notify.listen()
+    }
+
+    /// Resolves when the high watermark >= `next_offset` (durable under
+    /// `FlushPolicy::Always`, written under `Interval`). Err if the log
+    /// failed or was closed first.
+    pub async fn wait_durable(&self, next_offset: Offset) -> Result<(), StorageError> {
+        loop {
+            let listener = self.hw_notify.listen();
+            {
+                let st = self.state.borrow();
+                if st.high_watermark >= next_offset.0 {
+                    return Ok(());
+                }
+                if let Some(e) = st.failed_error() {
+                    return Err(e);
+                }
+                if st.flusher_done || self.closed.get() {
+                    return Err(StorageError::Closed);
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Flush everything, fdatasync, seal the active segment (truncate it to
+    /// its size, write its index files), write the producer snapshot at the
+    /// log end, and, if all of that succeeded, the clean-shutdown marker
+    /// (see `clean_shutdown`); stop the flusher. Later calls get `Closed`.
+    /// Idempotent.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.state.borrow_mut().closing = true;
+        self.work_notify.notify_all();
+        self.room_notify.notify_all();
+        loop {
+            let l = self.done_notify.listen();
+            if self.state.borrow().flusher_done {
+                break;
+            }
+            l.await;
+        }
+        self.closed.set(true);
+        self.hw_notify.notify_all();
+        let (segments, failed) = {
+            let mut st = self.state.borrow_mut();
+            st.tail.clear();
+            (std::mem::take(&mut st.segments), st.failed_error())
+        };
+        for seg in segments {
+            // The flusher has exited, so only a concurrent read can still
+            // hold a handle; that one is closed when the read drops it.
+            if let Some(f) = seg.file.filter(|f| Rc::strong_count(f) == 1)
+                && let Err(e) = f.close().await
+            {
+                warn!(dir = %self.dir.display(), error = %e, "closing a segment file failed");
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Close and remove the partition directory.
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        if let Err(e) = self.close().await {
+            warn!(dir = %self.dir.display(), error = %e, "closing a log being deleted failed");
+        }
+        self.env
+            .disk
+            .remove_dir_all(&self.dir)
+            .await
+            .ctx(|| format!("removing {}", self.dir.display()))?;
+        if let Some(parent) = self.dir.parent() {
+            self.env
+                .disk
+                .sync_dir(parent)
+                .await
+                .ctx(|| format!("syncing {}", parent.display()))?;
+        }
+        Ok(())
+    }
+}
