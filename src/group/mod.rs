@@ -252,7 +252,7 @@ async fn append_durable(
 ) -> Result<i64, OffsetsWriteError> {
     let bytes = records::encode_batches(records, timestamp_ms, OFFSETS_BATCH_BYTES_MAX)?;
     let info = log.append(bytes).await?;
-    log.wait_durable(Offset(info.last_offset.get() + 1)).await?;
+    log.wait_durable(&info).await?;
     Ok(info.base_offset.get())
 }
 

@@ -263,6 +263,12 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// Overwrite the partition leader epoch (bytes 12..16) in place. Not covered by the CRC.
+pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    assert!(batch.len() >= HEADER_LEN);
+    batch[12..16].copy_from_slice(&epoch.to_be_bytes());
+}
+
 #[cfg(test)]
 pub(crate) mod test_util {
     use bytes::{Bytes, BytesMut};

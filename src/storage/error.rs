@@ -54,12 +54,39 @@ pub enum StorageError {
         epoch: i16,
         current: i16,
     },
+    /// The disk is full: the append got no offsets, or gave back the ones it got because
+    /// they could not be written. Appends resume once space is freed, without a restart.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// The log was cut back below an append before it became durable (`truncate_to`).
+    #[error("the log was truncated below offset {offset} before it became durable")]
+    Truncated { offset: i64 },
+    /// A replicated batch that does not continue the log where it ends.
+    #[error("replicated batch at offset {got} does not continue the log end {expected}")]
+    NotContiguous { expected: i64, got: i64 },
     /// A transactional or control batch: transactions are not supported.
     #[error("transactional batches are not supported")]
     Transactional,
 }
 
 impl StorageError {
+    /// Whether this is the disk (or the quota) running out of space: a write that may succeed
+    /// once space is freed, unlike an I/O error.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::DiskFull(_) => true,
+            StorageError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+                    || matches!(
+                        source.raw_os_error(),
+                        Some(28 /* ENOSPC */ | 122 /* EDQUOT */)
+                    )
+            }
+            _ => false,
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StorageError::Io {
             context: context.into(),
@@ -82,6 +109,9 @@ impl StorageError {
             // PRODUCER_FENCED) since 2.7, for every Produce version.
             StorageError::InvalidProducerEpoch { .. } => 47, // INVALID_PRODUCER_EPOCH
             StorageError::Transactional => 48,               // INVALID_TXN_STATE
+            StorageError::DiskFull(_) => 56,                 // KAFKA_STORAGE_ERROR
+            StorageError::Truncated { .. } => 6,             // NOT_LEADER_OR_FOLLOWER
+            StorageError::NotContiguous { .. } => 1,         // OFFSET_OUT_OF_RANGE
         }
     }
 }

@@ -49,6 +49,7 @@ pub mod clean_shutdown;
 pub mod error;
 pub mod index;
 pub mod io;
+pub mod leader_epoch;
 pub mod log;
 pub mod producer_state;
 pub mod recovery;

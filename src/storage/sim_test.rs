@@ -197,7 +197,7 @@ impl Run {
                     sequences,
                 },
             );
-            if log.wait_durable(Offset(next)).await.is_ok() {
+            if log.wait_durable(&info).await.is_ok() {
                 let mut m = model.borrow_mut();
                 assert!(
                     m.appended.contains_key(&base),
@@ -575,9 +575,7 @@ fn partitions_open_on_a_nearly_full_disk() {
                 .append(test_util::encode_batch(0, 3, 0, 100))
                 .await
                 .unwrap();
-            log.wait_durable(Offset(info.last_offset.get() + 1))
-                .await
-                .unwrap();
+            log.wait_durable(&info).await.unwrap();
         }
         assert!(disk.used_bytes() <= 16 * (64 << 10) + (64 << 10));
     });
@@ -603,18 +601,13 @@ fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
             .append(test_util::encode_batch(0, 5, 0, 50))
             .await
             .unwrap();
-        log.wait_durable(Offset(first.last_offset.get() + 1))
-            .await
-            .unwrap();
+        log.wait_durable(&first).await.unwrap();
         disk.fail_next(0, 1, 0);
         let second = log
             .append(test_util::encode_batch(0, 5, 0, 50))
             .await
             .unwrap();
-        let err = log
-            .wait_durable(Offset(second.last_offset.get() + 1))
-            .await
-            .unwrap_err();
+        let err = log.wait_durable(&second).await.unwrap_err();
         assert_eq!(err.kafka_error_code(), 56, "KAFKA_STORAGE_ERROR: {err}");
         assert!(log.failed());
         let later = log.append(test_util::encode_batch(0, 1, 0, 10)).await;
@@ -634,8 +627,6 @@ fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
             .append(test_util::encode_batch(0, 2, 0, 10))
             .await
             .unwrap();
-        log.wait_durable(Offset(next.last_offset.get() + 1))
-            .await
-            .unwrap();
+        log.wait_durable(&next).await.unwrap();
     });
 }

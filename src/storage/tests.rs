@@ -52,9 +52,7 @@ async fn append_durable(
         .append(encode_batch(0, count, ts0, value_len))
         .await
         .unwrap();
-    log.wait_durable(Offset(info.last_offset.0 + 1))
-        .await
-        .unwrap();
+    log.wait_durable(&info).await.unwrap();
     info
 }
 
@@ -195,9 +193,7 @@ fn check_tail_damage(damage: fn(&Path, u64, u64)) {
             let b = encode_batch(0, 3, 100 + i, 30);
             sizes.push(b.len() as u64);
             let info = log.append(b).await.unwrap();
-            log.wait_durable(Offset(info.last_offset.0 + 1))
-                .await
-                .unwrap();
+            log.wait_durable(&info).await.unwrap();
         }
         log.close().await.unwrap();
         let path = segment_path(&dir, 0, LOG_SUFFIX);
@@ -477,7 +473,7 @@ fn several_batches_in_one_append_and_wait_durable() {
         let info = log.append(Bytes::from(blob)).await.unwrap();
         assert_eq!((info.base_offset, info.last_offset), (Offset(0), Offset(4)));
         listener.await;
-        log.wait_durable(Offset(5)).await.unwrap();
+        log.wait_durable(&info).await.unwrap();
         assert_eq!(log.high_watermark(), Offset(5));
         // Many concurrent appends: offsets follow call order, one durable wait.
         let mut tasks = Vec::new();
@@ -485,9 +481,7 @@ fn several_batches_in_one_append_and_wait_durable() {
             let l = log.clone();
             tasks.push(crate::runtime::spawn(async move {
                 let info = l.append(encode_batch(0, 1, i, 10)).await.unwrap();
-                l.wait_durable(Offset(info.last_offset.0 + 1))
-                    .await
-                    .unwrap();
+                l.wait_durable(&info).await.unwrap();
                 info.base_offset.0
             }));
         }
@@ -516,14 +510,16 @@ fn backpressure_keeps_order() {
             tasks.push(crate::runtime::spawn(async move {
                 // Each batch ~ 150 bytes: at most two queued at a time.
                 let info = l.append(encode_batch(0, 1, i, 80)).await.unwrap();
-                (i, info.base_offset.0)
+                (i, info)
             }));
         }
+        let mut last = None;
         for t in tasks {
-            let (i, off) = t.await;
-            assert_eq!(i, off, "FIFO order");
+            let (i, info) = t.await;
+            assert_eq!(i, info.base_offset.0, "FIFO order");
+            last = Some(info);
         }
-        log.wait_durable(Offset(30)).await.unwrap();
+        log.wait_durable(&last.unwrap()).await.unwrap();
         assert_eq!(read_all(&log, 0, 1 << 20).await.len(), 30);
         log.close().await.unwrap();
     });
@@ -541,22 +537,16 @@ fn timestamps() {
             .collect();
         for ts in &batches {
             let info = log.append(encode_batch_ts(0, ts, 50)).await.unwrap();
-            log.wait_durable(Offset(info.last_offset.0 + 1))
-                .await
-                .unwrap();
+            log.wait_durable(&info).await.unwrap();
         }
         // Peak in an early batch.
         let info = log
             .append(encode_batch_ts(0, &[500, 99_999, 600], 50))
             .await
             .unwrap();
-        log.wait_durable(Offset(info.last_offset.0 + 1))
-            .await
-            .unwrap();
+        log.wait_durable(&info).await.unwrap();
         let info = log.append(encode_batch_ts(0, &[2000], 50)).await.unwrap();
-        log.wait_durable(Offset(info.last_offset.0 + 1))
-            .await
-            .unwrap();
+        log.wait_durable(&info).await.unwrap();
         let all: Vec<(i64, i64)> = read_all(&log, 0, 1 << 20).await;
         let expect = |t: i64| {
             all.iter()
@@ -602,10 +592,7 @@ fn sync_failure_fails_the_log_and_recovery_keeps_durable_data() {
         append_durable(&log, 2, 1, 10).await;
         file::fault::fail_next_syncs(1);
         let info = log.append(encode_batch(0, 2, 1, 10)).await.unwrap();
-        let e = log
-            .wait_durable(Offset(info.last_offset.0 + 1))
-            .await
-            .unwrap_err();
+        let e = log.wait_durable(&info).await.unwrap_err();
         assert_eq!(e.kafka_error_code(), 56);
         assert_eq!(log.high_watermark(), Offset(2));
         assert!(matches!(
@@ -691,7 +678,7 @@ fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
 /// Append and wait until durable; the error code on failure.
 async fn produce(log: &Rc<PartitionLog>, b: Bytes) -> Result<AppendInfo, i16> {
     let info = log.append(b).await.map_err(|e| e.kafka_error_code())?;
-    log.wait_durable(Offset(info.last_offset.0 + 1))
+    log.wait_durable(&info)
         .await
         .map_err(|e| e.kafka_error_code())?;
     Ok(info)
@@ -711,7 +698,7 @@ fn idempotent_duplicates_including_queued_batches() {
         let retry = log.append(a.clone()).await.unwrap();
         assert_eq!(retry, first);
         assert_eq!(log.log_end_offset(), Offset(3));
-        log.wait_durable(Offset(3)).await.unwrap();
+        log.wait_durable(&first).await.unwrap();
         // A retry after it is durable too.
         assert_eq!(
             produce(&log, a.clone()).await.unwrap().base_offset,
@@ -1370,9 +1357,7 @@ fn open_time_with_and_without_marker() {
                     .unwrap(),
             );
         }
-        log.wait_durable(Offset(last.unwrap().last_offset.0 + 1))
-            .await
-            .unwrap();
+        log.wait_durable(&last.unwrap()).await.unwrap();
         let size = log.size_bytes();
         log.close().await.unwrap();
         let started = std::time::Instant::now();

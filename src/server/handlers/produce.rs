@@ -203,8 +203,7 @@ pub fn produce_on_owner(
                     }
                 };
                 if acks != 0 {
-                    let next = crate::types::Offset(info.last_offset.get() + 1);
-                    match runtime::timeout(timeout, log.wait_durable(next)).await {
+                    match runtime::timeout(timeout, log.wait_durable(&info)).await {
                         None => {
                             return PartitionOutcome::error(ResponseError::RequestTimedOut, None);
                         }

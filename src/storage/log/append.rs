@@ -17,10 +17,24 @@ use crate::types::Offset;
 /// Batches of one `append` call that passed validation: the request bytes
 /// and each batch's (position, size, header).
 pub(super) struct ValidatedBatches {
+    pub(super) mode: Mode,
     pub(super) records: Bytes,
     pub(super) batches: Vec<(usize, usize, BatchHeader)>,
     pub(super) idempotent: bool,
 }
+
+/// Who assigns the offsets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// This log (a leader, or a single node): offsets from the log end, producers checked,
+    /// the leader epoch stamped.
+    Leader,
+    /// A leader did (a follower's copy): the batches are stored as they are, at their offsets.
+    Follower,
+}
+
+/// How long a full disk refuses appends before the next one asks for a probe.
+const FULL_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What the synchronous part of `append` did.
 pub(super) enum Placement {
@@ -73,7 +87,7 @@ impl PartitionLog {
         self: &Rc<Self>,
         records: Bytes,
     ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
-        let placed = self.place_append(records);
+        let placed = self.place_append(records, Mode::Leader);
         let log = self.clone();
         async move {
             match placed? {
@@ -88,9 +102,38 @@ impl PartitionLog {
         }
     }
 
+    /// A follower's append: `records` are whole batches with the offsets the leader assigned,
+    /// continuing this log exactly (the first batch's base offset is the log end, else
+    /// `NotContiguous`). Stored byte for byte: no offset, timestamp or epoch rewrite, no
+    /// producer check (the leader made it), several producers' batches in one call. Producer
+    /// state and the leader-epoch cache follow the batches. Same order and room rules as
+    /// [`PartitionLog::append`].
+    pub fn append_replicated(
+        self: &Rc<Self>,
+        records: Bytes,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
+        let placed = self.place_append(records, Mode::Follower);
+        let log = self.clone();
+        async move {
+            match placed? {
+                Placement::Done(info) => info,
+                Placement::Queued(ticket, batches) => {
+                    log.wait_for_room(&ticket).await?;
+                    let info = log.assign_offsets(batches);
+                    drop(ticket);
+                    info
+                }
+            }
+        }
+    }
+
     /// The synchronous part of [`PartitionLog::append`]: validate, then
     /// assign now or take a place in the room queue.
-    pub(super) fn place_append(self: &Rc<Self>, records: Bytes) -> Result<Placement, StorageError> {
+    pub(super) fn place_append(
+        self: &Rc<Self>,
+        records: Bytes,
+        mode: Mode,
+    ) -> Result<Placement, StorageError> {
         if records.is_empty() {
             return Err(StorageError::InvalidRecord("empty records".into()));
         }
@@ -107,12 +150,23 @@ impl PartitionLog {
             batches.push((pos, size, h));
             pos += size;
         }
-        if idempotent && batches.len() > 1 {
+        if mode == Mode::Follower {
+            for w in batches.windows(2) {
+                let (a, b) = (&w[0].2, &w[1].2);
+                if b.base_offset != a.next_offset() {
+                    return Err(StorageError::NotContiguous {
+                        expected: a.next_offset(),
+                        got: b.base_offset,
+                    });
+                }
+            }
+        } else if idempotent && batches.len() > 1 {
             return Err(StorageError::InvalidRecord(
                 "an idempotent produce must carry exactly one record batch per partition".into(),
             ));
         }
         let validated = ValidatedBatches {
+            mode,
             records,
             batches,
             idempotent,
@@ -156,6 +210,7 @@ impl PartitionLog {
         validated: ValidatedBatches,
     ) -> Result<AppendInfo, StorageError> {
         let ValidatedBatches {
+            mode,
             records,
             mut batches,
             idempotent,
@@ -167,7 +222,30 @@ impl PartitionLog {
         if st.closing {
             return Err(StorageError::Closed);
         }
-        if idempotent {
+        if st.truncate_request.is_some() {
+            return Err(StorageError::Truncated { offset: st.log_end });
+        }
+        if let Some(since) = st.full_since {
+            // Refused at once (nothing is queued that could not be written); after a while
+            // the next append asks the writer to try reserving space again.
+            if !st.probe_requested
+                && self.env.clock.now().saturating_duration_since(since) >= FULL_PROBE_INTERVAL
+            {
+                st.probe_requested = true;
+                drop(st);
+                self.work_notify.notify_all();
+            }
+            return Err(StorageError::DiskFull(
+                "no space left on the device for this partition's log".into(),
+            ));
+        }
+        if mode == Mode::Follower && batches[0].2.base_offset != st.log_end {
+            return Err(StorageError::NotContiguous {
+                expected: st.log_end,
+                got: batches[0].2.base_offset,
+            });
+        }
+        if idempotent && mode == Mode::Leader {
             match st.producers.check(&batches[0].2)? {
                 Verdict::Append => {}
                 Verdict::Duplicate(dup) => {
@@ -176,30 +254,49 @@ impl PartitionLog {
                         last_offset: Offset(dup.last_offset()),
                         log_start_offset: Offset(st.log_start),
                         log_append_time_ms: -1,
+                        generation: st.generation,
                     });
                 }
             }
         }
-        let mut copy = BytesMut::from(&records[..]);
         let mut next = st.log_end;
-        let log_append_time_ms = if self.cfg().log_append_time {
+        let log_append_time_ms = if self.cfg().log_append_time && mode == Mode::Leader {
             self.env.clock.wall_ms()
         } else {
             -1
         };
-        for (pos, size, h) in &mut batches {
-            let b = &mut copy[*pos..*pos + *size];
-            batch::set_base_offset(b, next);
-            if log_append_time_ms >= 0 {
-                // The one header rewrite besides the base offset: it is
-                // covered by the CRC, so the CRC is recomputed.
-                batch::set_log_append_time(b, log_append_time_ms);
-                h.attributes |= batch::ATTR_LOG_APPEND_TIME;
-                h.max_timestamp = log_append_time_ms;
+        let copy = match mode {
+            Mode::Follower => {
+                // Stored as the leader wrote them; a newer epoch begins at its first batch.
+                for (_, _, h) in &batches {
+                    if st.epochs.assign(h.partition_leader_epoch, h.base_offset) {
+                        st.epochs_version += 1;
+                    }
+                }
+                next = batches.last().expect("at least one batch").2.next_offset();
+                records.clone()
             }
-            next += i64::from(h.last_offset_delta) + 1;
-        }
-        let copy = copy.freeze();
+            Mode::Leader => {
+                let mut copy = BytesMut::from(&records[..]);
+                for (pos, size, h) in &mut batches {
+                    let b = &mut copy[*pos..*pos + *size];
+                    batch::set_base_offset(b, next);
+                    if st.leader_epoch >= 0 {
+                        // Not covered by the CRC, like the base offset.
+                        batch::set_partition_leader_epoch(b, st.leader_epoch);
+                    }
+                    if log_append_time_ms >= 0 {
+                        // The one header rewrite covered by the CRC, so the CRC is
+                        // recomputed.
+                        batch::set_log_append_time(b, log_append_time_ms);
+                        h.attributes |= batch::ATTR_LOG_APPEND_TIME;
+                        h.max_timestamp = log_append_time_ms;
+                    }
+                    next += i64::from(h.last_offset_delta) + 1;
+                }
+                copy.freeze()
+            }
+        };
         let first_offset = st.log_end;
         let now = self.env.clock.now();
         for (pos, size, h) in &batches {
@@ -238,6 +335,7 @@ impl PartitionLog {
             last_offset: Offset(st.log_end - 1),
             log_start_offset: Offset(st.log_start),
             log_append_time_ms,
+            generation: st.generation,
         };
         drop(st);
         self.work_notify.notify_all();

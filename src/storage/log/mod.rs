@@ -42,6 +42,7 @@
 
 mod append;
 mod read;
+mod replica;
 mod retention;
 mod tail;
 mod writer;
@@ -51,7 +52,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::warn;
@@ -59,6 +60,7 @@ use tracing::warn;
 use super::batch::{self};
 use super::error::{IoContext, StorageError};
 use super::io::{Env, SegmentFile};
+use super::leader_epoch::{LEADER_EPOCH_FILE, LeaderEpochCache};
 use super::producer_state::ProducerStateTable;
 use super::recovery;
 use super::segment::Segment;
@@ -140,6 +142,11 @@ pub struct AppendInfo {
     pub log_start_offset: Offset,
     /// The append time written into the batches under LogAppendTime, else -1.
     pub log_append_time_ms: i64,
+    /// The log's generation when the offsets were assigned: a truncation in between (a full
+    /// disk giving back what it could not write, or `truncate_to`) makes
+    /// [`PartitionLog::wait_durable`] fail instead of acknowledging other data at these
+    /// offsets.
+    pub generation: u64,
 }
 
 /// How [`PartitionLog::open`] found the partition's last segment.
@@ -189,7 +196,31 @@ struct State {
     /// Sorted by base offset; the last one is active (receives appends).
     segments: Vec<Segment>,
     log_end: i64,
+    /// Offsets below are written, and under `FlushPolicy::Always` fdatasynced.
+    durable_end: i64,
+    /// First offset not visible to consumers: the durable end, or with a caller-managed high
+    /// watermark (replication) the smaller of the caller's and the durable end. Only moves
+    /// forward, but for a truncation below it.
     high_watermark: i64,
+    /// The caller-managed high watermark ([`PartitionLog::set_high_watermark`]); None: the high
+    /// watermark is the durable end.
+    hw_target: Option<i64>,
+    /// Bumped by every truncation.
+    generation: u64,
+    /// The last truncations, (generation after it, offset cut to), oldest first.
+    truncations: VecDeque<(u64, i64)>,
+    /// The disk was full at this time: appends get `DiskFull` until a probe reserves space.
+    full_since: Option<Instant>,
+    /// An append asked the flusher to try reserving space again.
+    probe_requested: bool,
+    /// `truncate_to` is waiting for the flusher to cut the log back to this offset.
+    truncate_request: Option<i64>,
+    /// Which leader epoch began where (`leader_epoch`), and its versions in memory and on disk.
+    epochs: LeaderEpochCache,
+    epochs_version: u64,
+    epochs_written: u64,
+    /// The leader epoch stamped into batches appended as leader; -1: none (single node).
+    leader_epoch: i32,
     log_start: i64,
     queue: VecDeque<Pending>,
     /// Bytes appended and not yet written (queued or being written).
@@ -212,6 +243,36 @@ struct State {
 }
 
 impl State {
+    /// Whether a truncation since `generation` cut the log below `next_offset`.
+    fn truncated_below(&self, generation: u64, next_offset: i64) -> bool {
+        if generation == self.generation {
+            return false;
+        }
+        if self
+            .truncations
+            .front()
+            .is_none_or(|(g, _)| *g > generation + 1)
+        {
+            return true; // older than the truncations kept: assume the worst
+        }
+        self.truncations
+            .iter()
+            .any(|(g, to)| *g > generation && next_offset > *to)
+    }
+
+    /// Move the high watermark as far as the durable end and the caller's target allow.
+    fn advance_high_watermark(&mut self) -> bool {
+        let hw = self
+            .hw_target
+            .map_or(self.durable_end, |t| t.min(self.durable_end));
+        if hw > self.high_watermark {
+            self.high_watermark = hw;
+            true
+        } else {
+            false
+        }
+    }
+
     fn failed_error(&self) -> Option<StorageError> {
         self.failed.as_ref().map(|(kind, msg)| {
             StorageError::io(
@@ -237,6 +298,7 @@ impl State {
     }
 }
 
+/// One partition's log. See the module documentation for the contracts.
 pub struct PartitionLog {
     /// The disk and clock it runs on (`storage::io`).
     env: Env,
@@ -323,7 +385,8 @@ impl PartitionLog {
             cfg.max_message_bytes >= batch::HEADER_LEN,
             "max_message_bytes too small"
         );
-        let rec = recovery::recover(&env, &dir, &cfg).await?;
+        let mut rec = recovery::recover(&env, &dir, &cfg).await?;
+        let epochs = read_leader_epochs(&env, &dir, rec.log_end).await?;
         // The log start is the first segment's base, or further when
         // DeleteRecords moved it inside that segment (persisted in
         // `log-start-offset`); never past the log end.
@@ -332,28 +395,26 @@ impl PartitionLog {
             .await?
             .unwrap_or(first_base)
             .clamp(first_base, rec.log_end.max(first_base));
-        let active_base = rec
-            .segments
-            .last()
-            .expect("recovery yields an active segment")
-            .base_offset;
-        let writer = Writer {
-            segment_base: active_base,
-            file: rec.active_file,
-            written: rec.active_written,
-            tail_block: rec.active_tail_block,
-            preallocated: rec.active_preallocated,
-            dirty: false,
-            last_sync: env.clock.now(),
-        };
+        let writer = Writer::recovered(&mut rec, env.clock.now());
         let log = Rc::new(PartitionLog {
             env,
             dir,
             cfg: Cell::new(cfg),
             state: RefCell::new(State {
-                segments: rec.segments,
+                segments: std::mem::take(&mut rec.segments),
                 log_end: rec.log_end,
+                durable_end: rec.log_end,
                 high_watermark: rec.log_end,
+                hw_target: None,
+                generation: 0,
+                truncations: VecDeque::new(),
+                full_since: None,
+                probe_requested: false,
+                truncate_request: None,
+                epochs,
+                epochs_version: 0,
+                epochs_written: 0,
+                leader_epoch: -1,
                 log_start,
                 queue: VecDeque::new(),
                 pending_bytes: 0,
@@ -363,7 +424,7 @@ impl PartitionLog {
                 flusher_done: false,
                 room_waiters: VecDeque::new(),
                 next_waiter_id: 0,
-                producers: rec.producers,
+                producers: std::mem::take(&mut rec.producers),
                 pending_snapshots: VecDeque::new(),
             }),
             hw_notify: Notify::new(),
@@ -407,7 +468,6 @@ impl PartitionLog {
             .collect()
     }
 
-    /// First offset not yet visible to consumers.
     /// A write or fdatasync failed: the log accepts and acknowledges
     /// nothing more until it is reopened (reads below the high watermark go
     /// on).
@@ -415,8 +475,21 @@ impl PartitionLog {
         self.state.borrow().failed.is_some()
     }
 
+    /// First offset not yet visible to consumers.
     pub fn high_watermark(&self) -> Offset {
         Offset(self.state.borrow().high_watermark)
+    }
+
+    /// First offset not yet durable (written and, under `FlushPolicy::Always`, fdatasynced):
+    /// what this replica can vouch for after a crash.
+    pub fn durable_end_offset(&self) -> Offset {
+        Offset(self.state.borrow().durable_end)
+    }
+
+    /// Whether the disk was full at the last attempt to write or reserve space: appends get
+    /// `DiskFull` (KAFKA_STORAGE_ERROR) until space is found again.
+    pub fn disk_full(&self) -> bool {
+        self.state.borrow().full_since.is_some()
     }
 
     pub fn log_start_offset(&self) -> Offset {
@@ -501,15 +574,28 @@ impl PartitionLog {
         self.hw_notify.listen()
     }
 
-    /// Resolves when the high watermark >= `next_offset` (durable under
-    /// `FlushPolicy::Always`, written under `Interval`). Err if the log
-    /// failed or was closed first.
-    pub async fn wait_durable(&self, next_offset: Offset) -> Result<(), StorageError> {
+    /// Resolves when the append that returned `info` is durable (fdatasynced under
+    /// `FlushPolicy::Always`, written under `Interval`). Err if the log failed or closed
+    /// first, or if it was truncated below the append in between (`DiskFull` when a full disk
+    /// gave it back, `Truncated` otherwise): the offsets may by then hold other data.
+    pub async fn wait_durable(&self, info: &AppendInfo) -> Result<(), StorageError> {
+        let next = info.last_offset.0 + 1;
         loop {
             let listener = self.hw_notify.listen();
             {
                 let st = self.state.borrow();
-                if st.high_watermark >= next_offset.0 {
+                if st.truncated_below(info.generation, next) {
+                    return Err(match st.full_since {
+                        Some(_) => StorageError::DiskFull(format!(
+                            "offsets {}..{next} were given back unwritten",
+                            info.base_offset.0
+                        )),
+                        None => StorageError::Truncated {
+                            offset: info.base_offset.0,
+                        },
+                    });
+                }
+                if st.durable_end >= next {
                     return Ok(());
                 }
                 if let Some(e) = st.failed_error() {
@@ -580,4 +666,25 @@ impl PartitionLog {
         }
         Ok(())
     }
+}
+
+/// The leader-epoch checkpoint, cut to the recovered log end. Replaced atomically, so a
+/// damaged one is a broken invariant reported as corruption.
+async fn read_leader_epochs(
+    env: &Env,
+    dir: &std::path::Path,
+    log_end: i64,
+) -> Result<LeaderEpochCache, StorageError> {
+    let path = dir.join(LEADER_EPOCH_FILE);
+    let Some(bytes) = env
+        .read_if_exists(&path)
+        .await
+        .ctx(|| format!("reading {}", path.display()))?
+    else {
+        return Ok(LeaderEpochCache::default());
+    };
+    let mut epochs = LeaderEpochCache::decode(&bytes)
+        .map_err(|e| StorageError::CorruptBatch(format!("{}: {e}", path.display())))?;
+    epochs.truncate_from_end(log_end);
+    Ok(epochs)
 }

@@ -16,7 +16,9 @@ use crate::storage::index::{self};
 use crate::storage::io::SegmentFile;
 use crate::storage::producer_state::snapshot_file_name;
 use crate::storage::recovery;
-use crate::storage::segment::{INDEX_SUFFIX, SegmentIndex, TIME_INDEX_SUFFIX, segment_path};
+use crate::storage::segment::{
+    INDEX_SUFFIX, Scanner, SegmentIndex, TIME_INDEX_SUFFIX, segment_path,
+};
 
 /// Largest single write issued by the flusher.
 pub(super) const WRITE_CHUNK_BYTES: usize = 1 << 20;
@@ -64,6 +66,29 @@ pub(super) struct Writer {
     /// Written but not yet fdatasync'ed.
     pub(super) dirty: bool,
     pub(super) last_sync: Instant,
+    /// An fdatasync of this file failed: whatever the error, the log goes offline (no retry
+    /// on the same file, the fsyncgate lesson), even for ENOSPC.
+    pub(super) sync_failed: bool,
+}
+
+impl Writer {
+    /// The writer of the active segment `recovery` opened.
+    pub(super) fn recovered(rec: &mut Recovered, now: Instant) -> Writer {
+        let active = rec
+            .segments
+            .last()
+            .expect("recovery yields an active segment");
+        Writer {
+            segment_base: active.base_offset,
+            file: rec.active_file.clone(),
+            written: rec.active_written,
+            tail_block: std::mem::take(&mut rec.active_tail_block),
+            preallocated: rec.active_preallocated,
+            dirty: false,
+            last_sync: now,
+            sync_failed: false,
+        }
+    }
 }
 
 impl PartitionLog {
@@ -92,6 +117,7 @@ impl PartitionLog {
         w: &mut Writer,
         batches: Vec<Pending>,
     ) -> Result<(), StorageError> {
+        self.write_leader_epochs().await?;
         let mut rest = &batches[..];
         while !rest.is_empty() {
             let base = rest[0].segment_base;
@@ -127,11 +153,12 @@ impl PartitionLog {
             }
             let last = group.last().expect("non-empty group");
             assert!(
-                last.next_offset > st.high_watermark,
-                "the high watermark only moves forward"
+                last.next_offset > st.durable_end,
+                "the durable end only moves forward"
             );
-            st.high_watermark = last.next_offset;
-            assert!(st.high_watermark <= st.log_end);
+            st.durable_end = last.next_offset;
+            assert!(st.durable_end <= st.log_end);
+            st.advance_high_watermark();
             st.pending_bytes -= bytes;
             drop(st);
             self.hw_notify.notify_all();
@@ -142,10 +169,13 @@ impl PartitionLog {
 
     pub(super) async fn sync(&self, w: &mut Writer) -> Result<(), StorageError> {
         let started = self.env.clock.now();
-        w.file
-            .fdatasync()
-            .await
-            .ctx(|| format!("fdatasync {}", w.file.path().display()))?;
+        if let Err(e) = w.file.fdatasync().await {
+            w.sync_failed = true;
+            return Err(StorageError::io(
+                format!("fdatasync {}", w.file.path().display()),
+                e,
+            ));
+        }
         let now = self.env.clock.now();
         crate::metrics::fsync_done(now.saturating_duration_since(started));
         w.dirty = false;
@@ -306,6 +336,7 @@ impl PartitionLog {
             preallocated,
             dirty: false,
             last_sync: self.env.clock.now(),
+            sync_failed: false,
         })
     }
 
@@ -369,6 +400,227 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// What appends and callers asked of the writer besides data: a probe for space after a
+    /// full disk, the leader-epoch checkpoint, a truncation (once everything queued before it
+    /// is written).
+    async fn serve_requests(&self, w: &mut Writer) -> Result<(), StorageError> {
+        let probe = std::mem::take(&mut self.state.borrow_mut().probe_requested);
+        if probe {
+            self.probe_space(w).await?;
+        }
+        self.write_leader_epochs().await?;
+        let request = {
+            let st = self.state.borrow();
+            st.truncate_request.filter(|_| st.queue.is_empty())
+        };
+        if let Some(to) = request {
+            let result = self.reset_to(w, to).await;
+            self.state.borrow_mut().truncate_request = None;
+            self.hw_notify.notify_all();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// After a full disk: try to reserve the next preallocation step of the active segment.
+    /// Room found ends the full state; still full restarts its clock.
+    async fn probe_space(&self, w: &mut Writer) -> Result<(), StorageError> {
+        let target = preallocation_target(w.preallocated.max(w.written), self.cfg().segment_bytes);
+        match w.file.pre_allocate(target).await {
+            Ok(()) => {
+                w.preallocated = target;
+                self.state.borrow_mut().full_since = None;
+                tracing::info!(dir = %self.dir.display(), "disk has room again: taking writes");
+                Ok(())
+            }
+            Err(e) => {
+                let e = StorageError::io(format!("preallocating {}", w.file.path().display()), e);
+                if !e.is_disk_full() {
+                    return Err(e);
+                }
+                self.state.borrow_mut().full_since = Some(self.env.clock.now());
+                Ok(())
+            }
+        }
+    }
+
+    /// Write the leader-epoch checkpoint if the cache changed since it was last written.
+    /// Called before a round's data is written, so a durable batch's epoch is durable too.
+    pub(super) async fn write_leader_epochs(&self) -> Result<(), StorageError> {
+        let (version, bytes) = {
+            let st = self.state.borrow();
+            if st.epochs_version == st.epochs_written {
+                return Ok(());
+            }
+            (st.epochs_version, st.epochs.encode())
+        };
+        let path = self.dir.join(LEADER_EPOCH_FILE);
+        self.env
+            .replace_file_durable(&path, &bytes)
+            .await
+            .ctx(|| format!("replacing {}", path.display()))?;
+        self.state.borrow_mut().epochs_written = version;
+        self.hw_notify.notify_all();
+        Ok(())
+    }
+
+    /// Cut the log back to `target` (at most the durable end): drop everything queued, remove
+    /// the batch holding `target` and all after it (Kafka's truncateTo: the log end becomes
+    /// that batch's base), on disk first, then rebuild the in-memory state from the disk with
+    /// the recovery code: segments, indexes, producer state. Returns the new log end.
+    ///
+    /// On disk, in an order a crash can interrupt anywhere: later segments are removed newest
+    /// first (index files, then the `.log`), the segment holding the cut is truncated and
+    /// fdatasynced (and its index files removed, as it becomes the active segment), producer
+    /// snapshots past the cut are removed, the directory is synced. Whatever a crash leaves is
+    /// a prefix of the log that recovery opens as usual.
+    pub(super) async fn reset_to(&self, w: &mut Writer, target: i64) -> Result<i64, StorageError> {
+        let _admin = self.admin_lock.lock().await;
+        let (target, seg_index, file, base, start, end) = {
+            let mut st = self.state.borrow_mut();
+            st.queue.clear();
+            st.pending_snapshots.clear();
+            st.pending_bytes = 0;
+            let target = target.min(st.durable_end).max(st.log_start);
+            let i = st
+                .segments
+                .partition_point(|s| s.base_offset <= target)
+                .saturating_sub(1);
+            let seg = &st.segments[i];
+            (
+                target,
+                i,
+                seg.file.clone(),
+                seg.base_offset,
+                seg.lookup_position(target),
+                seg.visible_size,
+            )
+        };
+        self.room_notify.notify_all();
+        // The exact cut: the batch holding `target`, found by scanning from the index.
+        let (cut_pos, cut) = if start >= end {
+            (end, target)
+        } else {
+            let file = self.segment_file(file, base).await?;
+            let mut sc = Scanner::new(file, start, end, 64 << 10, false);
+            let mut found = None;
+            while let Some((pos, h, _)) = sc.next().await? {
+                if h.next_offset() > target {
+                    found = Some((pos, h.base_offset));
+                    break;
+                }
+            }
+            found.unwrap_or((end, target))
+        };
+        let (removed, cut_was_sealed) = {
+            let mut st = self.state.borrow_mut();
+            let removed: Vec<(i64, Option<SegmentFile>)> = st
+                .segments
+                .drain(seg_index + 1..)
+                .map(|s| (s.base_offset, s.file))
+                .collect();
+            let sealed = matches!(st.segments[seg_index].index, SegmentIndex::Sealed { .. });
+            (removed, sealed)
+        };
+        let remove = |path: std::path::PathBuf| async move {
+            match self.env.disk.remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StorageError::io(format!("removing {}", path.display()), e)),
+            }
+        };
+        for (b, _) in removed.iter().rev() {
+            for suffix in [
+                INDEX_SUFFIX,
+                TIME_INDEX_SUFFIX,
+                crate::storage::segment::LOG_SUFFIX,
+            ] {
+                remove(segment_path(&self.dir, *b, suffix)).await?;
+            }
+        }
+        let path = segment_path(&self.dir, base, crate::storage::segment::LOG_SUFFIX);
+        let f = if w.segment_base == base {
+            w.file.clone()
+        } else {
+            self.env
+                .disk
+                .open_rw(&path, false)
+                .await
+                .ctx(|| format!("opening {}", path.display()))?
+        };
+        f.truncate(cut_pos)
+            .await
+            .ctx(|| format!("truncating {} to {cut_pos}", path.display()))?;
+        f.fdatasync()
+            .await
+            .ctx(|| format!("fdatasync {}", path.display()))?;
+        if w.segment_base != base {
+            f.close()
+                .await
+                .ctx(|| format!("closing {}", path.display()))?;
+        }
+        if cut_was_sealed {
+            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                remove(segment_path(&self.dir, base, suffix)).await?;
+            }
+        }
+        for at in recovery::snapshot_offsets(&self.env, &self.dir).await {
+            if at > cut {
+                remove(self.dir.join(snapshot_file_name(at))).await?;
+            }
+        }
+        self.env
+            .disk
+            .sync_dir(&self.dir)
+            .await
+            .ctx(|| format!("syncing {}", self.dir.display()))?;
+        let mut rec = recovery::recover(&self.env, &self.dir, &self.cfg()).await?;
+        if rec.log_end != cut {
+            return Err(StorageError::CorruptBatch(format!(
+                "after cutting the log at {cut}, recovery finds its end at {}",
+                rec.log_end
+            )));
+        }
+        let old_writer = std::mem::replace(w, Writer::recovered(&mut rec, self.env.clock.now()));
+        let old_segments = {
+            let mut st = self.state.borrow_mut();
+            let old = std::mem::replace(&mut st.segments, std::mem::take(&mut rec.segments));
+            st.log_end = cut;
+            st.durable_end = cut;
+            st.high_watermark = st.high_watermark.min(cut);
+            st.hw_target = st.hw_target.map(|t| t.min(cut));
+            st.tail.truncate(cut);
+            st.producers = std::mem::take(&mut rec.producers);
+            st.generation += 1;
+            let generation = st.generation;
+            st.truncations.push_back((generation, cut));
+            if st.truncations.len() > 64 {
+                st.truncations.pop_front();
+            }
+            if st.epochs.truncate_from_end(cut) {
+                st.epochs_version += 1;
+            }
+            old
+        };
+        debug!(dir = %self.dir.display(), cut, "log cut back");
+        let files = old_segments
+            .into_iter()
+            .filter_map(|s| s.file)
+            .chain(removed.into_iter().filter_map(|(_, f)| f))
+            .chain(std::iter::once(old_writer.file));
+        for f in files {
+            if Rc::strong_count(&f) == 1
+                && let Err(e) = f.close().await
+            {
+                warn!(dir = %self.dir.display(), error = %e, "closing a file after a cut failed");
+            }
+        }
+        self.hw_notify.notify_all();
+        self.room_notify.notify_all();
+        self.write_leader_epochs().await?;
+        Ok(cut)
+    }
+
     /// Write a producer-state snapshot file and fdatasync it. Its directory
     /// entry is made durable by the caller's next directory sync; until
     /// then recovery falls back to an older snapshot, which is still there.
@@ -427,6 +679,21 @@ pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
                 } else {
                     sleep_for = Some(due - now);
                 }
+            }
+            // A full disk gives back what it could not write and stays up.
+            if let Err(e) = &result
+                && !w.sync_failed
+                && e.is_disk_full()
+            {
+                warn!(dir = %log.dir.display(), error = %e,
+                    "disk full: giving back the appends not yet written; the partition takes \
+                     writes again once space is freed");
+                log.state.borrow_mut().full_since = Some(log.env.clock.now());
+                let to = log.state.borrow().durable_end;
+                result = log.reset_to(&mut w, to).await.map(|_| ());
+            }
+            if result.is_ok() {
+                result = log.serve_requests(&mut w).await;
             }
             let more = !log.state.borrow().queue.is_empty();
             match result {
