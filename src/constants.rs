@@ -42,8 +42,9 @@ pub const PRODUCER_BATCHES_KEPT: usize = 5;
 /// A producer whose last batch is older than this is forgotten when its
 /// partition takes a state snapshot (Kafka's `producer.id.expiration.ms`).
 pub const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 3600 * 1000;
-/// Producer-state snapshot files kept per partition (the newest, and one
-/// to fall back on if the newest is damaged).
+/// Producer-state snapshot files kept per partition at least (the newest, and
+/// one to fall back on if the newest is damaged); besides, one per live segment
+/// (`recovery::remove_stale_snapshots`).
 pub const PRODUCER_SNAPSHOTS_KEPT: usize = 2;
 /// Producer ids the controller reserves per durable write of
 /// `__cluster/producer_ids.json` (Kafka's block size).

@@ -140,7 +140,7 @@ pub(super) async fn recover(
     }
     segments.push(active);
     producers.remove_expired(env.clock.wall_ms());
-    remove_stale_snapshots(env, dir, log_end).await;
+    remove_stale_snapshots(env, dir, segments[0].base_offset, log_end).await;
     Ok(Recovered {
         segments,
         log_end,
@@ -368,25 +368,26 @@ async fn load_newest_snapshot(env: &Env, dir: &Path) -> Option<(i64, ProducerSta
     None
 }
 
-/// Remove snapshots past `log_end` (they describe batches that are gone)
-/// and all but the newest `PRODUCER_SNAPSHOTS_KEPT`. Best effort: a
-/// leftover file is only disk space.
-pub(super) async fn remove_stale_snapshots(env: &Env, dir: &Path, log_end: i64) {
-    let offsets = snapshot_offsets(env, dir).await;
-    let kept_from = offsets
-        .iter()
-        .filter(|o| **o <= log_end)
-        .count()
-        .saturating_sub(PRODUCER_SNAPSHOTS_KEPT);
-    let mut below = 0;
+/// Remove the producer snapshots no longer needed: those past `log_end`, and those below
+/// the first segment's base `first_base` but the newest of them. Kept: one per live segment
+/// (each roll writes one at the new segment's base, as Kafka does), so a truncation to any
+/// offset in the log finds a snapshot at or below it, and the newest one below the first
+/// segment, which alone remembers the producers of deleted segments; always at least the
+/// `PRODUCER_SNAPSHOTS_KEPT` newest (a fallback if the newest is damaged).
+pub(super) async fn remove_stale_snapshots(env: &Env, dir: &Path, first_base: i64, log_end: i64) {
+    let offsets: Vec<i64> = snapshot_offsets(env, dir).await;
+    let live: Vec<i64> = offsets.iter().copied().filter(|o| *o <= log_end).collect();
+    let newest_kept_from = live.len().saturating_sub(PRODUCER_SNAPSHOTS_KEPT);
+    let newest_below_first = live.iter().copied().filter(|o| *o < first_base).max();
     for o in offsets {
-        let stale = if o > log_end {
-            true
-        } else {
-            below += 1;
-            below <= kept_from
-        };
-        if stale {
+        let keep = o <= log_end
+            && (o >= first_base
+                || Some(o) == newest_below_first
+                || live
+                    .iter()
+                    .position(|l| *l == o)
+                    .is_some_and(|i| i >= newest_kept_from));
+        if !keep {
             let path = dir.join(snapshot_file_name(o));
             if let Err(e) = env.disk.remove_file(&path).await {
                 warn!(snapshot = %path.display(), error = %e, "cannot remove an old producer state snapshot");
@@ -643,10 +644,23 @@ async fn prepare_for_appends(
         Vec::new()
     };
     let preallocated = super::log::preallocation_target(end, segment_bytes);
-    f.pre_allocate(preallocated)
-        .await
-        .ctx(|| format!("preallocating {}", path.display()))?;
-    Ok((tail_block, preallocated))
+    match f.pre_allocate(preallocated).await {
+        Ok(()) => Ok((tail_block, preallocated)),
+        Err(e) => {
+            let e = StorageError::io(format!("preallocating {}", path.display()), e);
+            if !e.is_disk_full() {
+                return Err(e);
+            }
+            // A full disk does not keep the partition from opening: it serves reads, and its
+            // first append finds the disk full (and takes writes again once there is room).
+            warn!(segment = %path.display(), "disk full: opening without preallocated space");
+            let size = f
+                .size()
+                .await
+                .ctx(|| format!("reading the size of {}", path.display()))?;
+            Ok((tail_block, size))
+        }
+    }
 }
 
 /// Fuzz harness (`sluice::fuzzing::segment_recovery`): recover a partition whose only segment

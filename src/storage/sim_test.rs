@@ -56,6 +56,8 @@ struct Appended {
     next_offset: i64,
     /// Idempotent batches: (first sequence, last sequence).
     sequences: Option<(i32, i32)>,
+    /// The log's generation when it was assigned its offsets.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -64,7 +66,7 @@ struct Model {
     /// offset (cut back to the log end at each reopen).
     appended: BTreeMap<i64, Appended>,
     /// Base offsets whose append was acknowledged (durable).
-    acked: BTreeMap<i64, i64>,
+    acked: BTreeMap<i64, (i64, u64)>,
     /// The highest high watermark any reader saw.
     seen_end: i64,
     /// The log start DeleteRecords made durable.
@@ -89,6 +91,11 @@ fn seeds() -> Vec<u64> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(SEEDS_QUICK);
     (0..n).collect()
+}
+
+/// `SLUICE_SIM_TRACE=1` prints every step (with a replayed seed).
+fn trace() -> bool {
+    std::env::var_os("SLUICE_SIM_TRACE").is_some()
 }
 
 /// Prints the replay command if the seed's run panics.
@@ -128,6 +135,8 @@ pub(crate) struct Stats {
     pub clean_stops: u64,
     pub faults: u64,
     pub reads: u64,
+    pub full_disks: u64,
+    pub truncations: u64,
 }
 
 impl Run {
@@ -156,6 +165,20 @@ impl Run {
         let log = PartitionLog::open_in(self.env.clone(), self.dir.clone(), cfg())
             .await
             .unwrap_or_else(|e| panic!("seed {}: reopen failed: {e}", self.seed));
+        if trace() {
+            eprintln!(
+                "reopened ({:?}): start {} end {}",
+                log.opened_from(),
+                log.log_start_offset().get(),
+                log.log_end_offset().get()
+            );
+            for seg in log.segment_summaries() {
+                eprintln!(
+                    "  segment {} size {} next {} offsets {:?}",
+                    seg.base, seg.size, seg.next_offset, seg.offsets
+                );
+            }
+        }
         self.check_reopened(&log).await;
         self.log = Some(log);
     }
@@ -189,12 +212,24 @@ impl Run {
             let Ok(info) = appended.await else { return };
             let base = info.base_offset.get();
             let next = info.last_offset.get() + 1;
+            // Offsets are assigned at the log end: whatever the model had from `base` on was
+            // given back (a full disk) or cut (a truncation). A duplicate keeps its entry.
+            if sequences.is_none_or(|(first, _)| {
+                model
+                    .borrow()
+                    .appended
+                    .get(&base)
+                    .is_none_or(|a| a.sequences.map(|s| s.0) != Some(first))
+            }) {
+                model.borrow_mut().appended.split_off(&base);
+            }
             model.borrow_mut().appended.insert(
                 base,
                 Appended {
                     bytes: stored(&sent, base),
                     next_offset: next,
                     sequences,
+                    generation: info.generation,
                 },
             );
             if log.wait_durable(&info).await.is_ok() {
@@ -203,7 +238,10 @@ impl Run {
                     m.appended.contains_key(&base),
                     "seed {seed}: acked batch {base} unknown"
                 );
-                m.acked.insert(base, next);
+                if trace() {
+                    eprintln!("acked {base}..{next} gen {}", info.generation);
+                }
+                m.acked.insert(base, (next, info.generation));
             }
         }));
     }
@@ -322,6 +360,9 @@ impl Run {
         let end = log.log_end_offset().get();
         let was_failed = log.failed();
         let closed = log.close().await;
+        if trace() {
+            eprintln!("close: {closed:?}");
+        }
         if was_failed || closed.is_err() {
             // A log that lost an fdatasync (before or during the close) does not close cleanly
             // and leaves no marker: the restart recovers it, like after a crash.
@@ -357,7 +398,7 @@ impl Run {
         );
         {
             let mut m = self.model.borrow_mut();
-            let acked_end = m.acked.values().copied().max().unwrap_or(0);
+            let acked_end = m.acked.values().map(|a| a.0).max().unwrap_or(0);
             assert!(
                 end >= acked_end,
                 "seed {seed}: log end {end} below the acknowledged end {acked_end}"
@@ -374,6 +415,9 @@ impl Run {
             );
             // What did not survive is forgotten: later appends reuse those offsets.
             m.appended.retain(|_, a| a.next_offset <= end);
+            // A reopened log starts again at generation 0: what survived predates it.
+            m.appended.values_mut().for_each(|a| a.generation = 0);
+            m.acked.values_mut().for_each(|a| a.1 = 0);
             m.seen_end = end;
         }
         self.stats.acked = self.model.borrow().acked.len() as u64;
@@ -402,7 +446,7 @@ impl Run {
         }
         {
             let m = self.model.borrow();
-            for (base, next) in &m.acked {
+            for (base, (next, _)) in &m.acked {
                 if *next <= m.log_start {
                     continue;
                 }
@@ -454,6 +498,96 @@ impl Run {
         self.model.borrow_mut().next_sequence = next_sequence;
     }
 
+    /// The disk fills up (the capacity drops to what is used plus a few KiB) or gets its space
+    /// back. Appends then fail with `DiskFull` or a full disk gives back what it could not
+    /// write: the log must stay up, lose nothing acknowledged and take writes again later.
+    fn fill_or_free_disk(&mut self) {
+        let mut faults = self.disk.faults();
+        faults.capacity_bytes = match faults.capacity_bytes {
+            Some(_) => None,
+            None => {
+                self.stats.full_disks += 1;
+                Some(self.disk.used_bytes() + self.rng.below(16 << 10))
+            }
+        };
+        self.disk.set_faults(faults);
+    }
+
+    /// Cut the log back to a random offset at or above the log start (what a replica does
+    /// when its leader lacks its suffix): the model forgets everything from the cut on,
+    /// acknowledged or not.
+    async fn truncate(&mut self) {
+        let log = self.log();
+        let start = log.log_start_offset().get();
+        let end = log.log_end_offset().get();
+        if log.failed() || end <= start {
+            return;
+        }
+        let target = end - self.rng.below(((end - start) as u64).min(40) + 1) as i64;
+        let before = log.generation();
+        match log.truncate_to(Offset(target)).await {
+            Ok(cut) => {
+                if trace() {
+                    eprintln!("truncated to {target}: cut {cut}");
+                }
+                self.stats.truncations += 1;
+                let cut = cut.get();
+                assert!(
+                    cut <= target,
+                    "seed {}: cut {cut} above {target}",
+                    self.seed
+                );
+                let mut m = self.model.borrow_mut();
+                // Appends assigned before the call and at or past the cut are gone; those
+                // after it (a later generation) may already be in.
+                m.appended.retain(|b, a| *b < cut || a.generation > before);
+                m.acked.retain(|b, a| *b < cut || a.1 > before);
+                m.seen_end = m.seen_end.min(cut);
+                m.log_start = m.log_start.min(cut);
+                // The producer's sequences past the cut are gone with it.
+                m.next_sequence = m
+                    .appended
+                    .values()
+                    .rev()
+                    .find_map(|a| a.sequences.map(|(_, last)| last + 1))
+                    .unwrap_or(0);
+                // What survived the cut still reads back.
+                let hw = log.high_watermark().get();
+                let below_hw = m
+                    .appended
+                    .range(start..)
+                    .rev()
+                    .find(|(_, a)| a.next_offset <= hw);
+                if let Some((&base, _)) = below_hw {
+                    drop(m);
+                    let data = log.read(Offset(base), 1).await.unwrap_or_else(|e| {
+                        panic!("seed {}: read {base} after a cut: {e}", self.seed)
+                    });
+                    self.check_batches(&data.records, base, log.high_watermark().get());
+                }
+            }
+            // A log that failed meanwhile (an fdatasync fault) refuses it. The cut may or may
+            // not have happened: what it would remove need not survive (no longer acked) but
+            // may (still known).
+            Err(e) => {
+                assert!(
+                    log.failed(),
+                    "seed {}: truncate_to({target}): {e}",
+                    self.seed
+                );
+                let mut m = self.model.borrow_mut();
+                m.acked.retain(|_, a| a.0 <= target);
+                let holding = m
+                    .appended
+                    .range(..=target)
+                    .next_back()
+                    .filter(|(_, a)| a.next_offset > target)
+                    .map_or(target, |(b, _)| *b);
+                m.seen_end = m.seen_end.min(holding);
+            }
+        }
+    }
+
     /// A disk fault: the next fdatasync fails (the log must stop acknowledging: it goes
     /// offline until reopened), or the next read fails (only that read fails).
     async fn fault(&mut self) {
@@ -476,8 +610,23 @@ impl Run {
     }
 
     async fn step(&mut self) {
-        match self.rng.below(100) {
-            0..=53 => self.append(),
+        let pick = self.rng.below(100);
+        if trace() {
+            let log = self.log();
+            eprintln!(
+                "step {pick}: start {} hw {} durable {} end {} gen {} full {}",
+                log.log_start_offset().get(),
+                log.high_watermark().get(),
+                log.durable_end_offset().get(),
+                log.log_end_offset().get(),
+                log.generation(),
+                log.disk_full()
+            );
+        }
+        match pick {
+            0..=51 => self.append(),
+            52 => self.fill_or_free_disk(),
+            53 => self.truncate().await,
             54 => self.fault().await,
             55..=69 => self.read().await,
             70..=79 => {
@@ -523,6 +672,8 @@ fn simulated_crashes_lose_nothing_acknowledged() {
             total.clean_stops += s.clean_stops;
             total.reads += s.reads;
             total.faults += s.faults;
+            total.full_disks += s.full_disks;
+            total.truncations += s.truncations;
         }
         eprintln!("simulation: {} seeds, {total:?}", seeds.len());
         assert!(

@@ -71,7 +71,15 @@ impl PartitionLog {
             {
                 let st = self.state.borrow();
                 if st.truncate_request.is_none() && st.generation > generation {
-                    return Ok(Offset(st.log_end));
+                    // The cut is the lowest since the call (appends may follow it at once).
+                    let cut = st
+                        .truncations
+                        .iter()
+                        .filter(|(g, _)| *g > generation)
+                        .map(|(_, to)| *to)
+                        .min()
+                        .unwrap_or(st.log_end);
+                    return Ok(Offset(cut));
                 }
                 if let Some(e) = st.failed_error() {
                     return Err(e);
@@ -122,6 +130,12 @@ impl PartitionLog {
         let st = self.state.borrow();
         let (e, end) = st.epochs.end_offset_for(epoch, st.log_end);
         (e, Offset(end))
+    }
+
+    /// Bumped by every truncation (a `truncate_to`, or a full disk giving back what it could
+    /// not write); [`AppendInfo::generation`](super::AppendInfo) is the one an append saw.
+    pub fn generation(&self) -> u64 {
+        self.state.borrow().generation
     }
 
     /// The leader-epoch cache, oldest first.

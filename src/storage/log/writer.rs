@@ -132,7 +132,8 @@ impl PartitionLog {
                 assert_eq!(offset, base, "producer snapshots follow segment rolls");
                 self.write_snapshot(offset, &bytes).await?;
                 *w = self.create_segment(base).await?;
-                recovery::remove_stale_snapshots(&self.env, &self.dir, offset).await;
+                let first_base = self.state.borrow().segments[0].base_offset;
+                recovery::remove_stale_snapshots(&self.env, &self.dir, first_base, offset).await;
             }
             self.write_group(w, group).await?;
             if self.cfg().flush == FlushPolicy::Always {
@@ -356,7 +357,8 @@ impl PartitionLog {
             .sync_dir(&self.dir)
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
-        recovery::remove_stale_snapshots(&self.env, &self.dir, log_end).await;
+        let first_base = self.state.borrow().segments[0].base_offset;
+        recovery::remove_stale_snapshots(&self.env, &self.dir, first_base, log_end).await;
         // Last: everything the marker vouches for is durable by now.
         let marker = {
             let st = self.state.borrow();
@@ -470,7 +472,8 @@ impl PartitionLog {
     /// the recovery code: segments, indexes, producer state. Returns the new log end.
     ///
     /// On disk, in an order a crash can interrupt anywhere: later segments are removed newest
-    /// first (index files, then the `.log`), the segment holding the cut is truncated and
+    /// first (index files, then the `.log`) and the directory synced, the segment holding the
+    /// cut is truncated and
     /// fdatasynced (and its index files removed, as it becomes the active segment), producer
     /// snapshots past the cut are removed, the directory is synced. Whatever a crash leaves is
     /// a prefix of the log that recovery opens as usual.
@@ -482,6 +485,9 @@ impl PartitionLog {
             st.pending_snapshots.clear();
             st.pending_bytes = 0;
             let target = target.min(st.durable_end).max(st.log_start);
+            // Readers stop short of what is about to go (a truncation below the high
+            // watermark), before anything is removed.
+            st.high_watermark = st.high_watermark.min(target);
             let i = st
                 .segments
                 .partition_point(|s| s.base_offset <= target)
@@ -512,6 +518,15 @@ impl PartitionLog {
             }
             found.unwrap_or((end, target))
         };
+        let log_start = {
+            let mut st = self.state.borrow_mut();
+            st.high_watermark = st.high_watermark.min(cut);
+            st.log_start
+        };
+        // A cut inside the batch the log start falls in empties the log: it starts at the cut.
+        if cut < log_start {
+            super::retention::write_log_start_file(&self.env, &self.dir, cut).await?;
+        }
         let (removed, cut_was_sealed) = {
             let mut st = self.state.borrow_mut();
             let removed: Vec<(i64, Option<SegmentFile>)> = st
@@ -537,6 +552,14 @@ impl PartitionLog {
             ] {
                 remove(segment_path(&self.dir, *b, suffix)).await?;
             }
+        }
+        if !removed.is_empty() {
+            // Durable before the cut segment shrinks: a crash never leaves a hole.
+            self.env
+                .disk
+                .sync_dir(&self.dir)
+                .await
+                .ctx(|| format!("syncing {}", self.dir.display()))?;
         }
         let path = segment_path(&self.dir, base, crate::storage::segment::LOG_SUFFIX);
         let f = if w.segment_base == base {
@@ -586,6 +609,7 @@ impl PartitionLog {
             let mut st = self.state.borrow_mut();
             let old = std::mem::replace(&mut st.segments, std::mem::take(&mut rec.segments));
             st.log_end = cut;
+            st.log_start = st.log_start.min(cut);
             st.durable_end = cut;
             st.high_watermark = st.high_watermark.min(cut);
             st.hw_target = st.hw_target.map(|t| t.min(cut));
