@@ -781,3 +781,284 @@ fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
         log.wait_durable(&next).await.unwrap();
     });
 }
+
+fn sim_env(seed: u64) -> (SimDisk, Env, Rc<ManualClock>) {
+    let disk = SimDisk::new(seed, Faults::default());
+    let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+    let env = Env {
+        disk: Rc::new(disk.clone()),
+        clock: clock.clone(),
+    };
+    (disk, env, clock)
+}
+
+async fn open_sim(env: &Env, dir: &str) -> Rc<PartitionLog> {
+    let dir = PathBuf::from(dir);
+    env.disk.create_dir_all(&dir).await.unwrap();
+    PartitionLog::open_in(env.clone(), dir, cfg())
+        .await
+        .unwrap()
+}
+
+/// Append and wait until durable.
+async fn produce(
+    log: &Rc<PartitionLog>,
+    b: Bytes,
+) -> Result<super::AppendInfo, super::StorageError> {
+    let info = log.append(b).await?;
+    log.wait_durable(&info).await?;
+    Ok(info)
+}
+
+/// Every batch header in `records`.
+fn headers(records: &Bytes) -> Vec<batch::BatchHeader> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < records.len() {
+        let h = batch::BatchHeader::parse(&records[pos..]).unwrap();
+        pos += h.size();
+        out.push(h);
+    }
+    out
+}
+
+/// A full disk answers produce with KAFKA_STORAGE_ERROR, gives back what it could not write,
+/// keeps serving reads and takes writes again once space is freed, without a reopen; nothing
+/// acknowledged is lost across a crash afterwards.
+#[test]
+fn a_full_disk_refuses_writes_until_space_is_freed() {
+    crate::runtime::block_on_test(|| async {
+        let (disk, env, clock) = sim_env(7);
+        let log = open_sim(&env, "/data/full-0").await;
+        let mut acked = Vec::new();
+        for i in 0..5 {
+            acked.push(
+                produce(&log, test_util::encode_batch(0, 4, i, 100))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // No room left beyond what is allocated now.
+        disk.set_faults(Faults {
+            capacity_bytes: Some(disk.used_bytes()),
+            ..Faults::default()
+        });
+        let mut refused = None;
+        for i in 0..200 {
+            match produce(&log, test_util::encode_batch(0, 4, i, 700)).await {
+                Ok(info) => acked.push(info),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = refused.expect("a full disk refuses a produce");
+        assert_eq!(e.kafka_error_code(), 56, "KAFKA_STORAGE_ERROR: {e}");
+        assert!(e.is_disk_full(), "{e}");
+        assert!(log.disk_full() && !log.failed(), "full, not failed");
+        assert_eq!(
+            log.log_end_offset(),
+            log.high_watermark(),
+            "nothing unwritten is kept"
+        );
+        // Reads go on.
+        let data = log.read(Offset(0), 1 << 20).await.unwrap();
+        assert_eq!(headers(&data.records)[0].base_offset, 0);
+        // Still full: refused at once.
+        let e = log
+            .append(test_util::encode_batch(0, 1, 0, 10))
+            .await
+            .unwrap_err();
+        assert!(e.is_disk_full());
+        // Space freed: after the probe interval an append asks for a probe, the next one goes
+        // through.
+        disk.set_faults(Faults::default());
+        clock.advance(Duration::from_secs(1));
+        let mut attempts = 0;
+        let info = loop {
+            attempts += 1;
+            assert!(attempts < 10, "writes did not resume after space was freed");
+            match produce(&log, test_util::encode_batch(0, 2, 0, 10)).await {
+                Ok(info) => break info,
+                Err(e) => assert!(e.is_disk_full(), "{e}"),
+            }
+            futures_lite::future::yield_now().await;
+        };
+        assert!(!log.disk_full());
+        acked.push(info);
+        // A crash keeps everything acknowledged.
+        drop(log);
+        disk.crash();
+        let log = open_sim(&env, "/data/full-0").await;
+        let end = acked.last().unwrap().last_offset.get() + 1;
+        assert!(log.log_end_offset().get() >= end);
+        for a in &acked {
+            let data = log.read(a.base_offset, 1).await.unwrap();
+            assert_eq!(headers(&data.records)[0].base_offset, a.base_offset.get());
+        }
+    });
+}
+
+/// A broker restarted on a full disk opens its partitions (no preallocation) and serves reads.
+#[test]
+fn a_log_opens_on_a_full_disk() {
+    crate::runtime::block_on_test(|| async {
+        let (disk, env, _) = sim_env(8);
+        let log = open_sim(&env, "/data/t-0").await;
+        produce(&log, test_util::encode_batch(0, 3, 0, 100))
+            .await
+            .unwrap();
+        drop(log);
+        disk.crash();
+        disk.set_faults(Faults {
+            capacity_bytes: Some(disk.used_bytes()),
+            ..Faults::default()
+        });
+        let log = open_sim(&env, "/data/t-0").await;
+        assert_eq!(log.log_end_offset().get(), 3);
+        assert!(
+            !log.read(Offset(0), 1 << 20)
+                .await
+                .unwrap()
+                .records
+                .is_empty()
+        );
+    });
+}
+
+/// Leader epochs are stamped into batches and recorded where they begin; a truncation drops
+/// the batch holding the offset and everything after it, with its producer state and epochs,
+/// durably.
+#[test]
+fn truncate_to_drops_the_suffix_its_producer_state_and_epochs() {
+    crate::runtime::block_on_test(|| async {
+        let (disk, env, _) = sim_env(9);
+        let log = open_sim(&env, "/data/t-0").await;
+        log.start_leader_epoch(1).await.unwrap();
+        for seq in 0..3 {
+            produce(
+                &log,
+                test_util::encode_idempotent(PRODUCER_ID, 0, seq * 4, 4, 0),
+            )
+            .await
+            .unwrap();
+        }
+        log.start_leader_epoch(2).await.unwrap();
+        let second = produce(&log, test_util::encode_idempotent(PRODUCER_ID, 0, 12, 4, 0))
+            .await
+            .unwrap();
+        produce(&log, test_util::encode_batch(0, 3, 0, 50))
+            .await
+            .unwrap();
+        assert_eq!(second.base_offset.get(), 12);
+        let epochs: Vec<(i32, i64)> = log
+            .leader_epochs()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect();
+        assert_eq!(epochs, vec![(1, 0), (2, 12)]);
+        assert_eq!(log.end_offset_for_epoch(1), (1, Offset(12)));
+        assert_eq!(log.end_offset_for_epoch(2), (2, Offset(19)));
+        let all = log.read(Offset(0), 1 << 20).await.unwrap().records;
+        let stamped: Vec<i32> = headers(&all)
+            .iter()
+            .map(|h| h.partition_leader_epoch)
+            .collect();
+        assert_eq!(stamped, vec![1, 1, 1, 2, 2]);
+
+        // Inside the epoch-2 batch 12..16: that batch goes, the log ends at 12.
+        assert_eq!(log.truncate_to(Offset(14)).await.unwrap(), Offset(12));
+        assert_eq!(log.log_end_offset().get(), 12);
+        assert_eq!(log.high_watermark().get(), 12);
+        assert_eq!(log.leader_epochs().len(), 1);
+        assert!(log.read(Offset(13), 100).await.is_err(), "past the end");
+        // The producer's state is back at sequence 11: sequence 12 is new again.
+        let again = produce(&log, test_util::encode_idempotent(PRODUCER_ID, 0, 12, 4, 0))
+            .await
+            .unwrap();
+        assert_eq!(
+            again.base_offset.get(),
+            12,
+            "appended anew, not a duplicate"
+        );
+        // Durable: a crash keeps the cut and the epochs.
+        drop(log);
+        disk.crash();
+        let log = open_sim(&env, "/data/t-0").await;
+        assert_eq!(log.log_end_offset().get(), 16);
+        let epochs: Vec<(i32, i64)> = log
+            .leader_epochs()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect();
+        assert_eq!(epochs, vec![(1, 0)]);
+        // Truncation below the start is refused; at or past the end changes nothing.
+        assert_eq!(log.truncate_to(Offset(99)).await.unwrap(), Offset(16));
+    });
+}
+
+/// A follower stores the leader's batches byte for byte at the leader's offsets, learns its
+/// epochs from them, refuses a gap, and shows consumers only what the caller's high
+/// watermark allows while its durable end runs ahead.
+#[test]
+fn a_follower_appends_at_the_leaders_offsets() {
+    crate::runtime::block_on_test(|| async {
+        let (_disk, env, _) = sim_env(10);
+        let leader = open_sim(&env, "/data/leader-0").await;
+        let follower = open_sim(&env, "/data/follower-0").await;
+        leader.start_leader_epoch(4).await.unwrap();
+        for i in 0..4 {
+            produce(&leader, test_util::encode_batch(0, 3, i, 40))
+                .await
+                .unwrap();
+        }
+        produce(
+            &leader,
+            test_util::encode_idempotent(PRODUCER_ID, 0, 0, 2, 0),
+        )
+        .await
+        .unwrap();
+        let bytes = leader.read(Offset(0), 1 << 20).await.unwrap().records;
+        follower.set_high_watermark(Offset(0));
+        let info = follower.append_replicated(bytes.clone()).await.unwrap();
+        assert_eq!((info.base_offset.get(), info.last_offset.get()), (0, 13));
+        follower.wait_durable(&info).await.unwrap();
+        assert_eq!(follower.durable_end_offset().get(), 14);
+        assert_eq!(
+            follower.high_watermark().get(),
+            0,
+            "the caller's high watermark holds"
+        );
+        follower.set_high_watermark(Offset(6));
+        assert_eq!(follower.high_watermark().get(), 6);
+        assert!(
+            follower.read(Offset(7), 100).await.is_err(),
+            "above the high watermark"
+        );
+        follower.set_high_watermark(Offset(14));
+        let copy = follower.read(Offset(0), 1 << 20).await.unwrap().records;
+        assert_eq!(copy, bytes, "byte for byte");
+        let epochs: Vec<(i32, i64)> = follower
+            .leader_epochs()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect();
+        assert_eq!(epochs, vec![(4, 0)]);
+        // The producer's state came along: its retry is a duplicate on the follower too.
+        assert_eq!(follower.producers()[0].last_sequence, 1);
+        // A gap is refused.
+        let gap = leader.read(Offset(3), 1).await.unwrap().records;
+        let e = follower.append_replicated(gap).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                super::StorageError::NotContiguous {
+                    expected: 14,
+                    got: 3
+                }
+            ),
+            "{e}"
+        );
+    });
+}
