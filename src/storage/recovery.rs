@@ -91,7 +91,9 @@ pub(super) async fn recover(
         bases.push(0);
     }
     let marker = take_marker(env, dir, created).await?;
-    let (from, mut producers) = load_newest_snapshot(env, dir).await.unwrap_or_default();
+    let (from, mut producers) = load_newest_snapshot(env, dir, i64::MAX)
+        .await
+        .unwrap_or_default();
     let mut segments = Vec::with_capacity(bases.len());
     for w in bases.windows(2) {
         let seg = recover_sealed(env, dir, w[0], w[1], cfg).await?;
@@ -130,13 +132,24 @@ pub(super) async fn recover(
     let log_end = active.next_offset;
     let written = active.size;
     if from > log_end {
-        warn!(dir = %dir.display(), snapshot = from, log_end,
-            "producer state snapshot is past the end of the log: replaying the whole log");
-        producers = ProducerStateTable::default();
+        // Possible only if the disk lost synced data or a truncation was cut short: the
+        // newest snapshot at or below the end, and a replay from it (a replay of the whole
+        // log would forget the producers of deleted segments).
+        let (at, table) = load_newest_snapshot(env, dir, log_end)
+            .await
+            .unwrap_or_default();
+        warn!(dir = %dir.display(), snapshot = from, log_end, replay_from = at,
+            "producer state snapshot is past the end of the log: replaying from an older one");
+        producers = table;
         for seg in &segments {
-            replay_sealed(env, dir, seg, 0, &mut producers).await?;
+            replay_sealed(env, dir, seg, at, &mut producers).await?;
         }
-        replay(file.clone(), 0, written, 0, &mut producers).await?;
+        let start = if at > active.base_offset {
+            active.lookup_position(at)
+        } else {
+            0
+        };
+        replay(file.clone(), start, written, at, &mut producers).await?;
     }
     segments.push(active);
     producers.remove_expired(env.clock.wall_ms());
@@ -344,8 +357,15 @@ pub(super) async fn snapshot_offsets(env: &Env, dir: &Path) -> Vec<i64> {
 
 /// The newest snapshot that reads back valid (a damaged one is logged and
 /// removed: the replay from an older one covers its range).
-async fn load_newest_snapshot(env: &Env, dir: &Path) -> Option<(i64, ProducerStateTable)> {
+async fn load_newest_snapshot(
+    env: &Env,
+    dir: &Path,
+    at_most: i64,
+) -> Option<(i64, ProducerStateTable)> {
     for offset in snapshot_offsets(env, dir).await.into_iter().rev() {
+        if offset > at_most {
+            continue;
+        }
         let path = dir.join(snapshot_file_name(offset));
         match env
             .disk

@@ -213,25 +213,28 @@ impl Run {
             let base = info.base_offset.get();
             let next = info.last_offset.get() + 1;
             // Offsets are assigned at the log end: whatever the model had from `base` on was
-            // given back (a full disk) or cut (a truncation). A duplicate keeps its entry.
-            if sequences.is_none_or(|(first, _)| {
+            // given back (a full disk) or cut (a truncation). A duplicate is the batch already
+            // there: its entry stays.
+            let duplicate = sequences.is_some_and(|(first, _)| {
                 model
                     .borrow()
                     .appended
                     .get(&base)
-                    .is_none_or(|a| a.sequences.map(|s| s.0) != Some(first))
-            }) {
-                model.borrow_mut().appended.split_off(&base);
+                    .is_some_and(|a| a.sequences.map(|s| s.0) == Some(first))
+            });
+            if !duplicate {
+                let mut m = model.borrow_mut();
+                m.appended.split_off(&base);
+                m.appended.insert(
+                    base,
+                    Appended {
+                        bytes: stored(&sent, base),
+                        next_offset: next,
+                        sequences,
+                        generation: info.generation,
+                    },
+                );
             }
-            model.borrow_mut().appended.insert(
-                base,
-                Appended {
-                    bytes: stored(&sent, base),
-                    next_offset: next,
-                    sequences,
-                    generation: info.generation,
-                },
-            );
             if log.wait_durable(&info).await.is_ok() {
                 let mut m = model.borrow_mut();
                 assert!(

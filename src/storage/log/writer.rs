@@ -472,10 +472,9 @@ impl PartitionLog {
     /// the recovery code: segments, indexes, producer state. Returns the new log end.
     ///
     /// On disk, in an order a crash can interrupt anywhere: later segments are removed newest
-    /// first (index files, then the `.log`) and the directory synced, the segment holding the
-    /// cut is truncated and
-    /// fdatasynced (and its index files removed, as it becomes the active segment), producer
-    /// snapshots past the cut are removed, the directory is synced. Whatever a crash leaves is
+    /// first (index files, then the `.log`), producer snapshots past the cut are removed, the
+    /// directory is synced; then the segment holding the cut is truncated and fdatasynced (and
+    /// its index files removed, as it becomes the active segment), the directory synced. Whatever a crash leaves is
     /// a prefix of the log that recovery opens as usual.
     pub(super) async fn reset_to(&self, w: &mut Writer, target: i64) -> Result<i64, StorageError> {
         let _admin = self.admin_lock.lock().await;
@@ -553,7 +552,14 @@ impl PartitionLog {
                 remove(segment_path(&self.dir, *b, suffix)).await?;
             }
         }
-        if !removed.is_empty() {
+        // Snapshots past the cut describe batches that go: removed first, so recovery never
+        // prefers one of them to a replay from an older one.
+        for at in recovery::snapshot_offsets(&self.env, &self.dir).await {
+            if at > cut {
+                remove(self.dir.join(snapshot_file_name(at))).await?;
+            }
+        }
+        {
             // Durable before the cut segment shrinks: a crash never leaves a hole.
             self.env
                 .disk
@@ -585,11 +591,6 @@ impl PartitionLog {
         if cut_was_sealed {
             for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
                 remove(segment_path(&self.dir, base, suffix)).await?;
-            }
-        }
-        for at in recovery::snapshot_offsets(&self.env, &self.dir).await {
-            if at > cut {
-                remove(self.dir.join(snapshot_file_name(at))).await?;
             }
         }
         self.env
