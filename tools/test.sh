@@ -8,7 +8,7 @@
 # Set-up, each step skipped when already in place (a second run only checks, in about a second):
 #   1. Debian packages (apt-get, as root; otherwise it prints the command to run and stops):
 #      cmake, libcurl4-openssl-dev, build-essential, pkg-config: the rdkafka crate compiles
-#      librdkafka from source; kcat: the librdkafka 2.0.2 client check; systemd: systemd-analyze
+#      librdkafka from source; kcat: the librdkafka 2.0.2 client check; systemd: systemd-analyze; e2fsprogs, mount: the loop-mounted ext4 of the disk-fault tests
 #      verify of tuning/sluice.service; python3-venv: the Python clients' virtual environment;
 #      nodejs, npm: the kafkajs clients.
 #   2. The pinned Python clients (tests/clients/requirements.txt) in tests/clients/.venv, a
@@ -24,7 +24,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # 1. Debian packages.
-debian_packages=(cmake libcurl4-openssl-dev build-essential pkg-config kcat systemd python3-venv)
+debian_packages=(cmake libcurl4-openssl-dev build-essential pkg-config kcat systemd python3-venv e2fsprogs mount)
 command -v node >/dev/null && command -v npm >/dev/null || debian_packages+=(nodejs npm)
 
 missing=()

@@ -70,6 +70,8 @@ pub struct BrokerOptions {
     /// Further `sluice serve` flags, passed as given (e.g.
     /// `--group-initial-rebalance-delay-ms 100`).
     pub extra_args: Vec<String>,
+    /// The data directory; None: `data` in the test's temporary directory.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A running (or stopped) Sluice broker owned by one test.
@@ -101,7 +103,10 @@ impl Broker {
             .prefix("sluice-it-")
             .tempdir()
             .expect("create temp dir");
-        let data_dir = temp.path().join("data");
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| temp.path().join("data"));
         let log_dir = temp.path().join("logs");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         std::fs::create_dir_all(&log_dir).expect("create log dir");
