@@ -8,9 +8,10 @@
 # Set-up, each step skipped when already in place (a second run only checks, in about a second):
 #   1. Debian packages (apt-get, as root; otherwise it prints the command to run and stops):
 #      cmake, libcurl4-openssl-dev, build-essential, pkg-config: the rdkafka crate compiles
-#      librdkafka from source; kcat: the librdkafka 2.0.2 client check; systemd: systemd-analyze; e2fsprogs, mount: the loop-mounted ext4 of the disk-fault tests
+#      librdkafka from source; kcat: the librdkafka 2.0.2 client check; systemd: systemd-analyze
 #      verify of tuning/sluice.service; python3-venv: the Python clients' virtual environment;
-#      nodejs, npm: the kafkajs clients.
+#      e2fsprogs, mount: the loop-mounted ext4 of the disk-fault tests; nodejs, npm: the
+#      kafkajs clients.
 #   2. The pinned Python clients (tests/clients/requirements.txt) in tests/clients/.venv, a
 #      virtual environment of its own: the tests run its python3, never the system's packages.
 #   3. The pinned npm packages (tests/clients/package-lock.json), `npm ci` in tests/clients.
