@@ -220,8 +220,7 @@ where
     Ok(())
 }
 
-/// Run `f()` to completion on a fresh executor thread (unit tests).
-#[cfg(test)]
+/// Run `f()` to completion on a fresh executor thread (unit tests, fuzz harnesses).
 pub fn block_on_test<F, Fut>(f: F) -> Fut::Output
 where
     F: FnOnce() -> Fut + Send + 'static,

@@ -198,7 +198,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, ConnectionError> {
     })
 }
 
-fn start_request(
+pub(crate) fn start_request(
     shard: Rc<Shard>,
     frame: Bytes,
     started: Instant,
