@@ -202,7 +202,10 @@ mod tests {
         assert!(runs >= 1000, "the request corpus is too small: {runs}");
         let answered = super::DISPATCH_ANSWERED.load(std::sync::atomic::Ordering::Relaxed);
         eprintln!("dispatch smoke: {runs} inputs, {answered} answered");
-        assert!(answered >= 100, "the handlers answered only {answered} requests");
+        assert!(
+            answered >= 100,
+            "the handlers answered only {answered} requests"
+        );
     }
 
     #[test]

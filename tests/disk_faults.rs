@@ -78,7 +78,9 @@ impl LoopFs {
             .and_then(|f| f.set_len(size_mib << 20))
             .expect("image file");
         // No blocks reserved for root (the broker runs as root here): full means full.
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image));
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&image));
         let mut fs = LoopFs {
             image,
             mount,
@@ -125,7 +127,12 @@ impl LoopFs {
         // SAFETY: ioctl on an open descriptor with a pointer to a live u32, as the kernel's
         // EXT4_IOC_SHUTDOWN expects.
         let rc = unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_SHUTDOWN as _, &flags) };
-        assert_eq!(rc, 0, "EXT4_IOC_SHUTDOWN: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "EXT4_IOC_SHUTDOWN: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Fill the file system with one file until writes fail with ENOSPC; returns its path.
@@ -174,7 +181,9 @@ fn no_retry_producer(bootstrap: &str) -> FutureProducer {
 
 /// Produce one message: its offset, or the error librdkafka reports (no retries).
 async fn send(producer: &FutureProducer, topic: &str, value: &[u8]) -> Result<i64, KafkaError> {
-    let record = FutureRecord::<(), [u8]>::to(topic).partition(0).payload(value);
+    let record = FutureRecord::<(), [u8]>::to(topic)
+        .partition(0)
+        .payload(value);
     match producer.send(record, Duration::from_secs(30)).await {
         Ok(delivery) => Ok(delivery.offset),
         Err((e, _)) => Err(e),
@@ -246,7 +255,9 @@ async fn a_full_disk_refuses_produce_and_takes_writes_again_once_space_is_freed(
     let mut acked: Vec<(i64, Vec<u8>)> = Vec::new();
     for i in 0..100 {
         let v = value(i);
-        let offset = send(&producer, TOPIC, &v).await.expect("produce before the disk is full");
+        let offset = send(&producer, TOPIC, &v)
+            .await
+            .expect("produce before the disk is full");
         acked.push((offset, v));
     }
 
@@ -264,7 +275,10 @@ async fn a_full_disk_refuses_produce_and_takes_writes_again_once_space_is_freed(
         }
     }
     let refused = refused.expect("a full disk refuses produce");
-    assert!(is_storage_error(&refused), "expected KAFKA_STORAGE_ERROR, got {refused}");
+    assert!(
+        is_storage_error(&refused),
+        "expected KAFKA_STORAGE_ERROR, got {refused}"
+    );
     assert!(broker.is_running(), "the broker survives a full disk");
     let logs = broker.logs_text();
     assert!(logs.contains("disk full"), "the broker logs the full disk");
@@ -291,10 +305,15 @@ async fn a_full_disk_refuses_produce_and_takes_writes_again_once_space_is_freed(
         }
     }
     let resumed = resumed.expect("produce works again once space is freed");
-    assert_eq!(resumed, end, "offsets continue where the acknowledged ones ended");
+    assert_eq!(
+        resumed, end,
+        "offsets continue where the acknowledged ones ended"
+    );
     for i in 0..50 {
         let v = value(200_000 + i);
-        let offset = send(&producer, TOPIC, &v).await.expect("produce after recovery");
+        let offset = send(&producer, TOPIC, &v)
+            .await
+            .expect("produce after recovery");
         acked.push((offset, v));
     }
 
@@ -304,14 +323,19 @@ async fn a_full_disk_refuses_produce_and_takes_writes_again_once_space_is_freed(
     let end = acked.last().unwrap().0 + 1;
     let read = consume(&bootstrap, TOPIC, end);
     let acked_values: Vec<Vec<u8>> = acked.into_iter().map(|(_, v)| v).collect();
-    assert_eq!(read, acked_values, "acknowledged messages survive, in order");
+    assert_eq!(
+        read, acked_values,
+        "acknowledged messages survive, in order"
+    );
     broker.stop();
 }
 
 #[tokio::test]
 async fn a_failing_disk_answers_with_storage_errors_and_a_restart_recovers() {
     const TOPIC: &str = "disk-eio";
-    let Some(mut fs) = LoopFs::create(48) else { return };
+    let Some(mut fs) = LoopFs::create(48) else {
+        return;
+    };
     let mut broker = broker_on(&fs);
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, TOPIC, 1).await;
@@ -319,7 +343,9 @@ async fn a_failing_disk_answers_with_storage_errors_and_a_restart_recovers() {
     let mut acked = Vec::new();
     for i in 0..300 {
         let v = value(i);
-        let offset = send(&producer, TOPIC, &v).await.expect("produce on a healthy disk");
+        let offset = send(&producer, TOPIC, &v)
+            .await
+            .expect("produce on a healthy disk");
         assert_eq!(offset, i as i64);
         acked.push(v);
     }
@@ -342,7 +368,10 @@ async fn a_failing_disk_answers_with_storage_errors_and_a_restart_recovers() {
         let e = send(&producer, TOPIC, &value(1000 + i))
             .await
             .expect_err("produce onto a failed disk");
-        assert!(is_storage_error(&e), "expected KAFKA_STORAGE_ERROR, got {e}");
+        assert!(
+            is_storage_error(&e),
+            "expected KAFKA_STORAGE_ERROR, got {e}"
+        );
     }
     assert!(broker.is_running(), "the broker survives a failing disk");
     common::raw_api_versions_v0(broker.addr(), 9).expect("the broker still answers");
@@ -354,7 +383,9 @@ async fn a_failing_disk_answers_with_storage_errors_and_a_restart_recovers() {
     broker.restart();
     assert_eq!(consume(&bootstrap, TOPIC, acked.len() as i64), acked);
     let producer = no_retry_producer(&bootstrap);
-    let next = send(&producer, TOPIC, &value(5000)).await.expect("produce after restart");
+    let next = send(&producer, TOPIC, &value(5000))
+        .await
+        .expect("produce after restart");
     assert_eq!(next, acked.len() as i64);
     broker.stop();
 }

@@ -8,7 +8,9 @@
 //!   were made durable by a directory sync, plus an arbitrary prefix of the changes made since.
 //!   Every handle opened before the crash fails afterwards.
 //! - **Faults**: writes, reads and fdatasyncs fail with EIO with a configurable probability, or
-//!   exactly the next N of a kind; the disk fills up (ENOSPC) at a configurable capacity.
+//!   exactly the next N of a kind; the disk fills up (ENOSPC) at a configurable capacity;
+//!   operations are slow with a configurable probability (they let other tasks run first, so
+//!   completions come in other orders).
 //!
 //! Files are inodes, directories map names to inodes, so a rename moves content atomically
 //! and a file removed while open stays readable through its handle, as on ext4.
@@ -66,6 +68,29 @@ pub struct Faults {
     pub sync_error: f64,
     /// Bytes the disk holds (files' allocated sizes); `None`: unbounded.
     pub capacity_bytes: Option<u64>,
+    /// Probability that an operation is slow: it lets the other tasks run (up to 32 turns)
+    /// before it takes effect, so completions come in other orders.
+    pub slow: f64,
+}
+
+/// One turn for the other tasks.
+#[derive(Default)]
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 /// The file operations that can fail on purpose.
@@ -251,6 +276,19 @@ impl SimDisk {
         st.inodes.retain(|i, _| linked.contains(i));
     }
 
+    /// A slow operation waits a few turns first (see [`Faults::slow`]).
+    async fn delay(&self) {
+        let p = self.faults.get().slow;
+        let turns = if p > 0.0 && self.rng.borrow_mut().chance(p) {
+            1 + self.rng.borrow_mut().below(32)
+        } else {
+            0
+        };
+        for _ in 0..turns {
+            YieldNow::default().await;
+        }
+    }
+
     /// EIO if an injected fault of this kind is due: one of the next N armed by
     /// [`SimDisk::fail_next`], or by the kind's probability in [`Faults`].
     fn inject(&self, op: Op, path: &Path) -> io::Result<()> {
@@ -391,6 +429,7 @@ impl DiskFile for SimFile {
     }
 
     async fn write_at(&self, buf: IoBuffer, pos: u64) -> io::Result<()> {
+        self.disk.delay().await;
         assert!(pos.is_multiple_of(SECTOR), "unaligned write at {pos}");
         assert!(self.writable, "write to a read-only handle");
         let data = buf.as_slice().to_vec();
@@ -409,6 +448,7 @@ impl DiskFile for SimFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        self.disk.delay().await;
         self.disk.inject(Op::Read, &self.path)?;
         self.with_inode(|inode| {
             let start = (pos as usize).min(inode.current.len());
@@ -418,6 +458,7 @@ impl DiskFile for SimFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
+        self.disk.delay().await;
         // On failure the writes stay unsynced: a crash may keep or lose them.
         self.disk.inject(Op::Sync, &self.path)?;
         self.with_inode(|inode| {
@@ -428,6 +469,7 @@ impl DiskFile for SimFile {
     }
 
     async fn pre_allocate(&self, size: u64) -> io::Result<()> {
+        self.disk.delay().await;
         self.ensure_space(size)?;
         self.with_inode(|inode| {
             if (inode.current.len() as u64) < size {
@@ -524,6 +566,7 @@ impl Disk for SimDisk {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.delay().await;
         let mut st = self.state.borrow_mut();
         let d = st.dirs.get_mut(dir).ok_or_else(|| not_found(dir))?;
         d.durable = d.current.clone();
