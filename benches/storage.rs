@@ -136,9 +136,7 @@ fn segment_append(c: &mut Criterion) {
                     for _ in 0..iters {
                         let info = log.append(b.clone()).await.expect("append");
                         if durable {
-                            log.wait_durable(sluice::types::Offset(info.last_offset.0 + 1))
-                                .await
-                                .expect("durable");
+                            log.wait_durable(&info).await.expect("durable");
                         }
                     }
                     start.elapsed()

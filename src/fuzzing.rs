@@ -99,10 +99,9 @@ async fn dispatch_loop(rx: std::sync::mpsc::Receiver<DispatchJob>) {
                 bytes::Bytes::from(frame),
                 std::time::Instant::now(),
                 &mut sequencer,
-            ) {
-                if let Some(Ok(Some(_))) = crate::runtime::timeout(DISPATCH_WAIT, task).await {
-                    DISPATCH_ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+            ) && let Some(Ok(Some(_))) = crate::runtime::timeout(DISPATCH_WAIT, task).await
+            {
+                DISPATCH_ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         let _ = done.send(());

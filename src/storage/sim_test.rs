@@ -143,7 +143,7 @@ impl Run {
     fn new(seed: u64) -> Self {
         // Every other seed runs on a slow disk: completions in other orders.
         let faults = Faults {
-            slow: if seed % 2 == 0 { 0.2 } else { 0.0 },
+            slow: if seed.is_multiple_of(2) { 0.2 } else { 0.0 },
             ..Faults::default()
         };
         let disk = SimDisk::new(seed ^ 0x5eed, faults);
@@ -545,29 +545,30 @@ impl Run {
                     "seed {}: cut {cut} above {target}",
                     self.seed
                 );
-                let mut m = self.model.borrow_mut();
-                // Appends assigned before the call and at or past the cut are gone; those
-                // after it (a later generation) may already be in.
-                m.appended.retain(|b, a| *b < cut || a.generation > before);
-                m.acked.retain(|b, a| *b < cut || a.1 > before);
-                m.seen_end = m.seen_end.min(cut);
-                m.log_start = m.log_start.min(cut);
-                // The producer's sequences past the cut are gone with it.
-                m.next_sequence = m
-                    .appended
-                    .values()
-                    .rev()
-                    .find_map(|a| a.sequences.map(|(_, last)| last + 1))
-                    .unwrap_or(0);
-                // What survived the cut still reads back.
-                let hw = log.high_watermark().get();
-                let below_hw = m
-                    .appended
-                    .range(start..)
-                    .rev()
-                    .find(|(_, a)| a.next_offset <= hw);
-                if let Some((&base, _)) = below_hw {
-                    drop(m);
+                let below_hw = {
+                    let mut m = self.model.borrow_mut();
+                    // Appends assigned before the call and at or past the cut are gone; those
+                    // after it (a later generation) may already be in.
+                    m.appended.retain(|b, a| *b < cut || a.generation > before);
+                    m.acked.retain(|b, a| *b < cut || a.1 > before);
+                    m.seen_end = m.seen_end.min(cut);
+                    m.log_start = m.log_start.min(cut);
+                    // The producer's sequences past the cut are gone with it.
+                    m.next_sequence = m
+                        .appended
+                        .values()
+                        .rev()
+                        .find_map(|a| a.sequences.map(|(_, last)| last + 1))
+                        .unwrap_or(0);
+                    // What survived the cut still reads back.
+                    let hw = log.high_watermark().get();
+                    m.appended
+                        .range(start..)
+                        .rev()
+                        .find(|(_, a)| a.next_offset <= hw)
+                        .map(|(b, _)| *b)
+                };
+                if let Some(base) = below_hw {
                     let data = log.read(Offset(base), 1).await.unwrap_or_else(|e| {
                         panic!("seed {}: read {base} after a cut: {e}", self.seed)
                     });

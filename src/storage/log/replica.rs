@@ -71,6 +71,10 @@ impl PartitionLog {
             {
                 let st = self.state.borrow();
                 if st.truncate_request.is_none() && st.generation > generation {
+                    // Done, or failed: a failure after the request was taken fails the log.
+                    if let Some(e) = st.failed_error() {
+                        return Err(e);
+                    }
                     // The cut is the lowest since the call (appends may follow it at once).
                     let cut = st
                         .truncations
