@@ -57,7 +57,9 @@ pub trait DiskFile {
     fn path(&self) -> &Path;
     /// Required alignment of write positions and lengths.
     fn alignment(&self) -> u64;
-    /// A zero-filled buffer of at least `len` bytes, rounded up to the alignment.
+    /// A buffer of at least `len` bytes, rounded up to the alignment: the caller fills
+    /// `[0, len)` (its content is unspecified: not zeroed, since it is overwritten), the
+    /// padding after it is zeros.
     fn alloc_buffer(&self, len: usize) -> IoBuffer;
     /// Write the whole buffer at `pos` (aligned).
     async fn write_at(&self, buf: IoBuffer, pos: u64) -> io::Result<()>;

@@ -422,10 +422,12 @@ impl DiskFile for SimFile {
     }
 
     fn alloc_buffer(&self, len: usize) -> IoBuffer {
-        IoBuffer::Heap(vec![
-            0;
-            (len as u64).div_ceil(SECTOR) as usize * SECTOR as usize
-        ])
+        // The caller's part starts as garbage, as on the real disk (not zeroed there: it is
+        // overwritten), so a caller counting on zeros writes garbage here and a test sees it.
+        let size = (len as u64).div_ceil(SECTOR) as usize * SECTOR as usize;
+        let mut v = vec![0xA5; size];
+        v[len..].fill(0);
+        IoBuffer::Heap(v)
     }
 
     async fn write_at(&self, buf: IoBuffer, pos: u64) -> io::Result<()> {
