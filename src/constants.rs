@@ -26,8 +26,14 @@ pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 pub const INDEX_INTERVAL_BYTES: u32 = 4096;
 /// Bytes appended but not yet written to disk, per partition, before producers wait.
 pub const PENDING_WRITE_BYTES_MAX: usize = 8 * 1024 * 1024;
-/// Recently appended batches kept in memory per partition to serve tailing consumers.
+/// Recently appended batches kept in memory per partition to serve tailing consumers: at most
+/// this, and at most the partition's share of [`TAIL_CACHE_SHARD_BYTES`].
 pub const TAIL_CACHE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Tail-cache memory of one shard, shared equally by the partitions it owns (so memory does
+/// not grow with the partition count: 10,000 partitions on a shard get 32 KiB each).
+pub const TAIL_CACHE_SHARD_BYTES: usize = 256 * 1024 * 1024;
+/// The smallest share of [`TAIL_CACHE_SHARD_BYTES`] a partition gets.
+pub const TAIL_CACHE_BYTES_MIN: usize = 32 * 1024;
 /// Longest time a Fetch may wait (bounds `max_wait_ms` from clients).
 pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
 /// Largest number of partitions one topic may have.

@@ -260,7 +260,11 @@ async fn append_durable(
 /// (Kafka's mapping of storage errors).
 fn commit_error(e: &StorageError) -> i16 {
     match e {
-        StorageError::Io { .. } | StorageError::Closed => ResponseError::NotCoordinator.code(),
+        // Retriable: the client finds the coordinator again and retries.
+        StorageError::Io { .. }
+        | StorageError::Closed
+        | StorageError::DiskFull(_)
+        | StorageError::Truncated { .. } => ResponseError::NotCoordinator.code(),
         StorageError::BatchTooLarge { .. } => ResponseError::InvalidCommitOffsetSize.code(),
         _ => ResponseError::UnknownServerError.code(),
     }

@@ -46,6 +46,15 @@ pub enum ShardError {
     Dropped(ShardId),
 }
 
+/// Each of `partitions` partitions' share of a shard's tail-cache budget
+/// (`constants::TAIL_CACHE_SHARD_BYTES`), within the per-partition bounds.
+pub fn tail_cache_share(partitions: usize) -> usize {
+    (crate::constants::TAIL_CACHE_SHARD_BYTES / partitions.max(1)).clamp(
+        crate::constants::TAIL_CACHE_BYTES_MIN,
+        crate::constants::TAIL_CACHE_BYTES_MAX,
+    )
+}
+
 /// The state one core owns. Lives in an `Rc` on its executor thread.
 pub struct Shard {
     pub id: ShardId,
@@ -302,7 +311,9 @@ impl Shard {
         let open: Vec<(TopicPartition, Rc<PartitionLog>)> = self.owned_partitions();
         for (tp, log) in open {
             if let Some(meta) = new.get(&tp.topic) {
-                let cfg = self.log_config_for(meta);
+                let mut cfg = self.log_config_for(meta);
+                // The tail cache's bound is the shard's share, set below.
+                cfg.tail_cache_bytes = log.cfg().tail_cache_bytes;
                 if cfg != log.cfg() {
                     debug!(shard = %self.id, partition = %tp, "applying changed configs");
                     log.update_config(cfg);
@@ -322,7 +333,19 @@ impl Shard {
                 self.partitions.borrow_mut().insert(tp, log);
             }
         }
+        self.share_tail_cache();
         Ok(())
+    }
+
+    /// Give each partition this shard owns its equal share of the shard's tail-cache budget.
+    fn share_tail_cache(&self) {
+        let logs = self.owned_partitions();
+        let share = tail_cache_share(logs.len());
+        for (_, log) in logs {
+            if log.cfg().tail_cache_bytes != share {
+                log.set_tail_cache_bytes(share);
+            }
+        }
     }
 
     /// At startup: remove partition directories this shard owns that the
@@ -398,6 +421,28 @@ async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
                 }
             }
             runtime::yield_if_needed().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tail_cache_tests {
+    use super::tail_cache_share;
+    use crate::constants::{TAIL_CACHE_BYTES_MAX, TAIL_CACHE_BYTES_MIN, TAIL_CACHE_SHARD_BYTES};
+
+    #[test]
+    fn the_tail_cache_budget_is_shared_within_bounds() {
+        assert_eq!(tail_cache_share(0), TAIL_CACHE_BYTES_MAX);
+        assert_eq!(tail_cache_share(16), TAIL_CACHE_BYTES_MAX);
+        assert_eq!(tail_cache_share(128), TAIL_CACHE_SHARD_BYTES / 128);
+        assert_eq!(tail_cache_share(10_000), TAIL_CACHE_BYTES_MIN);
+        // Memory stays bounded as partitions grow: 10,000 partitions on a shard hold at most
+        // 320 MiB of tail cache, not 40 GiB.
+        assert!(10_000 * tail_cache_share(10_000) <= 320 << 20);
+        for n in [1, 10, 100, 1_000, 5_000] {
+            assert!(
+                n * tail_cache_share(n) <= TAIL_CACHE_SHARD_BYTES.max(n * TAIL_CACHE_BYTES_MIN)
+            );
         }
     }
 }

@@ -1071,3 +1071,32 @@ fn a_follower_appends_at_the_leaders_offsets() {
         );
     });
 }
+
+/// The shard sets a partition's tail-cache bound: the cache is trimmed at once and stays
+/// within it; reads of what left it come from the segment.
+#[test]
+fn the_tail_cache_stays_within_its_bound() {
+    crate::runtime::block_on_test(|| async {
+        let (_disk, env, _) = sim_env(11);
+        let log = open_sim(&env, "/data/tail-0").await;
+        log.set_tail_cache_bytes(64 << 10);
+        for i in 0..20 {
+            produce(&log, test_util::encode_batch(0, 2, i, 300))
+                .await
+                .unwrap();
+        }
+        let used = log.tail_cache_used();
+        assert!(used > 0 && used <= 64 << 10, "{used}");
+        log.set_tail_cache_bytes(1000);
+        assert!(log.tail_cache_used() <= 1000);
+        for i in 0..20 {
+            produce(&log, test_util::encode_batch(0, 2, i, 300))
+                .await
+                .unwrap();
+            assert!(log.tail_cache_used() <= 1000);
+        }
+        // Everything reads back, from the segments.
+        let data = log.read(Offset(0), 1 << 20).await.unwrap();
+        assert_eq!(headers(&data.records)[0].base_offset, 0);
+    });
+}

@@ -87,7 +87,17 @@ impl PartitionLog {
         self: &Rc<Self>,
         records: Bytes,
     ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
-        let placed = self.place_append(records, Mode::Leader);
+        self.append_as(records, Mode::Leader)
+    }
+
+    /// [`PartitionLog::append`] or [`PartitionLog::append_replicated`]: place now, then
+    /// wait for room if queued.
+    fn append_as(
+        self: &Rc<Self>,
+        records: Bytes,
+        mode: Mode,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
+        let placed = self.place_append(records, mode);
         let log = self.clone();
         async move {
             match placed? {
@@ -112,19 +122,7 @@ impl PartitionLog {
         self: &Rc<Self>,
         records: Bytes,
     ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
-        let placed = self.place_append(records, Mode::Follower);
-        let log = self.clone();
-        async move {
-            match placed? {
-                Placement::Done(info) => info,
-                Placement::Queued(ticket, batches) => {
-                    log.wait_for_room(&ticket).await?;
-                    let info = log.assign_offsets(batches);
-                    drop(ticket);
-                    info
-                }
-            }
-        }
+        self.append_as(records, Mode::Follower)
     }
 
     /// The synchronous part of [`PartitionLog::append`]: validate, then

@@ -530,6 +530,20 @@ impl PartitionLog {
         });
     }
 
+    /// Set the tail cache's bound (the shard shares its budget among its partitions), trimming
+    /// the cache at once.
+    pub fn set_tail_cache_bytes(&self, bytes: usize) {
+        let mut cfg = self.cfg.get();
+        cfg.tail_cache_bytes = bytes;
+        self.cfg.set(cfg);
+        self.state.borrow_mut().tail.trim(bytes);
+    }
+
+    /// Bytes held by the tail cache.
+    pub fn tail_cache_used(&self) -> usize {
+        self.state.borrow().tail.bytes()
+    }
+
     /// Bytes of every segment (batches assigned offsets, written or not).
     pub fn size_bytes(&self) -> u64 {
         self.state.borrow().segments.iter().map(|s| s.size).sum()
@@ -580,23 +594,35 @@ impl PartitionLog {
     /// gave it back, `Truncated` otherwise): the offsets may by then hold other data.
     pub async fn wait_durable(&self, info: &AppendInfo) -> Result<(), StorageError> {
         let next = info.last_offset.0 + 1;
+        self.wait_until(|st| {
+            if st.truncated_below(info.generation, next) {
+                return Some(Err(match st.full_since {
+                    Some(_) => StorageError::DiskFull(format!(
+                        "offsets {}..{next} were given back unwritten",
+                        info.base_offset.0
+                    )),
+                    None => StorageError::Truncated {
+                        offset: info.base_offset.0,
+                    },
+                }));
+            }
+            (st.durable_end >= next).then_some(Ok(()))
+        })
+        .await
+    }
+
+    /// Wait (woken by the high-watermark signal) until `check` decides; a log that failed or
+    /// closed first ends the wait with its error.
+    async fn wait_until<T>(
+        &self,
+        mut check: impl FnMut(&State) -> Option<Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
         loop {
             let listener = self.hw_notify.listen();
             {
                 let st = self.state.borrow();
-                if st.truncated_below(info.generation, next) {
-                    return Err(match st.full_since {
-                        Some(_) => StorageError::DiskFull(format!(
-                            "offsets {}..{next} were given back unwritten",
-                            info.base_offset.0
-                        )),
-                        None => StorageError::Truncated {
-                            offset: info.base_offset.0,
-                        },
-                    });
-                }
-                if st.durable_end >= next {
-                    return Ok(());
+                if let Some(result) = check(&st) {
+                    return result;
                 }
                 if let Some(e) = st.failed_error() {
                     return Err(e);

@@ -66,34 +66,25 @@ impl PartitionLog {
             st.generation
         };
         self.work_notify.notify_all();
-        loop {
-            let listener = self.hw_notify.listen();
-            {
-                let st = self.state.borrow();
-                if st.truncate_request.is_none() && st.generation > generation {
-                    // Done, or failed: a failure after the request was taken fails the log.
-                    if let Some(e) = st.failed_error() {
-                        return Err(e);
-                    }
-                    // The cut is the lowest since the call (appends may follow it at once).
-                    let cut = st
-                        .truncations
-                        .iter()
-                        .filter(|(g, _)| *g > generation)
-                        .map(|(_, to)| *to)
-                        .min()
-                        .unwrap_or(st.log_end);
-                    return Ok(Offset(cut));
-                }
-                if let Some(e) = st.failed_error() {
-                    return Err(e);
-                }
-                if st.flusher_done || self.closed.get() {
-                    return Err(StorageError::Closed);
-                }
+        self.wait_until(|st| {
+            if st.truncate_request.is_some() || st.generation == generation {
+                return None;
             }
-            listener.await;
-        }
+            // Done, or failed: a failure after the request was taken fails the log.
+            if let Some(e) = st.failed_error() {
+                return Some(Err(e));
+            }
+            // The cut is the lowest since the call (appends may follow it at once).
+            let cut = st
+                .truncations
+                .iter()
+                .filter(|(g, _)| *g > generation)
+                .map(|(_, to)| *to)
+                .min()
+                .unwrap_or(st.log_end);
+            Some(Ok(Offset(cut)))
+        })
+        .await
     }
 
     /// Become the leader for `epoch`: batches appended from now on carry it, and the epoch
@@ -110,22 +101,8 @@ impl PartitionLog {
             st.epochs_version
         };
         self.work_notify.notify_all();
-        loop {
-            let listener = self.hw_notify.listen();
-            {
-                let st = self.state.borrow();
-                if st.epochs_written >= version {
-                    return Ok(());
-                }
-                if let Some(e) = st.failed_error() {
-                    return Err(e);
-                }
-                if st.flusher_done || self.closed.get() {
-                    return Err(StorageError::Closed);
-                }
-            }
-            listener.await;
-        }
+        self.wait_until(|st| (st.epochs_written >= version).then_some(Ok(())))
+            .await
     }
 
     /// OffsetsForLeaderEpoch: the largest epoch at most `epoch` and the offset it ended at

@@ -52,6 +52,10 @@ impl TailCache {
         }
     }
 
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn clear(&mut self) {
         self.batches.clear();
         self.bytes = 0;
