@@ -62,6 +62,10 @@ impl crate::storage::io::Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64)
     }
+
+    fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        Box::pin(sleep(d))
+    }
 }
 
 /// Sleep for `duration` without blocking the shard.

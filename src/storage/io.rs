@@ -105,10 +105,12 @@ pub trait Disk {
 }
 
 /// Time as storage sees it: monotonic for ages and intervals, wall-clock milliseconds for
-/// record timestamps and retention.
+/// record timestamps and retention, and sleeps (the writer's periodic fdatasync).
 pub trait Clock {
     fn now(&self) -> Instant;
     fn wall_ms(&self) -> i64;
+    /// Completes once `d` has passed on this clock.
+    fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 }
 
 /// What a partition log runs on.
@@ -182,33 +184,82 @@ fn parent(path: &Path) -> io::Result<&Path> {
         .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))
 }
 
-/// A clock that moves only when told to (simulation): starts at a fixed wall time.
+/// A clock that moves only when told to (simulation): starts at a fixed wall time; its sleeps
+/// end when [`ManualClock::advance`] moves it past their deadline.
 pub struct ManualClock {
+    inner: Rc<ManualInner>,
+}
+
+struct ManualInner {
     base: Instant,
     elapsed: std::cell::Cell<Duration>,
     wall_base_ms: i64,
+    /// Sleeps waiting for the clock to move: (deadline, waker).
+    sleepers: std::cell::RefCell<Vec<(Duration, std::task::Waker)>>,
 }
 
 impl ManualClock {
     pub fn new(wall_base_ms: i64) -> Self {
         ManualClock {
-            base: Instant::now(),
-            elapsed: std::cell::Cell::new(Duration::ZERO),
-            wall_base_ms,
+            inner: Rc::new(ManualInner {
+                base: Instant::now(),
+                elapsed: std::cell::Cell::new(Duration::ZERO),
+                wall_base_ms,
+                sleepers: std::cell::RefCell::new(Vec::new()),
+            }),
         }
     }
 
     pub fn advance(&self, by: Duration) {
-        self.elapsed.set(self.elapsed.get() + by);
+        let now = self.inner.elapsed.get() + by;
+        self.inner.elapsed.set(now);
+        let due: Vec<std::task::Waker> = {
+            let mut sleepers = self.inner.sleepers.borrow_mut();
+            let (due, later): (Vec<_>, Vec<_>) = sleepers.drain(..).partition(|(at, _)| *at <= now);
+            *sleepers = later;
+            due.into_iter().map(|(_, w)| w).collect()
+        };
+        due.into_iter().for_each(std::task::Waker::wake);
+    }
+}
+
+/// A sleep on a [`ManualClock`].
+struct ManualSleep {
+    clock: Rc<ManualInner>,
+    deadline: Duration,
+}
+
+impl std::future::Future for ManualSleep {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.clock.elapsed.get() >= self.deadline {
+            return std::task::Poll::Ready(());
+        }
+        self.clock
+            .sleepers
+            .borrow_mut()
+            .push((self.deadline, cx.waker().clone()));
+        std::task::Poll::Pending
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        self.base + self.elapsed.get()
+        self.inner.base + self.inner.elapsed.get()
     }
 
     fn wall_ms(&self) -> i64 {
-        self.wall_base_ms + self.elapsed.get().as_millis() as i64
+        self.inner.wall_base_ms + self.inner.elapsed.get().as_millis() as i64
+    }
+
+    fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        Box::pin(ManualSleep {
+            clock: self.inner.clone(),
+            deadline: self.inner.elapsed.get() + d,
+        })
     }
 }

@@ -1100,3 +1100,37 @@ fn the_tail_cache_stays_within_its_bound() {
         assert_eq!(headers(&data.records)[0].base_offset, 0);
     });
 }
+
+/// Under a flush interval the writer's periodic fdatasync runs on the log's clock: once the
+/// simulated clock passes the interval, what was written is synced and survives a crash.
+#[test]
+fn the_periodic_fdatasync_runs_on_the_logs_clock() {
+    crate::runtime::block_on_test(|| async {
+        for seed in 0..20 {
+            let (disk, env, clock) = sim_env(100 + seed);
+            let dir = PathBuf::from("/data/interval-0");
+            env.disk.create_dir_all(&dir).await.unwrap();
+            let cfg = LogConfig {
+                flush: super::FlushPolicy::Interval(Duration::from_secs(1)),
+                ..cfg()
+            };
+            let log = PartitionLog::open_in(env.clone(), dir.clone(), cfg)
+                .await
+                .unwrap();
+            let info = produce(&log, test_util::encode_batch(0, 5, 0, 200))
+                .await
+                .unwrap();
+            clock.advance(Duration::from_millis(1500));
+            for _ in 0..50 {
+                futures_lite::future::yield_now().await;
+            }
+            drop(log);
+            disk.crash();
+            let log = PartitionLog::open_in(env, dir, cfg).await.unwrap();
+            assert!(
+                log.log_end_offset().get() > info.last_offset.get(),
+                "seed {seed}: the batch written before the interval passed was not synced"
+            );
+        }
+    });
+}

@@ -702,7 +702,7 @@ pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
                 if now >= due {
                     result = log.sync(&mut w).await;
                 } else {
-                    sleep_for = Some(due - now);
+                    sleep_for = Some(log.env.clock.sleep(due - now));
                 }
             }
             // A full disk gives back what it could not write and stays up.
@@ -744,8 +744,9 @@ pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
             }
         }
         match sleep_for {
-            Some(d) => {
-                crate::runtime::timeout(d, listener).await;
+            // New work or the next periodic fdatasync, whichever comes first.
+            Some(sleep) => {
+                futures::future::select(std::pin::pin!(listener), sleep).await;
             }
             None => listener.await,
         }
