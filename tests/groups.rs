@@ -207,6 +207,33 @@ async fn group_splits_partitions_rebalances_and_consumes_each_message_once() {
         by_consumer.get(&2).copied().unwrap_or(0) > 0,
         "the third consumer got messages"
     );
+    close_bounded(vec![a, b, c]);
+}
+
+/// Leave the group and close each consumer, bounded in time. rust-rdkafka's drop of a
+/// subscribed BaseConsumer can block forever inside librdkafka (its close runs the revoke
+/// callback, whose `rd_kafka_assign` waits with no timeout: seen once here, in this test's
+/// final drop, client side, with the broker idle and healthy). Unsubscribing and polling first
+/// lets the revoke run in a normal poll; the drop itself runs on a thread of its own that the
+/// test stops waiting for after 10 s.
+fn close_bounded(consumers: Vec<BaseConsumer>) {
+    for consumer in &consumers {
+        consumer.unsubscribe();
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        for consumer in &consumers {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumers);
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        eprintln!("closing the consumers did not finish within 10 s (librdkafka close); moving on");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
