@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+use crate::storage::io::SyncScope;
 
 /// Longest a graceful stop waits for in-flight requests, and for the other
 /// shards to drain.
@@ -118,6 +120,34 @@ pub fn check_host(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The fsync scope the shards use: the configured one, except that `filesystem` needs syncfs
+/// to report write-back errors (Linux 5.8 and later); on an older kernel it falls back to
+/// `file`, with a warning.
+pub fn effective_sync_scope(config: &Config) -> SyncScope {
+    let scope = config.sync_scope().unwrap_or_default();
+    if scope == SyncScope::Filesystem {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if !kernel_at_least(&release, 5, 8) {
+            warn!(
+                kernel = release.trim(),
+                "fsync_scope = filesystem needs Linux 5.8+ (syncfs error reporting); using file"
+            );
+            return SyncScope::File;
+        }
+    }
+    scope
+}
+
+/// Whether a kernel release string such as `6.1.0-13-amd64` is at least `major.minor`.
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 /// Hold an exclusive lock on `<data>/.lock` for the life of the process, so
 /// a second broker cannot share the data directory (or, through
 /// SO_REUSEPORT, silently share the port).
@@ -203,6 +233,8 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
     // Partitions closed cleanly / not, summed over shards at stop.
     let closed = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
     let closed_all = closed.clone();
+    let sync_scope = effective_sync_scope(&config);
+    info!(fsync_scope = ?sync_scope, "durability");
     let config = Arc::new(config);
     let settings = ExecutorSettings {
         shards,
@@ -223,6 +255,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             let mine = channels.lock().expect("channel table")[id.0]
                 .take()
                 .expect("each shard takes its channels once");
+            crate::storage::io::Env::init_production(sync_scope);
             if let Err(e) = runtime::file::warm_iopoll_probe(&config.data_dir).await {
                 error!(shard = %id, error = %e, "iopoll probe workaround failed");
             }

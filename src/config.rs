@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::constants;
+use crate::storage::io::SyncScope;
 use crate::storage::{FlushPolicy, LogConfig};
 
 /// Configuration errors, reported before any shard starts.
@@ -129,6 +130,12 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "0..=60000",
     },
     Setting {
+        name: "fsync_scope",
+        description: "How writes are made durable: \"filesystem\" (one syncfs of the data directory's file system per group commit, shared by every partition of a shard; needs Linux 5.8+, else falls back to file; give the data directory its own file system) or \"file\" (one fdatasync per partition file written)",
+        default: "filesystem",
+        bounds: "filesystem | file",
+    },
+    Setting {
         name: "max_message_bytes",
         description: "Largest record batch accepted (message.max.bytes)",
         default: "1048588",
@@ -221,6 +228,7 @@ pub struct Config {
     pub retention_bytes: i64,
     pub retention_check_interval_ms: u64,
     pub flush_interval_ms: u64,
+    pub fsync_scope: String,
     pub max_message_bytes: usize,
     pub max_request_bytes: usize,
     pub max_connections_per_shard: usize,
@@ -253,6 +261,7 @@ impl Default for Config {
             retention_bytes: -1,
             retention_check_interval_ms: constants::RETENTION_CHECK_INTERVAL_MS_DEFAULT,
             flush_interval_ms: 0,
+            fsync_scope: "filesystem".to_string(),
             max_message_bytes: constants::MESSAGE_BYTES_MAX_DEFAULT,
             max_request_bytes: constants::REQUEST_BYTES_MAX_DEFAULT,
             max_connections_per_shard: constants::CONNECTIONS_PER_SHARD_MAX_DEFAULT,
@@ -415,7 +424,16 @@ impl Config {
         self.advertised()?;
         self.metrics_addr()?;
         self.log_filter()?;
+        self.sync_scope()?;
         Ok(())
+    }
+
+    /// `fsync_scope` as the storage's [`SyncScope`].
+    pub fn sync_scope(&self) -> Result<SyncScope, ConfigError> {
+        SyncScope::parse(self.fsync_scope.trim()).ok_or_else(|| ConfigError::Invalid {
+            name: "fsync_scope",
+            reason: format!("`{}` is not \"filesystem\" or \"file\"", self.fsync_scope),
+        })
     }
 
     /// The log filter: `log_level` when set, else `RUST_LOG` when set and

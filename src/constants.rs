@@ -26,6 +26,12 @@ pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 pub const INDEX_INTERVAL_BYTES: u32 = 4096;
 /// Bytes appended but not yet written to disk, per partition, before producers wait.
 pub const PENDING_WRITE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// A partition whose write rounds average fewer bytes than this zero-fills the space ahead of
+/// its writes instead of preallocating it: on ext4 a direct write into preallocated space is an
+/// extent conversion on an io_uring worker thread, one context switch per write (measured at
+/// 1,024 partitions: 58 MB/s preallocated, 135 MB/s zero-filled; at 16 partitions, large
+/// rounds, zero-filling everything cost 19%).
+pub const ZERO_FILL_BELOW_BYTES: usize = 64 * 1024;
 /// Recently appended batches kept in memory per partition to serve tailing consumers: at most
 /// this, and at most the partition's share of [`TAIL_CACHE_SHARD_BYTES`].
 pub const TAIL_CACHE_BYTES_MAX: usize = 4 * 1024 * 1024;

@@ -124,6 +124,10 @@ struct ServeArgs {
     /// 0: fdatasync before acknowledging (default); N: at most every N ms.
     #[arg(long)]
     flush_interval_ms: Option<u64>,
+    /// filesystem: one syncfs per group commit for all of a shard's partitions (default);
+    /// file: one fdatasync per partition file.
+    #[arg(long)]
+    fsync_scope: Option<String>,
     /// Largest record batch accepted in bytes.
     #[arg(long)]
     max_message_bytes: Option<usize>,
@@ -199,6 +203,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.flush_interval_ms {
         config.flush_interval_ms = v;
+    }
+    if let Some(v) = args.fsync_scope {
+        config.fsync_scope = v;
     }
     if let Some(v) = args.max_message_bytes {
         config.max_message_bytes = v;

@@ -85,6 +85,11 @@ where
     .await
 }
 
+/// Let every other ready task of the shard run first.
+pub async fn yield_now() {
+    futures_lite::future::yield_now().await
+}
+
 /// Yield to other tasks if this one has run for too long.
 pub async fn yield_if_needed() {
     glommio::yield_if_needed().await

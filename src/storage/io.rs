@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use super::group_sync::{GroupSync, SyncScope};
+
 /// A buffer for [`DiskFile::write_at`], allocated by [`DiskFile::alloc_buffer`]: aligned DMA
 /// memory on the real disk, plain memory on the simulated one. Its length is a multiple of
 /// the file's alignment.
@@ -66,9 +68,18 @@ pub trait DiskFile {
     /// Up to `len` bytes at `pos`; fewer at the end of the file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes>;
     async fn fdatasync(&self) -> io::Result<()>;
+    /// Make every write that completed before the call, to any file of the file system holding
+    /// this one, durable as an fdatasync of each would (`syncfs(2)`): the group commit's sync
+    /// (`storage::group_sync`). An error leaves every unsynced write on it in doubt.
+    async fn sync_filesystem(&self) -> io::Result<()>;
     /// Make the file at least `size` bytes long, the new range reading as zeros, with its
     /// blocks allocated (ENOSPC here, not at a later write).
     async fn pre_allocate(&self, size: u64) -> io::Result<()>;
+    /// Write zeros over `[from, to)` (both aligned; the file grows to at least `to`), so
+    /// that later writes there overwrite written blocks: on ext4 a direct write into
+    /// preallocated (unwritten) space needs an extent conversion and runs on an io_uring worker
+    /// thread, an overwrite runs inline. ENOSPC here, not at a later write.
+    async fn zero_fill(&self, from: u64, to: u64) -> io::Result<()>;
     async fn truncate(&self, size: u64) -> io::Result<()>;
     async fn size(&self) -> io::Result<u64>;
     async fn close(&self) -> io::Result<()>;
@@ -118,15 +129,57 @@ pub trait Clock {
 pub struct Env {
     pub disk: Rc<dyn Disk>,
     pub clock: Rc<dyn Clock>,
+    /// The group commit shared by every log opened with this environment.
+    pub group_sync: Rc<GroupSync>,
+}
+
+thread_local! {
+    /// The shard's production environment: one group commit for all its partitions.
+    static PRODUCTION: std::cell::RefCell<Option<Env>> = const { std::cell::RefCell::new(None) };
 }
 
 impl Env {
-    /// The real disk and the system clock.
-    pub fn production() -> Self {
+    /// `disk` and `clock` with a group commit of their own.
+    pub fn new(disk: Rc<dyn Disk>, clock: Rc<dyn Clock>, scope: SyncScope) -> Self {
         Env {
-            disk: Rc::new(crate::runtime::file::RealDisk),
-            clock: Rc::new(crate::runtime::SystemClock),
+            disk,
+            clock,
+            group_sync: GroupSync::new(scope),
         }
+    }
+
+    /// The same disk and clock with a group commit of its own: what a restarted process
+    /// sees (a failed file-system sync fails its group commit for good).
+    pub fn restarted(&self) -> Self {
+        Self::new(
+            self.disk.clone(),
+            self.clock.clone(),
+            self.group_sync.scope(),
+        )
+    }
+
+    /// The real disk and the system clock, with the shard's group commit (one per shard:
+    /// every log of the shard shares it). Its scope is set once by
+    /// [`Env::init_production`], else the default.
+    pub fn production() -> Self {
+        PRODUCTION.with(|p| {
+            p.borrow_mut()
+                .get_or_insert_with(|| Self::real(SyncScope::default()))
+                .clone()
+        })
+    }
+
+    /// Set this shard's production environment, before it opens any log.
+    pub fn init_production(scope: SyncScope) {
+        PRODUCTION.with(|p| *p.borrow_mut() = Some(Self::real(scope)));
+    }
+
+    fn real(scope: SyncScope) -> Self {
+        Self::new(
+            Rc::new(crate::runtime::file::RealDisk),
+            Rc::new(crate::runtime::SystemClock),
+            scope,
+        )
     }
 
     /// Write `data` as the whole content of `path` (created or replaced in place), then

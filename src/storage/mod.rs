@@ -47,6 +47,7 @@
 pub mod batch;
 pub mod clean_shutdown;
 pub mod error;
+pub mod group_sync;
 pub mod index;
 pub mod io;
 pub mod leader_epoch;

@@ -693,10 +693,11 @@ pub fn fuzz_segment(data: &[u8]) {
     use super::sim::{Faults, SimDisk};
     use std::rc::Rc;
     let disk = SimDisk::new(0, Faults::default());
-    let env = Env {
-        disk: Rc::new(disk.clone()),
-        clock: Rc::new(ManualClock::new(0)) as Rc<dyn Clock>,
-    };
+    let env = Env::new(
+        Rc::new(disk.clone()),
+        Rc::new(ManualClock::new(0)) as Rc<dyn Clock>,
+        crate::storage::io::SyncScope::default(),
+    );
     let dir = Path::new("/fuzz/t-0");
     let cfg = LogConfig {
         segment_bytes: 1 << 20,

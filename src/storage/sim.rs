@@ -470,6 +470,20 @@ impl DiskFile for SimFile {
         })
     }
 
+    async fn sync_filesystem(&self) -> io::Result<()> {
+        self.disk.delay().await;
+        // On failure every unsynced write stays in doubt, as for a failed fdatasync. Directory
+        // entries are not made durable (syncfs would; the code never counts on it).
+        self.disk.inject(Op::Sync, &self.path)?;
+        self.with_inode(|_| Ok(()))?; // a handle from before a crash fails
+        let mut st = self.disk.state.borrow_mut();
+        for inode in st.inodes.values_mut() {
+            inode.durable = inode.current.clone();
+            inode.unsynced.clear();
+        }
+        Ok(())
+    }
+
     async fn pre_allocate(&self, size: u64) -> io::Result<()> {
         self.disk.delay().await;
         self.ensure_space(size)?;
@@ -479,6 +493,30 @@ impl DiskFile for SimFile {
                 inode.unsynced.push(FileOp::SetLen(size));
             }
             inode.allocated = inode.allocated.max(size);
+            Ok(())
+        })
+    }
+
+    async fn zero_fill(&self, from: u64, to: u64) -> io::Result<()> {
+        self.disk.delay().await;
+        assert!(
+            from.is_multiple_of(SECTOR) && to.is_multiple_of(SECTOR),
+            "unaligned zero fill {from}..{to}"
+        );
+        assert!(self.writable, "zero fill of a read-only handle");
+        self.disk.inject(Op::Write, &self.path)?;
+        self.ensure_space(to)?;
+        self.with_inode(|inode| {
+            let from = from as usize;
+            let to = to as usize;
+            if inode.current.len() < to {
+                inode.current.resize(to, 0);
+            }
+            inode.current[from..to].fill(0);
+            inode
+                .unsynced
+                .push(FileOp::Write(from as u64, vec![0; to - from]));
+            inode.allocated = inode.allocated.max(to as u64);
             Ok(())
         })
     }
@@ -643,10 +681,11 @@ mod tests {
         run(|| async {
             for seed in 0..100 {
                 let disk = SimDisk::new(seed, Faults::default());
-                let env = crate::storage::io::Env {
-                    disk: Rc::new(disk.clone()),
-                    clock: Rc::new(crate::storage::io::ManualClock::new(0)),
-                };
+                let env = crate::storage::io::Env::new(
+                    Rc::new(disk.clone()),
+                    Rc::new(crate::storage::io::ManualClock::new(0)),
+                    crate::storage::io::SyncScope::default(),
+                );
                 let dir = Path::new("/d");
                 disk.create_dir_all(dir).await.unwrap();
                 env.replace_file_durable(&dir.join("m"), b"old")

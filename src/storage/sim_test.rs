@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::batch::{self, test_util};
-use super::io::{Clock, Disk, Env, ManualClock};
+use super::io::{Clock, Disk, Env, ManualClock, SyncScope};
 use super::sim::{Faults, SimDisk, SimRng};
 use super::{LogConfig, PartitionLog};
 use crate::types::Offset;
@@ -148,10 +148,17 @@ impl Run {
         };
         let disk = SimDisk::new(seed ^ 0x5eed, faults);
         let clock = Rc::new(ManualClock::new(1_700_000_000_000));
-        let env = Env {
-            disk: Rc::new(disk.clone()),
-            clock: clock.clone(),
-        };
+        let env = Env::new(
+            Rc::new(disk.clone()),
+            clock.clone(),
+            // Seeds alternate (in pairs, across the slow disk) between one file-system sync per
+            // round and one fdatasync per file.
+            if (seed / 2).is_multiple_of(2) {
+                SyncScope::Filesystem
+            } else {
+                SyncScope::File
+            },
+        );
         Run {
             seed,
             rng: SimRng::new(seed),
@@ -167,7 +174,18 @@ impl Run {
     }
 
     async fn open(&mut self) {
-        let log = PartitionLog::open_in(self.env.clone(), self.dir.clone(), cfg())
+        // A reopen is a restart: the old incarnation's tasks must not share its group commit.
+        self.env = self.env.restarted();
+        // Seeds alternate (in fours) between zero-filled and preallocated space ahead.
+        let cfg = LogConfig {
+            zero_fill_below: if (self.seed / 4).is_multiple_of(2) {
+                cfg().zero_fill_below
+            } else {
+                0
+            },
+            ..cfg()
+        };
+        let log = PartitionLog::open_in(self.env.clone(), self.dir.clone(), cfg)
             .await
             .unwrap_or_else(|e| panic!("seed {}: reopen failed: {e}", self.seed));
         if trace() {
@@ -716,10 +734,11 @@ fn partitions_open_on_a_nearly_full_disk() {
                 ..Faults::default()
             },
         );
-        let env = Env {
-            disk: Rc::new(disk.clone()),
-            clock: Rc::new(ManualClock::new(0)),
-        };
+        let env = Env::new(
+            Rc::new(disk.clone()),
+            Rc::new(ManualClock::new(0)),
+            crate::storage::io::SyncScope::default(),
+        );
         let cfg = LogConfig {
             segment_bytes: 100 << 20,
             ..LogConfig::default()
@@ -748,10 +767,11 @@ fn partitions_open_on_a_nearly_full_disk() {
 fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
     crate::runtime::block_on_test(|| async {
         let disk = SimDisk::new(3, Faults::default());
-        let env = Env {
-            disk: Rc::new(disk.clone()),
-            clock: Rc::new(ManualClock::new(0)),
-        };
+        let env = Env::new(
+            Rc::new(disk.clone()),
+            Rc::new(ManualClock::new(0)),
+            crate::storage::io::SyncScope::default(),
+        );
         let dir = PathBuf::from("/data/t-0");
         disk.create_dir_all(&dir).await.unwrap();
         let log = PartitionLog::open_in(env.clone(), dir.clone(), cfg())
@@ -780,7 +800,9 @@ fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
         );
         drop(log);
         disk.crash();
-        let log = PartitionLog::open_in(env, dir, cfg()).await.unwrap();
+        let log = PartitionLog::open_in(env.restarted(), dir, cfg())
+            .await
+            .unwrap();
         assert!(!log.failed());
         assert!(log.log_end_offset().get() > first.last_offset.get());
         let next = log
@@ -794,10 +816,11 @@ fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
 fn sim_env(seed: u64) -> (SimDisk, Env, Rc<ManualClock>) {
     let disk = SimDisk::new(seed, Faults::default());
     let clock = Rc::new(ManualClock::new(1_700_000_000_000));
-    let env = Env {
-        disk: Rc::new(disk.clone()),
-        clock: clock.clone(),
-    };
+    let env = Env::new(
+        Rc::new(disk.clone()),
+        clock.clone(),
+        crate::storage::io::SyncScope::default(),
+    );
     (disk, env, clock)
 }
 
@@ -1132,5 +1155,105 @@ fn the_periodic_fdatasync_runs_on_the_logs_clock() {
                 "seed {seed}: the batch written before the interval passed was not synced"
             );
         }
+    });
+}
+
+/// Group commit across partitions (`storage::group_sync`): four logs share one file-system
+/// sync per round. A crash at a random point keeps every acknowledged batch of every log, the
+/// syncs are shared (fewer syncs than acknowledged appends), and a failed sync fails the
+/// appends of every log waiting on it, later ones too, until a restart.
+#[test]
+fn group_commit_across_partitions_keeps_every_ack() {
+    crate::runtime::block_on_test(|| async {
+        let mut shared = false;
+        for seed in 0..40u64 {
+            let _replay = SeedGuard(seed);
+            let disk = SimDisk::new(
+                seed,
+                Faults {
+                    slow: 0.3,
+                    ..Faults::default()
+                },
+            );
+            let env = Env::new(
+                Rc::new(disk.clone()),
+                Rc::new(ManualClock::new(0)),
+                SyncScope::Filesystem,
+            );
+            let mut logs = Vec::new();
+            for p in 0..4 {
+                logs.push(open_sim(&env, &format!("/data/t-{p}")).await);
+            }
+            let acked: Rc<RefCell<Vec<(usize, i64, i64)>>> = Rc::default();
+            let mut rng = SimRng::new(seed);
+            let mut tasks = Vec::new();
+            for i in 0..60 {
+                let p = rng.below(4) as usize;
+                let log = logs[p].clone();
+                let acked = acked.clone();
+                tasks.push(crate::runtime::spawn(async move {
+                    if let Ok(info) = produce(&log, test_util::encode_batch(0, 2, i, 40)).await {
+                        let base = info.base_offset.get();
+                        acked
+                            .borrow_mut()
+                            .push((p, base, info.last_offset.get() + 1));
+                    }
+                }));
+            }
+            for _ in 0..rng.below(400) {
+                futures_lite::future::yield_now().await;
+            }
+            disk.crash();
+            drop(logs);
+            for t in tasks {
+                t.await;
+            }
+            let (syncs, callers) = env.group_sync.stats();
+            shared |= callers > syncs;
+            let env = env.restarted();
+            for p in 0..4 {
+                let log = open_sim(&env, &format!("/data/t-{p}")).await;
+                let end = log.log_end_offset().get();
+                let mine: Vec<_> = acked
+                    .borrow()
+                    .iter()
+                    .filter(|a| a.0 == p)
+                    .copied()
+                    .collect();
+                for (_, base, next) in mine {
+                    assert!(end >= next, "seed {seed}: t-{p} lost acked {base}..{next}");
+                    let data = log.read(Offset(base), 1 << 20).await.unwrap();
+                    let h = headers(&data.records);
+                    assert_eq!(h[0].base_offset, base, "seed {seed}: t-{p} at {base}");
+                }
+            }
+        }
+        assert!(shared, "no round shared a file-system sync");
+
+        // A failed sync fails every log waiting on it, and every later sync.
+        let (disk, env, _) = sim_env(7);
+        let a = open_sim(&env, "/data/a-0").await;
+        let b = open_sim(&env, "/data/b-0").await;
+        produce(&a, test_util::encode_batch(0, 1, 0, 10))
+            .await
+            .unwrap();
+        disk.fail_next(0, 1, 0);
+        let (ra, rb) = futures::join!(
+            produce(&a, test_util::encode_batch(0, 1, 0, 10)),
+            produce(&b, test_util::encode_batch(0, 1, 0, 10))
+        );
+        assert_eq!(ra.unwrap_err().kafka_error_code(), 56);
+        assert_eq!(rb.unwrap_err().kafka_error_code(), 56);
+        let c = open_sim(&env, "/data/c-0").await;
+        let rc = produce(&c, test_util::encode_batch(0, 1, 0, 10)).await;
+        assert_eq!(
+            rc.unwrap_err().kafka_error_code(),
+            56,
+            "later syncs fail too"
+        );
+        let c = open_sim(&env.restarted(), "/data/c-0").await;
+        produce(&c, test_util::encode_batch(0, 1, 0, 10))
+            .await
+            .unwrap();
     });
 }

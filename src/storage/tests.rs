@@ -600,6 +600,8 @@ fn sync_failure_fails_the_log_and_recovery_keeps_durable_data() {
             Err(StorageError::Io { .. })
         ));
         assert!(log.close().await.is_err());
+        // A restart: a failed file-system sync fails the shard's group commit for good.
+        crate::storage::io::Env::init_production(crate::storage::io::SyncScope::default());
         let log = PartitionLog::open(dir.clone(), LogConfig::default())
             .await
             .unwrap();

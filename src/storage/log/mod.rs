@@ -102,6 +102,9 @@ pub struct LogConfig {
     pub pending_bytes_max: usize,
     /// Recent batches kept in memory to serve tailing fetches without I/O.
     pub tail_cache_bytes: usize,
+    /// A partition whose write rounds average fewer bytes zero-fills its space ahead instead
+    /// of preallocating it (`writer::space_plan`); 0: always preallocate.
+    pub zero_fill_below: usize,
     /// Delete sealed segments whose max timestamp is older than this
     /// (`retention.ms`); -1: keep forever.
     pub retention_ms: i64,
@@ -126,6 +129,7 @@ impl Default for LogConfig {
             flush: FlushPolicy::Always,
             pending_bytes_max: constants::PENDING_WRITE_BYTES_MAX,
             tail_cache_bytes: constants::TAIL_CACHE_BYTES_MAX,
+            zero_fill_below: constants::ZERO_FILL_BELOW_BYTES,
             retention_ms: constants::RETENTION_MS_DEFAULT,
             retention_bytes: -1,
             retention_enabled: true,
