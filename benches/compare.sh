@@ -13,7 +13,8 @@
 #   DURATION     measured seconds per workload (default 10s; QUICK: 2s).
 #   DATA_DIR     where Sluice's data and fio's files go (default target/compare-data): put it
 #                on the file system you want measured.
-#   SLUICE       the sluice binary (default target/release/sluice); SHARDS (default 2).
+#   SLUICE       the sluice binary (default target/release/sluice); SHARDS (default 2);
+#   LOAD         the sluice-load binary (default target/release/sluice-load).
 #   OUT          report directory (default target/compare-YYYYmmdd-HHMMSS).
 # Needs: fio, iperf3, python3 (Debian: apt-get install fio iperf3) and release builds:
 #   cargo build --release -p sluice -p sluice-load
@@ -25,7 +26,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-load="$root/target/release/sluice-load"
+load="${LOAD:-$root/target/release/sluice-load}"
 sluice="${SLUICE:-$root/target/release/sluice}"
 quick="${QUICK:-0}"
 if [[ $quick == 1 ]]; then duration="${DURATION:-2s}"; warmup=1s; fio_size=64M; fio_time=3
@@ -205,7 +206,8 @@ def load(workload, broker):
             "p50": lat.get("p50_ms"), "p99": lat.get("p99_ms"), "p999": lat.get("p99_9_ms"),
             "ok": r.get("delivery", {}).get("exactly_once")}
 
-workloads = sorted({os.path.basename(os.path.dirname(p)) for p in glob.glob(f"{out}/*/*/cpu")},
+workloads = sorted({os.path.basename(os.path.dirname(os.path.dirname(p)))
+                    for p in glob.glob(f"{out}/*/*/cpu")},
                    key=lambda w: (w.split("-")[0], int(w.split("-")[-1]) if w.split("-")[-1].isdigit() else 0, w))
 f = lambda v, fmt="{:.1f}": "-" if v is None else fmt.format(v)
 print("## Workloads\n")

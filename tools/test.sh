@@ -10,8 +10,8 @@
 #      cmake, libcurl4-openssl-dev, build-essential, pkg-config: the rdkafka crate compiles
 #      librdkafka from source; kcat: the librdkafka 2.0.2 client check; systemd: systemd-analyze
 #      verify of tuning/sluice.service; python3-venv: the Python clients' virtual environment;
-#      e2fsprogs, mount: the loop-mounted ext4 of the disk-fault tests; nodejs, npm: the
-#      kafkajs clients.
+#      e2fsprogs, mount: the loop-mounted ext4 of the disk-fault tests; fio, iperf3: the smoke
+#      run of benches/compare.sh; nodejs, npm: the kafkajs clients.
 #   2. The pinned Python clients (tests/clients/requirements.txt) in tests/clients/.venv, a
 #      virtual environment of its own: the tests run its python3, never the system's packages.
 #   3. The pinned npm packages (tests/clients/package-lock.json), `npm ci` in tests/clients.
@@ -25,7 +25,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # 1. Debian packages.
-debian_packages=(cmake libcurl4-openssl-dev build-essential pkg-config kcat systemd python3-venv e2fsprogs mount)
+debian_packages=(cmake libcurl4-openssl-dev build-essential pkg-config kcat systemd python3-venv e2fsprogs mount fio iperf3)
 command -v node >/dev/null && command -v npm >/dev/null || debian_packages+=(nodejs npm)
 
 missing=()

@@ -261,3 +261,74 @@ fn fixed_rate_run_against_sluice_then_compare() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(png.len() > 10_000, "png too small: {}", png.len());
 }
+
+/// `benches/compare.sh` in smoke mode (`QUICK=1`): the host measures (fio, iperf3), Sluice
+/// started by the script, the reduced workload matrix, one report. Checks that every section
+/// is there and every workload produced numbers, not that they are fast (benchmarks, not
+/// timed tests).
+#[test]
+fn compare_script_smoke() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/compare.sh");
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .env("QUICK", "1")
+        .env("SLUICE", sluice_binary())
+        .env("LOAD", env!("CARGO_BIN_EXE_sluice-load"))
+        .env("OUT", out.path())
+        .env("DATA_DIR", data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("benches/compare.sh did not finish in 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let result = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        result.status.success(),
+        "compare.sh failed\nstderr:\n{stderr}"
+    );
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    for section in ["## Host limits", "## Workloads", "## Partition sweep"] {
+        assert!(report.contains(section), "no {section:?} in\n{report}");
+    }
+    assert!(
+        !report.contains("failed"),
+        "a workload failed:\n{report}\n{stderr}"
+    );
+    for workload in [
+        "produce-16p",
+        "produce-consume-16p",
+        "partitions-16",
+        "partitions-256",
+        "latency-5000",
+        "latency-half-max",
+    ] {
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {workload} | sluice |")))
+            .unwrap_or_else(|| panic!("no row for {workload} in\n{report}"));
+        let produce: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
+        assert!(produce > 0.0, "{workload} produced nothing: {row}");
+        let cpu = row.split('|').nth(8).unwrap().trim();
+        assert!(
+            cpu.parse::<f64>().is_ok(),
+            "{workload} has no CPU figure: {row}"
+        );
+    }
+    let fio_seq = report
+        .lines()
+        .find(|l| l.contains("sequential write, qd 1"))
+        .unwrap();
+    let mbs: f64 = fio_seq.split('|').nth(2).unwrap().trim().parse().unwrap();
+    assert!(mbs > 0.0, "fio measured nothing: {fio_seq}");
+    assert!(out.path().join("latency.svg").exists(), "no latency chart");
+}
