@@ -85,6 +85,84 @@ where
     .await
 }
 
+/// Write `parts` in order to the socket `fd` with vectored, non-blocking sends (`sendmsg`):
+/// one system call for a response of many buffers, and no copy into one. When the socket is
+/// full, the rest of the current part goes through `writer` (glommio waits for room), then the
+/// vectored sends resume. `writer` must be the stream of `fd`, and nothing else may write to
+/// it meanwhile.
+pub async fn write_parts<W>(
+    writer: &mut W,
+    fd: std::os::fd::RawFd,
+    parts: &[bytes::Bytes],
+) -> std::io::Result<()>
+where
+    W: futures::io::AsyncWrite + Unpin,
+{
+    use futures::io::AsyncWriteExt;
+    const IOVECS: usize = 64;
+    let (mut i, mut off) = (0usize, 0usize);
+    while i < parts.len() {
+        if off == parts[i].len() {
+            i += 1;
+            off = 0;
+            continue;
+        }
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; IOVECS];
+        let mut n = 0;
+        for (k, p) in parts[i..].iter().enumerate() {
+            if n == IOVECS {
+                break;
+            }
+            let s = if k == 0 { &p[off..] } else { &p[..] };
+            if s.is_empty() {
+                continue;
+            }
+            iov[n] = libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            };
+            n += 1;
+        }
+        // SAFETY: a zeroed msghdr is valid; it points at `iov`, whose entries point into
+        // `parts`, all alive for the call.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = n as _;
+            libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if sent >= 0 {
+            let mut left = sent as usize;
+            while left > 0 {
+                let room = parts[i].len() - off;
+                if left < room {
+                    off += left;
+                    left = 0;
+                } else {
+                    left -= room;
+                    i += 1;
+                    off = 0;
+                }
+            }
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => {
+                writer.write_all(&parts[i][off..]).await?;
+                i += 1;
+                off = 0;
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Let every other ready task of the shard run first.
 pub async fn yield_now() {
     futures_lite::future::yield_now().await

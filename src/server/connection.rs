@@ -34,6 +34,7 @@ use crate::constants::IN_FLIGHT_PER_CONNECTION_MAX;
 use crate::runtime::{self, TcpStream};
 use crate::server::handlers::{self, RequestContext};
 use crate::server::ordering::{self, Sequencer};
+use crate::server::zero_copy::{Frame, FrameBuf};
 use crate::shard::Shard;
 
 /// Why a connection was closed by the broker.
@@ -59,9 +60,10 @@ pub enum ConnectionError {
     Handler(String),
 }
 
-/// A response ready to write: the full frame, length prefix included, or
-/// nothing (acks=0 produce).
-type Reply = Result<Option<Bytes>, ConnectionError>;
+/// A response ready to write: the full frame, length prefix included, in parts (a Fetch
+/// response's records are the stored buffers themselves, `zero_copy`), or nothing (acks=0
+/// produce).
+type Reply = Result<Option<Frame>, ConnectionError>;
 
 /// Serve one connection until the client closes it or sends bad input.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -70,10 +72,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    // Valid while either half lives (they share the stream); the writer uses it for vectored
+    // sends.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (reader, writer) = stream.split();
     let (tx, rx) = runtime::local_channel::<Queued>(IN_FLIGHT_PER_CONNECTION_MAX);
 
-    let writer_task = runtime::spawn(write_loop(writer, rx));
+    let writer_task = runtime::spawn(write_loop(writer, fd, rx));
     let read_result = read_loop(shard.clone(), reader, tx).await;
     // The reader dropped its sender: the writer drains what is in flight.
     let write_result = writer_task.await;
@@ -91,11 +96,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
 async fn write_loop(
     mut writer: futures::io::WriteHalf<TcpStream>,
+    fd: std::os::fd::RawFd,
     rx: runtime::LocalReceiver<Queued>,
 ) -> Result<(), ConnectionError> {
     while let Some((in_flight, task)) = rx.recv().await {
         if let Some(frame) = task.await? {
-            writer.write_all(&frame).await?;
+            match &frame.parts[..] {
+                [one] => writer.write_all(one).await?,
+                parts => runtime::write_parts(&mut writer, fd, parts).await?,
+            }
             crate::metrics::bytes_out(frame.len());
         }
         // Answered: a graceful stop waits for this, not just the handler.
@@ -258,18 +267,30 @@ pub fn encode_response(
     version: i16,
     correlation_id: i32,
     body: &ResponseKind,
-) -> Result<Bytes, ConnectionError> {
+) -> Result<Frame, ConnectionError> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    if let ResponseKind::Fetch(r) = body {
+        // Records are placeholders (`zero_copy`): the frame's parts are the stored buffers.
+        let mut buf = FrameBuf::with_capacity(1024);
+        header
+            .encode(&mut buf, key.response_header_version(version))
+            .map_err(|e| ConnectionError::Encode(e.to_string()))?;
+        r.encode(&mut buf, version)
+            .map_err(|e| ConnectionError::Encode(e.to_string()))?;
+        return buf
+            .finish_framed()
+            .map_err(|e| ConnectionError::Encode(e.to_string()));
+    }
     let mut out = BytesMut::with_capacity(256);
     out.put_i32(0);
-    ResponseHeader::default()
-        .with_correlation_id(correlation_id)
+    header
         .encode(&mut out, key.response_header_version(version))
         .map_err(|e| ConnectionError::Encode(e.to_string()))?;
     body.encode(&mut out, version)
         .map_err(|e| ConnectionError::Encode(e.to_string()))?;
     let len = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(out.freeze())
+    Ok(Frame::one(out.freeze()))
 }
 
 /// A request on its way to the writer: counted in `Shard::in_flight` until

@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod handlers;
 pub mod ordering;
+pub mod zero_copy;
 
 use std::rc::Rc;
 

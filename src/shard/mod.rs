@@ -174,10 +174,24 @@ impl Shard {
             return Ok(Box::pin(async move { Ok(fut.await) }));
         }
         let (tx, rx) = oneshot::channel();
+        let origin = self.id;
         let job: Job = Box::new(move |shard| {
-            let fut = f(shard);
+            let fut = f(shard.clone());
             Box::pin(async move {
-                let _ = tx.send(fut.await);
+                let out = fut.await;
+                // The result travels back as a job on the channel to `origin`, so the waiting
+                // task is woken on its own shard. Completing the oneshot here would wake it
+                // from this thread: glommio's foreign-waker path races with the task's
+                // teardown and aborted the broker with a double free (under load, about once
+                // in ten 10 s runs).
+                let reply: Job = Box::new(move |_| {
+                    Box::pin(async move {
+                        let _ = tx.send(out);
+                    })
+                });
+                if let Some(back) = shard.peers[origin.0].as_ref() {
+                    let _ = back.send(reply).await;
+                }
             })
         });
         let sender = self.peers[target.0]

@@ -64,5 +64,6 @@ mod tests;
 
 pub use error::StorageError;
 pub use log::{
-    AppendInfo, FetchData, FlushPolicy, LogConfig, OpenedFrom, PartitionLog, ProducerInfo,
+    AppendInfo, Chunks, FetchChunks, FetchData, FlushPolicy, LogConfig, OpenedFrom, PartitionLog,
+    ProducerInfo,
 };

@@ -16,7 +16,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
@@ -24,8 +23,10 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use super::{HandlerError, RequestContext, str_bytes};
 use crate::constants::FETCH_WAIT_MS_MAX;
 use crate::runtime;
+use crate::server::zero_copy;
 use crate::shard::Shard;
 use crate::shard::scatter::ByOwner;
+use crate::storage::Chunks;
 use crate::types::{Offset, ShardId, TopicPartition};
 
 /// One partition to read on its owner.
@@ -42,7 +43,8 @@ pub struct ReadOutcome {
     pub error_code: i16,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    /// As stored (the tail cache's own buffers): sent without a copy.
+    pub records: Chunks,
 }
 
 struct Slot {
@@ -113,7 +115,7 @@ pub async fn handle(
             // Keep to max_bytes in request order; never split a batch.
             if !r.records.is_empty() {
                 if total > 0 && total + r.records.len() > max_bytes {
-                    r.records = Bytes::new();
+                    r.records = Chunks::default();
                 } else {
                     total += r.records.len();
                 }
@@ -168,7 +170,7 @@ pub async fn handle(
                                 .with_high_watermark(r.high_watermark)
                                 .with_last_stable_offset(r.high_watermark)
                                 .with_log_start_offset(r.log_start_offset)
-                                .with_records(Some(r.records))
+                                .with_records(Some(zero_copy::placeholder(r.records.into_parts())))
                         })
                         .collect(),
                 )
@@ -215,7 +217,7 @@ pub async fn read_on_owner(
                 error_code: ResponseError::NotLeaderOrFollower.code(),
                 high_watermark: -1,
                 log_start_offset: -1,
-                records: Bytes::new(),
+                records: Chunks::default(),
             });
             continue;
         };
@@ -223,11 +225,11 @@ pub async fn read_on_owner(
             error_code: 0,
             high_watermark: log.high_watermark().get(),
             log_start_offset: log.log_start_offset().get(),
-            records: Bytes::new(),
+            records: Chunks::default(),
         };
         if total < max_bytes {
             match log
-                .read(
+                .read_chunks(
                     Offset(spec.offset),
                     spec.max_bytes.min(max_bytes - total).max(1),
                 )

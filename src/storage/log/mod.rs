@@ -196,6 +196,67 @@ pub struct FetchData {
     pub log_start_offset: Offset,
 }
 
+/// Whole batches as read, in log order, in one or more buffers: the tail cache hands out the
+/// batches it holds without joining them, and a Fetch response sends them to the socket as
+/// they are (`server::zero_copy`).
+#[derive(Debug, Clone, Default)]
+pub struct Chunks {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    pub fn one(b: Bytes) -> Chunks {
+        let len = b.len();
+        let parts = if len == 0 { Vec::new() } else { vec![b] };
+        Chunks { parts, len }
+    }
+
+    pub fn from_parts(parts: Vec<Bytes>) -> Chunks {
+        let len = parts.iter().map(Bytes::len).sum();
+        Chunks { parts, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    pub fn into_parts(self) -> Vec<Bytes> {
+        self.parts
+    }
+
+    /// One buffer: the part itself if there is one, else a copy of them all.
+    pub fn join(self) -> Bytes {
+        match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts.into_iter().next().expect("one part"),
+            _ => {
+                let mut buf = bytes::BytesMut::with_capacity(self.len);
+                for p in &self.parts {
+                    buf.extend_from_slice(p);
+                }
+                buf.freeze()
+            }
+        }
+    }
+}
+
+/// [`FetchData`] with the batches in [`Chunks`].
+#[derive(Debug, Clone)]
+pub struct FetchChunks {
+    pub records: Chunks,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
+}
+
 struct State {
     /// Sorted by base offset; the last one is active (receives appends).
     segments: Vec<Segment>,

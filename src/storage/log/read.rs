@@ -36,6 +36,21 @@ impl PartitionLog {
     /// sparse index position (two if the first batch is larger than that
     /// read).
     pub async fn read(&self, offset: Offset, max_bytes: usize) -> Result<FetchData, StorageError> {
+        let data = self.read_chunks(offset, max_bytes).await?;
+        Ok(FetchData {
+            records: data.records.join(),
+            high_watermark: data.high_watermark,
+            log_start_offset: data.log_start_offset,
+        })
+    }
+
+    /// [`PartitionLog::read`] without joining the batches into one buffer: from the tail
+    /// cache, the cached batches themselves (no copy).
+    pub async fn read_chunks(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<FetchChunks, StorageError> {
         let offset = offset.0;
         let (hw, log_start) = {
             let st = self.state.borrow();
@@ -44,7 +59,7 @@ impl PartitionLog {
             }
             (st.high_watermark, st.log_start)
         };
-        let out = |records: Bytes| FetchData {
+        let out = |records: Chunks| FetchChunks {
             records,
             high_watermark: Offset(hw),
             log_start_offset: Offset(log_start),
@@ -57,10 +72,10 @@ impl PartitionLog {
             });
         }
         if offset == hw {
-            return Ok(out(Bytes::new()));
+            return Ok(out(Chunks::default()));
         }
-        if let Some(records) = self.state.borrow().tail.read(offset, hw, max_bytes) {
-            return Ok(out(records));
+        if let Some(parts) = self.state.borrow().tail.read_parts(offset, hw, max_bytes) {
+            return Ok(out(Chunks::from_parts(parts)));
         }
         // From the segments: the one holding `offset`, or the next ones if
         // it ends before (an empty active segment).
@@ -75,14 +90,14 @@ impl PartitionLog {
                     .saturating_sub(1)
             };
             match self.segment_read_plan(seg_index, offset).await? {
-                None => return Ok(out(Bytes::new())),
+                None => return Ok(out(Chunks::default())),
                 Some(ReadPlan::Empty) => {}
                 Some(ReadPlan::Read { file, start, end }) => {
                     let interval = self.cfg().index_interval_bytes;
                     if let Some(records) =
                         read_batches(file, start, end, offset, hw, max_bytes, interval).await?
                     {
-                        return Ok(out(records));
+                        return Ok(out(Chunks::one(records)));
                     }
                 }
             }
@@ -92,7 +107,7 @@ impl PartitionLog {
             };
             match next {
                 Some(base) if base > at => at = base,
-                _ => return Ok(out(Bytes::new())),
+                _ => return Ok(out(Chunks::default())),
             }
         }
     }

@@ -4,7 +4,10 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+
+#[cfg(test)]
+use super::Chunks;
 
 /// A recent batch kept for tailing readers.
 struct CachedBatch {
@@ -64,13 +67,20 @@ impl TailCache {
     /// Whole batches from the one holding `offset`, below `hw`, at most `max_bytes` except the
     /// first; None if `offset` is older than the cache. `offset < hw` and every offset below
     /// `hw` and from the cache's first batch on is in the cache.
+    #[cfg(test)]
     pub fn read(&self, offset: i64, hw: i64, max_bytes: usize) -> Option<Bytes> {
+        self.read_parts(offset, hw, max_bytes)
+            .map(|parts| Chunks::from_parts(parts).join())
+    }
+
+    /// [`TailCache::read`] as the cached batches themselves, not joined.
+    pub fn read_parts(&self, offset: i64, hw: i64, max_bytes: usize) -> Option<Vec<Bytes>> {
         let front = self.batches.front()?;
         if offset < front.base_offset {
             return None;
         }
         let i = self.batches.partition_point(|b| b.next_offset <= offset);
-        let mut picked: Vec<&Bytes> = Vec::new();
+        let mut picked: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
         for b in self.batches.range(i..) {
             if b.base_offset >= hw {
@@ -80,20 +90,13 @@ impl TailCache {
                 break;
             }
             total += b.bytes.len();
-            picked.push(&b.bytes);
+            picked.push(b.bytes.clone());
         }
         assert!(
             !picked.is_empty(),
             "offset {offset} below HW {hw} must be in the tail cache"
         );
-        if picked.len() == 1 {
-            return Some(picked[0].clone());
-        }
-        let mut buf = BytesMut::with_capacity(total);
-        for b in picked {
-            buf.extend_from_slice(b);
-        }
-        Some(buf.freeze())
+        Some(picked)
     }
 }
 
