@@ -13,7 +13,8 @@
 #   DURATION     measured seconds per workload (default 10s; QUICK: 2s).
 #   DATA_DIR     where Sluice's data and fio's files go (default target/compare-data): put it
 #                on the file system you want measured.
-#   SLUICE       the sluice binary (default target/release/sluice); SHARDS (default 2);
+#   SLUICE       the sluice binary (default target/release/sluice; also deletes each run's
+#                topic afterwards, on any broker); SHARDS (default 2);
 #   LOAD         the sluice-load binary (default target/release/sluice-load).
 #   OUT          report directory (default target/compare-YYYYmmdd-HHMMSS).
 # Needs: fio, iperf3, python3 (Debian: apt-get install fio iperf3) and release builds:
@@ -126,6 +127,15 @@ run_one() {
     fi
     t1=$(cpu_ticks "$pid")
     echo "$t0 $t1 $(getconf CLK_TCK)" >"$dir/cpu"
+    # Each run writes a fresh topic: delete it, so the matrix does not fill the disk (a max-rate
+    # minute is tens of GB). `sluice topic` speaks Kafka, so this works against any broker.
+    local topic
+    for topic in $(python3 -c 'import json,sys
+try: print(" ".join(json.load(open(sys.argv[1])).get("topics") or []))
+except Exception: pass' "$dir/report.json"); do
+        timeout 60 "$sluice" topic delete -b "$addr" "$topic" >/dev/null 2>&1 \
+            || echo "   could not delete topic $topic on $name" >&2
+    done
     echo "   $workload on $name done" >&2
 }
 
