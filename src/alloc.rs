@@ -74,6 +74,27 @@ unsafe impl GlobalAlloc for GuardedAlloc {
     }
 }
 
+/// glibc's thresholds for the broker: allocations up to this size come from the heap, not
+/// from a fresh `mmap` (the default threshold grows only to the largest block freed so far,
+/// so request frames of a few hundred KiB were mapped and unmapped per request, each page a
+/// fault and a kernel zeroing).
+const HEAP_UP_TO_BYTES: i32 = 32 << 20;
+/// Free memory at the top of a heap kept for reuse up to this much (the default, twice the
+/// mmap threshold, gave pages back between requests only to fault them in again). Bounded:
+/// what is kept is at most what a shard used at its peak, per heap.
+const KEEP_FREE_BYTES: i32 = 64 << 20;
+
+/// Tune the system allocator for a long-running broker (see the constants). Call once, before
+/// the shards start; a no-op where glibc is not the allocator.
+pub fn tune_system_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_UP_TO_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE_BYTES);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -263,23 +263,20 @@ impl DmaSegmentFile {
         }
         let mut pos = from;
         while pos < to {
-            let n = ((to - pos) as usize).min(ZERO_CHUNK_BYTES);
-            let done = if n == ZERO_CHUNK_BYTES {
-                let zeros = ZEROS.with(|z| {
-                    z.borrow_mut()
-                        .get_or_insert_with(|| {
-                            let mut b = self.file.alloc_dma_buffer(ZERO_CHUNK_BYTES);
-                            b.as_bytes_mut().fill(0);
-                            Rc::new(b)
-                        })
-                        .clone()
-                });
-                self.file.write_rc_at(zeros, pos).await?
-            } else {
-                let mut b = self.file.alloc_dma_buffer(n);
-                b.as_bytes_mut().fill(0);
-                self.file.write_at(b, pos).await?
-            };
+            // The largest power of two that fits (a multiple of the alignment, itself a power
+            // of two): each size's zeroed buffer is allocated once per shard, so zero-filling
+            // never allocates or zeroes memory again (fresh buffers cost a page fault per page).
+            let n = prev_power_of_two(((to - pos) as usize).min(ZERO_CHUNK_BYTES));
+            let zeros = ZEROS.with(|z| {
+                z.borrow_mut()[n.trailing_zeros() as usize]
+                    .get_or_insert_with(|| {
+                        let mut b = self.file.alloc_dma_buffer(n);
+                        b.as_bytes_mut().fill(0);
+                        Rc::new(b)
+                    })
+                    .clone()
+            });
+            let done = self.file.write_rc_at(zeros, pos).await?;
             if done == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
@@ -360,9 +357,15 @@ mod syncfs_thread {
 pub const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
 thread_local! {
-    /// The shard's zeroed buffer for [`DmaSegmentFile::zero_fill`].
-    static ZEROS: std::cell::RefCell<Option<Rc<glommio::io::DmaBuffer>>> =
-        const { std::cell::RefCell::new(None) };
+    /// The shard's zeroed buffers for [`DmaSegmentFile::zero_fill`], one per power of two up
+    /// to [`ZERO_CHUNK_BYTES`] (2 MiB in all), indexed by log2 of the size.
+    static ZEROS: std::cell::RefCell<[Option<Rc<glommio::io::DmaBuffer>>; 21]> =
+        const { std::cell::RefCell::new([const { None }; 21]) };
+}
+
+/// The largest power of two not above `n` (`n > 0`).
+fn prev_power_of_two(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.leading_zeros())
 }
 
 /// The real disk behind `storage::io::Disk`: glommio direct I/O for files, `std::fs` for
