@@ -175,6 +175,7 @@ impl Producer {
             schedule: Schedule {
                 start_us: shared.start_us,
                 rate: rate_per_producer,
+                phase: f64::from(id) / f64::from(workload.producers.max(1)),
             },
             shared,
             accumulators: (0..partitions.len()).map(|_| VecDeque::new()).collect(),
