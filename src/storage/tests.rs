@@ -1378,3 +1378,30 @@ fn open_time_with_and_without_marker() {
         );
     });
 }
+
+/// The real file's zero fill: ranges that are not powers of two are written from the shard's
+/// cached zero buffers, exactly over `[from, to)`, and the bytes around stay as they were.
+#[test]
+fn zero_fill_writes_exactly_the_range() {
+    run(|dir| async move {
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("zeros.bin");
+        let f = file::DmaSegmentFile::open_rw(&path, true).await.unwrap();
+        let a = f.alignment() as usize;
+        let len = 64 * a;
+        let mut buf = f.alloc_buffer(len);
+        buf.as_mut_slice().fill(0xAB);
+        f.write_at(buf, 0).await.unwrap();
+        // 7 blocks (4 + 2 + 1 from the cache), then 11 more elsewhere, then the first again.
+        for (from, to) in [(a, 8 * a), (20 * a, 31 * a), (a, 8 * a)] {
+            f.zero_fill(from as u64, to as u64).await.unwrap();
+        }
+        f.fdatasync().await.unwrap();
+        let back = f.read_at(0, len).await.unwrap();
+        for (i, b) in back.iter().enumerate() {
+            let zeroed = (a..8 * a).contains(&i) || (20 * a..31 * a).contains(&i);
+            assert_eq!(*b, if zeroed { 0 } else { 0xAB }, "byte {i}");
+        }
+        f.close().await.unwrap();
+    });
+}
