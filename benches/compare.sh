@@ -21,9 +21,11 @@
 #   cargo build --release -p sluice -p sluice-load
 #
 # Workloads (1 KiB messages, acks=all unless named): produce at max rate on 16 partitions;
-# the same with a consumer (CPU per GB for produce + consume); a partition sweep at max rate (1, 16, 256, 1,024 [, 10,000]); publish
-# latency at 1k, 5k and 20k msgs/s (4 partitions) and at half the measured maximum; 10 and
-# 1,000 producer connections at 10,000 msgs/s in total.
+# the same with a consumer (CPU per GB for produce + consume, fetches from the tail cache);
+# a catch-up read of 16 filled partitions from their start (fetches from disk); a partition
+# sweep at max rate (1, 16, 256, 1,024 [, 10,000]); publish latency at 1k, 5k and 20k msgs/s
+# (4 partitions) and at half the measured maximum; 10 and 1,000 producer connections at
+# 10,000 msgs/s in total.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -42,7 +44,7 @@ while (($#)); do
     case $1 in
         --broker) brokers+=("$2"); shift 2 ;;
         --no-sluice) start_sluice=0; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -130,6 +132,7 @@ run_one() {
     # Each run writes a fresh topic: delete it, so the matrix does not fill the disk (a max-rate
     # minute is tens of GB). `sluice topic` speaks Kafka, so this works against any broker.
     local topic
+    [[ ${keep_topic:-0} == 1 ]] && { echo "   $workload on $name done" >&2; return; }
     for topic in $(python3 -c 'import json,sys
 try: print(" ".join(json.load(open(sys.argv[1])).get("topics") or []))
 except Exception: pass' "$dir/report.json"); do
@@ -143,6 +146,14 @@ matrix() { # broker
     local b=$1
     run_one produce-16p "$b" --partitions 16 --producers 2 --consumers 0 --acks all --rate 0
     run_one produce-consume-16p "$b" --partitions 16 --producers 2 --consumers 1 --acks all --rate 0
+    # Older data: fill 16 partitions at max rate (the topic is kept), then one consumer reads
+    # them from the start while a producer adds 1 msg/s: the fetch path from disk, where
+    # produce-consume reads the tail cache. CPU per GB is then nearly all fetch.
+    local catchup="compare-catchup-$$-${b%%=*}"
+    keep_topic=1 run_one fill-16p "$b" --topic "$catchup" --partitions 16 --producers 2 \
+        --consumers 0 --acks 1 --rate 0
+    run_one fetch-disk-16p "$b" --topic "$catchup" --partitions 16 --producers 1 --consumers 1 \
+        --consume-from earliest --acks 1 --rate 1 --drain-timeout 1s
     local sweep=(1 16 256 1024)
     [[ $quick == 1 ]] && sweep=(16 256)
     [[ ${FULL:-0} == 1 ]] && sweep+=(10000)

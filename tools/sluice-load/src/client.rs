@@ -290,9 +290,11 @@ impl Connection {
     }
 
     /// Latest offsets (ListOffsets timestamp -1) of the given partitions.
-    pub async fn latest_offsets(
+    /// Offsets at ListOffsets `timestamp` (-1 the log end, -2 the log start).
+    pub async fn list_offsets(
         &mut self,
         partitions: &[(String, i32)],
+        timestamp: i64,
     ) -> Result<HashMap<(String, i32), i64>> {
         let v = self.versions.get(ApiKey::ListOffsets)?;
         let mut by_topic: HashMap<&str, Vec<i32>> = HashMap::new();
@@ -313,7 +315,7 @@ impl Connection {
                                         ListOffsetsPartition::default()
                                             .with_partition_index(*p)
                                             .with_current_leader_epoch(-1)
-                                            .with_timestamp(-1)
+                                            .with_timestamp(timestamp)
                                     })
                                     .collect(),
                             )

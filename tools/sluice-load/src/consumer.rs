@@ -25,6 +25,7 @@ use crate::client::{self, Connection};
 use crate::latency::{LatencyPair, sample};
 use crate::payload::Tracking;
 use crate::shared::{PartitionRef, Shared};
+use crate::workload::ConsumeFrom;
 
 /// Fetch request and per-partition byte limits (the Java consumer's defaults).
 const FETCH_MAX_BYTES: i32 = 50 << 20;
@@ -106,6 +107,9 @@ pub struct Consumer {
     /// Assigned partitions and their next offsets.
     partitions: Vec<(PartitionRef, i64)>,
     max_wait_ms: i32,
+    /// From the earliest offset: every record read counts (catch-up throughput), whoever
+    /// wrote it.
+    catch_up: bool,
     result: ConsumerResult,
 }
 
@@ -115,6 +119,7 @@ impl Consumer {
         conn: Connection,
         partitions: Vec<(PartitionRef, i64)>,
         max_wait: Duration,
+        from: ConsumeFrom,
     ) -> Result<Consumer> {
         let version = conn.versions.get(ApiKey::Fetch)?;
         Ok(Consumer {
@@ -123,6 +128,7 @@ impl Consumer {
             version,
             partitions,
             max_wait_ms: max_wait.as_millis() as i32,
+            catch_up: from == ConsumeFrom::Earliest,
             result: ConsumerResult::default(),
         })
     }
@@ -212,9 +218,19 @@ impl Consumer {
                         let Some(v) = r.value.as_deref() else {
                             continue;
                         };
-                        if let Some(tr) = Tracking::read(v)
-                            && tr.run_id == run_id
-                        {
+                        let tracked = Tracking::read(v).filter(|tr| tr.run_id == run_id);
+                        if self.catch_up && tracked.is_none() {
+                            // Stored before this run: counted by when it arrived.
+                            let n = v.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64);
+                            consumed += 1;
+                            bytes += n;
+                            if received_us >= measure_start {
+                                self.result.measured_consumed += 1;
+                                self.result.measured_consumed_bytes += v.len() as u64;
+                            }
+                            continue;
+                        }
+                        if let Some(tr) = tracked {
                             consumed += 1;
                             bytes += v.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64);
                             if !self.result.mark(tr.producer_id, tr.sequence) {

@@ -177,6 +177,10 @@ struct WorkloadFlags {
     request_timeout: Option<workload::Dur>,
     #[arg(long)]
     fetch_max_wait: Option<workload::Dur>,
+    /// Where consumers start: latest (this run's messages, checked exactly once) or
+    /// earliest (a catch-up read of everything stored, not checked).
+    #[arg(long)]
+    consume_from: Option<workload::ConsumeFrom>,
     #[arg(long)]
     seed: Option<u64>,
 }
@@ -210,6 +214,7 @@ impl WorkloadFlags {
             drain_timeout,
             request_timeout,
             fetch_max_wait,
+            consume_from,
             seed
         );
         if let Some(t) = self.topic {

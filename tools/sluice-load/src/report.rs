@@ -203,7 +203,7 @@ pub struct Delivery {
     /// in fact written).
     pub consumed_unacked: u64,
     /// acked == consumed_unique, no duplicates, nothing missing.
-    /// Null when there were no consumers.
+    /// Null when there were no consumers or they read from the earliest offset.
     pub exactly_once: Option<bool>,
 }
 
@@ -352,7 +352,7 @@ impl Report {
             match d.exactly_once {
                 Some(true) => "exactly once",
                 Some(false) => "NOT exactly once",
-                None => "not checked (no consumers)",
+                None => "not checked (no consumers, or read from the earliest offset)",
             }
         );
         if !self.errors.is_empty() {

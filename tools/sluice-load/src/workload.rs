@@ -184,6 +184,48 @@ impl fmt::Display for Acks {
     }
 }
 
+/// Where consumers start reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeFrom {
+    /// The log end when the run starts: they read what this run produces, and every
+    /// acknowledged message is checked to arrive exactly once.
+    Latest,
+    /// The log start: they read what is stored (a catch-up read of older data, from disk
+    /// rather than the tail cache), counted as consumed bytes whoever wrote them; nothing
+    /// is checked.
+    Earliest,
+}
+
+impl ConsumeFrom {
+    /// ListOffsets' timestamp for this position.
+    pub fn list_offsets_timestamp(self) -> i64 {
+        match self {
+            ConsumeFrom::Latest => -1,
+            ConsumeFrom::Earliest => -2,
+        }
+    }
+}
+
+impl FromStr for ConsumeFrom {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.trim() {
+            "latest" => ConsumeFrom::Latest,
+            "earliest" => ConsumeFrom::Earliest,
+            _ => bail!("consume-from must be latest or earliest, got {s:?}"),
+        })
+    }
+}
+
+impl fmt::Display for ConsumeFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConsumeFrom::Latest => "latest",
+            ConsumeFrom::Earliest => "earliest",
+        })
+    }
+}
+
 /// Batch compression codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -328,6 +370,7 @@ string_serde!(
     Dur,
     Rate,
     Acks,
+    ConsumeFrom,
     Codec,
     KeyDistribution,
     PayloadFill
@@ -357,6 +400,9 @@ pub struct Workload {
     pub producers: u32,
     /// Consumer tasks; partitions are assigned to them round-robin.
     pub consumers: u32,
+    /// Where consumers start: `latest` (this run's messages, checked) or `earliest` (a
+    /// catch-up read of what is stored).
+    pub consume_from: ConsumeFrom,
     /// Target rate over all producers; 0 = as fast as possible.
     pub rate: Rate,
     /// How long a partition's batch may wait for more messages.
@@ -404,6 +450,7 @@ impl Default for Workload {
             payload_fill: PayloadFill::Random,
             producers: 1,
             consumers: 1,
+            consume_from: ConsumeFrom::Latest,
             rate: Rate::MessagesPerSecond(10_000.0),
             linger: Dur(Duration::from_millis(1)),
             batch_size: ByteSize(128 << 10),
@@ -524,6 +571,23 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consume_from_parses_and_maps_to_list_offsets() {
+        let e: ConsumeFrom = "earliest".parse().unwrap();
+        assert_eq!(e.list_offsets_timestamp(), -2);
+        assert_eq!(
+            "latest"
+                .parse::<ConsumeFrom>()
+                .unwrap()
+                .list_offsets_timestamp(),
+            -1
+        );
+        assert!("oldest".parse::<ConsumeFrom>().is_err());
+        let w: Workload = serde_yaml::from_str("consume_from: earliest").unwrap();
+        assert_eq!(w.consume_from, ConsumeFrom::Earliest);
+        assert_eq!(Workload::default().consume_from, ConsumeFrom::Latest);
+    }
 
     #[test]
     fn parses_units() {

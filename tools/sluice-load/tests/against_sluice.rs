@@ -324,6 +324,13 @@ fn compare_script_smoke() {
             "{workload} has no CPU figure: {row}"
         );
     }
+    // The catch-up read from disk consumed something.
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| fetch-disk-16p | sluice |"))
+        .unwrap_or_else(|| panic!("no catch-up row in\n{report}"));
+    let consume: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
+    assert!(consume > 0.0, "the catch-up read consumed nothing: {row}");
     let fio_seq = report
         .lines()
         .find(|l| l.contains("sequential write, qd 1"))
