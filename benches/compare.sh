@@ -131,14 +131,16 @@ run_one() {
     echo "$t0 $t1 $(getconf CLK_TCK)" >"$dir/cpu"
     # Each run writes a fresh topic: delete it, so the matrix does not fill the disk (a max-rate
     # minute is tens of GB). `sluice topic` speaks Kafka, so this works against any broker.
+    # keep_topic=1: a later workload reads it.
     local topic
-    [[ ${keep_topic:-0} == 1 ]] && { echo "   $workload on $name done" >&2; return; }
-    for topic in $(python3 -c 'import json,sys
+    if [[ ${keep_topic:-0} != 1 ]]; then
+        for topic in $(python3 -c 'import json,sys
 try: print(" ".join(json.load(open(sys.argv[1])).get("topics") or []))
 except Exception: pass' "$dir/report.json"); do
-        timeout 60 "$sluice" topic delete -b "$addr" "$topic" >/dev/null 2>&1 \
-            || echo "   could not delete topic $topic on $name" >&2
-    done
+            timeout 60 "$sluice" topic delete -b "$addr" "$topic" >/dev/null 2>&1 \
+                || echo "   could not delete topic $topic on $name" >&2
+        done
+    fi
     echo "   $workload on $name done" >&2
 }
 

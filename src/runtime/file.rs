@@ -355,12 +355,15 @@ mod syncfs_thread {
 
 /// Largest zero write of [`DmaSegmentFile::zero_fill`].
 pub const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// Powers of two up to [`ZERO_CHUNK_BYTES`]: the slots of the zero-buffer cache.
+const ZERO_SIZES: usize = ZERO_CHUNK_BYTES.trailing_zeros() as usize + 1;
 
 thread_local! {
     /// The shard's zeroed buffers for [`DmaSegmentFile::zero_fill`], one per power of two up
-    /// to [`ZERO_CHUNK_BYTES`] (2 MiB in all), indexed by log2 of the size.
-    static ZEROS: std::cell::RefCell<[Option<Rc<glommio::io::DmaBuffer>>; 21]> =
-        const { std::cell::RefCell::new([const { None }; 21]) };
+    /// to [`ZERO_CHUNK_BYTES`] (under 2 MiB in all, each made on first use), indexed by
+    /// log2 of the size.
+    static ZEROS: std::cell::RefCell<[Option<Rc<glommio::io::DmaBuffer>>; ZERO_SIZES]> =
+        const { std::cell::RefCell::new([const { None }; ZERO_SIZES]) };
 }
 
 /// The largest power of two not above `n` (`n > 0`).

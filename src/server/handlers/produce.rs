@@ -23,11 +23,12 @@
 //! older epoch INVALID_PRODUCER_EPOCH (47, Kafka's answer to Produce since
 //! 2.7), a transactional batch INVALID_TXN_STATE (48).
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
@@ -180,9 +181,8 @@ pub fn produce_on_owner(
     timeout: Duration,
     parts: Vec<(TopicPartition, Option<Bytes>)>,
 ) -> impl std::future::Future<Output = Vec<PartitionOutcome>> + use<> {
-    let slots: Rc<RefCell<Vec<Option<PartitionOutcome>>>> =
-        Rc::new(RefCell::new(vec![None; parts.len()]));
-    let appends: Vec<_> = parts
+    let n = parts.len();
+    let appends: FuturesUnordered<_> = parts
         .into_iter()
         .enumerate()
         .map(|(i, (tp, records))| {
@@ -192,18 +192,20 @@ pub fn produce_on_owner(
                 Some(log) if !records.is_empty() => Some(log.append(records)),
                 _ => None,
             };
-            let slots = slots.clone();
-            async move {
-                let outcome = append_outcome(&tp, acks, log, appended).await;
-                slots.borrow_mut()[i] = Some(outcome);
-            }
+            async move { (i, append_outcome(&tp, acks, log, appended).await) }
         })
         .collect();
     async move {
+        let mut outcomes: Vec<Option<PartitionOutcome>> = vec![None; n];
         // Timed out: the partitions still waiting are dropped (an append still waiting for
         // room is not made) and answered as timed out.
-        let _ = runtime::timeout(timeout, futures::future::join_all(appends)).await;
-        let outcomes = std::mem::take(&mut *slots.borrow_mut());
+        let _ = runtime::timeout(timeout, async {
+            let mut appends = appends;
+            while let Some((i, outcome)) = appends.next().await {
+                outcomes[i] = Some(outcome);
+            }
+        })
+        .await;
         outcomes
             .into_iter()
             .map(|o| {

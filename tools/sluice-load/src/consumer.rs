@@ -218,31 +218,29 @@ impl Consumer {
                         let Some(v) = r.value.as_deref() else {
                             continue;
                         };
-                        let tracked = Tracking::read(v).filter(|tr| tr.run_id == run_id);
-                        if self.catch_up && tracked.is_none() {
-                            // Stored before this run: counted by when it arrived.
-                            let n = v.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64);
-                            consumed += 1;
-                            bytes += n;
-                            if received_us >= measure_start {
-                                self.result.measured_consumed += 1;
-                                self.result.measured_consumed_bytes += v.len() as u64;
-                            }
-                            continue;
-                        }
-                        if let Some(tr) = tracked {
-                            consumed += 1;
-                            bytes += v.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64);
-                            if !self.result.mark(tr.producer_id, tr.sequence) {
-                                self.result.duplicates += 1;
-                            }
-                            if tr.intended_us >= measure_start {
+                        // This run's messages are checked and timed; with a catch-up read,
+                        // what was stored before counts too, by when it arrived.
+                        let (measured, sample_of) =
+                            match Tracking::read(v).filter(|tr| tr.run_id == run_id) {
+                                Some(tr) => {
+                                    if !self.result.mark(tr.producer_id, tr.sequence) {
+                                        self.result.duplicates += 1;
+                                    }
+                                    (tr.intended_us >= measure_start, Some(tr))
+                                }
+                                None if self.catch_up => (received_us >= measure_start, None),
+                                None => continue,
+                            };
+                        consumed += 1;
+                        bytes += v.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64);
+                        if measured {
+                            if let Some(tr) = sample_of {
                                 let s = sample(tr.intended_us, tr.created_us, received_us);
                                 self.result.end_to_end.record(s);
                                 live_samples.push(s);
-                                self.result.measured_consumed += 1;
-                                self.result.measured_consumed_bytes += v.len() as u64;
                             }
+                            self.result.measured_consumed += 1;
+                            self.result.measured_consumed_bytes += v.len() as u64;
                         }
                     }
                     if let Some(a) = after {
