@@ -29,7 +29,7 @@ use crate::runtime::{self, ExecutorSettings, RuntimeError, ShardChannels};
 use crate::server;
 use crate::shard::{Job, Shard};
 use crate::storage::OpenedFrom;
-use crate::types::ShardId;
+use crate::types::{ShardId, TopicPartition};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +234,12 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
     let closed = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
     let closed_all = closed.clone();
     let sync_scope = effective_sync_scope(&config);
-    info!(fsync_scope = ?sync_scope, "durability");
+    // Each start journals into a generation of its own; what earlier ones left is replayed.
+    let journal_root = config.data_dir.join(crate::storage::journal::JOURNAL_DIR);
+    let journal_generation = crate::storage::journal::latest_generation(&journal_root) + 1;
+    let journal_on =
+        config.journal && sync_scope == SyncScope::Filesystem && config.flush_interval_ms == 0;
+    info!(fsync_scope = ?sync_scope, journal = journal_on, "durability");
     let config = Arc::new(config);
     let settings = ExecutorSettings {
         shards,
@@ -250,12 +255,22 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
         let recovered = recovered.clone();
         let stop = stop.clone();
         let closed = closed_all.clone();
+        let journal_root = journal_root.clone();
         async move {
             // Startup only: each shard takes its own channel ends once.
             let mine = channels.lock().expect("channel table")[id.0]
                 .take()
                 .expect("each shard takes its channels once");
-            crate::storage::io::Env::init_production(sync_scope);
+            crate::storage::io::Env::init_production(
+                sync_scope,
+                Some(crate::storage::journal::JournalConfig {
+                    root: journal_root.clone(),
+                    generation: journal_generation,
+                    shard: id.0,
+                    file_bytes: config.journal_file_bytes,
+                    enabled: journal_on,
+                }),
+            );
             if let Err(e) = runtime::file::warm_iopoll_probe(&config.data_dir).await {
                 error!(shard = %id, error = %e, "iopoll probe workaround failed");
             }
@@ -287,6 +302,17 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             }
             shard.remove_orphans_with(&catalog);
             let opening = Instant::now();
+            // What earlier starts journaled, for the partitions this shard owns.
+            let journal = crate::storage::io::Env::production().journal;
+            if let Some(j) = &journal {
+                let owns = |name: &str| {
+                    TopicPartition::parse_dir_name(name).is_some_and(|tp| shard.owner_of(&tp) == id)
+                };
+                if let Err(e) = j.load(&owns).await {
+                    error!(shard = %id, error = %e, "cannot read the journal");
+                    std::process::exit(1);
+                }
+            }
             if let Err(e) = shard.apply_catalog(catalog.clone()).await {
                 error!(shard = %id, error = %e, "cannot open partitions");
                 std::process::exit(1);
@@ -316,6 +342,15 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             crate::group::spawn_ticker(shard.clone());
             // Serve only when every shard can answer for its partitions.
             recovered.wait();
+            // Every shard replayed what concerned it: earlier journal generations can go.
+            if id.0 == 0
+                && let Some(j) = &journal
+                && let Err(e) = j.finish_recovery().await
+            {
+                error!(error = %e, "cannot remove replayed journal files");
+                std::process::exit(1);
+            }
+            recovered.wait();
             let listener = match runtime::bind_reuseport(config.listen) {
                 Ok(l) => l,
                 Err(e) => {
@@ -332,6 +367,13 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             server::drain(&shard, DRAIN_BOUND).await;
             stop.drained_barrier(shards, DRAIN_BOUND).await;
             let (ok, failed) = shard.close_all().await;
+            // Everything journaled is in the segments and synced: the journal can go.
+            if failed == 0
+                && let Some(j) = &journal
+                && let Err(e) = j.remove_own().await
+            {
+                warn!(shard = %id, error = %e, "cannot remove the journal after a clean stop");
+            }
             closed.0.fetch_add(ok, Ordering::SeqCst);
             closed.1.fetch_add(failed, Ordering::SeqCst);
             info!(shard = %id, closed = ok, failed, "partitions flushed and closed");

@@ -136,6 +136,18 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "filesystem | file",
     },
     Setting {
+        name: "journal",
+        description: "Make each group commit durable with one write and one fdatasync of the shard's journal (all its partitions' batches of the round), then write the segment files behind it without a sync per round; needs fsync_scope = filesystem and flush_interval_ms = 0, else unused",
+        default: "true",
+        bounds: "true | false",
+    },
+    Setting {
+        name: "journal_file_bytes",
+        description: "Size of a shard journal file; a full one asks every partition for what waits behind it and is deleted once all of it is in the segments",
+        default: "67108864",
+        bounds: "1048576..=4294967296",
+    },
+    Setting {
         name: "max_message_bytes",
         description: "Largest record batch accepted (message.max.bytes)",
         default: "1048588",
@@ -229,6 +241,8 @@ pub struct Config {
     pub retention_check_interval_ms: u64,
     pub flush_interval_ms: u64,
     pub fsync_scope: String,
+    pub journal: bool,
+    pub journal_file_bytes: u64,
     pub max_message_bytes: usize,
     pub max_request_bytes: usize,
     pub max_connections_per_shard: usize,
@@ -262,6 +276,8 @@ impl Default for Config {
             retention_check_interval_ms: constants::RETENTION_CHECK_INTERVAL_MS_DEFAULT,
             flush_interval_ms: 0,
             fsync_scope: "filesystem".to_string(),
+            journal: true,
+            journal_file_bytes: 64 << 20,
             max_message_bytes: constants::MESSAGE_BYTES_MAX_DEFAULT,
             max_request_bytes: constants::REQUEST_BYTES_MAX_DEFAULT,
             max_connections_per_shard: constants::CONNECTIONS_PER_SHARD_MAX_DEFAULT,
@@ -350,6 +366,13 @@ impl Config {
             0,
             60_000,
             "0..=60000",
+        )?;
+        check(
+            "journal_file_bytes",
+            self.journal_file_bytes,
+            1 << 20,
+            4 << 30,
+            "1048576..=4294967296",
         )?;
         check(
             "max_message_bytes",

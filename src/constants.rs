@@ -112,3 +112,7 @@ const _: () = assert!(PENDING_WRITE_BYTES_MAX > MESSAGE_BYTES_MAX_DEFAULT);
 const _: () = assert!(PRODUCER_BATCHES_KEPT > 0 && PRODUCER_BATCHES_KEPT <= u8::MAX as usize);
 const _: () = assert!(PRODUCER_SNAPSHOTS_KEPT >= 2);
 const _: () = assert!(PRODUCER_ID_BLOCK_SIZE > 0);
+
+/// Under the shard journal: a partition writes the batches waiting behind it to its segment
+/// once they add up to this (one larger write per partition instead of one per round).
+pub const BEHIND_WRITE_BYTES: usize = 256 << 10;

@@ -128,6 +128,10 @@ struct ServeArgs {
     /// file: one fdatasync per partition file.
     #[arg(long)]
     fsync_scope: Option<String>,
+    /// true: each group commit is one write and fdatasync of the shard's journal, segment
+    /// files are written behind it (default); false: segment files written and synced per round.
+    #[arg(long)]
+    journal: Option<bool>,
     /// Largest record batch accepted in bytes.
     #[arg(long)]
     max_message_bytes: Option<usize>,
@@ -207,6 +211,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.fsync_scope {
         config.fsync_scope = v;
+    }
+    if let Some(v) = args.journal {
+        config.journal = v;
     }
     if let Some(v) = args.max_message_bytes {
         config.max_message_bytes = v;

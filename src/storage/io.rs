@@ -131,6 +131,9 @@ pub struct Env {
     pub clock: Rc<dyn Clock>,
     /// The group commit shared by every log opened with this environment.
     pub group_sync: Rc<GroupSync>,
+    /// The shard's journal (`storage::journal`): rounds of every partition in one write, and
+    /// what earlier starts left to replay. None: no journal (nothing to replay either).
+    pub journal: Option<Rc<super::journal::Journal>>,
 }
 
 thread_local! {
@@ -145,17 +148,33 @@ impl Env {
             disk,
             clock,
             group_sync: GroupSync::new(scope),
+            journal: None,
         }
+    }
+
+    /// This environment with a journal of its own.
+    pub fn with_journal(mut self, cfg: super::journal::JournalConfig) -> Self {
+        self.journal = Some(super::journal::Journal::new(
+            self.disk.clone(),
+            self.group_sync.clone(),
+            cfg,
+        ));
+        self
     }
 
     /// The same disk and clock with a group commit of its own: what a restarted process
     /// sees (a failed file-system sync fails its group commit for good).
     pub fn restarted(&self) -> Self {
-        Self::new(
+        let mut env = Self::new(
             self.disk.clone(),
             self.clock.clone(),
             self.group_sync.scope(),
-        )
+        );
+        env.journal = self
+            .journal
+            .as_ref()
+            .map(|j| j.restarted(env.group_sync.clone()));
+        env
     }
 
     /// The real disk and the system clock, with the shard's group commit (one per shard:
@@ -169,9 +188,15 @@ impl Env {
         })
     }
 
-    /// Set this shard's production environment, before it opens any log.
-    pub fn init_production(scope: SyncScope) {
-        PRODUCTION.with(|p| *p.borrow_mut() = Some(Self::real(scope)));
+    /// Set this shard's production environment, before it opens any log: its sync scope and
+    /// its journal.
+    pub fn init_production(scope: SyncScope, journal: Option<super::journal::JournalConfig>) {
+        let env = Self::real(scope);
+        let env = match journal {
+            Some(cfg) => env.with_journal(cfg),
+            None => env,
+        };
+        PRODUCTION.with(|p| *p.borrow_mut() = Some(env));
     }
 
     fn real(scope: SyncScope) -> Self {

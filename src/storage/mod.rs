@@ -50,6 +50,7 @@ pub mod error;
 pub mod group_sync;
 pub mod index;
 pub mod io;
+pub mod journal;
 pub mod leader_epoch;
 pub mod log;
 pub mod producer_state;

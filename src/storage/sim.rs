@@ -573,7 +573,15 @@ impl Disk for SimDisk {
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
         let st = self.state.borrow();
         let d = st.dirs.get(dir).ok_or_else(|| not_found(dir))?;
-        Ok(d.current.keys().cloned().collect())
+        let mut names: Vec<OsString> = d.current.keys().cloned().collect();
+        // Subdirectories too, as readdir lists them.
+        names.extend(
+            st.dirs
+                .keys()
+                .filter(|p| p.parent() == Some(dir))
+                .filter_map(|p| p.file_name().map(|n| n.to_owned())),
+        );
+        Ok(names)
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

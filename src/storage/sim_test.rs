@@ -148,17 +148,24 @@ impl Run {
         };
         let disk = SimDisk::new(seed ^ 0x5eed, faults);
         let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+        // Seeds alternate (in pairs, across the slow disk) between one file-system sync per
+        // round and one fdatasync per file; of the file-system ones, every other pair of four
+        // journals its rounds (`storage::journal`), in small files so that they roll and go.
+        let filesystem = (seed / 2).is_multiple_of(2);
         let env = Env::new(
             Rc::new(disk.clone()),
             clock.clone(),
-            // Seeds alternate (in pairs, across the slow disk) between one file-system sync per
-            // round and one fdatasync per file.
-            if (seed / 2).is_multiple_of(2) {
+            if filesystem {
                 SyncScope::Filesystem
             } else {
                 SyncScope::File
             },
         );
+        let env = if filesystem && (seed / 8).is_multiple_of(2) {
+            env.with_journal(sim_journal(16 << 10))
+        } else {
+            env
+        };
         Run {
             seed,
             rng: SimRng::new(seed),
@@ -183,11 +190,35 @@ impl Run {
             } else {
                 0
             },
+            // Under a journal, odd seeds write what waits behind it in small steps.
+            behind_write_bytes: if seed_is_odd(self.seed) {
+                2048
+            } else {
+                cfg().behind_write_bytes
+            },
             ..cfg()
         };
-        let log = PartitionLog::open_in(self.env.clone(), self.dir.clone(), cfg)
-            .await
-            .unwrap_or_else(|e| panic!("seed {}: reopen failed: {e}", self.seed));
+        let log = match PartitionLog::open_in(self.env.clone(), self.dir.clone(), cfg).await {
+            Ok(log) => log,
+            // A journal replay needs room for what it writes back: on a full disk the open
+            // fails (the journal stays), the operator frees space and starts again.
+            Err(e) if e.is_disk_full() && self.env.journal.is_some() => {
+                if trace() {
+                    eprintln!("reopen on a full disk failed ({e}): freeing space");
+                }
+                // The broker exits when a partition cannot be opened: whatever the failed
+                // open still had in flight dies with it.
+                self.disk.crash();
+                let mut faults = self.disk.faults();
+                faults.capacity_bytes = None;
+                self.disk.set_faults(faults);
+                self.env = self.env.restarted();
+                PartitionLog::open_in(self.env.clone(), self.dir.clone(), cfg)
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {}: reopen failed: {e}", self.seed))
+            }
+            Err(e) => panic!("seed {}: reopen failed: {e}", self.seed),
+        };
         if trace() {
             eprintln!(
                 "reopened ({:?}): start {} end {}",
@@ -201,6 +232,12 @@ impl Run {
                     seg.base, seg.size, seg.next_offset, seg.offsets
                 );
             }
+        }
+        // As the broker does once every partition is open: earlier journals go.
+        if let Some(j) = &self.env.journal {
+            j.finish_recovery()
+                .await
+                .unwrap_or_else(|e| panic!("seed {}: removing replayed journals: {e}", self.seed));
         }
         self.check_reopened(&log).await;
         self.log = Some(log);
@@ -404,6 +441,13 @@ impl Run {
             return;
         }
         drop(log);
+        // The broker removes a shard's journal once all its partitions closed cleanly; left in
+        // place (a stop that did not get that far), the reopen skips it for a cleanly closed log.
+        if let Some(j) = &self.env.journal
+            && self.rng.below(2) == 0
+        {
+            j.remove_own().await.expect("remove the journal");
+        }
         self.open().await;
         assert_eq!(
             self.log().log_end_offset().get(),
@@ -811,6 +855,21 @@ fn a_failed_fdatasync_takes_the_log_offline_until_reopened() {
             .unwrap();
         log.wait_durable(&next).await.unwrap();
     });
+}
+
+fn seed_is_odd(seed: u64) -> bool {
+    !seed.is_multiple_of(2)
+}
+
+/// A journal for the simulated disk, in files of `file_bytes`.
+fn sim_journal(file_bytes: u64) -> crate::storage::journal::JournalConfig {
+    crate::storage::journal::JournalConfig {
+        root: PathBuf::from("/data/journal"),
+        generation: 1,
+        shard: 0,
+        file_bytes,
+        enabled: true,
+    }
 }
 
 fn sim_env(seed: u64) -> (SimDisk, Env, Rc<ManualClock>) {
@@ -1255,5 +1314,42 @@ fn group_commit_across_partitions_keeps_every_ack() {
         produce(&c, test_util::encode_batch(0, 1, 0, 10))
             .await
             .unwrap();
+    });
+}
+
+/// The shard journal (`storage::journal`): acknowledged batches that are only in the journal
+/// when the process dies are back after the restart, across rolled and reclaimed journal
+/// files, a cut and a deleted partition of the same name.
+#[test]
+fn the_journal_replays_what_its_segments_lack() {
+    crate::runtime::block_on_test(|| async {
+        let (disk, env, _) = sim_env(3);
+        let env = env.with_journal(sim_journal(16 << 10));
+        let log = open_sim(&env, "/data/j-0").await;
+        let mut acked = Vec::new();
+        for i in 0..40 {
+            let info = produce(&log, test_util::encode_batch(0, 3, i, 100))
+                .await
+                .unwrap();
+            acked.push((info.base_offset.get(), info.last_offset.get() + 1));
+        }
+        let (rounds, _, _) = env.journal.as_ref().unwrap().stats();
+        assert!(
+            rounds >= 40,
+            "every acknowledged round went through the journal"
+        );
+        disk.crash();
+        drop(log);
+        let env = env.restarted();
+        let log = open_sim(&env, "/data/j-0").await;
+        assert_eq!(
+            log.log_end_offset().get(),
+            120,
+            "everything acknowledged is back"
+        );
+        for (base, _) in &acked {
+            let data = log.read(Offset(*base), 1).await.unwrap();
+            assert_eq!(headers(&data.records)[0].base_offset, *base);
+        }
     });
 }

@@ -601,7 +601,7 @@ fn sync_failure_fails_the_log_and_recovery_keeps_durable_data() {
         ));
         assert!(log.close().await.is_err());
         // A restart: a failed file-system sync fails the shard's group commit for good.
-        crate::storage::io::Env::init_production(crate::storage::io::SyncScope::default());
+        crate::storage::io::Env::init_production(crate::storage::io::SyncScope::default(), None);
         let log = PartitionLog::open(dir.clone(), LogConfig::default())
             .await
             .unwrap();

@@ -326,7 +326,8 @@ impl PartitionLog {
             }
         }
         assert_eq!(st.log_end, next);
-        st.tail.trim(self.cfg().tail_cache_bytes);
+        let written_end = st.written_end;
+        st.tail.trim(self.cfg().tail_cache_bytes, written_end);
         st.pending_bytes += records.len();
         let info = AppendInfo {
             base_offset: Offset(first_offset),

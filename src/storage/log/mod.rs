@@ -42,6 +42,7 @@
 
 mod append;
 mod read;
+mod replay;
 mod replica;
 mod retention;
 mod tail;
@@ -105,6 +106,9 @@ pub struct LogConfig {
     /// A partition whose write rounds average fewer bytes zero-fills its space ahead instead
     /// of preallocating it (`writer::space_plan`); 0: always preallocate.
     pub zero_fill_below: usize,
+    /// Under a journal: bytes waiting behind it that make the partition write them to its
+    /// segment (`writer::journal_round`).
+    pub behind_write_bytes: usize,
     /// Delete sealed segments whose max timestamp is older than this
     /// (`retention.ms`); -1: keep forever.
     pub retention_ms: i64,
@@ -130,6 +134,7 @@ impl Default for LogConfig {
             pending_bytes_max: constants::PENDING_WRITE_BYTES_MAX,
             tail_cache_bytes: constants::TAIL_CACHE_BYTES_MAX,
             zero_fill_below: constants::ZERO_FILL_BELOW_BYTES,
+            behind_write_bytes: constants::BEHIND_WRITE_BYTES,
             retention_ms: constants::RETENTION_MS_DEFAULT,
             retention_bytes: -1,
             retention_enabled: true,
@@ -261,8 +266,14 @@ struct State {
     /// Sorted by base offset; the last one is active (receives appends).
     segments: Vec<Segment>,
     log_end: i64,
-    /// Offsets below are written, and under `FlushPolicy::Always` fdatasynced.
+    /// Offsets below are written, and under `FlushPolicy::Always` fdatasynced (in the
+    /// journal or the segment).
     durable_end: i64,
+    /// Offsets below are written to segment files; the tail cache keeps every batch past it
+    /// (batches behind the journal, not yet in their segment, are read from there).
+    written_end: i64,
+    /// Journal file -> this partition's batches entries in it not yet in the segment files.
+    journal_pinned: std::collections::BTreeMap<u64, usize>,
     /// First offset not visible to consumers: the durable end, or with a caller-managed high
     /// watermark (replication) the smaller of the caller's and the durable end. Only moves
     /// forward, but for a truncation below it.
@@ -368,6 +379,10 @@ pub struct PartitionLog {
     /// The disk and clock it runs on (`storage::io`).
     env: Env,
     dir: PathBuf,
+    /// The directory's name: the partition's name in the shard journal.
+    name: Rc<str>,
+    /// Replaying the journal at open: rounds go to the segments (synced), not the journal.
+    replaying: Cell<bool>,
     /// Current settings; replaced by `update_config` (read, never borrowed).
     cfg: Cell<LogConfig>,
     state: RefCell<State>,
@@ -461,14 +476,22 @@ impl PartitionLog {
             .unwrap_or(first_base)
             .clamp(first_base, rec.log_end.max(first_base));
         let writer = Writer::recovered(&mut rec, env.clock.now());
+        let name: Rc<str> = dir
+            .file_name()
+            .map_or_else(|| dir.to_string_lossy(), |n| n.to_string_lossy())
+            .into();
         let log = Rc::new(PartitionLog {
             env,
             dir,
+            name,
+            replaying: Cell::new(false),
             cfg: Cell::new(cfg),
             state: RefCell::new(State {
                 segments: std::mem::take(&mut rec.segments),
                 log_end: rec.log_end,
                 durable_end: rec.log_end,
+                written_end: rec.log_end,
+                journal_pinned: Default::default(),
                 high_watermark: rec.log_end,
                 hw_target: None,
                 generation: 0,
@@ -501,6 +524,26 @@ impl PartitionLog {
             admin_lock: futures::lock::Mutex::new(()),
         });
         crate::runtime::spawn_detached(flusher(Rc::downgrade(&log), writer));
+        if let Some(journal) = log.env.journal.clone() {
+            let replay = journal
+                .take_replay(&log.name)
+                .await
+                .ctx(|| format!("reading the journal for {}", log.dir.display()))?;
+            // A clean close wrote everything journaled before it to the segments.
+            if let Some(r) = replay
+                && log.opened_from != OpenedFrom::CleanShutdown
+            {
+                log.replaying.set(true);
+                let replayed = log.replay_journal(r).await;
+                log.replaying.set(false);
+                replayed?;
+                // A log start DeleteRecords moved past what the segments held applies now.
+                if let Some(start) = read_log_start_file(&log.env, &log.dir).await? {
+                    let mut st = log.state.borrow_mut();
+                    st.log_start = st.log_start.max(start.min(st.log_end));
+                }
+            }
+        }
         Ok(log)
     }
 
@@ -601,7 +644,9 @@ impl PartitionLog {
         let mut cfg = self.cfg.get();
         cfg.tail_cache_bytes = bytes;
         self.cfg.set(cfg);
-        self.state.borrow_mut().tail.trim(bytes);
+        let mut st = self.state.borrow_mut();
+        let written_end = st.written_end;
+        st.tail.trim(bytes, written_end);
     }
 
     /// Bytes held by the tail cache.
@@ -738,10 +783,25 @@ impl PartitionLog {
         }
     }
 
-    /// Close and remove the partition directory.
+    /// Close and remove the partition directory. Under a journal, the deletion is journaled
+    /// (and durable) first, so a replay never brings the partition's batches back into a
+    /// partition of the same name created later.
     pub async fn delete(&self) -> Result<(), StorageError> {
         if let Err(e) = self.close().await {
             warn!(dir = %self.dir.display(), error = %e, "closing a log being deleted failed");
+        }
+        if let Some(j) = self.journal() {
+            let receipt = j.submit(super::journal::Entry::Delete {
+                name: self.name.clone(),
+            });
+            j.wait(&receipt)
+                .await
+                .ctx(|| format!("journaling the deletion of {}", self.dir.display()))?;
+            // Whatever of it the journal still holds is void now.
+            let pinned = std::mem::take(&mut self.state.borrow_mut().journal_pinned);
+            for (file, n) in pinned {
+                j.release(file, n);
+            }
         }
         self.env
             .disk

@@ -197,20 +197,56 @@ impl PartitionLog {
             let Some((file, base, start, end)) = plan else {
                 continue;
             };
-            let file = self.segment_file(file, base).await?;
-            let mut sc = Scanner::new(file, start, end, READ_CHUNK_MIN_BYTES, false);
-            while let Some((_, h, bytes)) = sc.next().await? {
-                if h.base_offset >= hw {
-                    break;
+            if end > start {
+                let file = self.segment_file(file, base).await?;
+                let mut sc = Scanner::new(file, start, end, READ_CHUNK_MIN_BYTES, false);
+                while let Some((_, h, bytes)) = sc.next().await? {
+                    if h.base_offset >= hw {
+                        break;
+                    }
+                    if h.max_timestamp >= ts {
+                        let (offset, t) = find_record(bytes, &h, |t| t >= ts)?;
+                        // DeleteRecords may have moved the start inside this batch.
+                        return Ok(Some((offset.max(self.log_start_offset()), t)));
+                    }
                 }
-                if h.max_timestamp >= ts {
-                    let (offset, t) = find_record(bytes, &h, |t| t >= ts)?;
-                    // DeleteRecords may have moved the start inside this batch.
-                    return Ok(Some((offset.max(self.log_start_offset()), t)));
-                }
+            }
+            // Batches waiting behind the journal are not in the file yet: the tail cache.
+            if let Some(found) = self.tail_batch(i, hw, |h| h.max_timestamp >= ts) {
+                let (h, bytes) = found?;
+                let (offset, t) = find_record(bytes, &h, |t| t >= ts)?;
+                return Ok(Some((offset.max(self.log_start_offset()), t)));
             }
         }
         Ok(None)
+    }
+
+    /// The first batch of segment `i` that is not in its file yet (it waits behind the
+    /// journal, so the tail cache holds it), below `hw`, for which `want` holds.
+    fn tail_batch(
+        &self,
+        i: usize,
+        hw: i64,
+        want: impl Fn(&BatchHeader) -> bool,
+    ) -> Option<Result<(BatchHeader, Bytes), StorageError>> {
+        let st = self.state.borrow();
+        let seg = st.segments.get(i)?;
+        let from = st.written_end.max(seg.base_offset);
+        let to = seg.next_offset.min(hw);
+        for (base, _, bytes) in st.tail.batches_from(from) {
+            if base >= to {
+                break;
+            }
+            if base < from {
+                continue;
+            }
+            match BatchHeader::parse(bytes) {
+                Ok(h) if want(&h) => return Some(Ok((h, bytes.clone()))),
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        None
     }
 
     /// ListOffsets −3: the (offset, timestamp) of the visible record with
@@ -231,6 +267,11 @@ impl PartitionLog {
         let Some((ts, batch_base, i)) = best else {
             return Ok(None);
         };
+        let hw = self.high_watermark().0;
+        if let Some(found) = self.tail_batch(i, hw, |h| h.base_offset == batch_base) {
+            let (h, bytes) = found?;
+            return Ok(Some(find_record(bytes, &h, |t| t == ts)?));
+        }
         let Some(ReadPlan::Read { file, start, end }) =
             self.segment_read_plan(i, batch_base).await?
         else {

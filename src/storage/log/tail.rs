@@ -39,12 +39,26 @@ impl TailCache {
         });
     }
 
-    /// Drop the oldest batches until at most `max_bytes` remain.
-    pub fn trim(&mut self, max_bytes: usize) {
-        while self.bytes > max_bytes {
-            let b = self.batches.pop_front().expect("bytes > 0");
+    /// Drop the oldest batches until at most `max_bytes` remain, but never one past
+    /// `written_end`: batches not yet in a segment file are read from here.
+    pub fn trim(&mut self, max_bytes: usize, written_end: i64) {
+        while self.bytes > max_bytes
+            && self
+                .batches
+                .front()
+                .is_some_and(|b| b.next_offset <= written_end)
+        {
+            let b = self.batches.pop_front().expect("checked");
             self.bytes -= b.bytes.len();
         }
+    }
+
+    /// The cached batches from the one holding `offset` on: `(base, next, bytes)`.
+    pub fn batches_from(&self, offset: i64) -> impl Iterator<Item = (i64, i64, &Bytes)> {
+        let i = self.batches.partition_point(|b| b.next_offset <= offset);
+        self.batches
+            .range(i..)
+            .map(|b| (b.base_offset, b.next_offset, &b.bytes))
     }
 
     /// Drop every batch at or past `offset` (the log was cut back to `offset`).
@@ -125,7 +139,9 @@ mod tests {
     #[test]
     fn trim_and_truncate_keep_the_cache_contiguous() {
         let mut c = cache();
-        c.trim(6);
+        c.trim(6, 3);
+        assert_eq!(c.bytes, 6, "not past the written end");
+        c.trim(6, 9);
         assert!(c.read(0, 9, 100).is_none(), "the oldest batch left");
         assert_eq!(c.read(3, 9, 100).unwrap(), Bytes::from_static(b"bbcccc"));
         c.truncate(5);

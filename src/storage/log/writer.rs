@@ -14,6 +14,7 @@ use crate::storage::clean_shutdown::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use crate::storage::error::{IoContext, StorageError};
 use crate::storage::index::{self};
 use crate::storage::io::SegmentFile;
+use crate::storage::journal::{Entry, Journal};
 use crate::storage::producer_state::snapshot_file_name;
 use crate::storage::recovery;
 use crate::storage::segment::{
@@ -62,6 +63,7 @@ pub(crate) fn space_plan(end: u64, avg_round: u64, cfg: &LogConfig) -> (u64, boo
 }
 
 /// A batch queued for the flusher.
+#[derive(Clone)]
 pub(super) struct Pending {
     pub(super) segment_base: i64,
     /// Position of the batch in its segment, assigned at append.
@@ -91,6 +93,9 @@ pub(super) struct Writer {
     /// An fdatasync of this file failed: whatever the error, the log goes offline (no retry
     /// on the same file, the fsyncgate lesson), even for ENOSPC.
     pub(super) sync_failed: bool,
+    /// Durable in the journal, not yet written to the segments (oldest first), and their bytes.
+    pub(super) behind: Vec<Pending>,
+    pub(super) behind_bytes: usize,
 }
 
 impl Writer {
@@ -110,6 +115,8 @@ impl Writer {
             dirty: false,
             last_sync: now,
             sync_failed: false,
+            behind: Vec::new(),
+            behind_bytes: 0,
         }
     }
 }
@@ -133,15 +140,149 @@ impl PartitionLog {
         self.room_notify.notify_all();
     }
 
-    /// Write (and under `Always` sync) `batches`, rolling segments as they
-    /// change, and move the high watermark after each segment's part.
+    /// The journal this log's rounds go through: the environment's, when it takes appends and
+    /// the flush policy is a sync per round.
+    pub(super) fn journal(&self) -> Option<Rc<Journal>> {
+        self.env.journal.clone().filter(|j| {
+            j.enabled() && self.cfg().flush == FlushPolicy::Always && !self.replaying.get()
+        })
+    }
+
+    /// Make a round durable: through the journal (then the batches wait behind it for their
+    /// segment write), or written to the segments and (under `Always`) synced.
     pub(super) async fn flush_round(
         &self,
         w: &mut Writer,
         batches: Vec<Pending>,
     ) -> Result<(), StorageError> {
         self.write_leader_epochs().await?;
-        let mut rest = &batches[..];
+        match self.journal() {
+            Some(j) => self.journal_round(&j, w, batches).await,
+            None => self.write_segments(w, &batches, true, &mut 0).await,
+        }
+    }
+
+    /// One round through the journal: submit, wait for its round, then move the durable end
+    /// and the high watermark; the batches join those waiting for their segment write, which
+    /// happens once enough are waiting (or the journal asks, or the log rolls, cuts or closes).
+    async fn journal_round(
+        &self,
+        j: &Rc<Journal>,
+        w: &mut Writer,
+        batches: Vec<Pending>,
+    ) -> Result<(), StorageError> {
+        let last = batches.last().expect("a round has batches");
+        let next = last.next_offset;
+        let receipt = j.submit(Entry::Batches {
+            name: self.name.clone(),
+            base: batches[0].base_offset,
+            next,
+            parts: batches.iter().map(|p| p.bytes.clone()).collect(),
+        });
+        let file = j
+            .wait(&receipt)
+            .await
+            .map_err(|e| StorageError::io(format!("journal round of {}", self.dir.display()), e))?;
+        let bytes: usize = batches.iter().map(|p| p.bytes.len()).sum();
+        {
+            let mut st = self.state.borrow_mut();
+            *st.journal_pinned.entry(file).or_default() += 1;
+            for p in &batches {
+                let seg = st.segment_mut(p.segment_base);
+                if seg
+                    .visible_max_timestamp
+                    .is_none_or(|(t, _)| p.max_timestamp > t)
+                {
+                    seg.visible_max_timestamp = Some((p.max_timestamp, p.base_offset));
+                }
+            }
+            assert!(next > st.durable_end, "the durable end only moves forward");
+            st.durable_end = next;
+            assert!(st.durable_end <= st.log_end);
+            st.advance_high_watermark();
+            st.pending_bytes -= bytes;
+        }
+        self.hw_notify.notify_all();
+        self.room_notify.notify_all();
+        w.behind_bytes += bytes;
+        w.behind.extend(batches);
+        if w.behind_bytes >= self.cfg().behind_write_bytes {
+            self.write_behind(w).await?;
+        }
+        Ok(())
+    }
+
+    /// Write the batches waiting behind the journal to their segments (no sync: the journal
+    /// keeps them durable until a file-system sync covers these writes) and release their
+    /// journal files. On a full disk what could not be written stays behind (durable in the
+    /// journal), appends are refused until space is found, and this returns false.
+    pub(super) async fn write_behind(&self, w: &mut Writer) -> Result<bool, StorageError> {
+        if w.behind.is_empty() {
+            return Ok(true);
+        }
+        let batches = std::mem::take(&mut w.behind);
+        w.behind_bytes = 0;
+        let mut done = 0;
+        match self.write_segments(w, &batches, false, &mut done).await {
+            Ok(()) => {}
+            Err(e) if e.is_disk_full() && !w.sync_failed => {
+                w.behind = batches[done..].to_vec();
+                w.behind_bytes = w.behind.iter().map(|p| p.bytes.len()).sum();
+                warn!(dir = %self.dir.display(), error = %e, waiting = w.behind_bytes,
+                    "disk full: batches stay behind the journal (durable there) until space is \
+                     freed; appends are refused meanwhile");
+                self.state.borrow_mut().full_since = Some(self.env.clock.now());
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        let pinned = std::mem::take(&mut self.state.borrow_mut().journal_pinned);
+        if let Some(j) = &self.env.journal {
+            for (file, n) in pinned {
+                j.release(file, n);
+            }
+        }
+        Ok(true)
+    }
+
+    /// [`PartitionLog::write_behind`] for a step that needs all of it in the segments.
+    pub(super) async fn write_all_behind(&self, w: &mut Writer) -> Result<(), StorageError> {
+        if self.write_behind(w).await? {
+            Ok(())
+        } else {
+            Err(StorageError::DiskFull(format!(
+                "{}: batches behind the journal cannot be written to the segments",
+                self.dir.display()
+            )))
+        }
+    }
+
+    /// Whether the journal asks for the batches behind it (they pin a file it left behind).
+    pub(super) fn journal_wants_behind(&self, w: &Writer) -> bool {
+        if w.behind.is_empty() {
+            return false;
+        }
+        let (Some(j), Some(oldest)) = (
+            &self.env.journal,
+            self.state.borrow().journal_pinned.keys().next().copied(),
+        ) else {
+            return false;
+        };
+        oldest < j.flush_below()
+    }
+
+    /// Write `batches` to their segments, rolling segments as they change. With `durable`
+    /// (no journal), sync under `Always` and move the high watermark after each segment's
+    /// part; without (behind the journal, already durable), only what readers find in files.
+    /// `done` counts the batches written so far (a failed call can be resumed from there).
+    async fn write_segments(
+        &self,
+        w: &mut Writer,
+        batches: &[Pending],
+        durable: bool,
+        done: &mut usize,
+    ) -> Result<(), StorageError> {
+        let mut rest = batches;
         while !rest.is_empty() {
             let base = rest[0].segment_base;
             let n = rest.iter().take_while(|p| p.segment_base == base).count();
@@ -150,43 +291,58 @@ impl PartitionLog {
             if base != w.segment_base {
                 assert!(base > w.segment_base, "segments only move forward");
                 self.seal(w).await?;
-                let snapshot = self.state.borrow_mut().pending_snapshots.pop_front();
+                // Taken only once the new segment exists: a step that fails (a full disk) is
+                // run again from the seal.
+                let snapshot = self.state.borrow().pending_snapshots.front().cloned();
                 let (offset, bytes) = snapshot.expect("every roll queues a producer snapshot");
                 assert_eq!(offset, base, "producer snapshots follow segment rolls");
                 self.write_snapshot(offset, &bytes).await?;
+                let behind = std::mem::take(&mut w.behind);
+                let behind_bytes = w.behind_bytes;
                 *w = self.create_segment(base).await?;
+                w.behind = behind;
+                w.behind_bytes = behind_bytes;
+                self.state.borrow_mut().pending_snapshots.pop_front();
                 let first_base = self.state.borrow().segments[0].base_offset;
                 recovery::remove_stale_snapshots(&self.env, &self.dir, first_base, offset).await;
             }
             self.write_group(w, group).await?;
-            if self.cfg().flush == FlushPolicy::Always {
+            if durable && self.cfg().flush == FlushPolicy::Always {
                 self.sync(w).await?;
             }
-            // Visible now: move the high watermark.
             let bytes: usize = group.iter().map(|p| p.bytes.len()).sum();
+            let last = group.last().expect("non-empty group");
             let mut st = self.state.borrow_mut();
             let seg = st.segment_mut(base);
             seg.visible_size = w.written;
-            for p in group {
-                if seg
-                    .visible_max_timestamp
-                    .is_none_or(|(t, _)| p.max_timestamp > t)
-                {
-                    seg.visible_max_timestamp = Some((p.max_timestamp, p.base_offset));
+            if durable {
+                // Visible now: move the high watermark.
+                for p in group {
+                    if seg
+                        .visible_max_timestamp
+                        .is_none_or(|(t, _)| p.max_timestamp > t)
+                    {
+                        seg.visible_max_timestamp = Some((p.max_timestamp, p.base_offset));
+                    }
                 }
+                assert!(
+                    last.next_offset > st.durable_end,
+                    "the durable end only moves forward"
+                );
+                st.durable_end = last.next_offset;
+                assert!(st.durable_end <= st.log_end);
+                st.advance_high_watermark();
+                st.pending_bytes -= bytes;
             }
-            let last = group.last().expect("non-empty group");
-            assert!(
-                last.next_offset > st.durable_end,
-                "the durable end only moves forward"
-            );
-            st.durable_end = last.next_offset;
-            assert!(st.durable_end <= st.log_end);
-            st.advance_high_watermark();
-            st.pending_bytes -= bytes;
+            st.written_end = last.next_offset;
+            let (max, written_end) = (self.cfg().tail_cache_bytes, st.written_end);
+            st.tail.trim(max, written_end);
             drop(st);
-            self.hw_notify.notify_all();
-            self.room_notify.notify_all();
+            *done += group.len();
+            if durable {
+                self.hw_notify.notify_all();
+                self.room_notify.notify_all();
+            }
         }
         Ok(())
     }
@@ -323,6 +479,20 @@ impl PartitionLog {
     /// its index files (durable), and switch its in-memory indexes to the
     /// mapped files.
     pub(super) async fn seal(&self, w: &mut Writer) -> Result<(), StorageError> {
+        let done = {
+            let st = self.state.borrow();
+            let i = st
+                .segments
+                .partition_point(|s| s.base_offset <= w.segment_base);
+            // Sealed by an earlier attempt whose next step failed (a full disk), and maybe
+            // removed since by retention.
+            i == 0
+                || st.segments[i - 1].base_offset != w.segment_base
+                || matches!(st.segments[i - 1].index, SegmentIndex::Sealed { .. })
+        };
+        if done {
+            return Ok(());
+        }
         let path = w.file.path().to_owned();
         self.sync(w).await?;
         w.file
@@ -405,11 +575,14 @@ impl PartitionLog {
             dirty: false,
             last_sync: self.env.clock.now(),
             sync_failed: false,
+            behind: Vec::new(),
+            behind_bytes: 0,
         })
     }
 
     /// Final step of close: everything written, synced, active segment sealed.
     pub(super) async fn finish(&self, w: &mut Writer) -> Result<(), StorageError> {
+        self.write_all_behind(w).await?;
         self.seal(w).await?;
         // Everything assigned is written: the table covers exactly the log.
         let (log_end, bytes) = {
@@ -545,6 +718,9 @@ impl PartitionLog {
     /// a prefix of the log that recovery opens as usual.
     pub(super) async fn reset_to(&self, w: &mut Writer, target: i64) -> Result<i64, StorageError> {
         let _admin = self.admin_lock.lock().await;
+        // What waits behind the journal goes to the segments first: the cut is found there.
+        self.write_all_behind(w).await?;
+        let durable_before = self.state.borrow().durable_end;
         let (target, seg_index, file, base, start, end) = {
             let mut st = self.state.borrow_mut();
             st.queue.clear();
@@ -554,10 +730,15 @@ impl PartitionLog {
             // Readers stop short of what is about to go (a truncation below the high
             // watermark), before anything is removed.
             st.high_watermark = st.high_watermark.min(target);
-            let i = st
+            let mut i = st
                 .segments
                 .partition_point(|s| s.base_offset <= target)
                 .saturating_sub(1);
+            // A segment past the writer's was never created (it held only what was queued):
+            // the cut is at the end of the writer's, and that one goes with the rest.
+            while i > 0 && st.segments[i].base_offset > w.segment_base {
+                i -= 1;
+            }
             let seg = &st.segments[i];
             (
                 target,
@@ -589,6 +770,18 @@ impl PartitionLog {
             st.high_watermark = st.high_watermark.min(cut);
             st.log_start
         };
+        // Journaled before anything is cut: a replay drops what the journal holds from the
+        // cut on (else it would bring back what the cut removed). Nothing from the durable end
+        // on is in the journal (a full disk giving back what it could not write).
+        if let Some(j) = self.journal().filter(|_| cut < durable_before) {
+            let receipt = j.submit(Entry::Truncate {
+                name: self.name.clone(),
+                to: cut,
+            });
+            j.wait(&receipt).await.map_err(|e| {
+                StorageError::io(format!("journaling the cut of {}", self.dir.display()), e)
+            })?;
+        }
         // A cut inside the batch the log start falls in empties the log: it starts at the cut.
         if cut < log_start {
             super::retention::write_log_start_file(&self.env, &self.dir, cut).await?;
@@ -679,6 +872,7 @@ impl PartitionLog {
             st.log_end = cut;
             st.log_start = st.log_start.min(cut);
             st.durable_end = cut;
+            st.written_end = cut;
             st.high_watermark = st.high_watermark.min(cut);
             st.hw_target = st.hw_target.map(|t| t.min(cut));
             st.tail.truncate(cut);
@@ -747,10 +941,18 @@ impl PartitionLog {
 pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
     loop {
         let listener;
+        let pressure;
         let mut sleep_for = None;
         {
             let Some(log) = log.upgrade() else { return };
             listener = log.work_notify.listen();
+            // Registered before the check below: a flush mark moving later wakes the wait.
+            pressure = log
+                .env
+                .journal
+                .as_ref()
+                .filter(|_| !w.behind.is_empty())
+                .map(|j| j.pressure());
             let (batches, closing) = {
                 let mut st = log.state.borrow_mut();
                 (st.queue.drain(..).collect::<Vec<_>>(), st.closing)
@@ -787,6 +989,9 @@ pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
                 let to = log.state.borrow().durable_end;
                 result = log.reset_to(&mut w, to).await.map(|_| ());
             }
+            if result.is_ok() && log.journal_wants_behind(&w) {
+                result = log.write_behind(&mut w).await.map(|_| ());
+            }
             if result.is_ok() {
                 result = log.serve_requests(&mut w).await;
             }
@@ -813,12 +1018,16 @@ pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
                 continue;
             }
         }
-        match sleep_for {
+        match (sleep_for, pressure) {
             // New work or the next periodic fdatasync, whichever comes first.
-            Some(sleep) => {
+            (Some(sleep), _) => {
                 futures::future::select(std::pin::pin!(listener), sleep).await;
             }
-            None => listener.await,
+            // New work, or the journal asks for what waits behind it.
+            (None, Some(pressure)) => {
+                futures::future::select(std::pin::pin!(listener), pressure).await;
+            }
+            (None, None) => listener.await,
         }
     }
 }
