@@ -116,3 +116,8 @@ const _: () = assert!(PRODUCER_ID_BLOCK_SIZE > 0);
 /// Under the shard journal: a partition writes the batches waiting behind it to its segment
 /// once they add up to this (one larger write per partition instead of one per round).
 pub const BEHIND_WRITE_BYTES: usize = 256 << 10;
+
+/// Under the shard journal: a partition's round smaller than this goes through it; a larger
+/// one is written to its segment directly (it fills its own write, and a second copy of its
+/// bytes would cost more than the journal saves).
+pub const JOURNAL_BELOW_BYTES: usize = 32 << 10;

@@ -253,8 +253,9 @@ pub struct Replay {
     pub end: i64,
     /// `(base, next, bytes)` of each batch, in order, covering `start..end`.
     pub batches: Vec<(i64, i64, Bytes)>,
-    /// The last entry was a cut: whatever the segments hold past `end` was cut too.
-    pub ends_with_cut: bool,
+    /// The last entry was a cut at this offset: whatever the segments hold past it goes too
+    /// (at or past `end`: batches the segments hold between `end` and it stay).
+    pub cut_to: Option<i64>,
 }
 
 impl Replay {
@@ -281,7 +282,7 @@ impl Replay {
         }
         self.batches.extend(batches);
         self.end = next;
-        self.ends_with_cut = false;
+        self.cut_to = None;
     }
 }
 
@@ -783,7 +784,7 @@ fn apply_round(
                                 start: base,
                                 end: next,
                                 batches,
-                                ends_with_cut: false,
+                                cut_to: None,
                             },
                         );
                     }
@@ -796,7 +797,7 @@ fn apply_round(
                     ..Replay::default()
                 });
                 r.cut(base);
-                r.ends_with_cut = true;
+                r.cut_to = Some(base);
             }
             KIND_DELETE => {
                 map.remove(&name);
@@ -899,7 +900,7 @@ mod tests {
             start: 0,
             end: 3,
             batches: b(0, 3),
-            ends_with_cut: false,
+            cut_to: None,
         };
         r.push(3, 5, b(3, 2));
         assert_eq!((r.start, r.end, r.batches.len()), (0, 5, 2));

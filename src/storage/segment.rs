@@ -62,6 +62,11 @@ pub struct Segment {
     /// Bytes of batches below the high watermark (written to the file).
     /// Readers never look past this.
     pub visible_size: u64,
+    /// Its file exists (durably: created and its directory synced). A segment appends rolled
+    /// into is not until the flusher creates it (behind the journal, that can be a while):
+    /// the segments before it are not removed until then, so the directory never loses the
+    /// log's end.
+    pub on_disk: bool,
     /// Offset after the last batch assigned to this segment.
     pub next_offset: i64,
     /// Largest batch max timestamp among visible batches, with that batch's

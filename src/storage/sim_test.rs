@@ -196,6 +196,12 @@ impl Run {
             } else {
                 cfg().behind_write_bytes
             },
+            // Some journal seeds send their larger rounds straight to the segment.
+            journal_below_bytes: if (self.seed / 16).is_multiple_of(2) {
+                cfg().journal_below_bytes
+            } else {
+                2048
+            },
             ..cfg()
         };
         let log = match PartitionLog::open_in(self.env.clone(), self.dir.clone(), cfg).await {
@@ -402,7 +408,23 @@ impl Run {
 
     async fn crash(&mut self) {
         self.stats.crashes += 1;
+        if trace()
+            && let Some(log) = &self.log
+        {
+            eprintln!("crash: durable {}", log.durable_end_offset().get());
+            for seg in log.segment_summaries() {
+                eprintln!(
+                    "  segment {} size {} next {}",
+                    seg.base, seg.size, seg.next_offset
+                );
+            }
+        }
         self.disk.crash();
+        if trace() {
+            let mut names = self.disk.list_dir(&self.dir).await.unwrap_or_default();
+            names.sort();
+            eprintln!("after the crash: {names:?}");
+        }
         // Faults armed for the old incarnation do not carry over into recovery.
         self.disk.fail_next(0, 0, 0);
         let log = self.log.take().expect("open");

@@ -372,6 +372,7 @@ impl PartitionLog {
                 file: None,
                 size: 0,
                 visible_size: 0,
+                on_disk: false,
                 next_offset: log_end,
                 visible_max_timestamp: None,
                 index: SegmentIndex::Building(Indexer::new(

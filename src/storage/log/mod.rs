@@ -109,6 +109,9 @@ pub struct LogConfig {
     /// Under a journal: bytes waiting behind it that make the partition write them to its
     /// segment (`writer::journal_round`).
     pub behind_write_bytes: usize,
+    /// Under a journal: rounds smaller than this go through it, larger ones straight to the
+    /// segment (`writer::flush_round`); 0: none through the journal.
+    pub journal_below_bytes: usize,
     /// Delete sealed segments whose max timestamp is older than this
     /// (`retention.ms`); -1: keep forever.
     pub retention_ms: i64,
@@ -135,6 +138,7 @@ impl Default for LogConfig {
             tail_cache_bytes: constants::TAIL_CACHE_BYTES_MAX,
             zero_fill_below: constants::ZERO_FILL_BELOW_BYTES,
             behind_write_bytes: constants::BEHIND_WRITE_BYTES,
+            journal_below_bytes: constants::JOURNAL_BELOW_BYTES,
             retention_ms: constants::RETENTION_MS_DEFAULT,
             retention_bytes: -1,
             retention_enabled: true,
@@ -274,6 +278,8 @@ struct State {
     written_end: i64,
     /// Journal file -> this partition's batches entries in it not yet in the segment files.
     journal_pinned: std::collections::BTreeMap<u64, usize>,
+    /// A cut was journaled and no round since: the next one goes through the journal.
+    journal_after_cut: bool,
     /// First offset not visible to consumers: the durable end, or with a caller-managed high
     /// watermark (replication) the smaller of the caller's and the durable end. Only moves
     /// forward, but for a truncation below it.
@@ -492,6 +498,7 @@ impl PartitionLog {
                 durable_end: rec.log_end,
                 written_end: rec.log_end,
                 journal_pinned: Default::default(),
+                journal_after_cut: false,
                 high_watermark: rec.log_end,
                 hw_target: None,
                 generation: 0,

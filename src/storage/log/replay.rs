@@ -58,8 +58,7 @@ impl PartitionLog {
         let cut = match cut {
             Some(c) => Some(c),
             // Everything compared matched; a run ending with a cut also cuts what follows.
-            None if r.ends_with_cut && log_end > r.end => Some(r.end),
-            None => None,
+            None => r.cut_to.filter(|c| log_end > *c),
         };
         if let Some(c) = cut {
             if c < log_start {

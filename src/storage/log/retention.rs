@@ -34,7 +34,8 @@ impl PartitionLog {
             let mut n = 0;
             let sealed_count = st.segments.len() - 1;
             for (i, seg) in st.segments[..sealed_count].iter().enumerate() {
-                if !matches!(seg.index, SegmentIndex::Sealed { .. }) {
+                if !matches!(seg.index, SegmentIndex::Sealed { .. }) || !st.segments[i + 1].on_disk
+                {
                     break;
                 }
                 let below_start = st.segments[i + 1].base_offset <= st.log_start;
@@ -95,6 +96,7 @@ impl PartitionLog {
                 .enumerate()
                 .take_while(|(i, seg)| {
                     matches!(seg.index, SegmentIndex::Sealed { .. })
+                        && st.segments[i + 1].on_disk
                         && st.segments[i + 1].base_offset <= st.log_start
                 })
                 .count()

@@ -156,8 +156,24 @@ impl PartitionLog {
         batches: Vec<Pending>,
     ) -> Result<(), StorageError> {
         self.write_leader_epochs().await?;
+        let bytes: usize = batches.iter().map(|p| p.bytes.len()).sum();
         match self.journal() {
-            Some(j) => self.journal_round(&j, w, batches).await,
+            // Small rounds share the journal's write; a large one is written to its segment
+            // directly (one write, no second copy), after what waits behind the journal.
+            // After a journaled cut the next round goes through the journal whatever its
+            // size: a replay that ends with the cut would cut what the segment holds past it.
+            Some(j)
+                if bytes < self.cfg().journal_below_bytes
+                    || self.state.borrow().journal_after_cut =>
+            {
+                self.journal_round(&j, w, batches).await?;
+                self.state.borrow_mut().journal_after_cut = false;
+                Ok(())
+            }
+            Some(_) => {
+                self.write_all_behind(w).await?;
+                self.write_segments(w, &batches, true, &mut 0).await
+            }
             None => self.write_segments(w, &batches, true, &mut 0).await,
         }
     }
@@ -564,7 +580,12 @@ impl PartitionLog {
             .sync_dir(&self.dir)
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
-        self.state.borrow_mut().segment_mut(base).file = Some(f.clone());
+        {
+            let mut st = self.state.borrow_mut();
+            let seg = st.segment_mut(base);
+            seg.file = Some(f.clone());
+            seg.on_disk = true;
+        }
         Ok(Writer {
             segment_base: base,
             file: f,
@@ -781,6 +802,7 @@ impl PartitionLog {
             j.wait(&receipt).await.map_err(|e| {
                 StorageError::io(format!("journaling the cut of {}", self.dir.display()), e)
             })?;
+            self.state.borrow_mut().journal_after_cut = true;
         }
         // A cut inside the batch the log start falls in empties the log: it starts at the cut.
         if cut < log_start {
