@@ -21,7 +21,8 @@
 //! `<data>/journal/<generation, 10 digits>-<shard, 3 digits>/<first round, 20 digits>.jnl`.
 //! Each broker start is a new generation (the shard count may change between starts, so a
 //! generation's streams are read by every shard at the next start). A file is preallocated to
-//! [`JournalConfig::file_bytes`]; a round that does not fit starts the next file. When a file
+//! [`JournalConfig::file_bytes`] (4 MiB at a time); a round that does not fit starts the next
+//! file. When a file
 //! is left behind, the journal raises its *flush mark*: every partition holding batches
 //! journaled in an older file writes them to its segment (so memory held for deferred writes
 //! is bounded by about one journal file per shard). The reclaimer deletes the oldest file once
@@ -74,6 +75,8 @@ const ROUND_ALIGN: usize = 4096;
 const ENTRY_FIXED: usize = 1 + 2 + 8 + 8 + 4;
 /// Largest single write the journal writer issues; a larger round is several writes at once.
 const WRITE_CHUNK: usize = 1 << 20;
+/// A journal file is preallocated this much at a time.
+const PREALLOCATE_STEP: u64 = 4 << 20;
 /// Files left behind beyond this many: a warning (a failed partition pins its file).
 const FILES_WARN: usize = 8;
 
@@ -206,6 +209,8 @@ struct JFile {
     file: SegmentFile,
     /// Next round goes here.
     written: u64,
+    /// Preallocated up to here.
+    reserved: u64,
     /// Batches entries in this file not yet written to their segments.
     outstanding: usize,
 }
@@ -649,6 +654,29 @@ impl Journal {
             }
         };
         if !need_new {
+            // Space ahead in steps: a small disk is not asked for a whole file at once.
+            let (file, reserved, written) = {
+                let st = self.st.borrow();
+                let f = st.files.back().expect("a current file");
+                (f.file.clone(), f.reserved, f.written)
+            };
+            if written + len > reserved {
+                let mut target = (written + len).max(reserved + PREALLOCATE_STEP);
+                if let Err(e) = file.pre_allocate(target).await {
+                    // Nearly full: just what this round needs.
+                    if e.kind() != io::ErrorKind::StorageFull {
+                        return Err(e);
+                    }
+                    target = written + len;
+                    file.pre_allocate(target).await?;
+                }
+                self.st
+                    .borrow_mut()
+                    .files
+                    .back_mut()
+                    .expect("current")
+                    .reserved = target;
+            }
             return Ok(());
         }
         let first = self.st.borrow().files.is_empty();
@@ -662,7 +690,8 @@ impl Journal {
         let seq = self.st.borrow().next_round;
         let path = self.dir.join(format!("{seq:020}{JOURNAL_SUFFIX}"));
         let file = self.disk.open_rw(&path, true).await?;
-        file.pre_allocate(self.cfg.file_bytes.max(len)).await?;
+        let reserved = PREALLOCATE_STEP.min(self.cfg.file_bytes).max(len);
+        file.pre_allocate(reserved).await?;
         self.disk.sync_dir(&self.dir).await?;
         let count = {
             let mut st = self.st.borrow_mut();
@@ -671,6 +700,7 @@ impl Journal {
                 path,
                 file,
                 written: 0,
+                reserved,
                 outstanding: 0,
             });
             st.flush_below = seq;
