@@ -222,7 +222,13 @@ impl PartitionLog {
         self.room_notify.notify_all();
         w.behind_bytes += bytes;
         w.behind.extend(batches);
-        if w.behind_bytes >= self.cfg().behind_write_bytes {
+        // Enough for one good write, or the log rolled: the sealed segment and the new one's
+        // file come now (retention and DeleteRecords wait for both).
+        let rolled = w
+            .behind
+            .last()
+            .is_some_and(|p| p.segment_base != w.segment_base);
+        if w.behind_bytes >= self.cfg().behind_write_bytes || rolled {
             self.write_behind(w).await?;
         }
         Ok(())
