@@ -2,6 +2,10 @@
 //! cut in half (a torn write) or has one byte flipped (a CRC mismatch). On restart the broker must
 //! drop exactly that batch, keep every batch before it, and append from the dropped batch's base
 //! offset.
+//!
+//! The broker runs without the shard journal (`--journal false`): with it, acknowledged batches
+//! may be only in the journal at the kill, and the segment's own recovery is what is tested
+//! here (a torn journal round is the simulation's, `storage::sim_test`).
 
 mod common;
 
@@ -10,7 +14,9 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use common::{BATCH_CRC_END, Broker, consume_partitions, producer_config, segment_batches};
+use common::{
+    BATCH_CRC_END, Broker, BrokerOptions, consume_partitions, producer_config, segment_batches,
+};
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -31,7 +37,10 @@ fn value(index: i64) -> String {
 }
 
 async fn torn_tail(damage: Damage, topic: &str) {
-    let mut broker = Broker::start();
+    let mut broker = Broker::start_with(BrokerOptions {
+        extra_args: vec!["--journal".into(), "false".into()],
+        ..BrokerOptions::default()
+    });
     let bootstrap = broker.bootstrap();
 
     // One message per request: each delivery is awaited before the next send, and linger 0
