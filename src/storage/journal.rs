@@ -191,13 +191,6 @@ pub struct Receipt {
     done: RefCell<Option<Result<(), (io::ErrorKind, String)>>>,
 }
 
-impl Receipt {
-    /// The file the entry landed in (once done).
-    pub fn file(&self) -> u64 {
-        self.file.get()
-    }
-}
-
 struct Submission {
     entry: Entry,
     receipt: Rc<Receipt>,
@@ -347,28 +340,10 @@ impl Journal {
         self.cfg.enabled
     }
 
-    pub fn config(&self) -> &JournalConfig {
-        &self.cfg
-    }
-
     /// Rounds, entries and bytes written so far.
     pub fn stats(&self) -> (u64, u64, u64) {
         let st = self.st.borrow();
         (st.rounds, st.entries, st.bytes)
-    }
-
-    /// Journal files this shard holds now.
-    pub fn files(&self) -> usize {
-        self.st.borrow().files.len()
-    }
-
-    /// The failure that took this journal down, if any.
-    pub fn failed(&self) -> Option<io::Error> {
-        self.st
-            .borrow()
-            .failed
-            .as_ref()
-            .map(|(k, m)| io::Error::new(*k, m.clone()))
     }
 
     /// Queue `entry` for the next round; await [`Journal::wait`] with the receipt.
