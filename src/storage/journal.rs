@@ -363,6 +363,13 @@ impl Journal {
         receipt
     }
 
+    /// [`Journal::submit`] and [`Journal::wait`]: `entry` is durable when this returns, in
+    /// the returned file.
+    pub async fn record(self: &Rc<Self>, entry: Entry) -> io::Result<u64> {
+        let receipt = self.submit(entry);
+        self.wait(&receipt).await
+    }
+
     /// Wait until the round holding the receipt's entry is durable; returns its file.
     pub async fn wait(&self, receipt: &Receipt) -> io::Result<u64> {
         loop {

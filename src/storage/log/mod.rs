@@ -798,17 +798,13 @@ impl PartitionLog {
             warn!(dir = %self.dir.display(), error = %e, "closing a log being deleted failed");
         }
         if let Some(j) = self.journal() {
-            let receipt = j.submit(super::journal::Entry::Delete {
+            j.record(super::journal::Entry::Delete {
                 name: self.name.clone(),
-            });
-            j.wait(&receipt)
-                .await
-                .ctx(|| format!("journaling the deletion of {}", self.dir.display()))?;
+            })
+            .await
+            .ctx(|| format!("journaling the deletion of {}", self.dir.display()))?;
             // Whatever of it the journal still holds is void now.
-            let pinned = std::mem::take(&mut self.state.borrow_mut().journal_pinned);
-            for (file, n) in pinned {
-                j.release(file, n);
-            }
+            self.release_journal_pins();
         }
         self.env
             .disk

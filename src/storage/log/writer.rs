@@ -121,6 +121,35 @@ impl Writer {
     }
 }
 
+impl State {
+    /// The batches `durable` (in log order, the next ones after the durable end) are durable:
+    /// their segments' visible max timestamps, the durable end, the high watermark and the
+    /// bytes pending follow.
+    fn mark_durable(&mut self, durable: &[Pending]) {
+        for p in durable {
+            let seg = self.segment_mut(p.segment_base);
+            if seg
+                .visible_max_timestamp
+                .is_none_or(|(t, _)| p.max_timestamp > t)
+            {
+                seg.visible_max_timestamp = Some((p.max_timestamp, p.base_offset));
+            }
+        }
+        let next = durable
+            .last()
+            .expect("something became durable")
+            .next_offset;
+        assert!(
+            next > self.durable_end,
+            "the durable end only moves forward"
+        );
+        self.durable_end = next;
+        assert!(self.durable_end <= self.log_end);
+        self.advance_high_watermark();
+        self.pending_bytes -= durable.iter().map(|p| p.bytes.len()).sum::<usize>();
+    }
+}
+
 impl PartitionLog {
     // ---- flusher side ----
 
@@ -166,7 +195,7 @@ impl PartitionLog {
                 if bytes < self.cfg().journal_below_bytes
                     || self.state.borrow().journal_after_cut =>
             {
-                self.journal_round(&j, w, batches).await?;
+                self.journal_round(&j, w, batches, bytes).await?;
                 self.state.borrow_mut().journal_after_cut = false;
                 Ok(())
             }
@@ -186,37 +215,22 @@ impl PartitionLog {
         j: &Rc<Journal>,
         w: &mut Writer,
         batches: Vec<Pending>,
+        bytes: usize,
     ) -> Result<(), StorageError> {
-        let last = batches.last().expect("a round has batches");
-        let next = last.next_offset;
-        let receipt = j.submit(Entry::Batches {
-            name: self.name.clone(),
-            base: batches[0].base_offset,
-            next,
-            parts: batches.iter().map(|p| p.bytes.clone()).collect(),
-        });
+        let next = batches.last().expect("a round has batches").next_offset;
         let file = j
-            .wait(&receipt)
+            .record(Entry::Batches {
+                name: self.name.clone(),
+                base: batches[0].base_offset,
+                next,
+                parts: batches.iter().map(|p| p.bytes.clone()).collect(),
+            })
             .await
             .map_err(|e| StorageError::io(format!("journal round of {}", self.dir.display()), e))?;
-        let bytes: usize = batches.iter().map(|p| p.bytes.len()).sum();
         {
             let mut st = self.state.borrow_mut();
             *st.journal_pinned.entry(file).or_default() += 1;
-            for p in &batches {
-                let seg = st.segment_mut(p.segment_base);
-                if seg
-                    .visible_max_timestamp
-                    .is_none_or(|(t, _)| p.max_timestamp > t)
-                {
-                    seg.visible_max_timestamp = Some((p.max_timestamp, p.base_offset));
-                }
-            }
-            assert!(next > st.durable_end, "the durable end only moves forward");
-            st.durable_end = next;
-            assert!(st.durable_end <= st.log_end);
-            st.advance_high_watermark();
-            st.pending_bytes -= bytes;
+            st.mark_durable(&batches);
         }
         self.hw_notify.notify_all();
         self.room_notify.notify_all();
@@ -258,13 +272,19 @@ impl PartitionLog {
             }
             Err(e) => return Err(e),
         }
+        self.release_journal_pins();
+        Ok(true)
+    }
+
+    /// Nothing of this partition in the journal is needed any more (written to the segments,
+    /// or the partition deleted): release the files it pinned.
+    pub(super) fn release_journal_pins(&self) {
         let pinned = std::mem::take(&mut self.state.borrow_mut().journal_pinned);
         if let Some(j) = &self.env.journal {
             for (file, n) in pinned {
                 j.release(file, n);
             }
         }
-        Ok(true)
     }
 
     /// [`PartitionLog::write_behind`] for a step that needs all of it in the segments.
@@ -332,29 +352,12 @@ impl PartitionLog {
             if durable && self.cfg().flush == FlushPolicy::Always {
                 self.sync(w).await?;
             }
-            let bytes: usize = group.iter().map(|p| p.bytes.len()).sum();
             let last = group.last().expect("non-empty group");
             let mut st = self.state.borrow_mut();
-            let seg = st.segment_mut(base);
-            seg.visible_size = w.written;
+            st.segment_mut(base).visible_size = w.written;
             if durable {
                 // Visible now: move the high watermark.
-                for p in group {
-                    if seg
-                        .visible_max_timestamp
-                        .is_none_or(|(t, _)| p.max_timestamp > t)
-                    {
-                        seg.visible_max_timestamp = Some((p.max_timestamp, p.base_offset));
-                    }
-                }
-                assert!(
-                    last.next_offset > st.durable_end,
-                    "the durable end only moves forward"
-                );
-                st.durable_end = last.next_offset;
-                assert!(st.durable_end <= st.log_end);
-                st.advance_high_watermark();
-                st.pending_bytes -= bytes;
+                st.mark_durable(group);
             }
             st.written_end = last.next_offset;
             let (max, written_end) = (self.cfg().tail_cache_bytes, st.written_end);
@@ -801,11 +804,12 @@ impl PartitionLog {
         // cut on (else it would bring back what the cut removed). Nothing from the durable end
         // on is in the journal (a full disk giving back what it could not write).
         if let Some(j) = self.journal().filter(|_| cut < durable_before) {
-            let receipt = j.submit(Entry::Truncate {
+            j.record(Entry::Truncate {
                 name: self.name.clone(),
                 to: cut,
-            });
-            j.wait(&receipt).await.map_err(|e| {
+            })
+            .await
+            .map_err(|e| {
                 StorageError::io(format!("journaling the cut of {}", self.dir.display()), e)
             })?;
             self.state.borrow_mut().journal_after_cut = true;
