@@ -39,6 +39,7 @@ pub mod fuzzing;
 pub mod group;
 pub mod lifecycle;
 pub mod metrics;
+pub mod replication;
 pub mod runtime;
 pub mod server;
 pub mod shard;

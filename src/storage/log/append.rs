@@ -141,7 +141,14 @@ impl PartitionLog {
         while pos < records.len() {
             let (h, size) =
                 batch::validate_for_append(&records[pos..], self.cfg().max_message_bytes)?;
-            if h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0 {
+            // A follower stores the control batches Raft writes for its own entries
+            // (`replication::entry`): no producer, not transactional.
+            let raft_control = mode == Mode::Follower
+                && h.attributes & batch::ATTR_TRANSACTIONAL == 0
+                && h.producer_id < 0;
+            if h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0
+                && !raft_control
+            {
                 return Err(StorageError::Transactional);
             }
             idempotent |= h.producer_id >= 0;

@@ -36,6 +36,16 @@ impl PartitionLog {
         }
     }
 
+    /// Before the log serves reads: the high watermark comes down to `offset` (what a
+    /// replica knows is committed after a restart) and from now on the caller moves it with
+    /// [`PartitionLog::set_high_watermark`].
+    pub fn hold_high_watermark_at(&self, offset: Offset) {
+        let mut st = self.state.borrow_mut();
+        let at = offset.0.clamp(st.log_start, st.log_end);
+        st.hw_target = Some(at);
+        st.high_watermark = st.high_watermark.min(at);
+    }
+
     /// Cut the log back so that it ends before `offset` (Kafka's truncateTo): the batch
     /// holding `offset` and everything after it go, on disk and in memory (indexes, tail
     /// cache, producer state rebuilt from the disk, leader epochs that began there); the high

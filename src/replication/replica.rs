@@ -1,0 +1,594 @@
+//! One replica of a replicated partition: a raft-rs `RawNode` over the partition log, on the
+//! shard that owns the partition. Sans-IO: the caller (the shard's replication driver, or the
+//! simulation) moves time with [`Replica::tick`], hands in the peers' messages with
+//! [`Replica::step`], runs [`Replica::process_ready`] after either, and sends what
+//! [`Replica::take_messages`] returns.
+//!
+//! What Kafka sees:
+//! - [`Replica::propose`] is a leader's produce: it stamps the batches with their offsets and
+//!   the leader epoch (= the Raft term), proposes one entry per batch, and resolves once the
+//!   entries are committed: fdatasynced on a majority (acks=all).
+//! - the partition log's high watermark is the Kafka offset after the last committed entry.
+//! - a replica that is not the leader answers proposals with `NotLeader`, and every proposal
+//!   still waiting when its leader loses the term fails the same way (the client retries; the
+//!   entry may still commit under the next leader, as in Kafka without idempotence).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+use slog::Drain;
+
+use super::entry::{self, EntryError};
+use super::store::{RAFT_STATE_FILE, RaftStateFile, RaftStore};
+use crate::storage::batch;
+use crate::storage::error::StorageError;
+use crate::storage::io::Env;
+use crate::storage::log::{AppendInfo, LogConfig, PartitionLog};
+use crate::types::Offset;
+
+/// Why a replica refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("too much data not yet committed: retry later")]
+    Backpressure,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Entry(#[from] EntryError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("raft-state: {0}")]
+    State(String),
+    #[error("replica failed earlier: {0}")]
+    Failed(String),
+}
+
+impl ReplicaError {
+    /// The Kafka error code a produce gets.
+    pub fn kafka_code(&self) -> i16 {
+        match self {
+            ReplicaError::NotLeader { .. } => 6, // NOT_LEADER_OR_FOLLOWER
+            ReplicaError::Backpressure => 7,     // REQUEST_TIMED_OUT: the client retries
+            ReplicaError::Storage(e) => e.kafka_error_code(),
+            _ => 56, // KAFKA_STORAGE_ERROR
+        }
+    }
+}
+
+/// A replica's Raft settings.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This broker's id in the group (> 0).
+    pub id: u64,
+    /// The group's voters when the partition is created.
+    pub voters: Vec<u64>,
+    /// Ticks without a leader's word before an election (the timeout is drawn from
+    /// `[election_tick, 2 * election_tick)` when `randomized_timeout`).
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// Draw the election timeout at random (production). The simulation turns it off (raft-rs
+    /// draws from the thread's RNG) and randomizes by when it ticks each replica instead.
+    pub randomized_timeout: bool,
+    /// Proposals beyond this many uncommitted bytes get `Backpressure`.
+    pub max_uncommitted_bytes: u64,
+    /// Bytes of entries per append message, and appends in flight per follower.
+    pub max_bytes_per_message: u64,
+    pub max_inflight_messages: usize,
+}
+
+impl ReplicaConfig {
+    pub fn new(id: u64, voters: Vec<u64>) -> Self {
+        ReplicaConfig {
+            id,
+            voters,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            randomized_timeout: true,
+            max_uncommitted_bytes: 64 << 20,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 64,
+        }
+    }
+}
+
+struct Waiter {
+    term: u64,
+    info: AppendInfo,
+    tx: oneshot::Sender<Result<AppendInfo, ReplicaError>>,
+}
+
+/// One replica; see the module docs.
+pub struct Replica {
+    id: u64,
+    env: Env,
+    dir: PathBuf,
+    log: Rc<PartitionLog>,
+    store: RaftStore,
+    node: RefCell<RawNode<RaftStore>>,
+    /// Proposals waiting for commit, by the index of their last entry.
+    waiters: RefCell<BTreeMap<u64, Waiter>>,
+    outbox: RefCell<Vec<Message>>,
+    /// (term, vote) last written to `raft-state`.
+    persisted: Cell<(u64, u64)>,
+    busy: Cell<bool>,
+    failed: RefCell<Option<String>>,
+}
+
+fn logger(name: &str) -> slog::Logger {
+    slog::Logger::root(
+        slog_stdlog::StdLog.fuse(),
+        slog::o!("partition" => name.to_string()),
+    )
+}
+
+fn raft_err(e: raft::Error) -> ReplicaError {
+    ReplicaError::Raft(e.to_string())
+}
+
+impl Replica {
+    /// Open the partition log in `dir` (created if absent) and its Raft state, rebuild the Raft
+    /// store from the log, and start as a follower. The high watermark is held at what the
+    /// replica knew was committed (it rises once a leader says more is).
+    pub async fn open(
+        env: Env,
+        dir: PathBuf,
+        log_cfg: LogConfig,
+        cfg: &ReplicaConfig,
+    ) -> Result<Rc<Replica>, ReplicaError> {
+        env.disk
+            .create_dir_all(&dir)
+            .await
+            .map_err(|e| StorageError::io("creating the partition directory", e))?;
+        let state_path = dir.join(RAFT_STATE_FILE);
+        let state = match env
+            .read_if_exists(&state_path)
+            .await
+            .map_err(|e| StorageError::io("reading raft-state", e))?
+        {
+            Some(b) => serde_json::from_slice::<RaftStateFile>(&b)
+                .map_err(|e| ReplicaError::State(format!("{}: {e}", state_path.display())))?,
+            None => {
+                let fresh = RaftStateFile {
+                    voters: cfg.voters.clone(),
+                    ..Default::default()
+                };
+                write_state(&env, &state_path, &fresh).await?;
+                fresh
+            }
+        };
+        let log = PartitionLog::open_in(env.clone(), dir.clone(), log_cfg).await?;
+        let store = RaftStore::new(&state, log.log_start_offset().0);
+        rebuild(&log, &store).await?;
+        let committed = state.commit.min(store.last_index());
+        let hw = store.end_of(committed).unwrap_or(log.log_start_offset().0);
+        log.hold_high_watermark_at(Offset(hw));
+
+        let min_election = cfg.election_tick;
+        let raft_cfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            min_election_tick: min_election,
+            max_election_tick: if cfg.randomized_timeout {
+                2 * min_election
+            } else {
+                min_election + 1
+            },
+            applied: committed,
+            max_size_per_msg: cfg.max_bytes_per_message,
+            max_inflight_msgs: cfg.max_inflight_messages,
+            max_uncommitted_size: cfg.max_uncommitted_bytes,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_cfg.validate().map_err(raft_err)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let node = RawNode::new(&raft_cfg, store.clone(), &logger(&name)).map_err(raft_err)?;
+        Ok(Rc::new(Replica {
+            id: cfg.id,
+            env,
+            dir,
+            log,
+            store,
+            node: RefCell::new(node),
+            waiters: RefCell::new(BTreeMap::new()),
+            outbox: RefCell::new(Vec::new()),
+            persisted: Cell::new((state.term, state.vote)),
+            busy: Cell::new(false),
+            failed: RefCell::new(None),
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn log(&self) -> &Rc<PartitionLog> {
+        &self.log
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.borrow().raft.state == StateRole::Leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.borrow().raft.term
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<u64> {
+        let id = self.node.borrow().raft.leader_id;
+        (id != raft::INVALID_ID).then_some(id)
+    }
+
+    /// Index of the last committed entry, and of the last entry.
+    pub fn commit_and_last_index(&self) -> (u64, u64) {
+        let n = self.node.borrow();
+        (n.raft.raft_log.committed, n.raft.raft_log.last_index())
+    }
+
+    /// One tick of the election and heartbeat clocks.
+    pub fn tick(&self) {
+        self.node.borrow_mut().tick();
+    }
+
+    /// Hand in a peer's message. A message for an unknown peer or a stale one is dropped, as
+    /// the network may do.
+    pub fn step(&self, m: Message) {
+        if let Err(e) = self.node.borrow_mut().step(m) {
+            tracing::debug!(dir = %self.dir.display(), "raft message dropped: {e}");
+        }
+    }
+
+    /// Messages to send to peers (each has `to`), in order.
+    pub fn take_messages(&self) -> Vec<Message> {
+        std::mem::take(&mut *self.outbox.borrow_mut())
+    }
+
+    /// Propose `records` (whole batches, as a Produce carries them) as this partition's
+    /// leader. The call assigns the offsets; the returned future resolves once the entries are
+    /// committed. Order: proposals take effect in the order of the calls.
+    pub fn propose(
+        &self,
+        records: Bytes,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
+        let placed = self.place(records);
+        async move {
+            let rx = placed?;
+            rx.await.unwrap_or_else(|_| {
+                Err(ReplicaError::Failed(
+                    "the replica closed before the commit".into(),
+                ))
+            })
+        }
+    }
+
+    fn place(
+        &self,
+        records: Bytes,
+    ) -> Result<oneshot::Receiver<Result<AppendInfo, ReplicaError>>, ReplicaError> {
+        if let Some(why) = self.failed.borrow().clone() {
+            return Err(ReplicaError::Failed(why));
+        }
+        let mut node = self.node.borrow_mut();
+        if node.raft.state != StateRole::Leader {
+            let id = node.raft.leader_id;
+            return Err(ReplicaError::NotLeader {
+                leader: (id != raft::INVALID_ID && id != self.id).then_some(id),
+            });
+        }
+        let max = self.log.cfg().max_message_bytes;
+        let mut sizes = Vec::new();
+        let mut pos = 0;
+        while pos < records.len() {
+            let (h, size) = batch::validate_for_append(&records[pos..], max)?;
+            if h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0 {
+                return Err(StorageError::Transactional.into());
+            }
+            sizes.push((size, i64::from(h.record_count)));
+            pos += size;
+        }
+        if sizes.is_empty() {
+            return Err(StorageError::InvalidRecord("empty records".into()).into());
+        }
+        let term = node.raft.term;
+        let base = self.next_offset_of(&node)?;
+        // The leader's one copy: offsets and epoch are stamped into its own buffer.
+        let mut buf = BytesMut::from(&records[..]);
+        let mut next = base;
+        let mut entries = Vec::with_capacity(sizes.len());
+        for (size, count) in sizes {
+            let mut b = buf.split_to(size);
+            batch::set_base_offset(&mut b, next);
+            batch::set_partition_leader_epoch(&mut b, term as i32);
+            next += count;
+            entries.push(Entry {
+                data: b.freeze(),
+                ..Default::default()
+            });
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.id;
+        m.set_entries(entries.into());
+        node.step(m).map_err(|e| match e {
+            raft::Error::ProposalDropped if node.raft.state == StateRole::Leader => {
+                ReplicaError::Backpressure
+            }
+            raft::Error::ProposalDropped => ReplicaError::NotLeader { leader: None },
+            e => raft_err(e),
+        })?;
+        let index = node.raft.raft_log.last_index();
+        let (tx, rx) = oneshot::channel();
+        let info = AppendInfo {
+            base_offset: Offset(base),
+            last_offset: Offset(next - 1),
+            log_start_offset: self.log.log_start_offset(),
+            log_append_time_ms: -1,
+            generation: 0,
+        };
+        self.waiters
+            .borrow_mut()
+            .insert(index, Waiter { term, info, tx });
+        Ok(rx)
+    }
+
+    /// The Kafka offset after the last entry of Raft's log, persisted or not.
+    fn next_offset_of(&self, node: &RawNode<RaftStore>) -> Result<i64, ReplicaError> {
+        let unstable = &node.raft.raft_log.unstable;
+        let mut next = self
+            .store
+            .end_of(unstable.offset.saturating_sub(1))
+            .ok_or_else(|| ReplicaError::Raft("unstable entries beyond the store".into()))?;
+        for e in &unstable.entries {
+            next = entry::entry_end(e, next)?;
+        }
+        Ok(next)
+    }
+
+    /// Persist, apply and send what Raft has ready, until it has nothing more. One caller at a
+    /// time (a second call while one runs returns at once: the first one loops). A failure
+    /// fails the replica: every proposal waiting gets the error and the replica takes part in
+    /// nothing more until it is reopened.
+    pub async fn process_ready(&self) -> Result<(), ReplicaError> {
+        if let Some(why) = self.failed.borrow().clone() {
+            return Err(ReplicaError::Failed(why));
+        }
+        if self.busy.replace(true) {
+            return Ok(());
+        }
+        let r = self.ready_loop().await;
+        self.busy.set(false);
+        if let Err(e) = &r {
+            tracing::error!(dir = %self.dir.display(), "replica failed: {e}");
+            *self.failed.borrow_mut() = Some(e.to_string());
+            for (_, w) in std::mem::take(&mut *self.waiters.borrow_mut()) {
+                let _ = w.tx.send(Err(ReplicaError::Failed(e.to_string())));
+            }
+        }
+        r
+    }
+
+    async fn ready_loop(&self) -> Result<(), ReplicaError> {
+        loop {
+            let mut rd = {
+                let mut node = self.node.borrow_mut();
+                if !node.has_ready() {
+                    break;
+                }
+                node.ready()
+            };
+            // A leader's appends may go out before its own write (Raft counts its own vote
+            // only once `advance` says the entries are persisted).
+            self.outbox.borrow_mut().extend(rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                return Err(ReplicaError::Raft(
+                    "installing a snapshot is not supported yet".into(),
+                ));
+            }
+            self.apply(rd.take_committed_entries()).await?;
+            if !rd.entries().is_empty() {
+                let entries = rd.entries().clone();
+                self.persist_entries(&entries).await?;
+            }
+            if let Some(hs) = rd.hs() {
+                self.store.set_hard_state(hs.clone());
+                if (hs.term, hs.vote) != self.persisted.get() {
+                    // Stable storage: a vote or a term is durable before anyone hears of it.
+                    self.write_state().await?;
+                    self.persisted.set((hs.term, hs.vote));
+                }
+            }
+            self.outbox
+                .borrow_mut()
+                .extend(rd.take_persisted_messages());
+            let mut light = self.node.borrow_mut().advance(rd);
+            if let Some(commit) = light.commit_index() {
+                let mut hs = self.store.hard_state();
+                hs.commit = commit;
+                self.store.set_hard_state(hs);
+            }
+            self.outbox.borrow_mut().extend(light.take_messages());
+            self.apply(light.take_committed_entries()).await?;
+            self.node.borrow_mut().advance_apply();
+            self.fail_stale_waiters();
+        }
+        Ok(())
+    }
+
+    /// Write entries to the log (cutting a conflicting suffix first) and wait until they are
+    /// fdatasynced.
+    async fn persist_entries(&self, entries: &[Entry]) -> Result<(), ReplicaError> {
+        let first = entries[0].index;
+        if first <= self.store.last_index() {
+            let cut = self
+                .store
+                .end_of(first - 1)
+                .ok_or_else(|| ReplicaError::Raft(format!("no entry before {first}")))?;
+            self.store.truncate_from(first);
+            self.log.truncate_to(Offset(cut)).await?;
+        }
+        let mut next = self.store.next_offset();
+        let mut pending = Vec::with_capacity(entries.len());
+        for e in entries {
+            let b = entry::to_batch(e, next)?;
+            let end = entry::entry_end(e, next)?;
+            pending.push(self.log.append_replicated(b));
+            self.store.push(e.clone(), end);
+            next = end;
+        }
+        let mut last = None;
+        for p in pending {
+            last = Some(p.await?);
+        }
+        if let Some(info) = last {
+            self.log.wait_durable(&info).await?;
+        }
+        Ok(())
+    }
+
+    /// Apply committed entries: configuration changes, the high watermark, and the proposals
+    /// they complete.
+    async fn apply(&self, committed: Vec<Entry>) -> Result<(), ReplicaError> {
+        let Some(last) = committed.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        for e in &committed {
+            let cs = match e.get_entry_type() {
+                EntryType::EntryNormal => continue,
+                EntryType::EntryConfChange => {
+                    let cc: ConfChange = protobuf::Message::parse_from_bytes(&e.data)
+                        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+                    self.node
+                        .borrow_mut()
+                        .apply_conf_change(&cc)
+                        .map_err(raft_err)?
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc: ConfChangeV2 = protobuf::Message::parse_from_bytes(&e.data)
+                        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
+                    self.node
+                        .borrow_mut()
+                        .apply_conf_change(&cc)
+                        .map_err(raft_err)?
+                }
+            };
+            self.store.set_conf_state(cs);
+            self.write_state().await?;
+        }
+        let end = self
+            .store
+            .end_of(last)
+            .ok_or_else(|| ReplicaError::Raft(format!("committed entry {last} not stored")))?;
+        self.log.set_high_watermark(Offset(end));
+        let done = {
+            let mut w = self.waiters.borrow_mut();
+            let rest = w.split_off(&(last + 1));
+            std::mem::replace(&mut *w, rest)
+        };
+        for (index, w) in done {
+            // Same index and term: the entry this leader proposed (Raft's log matching).
+            let r = if raft::Storage::term(&self.store, index).ok() == Some(w.term) {
+                Ok(w.info)
+            } else {
+                Err(ReplicaError::NotLeader {
+                    leader: self.leader(),
+                })
+            };
+            let _ = w.tx.send(r);
+        }
+        Ok(())
+    }
+
+    /// Proposals of a term this replica no longer leads fail: their fate is the next leader's.
+    fn fail_stale_waiters(&self) {
+        let (leading, term) = {
+            let n = self.node.borrow();
+            (n.raft.state == StateRole::Leader, n.raft.term)
+        };
+        let mut waiters = self.waiters.borrow_mut();
+        if waiters.is_empty() || (leading && waiters.values().all(|w| w.term == term)) {
+            return;
+        }
+        let leader = self.leader();
+        let stale: Vec<u64> = waiters
+            .iter()
+            .filter(|(_, w)| !leading || w.term != term)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in stale {
+            if let Some(w) = waiters.remove(&i) {
+                let _ = w.tx.send(Err(ReplicaError::NotLeader { leader }));
+            }
+        }
+    }
+
+    async fn write_state(&self) -> Result<(), ReplicaError> {
+        write_state(
+            &self.env,
+            &self.dir.join(RAFT_STATE_FILE),
+            &self.store.state_file(),
+        )
+        .await
+    }
+
+    /// Close the log; proposals still waiting fail.
+    pub async fn close(&self) -> Result<(), ReplicaError> {
+        for (_, w) in std::mem::take(&mut *self.waiters.borrow_mut()) {
+            let _ = w.tx.send(Err(ReplicaError::Failed("closed".into())));
+        }
+        if self.failed.borrow().is_none() {
+            self.write_state().await?;
+        }
+        self.log.close().await?;
+        Ok(())
+    }
+}
+
+async fn write_state(
+    env: &Env,
+    path: &std::path::Path,
+    state: &RaftStateFile,
+) -> Result<(), ReplicaError> {
+    let json = serde_json::to_vec(state).map_err(|e| ReplicaError::State(e.to_string()))?;
+    env.replace_file_durable(path, &json)
+        .await
+        .map_err(|e| StorageError::io("writing raft-state", e).into())
+}
+
+/// Every batch of the log, from its start, as the store's entries (index 1 is the first).
+async fn rebuild(log: &Rc<PartitionLog>, store: &RaftStore) -> Result<(), ReplicaError> {
+    let end = log.log_end_offset().0;
+    let mut at = log.log_start_offset().0;
+    while at < end {
+        let data = log.read(Offset(at), 1 << 20).await?;
+        if data.records.is_empty() {
+            break;
+        }
+        let records = data.records;
+        for item in batch::BatchIter::new(&records) {
+            let (pos, h, size) = item?;
+            let e = entry::from_batch(store.last_index() + 1, records.slice(pos..pos + size))?;
+            store.push(e, h.next_offset());
+            at = h.next_offset();
+        }
+    }
+    if at != end {
+        return Err(ReplicaError::Raft(format!(
+            "rebuilding the Raft log stopped at offset {at}, the log ends at {end}"
+        )));
+    }
+    Ok(())
+}
