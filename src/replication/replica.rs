@@ -82,6 +82,9 @@ pub struct ReplicaConfig {
     /// Bytes of entries per append message, and appends in flight per follower.
     pub max_bytes_per_message: u64,
     pub max_inflight_messages: usize,
+    /// Bytes of applied entries kept in memory for followers that are a little behind; older
+    /// ones are read back from the log when a follower needs them.
+    pub applied_bytes_held: usize,
 }
 
 impl ReplicaConfig {
@@ -95,6 +98,7 @@ impl ReplicaConfig {
             max_uncommitted_bytes: 64 << 20,
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 64,
+            applied_bytes_held: 4 << 20,
         }
     }
 }
@@ -112,6 +116,7 @@ pub struct Replica {
     dir: PathBuf,
     log: Rc<PartitionLog>,
     store: RaftStore,
+    applied_bytes_held: usize,
     node: RefCell<RawNode<RaftStore>>,
     /// Proposals waiting for commit, by the index of their last entry.
     waiters: RefCell<BTreeMap<u64, Waiter>>,
@@ -119,6 +124,8 @@ pub struct Replica {
     /// (term, vote) last written to `raft-state`.
     persisted: Cell<(u64, u64)>,
     busy: Cell<bool>,
+    /// Catch-up reads of the log for raft-rs.
+    log_reads: Cell<u64>,
     failed: RefCell<Option<String>>,
 }
 
@@ -166,8 +173,10 @@ impl Replica {
         };
         let log = PartitionLog::open_in(env.clone(), dir.clone(), log_cfg).await?;
         let store = RaftStore::new(&state, log.log_start_offset().0);
+        // Every batch of the log is an entry; what was applied is let go below.
         rebuild(&log, &store).await?;
         let committed = state.commit.min(store.last_index());
+        store.release_applied(committed, cfg.applied_bytes_held);
         let hw = store.end_of(committed).unwrap_or(log.log_start_offset().0);
         log.hold_high_watermark_at(Offset(hw));
 
@@ -202,11 +211,13 @@ impl Replica {
             dir,
             log,
             store,
+            applied_bytes_held: cfg.applied_bytes_held,
             node: RefCell::new(node),
             waiters: RefCell::new(BTreeMap::new()),
             outbox: RefCell::new(Vec::new()),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
+            log_reads: Cell::new(0),
             failed: RefCell::new(None),
         }))
     }
@@ -237,6 +248,11 @@ impl Replica {
     pub fn commit_and_last_index(&self) -> (u64, u64) {
         let n = self.node.borrow();
         (n.raft.raft_log.committed, n.raft.raft_log.last_index())
+    }
+
+    /// How many times entries were read back from the log for a lagging follower.
+    pub fn log_reads(&self) -> u64 {
+        self.log_reads.get()
     }
 
     /// One tick of the election and heartbeat clocks.
@@ -383,9 +399,13 @@ impl Replica {
 
     async fn ready_loop(&self) -> Result<(), ReplicaError> {
         loop {
+            self.serve_fetches().await?;
             let mut rd = {
                 let mut node = self.node.borrow_mut();
                 if !node.has_ready() {
+                    if self.store.fetches_pending() {
+                        continue;
+                    }
                     break;
                 }
                 node.ready()
@@ -422,8 +442,42 @@ impl Replica {
             }
             self.outbox.borrow_mut().extend(light.take_messages());
             self.apply(light.take_committed_entries()).await?;
-            self.node.borrow_mut().advance_apply();
+            let applied = {
+                let mut node = self.node.borrow_mut();
+                node.advance_apply();
+                node.raft.raft_log.applied
+            };
+            self.store.release_applied(applied, self.applied_bytes_held);
             self.fail_stale_waiters();
+        }
+        Ok(())
+    }
+
+    /// Read the entries raft-rs asked for and the store no longer holds from the log, and hand
+    /// them over (raft-rs then sends the appends that waited for them).
+    async fn serve_fetches(&self) -> Result<(), ReplicaError> {
+        for f in self.store.take_fetches() {
+            let start = self
+                .store
+                .end_of(f.low - 1)
+                .ok_or_else(|| ReplicaError::Raft(format!("no entry before {}", f.low)))?;
+            let max = f.max_size.unwrap_or(u64::MAX).min(1 << 20) as usize;
+            let data = self.log.read(Offset(start), max).await?;
+            let records = data.records;
+            let mut entries = Vec::new();
+            for (index, item) in (f.low..f.high).zip(batch::BatchIter::new(&records)) {
+                let (pos, _, size) = item?;
+                entries.push(entry::from_batch(index, records.slice(pos..pos + size))?);
+            }
+            if entries.is_empty() {
+                return Err(ReplicaError::Raft(format!(
+                    "entry {} (offset {start}) is neither held nor readable",
+                    f.low
+                )));
+            }
+            self.store.fill(f.low, entries);
+            self.log_reads.set(self.log_reads.get() + 1);
+            self.node.borrow_mut().on_entries_fetched(f.context);
         }
         Ok(())
     }

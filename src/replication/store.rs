@@ -1,9 +1,15 @@
 //! The Raft store of one replicated partition: what `raft::Storage` asks of the log, kept in
 //! memory beside the partition log, which holds the entries' bytes durably (see [`super::entry`]).
 //!
-//! - `entries`: the Raft entries from `first_index` on, in index order, each with the Kafka
-//!   offset after it (`ends`). A data entry's `data` is the batch itself (the same `Bytes` the
-//!   log's tail cache holds: no copy).
+//! - per entry from `first_index` on, its term and the Kafka offset after it (16 bytes);
+//! - the entries themselves only from `data_from` on: everything not yet applied, plus recent
+//!   applied ones up to a byte budget. A data entry's `data` is the batch itself (the same
+//!   `Bytes` the log's tail cache holds: no copy). Raft asks for older entries only to send
+//!   them to a lagging follower, and that request may wait: the store answers
+//!   `LogTemporarilyUnavailable`, the replica reads the batches from the partition log
+//!   ([`RaftStore::take_fetches`], [`RaftStore::fill`]) and hands them to raft-rs, which asks
+//!   again and gets them. A follower's catch-up is a read of the log, never a stall of the
+//!   leader's appends, and memory holds only the recent entries.
 //! - the hard state (term, vote, commit) and the voter configuration, persisted by the replica
 //!   in the partition directory's `raft-state` file ([`RaftStateFile`]).
 //!
@@ -34,22 +40,42 @@ pub struct RaftStateFile {
 /// The file's name in the partition directory.
 pub const RAFT_STATE_FILE: &str = "raft-state";
 
+/// Entries the replica must read from the log for raft-rs: `[low, high)`, at most
+/// `max_size` bytes, for `context` (given back through `RawNode::on_entries_fetched`).
+#[derive(Debug)]
+pub struct Fetch {
+    pub low: u64,
+    pub high: u64,
+    pub max_size: Option<u64>,
+    pub context: GetEntriesContext,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     hard: HardState,
     conf: ConfState,
-    /// Index and term of the entry before `entries[0]` (0, 0: none), and the Kafka offset
-    /// after it.
+    /// Index and term of the entry before the first one kept (0, 0: none), and the Kafka
+    /// offset after it.
     prev_index: u64,
     prev_term: u64,
     prev_end: i64,
-    entries: VecDeque<Entry>,
-    ends: VecDeque<i64>,
+    /// (term, Kafka offset after the entry) of every entry from `prev_index + 1` on.
+    metas: VecDeque<(u64, i64)>,
+    /// The entries from `data_from` on.
+    recent: VecDeque<Entry>,
+    recent_bytes: usize,
+    /// Entries read from the log for a waiting request (the index of the first, and them).
+    fetched: Option<(u64, Vec<Entry>)>,
+    fetches: Vec<Fetch>,
 }
 
 impl Inner {
     fn last_index(&self) -> u64 {
-        self.prev_index + self.entries.len() as u64
+        self.prev_index + self.metas.len() as u64
+    }
+
+    fn data_from(&self) -> u64 {
+        self.last_index() + 1 - self.recent.len() as u64
     }
 }
 
@@ -92,29 +118,68 @@ impl RaftStore {
         if index < s.prev_index || index > s.last_index() {
             return None;
         }
-        s.ends.get((index - s.prev_index - 1) as usize).copied()
+        s.metas
+            .get((index - s.prev_index - 1) as usize)
+            .map(|m| m.1)
     }
 
     /// The Kafka offset after the last entry.
     pub fn next_offset(&self) -> i64 {
         let s = self.0.borrow();
-        s.ends.back().copied().unwrap_or(s.prev_end)
+        s.metas.back().map_or(s.prev_end, |m| m.1)
     }
 
     /// Append `e`, which ends at Kafka offset `end`; its index must follow the last one.
     pub fn push(&self, e: Entry, end: i64) {
         let mut s = self.0.borrow_mut();
         assert_eq!(e.index, s.last_index() + 1, "Raft entries out of order");
-        s.entries.push_back(e);
-        s.ends.push_back(end);
+        s.metas.push_back((e.term, end));
+        s.recent_bytes += e.data.len();
+        s.recent.push_back(e);
     }
 
     /// Drop the entries from `index` on (a follower replacing a suffix its leader lacks).
     pub fn truncate_from(&self, index: u64) {
         let mut s = self.0.borrow_mut();
+        let keep_recent = index.saturating_sub(s.data_from()) as usize;
         let keep = index.saturating_sub(s.prev_index + 1) as usize;
-        s.entries.truncate(keep);
-        s.ends.truncate(keep);
+        s.metas.truncate(keep);
+        while s.recent.len() > keep_recent {
+            let e = s.recent.pop_back().expect("non-empty");
+            s.recent_bytes -= e.data.len();
+        }
+        s.fetched = None;
+    }
+
+    /// Let go of applied entries (index at most `applied`) beyond `budget` bytes, oldest
+    /// first: they stay in the log, and are read from there if a follower needs them.
+    pub fn release_applied(&self, applied: u64, budget: usize) {
+        let mut s = self.0.borrow_mut();
+        while s.recent_bytes > budget && s.recent.front().is_some_and(|e| e.index <= applied) {
+            let e = s.recent.pop_front().expect("non-empty");
+            s.recent_bytes -= e.data.len();
+        }
+    }
+
+    /// Bytes of entry data held.
+    pub fn held_bytes(&self) -> usize {
+        self.0.borrow().recent_bytes
+    }
+
+    /// Requests for entries that must be read from the log.
+    pub fn take_fetches(&self) -> Vec<Fetch> {
+        std::mem::take(&mut self.0.borrow_mut().fetches)
+    }
+
+    /// Whether requests for entries wait.
+    pub fn fetches_pending(&self) -> bool {
+        !self.0.borrow().fetches.is_empty()
+    }
+
+    /// Entries read from the log for a request; the next `entries` call from `first` is served
+    /// from them.
+    pub fn fill(&self, first: u64, entries: Vec<Entry>) {
+        self.0.borrow_mut().fetched = Some((first, entries));
     }
 
     pub fn set_hard_state(&self, hs: HardState) {
@@ -127,10 +192,6 @@ impl RaftStore {
 
     pub fn set_conf_state(&self, cs: ConfState) {
         self.0.borrow_mut().conf = cs;
-    }
-
-    pub fn conf_state(&self) -> ConfState {
-        self.0.borrow().conf.clone()
     }
 
     /// What `raft-state` should hold now: the commit index no higher than the stored log.
@@ -161,19 +222,43 @@ impl Storage for RaftStore {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let s = self.0.borrow();
+        let max_size = max_size.into();
+        let mut s = self.0.borrow_mut();
         if low <= s.prev_index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
         if high > s.last_index() + 1 || low > high {
             return Err(unavailable());
         }
-        let lo = (low - s.prev_index - 1) as usize;
-        let hi = (high - s.prev_index - 1) as usize;
-        let mut out: Vec<Entry> = s.entries.range(lo..hi).cloned().collect();
-        raft::util::limit_size(&mut out, max_size.into());
+        let data_from = s.data_from();
+        let mut out: Vec<Entry> = if low >= data_from {
+            let lo = (low - data_from) as usize;
+            let hi = (high - data_from) as usize;
+            s.recent.range(lo..hi).cloned().collect()
+        } else if let Some((first, got)) = s
+            .fetched
+            .take_if(|(first, got)| *first <= low && low < *first + got.len() as u64)
+        {
+            let lo = (low - first) as usize;
+            let hi = ((high - first) as usize).min(got.len());
+            got[lo..hi].to_vec()
+        } else if context.can_async() {
+            s.fetches.push(Fetch {
+                low,
+                high,
+                max_size,
+                context,
+            });
+            return Err(raft::Error::Store(
+                RaftStorageError::LogTemporarilyUnavailable,
+            ));
+        } else {
+            // Raft reads synchronously only what is not applied yet, which is always held.
+            return Err(unavailable());
+        };
+        raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
 
@@ -185,9 +270,9 @@ impl Storage for RaftStore {
         if idx < s.prev_index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
-        s.entries
+        s.metas
             .get((idx - s.prev_index - 1) as usize)
-            .map(|e| e.term)
+            .map(|m| m.0)
             .ok_or_else(unavailable)
     }
 
@@ -205,5 +290,92 @@ impl Storage for RaftStore {
         Err(raft::Error::Store(
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(index: u64, term: u64, len: usize) -> Entry {
+        Entry {
+            index,
+            term,
+            data: Bytes::from(vec![0u8; len]),
+            ..Default::default()
+        }
+    }
+
+    fn store_of(n: u64) -> RaftStore {
+        let s = RaftStore::new(&RaftStateFile::default(), 100);
+        for i in 1..=n {
+            s.push(entry(i, 1 + i / 4, 10), 100 + 10 * i as i64);
+        }
+        s
+    }
+
+    fn ids(v: &[Entry]) -> Vec<u64> {
+        v.iter().map(|e| e.index).collect()
+    }
+
+    #[test]
+    fn offsets_terms_and_truncation() {
+        let s = store_of(8);
+        assert_eq!(s.end_of(0), Some(100));
+        assert_eq!(s.end_of(8), Some(180));
+        assert_eq!(s.end_of(9), None);
+        assert_eq!(s.term(4).unwrap(), 2);
+        assert_eq!(s.term(0).unwrap(), 0);
+        s.release_applied(3, 0);
+        s.truncate_from(6);
+        assert_eq!(s.last_index(), 5);
+        assert_eq!(s.next_offset(), 150);
+        assert_eq!(s.held_bytes(), 20, "entries 4 and 5 are held");
+        s.push(entry(6, 5, 10), 160);
+        let got = s
+            .entries(4, 7, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(ids(&got), vec![4, 5, 6]);
+        assert_eq!(got[2].term, 5);
+        // Truncating below what is held empties the held entries.
+        s.truncate_from(2);
+        assert_eq!((s.last_index(), s.held_bytes()), (1, 0));
+    }
+
+    #[test]
+    fn released_entries_are_fetched_asynchronously() {
+        let s = store_of(6);
+        s.release_applied(4, 15);
+        // Applied entries go, oldest first, while more than 15 bytes are held: 1..=4 (the
+        // unapplied 5 and 6 stay whatever their size).
+        assert_eq!(s.held_bytes(), 20);
+        assert!(matches!(
+            s.entries(2, 6, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(RaftStorageError::Unavailable))
+        ));
+        assert!(!s.fetches_pending());
+        assert!(matches!(
+            s.entries(2, 6, None, GetEntriesContext::empty(true)),
+            Err(raft::Error::Store(
+                RaftStorageError::LogTemporarilyUnavailable
+            ))
+        ));
+        let f = s.take_fetches();
+        assert_eq!((f.len(), f[0].low, f[0].high), (1, 2, 6));
+        s.fill(2, vec![entry(2, 1, 10), entry(3, 1, 10)]);
+        let got = s
+            .entries(2, 6, None, GetEntriesContext::empty(true))
+            .unwrap();
+        assert_eq!(ids(&got), vec![2, 3], "a shorter answer: raft asks again");
+        // The fetched entries serve one request only.
+        assert!(
+            s.entries(2, 6, None, GetEntriesContext::empty(true))
+                .is_err()
+        );
+        assert!(
+            s.entries(5, 7, None, GetEntriesContext::empty(false))
+                .is_ok()
+        );
     }
 }
