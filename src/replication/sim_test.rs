@@ -9,7 +9,8 @@
 //! - every acknowledged proposal is in that log exactly once, at the offsets it was
 //!   acknowledged with, with the bytes it was proposed with (but for the base offset and
 //!   epoch, which the leader stamps);
-//! - leader epochs never go down along the log.
+//! - leader epochs never go down along the log;
+//! - a running replica's high watermark (what consumers may read) never goes back.
 //!
 //! `SLUICE_RAFT_SIM_SEEDS=N` runs N seeds (a soak); `SLUICE_RAFT_SIM_SEED=S` replays one. A
 //! failing seed prints the command that replays it.
@@ -62,6 +63,8 @@ struct Node {
     replica: Option<Rc<Replica>>,
     /// Steps until a crashed node restarts.
     down_for: u64,
+    /// The highest high watermark this incarnation showed consumers.
+    hw: i64,
 }
 
 struct InFlight {
@@ -125,6 +128,7 @@ impl Sim {
                 env,
                 replica: Some(replica),
                 down_for: 0,
+                hw: 0,
             });
         }
         let mut rng = SimRng::new(seed);
@@ -181,6 +185,16 @@ impl Sim {
                     });
                 }
             }
+            // What consumers see never goes back while the replica runs.
+            let hw = r.log().high_watermark().0;
+            assert!(
+                hw >= self.nodes[i].hw,
+                "seed {}: node {}'s high watermark went back from {} to {hw}",
+                self.seed,
+                self.nodes[i].id,
+                self.nodes[i].hw
+            );
+            self.nodes[i].hw = hw;
             if r.is_leader() {
                 let term = r.term();
                 let id = self.nodes[i].id;
@@ -273,6 +287,7 @@ impl Sim {
             )
             .await
             .unwrap_or_else(|e| panic!("seed {}: reopen node {}: {e}", self.seed, node.id));
+            node.hw = r.log().high_watermark().0;
             node.replica = Some(r);
         }
     }
