@@ -6,6 +6,8 @@
 //!   batch, Raft's own entries as control batches); the Raft term is the Kafka leader epoch.
 //! - [`store`]: what `raft::Storage` reads, beside the log, and the `raft-state` file.
 //! - [`replica`]: one replica: propose (a leader's produce), step, tick, persist and apply.
+//! - [`wire`]: the broker-to-broker frame that carries Raft messages, batched per broker pair
+//!   and shard.
 //!
 //! The safety argument is in ARCHITECTURE.md, "Replication". The simulation in `sim_test`
 //! runs several replicas in one process over simulated disks and a seeded network.
@@ -13,6 +15,7 @@
 pub mod entry;
 pub mod replica;
 pub mod store;
+pub mod wire;
 
 #[cfg(test)]
 mod sim_test;

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use raft::eraftpb::Message;
 
 use super::replica::{Replica, ReplicaConfig};
+use super::wire;
 use crate::storage::batch::{self, test_util::encode_batch};
 use crate::storage::io::{Env, ManualClock, SyncScope};
 use crate::storage::log::LogConfig;
@@ -72,7 +73,8 @@ struct InFlight {
     to: u64,
     /// First step it may be delivered at.
     at: u64,
-    msg: Message,
+    /// The message as the broker-to-broker frame carries it (`wire`).
+    frame: Bytes,
 }
 
 /// An acknowledged proposal: where it landed, and what was proposed.
@@ -106,6 +108,22 @@ struct Sim {
     next_payload: i64,
     crashes: u64,
     log_reads: u64,
+}
+
+/// One message in a frame of its own, as a broker would send it.
+fn frame_of(msg: Message) -> Bytes {
+    let mut b = wire::FrameBuilder::new(wire::Route {
+        from: msg.from as u32,
+        to: msg.to as u32,
+        shard: 0,
+    });
+    let m = wire::GroupMessage {
+        topic_id: uuid::Uuid::nil(),
+        partition: 0,
+        message: msg,
+    };
+    assert!(b.push(&m).expect("encode").is_none());
+    b.finish().expect("a frame")
 }
 
 fn dir() -> PathBuf {
@@ -174,6 +192,7 @@ impl Sim {
                 if self.cut_off(from, to) || self.rng.chance(self.drop_p) {
                     continue;
                 }
+                let frame = frame_of(msg);
                 let copies = if self.rng.chance(self.dup_p) { 2 } else { 1 };
                 for _ in 0..copies {
                     let at = self.step + self.rng.below(6);
@@ -181,7 +200,7 @@ impl Sim {
                         from,
                         to,
                         at,
-                        msg: msg.clone(),
+                        frame: frame.clone(),
                     });
                 }
             }
@@ -223,7 +242,9 @@ impl Sim {
             return;
         }
         if let Some(r) = &self.nodes[(m.to - 1) as usize].replica {
-            r.step(m.msg);
+            let (route, mut ms) = wire::decode(&m.frame).expect("frames decode");
+            assert_eq!((route.from, route.to), (m.from as u32, m.to as u32));
+            r.step(ms.pop().expect("one message").message);
         }
     }
 
