@@ -47,6 +47,11 @@ pub enum ReplicaError {
     Raft(String),
     #[error("raft-state: {0}")]
     State(String),
+    #[error(
+        "{0}: raft-state is missing but the replica existed before (a wiped or lost disk): \
+         it must not vote or count toward a quorum until it rejoins as a learner"
+    )]
+    StateLost(String),
     #[error("replica failed earlier: {0}")]
     Failed(String),
 }
@@ -70,6 +75,10 @@ pub struct ReplicaConfig {
     pub id: u64,
     /// The group's voters when the partition is created.
     pub voters: Vec<u64>,
+    /// The replica is being created now (the cluster assigned it and no earlier state of it
+    /// can exist). Otherwise a missing `raft-state` is `StateLost`: the disk lost what Raft
+    /// relies on (term, vote), and starting fresh could vote twice in a term.
+    pub new_replica: bool,
     /// Ticks without a leader's word before an election (the timeout is drawn from
     /// `[election_tick, 2 * election_tick)` when `randomized_timeout`).
     pub election_tick: usize,
@@ -92,6 +101,7 @@ impl ReplicaConfig {
         ReplicaConfig {
             id,
             voters,
+            new_replica: false,
             election_tick: 10,
             heartbeat_tick: 2,
             randomized_timeout: true,
@@ -136,6 +146,10 @@ fn logger(name: &str) -> slog::Logger {
     )
 }
 
+fn parse_pb<M: protobuf::Message>(data: &[u8]) -> Result<M, ReplicaError> {
+    M::parse_from_bytes(data).map_err(|e| ReplicaError::Raft(e.to_string()))
+}
+
 fn raft_err(e: raft::Error) -> ReplicaError {
     ReplicaError::Raft(e.to_string())
 }
@@ -162,7 +176,12 @@ impl Replica {
         {
             Some(b) => serde_json::from_slice::<RaftStateFile>(&b)
                 .map_err(|e| ReplicaError::State(format!("{}: {e}", state_path.display())))?,
+            None if !cfg.new_replica => {
+                return Err(ReplicaError::StateLost(dir.display().to_string()));
+            }
             None => {
+                // Durable before the replica takes part in anything: a replica that ever
+                // voted or acknowledged has this file.
                 let fresh = RaftStateFile {
                     voters: cfg.voters.clone(),
                     ..Default::default()
@@ -523,22 +542,15 @@ impl Replica {
             let cs = match e.get_entry_type() {
                 EntryType::EntryNormal => continue,
                 EntryType::EntryConfChange => {
-                    let cc: ConfChange = protobuf::Message::parse_from_bytes(&e.data)
-                        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
-                    self.node
-                        .borrow_mut()
-                        .apply_conf_change(&cc)
-                        .map_err(raft_err)?
+                    let cc: ConfChange = parse_pb(&e.data)?;
+                    self.node.borrow_mut().apply_conf_change(&cc)
                 }
                 EntryType::EntryConfChangeV2 => {
-                    let cc: ConfChangeV2 = protobuf::Message::parse_from_bytes(&e.data)
-                        .map_err(|err| ReplicaError::Raft(err.to_string()))?;
-                    self.node
-                        .borrow_mut()
-                        .apply_conf_change(&cc)
-                        .map_err(raft_err)?
+                    let cc: ConfChangeV2 = parse_pb(&e.data)?;
+                    self.node.borrow_mut().apply_conf_change(&cc)
                 }
-            };
+            }
+            .map_err(raft_err)?;
             self.store.set_conf_state(cs);
             self.write_state().await?;
         }

@@ -46,9 +46,11 @@ fn log_cfg() -> LogConfig {
     }
 }
 
-/// Odd seeds keep no applied entry in memory: every catch-up reads the log.
-fn replica_cfg(seed: u64, id: u64) -> ReplicaConfig {
+/// Odd seeds keep no applied entry in memory: every catch-up reads the log. `new`: the first
+/// open, which creates the replica.
+fn replica_cfg(seed: u64, id: u64, new: bool) -> ReplicaConfig {
     ReplicaConfig {
+        new_replica: new,
         randomized_timeout: false,
         applied_bytes_held: if seed % 2 == 1 { 0 } else { 2048 },
         max_bytes_per_message: 4096,
@@ -137,9 +139,10 @@ impl Sim {
         for id in 1..=NODES {
             let disk = SimDisk::new(seed.wrapping_mul(31).wrapping_add(id), Faults::default());
             let env = Env::new(Rc::new(disk.clone()), clock.clone(), SyncScope::default());
-            let replica = Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(seed, id))
-                .await
-                .unwrap_or_else(|e| panic!("seed {seed}: open node {id}: {e}"));
+            let replica =
+                Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(seed, id, true))
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: open node {id}: {e}"));
             nodes.push(Node {
                 id,
                 disk,
@@ -304,7 +307,7 @@ impl Sim {
                 node.env.clone(),
                 dir(),
                 log_cfg(),
-                &replica_cfg(self.seed, node.id),
+                &replica_cfg(self.seed, node.id, false),
             )
             .await
             .unwrap_or_else(|e| panic!("seed {}: reopen node {}: {e}", self.seed, node.id));
@@ -546,4 +549,36 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
         "nothing was acknowledged: the run tested nothing"
     );
     assert!(total.crashes > 0 && total.terms > 1 && total.log_reads > 0);
+}
+
+/// A replica whose `raft-state` is gone (a wiped disk) is refused, unless it is being created:
+/// Raft's votes rely on that file.
+#[test]
+fn a_replica_that_lost_its_raft_state_is_refused() {
+    crate::runtime::block_on_test(|| async {
+        let disk = SimDisk::new(9, Faults::default());
+        let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+        let env = Env::new(Rc::new(disk.clone()), clock, SyncScope::default());
+        let r = Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(0, 1, true))
+            .await
+            .expect("create");
+        r.close().await.expect("close");
+        drop(r);
+        let env = env.restarted();
+        let r = Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(0, 1, false))
+            .await
+            .expect("reopen with its state");
+        r.close().await.expect("close");
+        drop(r);
+        use crate::storage::io::Disk as _;
+        disk.remove_file(&dir().join(super::store::RAFT_STATE_FILE))
+            .await
+            .expect("wipe raft-state");
+        let env = env.restarted();
+        match Replica::open(env, dir(), log_cfg(), &replica_cfg(0, 1, false)).await {
+            Err(super::ReplicaError::StateLost(_)) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a replica without raft-state opened as a voter"),
+        }
+    });
 }
