@@ -274,6 +274,11 @@ impl Replica {
         self.log_reads.get()
     }
 
+    /// Whether Raft has work for [`Replica::process_ready`].
+    pub fn has_ready(&self) -> bool {
+        self.node.borrow().has_ready() || self.store.fetches_pending()
+    }
+
     /// One tick of the election and heartbeat clocks.
     pub fn tick(&self) {
         self.node.borrow_mut().tick();
