@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raft::eraftpb::Message;
 
-use super::replica::{Replica, ReplicaError};
+use super::replica::{Acks, Replica, ReplicaError};
 use crate::runtime::Notify;
 use crate::storage::log::AppendInfo;
 
@@ -66,12 +66,13 @@ impl Driver {
         self.dropped.get()
     }
 
-    /// [`Replica::propose`], waking the task so the entries go out at once.
+    /// [`Replica::propose_with`], waking the task so the entries go out at once.
     pub fn propose(
         &self,
         records: Bytes,
+        acks: Acks,
     ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
-        let fut = self.replica.propose(records);
+        let fut = self.replica.propose_with(records, acks);
         self.wake.notify_all();
         fut
     }
@@ -127,10 +128,15 @@ mod tests {
     #[derive(Default)]
     struct LocalNet {
         drivers: RefCell<Vec<Option<Rc<Driver>>>>,
+        /// A replica cut off: nothing reaches it or leaves it.
+        cut: Cell<Option<u64>>,
     }
 
     impl Transport for LocalNet {
         fn send(&self, m: Message) {
+            if self.cut.get().is_some_and(|c| c == m.from || c == m.to) {
+                return;
+            }
             let to = m.to as usize - 1;
             if let Some(Some(d)) = self.drivers.borrow().get(to) {
                 d.deliver(m);
@@ -138,18 +144,19 @@ mod tests {
         }
     }
 
-    fn leader(net: &LocalNet) -> Option<Rc<Driver>> {
+    /// A leader other than `not`.
+    fn leader(net: &LocalNet, not: Option<u64>) -> Option<Rc<Driver>> {
         net.drivers
             .borrow()
             .iter()
             .flatten()
-            .find(|d| d.replica().is_leader())
+            .find(|d| d.replica().is_leader() && Some(d.replica().id()) != not)
             .cloned()
     }
 
-    async fn wait_for_leader(net: &LocalNet) -> Rc<Driver> {
+    async fn wait_for_leader(net: &LocalNet, not: Option<u64>) -> Rc<Driver> {
         for _ in 0..500 {
-            if let Some(d) = leader(net) {
+            if let Some(d) = leader(net, not) {
                 return d;
             }
             crate::runtime::sleep(Duration::from_millis(10)).await;
@@ -160,7 +167,7 @@ mod tests {
     async fn produce(d: &Driver, n: i64, from: i64) -> i64 {
         let mut last = -1;
         for i in from..from + n {
-            let fut = d.propose(encode_batch(0, 2, i * 10, 32));
+            let fut = d.propose(encode_batch(0, 2, i * 10, 32), Acks::All);
             let info = crate::runtime::timeout(Duration::from_secs(5), fut)
                 .await
                 .expect("acknowledged within 5 s")
@@ -171,40 +178,125 @@ mod tests {
         last
     }
 
+    type Tasks = Vec<crate::runtime::Task<Result<(), ReplicaError>>>;
+
+    /// Three replicas on simulated disks, driven in real time (10 ms ticks).
+    async fn start() -> (Rc<LocalNet>, Tasks) {
+        let net = Rc::new(LocalNet::default());
+        let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+        let mut tasks = Vec::new();
+        for id in 1..=3u64 {
+            let disk = SimDisk::new(id, Faults::default());
+            let env = Env::new(Rc::new(disk), clock.clone(), SyncScope::default());
+            let cfg = ReplicaConfig {
+                new_replica: true,
+                ..ReplicaConfig::new(id, vec![1, 2, 3])
+            };
+            let r = Replica::open(env, PathBuf::from("/data/t-0"), LogConfig::default(), &cfg)
+                .await
+                .expect("open");
+            let d = Driver::new(r, 1024);
+            net.drivers.borrow_mut().push(Some(d.clone()));
+            let transport: Rc<dyn Transport> = net.clone();
+            tasks.push(crate::runtime::spawn(
+                d.run(transport, Duration::from_millis(10)),
+            ));
+        }
+        (net, tasks)
+    }
+
+    /// The log below the high watermark.
+    async fn committed_bytes(d: &Driver) -> Vec<u8> {
+        let log = d.replica().log();
+        let hw = log.high_watermark().0;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < hw {
+            let data = log
+                .read(crate::types::Offset(at), 1 << 20)
+                .await
+                .expect("read");
+            for item in crate::storage::batch::BatchIter::new(&data.records) {
+                at = item.expect("batch").1.next_offset();
+            }
+            out.extend_from_slice(&data.records);
+        }
+        out
+    }
+
+    /// A leader cut off from the others: acks=1 writes are still acknowledged (its own log
+    /// has them), acks=all writes are not (it steps down and they fail). The others elect a
+    /// leader and take writes; after the cut heals the old leader drops its uncommitted
+    /// suffix and ends with the same committed log as the new leader.
+    #[test]
+    fn a_leader_cut_off_stops_acknowledging_and_rejoins_as_a_follower() {
+        crate::runtime::block_on_test(|| async {
+            let (net, tasks) = start().await;
+            let first = wait_for_leader(&net, None).await;
+            produce(&first, 5, 0).await;
+            let old = first.replica().id();
+            net.cut.set(Some(old));
+            let one = first.propose(encode_batch(0, 1, 9_000, 8), Acks::Leader);
+            let all = first.propose(encode_batch(0, 1, 9_100, 8), Acks::All);
+            let one = crate::runtime::timeout(Duration::from_secs(5), one)
+                .await
+                .expect("acks=1 answered");
+            assert!(one.is_ok(), "acks=1 on the cut-off leader: {one:?}");
+            let all = crate::runtime::timeout(Duration::from_secs(5), all)
+                .await
+                .expect("acks=all answered (the leader steps down)");
+            assert!(
+                matches!(all, Err(ReplicaError::NotLeader { .. })),
+                "acks=all on a cut-off leader must not be acknowledged: {all:?}"
+            );
+            assert!(!first.replica().is_leader(), "check_quorum stepped it down");
+            let next = wait_for_leader(&net, Some(old)).await;
+            let last = produce(&next, 5, 100).await;
+            net.cut.set(None);
+            let mut same = false;
+            for _ in 0..500 {
+                let hw = |d: &Driver| d.replica().log().high_watermark().0;
+                if hw(&first) > last && hw(&first) == hw(&next) {
+                    same = committed_bytes(&first).await == committed_bytes(&next).await;
+                    if same {
+                        break;
+                    }
+                }
+                crate::runtime::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(same, "the old leader caught up to the same committed log");
+            let log = committed_bytes(&next).await;
+            let stamps: Vec<i64> = crate::storage::batch::BatchIter::new(&log)
+                .map(|i| i.expect("batch").1.base_timestamp)
+                .collect();
+            assert!(
+                !stamps.contains(&9_100),
+                "the unacknowledged acks=all write was dropped"
+            );
+            for d in net.drivers.borrow().iter().flatten() {
+                d.stop();
+            }
+            for t in tasks {
+                t.await.expect("no replica failed");
+            }
+        });
+    }
+
     /// Three replicas driven in real time: a leader is elected, acknowledges writes, and when
     /// it stops the other two elect a new one that keeps every acknowledged write and takes
     /// new ones.
     #[test]
     fn a_new_leader_takes_over_when_the_leader_stops() {
         crate::runtime::block_on_test(|| async {
-            let net = Rc::new(LocalNet::default());
-            let clock = Rc::new(ManualClock::new(1_700_000_000_000));
-            let mut tasks = Vec::new();
-            for id in 1..=3u64 {
-                let disk = SimDisk::new(id, Faults::default());
-                let env = Env::new(Rc::new(disk), clock.clone(), SyncScope::default());
-                let cfg = ReplicaConfig {
-                    new_replica: true,
-                    ..ReplicaConfig::new(id, vec![1, 2, 3])
-                };
-                let r = Replica::open(env, PathBuf::from("/data/t-0"), LogConfig::default(), &cfg)
-                    .await
-                    .expect("open");
-                let d = Driver::new(r, 1024);
-                net.drivers.borrow_mut().push(Some(d.clone()));
-                let transport: Rc<dyn Transport> = net.clone();
-                tasks.push(crate::runtime::spawn(
-                    d.run(transport, Duration::from_millis(10)),
-                ));
-            }
-            let first = wait_for_leader(&net).await;
+            let (net, tasks) = start().await;
+            let first = wait_for_leader(&net, None).await;
             let acked = produce(&first, 20, 0).await;
 
             let stopped = Instant::now();
             let old = first.replica().id();
             first.stop();
             net.drivers.borrow_mut()[old as usize - 1] = None;
-            let next = wait_for_leader(&net).await;
+            let next = wait_for_leader(&net, Some(old)).await;
             assert_ne!(next.replica().id(), old);
             eprintln!("failover: a new leader after {:?}", stopped.elapsed());
             let last = produce(&next, 20, 100).await;

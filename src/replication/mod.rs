@@ -22,4 +22,4 @@ pub mod wire;
 #[cfg(test)]
 mod sim_test;
 
-pub use replica::{Replica, ReplicaConfig, ReplicaError};
+pub use replica::{Acks, Replica, ReplicaConfig, ReplicaError};

@@ -113,6 +113,16 @@ impl ReplicaConfig {
     }
 }
 
+/// When a proposal is acknowledged (Kafka's `acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// acks=1: once the leader's own log has the entries (fdatasynced). Not yet committed: a
+    /// leader that loses its term before the commit may lose them.
+    Leader,
+    /// acks=all: once committed, i.e. fdatasynced on a majority.
+    All,
+}
+
 struct Waiter {
     term: u64,
     info: AppendInfo,
@@ -130,6 +140,8 @@ pub struct Replica {
     node: RefCell<RawNode<RaftStore>>,
     /// Proposals waiting for commit, by the index of their last entry.
     waiters: RefCell<BTreeMap<u64, Waiter>>,
+    /// acks=1 proposals waiting for the leader's own write, likewise.
+    leader_waiters: RefCell<BTreeMap<u64, Waiter>>,
     outbox: RefCell<Vec<Message>>,
     /// (term, vote) last written to `raft-state`.
     persisted: Cell<(u64, u64)>,
@@ -233,6 +245,7 @@ impl Replica {
             applied_bytes_held: cfg.applied_bytes_held,
             node: RefCell::new(node),
             waiters: RefCell::new(BTreeMap::new()),
+            leader_waiters: RefCell::new(BTreeMap::new()),
             outbox: RefCell::new(Vec::new()),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
@@ -304,7 +317,16 @@ impl Replica {
         &self,
         records: Bytes,
     ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
-        let placed = self.place(records);
+        self.propose_with(records, Acks::All)
+    }
+
+    /// [`Replica::propose`], acknowledged as `acks` says.
+    pub fn propose_with(
+        &self,
+        records: Bytes,
+        acks: Acks,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
+        let placed = self.place(records, acks);
         async move {
             let rx = placed?;
             rx.await.unwrap_or_else(|_| {
@@ -318,6 +340,7 @@ impl Replica {
     fn place(
         &self,
         records: Bytes,
+        acks: Acks,
     ) -> Result<oneshot::Receiver<Result<AppendInfo, ReplicaError>>, ReplicaError> {
         if let Some(why) = self.failed.borrow().clone() {
             return Err(ReplicaError::Failed(why));
@@ -379,7 +402,11 @@ impl Replica {
             log_append_time_ms: -1,
             generation: 0,
         };
-        self.waiters
+        let waiters = match acks {
+            Acks::All => &self.waiters,
+            Acks::Leader => &self.leader_waiters,
+        };
+        waiters
             .borrow_mut()
             .insert(index, Waiter { term, info, tx });
         Ok(rx)
@@ -414,8 +441,10 @@ impl Replica {
         if let Err(e) = &r {
             tracing::error!(dir = %self.dir.display(), "replica failed: {e}");
             *self.failed.borrow_mut() = Some(e.to_string());
-            for (_, w) in std::mem::take(&mut *self.waiters.borrow_mut()) {
-                let _ = w.tx.send(Err(ReplicaError::Failed(e.to_string())));
+            for waiters in [&self.waiters, &self.leader_waiters] {
+                for (_, w) in std::mem::take(&mut *waiters.borrow_mut()) {
+                    let _ = w.tx.send(Err(ReplicaError::Failed(e.to_string())));
+                }
             }
         }
         r
@@ -446,6 +475,7 @@ impl Replica {
             if !rd.entries().is_empty() {
                 let entries = rd.entries().clone();
                 self.persist_entries(&entries).await?;
+                self.resolve(&self.leader_waiters, self.store.last_index());
             }
             if let Some(hs) = rd.hs() {
                 self.store.set_hard_state(hs.clone());
@@ -564,13 +594,20 @@ impl Replica {
             .end_of(last)
             .ok_or_else(|| ReplicaError::Raft(format!("committed entry {last} not stored")))?;
         self.log.set_high_watermark(Offset(end));
+        self.resolve(&self.waiters, last);
+        Ok(())
+    }
+
+    /// Complete the proposals of `waiters` whose last entry is at most `upto`: acknowledged
+    /// if the entry there still has the proposal's term (same index and term: the entry this
+    /// leader proposed, by Raft's log matching), else `NotLeader`.
+    fn resolve(&self, waiters: &RefCell<BTreeMap<u64, Waiter>>, upto: u64) {
         let done = {
-            let mut w = self.waiters.borrow_mut();
-            let rest = w.split_off(&(last + 1));
+            let mut w = waiters.borrow_mut();
+            let rest = w.split_off(&(upto + 1));
             std::mem::replace(&mut *w, rest)
         };
         for (index, w) in done {
-            // Same index and term: the entry this leader proposed (Raft's log matching).
             let r = if raft::Storage::term(&self.store, index).ok() == Some(w.term) {
                 Ok(w.info)
             } else {
@@ -580,7 +617,6 @@ impl Replica {
             };
             let _ = w.tx.send(r);
         }
-        Ok(())
     }
 
     /// Proposals of a term this replica no longer leads fail: their fate is the next leader's.
@@ -589,19 +625,18 @@ impl Replica {
             let n = self.node.borrow();
             (n.raft.state == StateRole::Leader, n.raft.term)
         };
-        let mut waiters = self.waiters.borrow_mut();
-        if waiters.is_empty() || (leading && waiters.values().all(|w| w.term == term)) {
-            return;
-        }
         let leader = self.leader();
-        let stale: Vec<u64> = waiters
-            .iter()
-            .filter(|(_, w)| !leading || w.term != term)
-            .map(|(i, _)| *i)
-            .collect();
-        for i in stale {
-            if let Some(w) = waiters.remove(&i) {
-                let _ = w.tx.send(Err(ReplicaError::NotLeader { leader }));
+        for waiters in [&self.waiters, &self.leader_waiters] {
+            let mut waiters = waiters.borrow_mut();
+            let stale: Vec<u64> = waiters
+                .iter()
+                .filter(|(_, w)| !leading || w.term != term)
+                .map(|(i, _)| *i)
+                .collect();
+            for i in stale {
+                if let Some(w) = waiters.remove(&i) {
+                    let _ = w.tx.send(Err(ReplicaError::NotLeader { leader }));
+                }
             }
         }
     }
@@ -617,8 +652,10 @@ impl Replica {
 
     /// Close the log; proposals still waiting fail.
     pub async fn close(&self) -> Result<(), ReplicaError> {
-        for (_, w) in std::mem::take(&mut *self.waiters.borrow_mut()) {
-            let _ = w.tx.send(Err(ReplicaError::Failed("closed".into())));
+        for waiters in [&self.waiters, &self.leader_waiters] {
+            for (_, w) in std::mem::take(&mut *waiters.borrow_mut()) {
+                let _ = w.tx.send(Err(ReplicaError::Failed("closed".into())));
+            }
         }
         if self.failed.borrow().is_none() {
             self.write_state().await?;
