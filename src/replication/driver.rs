@@ -205,23 +205,8 @@ mod tests {
         (net, tasks)
     }
 
-    /// The log below the high watermark.
-    async fn committed_bytes(d: &Driver) -> Vec<u8> {
-        let log = d.replica().log();
-        let hw = log.high_watermark().0;
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < hw {
-            let data = log
-                .read(crate::types::Offset(at), 1 << 20)
-                .await
-                .expect("read");
-            for item in crate::storage::batch::BatchIter::new(&data.records) {
-                at = item.expect("batch").1.next_offset();
-            }
-            out.extend_from_slice(&data.records);
-        }
-        out
+    async fn committed_bytes(d: &Driver) -> Bytes {
+        crate::replication::committed_log(d.replica().log()).await
     }
 
     /// A leader cut off from the others: acks=1 writes are still acknowledged (its own log

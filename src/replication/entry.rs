@@ -66,12 +66,11 @@ fn is_data(e: &Entry) -> bool {
     e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty()
 }
 
-/// The batch that stores `e` at offset `next`: a data entry's own bytes (no copy), else a
-/// control batch.
-pub fn to_batch(e: &Entry, next: i64) -> Result<Bytes, EntryError> {
+/// The batch that stores `e` at offset `next` (a data entry's own bytes, no copy, else a
+/// control batch), and the offset after it.
+pub fn to_batch(e: &Entry, next: i64) -> Result<(Bytes, i64), EntryError> {
     if is_data(e) {
-        entry_end(e, next)?;
-        return Ok(e.data.clone());
+        return Ok((e.data.clone(), entry_end(e, next)?));
     }
     let (kind, value) = match e.get_entry_type() {
         EntryType::EntryNormal => (CONTROL_LEADER_CHANGE, Bytes::new()),
@@ -113,7 +112,7 @@ pub fn to_batch(e: &Entry, next: i64) -> Result<Bytes, EntryError> {
         offset: next,
         reason: err.to_string(),
     })?;
-    Ok(buf.freeze())
+    Ok((buf.freeze(), next + 1))
 }
 
 /// The Raft entry at `index` that the stored batch `b` holds (the inverse of [`to_batch`]).
@@ -179,7 +178,8 @@ mod tests {
     fn a_data_entry_is_its_batch() {
         let e = data_entry(3, 2, 10, 5);
         assert_eq!(entry_end(&e, 10).unwrap(), 15);
-        let b = to_batch(&e, 10).unwrap();
+        let (b, end) = to_batch(&e, 10).unwrap();
+        assert_eq!(end, 15);
         assert_eq!(b, e.data, "stored as it is");
         let back = from_batch(3, b).unwrap();
         assert_eq!(back, e);
@@ -205,7 +205,8 @@ mod tests {
         };
         for (e, at) in [(empty, 20), (conf, 21)] {
             assert_eq!(entry_end(&e, at).unwrap(), at + 1);
-            let b = to_batch(&e, at).unwrap();
+            let (b, end) = to_batch(&e, at).unwrap();
+            assert_eq!(end, at + 1);
             let (h, size) = batch::validate_batch(&b).unwrap();
             assert_eq!(size, b.len());
             assert_eq!(h.base_offset, at);

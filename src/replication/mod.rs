@@ -22,4 +22,27 @@ pub mod wire;
 #[cfg(test)]
 mod sim_test;
 
+/// The log's bytes from its start to the high watermark (what a consumer can read), for tests.
+#[cfg(test)]
+pub(crate) async fn committed_log(log: &crate::storage::log::PartitionLog) -> bytes::Bytes {
+    use crate::storage::batch::BatchIter;
+    let hw = log.high_watermark().0;
+    let mut bytes = Vec::new();
+    let mut at = log.log_start_offset().0;
+    while at < hw {
+        let data = log
+            .read(crate::types::Offset(at), 1 << 16)
+            .await
+            .unwrap_or_else(|e| panic!("read at {at}: {e}"));
+        let mut last = at;
+        for item in BatchIter::new(&data.records) {
+            last = item.expect("stored batches parse").1.next_offset();
+        }
+        assert!(last > at, "no progress reading at {at}");
+        bytes.extend_from_slice(&data.records);
+        at = last;
+    }
+    bytes.into()
+}
+
 pub use replica::{Acks, Replica, ReplicaConfig, ReplicaError};

@@ -58,7 +58,7 @@ pub enum ReplicaError {
 
 impl ReplicaError {
     /// The Kafka error code a produce gets.
-    pub fn kafka_code(&self) -> i16 {
+    pub fn kafka_error_code(&self) -> i16 {
         match self {
             ReplicaError::NotLeader { .. } => 6, // NOT_LEADER_OR_FOLLOWER
             ReplicaError::Backpressure => 7,     // REQUEST_TIMED_OUT: the client retries
@@ -352,31 +352,24 @@ impl Replica {
                 leader: (id != raft::INVALID_ID && id != self.id).then_some(id),
             });
         }
-        let max = self.log.cfg().max_message_bytes;
-        let mut sizes = Vec::new();
-        let mut pos = 0;
-        while pos < records.len() {
-            let (h, size) = batch::validate_for_append(&records[pos..], max)?;
-            if h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0 {
-                return Err(StorageError::Transactional.into());
-            }
-            sizes.push((size, i64::from(h.record_count)));
-            pos += size;
-        }
-        if sizes.is_empty() {
-            return Err(StorageError::InvalidRecord("empty records".into()).into());
+        let batches = batch::validate_all_for_append(&records, self.log.cfg().max_message_bytes)?;
+        if batches
+            .iter()
+            .any(|(_, _, h)| h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0)
+        {
+            return Err(StorageError::Transactional.into());
         }
         let term = node.raft.term;
         let base = self.next_offset_of(&node)?;
         // The leader's one copy: offsets and epoch are stamped into its own buffer.
         let mut buf = BytesMut::from(&records[..]);
         let mut next = base;
-        let mut entries = Vec::with_capacity(sizes.len());
-        for (size, count) in sizes {
+        let mut entries = Vec::with_capacity(batches.len());
+        for (_, size, h) in batches {
             let mut b = buf.split_to(size);
             batch::set_base_offset(&mut b, next);
             batch::set_partition_leader_epoch(&mut b, term as i32);
-            next += count;
+            next += i64::from(h.record_count);
             entries.push(Entry {
                 data: b.freeze(),
                 ..Default::default()
@@ -516,13 +509,12 @@ impl Replica {
                 .end_of(f.low - 1)
                 .ok_or_else(|| ReplicaError::Raft(format!("no entry before {}", f.low)))?;
             let max = f.max_size.unwrap_or(u64::MAX).min(1 << 20) as usize;
-            let data = self.log.read(Offset(start), max).await?;
-            let records = data.records;
-            let mut entries = Vec::new();
-            for (index, item) in (f.low..f.high).zip(batch::BatchIter::new(&records)) {
-                let (pos, _, size) = item?;
-                entries.push(entry::from_batch(index, records.slice(pos..pos + size))?);
-            }
+            let entries: Vec<Entry> = read_entries(&self.log, start, f.low, max)
+                .await?
+                .into_iter()
+                .take((f.high - f.low) as usize)
+                .map(|(e, _)| e)
+                .collect();
             if entries.is_empty() {
                 return Err(ReplicaError::Raft(format!(
                     "entry {} (offset {start}) is neither held nor readable",
@@ -551,8 +543,7 @@ impl Replica {
         let mut next = self.store.next_offset();
         let mut pending = Vec::with_capacity(entries.len());
         for e in entries {
-            let b = entry::to_batch(e, next)?;
-            let end = entry::entry_end(e, next)?;
+            let (b, end) = entry::to_batch(e, next)?;
             pending.push(self.log.append_replicated(b));
             self.store.push(e.clone(), end);
             next = end;
@@ -676,21 +667,38 @@ async fn write_state(
         .map_err(|e| StorageError::io("writing raft-state", e).into())
 }
 
+/// The entries stored from Kafka offset `offset` on (one read of up to `max_bytes`, whole
+/// batches), numbered from `first_index`, each with the offset after it.
+async fn read_entries(
+    log: &PartitionLog,
+    offset: i64,
+    first_index: u64,
+    max_bytes: usize,
+) -> Result<Vec<(Entry, i64)>, ReplicaError> {
+    let records = log.read(Offset(offset), max_bytes).await?.records;
+    let mut out = Vec::new();
+    for (index, item) in (first_index..).zip(batch::BatchIter::new(&records)) {
+        let (pos, h, size) = item?;
+        out.push((
+            entry::from_batch(index, records.slice(pos..pos + size))?,
+            h.next_offset(),
+        ));
+    }
+    Ok(out)
+}
+
 /// Every batch of the log, from its start, as the store's entries (index 1 is the first).
 async fn rebuild(log: &Rc<PartitionLog>, store: &RaftStore) -> Result<(), ReplicaError> {
     let end = log.log_end_offset().0;
     let mut at = log.log_start_offset().0;
     while at < end {
-        let data = log.read(Offset(at), 1 << 20).await?;
-        if data.records.is_empty() {
+        let entries = read_entries(log, at, store.last_index() + 1, 1 << 20).await?;
+        if entries.is_empty() {
             break;
         }
-        let records = data.records;
-        for item in batch::BatchIter::new(&records) {
-            let (pos, h, size) = item?;
-            let e = entry::from_batch(store.last_index() + 1, records.slice(pos..pos + size))?;
-            store.push(e, h.next_offset());
-            at = h.next_offset();
+        for (e, next) in entries {
+            store.push(e, next);
+            at = next;
         }
     }
     if at != end {

@@ -30,7 +30,6 @@ use crate::storage::batch::{self, test_util::encode_batch};
 use crate::storage::io::{Env, ManualClock, SyncScope};
 use crate::storage::log::LogConfig;
 use crate::storage::sim::{Faults, SimDisk, SimRng};
-use crate::types::Offset;
 
 const NODES: u64 = 3;
 const STEPS: u64 = 1_500;
@@ -407,25 +406,9 @@ impl Sim {
         let seed = self.seed;
         let mut logs = Vec::new();
         for n in &self.nodes {
-            let log = n.replica.as_ref().expect("up").log().clone();
+            let log = n.replica.as_ref().expect("up").log();
             let hw = log.high_watermark().0;
-            let mut bytes = Vec::new();
-            let mut at = log.log_start_offset().0;
-            while at < hw {
-                let data = log
-                    .read(Offset(at), 1 << 16)
-                    .await
-                    .unwrap_or_else(|e| panic!("seed {seed}: read node {}: {e}", n.id));
-                let mut last = at;
-                for item in batch::BatchIter::new(&data.records) {
-                    let (_, h, _) = item.expect("stored batches parse");
-                    last = h.next_offset();
-                }
-                assert!(last > at, "seed {seed}: no progress reading at {at}");
-                bytes.extend_from_slice(&data.records);
-                at = last;
-            }
-            logs.push((n.id, hw, Bytes::from(bytes)));
+            logs.push((n.id, hw, super::committed_log(log).await));
         }
         let (_, hw0, ref log0) = logs[0];
         for (id, hw, log) in &logs[1..] {

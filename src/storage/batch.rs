@@ -195,6 +195,25 @@ pub fn validate_for_append(
     Ok((header, size))
 }
 
+/// [`validate_for_append`] on every batch of a Produce partition's `records` (at least one):
+/// `(start position, size, header)` of each, in order.
+pub fn validate_all_for_append(
+    records: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<(usize, usize, BatchHeader)>, StorageError> {
+    if records.is_empty() {
+        return Err(StorageError::InvalidRecord("empty records".into()));
+    }
+    let mut batches = Vec::new();
+    let mut pos = 0;
+    while pos < records.len() {
+        let (h, size) = validate_for_append(&records[pos..], max_batch_bytes)?;
+        batches.push((pos, size, h));
+        pos += size;
+    }
+    Ok(batches)
+}
+
 /// Iterate over the batches of a byte blob (for example a Produce
 /// partition's `records`, or bytes read from a segment), yielding
 /// `(start position, header, size)`. Each item is checked with

@@ -132,15 +132,9 @@ impl PartitionLog {
         records: Bytes,
         mode: Mode,
     ) -> Result<Placement, StorageError> {
-        if records.is_empty() {
-            return Err(StorageError::InvalidRecord("empty records".into()));
-        }
-        let mut batches: Vec<(usize, usize, BatchHeader)> = Vec::new();
-        let mut pos = 0;
+        let batches = batch::validate_all_for_append(&records, self.cfg().max_message_bytes)?;
         let mut idempotent = false;
-        while pos < records.len() {
-            let (h, size) =
-                batch::validate_for_append(&records[pos..], self.cfg().max_message_bytes)?;
+        for (_, _, h) in &batches {
             // A follower stores the control batches Raft writes for its own entries
             // (`replication::entry`): no producer, not transactional.
             let raft_control = mode == Mode::Follower
@@ -152,8 +146,6 @@ impl PartitionLog {
                 return Err(StorageError::Transactional);
             }
             idempotent |= h.producer_id >= 0;
-            batches.push((pos, size, h));
-            pos += size;
         }
         if mode == Mode::Follower {
             for w in batches.windows(2) {
