@@ -191,6 +191,30 @@ fn start_metrics(shard: &Rc<Shard>, config: &Config, stop: &Arc<StopSignal>) {
     }
 }
 
+/// On the metadata shard of a cluster member: open this broker's replica of the metadata log
+/// (a Raft group of every seed) and start applying it.
+async fn start_metadata(
+    shard: &Rc<Shard>,
+    spec: &crate::cluster::seeds::ClusterSpec,
+) -> Result<(), crate::replication::ReplicaError> {
+    use crate::cluster::metadata::{METADATA_TOPIC_ID, metadata_tp};
+    let cluster = shard.cluster().expect("set above");
+    let mut log_cfg = shard.config.log_config();
+    log_cfg.retention_enabled = false;
+    cluster
+        .open_replica(
+            &shard.config.data_dir,
+            &metadata_tp(),
+            METADATA_TOPIC_ID,
+            spec.voters(),
+            log_cfg,
+        )
+        .await?;
+    let driver = cluster.replica(&metadata_tp()).expect("opened above");
+    crate::cluster::metadata::spawn_applier(shard.clone(), driver.replica().log().clone());
+    Ok(())
+}
+
 /// Run the broker until the process is stopped.
 pub fn run(mut config: Config) -> Result<(), StartError> {
     config.validate()?;
@@ -208,8 +232,21 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
         })?;
     // Before any partition opens: report (and consume) how the last run ended.
     crate::lifecycle::take_broker_marker(&config.data_dir);
-    let mut catalog = Catalog::load_or_create(&config.data_dir)?;
-    crate::group::ensure_offsets_topic(&mut catalog, &config)?;
+    let cluster = config.cluster()?;
+    let catalog = match &cluster {
+        // A one-node broker owns its catalog.
+        None => {
+            let mut catalog = Catalog::load_or_create(&config.data_dir)?;
+            crate::group::ensure_offsets_topic(&mut catalog, &config)?;
+            catalog
+        }
+        // In a cluster the catalog is what the metadata log says; the file is the last applied
+        // copy, replaced as the log is applied.
+        Some(spec) => {
+            info!(node_id = spec.node_id, seeds = ?spec.seeds, rpc_listen = %spec.rpc_listen, "starting as a cluster member");
+            Catalog::load_cached(&config.data_dir)?
+        }
+    };
     let catalog = Arc::new(catalog);
     let shards = config.shard_count();
     info!(
@@ -256,6 +293,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
         let stop = stop.clone();
         let closed = closed_all.clone();
         let journal_root = journal_root.clone();
+        let cluster = cluster.clone();
         async move {
             // Startup only: each shard takes its own channel ends once.
             let mine = channels.lock().expect("channel table")[id.0]
@@ -300,6 +338,12 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             for (source, rx) in receivers {
                 shard.serve_peer(source, rx);
             }
+            if let Some(spec) = &cluster {
+                shard.set_cluster(crate::cluster::node::ClusterShard::new(
+                    spec.clone(),
+                    &config,
+                ));
+            }
             shard.remove_orphans_with(&catalog);
             let opening = Instant::now();
             // What earlier starts journaled, for the partitions this shard owns.
@@ -315,6 +359,13 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             }
             if let Err(e) = shard.apply_catalog(catalog.clone()).await {
                 error!(shard = %id, error = %e, "cannot open partitions");
+                std::process::exit(1);
+            }
+            if let Some(spec) = &cluster
+                && id == crate::cluster::metadata::metadata_shard(shards)
+                && let Err(e) = start_metadata(&shard, spec).await
+            {
+                error!(shard = %id, error = %e, "cannot open the cluster metadata log");
                 std::process::exit(1);
             }
             let partitions = shard.owned_partitions();
@@ -359,6 +410,34 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                 }
             };
             server::announce(&shard, &listener);
+            if let Some(spec) = &cluster {
+                match runtime::bind_reuseport(spec.rpc_listen) {
+                    Ok(l) => runtime::spawn_detached(crate::cluster::rpc::accept_loop(
+                        shard.clone(),
+                        l,
+                        stop.clone(),
+                    )),
+                    Err(e) => {
+                        error!(shard = %id, addr = %spec.rpc_listen, error = %e, "cannot listen for brokers");
+                        std::process::exit(1);
+                    }
+                }
+                if id == crate::cluster::metadata::metadata_shard(shards) {
+                    let (host, port) = config
+                        .advertised()
+                        .expect("advertised listener validated at start");
+                    crate::cluster::metadata::spawn_registration(
+                        shard.clone(),
+                        crate::cluster::catalog::BrokerInfo {
+                            id: spec.node_id,
+                            host,
+                            port,
+                            rpc: spec.seeds[&spec.node_id].clone(),
+                            shards,
+                        },
+                    );
+                }
+            }
             if id.0 == 0 {
                 start_metrics(&shard, &config, &stop);
                 info!(addr = %config.listen, "sluice ready");

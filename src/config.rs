@@ -82,6 +82,42 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "0..=2147483647",
     },
     Setting {
+        name: "seed_servers",
+        description: "The cluster's voters, ID@HOST:PORT of each broker's RPC listener, comma-separated, the same list on every broker; empty: a one-node broker with no replication",
+        default: "",
+        bounds: "empty or ID@HOST:PORT,... with distinct ids > 0 including node_id",
+    },
+    Setting {
+        name: "rpc_listen",
+        description: "Address every shard binds (SO_REUSEPORT) for broker-to-broker traffic (Raft); required with seed_servers",
+        default: "",
+        bounds: "HOST:PORT or empty",
+    },
+    Setting {
+        name: "advertised_rpc_listener",
+        description: "HOST:PORT other brokers reach this broker's RPC listener at, when it differs from its seed_servers entry",
+        default: "this broker's seed_servers entry",
+        bounds: "HOST:PORT",
+    },
+    Setting {
+        name: "raft_tick_ms",
+        description: "Raft's clock: heartbeats every 2 ticks, elections after raft_election_ticks to twice that",
+        default: "20",
+        bounds: "1..=1000",
+    },
+    Setting {
+        name: "raft_election_ticks",
+        description: "Ticks without a leader's word before a replica campaigns (the timeout is drawn from this to twice this)",
+        default: "10",
+        bounds: "3..=1000",
+    },
+    Setting {
+        name: "default_replication_factor",
+        description: "Replicas of a topic created with replication factor -1 (default.replication.factor); 0: min(3, brokers)",
+        default: "0",
+        bounds: "0..=16",
+    },
+    Setting {
         name: "auto_create_topics",
         description: "Create unknown topics named in Metadata requests (auto.create.topics.enable)",
         default: "true",
@@ -232,6 +268,12 @@ pub struct Config {
     pub metrics_listen: String,
     pub shards: Option<usize>,
     pub node_id: i32,
+    pub seed_servers: String,
+    pub rpc_listen: String,
+    pub advertised_rpc_listener: Option<String>,
+    pub raft_tick_ms: u64,
+    pub raft_election_ticks: usize,
+    pub default_replication_factor: i16,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub segment_bytes: u64,
@@ -267,6 +309,12 @@ impl Default for Config {
             metrics_listen: "0.0.0.0:9644".to_string(),
             shards: None,
             node_id: 0,
+            seed_servers: String::new(),
+            rpc_listen: String::new(),
+            advertised_rpc_listener: None,
+            raft_tick_ms: 20,
+            raft_election_ticks: 10,
+            default_replication_factor: 0,
             auto_create_topics: true,
             num_partitions: 1,
             segment_bytes: constants::SEGMENT_BYTES_DEFAULT,
@@ -445,6 +493,22 @@ impl Config {
             "1..=group_max_session_timeout_ms",
         )?;
         self.advertised()?;
+        check("raft_tick_ms", self.raft_tick_ms, 1, 1000, "1..=1000")?;
+        check(
+            "raft_election_ticks",
+            self.raft_election_ticks,
+            3,
+            1000,
+            "3..=1000",
+        )?;
+        check(
+            "default_replication_factor",
+            self.default_replication_factor,
+            0,
+            16,
+            "0..=16",
+        )?;
+        self.cluster()?;
         self.metrics_addr()?;
         self.log_filter()?;
         self.sync_scope()?;
@@ -494,6 +558,11 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1)
         })
+    }
+
+    /// The cluster this broker belongs to, or None for a one-node broker (no `seed_servers`).
+    pub fn cluster(&self) -> Result<Option<crate::cluster::seeds::ClusterSpec>, ConfigError> {
+        crate::cluster::seeds::ClusterSpec::from_config(self)
     }
 
     /// The (host, port) advertised to clients in Metadata.

@@ -121,3 +121,14 @@ pub const BEHIND_WRITE_BYTES: usize = 256 << 10;
 /// one is written to its segment directly (it fills its own write, and a second copy of its
 /// bytes would cost more than the journal saves).
 pub const JOURNAL_BELOW_BYTES: usize = 32 << 10;
+
+/// Most brokers in a cluster (`seed_servers`).
+pub const CLUSTER_BROKERS_MAX: usize = 64;
+/// Raft messages queued per peer broker and shard before new ones are dropped (Raft treats a
+/// drop as a lossy network and retries).
+pub const RPC_QUEUE_MESSAGES_MAX: usize = 8192;
+/// Raft messages queued for one replica before new ones are dropped.
+pub const REPLICA_INBOX_MAX: usize = 4096;
+/// Longest a metadata change (a CreateTopics, a broker registering) waits to be committed and
+/// applied before it is answered as timed out.
+pub const METADATA_COMMIT_TIMEOUT_MS: u64 = 10_000;

@@ -112,6 +112,25 @@ struct ServeArgs {
     /// Broker id reported to clients [default: 0].
     #[arg(long)]
     node_id: Option<i32>,
+    /// The cluster's brokers, ID@HOST:PORT of each one's RPC listener, the same list on every
+    /// broker [default: none, a one-node broker].
+    #[arg(long)]
+    seed_servers: Option<String>,
+    /// Address for broker-to-broker traffic, required with --seed-servers.
+    #[arg(long)]
+    rpc_listen: Option<String>,
+    /// HOST:PORT other brokers reach this one's RPC listener at [default: its seed entry].
+    #[arg(long)]
+    advertised_rpc_listener: Option<String>,
+    /// Raft's tick in ms [default: 20].
+    #[arg(long)]
+    raft_tick_ms: Option<u64>,
+    /// Ticks before a replica without a leader campaigns [default: 10].
+    #[arg(long)]
+    raft_election_ticks: Option<usize>,
+    /// Replicas of topics created with replication factor -1; 0: min(3, brokers) [default: 0].
+    #[arg(long)]
+    default_replication_factor: Option<i16>,
     /// Partitions of auto-created topics [default: 1].
     #[arg(long)]
     num_partitions: Option<i32>,
@@ -196,6 +215,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.node_id {
         config.node_id = v;
+    }
+    if let Some(v) = args.seed_servers {
+        config.seed_servers = v;
+    }
+    if let Some(v) = args.rpc_listen {
+        config.rpc_listen = v;
+    }
+    if let Some(v) = args.advertised_rpc_listener {
+        config.advertised_rpc_listener = Some(v);
+    }
+    if let Some(v) = args.raft_tick_ms {
+        config.raft_tick_ms = v;
+    }
+    if let Some(v) = args.raft_election_ticks {
+        config.raft_election_ticks = v;
+    }
+    if let Some(v) = args.default_replication_factor {
+        config.default_replication_factor = v;
     }
     if let Some(v) = args.num_partitions {
         config.num_partitions = v;

@@ -50,11 +50,7 @@ impl TopicPartition {
     /// the randomly seeded std hasher).
     pub fn owner(&self, shard_count: usize) -> ShardId {
         assert!(shard_count > 0);
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.topic.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = fnv1a(self.topic.as_bytes());
         // Spread consecutive partitions of one topic over consecutive shards.
         let base = (h % shard_count as u64) as usize;
         ShardId((base + self.partition.max(0) as usize) % shard_count)
@@ -81,6 +77,17 @@ impl fmt::Display for TopicPartition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.topic, self.partition)
     }
+}
+
+/// FNV-1a of `bytes`: a hash that is the same in every process and release (placement of
+/// partitions on shards and of replicas on brokers).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 #[cfg(test)]

@@ -24,6 +24,61 @@ pub struct TopicMeta {
     pub partitions: i32,
     /// Topic-level config overrides (`retention.ms`, ...), as strings.
     pub configs: BTreeMap<String, String>,
+    /// In a cluster: each partition's replicas (broker ids), a Raft group. Empty: the
+    /// partition is local to each broker (a one-node broker's topics, `__consumer_offsets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<i32>>,
+}
+
+impl TopicMeta {
+    /// Whether the topic's partitions are Raft groups across brokers.
+    pub fn is_replicated(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
+    /// Partition `p`'s replicas (empty for a local topic).
+    pub fn replicas_of(&self, p: i32) -> &[i32] {
+        usize::try_from(p)
+            .ok()
+            .and_then(|p| self.replicas.get(p))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A broker of the cluster, as it registered itself in the metadata log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub id: i32,
+    /// The Kafka listener clients are told about.
+    pub host: String,
+    pub port: i32,
+    /// Its RPC listener, for other brokers.
+    pub rpc: String,
+    pub shards: usize,
+}
+
+/// `rf` replicas for each of partitions `from..to` of topic `name`, spread over `brokers`
+/// (sorted ids): partition p's replicas start at a topic-dependent offset plus p, so replicas
+/// and (the first replica being the preferred leader) leaders spread evenly.
+pub fn assign_replicas(
+    name: &str,
+    brokers: &[i32],
+    rf: usize,
+    from: i32,
+    to: i32,
+) -> Vec<Vec<i32>> {
+    let n = brokers.len();
+    if n == 0 || rf == 0 {
+        return Vec::new();
+    }
+    let start = crate::types::fnv1a(name.as_bytes()) as usize % n;
+    (from..to)
+        .map(|p| {
+            (0..rf.min(n))
+                .map(|i| brokers[(start + p as usize + i) % n])
+                .collect()
+        })
+        .collect()
 }
 
 /// All topics, plus the cluster id.
@@ -35,10 +90,17 @@ pub struct Catalog {
     /// ...): defaults for topics without their own override.
     #[serde(default)]
     pub broker_configs: BTreeMap<String, String>,
+    /// In a cluster: the brokers that registered, by id (empty on a one-node broker).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub brokers: BTreeMap<i32, BrokerInfo>,
     /// Bumped on every change; a shard ignores an older copy.
     pub version: u64,
     #[serde(skip)]
     by_id: HashMap<Uuid, String>,
+    /// The version this copy was taken from by [`Catalog::snapshot`]: a change made to the
+    /// copy is proposed to the cluster's metadata log as "on top of that version".
+    #[serde(skip)]
+    pub based_on: u64,
 }
 
 /// Errors loading or saving the catalog.
@@ -105,6 +167,23 @@ impl Catalog {
         }
     }
 
+    /// The catalog file if there is one, else an empty catalog at version 0 (a cluster
+    /// member's starting point before it applied anything of the metadata log; nothing is
+    /// written).
+    pub fn load_cached(data_dir: &Path) -> Result<Self, CatalogError> {
+        let path = Self::file_path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut c: Catalog = serde_json::from_slice(&bytes)
+                    .map_err(|source| CatalogError::Parse { path, source })?;
+                c.reindex();
+                Ok(c)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::default()),
+            Err(source) => Err(CatalogError::Io { path, source }),
+        }
+    }
+
     /// Persist atomically and durably. Blocking: called only by the
     /// controller for admin operations, never on the data path.
     pub fn save(&self, data_dir: &Path) -> Result<(), CatalogError> {
@@ -165,6 +244,12 @@ impl Catalog {
             return false;
         };
         assert!(partitions >= meta.partitions, "partitions only grow");
+        if meta.is_replicated() {
+            let rf = meta.replicas.first().map_or(1, Vec::len);
+            let brokers: Vec<i32> = self.brokers.keys().copied().collect();
+            let more = assign_replicas(name, &brokers, rf, meta.partitions, partitions);
+            meta.replicas.extend(more);
+        }
         meta.partitions = partitions;
         self.version += 1;
         true
@@ -187,6 +272,7 @@ impl Catalog {
     pub fn snapshot(&self) -> Catalog {
         let mut c = self.clone();
         c.reindex();
+        c.based_on = self.version;
         c
     }
 }
@@ -214,6 +300,7 @@ mod tests {
             id,
             partitions: 3,
             configs: BTreeMap::new(),
+            replicas: Vec::new(),
         });
         c.save(dir.path()).unwrap();
         let back = Catalog::load_or_create(dir.path()).unwrap();
@@ -221,5 +308,28 @@ mod tests {
         assert_eq!(back.name_of(&id), Some("t"));
         assert!(back.has_partition("t", 2));
         assert!(!back.has_partition("t", 3));
+    }
+
+    #[test]
+    fn replicas_spread_over_brokers() {
+        let brokers = [1, 2, 3];
+        let a = assign_replicas("orders", &brokers, 3, 0, 6);
+        assert_eq!(a.len(), 6);
+        let mut leaders = [0; 4];
+        for r in &a {
+            let mut sorted = r.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![1, 2, 3], "three distinct replicas");
+            leaders[r[0] as usize] += 1;
+        }
+        assert_eq!(&leaders[1..], &[2, 2, 2], "preferred leaders spread evenly");
+        let two = assign_replicas("t", &brokers, 2, 0, 3);
+        assert!(two.iter().all(|r| r.len() == 2 && r[0] != r[1]));
+        assert!(assign_replicas("t", &[], 3, 0, 3).is_empty());
+        // Growing a topic continues the same pattern.
+        assert_eq!(
+            assign_replicas("orders", &brokers, 3, 4, 6),
+            a[4..].to_vec()
+        );
     }
 }

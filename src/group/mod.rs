@@ -76,8 +76,21 @@ pub fn ensure_offsets_topic(
     catalog: &mut crate::cluster::catalog::Catalog,
     config: &Config,
 ) -> Result<(), crate::cluster::catalog::CatalogError> {
-    if catalog.get(OFFSETS_TOPIC).is_some() {
+    if !add_offsets_topic(catalog, config) {
         return Ok(());
+    }
+    catalog.save(&config.data_dir)?;
+    info!(
+        partitions = config.offsets_topic_partitions,
+        "created internal topic {OFFSETS_TOPIC}"
+    );
+    Ok(())
+}
+
+/// Add `__consumer_offsets` to `catalog` unless it is there; true if it was added.
+pub fn add_offsets_topic(catalog: &mut crate::cluster::catalog::Catalog, config: &Config) -> bool {
+    if catalog.get(OFFSETS_TOPIC).is_some() {
+        return false;
     }
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
@@ -96,13 +109,9 @@ pub fn ensure_offsets_topic(
         id: uuid::Uuid::new_v4(),
         partitions: config.offsets_topic_partitions,
         configs,
+        replicas: Vec::new(),
     });
-    catalog.save(&config.data_dir)?;
-    info!(
-        partitions = config.offsets_topic_partitions,
-        "created internal topic {OFFSETS_TOPIC}"
-    );
-    Ok(())
+    true
 }
 
 /// The `__consumer_offsets` partition of `group_id` among `partitions`

@@ -68,6 +68,9 @@ impl ReplicaError {
     }
 }
 
+/// How many entries behind the commit index a follower may be and still count as in sync.
+pub const IN_SYNC_ENTRIES_BEHIND_MAX: u64 = 256;
+
 /// A replica's Raft settings.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -129,6 +132,21 @@ struct Waiter {
     tx: oneshot::Sender<Result<AppendInfo, ReplicaError>>,
 }
 
+/// A proposal made while [`Replica::process_ready`] was between raft-rs's `ready` and
+/// `advance` (raft-rs's synchronous ready cycle allows no new entries there). Its offsets
+/// and epoch are assigned at the call, as for any proposal; it is stepped into Raft right
+/// after the `advance`, in call order.
+struct Deferred {
+    term: u64,
+    entries: Vec<Entry>,
+    bytes: u64,
+    /// The Kafka offset after its entries.
+    end: i64,
+    acks: Acks,
+    info: AppendInfo,
+    tx: oneshot::Sender<Result<AppendInfo, ReplicaError>>,
+}
+
 /// One replica; see the module docs.
 pub struct Replica {
     id: u64,
@@ -137,12 +155,15 @@ pub struct Replica {
     log: Rc<PartitionLog>,
     store: RaftStore,
     applied_bytes_held: usize,
+    max_uncommitted_bytes: u64,
     node: RefCell<RawNode<RaftStore>>,
     /// Proposals waiting for commit, by the index of their last entry.
     waiters: RefCell<BTreeMap<u64, Waiter>>,
     /// acks=1 proposals waiting for the leader's own write, likewise.
     leader_waiters: RefCell<BTreeMap<u64, Waiter>>,
     outbox: RefCell<Vec<Message>>,
+    /// Proposals waiting for the current ready cycle to end, in call order.
+    deferred: RefCell<Vec<Deferred>>,
     /// (term, vote) last written to `raft-state`.
     persisted: Cell<(u64, u64)>,
     busy: Cell<bool>,
@@ -243,10 +264,12 @@ impl Replica {
             log,
             store,
             applied_bytes_held: cfg.applied_bytes_held,
+            max_uncommitted_bytes: cfg.max_uncommitted_bytes,
             node: RefCell::new(node),
             waiters: RefCell::new(BTreeMap::new()),
             leader_waiters: RefCell::new(BTreeMap::new()),
             outbox: RefCell::new(Vec::new()),
+            deferred: RefCell::new(Vec::new()),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
             log_reads: Cell::new(0),
@@ -274,6 +297,30 @@ impl Replica {
     pub fn leader(&self) -> Option<u64> {
         let id = self.node.borrow().raft.leader_id;
         (id != raft::INVALID_ID).then_some(id)
+    }
+
+    /// On the leader: the replicas in sync with it (Kafka's ISR): itself, and every follower
+    /// heard from within the election timeout whose log matches the leader's to within
+    /// [`IN_SYNC_ENTRIES_BEHIND_MAX`] entries of the commit index. Elsewhere: empty (a
+    /// follower does not know).
+    pub fn in_sync(&self) -> Vec<u64> {
+        let n = self.node.borrow();
+        if n.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let committed = n.raft.raft_log.committed;
+        let mut ids: Vec<u64> = n
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| {
+                **id == self.id
+                    || (p.recent_active && p.matched + IN_SYNC_ENTRIES_BEHIND_MAX >= committed)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Index of the last committed entry, and of the last entry.
@@ -375,6 +422,52 @@ impl Replica {
                 ..Default::default()
             });
         }
+        let info = AppendInfo {
+            base_offset: Offset(base),
+            last_offset: Offset(next - 1),
+            log_start_offset: self.log.log_start_offset(),
+            log_append_time_ms: -1,
+            generation: 0,
+        };
+        let (tx, rx) = oneshot::channel();
+        if self.busy.get() || !self.deferred.borrow().is_empty() {
+            let bytes = records.len() as u64;
+            let mut deferred = self.deferred.borrow_mut();
+            let held: u64 = deferred.iter().map(|d| d.bytes).sum();
+            if held + bytes > self.max_uncommitted_bytes {
+                return Err(ReplicaError::Backpressure);
+            }
+            deferred.push(Deferred {
+                term,
+                entries,
+                bytes,
+                end: next,
+                acks,
+                info,
+                tx,
+            });
+            return Ok(rx);
+        }
+        let index = self.step_proposal(&mut node, entries)?;
+        self.wait_for(index, acks, Waiter { term, info, tx });
+        Ok(rx)
+    }
+
+    fn wait_for(&self, index: u64, acks: Acks, w: Waiter) {
+        let waiters = match acks {
+            Acks::All => &self.waiters,
+            Acks::Leader => &self.leader_waiters,
+        };
+        waiters.borrow_mut().insert(index, w);
+    }
+
+    /// Step one proposal's entries into Raft (the leader's append); returns the index of its
+    /// last entry.
+    fn step_proposal(
+        &self,
+        node: &mut RawNode<RaftStore>,
+        entries: Vec<Entry>,
+    ) -> Result<u64, ReplicaError> {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgPropose);
         m.from = self.id;
@@ -386,23 +479,53 @@ impl Replica {
             raft::Error::ProposalDropped => ReplicaError::NotLeader { leader: None },
             e => raft_err(e),
         })?;
-        let index = node.raft.raft_log.last_index();
-        let (tx, rx) = oneshot::channel();
-        let info = AppendInfo {
-            base_offset: Offset(base),
-            last_offset: Offset(next - 1),
-            log_start_offset: self.log.log_start_offset(),
-            log_append_time_ms: -1,
-            generation: 0,
-        };
-        let waiters = match acks {
-            Acks::All => &self.waiters,
-            Acks::Leader => &self.leader_waiters,
-        };
-        waiters
-            .borrow_mut()
-            .insert(index, Waiter { term, info, tx });
-        Ok(rx)
+        Ok(node.raft.raft_log.last_index())
+    }
+
+    /// Step the proposals deferred during a ready cycle, in call order. Their offsets follow
+    /// one another, so once one cannot be stepped (leadership lost, the term changed, too much
+    /// uncommitted) every later one fails the same way.
+    fn step_deferred(&self) {
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        let mut node = self.node.borrow_mut();
+        let mut failed: Option<ReplicaError> = None;
+        for d in deferred {
+            if let Some(e) = &failed {
+                let again = match e {
+                    ReplicaError::Backpressure => ReplicaError::Backpressure,
+                    _ => ReplicaError::NotLeader { leader: None },
+                };
+                let _ = d.tx.send(Err(again));
+                continue;
+            }
+            if node.raft.state != StateRole::Leader || node.raft.term != d.term {
+                let id = node.raft.leader_id;
+                let _ = d.tx.send(Err(ReplicaError::NotLeader {
+                    leader: (id != raft::INVALID_ID && id != self.id).then_some(id),
+                }));
+                failed = Some(ReplicaError::NotLeader { leader: None });
+                continue;
+            }
+            match self.step_proposal(&mut node, d.entries) {
+                Ok(index) => self.wait_for(
+                    index,
+                    d.acks,
+                    Waiter {
+                        term: d.term,
+                        info: d.info,
+                        tx: d.tx,
+                    },
+                ),
+                Err(e) => {
+                    let again = match &e {
+                        ReplicaError::Backpressure => ReplicaError::Backpressure,
+                        _ => ReplicaError::NotLeader { leader: None },
+                    };
+                    let _ = d.tx.send(Err(e));
+                    failed = Some(again);
+                }
+            }
+        }
     }
 
     /// The Kafka offset after the last entry of Raft's log, persisted or not.
@@ -414,6 +537,9 @@ impl Replica {
             .ok_or_else(|| ReplicaError::Raft("unstable entries beyond the store".into()))?;
         for e in &unstable.entries {
             next = entry::entry_end(e, next)?;
+        }
+        if let Some(d) = self.deferred.borrow().last() {
+            next = d.end;
         }
         Ok(next)
     }
@@ -438,6 +564,9 @@ impl Replica {
                 for (_, w) in std::mem::take(&mut *waiters.borrow_mut()) {
                     let _ = w.tx.send(Err(ReplicaError::Failed(e.to_string())));
                 }
+            }
+            for d in std::mem::take(&mut *self.deferred.borrow_mut()) {
+                let _ = d.tx.send(Err(ReplicaError::Failed(e.to_string())));
             }
         }
         r
@@ -496,6 +625,7 @@ impl Replica {
             };
             self.store.release_applied(applied, self.applied_bytes_held);
             self.fail_stale_waiters();
+            self.step_deferred();
         }
         Ok(())
     }

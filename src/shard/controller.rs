@@ -367,23 +367,49 @@ impl Shard {
                 format!("Number of partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}."),
             ));
         }
-        if spec.replication_factor != -1 && spec.replication_factor != 1 {
+        let catalog = self.catalog();
+        // A one-node broker is a cluster of one; in a cluster, the brokers that registered.
+        let brokers: Vec<i32> = if self.is_cluster() {
+            catalog.brokers.keys().copied().collect()
+        } else {
+            vec![self.config.node_id]
+        };
+        let rf = match spec.replication_factor {
+            -1 if self.config.default_replication_factor > 0 => {
+                self.config.default_replication_factor
+            }
+            -1 => brokers.len().min(3) as i16,
+            n => n,
+        };
+        if rf < 1 || rf as usize > brokers.len() {
             return Err(error(
                 ResponseError::InvalidReplicationFactor,
                 format!(
-                    "Replication factor {} is larger than the number of brokers (1).",
-                    spec.replication_factor
+                    "Replication factor {rf} is larger than the number of brokers ({}).",
+                    brokers.len()
                 ),
             ));
         }
         for (k, v) in &spec.configs {
             validate_topic_config(k, v).map_err(|m| error(ResponseError::InvalidConfig, m))?;
         }
+        let replicas = if self.is_cluster() {
+            crate::cluster::catalog::assign_replicas(
+                &spec.name,
+                &brokers,
+                rf as usize,
+                0,
+                partitions,
+            )
+        } else {
+            Vec::new()
+        };
         Ok(TopicMeta {
             name: spec.name.clone(),
             id: Uuid::new_v4(),
             partitions,
             configs: spec.configs.clone(),
+            replicas,
         })
     }
 
@@ -419,9 +445,9 @@ impl Shard {
             return outcomes;
         }
         if let Err(e) = self.publish_catalog(catalog).await {
-            warn!(error = %e, "topic creation failed");
+            warn!(error = %e.1, "topic creation failed");
             for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                *o = Err(error(ResponseError::KafkaStorageError, e.clone()));
+                *o = Err(error(e.0, e.1.clone()));
             }
             return outcomes;
         }
@@ -454,9 +480,9 @@ impl Shard {
         }
         if removed > 0 {
             if let Err(e) = self.publish_catalog(catalog).await {
-                warn!(error = %e, "topic deletion failed");
+                warn!(error = %e.1, "topic deletion failed");
                 for r in results.iter_mut().filter(|r| r.2 == 0) {
-                    r.2 = ResponseError::KafkaStorageError.code();
+                    r.2 = e.0.code();
                 }
             } else {
                 for r in results.iter().filter(|r| r.2 == 0) {
@@ -542,9 +568,9 @@ impl Shard {
             return outcomes;
         }
         if let Err(e) = self.publish_catalog(catalog).await {
-            warn!(error = %e, "config change failed");
+            warn!(error = %e.1, "config change failed");
             for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                *o = Err(error(ResponseError::KafkaStorageError, e.clone()));
+                *o = Err(error(e.0, e.1.clone()));
             }
             return outcomes;
         }
@@ -613,9 +639,9 @@ impl Shard {
             return outcomes;
         }
         if let Err(e) = self.publish_catalog(catalog).await {
-            warn!(error = %e, "partition creation failed");
+            warn!(error = %e.1, "partition creation failed");
             for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                *o = Err(error(ResponseError::KafkaStorageError, e.clone()));
+                *o = Err(error(e.0, e.1.clone()));
             }
             return outcomes;
         }
@@ -627,14 +653,22 @@ impl Shard {
         outcomes
     }
 
-    /// Persist `catalog` and make every shard adopt it.
+    /// Persist `catalog` and make every shard adopt it. In a cluster: propose it to the
+    /// metadata log (applied only if no other change came first, see
+    /// `cluster::metadata`) and return once this broker applied it.
     async fn publish_catalog(
         &self,
         catalog: crate::cluster::catalog::Catalog,
-    ) -> Result<(), String> {
+    ) -> Result<(), (ResponseError, String)> {
+        if self.is_cluster() {
+            return crate::cluster::metadata::publish(self, catalog)
+                .await
+                .map_err(|e| (e.kafka_error(), e.to_string()));
+        }
+        let storage = |e: String| (ResponseError::KafkaStorageError, e);
         catalog
             .save(&self.config.data_dir)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| storage(e.to_string()))?;
         let catalog = Arc::new(catalog);
         let results = self
             .invoke_on_all(move |shard| {
@@ -642,8 +676,11 @@ impl Shard {
                 async move { shard.apply_catalog(c).await.map_err(|e| e.to_string()) }
             })
             .await
-            .map_err(|e| e.to_string())?;
-        results.into_iter().collect::<Result<Vec<()>, String>>()?;
+            .map_err(|e| storage(e.to_string()))?;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, String>>()
+            .map_err(storage)?;
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use crate::cluster::catalog::{Catalog, TopicMeta};
+use crate::cluster::node::ClusterShard;
 use crate::config::Config;
 use crate::runtime::{self, ShardReceiver, ShardSender, oneshot};
 use crate::storage::{LogConfig, PartitionLog, StorageError};
@@ -84,6 +85,12 @@ pub struct Shard {
     pub(crate) controller_lock: futures::lock::Mutex<()>,
     /// Producer id allocator (controller only), loaded on first use.
     pub(crate) producer_ids: RefCell<Option<crate::cluster::producer_ids::ProducerIds>>,
+    /// Whether the broker is part of a cluster (`seed_servers`).
+    cluster_mode: bool,
+    /// In a cluster: this shard's replicas and links (set once at start).
+    cluster: RefCell<Option<Rc<ClusterShard>>>,
+    /// One catalog adoption at a time (the controller's and the metadata log's).
+    catalog_lock: futures::lock::Mutex<()>,
     self_ref: Weak<Shard>,
 }
 
@@ -98,6 +105,7 @@ impl Shard {
         crate::metrics::init(count);
         let groups = crate::group::GroupCoordinator::new(&config);
         let every = std::time::Duration::from_millis(config.retention_check_interval_ms);
+        let cluster_mode = !config.seed_servers.trim().is_empty();
         let shard = Rc::new_cyclic(|w| Shard {
             id,
             count,
@@ -112,6 +120,9 @@ impl Shard {
             groups,
             controller_lock: futures::lock::Mutex::new(()),
             producer_ids: RefCell::new(None),
+            cluster_mode,
+            cluster: RefCell::new(None),
+            catalog_lock: futures::lock::Mutex::new(()),
             self_ref: w.clone(),
         });
         runtime::spawn_detached(retention_task(Rc::downgrade(&shard), every));
@@ -246,9 +257,36 @@ impl Shard {
         self.catalog.borrow().clone()
     }
 
-    /// An open partition this shard owns.
+    /// An open partition this shard owns that this broker serves to clients: a local
+    /// partition, or a replicated one whose replica here leads its group (a follower's log is
+    /// not served: clients get NOT_LEADER_OR_FOLLOWER and refresh their metadata).
     pub fn partition(&self, tp: &TopicPartition) -> Option<Rc<PartitionLog>> {
-        self.partitions.borrow().get(tp).cloned()
+        if let Some(log) = self.partitions.borrow().get(tp) {
+            return Some(log.clone());
+        }
+        self.replica(tp)
+            .filter(|d| d.replica().is_leader())
+            .map(|d| d.replica().log().clone())
+    }
+
+    /// Whether the broker is part of a cluster (started with `seed_servers`).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster_mode
+    }
+
+    /// This shard's part in the cluster (None on a one-node broker).
+    pub fn cluster(&self) -> Option<Rc<ClusterShard>> {
+        self.cluster.borrow().clone()
+    }
+
+    /// Set this shard's part in the cluster, once, at start.
+    pub fn set_cluster(&self, c: Rc<ClusterShard>) {
+        *self.cluster.borrow_mut() = Some(c);
+    }
+
+    /// The replica of `tp` on this shard (replicated partitions only).
+    pub fn replica(&self, tp: &TopicPartition) -> Option<Rc<crate::replication::driver::Driver>> {
+        self.cluster.borrow().as_ref().and_then(|c| c.replica(tp))
     }
 
     /// Partitions this shard owns (for shutdown and diagnostics).
@@ -297,6 +335,7 @@ impl Shard {
     /// gone (or were re-created with a new id), open the partitions this
     /// shard owns that are not open yet. Ignores a copy older than ours.
     pub async fn apply_catalog(&self, new: Arc<Catalog>) -> Result<(), StorageError> {
+        let _adopting = self.catalog_lock.lock().await;
         let old = self.catalog();
         if new.version < old.version {
             return Ok(());
@@ -321,6 +360,24 @@ impl Shard {
             info!(shard = %self.id, partition = %tp, "deleting partition");
             log.delete().await?;
         }
+        // Replicas this broker no longer holds (topic gone, re-created, reassigned).
+        if let Some(cluster) = self.cluster() {
+            let node = self.config.node_id;
+            let metadata = crate::cluster::metadata::metadata_tp();
+            for (tp, _) in cluster.replicas() {
+                if tp == metadata {
+                    continue;
+                }
+                let keep = new.get(&tp.topic).is_some_and(|m| {
+                    Some(m.id) == cluster.topic_id_of(&tp)
+                        && m.replicas_of(tp.partition).contains(&node)
+                });
+                if !keep {
+                    info!(shard = %self.id, partition = %tp, "removing replica");
+                    cluster.remove_replica(&tp, true).await;
+                }
+            }
+        }
         // Apply changed configs (topic or broker level) to open partitions.
         let open: Vec<(TopicPartition, Rc<PartitionLog>)> = self.owned_partitions();
         for (tp, log) in open {
@@ -341,6 +398,10 @@ impl Shard {
                 if self.owner_of(&tp) != self.id || self.partitions.borrow().contains_key(&tp) {
                     continue;
                 }
+                if meta.is_replicated() {
+                    self.open_replica(meta, &tp).await;
+                    continue;
+                }
                 let dir = self.config.data_dir.join(tp.dir_name());
                 let log = PartitionLog::open(dir, self.log_config_for(meta)).await?;
                 debug!(shard = %self.id, partition = %tp, "opened partition");
@@ -349,6 +410,33 @@ impl Shard {
         }
         self.share_tail_cache();
         Ok(())
+    }
+
+    /// Open this broker's replica of `tp` if it holds one. A replica that cannot be opened is
+    /// logged and left closed (the others of its group serve the partition); it does not stop
+    /// the catalog from being adopted.
+    async fn open_replica(&self, meta: &TopicMeta, tp: &TopicPartition) {
+        let Some(cluster) = self.cluster() else {
+            warn!(shard = %self.id, partition = %tp, "replicated topic on a broker without a cluster: not opened");
+            return;
+        };
+        let replicas = meta.replicas_of(tp.partition);
+        if !replicas.contains(&self.config.node_id) || cluster.replica(tp).is_some() {
+            return;
+        }
+        let voters = replicas.iter().map(|&id| id as u64).collect();
+        if let Err(e) = cluster
+            .open_replica(
+                &self.config.data_dir,
+                tp,
+                meta.id,
+                voters,
+                self.log_config_for(meta),
+            )
+            .await
+        {
+            tracing::error!(shard = %self.id, partition = %tp, error = %e, "cannot open replica");
+        }
     }
 
     /// Give each partition this shard owns its equal share of the shard's tail-cache budget.
@@ -393,7 +481,10 @@ impl Shard {
     /// failed one has no marker and is recovered at the next start).
     pub async fn close_all(&self) -> (usize, usize) {
         let parts: Vec<_> = self.partitions.borrow_mut().drain().collect();
-        let (mut closed, mut failed) = (0, 0);
+        let (mut closed, mut failed) = match self.cluster() {
+            Some(c) => c.close_all().await,
+            None => (0, 0),
+        };
         for (tp, log) in parts {
             match log.close().await {
                 Ok(()) => closed += 1,

@@ -73,6 +73,12 @@ pub async fn handle(
 async fn delete_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>) -> Vec<(i64, i16)> {
     let mut out = Vec::with_capacity(parts.len());
     for (tp, offset) in parts {
+        // A replicated log's start moves only once replicas can snapshot (not built yet):
+        // moving it on one replica would break what Raft reads back for its followers.
+        if shard.replica(&tp).is_some() {
+            out.push((-1, ResponseError::PolicyViolation.code()));
+            continue;
+        }
         let Some(log) = shard.partition(&tp) else {
             out.push((-1, ResponseError::NotLeaderOrFollower.code()));
             continue;

@@ -1,5 +1,7 @@
-//! DescribeCluster (key 60), versions 0-2: this broker (the only one), the
-//! controller (also this broker) and the cluster id from the catalog.
+//! DescribeCluster (key 60), versions 0-2: the brokers, the controller and the
+//! cluster id from the catalog. On a one-node broker, this broker is all of
+//! them; in a cluster, every registered broker, and the metadata group's
+//! leader as the controller.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -24,6 +26,22 @@ pub async fn handle(
             .with_endpoint_type(req.endpoint_type)
             .with_error_code(ResponseError::UnsupportedEndpointType.code())
             .with_error_message(Some(str_bytes("only broker endpoints are served"))));
+    }
+    if ctx.shard.is_cluster() {
+        let view = super::metadata::ClusterView::gather(&ctx.shard, &catalog).await?;
+        let brokers = catalog
+            .brokers
+            .values()
+            .map(|b| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.id))
+                    .with_host(str_bytes(b.host.clone()))
+                    .with_port(b.port)
+            })
+            .collect();
+        return Ok(resp
+            .with_controller_id(BrokerId(view.controller))
+            .with_brokers(brokers));
     }
     let (host, port) = config
         .advertised()

@@ -1,5 +1,8 @@
-//! FindCoordinator (key 10), versions 0-6: this broker coordinates every
-//! group (key type 0); v4+ answers a batch of keys. Transactions (key type
+//! FindCoordinator (key 10), versions 0-6: on a one-node broker, this broker
+//! coordinates every group (key type 0); in a cluster, the group's
+//! `__consumer_offsets` partition's designated broker does
+//! (`metadata::designated_broker`; the same answer on every broker). v4+
+//! answers a batch of keys. Transactions (key type
 //! 1) are not supported: COORDINATOR_NOT_AVAILABLE.
 
 use kafka_protocol::ResponseError;
@@ -11,6 +14,26 @@ use super::{HandlerError, RequestContext, str_bytes};
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
+
+/// The coordinator of `group`: (node, host, port); None while the cluster has no brokers
+/// registered.
+fn coordinator_of(ctx: &RequestContext, group: &str) -> Option<(BrokerId, String, i32)> {
+    let config = &ctx.shard.config;
+    if !ctx.shard.is_cluster() {
+        let (host, port) = config
+            .advertised()
+            .expect("advertised listener validated at start");
+        return Some((BrokerId(config.node_id), host, port));
+    }
+    let catalog = ctx.shard.catalog();
+    let partitions = catalog
+        .get(crate::constants::OFFSETS_TOPIC)
+        .map_or(config.offsets_topic_partitions, |m| m.partitions);
+    let p = crate::group::offsets_partition(group, partitions);
+    let id = super::metadata::designated_broker(&catalog, p);
+    let b = catalog.brokers.get(&id)?;
+    Some((BrokerId(b.id), b.host.clone(), b.port))
+}
 
 /// (error code, message) for a key, or None if this broker coordinates it.
 fn refusal(key_type: i8, key: &str) -> Option<(i16, String)> {
@@ -35,28 +58,43 @@ pub async fn handle(
     ctx: &RequestContext,
     req: FindCoordinatorRequest,
 ) -> Result<FindCoordinatorResponse, HandlerError> {
-    let config = &ctx.shard.config;
-    let (host, port) = config
-        .advertised()
-        .expect("advertised listener validated at start");
-    let node = BrokerId(config.node_id);
+    let not_available = || {
+        Some((
+            ResponseError::CoordinatorNotAvailable.code(),
+            "no broker has registered in the cluster yet".to_string(),
+        ))
+    };
     if ctx.version >= 4 {
         let coordinators = req
             .coordinator_keys
             .into_iter()
-            .map(|key| match refusal(req.key_type, &key) {
-                None => Coordinator::default()
+            .map(|key| {
+                let found = coordinator_of(ctx, &key);
+                let refused = refusal(req.key_type, &key).or_else(|| {
+                    if found.is_none() {
+                        not_available()
+                    } else {
+                        None
+                    }
+                });
+                (key, found, refused)
+            })
+            .map(|(key, found, refused)| match (refused, found) {
+                (None, Some((node, host, port))) => Coordinator::default()
                     .with_key(key)
                     .with_node_id(node)
-                    .with_host(str_bytes(host.clone()))
+                    .with_host(str_bytes(host))
                     .with_port(port),
-                Some((code, message)) => Coordinator::default()
-                    .with_key(key)
-                    .with_node_id(BrokerId(-1))
-                    .with_host(StrBytes::default())
-                    .with_port(-1)
-                    .with_error_code(code)
-                    .with_error_message(Some(str_bytes(message))),
+                (refused, _) => {
+                    let (code, message) = refused.unwrap_or_default();
+                    Coordinator::default()
+                        .with_key(key)
+                        .with_node_id(BrokerId(-1))
+                        .with_host(StrBytes::default())
+                        .with_port(-1)
+                        .with_error_code(code)
+                        .with_error_message(Some(str_bytes(message)))
+                }
             })
             .collect();
         return Ok(FindCoordinatorResponse::default().with_coordinators(coordinators));
@@ -66,12 +104,21 @@ pub async fn handle(
     } else {
         KEY_TYPE_GROUP
     };
-    Ok(match refusal(key_type, &req.key) {
-        None => FindCoordinatorResponse::default()
+    let found = coordinator_of(ctx, &req.key);
+    let refused = refusal(key_type, &req.key).or_else(|| {
+        if found.is_none() {
+            not_available()
+        } else {
+            None
+        }
+    });
+    Ok(match (refused, found) {
+        (None, Some((node, host, port))) => FindCoordinatorResponse::default()
             .with_node_id(node)
             .with_host(str_bytes(host))
             .with_port(port),
-        Some((code, message)) => {
+        (refused, _) => {
+            let (code, message) = refused.unwrap_or_default();
             let resp = FindCoordinatorResponse::default()
                 .with_error_code(code)
                 .with_node_id(BrokerId(-1))

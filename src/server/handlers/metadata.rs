@@ -1,10 +1,13 @@
-//! Metadata (key 3), versions 0-13: brokers (just this one), the controller,
-//! and topics with their partitions. Unknown topics are created when the
-//! request allows it (v4+) and `auto_create_topics` is on, with
-//! `num_partitions` partitions. This broker leads every partition, with
-//! leader epoch 0 and itself as the only replica.
+//! Metadata (key 3), versions 0-13: brokers, the controller, and topics with
+//! their partitions. In a cluster ([`ClusterView`]): every registered broker,
+//! the metadata group's leader as controller, and each replicated partition's
+//! leader, epoch (the Raft term), replicas and in-sync replicas. On a
+//! one-node broker, this broker leads every partition, with leader epoch 0
+//! and itself as the only replica. Either way, unknown topics are created
+//! when the request allows it (v4+) and `auto_create_topics` is on, with
+//! `num_partitions` partitions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::metadata_response::{
@@ -15,7 +18,10 @@ use uuid::Uuid;
 
 use super::{HandlerError, RequestContext, str_bytes};
 use crate::cluster::catalog::{TopicMeta, validate_topic_name};
+use crate::cluster::metadata::metadata_tp;
+use crate::cluster::node::Leadership;
 use crate::shard::controller::{CONTROLLER, TopicSpec};
+use crate::types::TopicPartition;
 
 pub async fn handle(
     ctx: &RequestContext,
@@ -60,14 +66,18 @@ pub async fn handle(
         }
     }
 
-    let node = config.node_id;
     let catalog = shard.catalog();
+    let view = if shard.is_cluster() {
+        Some(ClusterView::gather(shard, &catalog).await?)
+    } else {
+        None
+    };
+    let entry = |m: &TopicMeta| match &view {
+        Some(v) => v.topic_entry(m),
+        None => topic_entry(m, config.node_id),
+    };
     let topics: Vec<MetadataResponseTopic> = match wanted {
-        None => catalog
-            .topics
-            .values()
-            .map(|m| topic_entry(m, node))
-            .collect(),
+        None => catalog.topics.values().map(entry).collect(),
         Some(wanted) => wanted
             .into_iter()
             .map(|(name, id)| {
@@ -76,7 +86,7 @@ pub async fn handle(
                     None => catalog.name_of(&id).and_then(|n| catalog.get(n)),
                 };
                 match found {
-                    Some(meta) => topic_entry(meta, node),
+                    Some(meta) => entry(meta),
                     None => {
                         let code = match &name {
                             Some(n) if validate_topic_name(n).is_err() => {
@@ -95,6 +105,13 @@ pub async fn handle(
             .collect(),
     };
 
+    if let Some(view) = view {
+        return Ok(MetadataResponse::default()
+            .with_brokers(view.brokers())
+            .with_cluster_id(Some(str_bytes(catalog.cluster_id.clone())))
+            .with_controller_id(BrokerId(view.controller))
+            .with_topics(topics));
+    }
     let (host, port) = config
         .advertised()
         .expect("advertised listener validated at start");
@@ -108,6 +125,119 @@ pub async fn handle(
         .with_cluster_id(Some(str_bytes(catalog.cluster_id.clone())))
         .with_controller_id(BrokerId(config.node_id))
         .with_topics(topics))
+}
+
+/// A cluster member's view for Metadata: the registered brokers (from its applied metadata
+/// log), and the leadership of the replicas on this broker (from every shard).
+pub struct ClusterView {
+    catalog: std::sync::Arc<crate::cluster::catalog::Catalog>,
+    leaders: HashMap<TopicPartition, Leadership>,
+    /// The metadata group's leader (Kafka's active controller), or -1.
+    pub controller: i32,
+}
+
+impl ClusterView {
+    pub async fn gather(
+        shard: &crate::shard::Shard,
+        catalog: &std::sync::Arc<crate::cluster::catalog::Catalog>,
+    ) -> Result<ClusterView, crate::shard::ShardError> {
+        let all = shard
+            .invoke_on_all(
+                |s| async move { s.cluster().map(|c| c.leadership()).unwrap_or_default() },
+            )
+            .await?;
+        let leaders: HashMap<TopicPartition, Leadership> = all
+            .into_iter()
+            .flatten()
+            .map(|l| (l.tp.clone(), l))
+            .collect();
+        let controller = leaders
+            .get(&metadata_tp())
+            .and_then(|l| l.leader)
+            .unwrap_or(-1);
+        Ok(ClusterView {
+            catalog: catalog.clone(),
+            leaders,
+            controller,
+        })
+    }
+
+    /// Every registered broker with its advertised Kafka listener.
+    pub fn brokers(&self) -> Vec<MetadataResponseBroker> {
+        self.catalog
+            .brokers
+            .values()
+            .map(|b| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(str_bytes(b.host.clone()))
+                    .with_port(b.port)
+            })
+            .collect()
+    }
+
+    /// A partition's leader and epoch as this broker knows them.
+    pub fn leader_of(&self, tp: &TopicPartition) -> Option<(i32, i32)> {
+        let l = self.leaders.get(tp)?;
+        Some((l.leader?, l.epoch))
+    }
+
+    /// A topic's partitions: replicated ones with the leader this broker's replica knows
+    /// (LEADER_NOT_AVAILABLE when it knows none, e.g. during an election or when this broker
+    /// holds no replica of the partition), their replicas and in-sync replicas; a local topic
+    /// (`__consumer_offsets`) led by its designated broker.
+    fn topic_entry(&self, meta: &TopicMeta) -> MetadataResponseTopic {
+        let partitions = (0..meta.partitions)
+            .map(|p| {
+                let tp = TopicPartition::new(meta.name.clone(), p);
+                let out = MetadataResponsePartition::default().with_partition_index(p);
+                if !meta.is_replicated() {
+                    let node = designated_broker(&self.catalog, p);
+                    return out
+                        .with_leader_id(BrokerId(node))
+                        .with_leader_epoch(0)
+                        .with_replica_nodes(vec![BrokerId(node)])
+                        .with_isr_nodes(vec![BrokerId(node)]);
+                }
+                let replicas: Vec<BrokerId> =
+                    meta.replicas_of(p).iter().map(|&b| BrokerId(b)).collect();
+                let local = self.leaders.get(&tp);
+                let isr: Vec<BrokerId> = match local {
+                    Some(l) if !l.in_sync.is_empty() => {
+                        l.in_sync.iter().map(|&b| BrokerId(b)).collect()
+                    }
+                    _ => replicas.clone(),
+                };
+                let out = out.with_replica_nodes(replicas).with_isr_nodes(isr);
+                match self.leader_of(&tp) {
+                    Some((leader, epoch)) => out
+                        .with_leader_id(BrokerId(leader))
+                        .with_leader_epoch(epoch),
+                    None => out
+                        .with_error_code(ResponseError::LeaderNotAvailable.code())
+                        .with_leader_id(BrokerId(-1))
+                        .with_leader_epoch(-1),
+                }
+            })
+            .collect();
+        MetadataResponseTopic::default()
+            .with_name(Some(TopicName(str_bytes(meta.name.clone()))))
+            .with_topic_id(meta.id)
+            .with_is_internal(meta.name.starts_with("__"))
+            .with_partitions(partitions)
+    }
+}
+
+/// The broker that answers for partition `p` of a local (unreplicated) topic in a cluster,
+/// such as `__consumer_offsets`: the registered brokers take the partitions in turn. Every
+/// broker computes the same answer from its applied catalog, so FindCoordinator sends every
+/// member of a group to the same broker.
+pub fn designated_broker(catalog: &crate::cluster::catalog::Catalog, p: i32) -> i32 {
+    let ids: Vec<i32> = catalog.brokers.keys().copied().collect();
+    if ids.is_empty() {
+        return -1;
+    }
+    ids[p.max(0) as usize % ids.len()]
 }
 
 /// A topic's metadata: a single broker, `node`, leads every partition.

@@ -15,6 +15,11 @@
 //! broker the leader is the whole ISR, so 1 and -1 wait for the same thing,
 //! and an acknowledged batch survives `kill -9` either way.
 //!
+//! In a cluster, a replicated partition's batches are proposed to its Raft group on the
+//! owner shard ([`crate::replication::Replica::propose`]): acks=all is answered once a
+//! majority of the replicas has them fdatasynced, acks=1 once the leader's own log has them;
+//! a broker whose replica does not lead answers NOT_LEADER_OR_FOLLOWER.
+//!
 //! Idempotent producers: the owner's `PartitionLog::append` checks each
 //! batch with a producer id against the partition's producer state. A retry
 //! of a batch already appended (durable or still queued) is answered with
@@ -34,6 +39,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
 use super::{HandlerError, RequestContext, str_bytes};
+use crate::replication::Acks;
 use crate::runtime;
 use crate::shard::Shard;
 use crate::shard::scatter::ByOwner;
@@ -186,13 +192,25 @@ pub fn produce_on_owner(
         .into_iter()
         .enumerate()
         .map(|(i, (tp, records))| {
-            let log = shard.partition(&tp);
             let records = records.unwrap_or_default();
+            // A replicated partition: proposed to its Raft group (the call assigns the
+            // offsets, so order is kept as for a local append).
+            if let Some(driver) = shard.replica(&tp) {
+                let mode = if acks == -1 { Acks::All } else { Acks::Leader };
+                let log = driver.replica().log().clone();
+                let proposed = (!records.is_empty()).then(|| driver.propose(records, mode));
+                return futures::future::Either::Left(async move {
+                    (i, proposal_outcome(&tp, &log, proposed).await)
+                });
+            }
+            let log = shard.partition(&tp);
             let appended = match &log {
                 Some(log) if !records.is_empty() => Some(log.append(records)),
                 _ => None,
             };
-            async move { (i, append_outcome(&tp, acks, log, appended).await) }
+            futures::future::Either::Right(async move {
+                (i, append_outcome(&tp, acks, log, appended).await)
+            })
         })
         .collect();
     async move {
@@ -212,6 +230,44 @@ pub fn produce_on_owner(
                 o.unwrap_or_else(|| PartitionOutcome::error(ResponseError::RequestTimedOut, None))
             })
             .collect()
+    }
+}
+
+/// One replicated partition's proposal: answered once committed (acks=all: fdatasynced on a
+/// majority of its replicas) or, for acks=1, once the leader's own log has it.
+async fn proposal_outcome(
+    tp: &TopicPartition,
+    log: &crate::storage::PartitionLog,
+    proposed: Option<
+        impl std::future::Future<
+            Output = Result<crate::storage::AppendInfo, crate::replication::ReplicaError>,
+        >,
+    >,
+) -> PartitionOutcome {
+    let Some(proposed) = proposed else {
+        return PartitionOutcome::error(
+            ResponseError::InvalidRecord,
+            Some("empty record set".into()),
+        );
+    };
+    match proposed.await {
+        Ok(info) => PartitionOutcome {
+            error_code: 0,
+            error_message: None,
+            base_offset: info.base_offset.get(),
+            log_start_offset: info.log_start_offset.get(),
+            log_append_time_ms: info.log_append_time_ms,
+        },
+        Err(e) => {
+            tracing::debug!(partition = %tp, error = %e, "proposal refused");
+            PartitionOutcome {
+                error_code: e.kafka_error_code(),
+                error_message: Some(e.to_string()),
+                base_offset: -1,
+                log_start_offset: log.log_start_offset().get(),
+                log_append_time_ms: -1,
+            }
+        }
     }
 }
 

@@ -1,0 +1,261 @@
+//! A shard's part in a cluster: the replicas of the replicated partitions it owns (each a Raft
+//! group driven by its own task on this shard), its links to the other brokers, and on the
+//! metadata shard the metadata replica's waiters.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use raft::eraftpb::{Message, MessageType};
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use super::metadata::{METADATA_TOPIC_ID, MetaState, metadata_tp};
+use super::rpc::Links;
+use super::seeds::ClusterSpec;
+use crate::config::Config;
+use crate::constants::REPLICA_INBOX_MAX;
+use crate::replication::driver::{Driver, Transport};
+use crate::replication::store::RAFT_STATE_FILE;
+use crate::replication::wire::GroupMessage;
+use crate::replication::{ReplicaConfig, ReplicaError};
+use crate::runtime::{self, Task};
+use crate::storage::LogConfig;
+use crate::storage::io::Env;
+use crate::types::TopicPartition;
+
+/// Sends a replica's Raft messages to the brokers of its group, tagged with its partition.
+struct ReplicaTransport {
+    links: Rc<Links>,
+    topic_id: Uuid,
+    partition: i32,
+}
+
+impl Transport for ReplicaTransport {
+    fn send(&self, m: Message) {
+        let to = m.to as i32;
+        self.links.send(
+            to,
+            GroupMessage {
+                topic_id: self.topic_id,
+                partition: self.partition,
+                message: m,
+            },
+        );
+    }
+}
+
+struct Running {
+    driver: Rc<Driver>,
+    topic_id: Uuid,
+    task: RefCell<Option<Task<Result<(), ReplicaError>>>>,
+}
+
+/// What a shard of a clustered broker holds for replication.
+pub struct ClusterShard {
+    pub spec: ClusterSpec,
+    pub links: Rc<Links>,
+    pub meta: MetaState,
+    tick: Duration,
+    election_ticks: usize,
+    replicas: RefCell<HashMap<TopicPartition, Rc<Running>>>,
+    by_id: RefCell<HashMap<(Uuid, i32), Rc<Running>>>,
+}
+
+/// One replica's leadership as this broker sees it.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub tp: TopicPartition,
+    /// The leader's broker id, if known.
+    pub leader: Option<i32>,
+    /// The Raft term: the Kafka leader epoch.
+    pub epoch: i32,
+    /// On the leader: the replicas caught up with it (Raft's matched index at its last
+    /// index, or recently active); elsewhere empty (unknown).
+    pub in_sync: Vec<i32>,
+}
+
+impl ClusterShard {
+    pub fn new(spec: ClusterSpec, config: &Config) -> Rc<ClusterShard> {
+        let links = Links::start(&spec);
+        Rc::new(ClusterShard {
+            spec,
+            links,
+            meta: MetaState::default(),
+            tick: Duration::from_millis(config.raft_tick_ms),
+            election_ticks: config.raft_election_ticks,
+            replicas: RefCell::new(HashMap::new()),
+            by_id: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The running replica of `tp` on this shard.
+    pub fn replica(&self, tp: &TopicPartition) -> Option<Rc<Driver>> {
+        self.replicas.borrow().get(tp).map(|r| r.driver.clone())
+    }
+
+    /// Every replica on this shard, the metadata one included.
+    pub fn replicas(&self) -> Vec<(TopicPartition, Rc<Driver>)> {
+        self.replicas
+            .borrow()
+            .iter()
+            .map(|(tp, r)| (tp.clone(), r.driver.clone()))
+            .collect()
+    }
+
+    /// The topic id a running replica was opened with.
+    pub fn topic_id_of(&self, tp: &TopicPartition) -> Option<Uuid> {
+        self.replicas.borrow().get(tp).map(|r| r.topic_id)
+    }
+
+    /// Open (or create) this broker's replica of `tp`, a Raft group of `voters`, and start
+    /// driving it. A partition directory that exists without its `raft-state` is refused
+    /// ([`ReplicaError::StateLost`]): the replica existed and lost what Raft relies on.
+    pub async fn open_replica(
+        &self,
+        data_dir: &std::path::Path,
+        tp: &TopicPartition,
+        topic_id: Uuid,
+        voters: Vec<u64>,
+        log_cfg: LogConfig,
+    ) -> Result<(), ReplicaError> {
+        if self.replicas.borrow().contains_key(tp) {
+            return Ok(());
+        }
+        let dir = data_dir.join(tp.dir_name());
+        let new_replica = !dir.join(RAFT_STATE_FILE).exists() && std::fs::read_dir(&dir).is_err();
+        let mut cfg = ReplicaConfig::new(self.spec.node_id as u64, voters);
+        cfg.new_replica = new_replica;
+        cfg.election_tick = self.election_ticks;
+        cfg.heartbeat_tick = (self.election_ticks / 5).max(1);
+        let replica =
+            crate::replication::Replica::open(Env::production(), dir, log_cfg, &cfg).await?;
+        let driver = Driver::new(replica, REPLICA_INBOX_MAX);
+        let transport = Rc::new(ReplicaTransport {
+            links: self.links.clone(),
+            topic_id,
+            partition: tp.partition,
+        });
+        let name = tp.to_string();
+        let run = driver.clone().run(transport, self.tick);
+        let task = runtime::spawn(async move {
+            let out = run.await;
+            if let Err(e) = &out {
+                error!(partition = %name, error = %e, "replica failed: it takes part in nothing more until the broker restarts");
+            }
+            out
+        });
+        let running = Rc::new(Running {
+            driver,
+            topic_id,
+            task: RefCell::new(Some(task)),
+        });
+        self.replicas
+            .borrow_mut()
+            .insert(tp.clone(), running.clone());
+        self.by_id
+            .borrow_mut()
+            .insert((topic_id, tp.partition), running);
+        info!(partition = %tp, new = new_replica, "replica opened");
+        Ok(())
+    }
+
+    /// Stop driving `tp`'s replica and close it; with `delete`, remove its files too.
+    pub async fn remove_replica(&self, tp: &TopicPartition, delete: bool) {
+        let Some(running) = self.replicas.borrow_mut().remove(tp) else {
+            return;
+        };
+        self.by_id
+            .borrow_mut()
+            .remove(&(running.topic_id, tp.partition));
+        running.driver.stop();
+        let task = running.task.borrow_mut().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let replica = running.driver.replica().clone();
+        if delete {
+            if let Err(e) = replica.log().delete().await {
+                warn!(partition = %tp, error = %e, "cannot delete the replica's files");
+            }
+            info!(partition = %tp, "replica deleted");
+        } else if let Err(e) = replica.close().await {
+            warn!(partition = %tp, error = %e, "replica close failed");
+        }
+    }
+
+    /// Close every replica (a clean stop). Returns (closed, failed).
+    pub async fn close_all(&self) -> (usize, usize) {
+        let tps: Vec<TopicPartition> = self.replicas.borrow().keys().cloned().collect();
+        let mut counts = (0, 0);
+        for tp in tps {
+            let running = self.replicas.borrow().get(&tp).cloned();
+            let Some(running) = running else { continue };
+            running.driver.stop();
+            let task = running.task.borrow_mut().take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+            match running.driver.replica().close().await {
+                Ok(()) => counts.0 += 1,
+                Err(e) => {
+                    counts.1 += 1;
+                    warn!(partition = %tp, error = %e, "replica close failed");
+                }
+            }
+            self.replicas.borrow_mut().remove(&tp);
+        }
+        self.by_id.borrow_mut().clear();
+        self.links.stop();
+        counts
+    }
+
+    /// A peer's Raft message for one of this shard's replicas. A proposal forwarded to the
+    /// metadata leader is proposed there; forwarded proposals for data partitions are refused
+    /// (only a leader stamps offsets on a produce).
+    pub fn deliver(&self, gm: GroupMessage) {
+        let running = self
+            .by_id
+            .borrow()
+            .get(&(gm.topic_id, gm.partition))
+            .cloned();
+        let Some(running) = running else {
+            debug!(topic_id = %gm.topic_id, partition = gm.partition, "raft message for a replica not open here: dropped");
+            return;
+        };
+        if gm.message.get_msg_type() == MessageType::MsgPropose {
+            if gm.topic_id == METADATA_TOPIC_ID {
+                super::metadata::forwarded(&running.driver, gm.message);
+            } else {
+                warn!(topic_id = %gm.topic_id, from = gm.message.from, "forwarded proposal for a data partition refused");
+            }
+            return;
+        }
+        running.driver.deliver(gm.message);
+    }
+
+    /// Leadership of every replica on this shard.
+    pub fn leadership(&self) -> Vec<Leadership> {
+        self.replicas
+            .borrow()
+            .iter()
+            .map(|(tp, r)| {
+                let replica = r.driver.replica();
+                Leadership {
+                    tp: tp.clone(),
+                    leader: replica.leader().map(|l| l as i32),
+                    epoch: replica.term() as i32,
+                    in_sync: replica.in_sync().into_iter().map(|id| id as i32).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The metadata group's leader, if this shard runs its replica and knows one.
+    pub fn metadata_leader(&self) -> Option<i32> {
+        self.replica(&metadata_tp())
+            .and_then(|d| d.replica().leader())
+            .map(|l| l as i32)
+    }
+}
