@@ -72,6 +72,8 @@ pub struct BrokerOptions {
     pub extra_args: Vec<String>,
     /// The data directory; None: `data` in the test's temporary directory.
     pub data_dir: Option<PathBuf>,
+    /// `--shards`; None: 2.
+    pub shards: Option<usize>,
 }
 
 /// A running (or stopped) Sluice broker owned by one test.
@@ -177,7 +179,7 @@ impl Broker {
             .arg("--advertised-listener")
             .arg(&listen)
             .arg("--shards")
-            .arg("2")
+            .arg(self.options.shards.unwrap_or(2).to_string())
             .arg("--metrics-listen")
             .arg(
                 self.options

@@ -127,6 +127,9 @@ pub async fn handle(
         .with_topics(topics))
 }
 
+/// Longest a Metadata request waits for this broker's replicas to learn their leaders.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// A cluster member's view for Metadata: the registered brokers (from its applied metadata
 /// log), and the leadership of the replicas on this broker (from every shard).
 pub struct ClusterView {
@@ -141,16 +144,27 @@ impl ClusterView {
         shard: &crate::shard::Shard,
         catalog: &std::sync::Arc<crate::cluster::catalog::Catalog>,
     ) -> Result<ClusterView, crate::shard::ShardError> {
-        let all = shard
-            .invoke_on_all(
-                |s| async move { s.cluster().map(|c| c.leadership()).unwrap_or_default() },
-            )
-            .await?;
-        let leaders: HashMap<TopicPartition, Leadership> = all
-            .into_iter()
-            .flatten()
-            .map(|l| (l.tp.clone(), l))
-            .collect();
+        // A replica that just started, or whose group is electing, knows no leader for a
+        // moment (a heartbeat or an election away). Clients cache a LEADER_NOT_AVAILABLE
+        // answer for a while, so wait a little for the answer instead (bounded).
+        let deadline = std::time::Instant::now() + LEADER_WAIT;
+        let leaders: HashMap<TopicPartition, Leadership> = loop {
+            let all = shard
+                .invoke_on_all(|s| async move {
+                    s.cluster().map(|c| c.leadership()).unwrap_or_default()
+                })
+                .await?;
+            let leaders: HashMap<TopicPartition, Leadership> = all
+                .into_iter()
+                .flatten()
+                .map(|l| (l.tp.clone(), l))
+                .collect();
+            if leaders.values().all(|l| l.leader.is_some()) || std::time::Instant::now() >= deadline
+            {
+                break leaders;
+            }
+            crate::runtime::sleep(std::time::Duration::from_millis(20)).await;
+        };
         let controller = leaders
             .get(&metadata_tp())
             .and_then(|l| l.leader)

@@ -1,0 +1,441 @@
+//! A three-broker cluster (issue 12): real broker processes on 127.0.0.1 with their own
+//! ports, data directories and RPC listeners (one or two shards each), driven by a real
+//! client (the rdkafka crate, librdkafka 2.12) producing with acks=all while the test kills
+//! a partition leader with `kill -9` and restarts it. Then a checker reads every partition
+//! from its leader and every replica's files: every acknowledged record is at its
+//! acknowledged offset, consumers see offsets only going forward, and the replicas' logs are
+//! byte-identical.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::Message;
+use rdkafka::admin::{NewTopic, TopicReplication};
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 3;
+const PER_PHASE: usize = 300;
+
+/// The brokers of one cluster; `brokers[i]` is node `i + 1`.
+struct Cluster {
+    brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    fn start(shards: &[usize]) -> Cluster {
+        let rpc: Vec<u16> = shards.iter().map(|_| free_port()).collect();
+        let seeds = rpc
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers = shards
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                Broker::start_with(BrokerOptions {
+                    shards: Some(n),
+                    metrics_listen: Some(String::new()),
+                    extra_args: vec![
+                        "--node-id".into(),
+                        (i + 1).to_string(),
+                        "--rpc-listen".into(),
+                        format!("127.0.0.1:{}", rpc[i]),
+                        "--seed-servers".into(),
+                        seeds.clone(),
+                    ],
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Cluster { brokers }
+    }
+
+    /// Every broker's Kafka address (clients find the running ones).
+    fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .map(Broker::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn node(&mut self, id: i32) -> &mut Broker {
+        &mut self.brokers[(id - 1) as usize]
+    }
+
+    fn logs(&self) -> String {
+        self.brokers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("#### node {}\n{}", i + 1, b.logs_text()))
+            .collect()
+    }
+}
+
+/// (partition → leader) of `topic` as `bootstrap` reports it, once every partition has one
+/// and the cluster lists `brokers` brokers.
+fn wait_for_leaders(bootstrap: &str, topic: &str, brokers: usize) -> BTreeMap<i32, i32> {
+    let client: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .expect("metadata client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match client
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+        {
+            Ok(md) => {
+                let t = md.topics().first().expect("one topic");
+                let leaders: BTreeMap<i32, i32> = t
+                    .partitions()
+                    .iter()
+                    .map(|p| (p.id(), p.leader()))
+                    .collect();
+                if md.brokers().len() == brokers
+                    && t.error().is_none()
+                    && leaders.len() == PARTITIONS as usize
+                    && leaders.values().all(|&l| l > 0)
+                {
+                    return leaders;
+                }
+                last = format!(
+                    "brokers {}, topic error {:?}, leaders {leaders:?}",
+                    md.brokers().len(),
+                    t.error()
+                );
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no leader for every partition of {topic} within 30 s: {last}");
+}
+
+/// Wait until the cluster lists `n` brokers (they register through the metadata log).
+fn wait_for_brokers(bootstrap: &str, n: usize) {
+    let client: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .expect("metadata client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(md) = client.client().fetch_metadata(None, Duration::from_secs(5))
+            && md.brokers().len() == n
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the cluster did not list {n} brokers within 30 s");
+}
+
+/// One acknowledged record.
+#[derive(Debug, Clone)]
+struct Acked {
+    partition: i32,
+    offset: i64,
+    payload: String,
+}
+
+/// Produce records `from..to` (record i to partition i mod 3) with acks=all; returns the
+/// acknowledged ones and how many failed (allowed only while a leader is being replaced).
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    from: usize,
+    to: usize,
+) -> (Vec<Acked>, usize) {
+    let sends = (from..to).map(|i| {
+        let payload = format!("record-{i}");
+        let key = i.to_string();
+        let p = (i % PARTITIONS as usize) as i32;
+        async move {
+            let r = producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(&key)
+                        .payload(&payload)
+                        .partition(p),
+                    Duration::from_secs(30),
+                )
+                .await;
+            (payload, r)
+        }
+    });
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    for (payload, r) in futures::future::join_all(sends).await {
+        match r {
+            Ok(d) => acked.push(Acked {
+                partition: d.partition,
+                offset: d.offset,
+                payload,
+            }),
+            Err((e, _)) => {
+                eprintln!("not acknowledged: {payload}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    (acked, failed)
+}
+
+/// Read every partition from the beginning to its high watermark: (partition, offset) →
+/// payload. Checks that offsets only go forward within a partition.
+fn read_all(bootstrap: &str, topic: &str) -> HashMap<(i32, i64), String> {
+    let consumer = assign_consumer(bootstrap, "cluster-check");
+    let mut ends = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        // Right after a restart a broker may not know a leader yet (LEADER_NOT_AVAILABLE):
+        // the client's metadata catches up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let high = loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+                Ok((_, high)) => break high,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("watermarks of partition {p}: {e}; retrying");
+                    for b in bootstrap.split(',') {
+                        let out = std::process::Command::new("kcat")
+                            .args(["-L", "-b", b, "-t", topic])
+                            .output()
+                            .unwrap();
+                        eprintln!("DIAG {b}: {}", String::from_utf8_lossy(&out.stdout));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("watermarks of partition {p}: {e}"),
+            }
+        };
+        ends.insert(p, high);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut seen = HashMap::new();
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut reached: BTreeMap<i32, bool> = (0..PARTITIONS).map(|p| (p, ends[&p] == 0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reached.values().all(|r| *r) {
+        assert!(
+            Instant::now() < deadline,
+            "did not read to the high watermarks {ends:?}; at {last:?}"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.expect("consume");
+        let (p, o) = (m.partition(), m.offset());
+        if let Some(prev) = last.get(&p) {
+            assert!(o > *prev, "partition {p}: offset {o} after {prev}");
+        }
+        last.insert(p, o);
+        let payload = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
+        seen.insert((p, o), payload);
+        if o + 1 >= ends[&p] {
+            reached.insert(p, true);
+        }
+    }
+    seen
+}
+
+/// The record batches of one replica of a partition, in order, as stored.
+fn replica_bytes(broker: &Broker, topic: &str, partition: i32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (_, path) in segment_files(&broker.partition_dir(topic, partition)) {
+        let bytes = std::fs::read(&path).unwrap();
+        for b in segment_batches(&path) {
+            out.extend_from_slice(&bytes[b.position as usize..(b.position + b.size) as usize]);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_survives_kill_9_of_a_leader_and_replicas_end_identical() {
+    // Node 3 runs two shards: the broker-to-broker messages it receives are routed to the
+    // shard that owns each partition.
+    let mut cluster = Cluster::start(&[1, 1, 2]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "replicated";
+    wait_for_brokers(&bootstrap, 3);
+
+    // CreateTopics with replication factor 3 goes through the metadata log.
+    let admin = admin_client(&bootstrap);
+    let mut created = false;
+    for _ in 0..20 {
+        let opts = rdkafka::admin::AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(15)))
+            .request_timeout(Some(Duration::from_secs(15)));
+        let r = admin
+            .create_topics(
+                &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3))],
+                &opts,
+            )
+            .await
+            .expect("CreateTopics request");
+        match &r[0] {
+            Ok(_) => {
+                created = true;
+                break;
+            }
+            Err((_, code)) => {
+                eprintln!("CreateTopics: {code:?}; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    assert!(created, "topic not created\n{}", cluster.logs());
+    let leaders = wait_for_leaders(&bootstrap, topic, 3);
+
+    let producer: FutureProducer = producer_config(&bootstrap)
+        .set("retries", "1000")
+        .set("retry.backoff.ms", "100")
+        .set("message.timeout.ms", "60000")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()
+        .expect("producer");
+    let mut acked = Vec::new();
+    let (a, failed) = produce(&producer, topic, 0, PER_PHASE).await;
+    assert_eq!(failed, 0, "no failure before any fault\n{}", cluster.logs());
+    acked.extend(a);
+
+    // kill -9 the leader of partition 0, and keep producing: the other two elect a leader.
+    let victim = leaders[&0];
+    cluster.node(victim).kill9();
+    let killed_at = Instant::now();
+    let (a, failed_during) = produce(&producer, topic, PER_PHASE, 2 * PER_PHASE).await;
+    eprintln!(
+        "after kill -9 of node {victim}: {} acknowledged, {failed_during} not, in {:?}",
+        a.len(),
+        killed_at.elapsed()
+    );
+    assert!(
+        a.len() >= PER_PHASE * 9 / 10,
+        "most records are acknowledged after the failover ({} of {PER_PHASE})\n{}",
+        a.len(),
+        cluster.logs()
+    );
+    acked.extend(a);
+    let after = wait_for_leaders(&bootstrap, topic, 3);
+    assert_ne!(after[&0], victim, "partition 0 has a new leader");
+
+    // The killed broker comes back, catches up from its peers, and the cluster takes writes.
+    cluster.node(victim).restart();
+    let (a, failed) = produce(&producer, topic, 2 * PER_PHASE, 3 * PER_PHASE).await;
+    assert_eq!(
+        failed,
+        0,
+        "no failure once every broker is back\n{}",
+        cluster.logs()
+    );
+    acked.extend(a);
+    producer.flush(Duration::from_secs(10)).expect("flush");
+
+    // Checker 1: every acknowledged record is where it was acknowledged, read from leaders.
+    let seen = read_all(&bootstrap, topic);
+    let mut missing = Vec::new();
+    for r in &acked {
+        match seen.get(&(r.partition, r.offset)) {
+            Some(p) if *p == r.payload => {}
+            other => missing.push(format!("{r:?}: found {other:?}")),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged records lost or moved: {:?}\n{}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)],
+        cluster.logs()
+    );
+
+    // Checker 2: with the cluster quiet, every replica holds the same bytes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for b in &mut cluster.brokers {
+        assert!(b.stop(), "clean stop");
+    }
+    for p in 0..PARTITIONS {
+        let logs: Vec<Vec<u8>> = cluster
+            .brokers
+            .iter()
+            .map(|b| replica_bytes(b, topic, p))
+            .collect();
+        assert!(!logs[0].is_empty(), "partition {p} holds data");
+        for (i, l) in logs.iter().enumerate().skip(1) {
+            assert!(
+                *l == logs[0],
+                "partition {p}: node {} holds {} bytes, node 1 holds {}, and they differ",
+                i + 1,
+                l.len(),
+                logs[0].len()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_cluster_member_refuses_inconsistent_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--seed-servers", "1@127.0.0.1:1", "--node-id", "1"],
+            "rpc_listen",
+        ),
+        (
+            &[
+                "--seed-servers",
+                "1@127.0.0.1:1,2@127.0.0.1:2",
+                "--node-id",
+                "3",
+                "--rpc-listen",
+                "127.0.0.1:1",
+            ],
+            "node_id",
+        ),
+        (
+            &[
+                "--seed-servers",
+                "1@nohostport",
+                "--node-id",
+                "1",
+                "--rpc-listen",
+                "127.0.0.1:1",
+            ],
+            "seed_servers",
+        ),
+    ];
+    for (args, name) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--metrics-listen")
+            .arg("")
+            .args(args);
+        let out = run_with_timeout(&mut cmd, b"", Duration::from_secs(20));
+        assert!(!out.status.success(), "{args:?} started");
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(name),
+            "{args:?}: the error names `{name}`: {text}"
+        );
+    }
+}
