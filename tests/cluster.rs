@@ -1,10 +1,13 @@
 //! A three-broker cluster (issue 12): real broker processes on 127.0.0.1 with their own
 //! ports, data directories and RPC listeners (one or two shards each), driven by a real
 //! client (the rdkafka crate, librdkafka 2.12) producing with acks=all while the test kills
-//! a partition leader with `kill -9` and restarts it. Then a checker reads every partition
-//! from its leader and every replica's files: every acknowledged record is at its
-//! acknowledged offset, consumers see offsets only going forward, and the replicas' logs are
-//! byte-identical.
+//! a partition's leader and then a follower with `kill -9` and restarts each, then restarts
+//! every broker in turn. Then a checker reads every partition from its leader and every
+//! replica's files: every acknowledged record is at its acknowledged offset, consumers see
+//! offsets only going forward, and the replicas' logs are byte-identical.
+//!
+//! `SLUICE_CLUSTER_CYCLES=N` runs N fault cycles (default 1; each kills a leader and a
+//! follower of the next partition).
 
 mod common;
 
@@ -266,7 +269,7 @@ fn replica_bytes(broker: &Broker, topic: &str, partition: i32) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acks_all_survives_kill_9_of_a_leader_and_replicas_end_identical() {
+async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identical() {
     // Node 3 runs two shards: the broker-to-broker messages it receives are routed to the
     // shard that owns each partition.
     let mut cluster = Cluster::start(&[1, 1, 2]);
@@ -314,33 +317,71 @@ async fn acks_all_survives_kill_9_of_a_leader_and_replicas_end_identical() {
     assert_eq!(failed, 0, "no failure before any fault\n{}", cluster.logs());
     acked.extend(a);
 
-    // kill -9 the leader of partition 0, and keep producing: the other two elect a leader.
-    let victim = leaders[&0];
-    cluster.node(victim).kill9();
-    let killed_at = Instant::now();
-    let (a, failed_during) = produce(&producer, topic, PER_PHASE, 2 * PER_PHASE).await;
-    eprintln!(
-        "after kill -9 of node {victim}: {} acknowledged, {failed_during} not, in {:?}",
-        a.len(),
-        killed_at.elapsed()
-    );
-    assert!(
-        a.len() >= PER_PHASE * 9 / 10,
-        "most records are acknowledged after the failover ({} of {PER_PHASE})\n{}",
-        a.len(),
-        cluster.logs()
-    );
-    acked.extend(a);
-    let after = wait_for_leaders(&bootstrap, topic, 3);
-    assert_ne!(after[&0], victim, "partition 0 has a new leader");
-
-    // The killed broker comes back, catches up from its peers, and the cluster takes writes.
-    cluster.node(victim).restart();
-    let (a, failed) = produce(&producer, topic, 2 * PER_PHASE, 3 * PER_PHASE).await;
+    // Fault cycles: kill -9 a partition's leader, then one of its followers, each time
+    // producing while the broker is down and after it is back; then a rolling restart.
+    let cycles: usize = std::env::var("SLUICE_CLUSTER_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut next = PER_PHASE;
+    let mut leaders = leaders;
+    for cycle in 0..cycles {
+        let p = (cycle % PARTITIONS as usize) as i32;
+        let leader = leaders[&p];
+        let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+        for (role, victim) in [("leader", leader), ("follower", follower)] {
+            cluster.node(victim).kill9();
+            let killed_at = Instant::now();
+            let (a, failed) = produce(&producer, topic, next, next + PER_PHASE).await;
+            next += PER_PHASE;
+            eprintln!(
+                "cycle {cycle}: after kill -9 of node {victim} ({role} of partition {p}): {} acknowledged, {failed} not, in {:?}",
+                a.len(),
+                killed_at.elapsed()
+            );
+            assert!(
+                a.len() >= PER_PHASE * 9 / 10,
+                "most records are acknowledged with one broker down ({} of {PER_PHASE})\n{}",
+                a.len(),
+                cluster.logs()
+            );
+            acked.extend(a);
+            let now = wait_for_leaders(&bootstrap, topic, 3);
+            assert!(
+                now.values().all(|&l| l != victim),
+                "no partition is led by the dead node {victim}: {now:?}"
+            );
+            // It comes back, catches up from its peers, and the cluster takes writes.
+            cluster.node(victim).restart();
+            let (a, failed) = produce(&producer, topic, next, next + PER_PHASE).await;
+            next += PER_PHASE;
+            assert_eq!(
+                failed,
+                0,
+                "no failure once every broker is back\n{}",
+                cluster.logs()
+            );
+            acked.extend(a);
+            leaders = wait_for_leaders(&bootstrap, topic, 3);
+        }
+    }
+    // A rolling restart under load: each broker stopped cleanly and started again in turn.
+    for node in 1..=3 {
+        assert!(cluster.node(node).stop(), "node {node} stops cleanly");
+        let (a, failed) = produce(&producer, topic, next, next + PER_PHASE / 3).await;
+        next += PER_PHASE / 3;
+        eprintln!(
+            "rolling restart: node {node} down: {} acknowledged, {failed} not",
+            a.len()
+        );
+        acked.extend(a);
+        cluster.node(node).restart();
+    }
+    let (a, failed) = produce(&producer, topic, next, next + PER_PHASE).await;
     assert_eq!(
         failed,
         0,
-        "no failure once every broker is back\n{}",
+        "no failure after the rolling restart\n{}",
         cluster.logs()
     );
     acked.extend(a);
