@@ -132,3 +132,6 @@ pub const REPLICA_INBOX_MAX: usize = 4096;
 /// Longest a metadata change (a CreateTopics, a broker registering) waits to be committed and
 /// applied before it is answered as timed out.
 pub const METADATA_COMMIT_TIMEOUT_MS: u64 = 10_000;
+/// How many times a controller operation built on a stale catalog is rebuilt and proposed
+/// again when another metadata change came first.
+pub const METADATA_CONFLICT_RETRIES: usize = 10;

@@ -125,6 +125,40 @@ fn wait_for_leaders(bootstrap: &str, topic: &str, brokers: usize) -> BTreeMap<i3
     panic!("no leader for every partition of {topic} within 30 s: {last}");
 }
 
+/// `sluice cluster status` against `bootstrap` (any of its brokers).
+fn cluster_status(bootstrap: &str) -> String {
+    let first = bootstrap.split(',').next().unwrap();
+    let out = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_sluice")).args(["cluster", "status", "-b", first]),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "cluster status: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The leader of partition 0 of `topic`, once there is one.
+fn wait_for_partition_leader(bootstrap: &str, topic: &str) -> i32 {
+    let client: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .expect("metadata client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(md) = client
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            && let Some(p) = md.topics().first().and_then(|t| t.partitions().first())
+            && p.leader() > 0
+        {
+            return p.leader();
+        }
+        assert!(Instant::now() < deadline, "no leader of {topic}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Wait until the cluster lists `n` brokers (they register through the metadata log).
 fn wait_for_brokers(bootstrap: &str, n: usize) {
     let client: rdkafka::producer::BaseProducer = ClientConfig::new()
@@ -402,6 +436,88 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
         missing.len(),
         acked.len(),
         &missing[..missing.len().min(10)],
+        cluster.logs()
+    );
+
+    // min.insync.replicas: with a follower down, an acks=all produce to a topic that asks
+    // for 3 in-sync replicas is refused with NOT_ENOUGH_REPLICAS, and taken again once the
+    // follower is back.
+    let strict = "strict";
+    let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    let mut created = false;
+    for _ in 0..20 {
+        let r = admin
+            .create_topics(
+                &[NewTopic::new(strict, 1, TopicReplication::Fixed(3))
+                    .set("min.insync.replicas", "3")],
+                &opts,
+            )
+            .await
+            .expect("CreateTopics request");
+        if r[0].is_ok() {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(created, "topic {strict} created");
+    let leader = wait_for_partition_leader(&bootstrap, strict);
+    let code_until = |addr: std::net::SocketAddr, want: i16| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let code = raw_produce(addr, strict, "strict");
+            if code == want || Instant::now() > deadline {
+                return code;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let leader_addr = cluster.node(leader).addr();
+    assert_eq!(code_until(leader_addr, 0), 0, "all three in sync: taken");
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let via = cluster.node(leader).bootstrap();
+    let status = cluster_status(&via);
+    assert!(
+        status.contains("Brokers: 3") && status.matches(" up ").count() == 3,
+        "three brokers up:\n{status}"
+    );
+    cluster.node(follower).kill9();
+    // `sluice cluster status` shows the broker down and, once the leaders noticed, the
+    // partitions it held as under-replicated.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let s = cluster_status(&via);
+        if s.contains("unreachable")
+            && s.contains("under-replicated")
+            && !s.contains("under-replicated: 0")
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed node {follower} down:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&follower.to_string()))
+        .unwrap_or_default();
+    assert!(
+        line.contains("unreachable"),
+        "node {follower}: {line}\n{status}"
+    );
+    assert_eq!(
+        code_until(leader_addr, 19),
+        19,
+        "NOT_ENOUGH_REPLICAS with node {follower} down\n{}",
+        cluster.logs()
+    );
+    cluster.node(follower).restart();
+    assert_eq!(
+        code_until(leader_addr, 0),
+        0,
+        "taken again once node {follower} is back\n{}",
         cluster.logs()
     );
 

@@ -331,38 +331,6 @@ async fn produce(
     (acked, failed)
 }
 
-/// One acks=all Produce of one record, straight to `addr` (no client retries): its error code.
-fn raw_produce(addr: SocketAddr, topic: &str, value: &str) -> i16 {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ProduceRequest, ResponseHeader, TopicName};
-    use kafka_protocol::protocol::{Decodable, StrBytes};
-    const V: i16 = 9;
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(3_000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(common::record_batch(
-                            (-1, -1, -1),
-                            0,
-                            vec![value.to_string().into()],
-                        ))),
-                ]),
-        ]);
-    let mut s = common::connect_raw(addr).expect("connect to the cut-off leader");
-    std::io::Write::write_all(&mut s, &common::encode_request(&req, V, 7)).unwrap();
-    let frame = common::read_frame(&mut s).expect("a Produce response");
-    let mut b = bytes::Bytes::from(frame);
-    // Produce v9 is a flexible version: response header v1.
-    ResponseHeader::decode(&mut b, 1).expect("response header");
-    let r = kafka_protocol::messages::ProduceResponse::decode(&mut b, V).expect("response");
-    r.responses[0].partition_responses[0].error_code
-}
-
 fn producer(bootstrap: &str, timeout_ms: u32) -> FutureProducer {
     client(bootstrap)
         .set("acks", "all")
@@ -437,7 +405,7 @@ async fn a_cut_off_leader_acknowledges_nothing_and_rejoins_identical() {
     // steps it down within an election timeout.
     net.isolate(old).unwrap();
     let cut_at = Instant::now();
-    let code = raw_produce(
+    let code = common::raw_produce(
         format!("{}:{KAFKA_PORT}", net.ip(old)).parse().unwrap(),
         topic,
         "cut-off-raw",

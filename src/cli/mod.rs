@@ -17,6 +17,7 @@
 //! terminal.
 
 pub mod client;
+pub mod cluster;
 pub mod group;
 pub mod table;
 pub mod time;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 
+pub use cluster::ClusterCommand;
 pub use group::GroupCommand;
 pub use topic::TopicCommand;
 

@@ -61,7 +61,8 @@ pub enum TopicAction {
         #[arg(long)]
         all: bool,
     },
-    /// Partitions (leader, replicas, ISR, log start, high watermark) and configs of a topic.
+    /// Partitions (leader, leader epoch, replicas, ISR, log start, high watermark) and configs
+    /// of a topic.
     Describe {
         name: String,
         /// Show every config, including broker defaults.
@@ -219,6 +220,7 @@ fn describe(cluster: &mut Cluster, name: &str, all_configs: bool) -> Result<Stri
     let mut table = Table::new(&[
         "PARTITION",
         "LEADER",
+        "EPOCH",
         "REPLICAS",
         "ISR",
         "LOG-START",
@@ -228,6 +230,7 @@ fn describe(cluster: &mut Cluster, name: &str, all_configs: bool) -> Result<Stri
         table.row(vec![
             partition.partition_index.to_string(),
             partition.leader_id.0.to_string(),
+            partition.leader_epoch.to_string(),
             join(
                 &partition
                     .replica_nodes

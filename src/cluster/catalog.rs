@@ -81,6 +81,10 @@ pub fn assign_replicas(
         .collect()
 }
 
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
 /// All topics, plus the cluster id.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Catalog {
@@ -90,6 +94,10 @@ pub struct Catalog {
     /// ...): defaults for topics without their own override.
     #[serde(default)]
     pub broker_configs: BTreeMap<String, String>,
+    /// In a cluster: producer ids below this were handed to a broker as a block (the
+    /// metadata log allocates them, so no id is handed out twice cluster-wide).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_producer_id: i64,
     /// In a cluster: the brokers that registered, by id (empty on a one-node broker).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub brokers: BTreeMap<i32, BrokerInfo>,

@@ -52,6 +52,22 @@ struct Running {
     task: RefCell<Option<Task<Result<(), ReplicaError>>>>,
 }
 
+/// Longest a replica's driver gets to finish its round when it is stopped.
+const DRIVER_STOP_BOUND: Duration = Duration::from_secs(5);
+
+/// Stop a replica's driver and wait (bounded) for its task to end; a task still in its
+/// round after [`DRIVER_STOP_BOUND`] (an I/O that does not complete) is cancelled, so a
+/// stop never hangs on one replica.
+async fn stop_driver(tp: &TopicPartition, running: &Running) {
+    running.driver.stop();
+    let task = running.task.borrow_mut().take();
+    if let Some(task) = task
+        && runtime::timeout(DRIVER_STOP_BOUND, task).await.is_none()
+    {
+        warn!(partition = %tp, "replica driver did not stop within {DRIVER_STOP_BOUND:?}: cancelled");
+    }
+}
+
 /// What a shard of a clustered broker holds for replication.
 pub struct ClusterShard {
     pub spec: ClusterSpec,
@@ -169,11 +185,7 @@ impl ClusterShard {
         self.by_id
             .borrow_mut()
             .remove(&(running.topic_id, tp.partition));
-        running.driver.stop();
-        let task = running.task.borrow_mut().take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        stop_driver(tp, &running).await;
         let replica = running.driver.replica().clone();
         if delete {
             if let Err(e) = replica.log().delete().await {
@@ -192,11 +204,7 @@ impl ClusterShard {
         for tp in tps {
             let running = self.replicas.borrow().get(&tp).cloned();
             let Some(running) = running else { continue };
-            running.driver.stop();
-            let task = running.task.borrow_mut().take();
-            if let Some(task) = task {
-                let _ = task.await;
-            }
+            stop_driver(&tp, &running).await;
             match running.driver.replica().close().await {
                 Ok(()) => counts.0 += 1,
                 Err(e) => {

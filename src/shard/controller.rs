@@ -686,6 +686,52 @@ impl Shard {
 }
 
 impl Shard {
+    /// InitProducerId without a transactional id in a cluster (controller only): ids come
+    /// from blocks this broker claims in the metadata log (`Catalog::next_producer_id`), so
+    /// no id is handed out twice across the cluster; a restart claims a new block. An id a
+    /// producer presents (KIP-360) is known if the cluster has handed it out.
+    pub async fn init_producer_id_in_cluster(
+        &self,
+        current: Option<(i64, i16)>,
+    ) -> Result<(i64, i16), i16> {
+        use crate::constants::PRODUCER_ID_BLOCK_SIZE;
+        const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+        match current {
+            Some((id, _)) if id < 0 || id >= self.catalog().next_producer_id => {
+                return Err(INVALID_PRODUCER_ID_MAPPING);
+            }
+            Some((id, epoch)) if epoch < i16::MAX - 1 => return Ok((id, epoch + 1)),
+            _ => {}
+        }
+        let _guard = self.controller_lock.lock().await;
+        let (next, end) = self.cluster_producer_ids.get();
+        if next < end {
+            self.cluster_producer_ids.set((next + 1, end));
+            return Ok((next, 0));
+        }
+        for _ in 0..crate::constants::METADATA_CONFLICT_RETRIES {
+            let mut catalog = self.catalog().snapshot();
+            let start = catalog.next_producer_id;
+            let Some(end) = start.checked_add(PRODUCER_ID_BLOCK_SIZE) else {
+                return Err(ResponseError::UnknownServerError.code());
+            };
+            catalog.next_producer_id = end;
+            match crate::cluster::metadata::publish(self, catalog).await {
+                Ok(()) => {
+                    info!(start, end, "claimed a producer id block");
+                    self.cluster_producer_ids.set((start + 1, end));
+                    return Ok((start, 0));
+                }
+                Err(crate::cluster::metadata::MetadataError::Conflict) => continue,
+                Err(e) => {
+                    warn!(error = %e, "cannot claim a producer id block");
+                    return Err(e.kafka_error().code());
+                }
+            }
+        }
+        Err(ResponseError::NotController.code())
+    }
+
     /// InitProducerId without a transactional id (controller only): a fresh
     /// producer id with epoch 0, or, given the (id, epoch) a producer holds
     /// (KIP-360), the same id with the next epoch. Err is a Kafka error code.

@@ -85,6 +85,8 @@ pub struct Shard {
     pub(crate) controller_lock: futures::lock::Mutex<()>,
     /// Producer id allocator (controller only), loaded on first use.
     pub(crate) producer_ids: RefCell<Option<crate::cluster::producer_ids::ProducerIds>>,
+    /// In a cluster: the producer id block this broker claimed, (next, end) (controller only).
+    pub(crate) cluster_producer_ids: Cell<(i64, i64)>,
     /// Whether the broker is part of a cluster (`seed_servers`).
     cluster_mode: bool,
     /// In a cluster: this shard's replicas and links (set once at start).
@@ -120,6 +122,7 @@ impl Shard {
             groups,
             controller_lock: futures::lock::Mutex::new(()),
             producer_ids: RefCell::new(None),
+            cluster_producer_ids: Cell::new((0, 0)),
             cluster_mode,
             cluster: RefCell::new(None),
             catalog_lock: futures::lock::Mutex::new(()),

@@ -1124,3 +1124,36 @@ pub fn sum_log_field(log: &str, message: &str, field: &str) -> Option<u64> {
     }
     found.then_some(sum)
 }
+
+/// One acks=all Produce of one record to partition 0 of `topic`, straight to `addr` (no client
+/// retries, timeout 3 s): its error code.
+pub fn raw_produce(addr: SocketAddr, topic: &str, value: &str) -> i16 {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    const V: i16 = 9;
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(3_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(record_batch(
+                            (-1, -1, -1),
+                            0,
+                            vec![value.to_string().into()],
+                        ))),
+                ]),
+        ]);
+    let mut s = connect_raw(addr).expect("connect to the broker");
+    std::io::Write::write_all(&mut s, &encode_request(&req, V, 7)).unwrap();
+    let frame = read_frame(&mut s).expect("a Produce response");
+    let mut b = bytes::Bytes::from(frame);
+    // Produce v9 is a flexible version: response header v1.
+    ResponseHeader::decode(&mut b, 1).expect("response header");
+    let r = kafka_protocol::messages::ProduceResponse::decode(&mut b, V).expect("response");
+    r.responses[0].partition_responses[0].error_code
+}

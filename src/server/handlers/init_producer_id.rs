@@ -45,10 +45,13 @@ pub async fn handle(
     };
     let result = ctx
         .shard
-        .invoke_on(
-            CONTROLLER,
-            move |s| async move { s.init_producer_id(current) },
-        )
+        .invoke_on(CONTROLLER, move |s| async move {
+            if s.is_cluster() {
+                s.init_producer_id_in_cluster(current).await
+            } else {
+                s.init_producer_id(current)
+            }
+        })
         .await?;
     Ok(match result {
         Ok((id, epoch)) => {

@@ -198,9 +198,19 @@ pub fn produce_on_owner(
             if let Some(driver) = shard.replica(&tp) {
                 let mode = if acks == -1 { Acks::All } else { Acks::Leader };
                 let log = driver.replica().log().clone();
-                let proposed = (!records.is_empty()).then(|| driver.propose(records, mode));
+                let refused = if acks == -1 {
+                    not_enough_replicas(shard, &tp, driver.replica())
+                } else {
+                    None
+                };
+                let proposed = (refused.is_none() && !records.is_empty())
+                    .then(|| driver.propose(records, mode));
                 return futures::future::Either::Left(async move {
-                    (i, proposal_outcome(&tp, &log, proposed).await)
+                    let outcome = match refused {
+                        Some(o) => o,
+                        None => proposal_outcome(&tp, &log, proposed).await,
+                    };
+                    (i, outcome)
                 });
             }
             let log = shard.partition(&tp);
@@ -231,6 +241,34 @@ pub fn produce_on_owner(
             })
             .collect()
     }
+}
+
+/// acks=all on a leader with fewer in-sync replicas than the topic's `min.insync.replicas`
+/// (default 1): NOT_ENOUGH_REPLICAS, as Kafka answers. Raft's majority commit stays the rule
+/// for acknowledging; this only refuses earlier.
+fn not_enough_replicas(
+    shard: &Shard,
+    tp: &TopicPartition,
+    replica: &crate::replication::Replica,
+) -> Option<PartitionOutcome> {
+    if !replica.is_leader() {
+        return None;
+    }
+    let min: usize = shard
+        .catalog()
+        .get(&tp.topic)
+        .and_then(|m| m.configs.get("min.insync.replicas"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let in_sync = replica.in_sync().len();
+    (in_sync < min).then(|| {
+        PartitionOutcome::error(
+            ResponseError::NotEnoughReplicas,
+            Some(format!(
+                "{in_sync} in-sync replicas, min.insync.replicas is {min}"
+            )),
+        )
+    })
 }
 
 /// One replicated partition's proposal: answered once committed (acks=all: fdatasynced on a
