@@ -209,6 +209,91 @@ mod tests {
         crate::replication::committed_log(d.replica().log()).await
     }
 
+    /// Idempotent producers on a replicated partition: a retry of a committed batch gets its
+    /// original offsets and is not stored twice, a gap in the sequence is refused, a retry of
+    /// a batch not committed yet gets a retriable error; and after the leader stops, the new
+    /// leader (whose producer state came from its log) still recognizes the retry.
+    #[test]
+    fn idempotent_retries_are_deduplicated_across_a_leader_change() {
+        use crate::storage::batch::test_util::encode_idempotent;
+        crate::runtime::block_on_test(|| async {
+            let (net, tasks) = start().await;
+            let first = wait_for_leader(&net, None).await;
+            let ack = |d: &Driver, b: Bytes| {
+                let fut = d.propose(b, Acks::All);
+                async move {
+                    crate::runtime::timeout(Duration::from_secs(5), fut)
+                        .await
+                        .expect("answered within 5 s")
+                }
+            };
+            let a = ack(&first, encode_idempotent(7, 0, 0, 3, 1_000))
+                .await
+                .unwrap();
+            let b = ack(&first, encode_idempotent(7, 0, 3, 2, 1_001))
+                .await
+                .unwrap();
+            // Retries of committed batches: the original offsets, nothing stored.
+            let again = ack(&first, encode_idempotent(7, 0, 0, 3, 1_000))
+                .await
+                .unwrap();
+            assert_eq!(again.base_offset, a.base_offset);
+            let end = first.replica().log().log_end_offset();
+            let again_b = ack(&first, encode_idempotent(7, 0, 3, 2, 1_001))
+                .await
+                .unwrap();
+            assert_eq!(again_b.base_offset, b.base_offset);
+            assert_eq!(
+                first.replica().log().log_end_offset(),
+                end,
+                "a retry is not stored"
+            );
+            // A gap: OUT_OF_ORDER_SEQUENCE_NUMBER.
+            let gap = ack(&first, encode_idempotent(7, 0, 9, 1, 1_002)).await;
+            assert_eq!(gap.unwrap_err().kafka_error_code(), 45);
+            // Two proposals in a row (the second checked against the first, not yet in the
+            // log), then a retry of the second at once: in flight, retriable.
+            let c = first.propose(encode_idempotent(7, 0, 5, 1, 1_003), Acks::All);
+            let d = first.propose(encode_idempotent(7, 0, 6, 1, 1_004), Acks::All);
+            let d_again = first.propose(encode_idempotent(7, 0, 6, 1, 1_004), Acks::All);
+            let c = c.await.unwrap();
+            let d = d.await.unwrap();
+            assert_eq!(d.base_offset.0, c.base_offset.0 + 1);
+            match d_again.await {
+                Ok(info) => assert_eq!(info.base_offset, d.base_offset),
+                Err(e) => assert_eq!(e.kafka_error_code(), 7, "{e}"),
+            }
+            // The leader stops; the new one knows the producer from its log.
+            let old = first.replica().id();
+            first.stop();
+            net.drivers.borrow_mut()[old as usize - 1] = None;
+            let second = wait_for_leader(&net, Some(old)).await;
+            let retry = loop {
+                match ack(&second, encode_idempotent(7, 0, 6, 1, 1_004)).await {
+                    Err(e) if e.kafka_error_code() == 7 => {
+                        crate::runtime::sleep(Duration::from_millis(20)).await
+                    }
+                    other => break other,
+                }
+            };
+            assert_eq!(
+                retry.unwrap().base_offset,
+                d.base_offset,
+                "deduplicated after failover"
+            );
+            let next = ack(&second, encode_idempotent(7, 0, 7, 1, 1_005))
+                .await
+                .unwrap();
+            assert!(next.base_offset.0 > d.base_offset.0);
+            for d in net.drivers.borrow().iter().flatten() {
+                d.stop();
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    }
+
     /// A leader cut off from the others: acks=1 writes are still acknowledged (its own log
     /// has them), acks=all writes are not (it steps down and they fail). The others elect a
     /// leader and take writes; after the cut heals the old leader drops its uncommitted

@@ -14,7 +14,7 @@
 //!   entry may still commit under the next leader, as in Kafka without idempotence).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -26,10 +26,11 @@ use slog::Drain;
 
 use super::entry::{self, EntryError};
 use super::store::{RAFT_STATE_FILE, RaftStateFile, RaftStore};
-use crate::storage::batch;
+use crate::storage::batch::{self, BatchHeader};
 use crate::storage::error::StorageError;
 use crate::storage::io::Env;
 use crate::storage::log::{AppendInfo, LogConfig, PartitionLog};
+use crate::storage::producer_state::{ProducerStateTable, Verdict};
 use crate::types::Offset;
 
 /// Why a replica refused or failed.
@@ -54,14 +55,17 @@ pub enum ReplicaError {
     StateLost(String),
     #[error("replica failed earlier: {0}")]
     Failed(String),
+    #[error("a retry of an idempotent batch that is not committed yet: retry")]
+    DuplicateInFlight,
 }
 
 impl ReplicaError {
     /// The Kafka error code a produce gets.
     pub fn kafka_error_code(&self) -> i16 {
         match self {
-            ReplicaError::NotLeader { .. } => 6, // NOT_LEADER_OR_FOLLOWER
-            ReplicaError::Backpressure => 7,     // REQUEST_TIMED_OUT: the client retries
+            ReplicaError::NotLeader { .. } => 6,  // NOT_LEADER_OR_FOLLOWER
+            ReplicaError::Backpressure => 7,      // REQUEST_TIMED_OUT: the client retries
+            ReplicaError::DuplicateInFlight => 7, // the retry is answered once it committed
             ReplicaError::Storage(e) => e.kafka_error_code(),
             _ => 56, // KAFKA_STORAGE_ERROR
         }
@@ -164,6 +168,10 @@ pub struct Replica {
     outbox: RefCell<Vec<Message>>,
     /// Proposals waiting for the current ready cycle to end, in call order.
     deferred: RefCell<Vec<Deferred>>,
+    /// Idempotent batches this leader proposed that its log does not hold yet, per
+    /// producer (headers with their assigned base offsets): with the log's producer state,
+    /// what a new batch of the producer is checked against.
+    proposed_producers: RefCell<HashMap<i64, Vec<BatchHeader>>>,
     /// (term, vote) last written to `raft-state`.
     persisted: Cell<(u64, u64)>,
     busy: Cell<bool>,
@@ -270,6 +278,7 @@ impl Replica {
             leader_waiters: RefCell::new(BTreeMap::new()),
             outbox: RefCell::new(Vec::new()),
             deferred: RefCell::new(Vec::new()),
+            proposed_producers: RefCell::new(HashMap::new()),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
             log_reads: Cell::new(0),
@@ -408,6 +417,24 @@ impl Replica {
         }
         let term = node.raft.term;
         let base = self.next_offset_of(&node)?;
+        let idempotent = batches.iter().any(|(_, _, h)| h.producer_id >= 0);
+        let Some(first_header) = batches.first().map(|b| b.2) else {
+            return Err(StorageError::InvalidRecord("empty record set".into()).into());
+        };
+        if idempotent {
+            if batches.len() > 1 {
+                return Err(StorageError::InvalidRecord(
+                    "an idempotent produce must carry exactly one record batch per partition"
+                        .into(),
+                )
+                .into());
+            }
+            if let Some(dup) = self.check_producer(&batches[0].2)? {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Ok(dup));
+                return Ok(rx);
+            }
+        }
         // The leader's one copy: offsets and epoch are stamped into its own buffer.
         let mut buf = BytesMut::from(&records[..]);
         let mut next = base;
@@ -446,11 +473,86 @@ impl Replica {
                 info,
                 tx,
             });
+            drop(deferred);
+            if idempotent {
+                self.note_proposed(&first_header, base);
+            }
             return Ok(rx);
         }
         let index = self.step_proposal(&mut node, entries)?;
+        if idempotent {
+            self.note_proposed(&first_header, base);
+        }
         self.wait_for(index, acks, Waiter { term, info, tx });
         Ok(rx)
+    }
+
+    /// Check an idempotent batch as Kafka's leader does, against what this leader proposed
+    /// and its log does not hold yet, then the log's producer state. `Ok(Some(info))`: a retry
+    /// of a committed batch, answered with the original's offsets; a retry of one not
+    /// committed yet is refused with a retriable error (the client retries, and the retry
+    /// finds it committed).
+    fn check_producer(&self, h: &BatchHeader) -> Result<Option<AppendInfo>, ReplicaError> {
+        let proposed = self.proposed_producers.borrow();
+        if let Some(pending) = proposed.get(&h.producer_id).filter(|p| !p.is_empty()) {
+            let mut t = ProducerStateTable::default();
+            for p in pending {
+                t.update(p);
+            }
+            match t.check(h) {
+                Ok(Verdict::Append) => return Ok(None),
+                Ok(Verdict::Duplicate(_)) => return Err(ReplicaError::DuplicateInFlight),
+                // An older batch may be in the log already: the log decides below.
+                Err(e) => {
+                    if let Ok(Verdict::Duplicate(d)) = self.log.check_producer(h) {
+                        return self.committed_duplicate(d);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        match self.log.check_producer(h)? {
+            Verdict::Append => Ok(None),
+            Verdict::Duplicate(d) => self.committed_duplicate(d),
+        }
+    }
+
+    fn committed_duplicate(
+        &self,
+        d: crate::storage::producer_state::BatchMeta,
+    ) -> Result<Option<AppendInfo>, ReplicaError> {
+        if d.last_offset() >= self.log.high_watermark().get() {
+            return Err(ReplicaError::DuplicateInFlight);
+        }
+        Ok(Some(AppendInfo {
+            base_offset: Offset(d.base_offset),
+            last_offset: Offset(d.last_offset()),
+            log_start_offset: self.log.log_start_offset(),
+            log_append_time_ms: -1,
+            generation: 0,
+        }))
+    }
+
+    /// Remember an idempotent batch proposed at `base` until the log holds it.
+    fn note_proposed(&self, h: &BatchHeader, base: i64) {
+        self.proposed_producers
+            .borrow_mut()
+            .entry(h.producer_id)
+            .or_default()
+            .push(BatchHeader {
+                base_offset: base,
+                ..*h
+            });
+    }
+
+    /// Forget proposed batches the log now holds (below `log_end`), or, with `from`, the
+    /// ones at or above it (proposals that failed).
+    fn forget_proposed(&self, keep: impl Fn(i64) -> bool) {
+        let mut proposed = self.proposed_producers.borrow_mut();
+        for v in proposed.values_mut() {
+            v.retain(|h| keep(h.base_offset));
+        }
+        proposed.retain(|_, v| !v.is_empty());
     }
 
     fn wait_for(&self, index: u64, acks: Acks, w: Waiter) {
@@ -499,6 +601,8 @@ impl Replica {
                 continue;
             }
             if node.raft.state != StateRole::Leader || node.raft.term != d.term {
+                let from = d.info.base_offset.get();
+                self.forget_proposed(|b| b < from);
                 let id = node.raft.leader_id;
                 let _ = d.tx.send(Err(ReplicaError::NotLeader {
                     leader: (id != raft::INVALID_ID && id != self.id).then_some(id),
@@ -517,6 +621,8 @@ impl Replica {
                     },
                 ),
                 Err(e) => {
+                    let from = d.info.base_offset.get();
+                    self.forget_proposed(|b| b < from);
                     let again = match &e {
                         ReplicaError::Backpressure => ReplicaError::Backpressure,
                         _ => ReplicaError::NotLeader { leader: None },
@@ -682,6 +788,9 @@ impl Replica {
         for p in pending {
             last = Some(p.await?);
         }
+        // The log's producer state has these batches now.
+        let end = self.log.log_end_offset().get();
+        self.forget_proposed(|b| b >= end);
         if let Some(info) = last {
             self.log.wait_durable(&info).await?;
         }
@@ -746,6 +855,9 @@ impl Replica {
             let n = self.node.borrow();
             (n.raft.state == StateRole::Leader, n.raft.term)
         };
+        if !leading {
+            self.proposed_producers.borrow_mut().clear();
+        }
         let leader = self.leader();
         for waiters in [&self.waiters, &self.leader_waiters] {
             let mut waiters = waiters.borrow_mut();

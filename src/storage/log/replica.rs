@@ -129,6 +129,16 @@ impl PartitionLog {
         self.state.borrow().generation
     }
 
+    /// A replicated partition's leader checking an idempotent batch against the producer
+    /// state of what its log holds (Append, or Duplicate with the original's offsets), as
+    /// [`PartitionLog::append`] does for a local partition.
+    pub fn check_producer(
+        &self,
+        h: &crate::storage::batch::BatchHeader,
+    ) -> Result<crate::storage::producer_state::Verdict, StorageError> {
+        self.state.borrow().producers.check(h)
+    }
+
     /// The leader-epoch cache, oldest first.
     pub fn leader_epochs(&self) -> Vec<EpochEntry> {
         self.state.borrow().epochs.entries().to_vec()
