@@ -83,14 +83,19 @@ impl Cluster {
     }
 }
 
-/// (partition → leader) of `topic` as `bootstrap` reports it, once every partition has one
-/// and the cluster lists `brokers` brokers.
-fn wait_for_leaders(bootstrap: &str, topic: &str, brokers: usize) -> BTreeMap<i32, i32> {
-    let client: rdkafka::producer::BaseProducer = ClientConfig::new()
+/// A client for Metadata requests only.
+fn metadata_client(bootstrap: &str) -> rdkafka::producer::BaseProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "3")
         .create()
-        .expect("metadata client");
+        .expect("metadata client")
+}
+
+/// (partition → leader) of `topic` as `bootstrap` reports it, once every partition has one
+/// and the cluster lists `brokers` brokers.
+fn wait_for_leaders(bootstrap: &str, topic: &str, brokers: usize) -> BTreeMap<i32, i32> {
+    let client = metadata_client(bootstrap);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -125,11 +130,10 @@ fn wait_for_leaders(bootstrap: &str, topic: &str, brokers: usize) -> BTreeMap<i3
     panic!("no leader for every partition of {topic} within 30 s: {last}");
 }
 
-/// `sluice cluster status` against `bootstrap` (any of its brokers).
-fn cluster_status(bootstrap: &str) -> String {
-    let first = bootstrap.split(',').next().unwrap();
+/// `sluice cluster status` against the broker at `addr`.
+fn cluster_status(addr: &str) -> String {
     let out = run_with_timeout(
-        Command::new(env!("CARGO_BIN_EXE_sluice")).args(["cluster", "status", "-b", first]),
+        Command::new(env!("CARGO_BIN_EXE_sluice")).args(["cluster", "status", "-b", addr]),
         b"",
         Duration::from_secs(30),
     );
@@ -139,11 +143,7 @@ fn cluster_status(bootstrap: &str) -> String {
 
 /// The leader of partition 0 of `topic`, once there is one.
 fn wait_for_partition_leader(bootstrap: &str, topic: &str) -> i32 {
-    let client: rdkafka::producer::BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()
-        .expect("metadata client");
+    let client = metadata_client(bootstrap);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(md) = client
@@ -161,11 +161,7 @@ fn wait_for_partition_leader(bootstrap: &str, topic: &str) -> i32 {
 
 /// Wait until the cluster lists `n` brokers (they register through the metadata log).
 fn wait_for_brokers(bootstrap: &str, n: usize) {
-    let client: rdkafka::producer::BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()
-        .expect("metadata client");
+    let client = metadata_client(bootstrap);
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(md) = client.client().fetch_metadata(None, Duration::from_secs(5))

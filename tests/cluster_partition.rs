@@ -112,57 +112,31 @@ impl Net {
     /// Drop traffic between `node` and every other broker, both ways (the client still
     /// reaches it).
     fn isolate(&self, node: usize) -> Result<(), String> {
-        for other in (1..=3).filter(|&o| o != node) {
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns(node),
-                "ip",
-                "route",
-                "add",
-                "blackhole",
-                &format!("{}/32", self.ip(other)),
-            ])?;
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns(other),
-                "ip",
-                "route",
-                "add",
-                "blackhole",
-                &format!("{}/32", self.ip(node)),
-            ])?;
-        }
-        Ok(())
+        self.blackhole(node, "add")
     }
 
     fn heal(&self, node: usize) -> Result<(), String> {
+        self.blackhole(node, "del")
+    }
+
+    /// Add or delete (`op`) blackhole routes between `node` and each other broker, both ways.
+    fn blackhole(&self, node: usize, op: &str) -> Result<(), String> {
         for other in (1..=3).filter(|&o| o != node) {
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns(node),
-                "ip",
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.ip(other)),
-            ])?;
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns(other),
-                "ip",
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.ip(node)),
-            ])?;
+            for (at, to) in [(node, other), (other, node)] {
+                let ns = self.ns(at);
+                let dst = format!("{}/32", self.ip(to));
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns,
+                    "ip",
+                    "route",
+                    op,
+                    "blackhole",
+                    &dst,
+                ])?;
+            }
         }
         Ok(())
     }

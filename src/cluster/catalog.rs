@@ -155,39 +155,35 @@ impl Catalog {
 
     /// Load the catalog, or create an empty one with a fresh cluster id.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, CatalogError> {
-        let path = Self::file_path(data_dir);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let mut c: Catalog = serde_json::from_slice(&bytes)
-                    .map_err(|source| CatalogError::Parse { path, source })?;
-                c.reindex();
-                Ok(c)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let c = Catalog {
-                    cluster_id: Uuid::new_v4().simple().to_string(),
-                    ..Default::default()
-                };
-                c.save(data_dir)?;
-                Ok(c)
-            }
-            Err(source) => Err(CatalogError::Io { path, source }),
+        if let Some(c) = Self::load(data_dir)? {
+            return Ok(c);
         }
+        let c = Catalog {
+            cluster_id: Uuid::new_v4().simple().to_string(),
+            ..Default::default()
+        };
+        c.save(data_dir)?;
+        Ok(c)
     }
 
     /// The catalog file if there is one, else an empty catalog at version 0 (a cluster
     /// member's starting point before it applied anything of the metadata log; nothing is
     /// written).
     pub fn load_cached(data_dir: &Path) -> Result<Self, CatalogError> {
+        Ok(Self::load(data_dir)?.unwrap_or_default())
+    }
+
+    /// The catalog file, or None if there is none.
+    fn load(data_dir: &Path) -> Result<Option<Self>, CatalogError> {
         let path = Self::file_path(data_dir);
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let mut c: Catalog = serde_json::from_slice(&bytes)
                     .map_err(|source| CatalogError::Parse { path, source })?;
                 c.reindex();
-                Ok(c)
+                Ok(Some(c))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(CatalogError::Io { path, source }),
         }
     }

@@ -168,6 +168,8 @@ pub struct Replica {
     outbox: RefCell<Vec<Message>>,
     /// Proposals waiting for the current ready cycle to end, in call order.
     deferred: RefCell<Vec<Deferred>>,
+    /// How many proposals were deferred so, since the replica opened.
+    deferred_total: Cell<u64>,
     /// Idempotent batches this leader proposed that its log does not hold yet, per
     /// producer (headers with their assigned base offsets): with the log's producer state,
     /// what a new batch of the producer is checked against.
@@ -278,6 +280,7 @@ impl Replica {
             leader_waiters: RefCell::new(BTreeMap::new()),
             outbox: RefCell::new(Vec::new()),
             deferred: RefCell::new(Vec::new()),
+            deferred_total: Cell::new(0),
             proposed_producers: RefCell::new(HashMap::new()),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
@@ -341,6 +344,11 @@ impl Replica {
     /// How many times entries were read back from the log for a lagging follower.
     pub fn log_reads(&self) -> u64 {
         self.log_reads.get()
+    }
+
+    /// How many proposals arrived inside a ready cycle and were deferred to its end.
+    pub fn deferred_proposals(&self) -> u64 {
+        self.deferred_total.get()
     }
 
     /// Whether Raft has work for [`Replica::process_ready`].
@@ -429,7 +437,7 @@ impl Replica {
                 )
                 .into());
             }
-            if let Some(dup) = self.check_producer(&batches[0].2)? {
+            if let Some(dup) = self.check_producer(&node, &first_header)? {
                 let (tx, rx) = oneshot::channel();
                 let _ = tx.send(Ok(dup));
                 return Ok(rx);
@@ -474,6 +482,7 @@ impl Replica {
                 tx,
             });
             drop(deferred);
+            self.deferred_total.set(self.deferred_total.get() + 1);
             if idempotent {
                 self.note_proposed(&first_header, base);
             }
@@ -492,11 +501,30 @@ impl Replica {
     /// of a committed batch, answered with the original's offsets; a retry of one not
     /// committed yet is refused with a retriable error (the client retries, and the retry
     /// finds it committed).
-    fn check_producer(&self, h: &BatchHeader) -> Result<Option<AppendInfo>, ReplicaError> {
-        let proposed = self.proposed_producers.borrow();
-        if let Some(pending) = proposed.get(&h.producer_id).filter(|p| !p.is_empty()) {
+    fn check_producer(
+        &self,
+        node: &RawNode<RaftStore>,
+        h: &BatchHeader,
+    ) -> Result<Option<AppendInfo>, ReplicaError> {
+        // Not in the log yet: the entries of Raft's log this replica has not persisted (a new
+        // leader may hold a previous leader's entries there), then what this leader proposed
+        // since (deferred ones included), in log order.
+        let mut pending: Vec<BatchHeader> = node
+            .raft
+            .raft_log
+            .unstable
+            .entries
+            .iter()
+            .filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty())
+            .filter_map(|e| BatchHeader::parse(&e.data).ok())
+            .filter(|b| b.producer_id == h.producer_id)
+            .collect();
+        if let Some(p) = self.proposed_producers.borrow().get(&h.producer_id) {
+            pending.extend(p.iter().copied());
+        }
+        if !pending.is_empty() {
             let mut t = ProducerStateTable::default();
-            for p in pending {
+            for p in &pending {
                 t.update(p);
             }
             match t.check(h) {

@@ -10,12 +10,20 @@
 //!   acknowledged with, with the bytes it was proposed with (but for the base offset and
 //!   epoch, which the leader stamps);
 //! - leader epochs never go down along the log;
-//! - a running replica's high watermark (what consumers may read) never goes back.
+//! - a running replica's high watermark (what consumers may read) never goes back;
+//! - idempotent producers (a third of the proposals, from three producers that retry a batch
+//!   until it is acknowledged, and now and then send an acknowledged batch again): a batch is
+//!   stored once, every acknowledgement of it names the same offsets, and each producer's
+//!   sequences follow one another in the log.
+//!
+//! Some proposals are made while the leader is inside its ready cycle (between raft-rs's
+//! `ready` and `advance`, waiting for its fdatasync), as a produce arriving then is: they take
+//! the replica's deferred path.
 //!
 //! `SLUICE_RAFT_SIM_SEEDS=N` runs N seeds (a soak); `SLUICE_RAFT_SIM_SEED=S` replays one. A
 //! failing seed prints the command that replays it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -26,7 +34,10 @@ use raft::eraftpb::Message;
 
 use super::replica::{Replica, ReplicaConfig};
 use super::wire;
-use crate::storage::batch::{self, test_util::encode_batch};
+use crate::storage::batch::{
+    self,
+    test_util::{encode_batch, encode_idempotent},
+};
 use crate::storage::io::{Env, ManualClock, SyncScope};
 use crate::storage::log::LogConfig;
 use crate::storage::sim::{Faults, SimDisk, SimRng};
@@ -84,7 +95,27 @@ struct Acked {
     base: i64,
     last: i64,
     records: Bytes,
+    /// (producer id, base sequence) of an idempotent batch.
+    producer: Option<(i64, i32)>,
 }
+
+/// An idempotent producer: one batch in flight at a time, retried until acknowledged.
+#[derive(Default)]
+struct Producer {
+    next_seq: Rc<Cell<i32>>,
+    in_flight: Rc<Cell<bool>>,
+    /// A batch that failed, to send again: (base sequence, records).
+    retry: Rc<RefCell<Option<(i32, Bytes)>>>,
+    /// The last acknowledged batch, sent again now and then (a late retry).
+    last_acked: Rc<RefCell<Option<(i32, Bytes)>>>,
+}
+
+const PRODUCERS: i64 = 3;
+/// The simulated wall clock's start (ms since the epoch).
+const CLOCK_START_MS: i64 = 1_700_000_000_000;
+
+/// A batch to propose, and (producer id, base sequence) if it is idempotent.
+type Proposal = (Bytes, Option<(i64, i32)>);
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Stats {
@@ -92,6 +123,10 @@ struct Stats {
     terms: u64,
     crashes: u64,
     log_reads: u64,
+    /// Proposals that took the replica's deferred path (made inside a ready cycle).
+    deferred: u64,
+    /// Distinct idempotent batches acknowledged.
+    idempotent: u64,
 }
 
 struct Sim {
@@ -109,6 +144,12 @@ struct Sim {
     next_payload: i64,
     crashes: u64,
     log_reads: u64,
+    producers: Vec<Producer>,
+    /// Proposals made inside a leader's ready cycle.
+    deferred_proposals: u64,
+    /// Refusals an idempotent producer that retries in order must never get (a sequence gap,
+    /// a stale epoch): (producer id, sequence, error).
+    refused: Rc<RefCell<Vec<(i64, i32, String)>>>,
 }
 
 /// One message in a frame of its own, as a broker would send it.
@@ -133,7 +174,7 @@ fn dir() -> PathBuf {
 
 impl Sim {
     async fn new(seed: u64) -> Sim {
-        let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+        let clock = Rc::new(ManualClock::new(CLOCK_START_MS));
         let mut nodes = Vec::new();
         for id in 1..=NODES {
             let disk = SimDisk::new(seed.wrapping_mul(31).wrapping_add(id), Faults::default());
@@ -169,6 +210,9 @@ impl Sim {
             next_payload: 0,
             crashes: 0,
             log_reads: 0,
+            producers: (0..PRODUCERS).map(|_| Producer::default()).collect(),
+            deferred_proposals: 0,
+            refused: Rc::default(),
         }
     }
 
@@ -186,7 +230,27 @@ impl Sim {
     async fn settle(&mut self) {
         for i in self.up() {
             let r = self.nodes[i].replica.clone().expect("up");
-            if let Err(e) = r.process_ready().await {
+            // Now and then a produce arrives while the leader is inside its ready cycle.
+            let during = if r.is_leader() && r.has_ready() && self.rng.chance(0.3) {
+                self.next_proposal()
+            } else {
+                None
+            };
+            let ready = match during {
+                Some(p) => {
+                    // The proposal's future (not awaited here) is handed to `track`.
+                    let mut proposed = None;
+                    let (ready, ()) = futures::join!(r.process_ready(), async {
+                        futures_lite::future::yield_now().await;
+                        proposed = Some(r.propose(p.0.clone()));
+                    });
+                    let fut = proposed.expect("proposed");
+                    self.track(fut, p);
+                    ready
+                }
+                None => r.process_ready().await,
+            };
+            if let Err(e) = ready {
                 panic!("seed {}: node {}: {e}", self.seed, self.nodes[i].id);
             }
             for msg in r.take_messages() {
@@ -259,18 +323,97 @@ impl Sim {
         else {
             return;
         };
+        let Some(p) = self.next_proposal() else {
+            return;
+        };
+        let fut = r.propose(p.0.clone());
+        self.track(fut, p);
+    }
+
+    /// The next batch to propose: a plain one, or one of an idempotent producer (its retry,
+    /// a late copy of its last acknowledged batch, or its next batch). None when the chosen
+    /// producer has a batch in flight.
+    fn next_proposal(&mut self) -> Option<Proposal> {
         let count = 1 + self.rng.below(4) as usize;
         self.next_payload += 1;
-        // Unique timestamps tell every proposal apart.
-        let records = encode_batch(0, count, self.next_payload * 100, 24);
-        let fut = r.propose(records.clone());
+        // Unique timestamps tell every new batch apart; retries keep their bytes.
+        let ts = self.next_payload * 100;
+        if !self.rng.chance(0.33) {
+            return Some((encode_batch(0, count, ts, 24), None));
+        }
+        let pid = self.rng.below(PRODUCERS as u64) as i64;
+        let late = self.rng.chance(0.1);
+        let prod = &self.producers[pid as usize];
+        if prod.in_flight.get() {
+            return None;
+        }
+        let (seq, records) = match prod.retry.borrow_mut().take() {
+            Some(r) => r,
+            None if late && prod.last_acked.borrow().is_some() => {
+                prod.last_acked.borrow().clone().expect("checked")
+            }
+            None => {
+                let seq = prod.next_seq.get();
+                // Timestamps near the simulated clock: producer state expires by batch age.
+                (
+                    seq,
+                    encode_idempotent(pid, 0, seq, count, CLOCK_START_MS + ts),
+                )
+            }
+        };
+        prod.in_flight.set(true);
+        Some((records, Some((pid, seq))))
+    }
+
+    /// Record the proposal's acknowledgement when it comes; an idempotent producer retries a
+    /// failed batch and moves on after an acknowledged one.
+    fn track(
+        &self,
+        fut: impl std::future::Future<
+            Output = Result<crate::storage::log::AppendInfo, super::ReplicaError>,
+        > + 'static,
+        (records, producer): Proposal,
+    ) {
         let acked = self.acked.clone();
+        let refused = self.refused.clone();
+        let prod = producer.map(|(pid, _)| {
+            let p = &self.producers[pid as usize];
+            (
+                p.next_seq.clone(),
+                p.in_flight.clone(),
+                p.retry.clone(),
+                p.last_acked.clone(),
+            )
+        });
         crate::runtime::spawn_detached(async move {
-            if let Ok(info) = fut.await {
+            let out = fut.await;
+            if let (Some((_, seq)), Some((next_seq, in_flight, retry, last_acked))) =
+                (producer, &prod)
+            {
+                in_flight.set(false);
+                match &out {
+                    Ok(info) => {
+                        let count = (info.last_offset.0 - info.base_offset.0 + 1) as i32;
+                        if seq == next_seq.get() {
+                            next_seq.set(seq + count);
+                        }
+                        *last_acked.borrow_mut() = Some((seq, records.clone()));
+                    }
+                    Err(e) => {
+                        if matches!(e.kafka_error_code(), 45 | 47) {
+                            let pid = producer.map_or(-1, |p| p.0);
+                            refused.borrow_mut().push((pid, seq, e.to_string()));
+                        }
+                        *retry.borrow_mut() = Some((seq, records.clone()));
+                    }
+                }
+            }
+            if let Ok(info) = out {
                 acked.borrow_mut().push(Acked {
                     base: info.base_offset.0,
                     last: info.last_offset.0,
                     records,
+                    producer,
                 });
             }
         });
@@ -286,6 +429,7 @@ impl Sim {
         node.disk.crash();
         if let Some(r) = node.replica.take() {
             self.log_reads += r.log_reads();
+            self.deferred_proposals += r.deferred_proposals();
         }
         node.down_for = 20 + self.rng.below(200);
         self.crashes += 1;
@@ -432,7 +576,30 @@ impl Sim {
         }
         let acked = self.acked.borrow();
         let mut timestamps = BTreeSet::new();
+        assert!(
+            self.refused.borrow().is_empty(),
+            "seed {seed}: an in-order idempotent producer was refused: {:?}",
+            self.refused.borrow()
+        );
+        // Every acknowledgement of one idempotent batch names the same offsets.
+        let mut idempotent: BTreeMap<(i64, i32), (i64, i64)> = BTreeMap::new();
         for a in acked.iter() {
+            if let Some(key) = a.producer {
+                let first = *idempotent.entry(key).or_insert((a.base, a.last));
+                assert_eq!(
+                    first,
+                    (a.base, a.last),
+                    "seed {seed}: producer {} sequence {} acknowledged at two places",
+                    key.0,
+                    key.1
+                );
+            }
+        }
+        let mut counted = BTreeSet::new();
+        for a in acked.iter() {
+            if a.producer.is_some() && !counted.insert(a.producer) {
+                continue; // a retry acknowledged with the original's offsets, checked above
+            }
             let stored = by_base.get(&a.base).unwrap_or_else(|| {
                 panic!(
                     "seed {seed}: acknowledged batch at {} is not in the log (high watermark {hw0})",
@@ -458,18 +625,36 @@ impl Sim {
                 "seed {seed}: a proposal acknowledged twice"
             );
         }
-        // Each proposal is in the log at most once.
-        let mut seen = BTreeSet::new();
+        // Each proposal is in the log at most once; an idempotent producer's sequences
+        // follow one another.
+        let mut seen: BTreeMap<i64, (i64, i32)> = BTreeMap::new();
+        let mut next_seq: BTreeMap<i64, i32> = BTreeMap::new();
         for b in by_base.values() {
             let h = batch::BatchHeader::parse(b).expect("parse");
-            if h.attributes & batch::ATTR_CONTROL == 0 {
-                assert!(
-                    seen.insert(h.base_timestamp),
-                    "seed {seed}: a proposal stored twice"
+            if h.attributes & batch::ATTR_CONTROL == 0
+                && let Some((at, epoch)) =
+                    seen.insert(h.base_timestamp, (h.base_offset, h.partition_leader_epoch))
+            {
+                panic!(
+                    "seed {seed}: a proposal stored twice (producer {}, sequence {}): at {at} \
+                     (epoch {epoch}) and at {} (epoch {})",
+                    h.producer_id, h.base_sequence, h.base_offset, h.partition_leader_epoch
                 );
             }
+            if h.producer_id >= 0 {
+                let want = next_seq.entry(h.producer_id).or_insert(0);
+                assert_eq!(
+                    h.base_sequence, *want,
+                    "seed {seed}: producer {}'s sequence at offset {}",
+                    h.producer_id, h.base_offset
+                );
+                *want = h.base_sequence + h.last_offset_delta + 1;
+            }
         }
+        let live = || self.nodes.iter().filter_map(|n| n.replica.as_ref());
         Stats {
+            deferred: self.deferred_proposals + live().map(|r| r.deferred_proposals()).sum::<u64>(),
+            idempotent: idempotent.len() as u64,
             acked: acked.len() as u64,
             terms: self.leaders.len() as u64,
             crashes: self.crashes,
@@ -514,6 +699,8 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
                 total.terms += s.terms;
                 total.crashes += s.crashes;
                 total.log_reads += s.log_reads;
+                total.deferred += s.deferred;
+                total.idempotent += s.idempotent;
             }
             Err(_) => panic!(
                 "raft simulation failed at seed {seed}; replay it with: \
@@ -523,15 +710,19 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
         }
     }
     eprintln!(
-        "raft simulation: {} acknowledged proposals, {} terms with a leader, {} crashes, \
-         {} catch-up reads of a log",
-        total.acked, total.terms, total.crashes, total.log_reads
+        "raft simulation: {} acknowledged proposals ({} idempotent batches), {} deferred \
+         proposals, {} terms with a leader, {} crashes, {} catch-up reads of a log",
+        total.acked, total.idempotent, total.deferred, total.terms, total.crashes, total.log_reads
     );
     assert!(
         total.acked > 0,
         "nothing was acknowledged: the run tested nothing"
     );
     assert!(total.crashes > 0 && total.terms > 1 && total.log_reads > 0);
+    assert!(
+        total.deferred > 0 && total.idempotent > 0,
+        "the deferred and idempotent paths were exercised"
+    );
 }
 
 /// A replica whose `raft-state` is gone (a wiped disk) is refused, unless it is being created:

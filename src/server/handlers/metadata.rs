@@ -204,15 +204,10 @@ impl ClusterView {
         let partitions = (0..meta.partitions)
             .map(|p| {
                 let tp = TopicPartition::new(meta.name.clone(), p);
-                let out = MetadataResponsePartition::default().with_partition_index(p);
                 if !meta.is_replicated() {
-                    let node = designated_broker(&self.catalog, p);
-                    return out
-                        .with_leader_id(BrokerId(node))
-                        .with_leader_epoch(0)
-                        .with_replica_nodes(vec![BrokerId(node)])
-                        .with_isr_nodes(vec![BrokerId(node)]);
+                    return single_replica(p, designated_broker(&self.catalog, p));
                 }
+                let out = MetadataResponsePartition::default().with_partition_index(p);
                 let replicas: Vec<BrokerId> =
                     meta.replicas_of(p).iter().map(|&b| BrokerId(b)).collect();
                 let local = self.leaders.get(&tp);
@@ -234,11 +229,7 @@ impl ClusterView {
                 }
             })
             .collect();
-        MetadataResponseTopic::default()
-            .with_name(Some(TopicName(str_bytes(meta.name.clone()))))
-            .with_topic_id(meta.id)
-            .with_is_internal(meta.name.starts_with("__"))
-            .with_partitions(partitions)
+        topic_with(meta, partitions)
     }
 }
 
@@ -254,21 +245,34 @@ pub fn designated_broker(catalog: &crate::cluster::catalog::Catalog, p: i32) -> 
     ids[p.max(0) as usize % ids.len()]
 }
 
-/// A topic's metadata: a single broker, `node`, leads every partition.
-fn topic_entry(meta: &TopicMeta, node: i32) -> MetadataResponseTopic {
-    let partitions = (0..meta.partitions)
-        .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(BrokerId(node))
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![BrokerId(node)])
-                .with_isr_nodes(vec![BrokerId(node)])
-        })
-        .collect();
+/// Partition `p` led by `node`, its only replica, at epoch 0.
+fn single_replica(p: i32, node: i32) -> MetadataResponsePartition {
+    MetadataResponsePartition::default()
+        .with_partition_index(p)
+        .with_leader_id(BrokerId(node))
+        .with_leader_epoch(0)
+        .with_replica_nodes(vec![BrokerId(node)])
+        .with_isr_nodes(vec![BrokerId(node)])
+}
+
+/// A topic's entry with its partitions.
+fn topic_with(
+    meta: &TopicMeta,
+    partitions: Vec<MetadataResponsePartition>,
+) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(meta.name.clone()))))
         .with_topic_id(meta.id)
         .with_is_internal(meta.name.starts_with("__"))
         .with_partitions(partitions)
+}
+
+/// A topic's metadata: a single broker, `node`, leads every partition.
+fn topic_entry(meta: &TopicMeta, node: i32) -> MetadataResponseTopic {
+    topic_with(
+        meta,
+        (0..meta.partitions)
+            .map(|p| single_replica(p, node))
+            .collect(),
+    )
 }
