@@ -45,7 +45,6 @@ impl Cluster {
             .map(|(i, &n)| {
                 Broker::start_with(BrokerOptions {
                     shards: Some(n),
-                    metrics_listen: Some(String::new()),
                     extra_args: vec![
                         "--node-id".into(),
                         (i + 1).to_string(),
@@ -451,6 +450,43 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
     acked.extend(a);
     cluster.node(victim).restart();
     idempotent.flush(Duration::from_secs(10)).expect("flush");
+
+    // Raft on /metrics: every broker reports its replicas (the metadata log's included),
+    // the ones it leads, elections, and the replicated partitions' high watermarks.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut leaders_total = 0.0;
+        for node in 1..=3 {
+            let (status, _, body) = cluster.node(node).scrape("/metrics");
+            assert_eq!(status, 200);
+            let value = |name: &str| -> f64 {
+                body.lines()
+                    .filter(|l| l.starts_with(name))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            assert!(
+                value("sluice_raft_replicas{") >= 4.0,
+                "node {node}: 3 partitions and the metadata log\n{body}"
+            );
+            leaders_total += value("sluice_raft_leaders{");
+            assert!(value("sluice_raft_leader_elections_total{") >= 0.0);
+            assert!(
+                body.lines()
+                    .any(|l| l.starts_with("sluice_partition_high_watermark{")
+                        && l.contains(&format!("topic=\"{topic}\""))),
+                "node {node}: replicated partitions on /metrics"
+            );
+        }
+        if leaders_total >= 4.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "each of the 3 partitions and the metadata log has a leader somewhere ({leaders_total})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Checker 1: every acknowledged record is where it was acknowledged, read from leaders.
     let seen = read_all(&bootstrap, topic);

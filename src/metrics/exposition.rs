@@ -307,6 +307,58 @@ impl Collector for Scrape {
                 .iter()
                 .map(|s| (shard_label(s), s.requests_in_flight as u64)),
         )?;
+        let raft = |f: fn(&super::RaftSnapshot) -> u64| {
+            shards.iter().map(move |s| (shard_label(s), f(&s.raft)))
+        };
+        gauge(
+            &mut e,
+            "sluice_raft_replicas",
+            "Replicas of replicated partitions (and of the cluster metadata log) on the shard",
+            None,
+            raft(|r| r.replicas),
+        )?;
+        gauge(
+            &mut e,
+            "sluice_raft_leaders",
+            "Replicas on the shard that lead their Raft group",
+            None,
+            raft(|r| r.leaders),
+        )?;
+        gauge(
+            &mut e,
+            "sluice_raft_follower_lag_entries",
+            "Over the groups the shard leads: Raft entries the slowest follower does not have yet",
+            None,
+            raft(|r| r.follower_lag_entries),
+        )?;
+        counter(
+            &mut e,
+            "sluice_raft_leader_elections",
+            "Times the shard's replicas became leader of their group",
+            None,
+            raft(|r| r.leader_elections),
+        )?;
+        counter(
+            &mut e,
+            "sluice_raft_deferred_proposals",
+            "Proposals that arrived while their replica was inside a Raft ready cycle",
+            None,
+            raft(|r| r.deferred_proposals),
+        )?;
+        counter(
+            &mut e,
+            "sluice_rpc_messages_sent",
+            "Raft messages sent to other brokers",
+            None,
+            raft(|r| r.rpc_sent),
+        )?;
+        counter(
+            &mut e,
+            "sluice_rpc_messages_dropped",
+            "Raft messages dropped (a full queue, a peer that cannot be reached)",
+            None,
+            raft(|r| r.rpc_dropped),
+        )?;
         let per_partition = || {
             shards.iter().flat_map(|s| {
                 s.partitions.iter().map(move |p| {

@@ -338,6 +338,23 @@ pub struct PeerSnapshot {
     pub outstanding: u64,
 }
 
+/// A shard's replication in a cluster (all zero on a one-node broker).
+#[derive(Debug, Clone, Default)]
+pub struct RaftSnapshot {
+    /// Replicas on the shard (the metadata log's included), and those leading their group.
+    pub replicas: u64,
+    pub leaders: u64,
+    /// Times the shard's replicas became leader, since they opened.
+    pub leader_elections: u64,
+    /// Over the groups the shard leads: entries the slowest follower does not have yet.
+    pub follower_lag_entries: u64,
+    /// Proposals deferred to the end of a ready cycle.
+    pub deferred_proposals: u64,
+    /// Raft messages sent to other brokers, and dropped (full queue, peer unreachable).
+    pub rpc_sent: u64,
+    pub rpc_dropped: u64,
+}
+
 /// Everything one shard reports on a scrape: a plain `Send` value.
 #[derive(Debug, Clone)]
 pub struct ShardSnapshot {
@@ -355,6 +372,7 @@ pub struct ShardSnapshot {
     pub requests_in_flight: usize,
     pub partitions: Vec<PartitionSnapshot>,
     pub committed: Vec<CommittedSnapshot>,
+    pub raft: RaftSnapshot,
 }
 
 /// This thread's counters, with empty shard-owned parts (see [`snapshot`]).
@@ -394,6 +412,7 @@ pub fn local_snapshot(shard: usize) -> ShardSnapshot {
         requests_in_flight: 0,
         partitions: Vec::new(),
         committed: Vec::new(),
+        raft: RaftSnapshot::default(),
     })
 }
 
@@ -416,6 +435,28 @@ pub fn snapshot(shard: &Rc<Shard>) -> ShardSnapshot {
             partition: tp.partition,
         })
         .collect();
+    if let Some(cluster) = shard.cluster() {
+        for (tp, driver) in cluster.replicas() {
+            let r = driver.replica();
+            let log = r.log();
+            s.partitions.push(PartitionSnapshot {
+                size_bytes: log.size_bytes(),
+                log_start_offset: log.log_start_offset().get(),
+                high_watermark: log.high_watermark().get(),
+                log_end_offset: log.log_end_offset().get(),
+                topic: tp.topic,
+                partition: tp.partition,
+            });
+            s.raft.replicas += 1;
+            s.raft.leaders += u64::from(r.is_leader());
+            s.raft.leader_elections += r.elections_won();
+            s.raft.follower_lag_entries += r.follower_lag();
+            s.raft.deferred_proposals += r.deferred_proposals();
+        }
+        let (dropped, sent) = cluster.links.counts();
+        s.raft.rpc_sent = sent;
+        s.raft.rpc_dropped = dropped;
+    }
     s.partitions
         .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     for g in shard.groups.list() {

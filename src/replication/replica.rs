@@ -170,6 +170,8 @@ pub struct Replica {
     deferred: RefCell<Vec<Deferred>>,
     /// How many proposals were deferred so, since the replica opened.
     deferred_total: Cell<u64>,
+    /// How many times this replica became its group's leader, since it opened.
+    elections_won: Cell<u64>,
     /// Idempotent batches this leader proposed that its log does not hold yet, per
     /// producer (headers with their assigned base offsets): with the log's producer state,
     /// what a new batch of the producer is checked against.
@@ -281,6 +283,7 @@ impl Replica {
             outbox: RefCell::new(Vec::new()),
             deferred: RefCell::new(Vec::new()),
             deferred_total: Cell::new(0),
+            elections_won: Cell::new(0),
             proposed_producers: RefCell::new(HashMap::new()),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
@@ -344,6 +347,28 @@ impl Replica {
     /// How many times entries were read back from the log for a lagging follower.
     pub fn log_reads(&self) -> u64 {
         self.log_reads.get()
+    }
+
+    /// How many times this replica became its group's leader since it opened.
+    pub fn elections_won(&self) -> u64 {
+        self.elections_won.get()
+    }
+
+    /// On the leader: entries of its log the slowest follower does not have yet (0
+    /// elsewhere).
+    pub fn follower_lag(&self) -> u64 {
+        let n = self.node.borrow();
+        if n.raft.state != StateRole::Leader {
+            return 0;
+        }
+        let last = n.raft.raft_log.last_index();
+        n.raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, p)| last.saturating_sub(p.matched))
+            .max()
+            .unwrap_or(0)
     }
 
     /// How many proposals arrived inside a ready cycle and were deferred to its end.
@@ -719,6 +744,9 @@ impl Replica {
                 }
                 node.ready()
             };
+            if rd.ss().is_some_and(|ss| ss.raft_state == StateRole::Leader) {
+                self.elections_won.set(self.elections_won.get() + 1);
+            }
             // A leader's appends may go out before its own write (Raft counts its own vote
             // only once `advance` says the entries are persisted).
             self.outbox.borrow_mut().extend(rd.take_messages());
