@@ -320,6 +320,19 @@ pub struct PartitionSnapshot {
     pub log_end_offset: i64,
 }
 
+impl PartitionSnapshot {
+    fn of(tp: crate::types::TopicPartition, log: &crate::storage::PartitionLog) -> Self {
+        PartitionSnapshot {
+            size_bytes: log.size_bytes(),
+            log_start_offset: log.log_start_offset().get(),
+            high_watermark: log.high_watermark().get(),
+            log_end_offset: log.log_end_offset().get(),
+            topic: tp.topic,
+            partition: tp.partition,
+        }
+    }
+}
+
 /// One committed offset, on the shard coordinating the group.
 #[derive(Debug, Clone)]
 pub struct CommittedSnapshot {
@@ -426,27 +439,12 @@ pub fn snapshot(shard: &Rc<Shard>) -> ShardSnapshot {
     s.partitions = shard
         .owned_partitions()
         .into_iter()
-        .map(|(tp, log)| PartitionSnapshot {
-            size_bytes: log.size_bytes(),
-            log_start_offset: log.log_start_offset().get(),
-            high_watermark: log.high_watermark().get(),
-            log_end_offset: log.log_end_offset().get(),
-            topic: tp.topic,
-            partition: tp.partition,
-        })
+        .map(|(tp, log)| PartitionSnapshot::of(tp, &log))
         .collect();
     if let Some(cluster) = shard.cluster() {
         for (tp, driver) in cluster.replicas() {
             let r = driver.replica();
-            let log = r.log();
-            s.partitions.push(PartitionSnapshot {
-                size_bytes: log.size_bytes(),
-                log_start_offset: log.log_start_offset().get(),
-                high_watermark: log.high_watermark().get(),
-                log_end_offset: log.log_end_offset().get(),
-                topic: tp.topic,
-                partition: tp.partition,
-            });
+            s.partitions.push(PartitionSnapshot::of(tp, r.log()));
             s.raft.replicas += 1;
             s.raft.leaders += u64::from(r.is_leader());
             s.raft.leader_elections += r.elections_won();
