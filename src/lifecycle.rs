@@ -58,6 +58,15 @@ impl StopSignal {
 
     /// Announce that this shard drained, then wait (bounded) until `shards`
     /// shards have, so no shard closes partitions another one still needs.
+    /// `fut`'s output, or None if a stop is requested first (an accept loop's wait).
+    pub async fn unless_stopped<T>(&self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(fut.await) }, async {
+            self.stopped().await;
+            None
+        })
+        .await
+    }
+
     pub async fn drained_barrier(&self, shards: usize, bound: Duration) {
         self.drained.fetch_add(1, Ordering::SeqCst);
         let deadline = Instant::now() + bound;

@@ -106,8 +106,13 @@ pub struct MetaState {
 /// A record as the batch stored in the log (key: the proposal id).
 pub fn encode(rec: &MetaRecord) -> Result<Bytes, MetadataError> {
     let value = serde_json::to_vec(rec).map_err(|e| MetadataError::Encode(e.to_string()))?;
-    let key = Bytes::copy_from_slice(rec.proposal.as_bytes());
-    crate::group::records::encode_batches(&[(key, Some(value.into()))], now_ms(), usize::MAX)
+    batch_of(rec.proposal, value.into())
+}
+
+/// The batch holding one record's JSON `value`, keyed by its proposal id.
+fn batch_of(proposal: Uuid, value: Bytes) -> Result<Bytes, MetadataError> {
+    let key = Bytes::copy_from_slice(proposal.as_bytes());
+    crate::group::records::encode_batches(&[(key, Some(value))], now_ms(), usize::MAX)
         .map_err(|e| MetadataError::Encode(e.to_string()))
 }
 
@@ -178,8 +183,10 @@ async fn propose_and_wait(shard: &Rc<Shard>, rec: MetaRecord) -> Result<bool, Me
     let Some(cluster) = shard.cluster() else {
         return Err(MetadataError::Shard(ShardError::Unreachable(shard.id)));
     };
-    let batch = encode(&rec)?;
-    let value = serde_json::to_vec(&rec).map_err(|e| MetadataError::Encode(e.to_string()))?;
+    let value: Bytes = serde_json::to_vec(&rec)
+        .map_err(|e| MetadataError::Encode(e.to_string()))?
+        .into();
+    let batch = batch_of(rec.proposal, value.clone())?;
     let (tx, mut rx) = oneshot::channel();
     cluster.meta.waiters.borrow_mut().insert(rec.proposal, tx);
     let deadline = Instant::now() + Duration::from_millis(METADATA_COMMIT_TIMEOUT_MS);
@@ -200,7 +207,7 @@ async fn propose_and_wait(shard: &Rc<Shard>, rec: MetaRecord) -> Result<bool, Me
                 m.to = leader;
                 m.set_entries(
                     vec![Entry {
-                        data: value.clone().into(),
+                        data: value.clone(),
                         ..Default::default()
                     }]
                     .into(),
@@ -248,7 +255,8 @@ pub fn forwarded(driver: &Rc<Driver>, m: Message) {
                 continue;
             }
         };
-        match encode(&rec) {
+        // Checked, then stored as the follower sent it (no second serialization).
+        match batch_of(rec.proposal, e.data.clone()) {
             Ok(batch) => {
                 let fut = driver.propose(batch, Acks::All);
                 runtime::spawn_detached(async move {

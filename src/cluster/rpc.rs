@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
 use super::metadata::{METADATA_TOPIC_ID, metadata_tp};
@@ -180,21 +180,21 @@ async fn write_loop(links: Weak<Links>, peer: Rc<PeerLink>) {
         }
         let msgs: Vec<GroupMessage> = peer.queue.borrow_mut().drain(..).collect();
         let mut builder = FrameBuilder::new(route);
-        let mut out = BytesMut::new();
+        let mut frames = Vec::new();
         for m in &msgs {
             match builder.push(m) {
-                Ok(Some(frame)) => out.extend_from_slice(&frame),
+                Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => {}
                 Err(e) => {
                     warn!(peer = peer.id, error = %e, "raft message cannot be framed: dropped")
                 }
             }
         }
-        if let Some(frame) = builder.finish() {
-            out.extend_from_slice(&frame);
-        }
+        frames.extend(builder.finish());
         let stream = conn.as_mut().expect("connected above");
-        if let Err(e) = stream.write_all(&out).await {
+        // The frames as they are, in one vectored send: no copy into one buffer.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream);
+        if let Err(e) = runtime::write_parts(stream, fd, &frames).await {
             warn!(peer = peer.id, error = %e, "lost the connection to peer broker");
             conn = None;
             peer.dropped.set(peer.dropped.get() + msgs.len() as u64);
@@ -207,11 +207,7 @@ async fn write_loop(links: Weak<Links>, peer: Rc<PeerLink>) {
 /// Serve the RPC listener on this shard until the broker stops.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Arc<StopSignal>) {
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.stopped().await;
-            None
-        })
-        .await;
+        let accepted = stop.unless_stopped(listener.accept()).await;
         let Some(accepted) = accepted else { return };
         match accepted {
             Ok(stream) => {

@@ -89,11 +89,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener, stop: Arc<StopSignal
     info!(addr = ?listener.local_addr().ok(), "metrics endpoint listening");
     let open = Rc::new(Cell::new(0usize));
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.stopped().await;
-            None
-        })
-        .await;
+        let accepted = stop.unless_stopped(listener.accept()).await;
         let Some(accepted) = accepted else { return };
         let stream = match accepted {
             Ok(s) => s,

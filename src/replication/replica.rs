@@ -531,15 +531,18 @@ impl Replica {
         node: &RawNode<RaftStore>,
         h: &BatchHeader,
     ) -> Result<Option<AppendInfo>, ReplicaError> {
-        // Not in the log yet: the entries of Raft's log this replica has not persisted (a new
-        // leader may hold a previous leader's entries there), then what this leader proposed
-        // since (deferred ones included), in log order.
+        // Not in the log yet: a previous leader's entries this replica has not persisted (a
+        // new leader may hold some; terms only grow along the log, so they come first and the
+        // scan stops at this term's), then what this leader proposed (deferred ones
+        // included), in log order.
+        let term = node.raft.term;
         let mut pending: Vec<BatchHeader> = node
             .raft
             .raft_log
             .unstable
             .entries
             .iter()
+            .take_while(|e| e.term < term)
             .filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty())
             .filter_map(|e| BatchHeader::parse(&e.data).ok())
             .filter(|b| b.producer_id == h.producer_id)

@@ -22,11 +22,7 @@ use crate::shard::Shard;
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Arc<StopSignal>) {
     let limit = shard.config.max_connections_per_shard;
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.stopped().await;
-            None
-        })
-        .await;
+        let accepted = stop.unless_stopped(listener.accept()).await;
         let Some(accepted) = accepted else {
             info!(shard = %shard.id, "stopped accepting connections");
             return;

@@ -87,8 +87,6 @@ pub struct Shard {
     pub(crate) producer_ids: RefCell<Option<crate::cluster::producer_ids::ProducerIds>>,
     /// In a cluster: the producer id block this broker claimed, (next, end) (controller only).
     pub(crate) cluster_producer_ids: Cell<(i64, i64)>,
-    /// Whether the broker is part of a cluster (`seed_servers`).
-    cluster_mode: bool,
     /// In a cluster: this shard's replicas and links (set once at start).
     cluster: RefCell<Option<Rc<ClusterShard>>>,
     /// One catalog adoption at a time (the controller's and the metadata log's).
@@ -107,7 +105,6 @@ impl Shard {
         crate::metrics::init(count);
         let groups = crate::group::GroupCoordinator::new(&config);
         let every = std::time::Duration::from_millis(config.retention_check_interval_ms);
-        let cluster_mode = !config.seed_servers.trim().is_empty();
         let shard = Rc::new_cyclic(|w| Shard {
             id,
             count,
@@ -123,7 +120,6 @@ impl Shard {
             controller_lock: futures::lock::Mutex::new(()),
             producer_ids: RefCell::new(None),
             cluster_producer_ids: Cell::new((0, 0)),
-            cluster_mode,
             cluster: RefCell::new(None),
             catalog_lock: futures::lock::Mutex::new(()),
             self_ref: w.clone(),
@@ -274,7 +270,7 @@ impl Shard {
 
     /// Whether the broker is part of a cluster (started with `seed_servers`).
     pub fn is_cluster(&self) -> bool {
-        self.cluster_mode
+        self.cluster.borrow().is_some()
     }
 
     /// This shard's part in the cluster (None on a one-node broker).

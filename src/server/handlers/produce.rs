@@ -260,6 +260,9 @@ fn not_enough_replicas(
         .and_then(|m| m.configs.get("min.insync.replicas"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    if min <= 1 {
+        return None; // the leader is always in sync: nothing to count
+    }
     let in_sync = replica.in_sync().len();
     (in_sync < min).then(|| {
         PartitionOutcome::error(
