@@ -295,7 +295,8 @@ mod tests {
     }
 
     /// A leader cut off from the others: acks=1 writes are still acknowledged (its own log
-    /// has them), acks=all writes are not (it steps down and they fail). The others elect a
+    /// has them), acks=all writes are not (it steps down and they fail), nor is a sequence
+    /// gap refused (it cannot confirm it still leads). The others elect a
     /// leader and take writes; after the cut heals the old leader drops its uncommitted
     /// suffix and ends with the same committed log as the new leader.
     #[test]
@@ -308,6 +309,12 @@ mod tests {
             net.cut.set(Some(old));
             let one = first.propose(encode_batch(0, 1, 9_000, 8), Acks::Leader);
             let all = first.propose(encode_batch(0, 1, 9_100, 8), Acks::All);
+            // A sequence gap (as a producer whose batches the new leader took would send):
+            // the cut-off leader cannot confirm it leads, so it is no OUT_OF_ORDER_SEQUENCE.
+            let gap = first.propose(
+                crate::storage::batch::test_util::encode_idempotent(3, 0, 40, 1, 9_200),
+                Acks::All,
+            );
             let one = crate::runtime::timeout(Duration::from_secs(5), one)
                 .await
                 .expect("acks=1 answered");
@@ -318,6 +325,13 @@ mod tests {
             assert!(
                 matches!(all, Err(ReplicaError::NotLeader { .. })),
                 "acks=all on a cut-off leader must not be acknowledged: {all:?}"
+            );
+            let gap = crate::runtime::timeout(Duration::from_secs(5), gap)
+                .await
+                .expect("the gap answered");
+            assert!(
+                matches!(gap, Err(ReplicaError::NotLeader { .. })),
+                "a cut-off leader must not refuse a sequence it may lack: {gap:?}"
             );
             assert!(!first.replica().is_leader(), "check_quorum stepped it down");
             let next = wait_for_leader(&net, Some(old)).await;

@@ -151,6 +151,15 @@ struct Deferred {
     tx: oneshot::Sender<Result<AppendInfo, ReplicaError>>,
 }
 
+/// An idempotent batch whose sequence leaves a gap after what this leader holds: refused
+/// with `error` only once a quorum confirms the leadership (a Raft read index), since a
+/// leader deposed without knowing it lacks what its successor acknowledged.
+struct GapCheck {
+    term: u64,
+    error: StorageError,
+    tx: oneshot::Sender<Result<AppendInfo, ReplicaError>>,
+}
+
 /// One replica; see the module docs.
 pub struct Replica {
     id: u64,
@@ -176,6 +185,11 @@ pub struct Replica {
     /// producer (headers with their assigned base offsets): with the log's producer state,
     /// what a new batch of the producer is checked against.
     proposed_producers: RefCell<HashMap<i64, Vec<BatchHeader>>>,
+    /// Sequence gaps waiting for their read index, by its context.
+    gap_checks: RefCell<BTreeMap<u64, GapCheck>>,
+    /// Read indexes asked for inside a ready cycle, asked of Raft after its `advance`.
+    reads_to_ask: RefCell<Vec<u64>>,
+    next_read: Cell<u64>,
     /// (term, vote) last written to `raft-state`.
     persisted: Cell<(u64, u64)>,
     busy: Cell<bool>,
@@ -285,6 +299,9 @@ impl Replica {
             deferred_total: Cell::new(0),
             elections_won: Cell::new(0),
             proposed_producers: RefCell::new(HashMap::new()),
+            gap_checks: RefCell::new(BTreeMap::new()),
+            reads_to_ask: RefCell::new(Vec::new()),
+            next_read: Cell::new(0),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
             log_reads: Cell::new(0),
@@ -462,10 +479,17 @@ impl Replica {
                 )
                 .into());
             }
-            if let Some(dup) = self.check_producer(&node, &first_header)? {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Ok(dup));
-                return Ok(rx);
+            match self.check_producer(&node, &first_header) {
+                Ok(None) => {}
+                Ok(Some(dup)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(Ok(dup));
+                    return Ok(rx);
+                }
+                Err(ReplicaError::Storage(error @ StorageError::OutOfOrderSequence { .. })) => {
+                    return Ok(self.confirm_gap(&mut node, error));
+                }
+                Err(e) => return Err(e),
             }
         }
         // The leader's one copy: offsets and epoch are stamped into its own buffer.
@@ -589,6 +613,41 @@ impl Replica {
         }))
     }
 
+    /// A sequence gap: refused once a quorum confirms this leader (see [`GapCheck`]); if the
+    /// leadership goes first, the producer gets `NotLeader` and retries with the new leader.
+    fn confirm_gap(
+        &self,
+        node: &mut RawNode<RaftStore>,
+        error: StorageError,
+    ) -> oneshot::Receiver<Result<AppendInfo, ReplicaError>> {
+        let (tx, rx) = oneshot::channel();
+        let ctx = self.next_read.get();
+        self.next_read.set(ctx + 1);
+        let term = node.raft.term;
+        self.gap_checks
+            .borrow_mut()
+            .insert(ctx, GapCheck { term, error, tx });
+        if self.busy.get() {
+            self.reads_to_ask.borrow_mut().push(ctx);
+        } else {
+            node.read_index(ctx.to_be_bytes().to_vec());
+        }
+        rx
+    }
+
+    /// Answer the gap checks a quorum confirmed.
+    fn confirmed_reads(&self, states: Vec<raft::ReadState>) {
+        let mut checks = self.gap_checks.borrow_mut();
+        for rs in states {
+            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(c) = checks.remove(&u64::from_be_bytes(ctx)) {
+                let _ = c.tx.send(Err(c.error.into()));
+            }
+        }
+    }
+
     /// Remember an idempotent batch proposed at `base` until the log holds it.
     fn note_proposed(&self, h: &BatchHeader, base: i64) {
         self.proposed_producers
@@ -646,6 +705,9 @@ impl Replica {
     fn step_deferred(&self) {
         let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
         let mut node = self.node.borrow_mut();
+        for ctx in std::mem::take(&mut *self.reads_to_ask.borrow_mut()) {
+            node.read_index(ctx.to_be_bytes().to_vec());
+        }
         let mut failed: Option<ReplicaError> = None;
         for d in deferred {
             if let Some(e) = &failed {
@@ -730,6 +792,9 @@ impl Replica {
             for d in std::mem::take(&mut *self.deferred.borrow_mut()) {
                 let _ = d.tx.send(Err(ReplicaError::Failed(e.to_string())));
             }
+            for (_, c) in std::mem::take(&mut *self.gap_checks.borrow_mut()) {
+                let _ = c.tx.send(Err(ReplicaError::Failed(e.to_string())));
+            }
         }
         r
     }
@@ -750,6 +815,7 @@ impl Replica {
             if rd.ss().is_some_and(|ss| ss.raft_state == StateRole::Leader) {
                 self.elections_won.set(self.elections_won.get() + 1);
             }
+            self.confirmed_reads(rd.take_read_states());
             // A leader's appends may go out before its own write (Raft counts its own vote
             // only once `advance` says the entries are persisted).
             self.outbox.borrow_mut().extend(rd.take_messages());
@@ -918,6 +984,19 @@ impl Replica {
             self.proposed_producers.borrow_mut().clear();
         }
         let leader = self.leader();
+        {
+            let mut checks = self.gap_checks.borrow_mut();
+            let stale: Vec<u64> = checks
+                .iter()
+                .filter(|(_, c)| !leading || c.term != term)
+                .map(|(ctx, _)| *ctx)
+                .collect();
+            for ctx in stale {
+                if let Some(c) = checks.remove(&ctx) {
+                    let _ = c.tx.send(Err(ReplicaError::NotLeader { leader }));
+                }
+            }
+        }
         for waiters in [&self.waiters, &self.leader_waiters] {
             let mut waiters = waiters.borrow_mut();
             let stale: Vec<u64> = waiters
@@ -948,6 +1027,9 @@ impl Replica {
             for (_, w) in std::mem::take(&mut *waiters.borrow_mut()) {
                 let _ = w.tx.send(Err(ReplicaError::Failed("closed".into())));
             }
+        }
+        for (_, c) in std::mem::take(&mut *self.gap_checks.borrow_mut()) {
+            let _ = c.tx.send(Err(ReplicaError::Failed("closed".into())));
         }
         if self.failed.borrow().is_none() {
             self.write_state().await?;
