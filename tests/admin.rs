@@ -81,6 +81,43 @@ fn admin_apis_answer_every_served_version() {
         id
     };
 
+    // Manual replica assignments on a one-node broker (node 0): only this broker; with
+    // numPartitions or replicationFactor also set, INVALID_REQUEST (42); another broker,
+    // INVALID_REPLICA_ASSIGNMENT (39).
+    {
+        use kafka_protocol::messages::BrokerId;
+        use kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment;
+        let assigned = |name: &str, brokers: &[i32], partitions: i32| {
+            CreateTopicsRequest::default()
+                .with_topics(vec![
+                    CreatableTopic::default()
+                        .with_name(TopicName(s(name)))
+                        .with_num_partitions(partitions)
+                        .with_replication_factor(-1)
+                        .with_assignments(vec![
+                            CreatableReplicaAssignment::default()
+                                .with_partition_index(0)
+                                .with_broker_ids(brokers.iter().map(|&b| BrokerId(b)).collect()),
+                        ]),
+                ])
+                .with_timeout_ms(10_000)
+        };
+        for (name, brokers, partitions, code) in [
+            ("assigned", &[0][..], -1, 0),
+            ("assigned-both", &[0][..], 1, 42),
+            ("assigned-elsewhere", &[7][..], -1, 39),
+            ("assigned-twice", &[0, 0][..], -1, 39),
+        ] {
+            let r: CreateTopicsResponse =
+                call(&mut stream, &assigned(name, brokers, partitions), 5, 3);
+            assert_eq!(
+                r.topics[0].error_code, code,
+                "{name}: {:?}",
+                r.topics[0].error_message
+            );
+        }
+    }
+
     // CreatePartitions: grow by one per version; the same count is INVALID_PARTITIONS (37).
     let mut count = 1;
     for v in versions(&broker, ApiKey::CreatePartitions) {

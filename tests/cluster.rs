@@ -129,6 +129,94 @@ fn wait_for_leaders(bootstrap: &str, topic: &str, brokers: usize) -> BTreeMap<i3
     panic!("no leader for every partition of {topic} within 30 s: {last}");
 }
 
+/// Each partition's replica list of `topic`, once Metadata lists `count` partitions.
+fn replica_lists(bootstrap: &str, topic: &str, count: usize) -> Vec<Vec<i32>> {
+    let client = metadata_client(bootstrap);
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        if let Ok(md) = client
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+        {
+            let mut parts: Vec<(i32, Vec<i32>)> = md.topics()[0]
+                .partitions()
+                .iter()
+                .map(|p| (p.id(), p.replicas().to_vec()))
+                .collect();
+            parts.sort();
+            last = parts.into_iter().map(|(_, r)| r).collect();
+            if last.len() == count {
+                return last;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{topic}: {count} partitions expected, Metadata lists {last:?}");
+}
+
+/// CreateTopics and CreatePartitions with manual replica assignments: Metadata lists the
+/// replicas asked for (in their order), and an assignment naming an unknown broker or the
+/// same broker twice is INVALID_REPLICA_ASSIGNMENT.
+async fn manual_replica_assignments_are_honoured(bootstrap: &str) {
+    use rdkafka::admin::{AdminOptions, NewPartitions};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin = admin_client(bootstrap);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(
+                "manual",
+                2,
+                TopicReplication::Variable(&[&[2, 3], &[3, 1]]),
+            )],
+            &opts,
+        )
+        .await
+        .expect("CreateTopics request");
+    assert!(r[0].is_ok(), "manual assignment: {r:?}");
+    assert_eq!(
+        replica_lists(bootstrap, "manual", 2),
+        vec![vec![2, 3], vec![3, 1]]
+    );
+    for bad in [&[&[1, 9][..]][..], &[&[2, 2][..]][..]] {
+        let r = admin
+            .create_topics(
+                &[NewTopic::new(
+                    "manual-bad",
+                    1,
+                    TopicReplication::Variable(bad),
+                )],
+                &opts,
+            )
+            .await
+            .expect("CreateTopics request");
+        assert!(
+            matches!(&r[0], Err((_, RDKafkaErrorCode::InvalidReplicaAssignment))),
+            "{bad:?}: {r:?}"
+        );
+    }
+    let r = admin
+        .create_partitions(&[NewPartitions::new("manual", 3).assign(&[&[1, 2]])], &opts)
+        .await
+        .expect("CreatePartitions request");
+    assert!(r[0].is_ok(), "CreatePartitions with an assignment: {r:?}");
+    assert_eq!(
+        replica_lists(bootstrap, "manual", 3),
+        vec![vec![2, 3], vec![3, 1], vec![1, 2]]
+    );
+    let r = admin
+        .create_partitions(
+            &[NewPartitions::new("manual", 4).assign(&[&[1, 2, 3]])],
+            &opts,
+        )
+        .await
+        .expect("CreatePartitions request");
+    assert!(
+        matches!(&r[0], Err((_, RDKafkaErrorCode::InvalidReplicaAssignment))),
+        "a replication factor unlike the topic's: {r:?}"
+    );
+}
+
 /// `sluice cluster status` against the broker at `addr`.
 fn cluster_status(addr: &str) -> String {
     let out = run_with_timeout(
@@ -342,6 +430,7 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
     }
     assert!(created, "topic not created\n{}", cluster.logs());
     let leaders = wait_for_leaders(&bootstrap, topic, 3);
+    manual_replica_assignments_are_honoured(&bootstrap).await;
 
     let producer: FutureProducer = producer_config(&bootstrap)
         .set("retries", "1000")
@@ -598,8 +687,44 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
         cluster.logs()
     );
 
-    // Checker 2: with the cluster quiet, every replica holds the same bytes.
+    // OffsetForLeaderEpoch (KIP-320) on the leaders, checked below against the logs once
+    // the brokers stopped (while they run, the tail of a log may be in the journal only): a
+    // stale current epoch is fenced, a newer one unknown, a follower refuses.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut epoch_answers = Vec::new();
+    for p in 0..PARTITIONS {
+        let leader = wait_for_leaders(&bootstrap, topic, 3)[&p];
+        let addr = cluster.brokers[(leader - 1) as usize].addr();
+        // Epochs from 1 up: each answered with the largest epoch at most it and where that
+        // one ended, until one past the latest (undefined).
+        let mut answers = Vec::new();
+        for e in 1..1_000 {
+            let (code, epoch, end) = raw_offset_for_leader_epoch(addr, topic, p, -1, e);
+            assert_eq!(code, 0, "partition {p} epoch {e}");
+            if epoch < 0 {
+                break;
+            }
+            answers.push((e, epoch, end));
+        }
+        let current = answers.last().expect("epochs").0;
+        assert!(current >= 2, "partition {p} saw leader changes");
+        let fenced = raw_offset_for_leader_epoch(addr, topic, p, current - 1, current);
+        assert_eq!(
+            fenced.0, 74,
+            "FENCED_LEADER_EPOCH for a stale current epoch"
+        );
+        let ahead = raw_offset_for_leader_epoch(addr, topic, p, current + 1, current);
+        assert_eq!(ahead.0, 75, "UNKNOWN_LEADER_EPOCH for a newer one");
+        let ok = raw_offset_for_leader_epoch(addr, topic, p, current, current);
+        assert_eq!(ok.0, 0, "the current epoch: {ok:?}");
+        let follower = (1..=3).find(|&n| n != leader).expect("a follower");
+        let addr = cluster.brokers[(follower - 1) as usize].addr();
+        let answer = raw_offset_for_leader_epoch(addr, topic, p, -1, current);
+        assert_eq!(answer.0, 6, "a follower answers NOT_LEADER_OR_FOLLOWER");
+        epoch_answers.push((p, answers));
+    }
+
+    // Checker 2: with the cluster quiet, every replica holds the same bytes.
     for b in &mut cluster.brokers {
         assert!(b.stop(), "clean stop");
     }
@@ -618,6 +743,37 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
                 l.len(),
                 logs[0].len()
             );
+        }
+    }
+    // Each epoch's answer is where the next epoch begins in the log (the latest: the log
+    // end), and an epoch with no batch of its own answers with the one before it.
+    for (p, answers) in epoch_answers {
+        let mut epochs: Vec<(i32, i64, i64)> = Vec::new(); // (epoch, first, after last)
+        for (e, base, last) in batch_epochs(&replica_bytes(&cluster.brokers[0], topic, p)) {
+            match epochs.last_mut() {
+                Some(cur) if cur.0 == e => cur.2 = last + 1,
+                _ => epochs.push((e, base, last + 1)),
+            }
+        }
+        for (asked, epoch, end) in answers {
+            let i = epochs
+                .iter()
+                .rposition(|x| x.0 <= asked)
+                .unwrap_or_else(|| panic!("partition {p}: epoch {asked} in {epochs:?}"));
+            assert_eq!(
+                epoch, epochs[i].0,
+                "partition {p}: epoch {asked}: {epochs:?}"
+            );
+            match epochs.get(i + 1) {
+                Some(next) => assert_eq!(
+                    end, next.1,
+                    "partition {p}: end of epoch {asked}: {epochs:?}"
+                ),
+                None => assert!(
+                    end <= epochs[i].2,
+                    "partition {p}: latest epoch {asked}: {epochs:?}"
+                ),
+            }
         }
     }
 }

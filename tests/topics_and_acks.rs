@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Broker, assign_consumer, consume_partitions, create_topic, partition_count, producer_config,
-    topic_names, try_create_topic, try_delete_topic, watermarks,
+    raw_offset_for_leader_epoch, topic_names, try_create_topic, try_delete_topic, watermarks,
 };
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -171,6 +171,22 @@ async fn list_offsets_by_timestamp_and_fetch_out_of_range() {
             .unwrap_or_else(|(e, _)| panic!("produce {index}: {e}"));
         assert_eq!(delivery.offset, index);
     }
+
+    // OffsetForLeaderEpoch on a one-node broker: epoch 0 all along, ending at the log end;
+    // a current epoch ahead of the broker's is UNKNOWN_LEADER_EPOCH; an unknown partition
+    // UNKNOWN_TOPIC_OR_PARTITION.
+    assert_eq!(
+        raw_offset_for_leader_epoch(broker.addr(), topic, 0, 0, 0),
+        (0, 0, 20)
+    );
+    assert_eq!(
+        raw_offset_for_leader_epoch(broker.addr(), topic, 0, 3, 0).0,
+        75
+    );
+    assert_eq!(
+        raw_offset_for_leader_epoch(broker.addr(), topic, 9, -1, 0).0,
+        3
+    );
 
     let consumer = assign_consumer(&bootstrap, "by-time");
     // (target timestamp, first offset whose timestamp is >= target; -1: none, i.e. the end)

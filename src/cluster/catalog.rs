@@ -243,12 +243,19 @@ impl Catalog {
     }
 
     /// Grow a topic to `partitions` (the caller has checked it only grows).
-    pub fn set_partitions(&mut self, name: &str, partitions: i32) -> bool {
+    pub fn set_partitions(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+    ) -> bool {
         let Some(meta) = self.topics.get_mut(name) else {
             return false;
         };
         assert!(partitions >= meta.partitions, "partitions only grow");
-        if meta.is_replicated() {
+        if let Some(a) = assignments.filter(|_| meta.is_replicated()) {
+            meta.replicas.extend(a);
+        } else if meta.is_replicated() {
             let rf = meta.replicas.first().map_or(1, Vec::len);
             let brokers: Vec<i32> = self.brokers.keys().copied().collect();
             let more = assign_replicas(name, &brokers, rf, meta.partitions, partitions);

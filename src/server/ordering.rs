@@ -66,6 +66,7 @@ pub fn kind_of(request: &RequestKind, auto_create_topics: bool) -> Kind {
         RequestKind::ApiVersions(_)
         | RequestKind::Fetch(_)
         | RequestKind::ListOffsets(_)
+        | RequestKind::OffsetForLeaderEpoch(_)
         | RequestKind::OffsetFetch(_)
         | RequestKind::FindCoordinator(_)
         | RequestKind::ListGroups(_)

@@ -29,6 +29,58 @@ pub struct TopicSpec {
     /// -1 means the broker default (1).
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
+    /// Manual replica assignments, one per partition from 0 (empty: none); with them,
+    /// `partitions` and `replication_factor` are -1.
+    pub assignments: Vec<Vec<i32>>,
+}
+
+/// Check manual replica assignments (CreateTopics, CreatePartitions) as Kafka does: each
+/// names distinct registered brokers, all the same number of them (`rf` if given).
+fn check_assignments(
+    assignments: &[Vec<i32>],
+    brokers: &[i32],
+    rf: Option<usize>,
+) -> Result<(), (i16, String)> {
+    let bad = |m: String| Err(error(ResponseError::InvalidReplicaAssignment, m));
+    let want = rf.or_else(|| assignments.first().map(Vec::len));
+    for (i, a) in assignments.iter().enumerate() {
+        if a.is_empty() {
+            return bad(format!(
+                "The manual replica assignment of partition {i} is empty."
+            ));
+        }
+        if Some(a.len()) != want {
+            return bad(format!(
+                "Inconsistent replication factor between partitions: partition {i} has {} replicas, expected {}.",
+                a.len(),
+                want.unwrap_or(0)
+            ));
+        }
+        let mut seen = a.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != a.len() {
+            return bad(format!(
+                "The manual replica assignment of partition {i} names a broker twice: {a:?}."
+            ));
+        }
+        if let Some(b) = a.iter().find(|b| !brokers.contains(b)) {
+            return bad(format!(
+                "The manual replica assignment of partition {i} names broker {b}, which is not registered (brokers: {brokers:?})."
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A CreatePartitions request for one topic.
+#[derive(Debug, Clone)]
+pub struct PartitionsSpec {
+    pub name: String,
+    /// The partition count wanted.
+    pub count: i32,
+    /// Manual replica assignments of the new partitions, in order.
+    pub assignments: Option<Vec<Vec<i32>>>,
 }
 
 /// The outcome for one topic: its metadata, or a Kafka error code and message.
@@ -356,7 +408,24 @@ impl Shard {
                 format!("Topic '{}' already exists.", spec.name),
             ));
         }
-        let partitions = if spec.partitions == -1 {
+        let manual = !spec.assignments.is_empty();
+        if manual && (spec.partitions != -1 || spec.replication_factor != -1) {
+            return Err(error(
+                ResponseError::InvalidRequest,
+                "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.",
+            ));
+        }
+        let catalog = self.catalog();
+        // A one-node broker is a cluster of one; in a cluster, the brokers that registered.
+        let brokers: Vec<i32> = if self.is_cluster() {
+            catalog.brokers.keys().copied().collect()
+        } else {
+            vec![self.config.node_id]
+        };
+        check_assignments(&spec.assignments, &brokers, None)?;
+        let partitions = if manual {
+            spec.assignments.len() as i32
+        } else if spec.partitions == -1 {
             self.config.num_partitions
         } else {
             spec.partitions
@@ -367,14 +436,8 @@ impl Shard {
                 format!("Number of partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}."),
             ));
         }
-        let catalog = self.catalog();
-        // A one-node broker is a cluster of one; in a cluster, the brokers that registered.
-        let brokers: Vec<i32> = if self.is_cluster() {
-            catalog.brokers.keys().copied().collect()
-        } else {
-            vec![self.config.node_id]
-        };
         let rf = match spec.replication_factor {
+            _ if manual => spec.assignments[0].len() as i16,
             -1 if self.config.default_replication_factor > 0 => {
                 self.config.default_replication_factor
             }
@@ -393,7 +456,11 @@ impl Shard {
         for (k, v) in &spec.configs {
             validate_topic_config(k, v).map_err(|m| error(ResponseError::InvalidConfig, m))?;
         }
-        let replicas = if self.is_cluster() {
+        let replicas = if !self.is_cluster() {
+            Vec::new()
+        } else if manual {
+            spec.assignments.clone()
+        } else {
             crate::cluster::catalog::assign_replicas(
                 &spec.name,
                 &brokers,
@@ -401,8 +468,6 @@ impl Shard {
                 0,
                 partitions,
             )
-        } else {
-            Vec::new()
         };
         Ok(TopicMeta {
             name: spec.name.clone(),
@@ -587,7 +652,7 @@ impl Shard {
     /// shard has opened the new partitions.
     pub async fn create_partitions(
         &self,
-        requests: Vec<(String, i32)>,
+        requests: Vec<PartitionsSpec>,
         validate_only: bool,
     ) -> Vec<Result<(), (i16, String)>> {
         assert_eq!(
@@ -598,8 +663,18 @@ impl Shard {
         let mut catalog = self.catalog().snapshot();
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut changed = 0;
-        for (name, count) in &requests {
-            let outcome = if requests.iter().filter(|(n, _)| n == name).count() > 1 {
+        let brokers: Vec<i32> = if self.is_cluster() {
+            catalog.brokers.keys().copied().collect()
+        } else {
+            vec![self.config.node_id]
+        };
+        for PartitionsSpec {
+            name,
+            count,
+            assignments,
+        } in &requests
+        {
+            let outcome = if requests.iter().filter(|r| &r.name == name).count() > 1 {
                 Err(error(
                     ResponseError::InvalidRequest,
                     format!("Duplicate topic name {name} in request"),
@@ -624,12 +699,29 @@ impl Shard {
                         ResponseError::InvalidPartitions,
                         format!("Number of partitions must be at most {PARTITIONS_PER_TOPIC_MAX}."),
                     )),
-                    Some(_) => {
-                        if !validate_only {
-                            catalog.set_partitions(name, *count);
+                    Some(current) => {
+                        let rf = catalog
+                            .get(name)
+                            .and_then(|m| m.replicas.first().map(Vec::len))
+                            .unwrap_or(1);
+                        let checked = match assignments {
+                            Some(a) if a.len() as i32 != count - current => Err(error(
+                                ResponseError::InvalidReplicaAssignment,
+                                format!(
+                                    "Increasing the number of partitions by {} but {} assignments provided.",
+                                    count - current,
+                                    a.len()
+                                ),
+                            )),
+                            Some(a) => check_assignments(a, &brokers, Some(rf)),
+                            None => Ok(()),
+                        };
+                        if checked.is_ok() && !validate_only {
+                            let manual = assignments.as_ref().filter(|_| self.is_cluster());
+                            catalog.set_partitions(name, *count, manual.cloned());
                             changed += 1;
                         }
-                        Ok(())
+                        checked
                     }
                 }
             };
@@ -645,9 +737,9 @@ impl Shard {
             }
             return outcomes;
         }
-        for ((name, count), o) in requests.iter().zip(&outcomes) {
+        for (r, o) in requests.iter().zip(&outcomes) {
             if o.is_ok() {
-                info!(topic = %name, partitions = count, "added partitions");
+                info!(topic = %r.name, partitions = r.count, "added partitions");
             }
         }
         outcomes

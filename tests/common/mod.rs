@@ -1157,3 +1157,58 @@ pub fn raw_produce(addr: SocketAddr, topic: &str, value: &str) -> i16 {
     let r = kafka_protocol::messages::ProduceResponse::decode(&mut b, V).expect("response");
     r.responses[0].partition_responses[0].error_code
 }
+
+/// One OffsetForLeaderEpoch (v4) for partition `partition` of `topic`, straight to `addr`:
+/// (error code, leader epoch, end offset).
+pub fn raw_offset_for_leader_epoch(
+    addr: SocketAddr,
+    topic: &str,
+    partition: i32,
+    current_leader_epoch: i32,
+    leader_epoch: i32,
+) -> (i16, i32, i64) {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{
+        OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    const V: i16 = 4;
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![
+            OffsetForLeaderTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![
+                    OffsetForLeaderPartition::default()
+                        .with_partition(partition)
+                        .with_current_leader_epoch(current_leader_epoch)
+                        .with_leader_epoch(leader_epoch),
+                ]),
+        ]);
+    let mut s = connect_raw(addr).expect("connect to the broker");
+    std::io::Write::write_all(&mut s, &encode_request(&req, V, 9)).unwrap();
+    let frame = read_frame(&mut s).expect("an OffsetForLeaderEpoch response");
+    let mut b = bytes::Bytes::from(frame);
+    ResponseHeader::decode(&mut b, 1).expect("response header");
+    let r = OffsetForLeaderEpochResponse::decode(&mut b, V).expect("response");
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.leader_epoch, p.end_offset)
+}
+
+/// (partition leader epoch, base offset, last offset) of every record batch in `bytes`
+/// (batches as stored, one after another).
+pub fn batch_epochs(bytes: &[u8]) -> Vec<(i32, i64, i64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 61 <= bytes.len() {
+        let base = i64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+        let len = i32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let epoch = i32::from_be_bytes(bytes[at + 12..at + 16].try_into().unwrap());
+        let delta = i32::from_be_bytes(bytes[at + 23..at + 27].try_into().unwrap());
+        out.push((epoch, base, base + i64::from(delta)));
+        at += 12 + len;
+    }
+    out
+}

@@ -9,6 +9,28 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use super::{HandlerError, RequestContext, str_bytes};
 use crate::shard::controller::{CONTROLLER, TopicSpec};
 
+/// A topic's manual replica assignments, by partition from 0. Indexes that are not
+/// 0, 1, ... n-1 each once leave an empty assignment in the gap, which the controller
+/// refuses (INVALID_REPLICA_ASSIGNMENT).
+fn manual_assignments(
+    t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Vec<Vec<i32>> {
+    let n = t.assignments.len();
+    let mut out = vec![Vec::new(); n];
+    for a in &t.assignments {
+        match usize::try_from(a.partition_index) {
+            Ok(i) if i < n && out[i].is_empty() => {
+                out[i] = a.broker_ids.iter().map(|b| b.0).collect();
+                if out[i].is_empty() {
+                    return vec![Vec::new(); n];
+                }
+            }
+            _ => return vec![Vec::new(); n],
+        }
+    }
+    out
+}
+
 /// Config source DYNAMIC_TOPIC_CONFIG in DescribeConfigs terms.
 const SOURCE_TOPIC: i8 = 1;
 
@@ -21,19 +43,9 @@ pub async fn handle(
         .iter()
         .map(|t| TopicSpec {
             name: t.name.0.to_string(),
-            partitions: if t.assignments.is_empty() {
-                t.num_partitions
-            } else {
-                t.assignments.len() as i32
-            },
-            replication_factor: if t.assignments.is_empty() {
-                t.replication_factor
-            } else {
-                t.assignments
-                    .first()
-                    .map(|a| a.broker_ids.len() as i16)
-                    .unwrap_or(-1)
-            },
+            partitions: t.num_partitions,
+            replication_factor: t.replication_factor,
+            assignments: manual_assignments(t),
             configs: t
                 .configs
                 .iter()
@@ -62,7 +74,7 @@ pub async fn handle(
                 .with_name(t.name)
                 .with_topic_id(meta.id)
                 .with_num_partitions(meta.partitions)
-                .with_replication_factor(1)
+                .with_replication_factor(meta.replicas.first().map_or(1, |r| r.len() as i16))
                 // Configs are reported from v5; earlier encoders refuse them.
                 .with_configs(Some(
                     meta.configs

@@ -1,6 +1,7 @@
 //! ListOffsets (key 2), versions 1-10: earliest (-2), latest (-1, the high
 //! watermark), max timestamp (-3), or the first offset at or after a
-//! timestamp. Answered by the partition's owner.
+//! timestamp, with the leader epoch (a replicated partition's Raft term; 0 on a
+//! one-node broker). Answered by the partition's owner.
 
 use std::rc::Rc;
 
@@ -26,7 +27,7 @@ pub async fn handle(
     let shard = &ctx.shard;
     let catalog = shard.catalog();
     // Answers per (topic, partition) index: filled now (unknown) or by the owners.
-    let mut found: Vec<Vec<(i16, i64, i64)>> = Vec::with_capacity(req.topics.len());
+    let mut found: Vec<Vec<(i16, i64, i64, i32)>> = Vec::with_capacity(req.topics.len());
     let mut per_owner = ByOwner::new(shard.count);
     for (ti, topic) in req.topics.iter().enumerate() {
         let name = topic.name.0.to_string();
@@ -35,9 +36,9 @@ pub async fn handle(
             if catalog.has_partition(&name, p.partition_index) {
                 let tp = TopicPartition::new(name.clone(), p.partition_index);
                 per_owner.push(shard.owner_of(&tp), (ti, pi), (tp, p.timestamp));
-                row.push((0, -1, -1));
+                row.push((0, -1, -1, 0));
             } else {
-                row.push((ResponseError::UnknownTopicOrPartition.code(), -1, -1));
+                row.push((ResponseError::UnknownTopicOrPartition.code(), -1, -1, -1));
             }
         }
         found.push(row);
@@ -55,7 +56,7 @@ pub async fn handle(
                 .partitions
                 .iter()
                 .zip(row)
-                .map(|(p, (code, offset, timestamp))| {
+                .map(|(p, (code, offset, timestamp, epoch))| {
                     let answer = ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(code)
@@ -65,7 +66,7 @@ pub async fn handle(
                         answer
                     } else {
                         // leader_epoch exists from v4; earlier encoders refuse it.
-                        answer.with_leader_epoch(if ctx.version >= 4 { 0 } else { -1 })
+                        answer.with_leader_epoch(if ctx.version >= 4 { epoch } else { -1 })
                     }
                 })
                 .collect();
@@ -81,10 +82,15 @@ pub async fn handle(
 async fn lookup_all_on_owner(
     shard: Rc<Shard>,
     parts: Vec<(TopicPartition, i64)>,
-) -> Vec<(i16, i64, i64)> {
+) -> Vec<(i16, i64, i64, i32)> {
     let mut out = Vec::with_capacity(parts.len());
     for (tp, ts) in parts {
-        out.push(lookup_on_owner(&shard, tp, ts).await);
+        // The leader epoch: the replica's term, 0 on a one-node broker.
+        let epoch = shard
+            .replica(&tp)
+            .map_or(0, |d| i32::try_from(d.replica().term()).unwrap_or(i32::MAX));
+        let (code, offset, timestamp) = lookup_on_owner(&shard, tp, ts).await;
+        out.push((code, offset, timestamp, if code == 0 { epoch } else { -1 }));
     }
     out
 }

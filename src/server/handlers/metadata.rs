@@ -53,6 +53,7 @@ pub async fn handle(
                 partitions: -1,
                 replication_factor: -1,
                 configs: BTreeMap::new(),
+                assignments: Vec::new(),
             })
             .collect();
         if allow && !missing.is_empty() {

@@ -27,6 +27,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
@@ -67,6 +68,7 @@ pub const APIS: &[ApiKey] = &[
     ApiKey::DescribeCluster,
     ApiKey::DeleteRecords,
     ApiKey::DescribeLogDirs,
+    ApiKey::OffsetForLeaderEpoch,
 ];
 
 /// The versions of `key` we serve, or None if we do not serve it.
@@ -145,6 +147,9 @@ pub async fn dispatch(
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(ctx, r).await?),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(ctx, r).await?)
+        }
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(ctx, r).await?)
         }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(find_coordinator::handle(ctx, r).await?)
