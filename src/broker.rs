@@ -232,7 +232,16 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
         })?;
     // Before any partition opens: report (and consume) how the last run ended.
     crate::lifecycle::take_broker_marker(&config.data_dir);
-    let cluster = config.cluster()?;
+    let mut cluster = config.cluster()?;
+    if let Some(spec) = &mut cluster {
+        spec.incarnation =
+            crate::cluster::incarnation::load_or_create(&config.data_dir).map_err(|source| {
+                StartError::DataDir {
+                    path: config.data_dir.display().to_string(),
+                    source,
+                }
+            })?;
+    }
     let catalog = match &cluster {
         // A one-node broker owns its catalog.
         None => {
@@ -243,7 +252,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
         // In a cluster the catalog is what the metadata log says; the file is the last applied
         // copy, replaced as the log is applied.
         Some(spec) => {
-            info!(node_id = spec.node_id, seeds = ?spec.seeds, rpc_listen = %spec.rpc_listen, "starting as a cluster member");
+            info!(node_id = spec.node_id, seeds = ?spec.seeds, rpc_listen = %spec.rpc_listen, incarnation = spec.incarnation, "starting as a cluster member");
             Catalog::load_cached(&config.data_dir)?
         }
     };
@@ -434,6 +443,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                             port,
                             rpc: spec.seeds[&spec.node_id].clone(),
                             shards,
+                            incarnation: spec.incarnation,
                         },
                     );
                 }

@@ -404,31 +404,7 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
     wait_for_brokers(&bootstrap, 3);
 
     // CreateTopics with replication factor 3 goes through the metadata log.
-    let admin = admin_client(&bootstrap);
-    let mut created = false;
-    for _ in 0..20 {
-        let opts = rdkafka::admin::AdminOptions::new()
-            .operation_timeout(Some(Duration::from_secs(15)))
-            .request_timeout(Some(Duration::from_secs(15)));
-        let r = admin
-            .create_topics(
-                &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3))],
-                &opts,
-            )
-            .await
-            .expect("CreateTopics request");
-        match &r[0] {
-            Ok(_) => {
-                created = true;
-                break;
-            }
-            Err((_, code)) => {
-                eprintln!("CreateTopics: {code:?}; retrying");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    }
-    assert!(created, "topic not created\n{}", cluster.logs());
+    create_replicated(&cluster, topic).await;
     let leaders = wait_for_leaders(&bootstrap, topic, 3);
     manual_replica_assignments_are_honoured(&bootstrap).await;
 
@@ -609,6 +585,7 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
     // for 3 in-sync replicas is refused with NOT_ENOUGH_REPLICAS, and taken again once the
     // follower is back.
     let strict = "strict";
+    let admin = admin_client(&bootstrap);
     let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
     let mut created = false;
     for _ in 0..20 {
@@ -776,6 +753,189 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
             }
         }
     }
+}
+
+/// Create `topic` with PARTITIONS partitions and replication factor 3, retrying while the
+/// metadata log elects its first leader.
+async fn create_replicated(cluster: &Cluster, topic: &str) {
+    let admin = admin_client(&cluster.bootstrap());
+    for _ in 0..20 {
+        let opts = rdkafka::admin::AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(15)))
+            .request_timeout(Some(Duration::from_secs(15)));
+        let r = admin
+            .create_topics(
+                &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3))],
+                &opts,
+            )
+            .await
+            .expect("CreateTopics request");
+        match &r[0] {
+            Ok(_) => return,
+            Err((_, code)) => {
+                eprintln!("CreateTopics: {code:?}; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    panic!("topic not created\n{}", cluster.logs());
+}
+
+/// Each partition's leader as `bootstrap` reports it right now (-1: none).
+fn leaders_now(bootstrap: &str, topic: &str) -> BTreeMap<i32, i32> {
+    let client = metadata_client(bootstrap);
+    match client
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+    {
+        Ok(md) => md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| (p.id(), p.leader()))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// Every acknowledged record is where it was acknowledged (read from the leaders).
+fn check_acked(cluster: &Cluster, topic: &str, acked: &[Acked]) {
+    let seen = read_all(&cluster.bootstrap(), topic);
+    let missing: Vec<String> = acked
+        .iter()
+        .filter(|r| seen.get(&(r.partition, r.offset)) != Some(&r.payload))
+        .map(|r| format!("{r:?}: found {:?}", seen.get(&(r.partition, r.offset))))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged records lost or moved: {:?}\n{}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)],
+        cluster.logs()
+    );
+}
+
+/// Stop every broker cleanly and compare each partition's replicas byte for byte.
+fn stop_and_compare_replicas(cluster: &mut Cluster, topic: &str) {
+    for b in &mut cluster.brokers {
+        assert!(b.stop(), "clean stop");
+    }
+    for p in 0..PARTITIONS {
+        let logs: Vec<Vec<u8>> = cluster
+            .brokers
+            .iter()
+            .map(|b| replica_bytes(b, topic, p))
+            .collect();
+        assert!(!logs[0].is_empty(), "partition {p} holds data");
+        for (i, l) in logs.iter().enumerate().skip(1) {
+            assert!(
+                *l == logs[0],
+                "partition {p}: node {} holds {} bytes, node 1 holds {}, and they differ",
+                i + 1,
+                l.len(),
+                logs[0].len()
+            );
+        }
+    }
+}
+
+/// A broker whose data directory is wiped (a lost disk) comes back with a new incarnation:
+/// until it has caught up, its votes do not count, so it cannot help elect a leader that
+/// lacks what it lost. With one broker wiped and another down, the partitions that need a
+/// new leader stay leaderless (the survivor alone is no majority, and the wiped broker's
+/// votes are ignored); the survivor's own partitions go on. Once the other broker is back,
+/// the wiped one is re-replicated, registers its new data directory, and every replica
+/// ends byte-identical with every acknowledged record in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_broker_rejoins_without_voting_until_it_caught_up() {
+    let mut cluster = Cluster::start(&[1, 1, 1]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "wiped";
+    wait_for_brokers(&bootstrap, 3);
+    create_replicated(&cluster, topic).await;
+    let leaders = wait_for_leaders(&bootstrap, topic, 3);
+    let producer: FutureProducer = producer_config(&bootstrap)
+        .set("retries", "1000")
+        .set("retry.backoff.ms", "100")
+        .set("message.timeout.ms", "60000")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()
+        .expect("producer");
+    let (mut acked, failed) = produce(&producer, topic, 0, PER_PHASE).await;
+    assert_eq!(failed, 0, "no failure before any fault\n{}", cluster.logs());
+
+    // The survivor leads the fewest partitions (at most one of three): the others need an
+    // election once the other two brokers are gone.
+    let led = |n: i32| leaders.values().filter(|&&l| l == n).count();
+    let survivor = (1..=3).min_by_key(|&n| led(n)).expect("a node");
+    let others: Vec<i32> = (1..=3).filter(|&n| n != survivor).collect();
+    let (wiped, down) = (others[0], others[1]);
+    let orphaned: Vec<i32> = leaders
+        .iter()
+        .filter(|(_, l)| **l != survivor)
+        .map(|(p, _)| *p)
+        .collect();
+    eprintln!(
+        "leaders {leaders:?}: wiping node {wiped}, stopping node {down}, orphaned {orphaned:?}"
+    );
+    cluster.node(down).kill9();
+    cluster.node(wiped).kill9();
+    let dir = cluster.node(wiped).data_dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).expect("wipe the data directory");
+    cluster.node(wiped).restart();
+    let survivor_addr = cluster.node(survivor).bootstrap();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        let now = leaders_now(&survivor_addr, topic);
+        for p in &orphaned {
+            let l = now.get(p).copied().unwrap_or(-1);
+            // The survivor may still name a dead leader for a while; what must not happen is
+            // an election won with the wiped broker's vote.
+            assert!(
+                l != survivor,
+                "partition {p} got leader {l} with node {down} down and node {wiped} wiped: \
+                 the wiped broker's vote counted\n{}",
+                cluster.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        cluster
+            .node(survivor)
+            .logs_contain("rejoins with a new data directory"),
+        "the survivor ignored the wiped broker's votes\n{}",
+        cluster.logs()
+    );
+
+    // The stopped broker comes back: leaders are elected, the wiped broker catches up and
+    // registers again.
+    cluster.node(down).restart();
+    let (a, _) = produce(&producer, topic, PER_PHASE, 2 * PER_PHASE).await;
+    acked.extend(a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .node(wiped)
+        .logs_contain("registering the new data directory")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the wiped broker did not catch up within 60 s\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (a, failed) = produce(&producer, topic, 2 * PER_PHASE, 3 * PER_PHASE).await;
+    assert_eq!(
+        failed,
+        0,
+        "no failure once every broker is back\n{}",
+        cluster.logs()
+    );
+    acked.extend(a);
+    check_acked(&cluster, topic, &acked);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_and_compare_replicas(&mut cluster, topic);
 }
 
 #[test]

@@ -55,6 +55,14 @@ pub struct BrokerInfo {
     /// Its RPC listener, for other brokers.
     pub rpc: String,
     pub shards: usize,
+    /// Its data directory's incarnation (`cluster::incarnation`); 0 for a registration from
+    /// before incarnations.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub incarnation: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 /// `rf` replicas for each of partitions `from..to` of topic `name`, spread over `brokers`

@@ -373,12 +373,41 @@ async fn apply(shard: &Rc<Shard>, offset: i64, rec: MetaRecord) {
 pub fn spawn_registration(shard: Rc<Shard>, me: BrokerInfo) {
     runtime::spawn_detached(async move {
         let mut announced = false;
+        let mut catching_up = false;
+        let mut caught_up_told = false;
         loop {
             if shard.stopping.get() {
                 return;
             }
             let current = shard.catalog();
-            let registered = current.brokers.get(&me.id) == Some(&me)
+            let prior = current.brokers.get(&me.id);
+            // Back with a wiped data directory: peers ignore this broker's votes until it
+            // registers its new incarnation, which it does only once it holds again what
+            // its leaders had committed (`cluster::incarnation`).
+            if prior.is_some_and(|b| super::incarnation::rejoining(b.incarnation, me.incarnation)) {
+                let pending = not_caught_up(&shard, &current, me.id).await;
+                if !pending.is_empty() {
+                    if !catching_up {
+                        warn!(
+                            broker = me.id,
+                            replicas = pending.len(),
+                            "rejoining with a new data directory: not voting until every replica has caught up with its leader"
+                        );
+                        catching_up = true;
+                    }
+                    debug!(pending = ?pending, "replicas still catching up");
+                    runtime::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                if !caught_up_told {
+                    info!(
+                        broker = me.id,
+                        "every replica caught up: registering the new data directory"
+                    );
+                    caught_up_told = true;
+                }
+            }
+            let registered = prior == Some(&me)
                 && !current.cluster_id.is_empty()
                 && current.get(crate::constants::OFFSETS_TOPIC).is_some();
             if registered {
@@ -410,6 +439,30 @@ pub fn spawn_registration(shard: Rc<Shard>, me: BrokerInfo) {
     });
 }
 
+/// The replicas `broker` holds per `catalog` (the metadata one included) that have not
+/// caught up with their leader, or are not open yet, on any shard of this broker.
+async fn not_caught_up(shard: &Rc<Shard>, catalog: &Catalog, broker: i32) -> Vec<String> {
+    let reports = shard
+        .invoke_on_all(|s| async move { s.cluster().map(|c| c.caught_up()).unwrap_or_default() })
+        .await
+        .unwrap_or_default();
+    let state: std::collections::HashMap<TopicPartition, bool> =
+        reports.into_iter().flatten().collect();
+    let mut wanted = vec![metadata_tp()];
+    for meta in catalog.topics.values() {
+        for (p, replicas) in meta.replicas.iter().enumerate() {
+            if replicas.contains(&broker) {
+                wanted.push(TopicPartition::new(meta.name.clone(), p as i32));
+            }
+        }
+    }
+    wanted
+        .into_iter()
+        .filter(|tp| state.get(tp) != Some(&true))
+        .map(|tp| tp.to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +479,7 @@ mod tests {
                 port: 9092,
                 rpc: "127.0.0.1:9093".into(),
                 shards: 2,
+                incarnation: 9,
             },
         );
         let rec = MetaRecord {

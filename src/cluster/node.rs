@@ -77,6 +77,9 @@ pub struct ClusterShard {
     election_ticks: usize,
     replicas: RefCell<HashMap<TopicPartition, Rc<Running>>>,
     by_id: RefCell<HashMap<(Uuid, i32), Rc<Running>>>,
+    /// Votes and vote requests dropped because their sender is rejoining with a wiped data
+    /// directory, by sender.
+    ignored_votes: RefCell<std::collections::BTreeMap<i32, u64>>,
 }
 
 /// One replica's leadership as this broker sees it.
@@ -103,7 +106,36 @@ impl ClusterShard {
             election_ticks: config.raft_election_ticks,
             replicas: RefCell::new(HashMap::new()),
             by_id: RefCell::new(HashMap::new()),
+            ignored_votes: RefCell::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    /// A vote message from `broker`, rejoining with a new data directory, was dropped.
+    pub fn note_ignored_vote(&self, broker: i32) {
+        let mut ignored = self.ignored_votes.borrow_mut();
+        let n = ignored.entry(broker).or_insert(0);
+        if *n == 0 {
+            warn!(
+                broker,
+                "broker rejoins with a new data directory: its votes are ignored until it has caught up and registered again"
+            );
+        }
+        *n += 1;
+    }
+
+    /// Vote messages dropped from rejoining brokers, over all senders.
+    pub fn ignored_votes(&self) -> u64 {
+        self.ignored_votes.borrow().values().sum()
+    }
+
+    /// The partitions of this shard's replicas and whether each has caught up with its
+    /// leader's commit index (see [`crate::replication::Replica::caught_up`]).
+    pub fn caught_up(&self) -> Vec<(TopicPartition, bool)> {
+        self.replicas
+            .borrow()
+            .iter()
+            .map(|(tp, r)| (tp.clone(), r.driver.replica().caught_up()))
+            .collect()
     }
 
     /// The running replica of `tp` on this shard.
@@ -222,7 +254,7 @@ impl ClusterShard {
     /// A peer's Raft message for one of this shard's replicas. A proposal forwarded to the
     /// metadata leader is proposed there; forwarded proposals for data partitions are refused
     /// (only a leader stamps offsets on a produce).
-    pub fn deliver(&self, gm: GroupMessage) {
+    pub fn deliver(&self, gm: GroupMessage, rejoining: Option<u64>) {
         let running = self
             .by_id
             .borrow()
@@ -232,6 +264,14 @@ impl ClusterShard {
             debug!(topic_id = %gm.topic_id, partition = gm.partition, "raft message for a replica not open here: dropped");
             return;
         };
+        // From a broker back with a wiped data directory (its new incarnation): a leader
+        // forgets what it had acknowledged before.
+        if let Some(incarnation) = rejoining {
+            running
+                .driver
+                .replica()
+                .forget_rejoining_peer(gm.message.from, incarnation);
+        }
         if gm.message.get_msg_type() == MessageType::MsgPropose {
             if gm.topic_id == METADATA_TOPIC_ID {
                 super::metadata::forwarded(&running.driver, gm.message);

@@ -50,6 +50,7 @@ struct PeerLink {
 /// A shard's outbound links to every other broker.
 pub struct Links {
     me: i32,
+    incarnation: u64,
     peers: HashMap<i32, Rc<PeerLink>>,
     stopped: Cell<bool>,
 }
@@ -75,6 +76,7 @@ impl Links {
             .collect();
         let links = Rc::new(Links {
             me: spec.node_id,
+            incarnation: spec.incarnation,
             peers,
             stopped: Cell::new(false),
         });
@@ -133,12 +135,13 @@ async fn connect(addr: &str) -> std::io::Result<TcpStream> {
 
 /// Send what is queued for `peer`, as frames, for as long as the links live.
 async fn write_loop(links: Weak<Links>, peer: Rc<PeerLink>) {
-    let me = match links.upgrade() {
-        Some(l) => l.me,
+    let (me, incarnation) = match links.upgrade() {
+        Some(l) => (l.me, l.incarnation),
         None => return,
     };
     let route = Route {
         from: me as u32,
+        incarnation,
         to: peer.id as u32,
         // The receiver routes each message to its partition's owner itself.
         shard: 0,
@@ -244,7 +247,7 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
                     route.from, route.to
                 ));
             }
-            dispatch(shard, msgs).await;
+            dispatch(shard, route, msgs).await;
         }
         if shard.stopping.get() {
             return Ok(());
@@ -260,11 +263,34 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
     }
 }
 
-/// Hand each message to the shard that owns its partition here.
-async fn dispatch(shard: &Rc<Shard>, msgs: Vec<GroupMessage>) {
+/// Whether a Raft message is a vote, a vote request, or an answer to one (pre-votes too).
+fn is_vote(m: &raft::eraftpb::Message) -> bool {
+    use raft::eraftpb::MessageType::*;
+    matches!(
+        m.get_msg_type(),
+        MsgRequestVote | MsgRequestVoteResponse | MsgRequestPreVote | MsgRequestPreVoteResponse
+    )
+}
+
+/// Hand each message to the shard that owns its partition here. A broker rejoining with a
+/// wiped data directory (its frames carry another incarnation than it registered with) has
+/// its votes and vote requests dropped: it lost what it voted for and acknowledged, so it
+/// must not count toward any quorum until it caught up and registered again.
+async fn dispatch(shard: &Rc<Shard>, route: Route, msgs: Vec<GroupMessage>) {
     let catalog = shard.catalog();
+    let registered = catalog
+        .brokers
+        .get(&(route.from as i32))
+        .map_or(0, |b| b.incarnation);
+    let rejoining = super::incarnation::rejoining(registered, route.incarnation);
     let mut by_shard: Vec<Vec<GroupMessage>> = (0..shard.count).map(|_| Vec::new()).collect();
     for m in msgs {
+        if rejoining && is_vote(&m.message) {
+            if let Some(c) = shard.cluster() {
+                c.note_ignored_vote(route.from as i32);
+            }
+            continue;
+        }
         let tp = if m.topic_id == METADATA_TOPIC_ID {
             metadata_tp()
         } else {
@@ -280,10 +306,11 @@ async fn dispatch(shard: &Rc<Shard>, msgs: Vec<GroupMessage>) {
         if msgs.is_empty() {
             continue;
         }
+        let rejoining = rejoining.then_some(route.incarnation);
         let sent = shard
             .send_on(ShardId(target), move |s| {
                 // Delivered when the job is called (in arrival order), not in its future.
-                deliver_all(&s, msgs);
+                deliver_all(&s, msgs, rejoining);
                 async {}
             })
             .await;
@@ -293,10 +320,10 @@ async fn dispatch(shard: &Rc<Shard>, msgs: Vec<GroupMessage>) {
     }
 }
 
-fn deliver_all(shard: &Rc<Shard>, msgs: Vec<GroupMessage>) {
+fn deliver_all(shard: &Rc<Shard>, msgs: Vec<GroupMessage>, rejoining: Option<u64>) {
     if let Some(cluster) = shard.cluster() {
         for m in msgs {
-            cluster.deliver(m);
+            cluster.deliver(m, rejoining);
         }
     }
 }

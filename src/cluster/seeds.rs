@@ -16,6 +16,9 @@ pub struct ClusterSpec {
     pub seeds: BTreeMap<i32, String>,
     /// Where this broker's shards listen for other brokers.
     pub rpc_listen: SocketAddr,
+    /// This data directory's incarnation (`cluster::incarnation`); 0 until the broker has
+    /// read it at start.
+    pub incarnation: u64,
 }
 
 fn invalid(name: &'static str, reason: String) -> ConfigError {
@@ -109,6 +112,7 @@ impl ClusterSpec {
             node_id: config.node_id,
             seeds,
             rpc_listen,
+            incarnation: 0,
         }))
     }
 

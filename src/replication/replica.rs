@@ -190,6 +190,15 @@ pub struct Replica {
     /// Read indexes asked for inside a ready cycle, asked of Raft after its `advance`.
     reads_to_ask: RefCell<Vec<u64>>,
     next_read: Cell<u64>,
+    /// The commit index named by the first append this replica took from a leader since it
+    /// opened: what it must hold to have caught up (see [`Replica::caught_up`]).
+    catch_up_to: Cell<Option<u64>>,
+    /// Peers back with a wiped data directory whose progress this leader forgot: (term,
+    /// incarnation) of the last reset, per peer.
+    rejoined: RefCell<HashMap<u64, (u64, u64)>>,
+    /// Heartbeats naming a commit beyond this replica's log (its leader remembers entries
+    /// this replica lost), taken without their commit index.
+    commit_clamped: Cell<u64>,
     /// (term, vote) last written to `raft-state`.
     persisted: Cell<(u64, u64)>,
     busy: Cell<bool>,
@@ -302,6 +311,9 @@ impl Replica {
             gap_checks: RefCell::new(BTreeMap::new()),
             reads_to_ask: RefCell::new(Vec::new()),
             next_read: Cell::new(0),
+            catch_up_to: Cell::new(None),
+            rejoined: RefCell::new(HashMap::new()),
+            commit_clamped: Cell::new(0),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
             log_reads: Cell::new(0),
@@ -405,10 +417,69 @@ impl Replica {
 
     /// Hand in a peer's message. A message for an unknown peer or a stale one is dropped, as
     /// the network may do.
-    pub fn step(&self, m: Message) {
-        if let Err(e) = self.node.borrow_mut().step(m) {
-            tracing::debug!(dir = %self.dir.display(), "raft message dropped: {e}");
+    pub fn step(&self, mut m: Message) {
+        let append = (m.get_msg_type() == MessageType::MsgAppend
+            && self.catch_up_to.get().is_none())
+        .then_some((m.from, m.term, m.commit));
+        let mut node = self.node.borrow_mut();
+        // A leader that still counts what this replica held before its disk was wiped sends
+        // a heartbeat commit beyond this log (raft-rs would panic: it assumes stable
+        // storage). Its commit index is not taken: the appends that re-replicate the log
+        // carry it, checked by log matching.
+        if m.get_msg_type() == MessageType::MsgHeartbeat
+            && m.commit > node.raft.raft_log.last_index()
+        {
+            if self.commit_clamped.replace(self.commit_clamped.get() + 1) == 0 {
+                tracing::warn!(dir = %self.dir.display(), commit = m.commit, last_index = node.raft.raft_log.last_index(), "the leader names a commit beyond this log (this replica lost its data): catching up from its appends");
+            }
+            m.commit = node.raft.raft_log.committed;
         }
+        if let Err(e) = node.step(m) {
+            tracing::debug!(dir = %self.dir.display(), "raft message dropped: {e}");
+            return;
+        }
+        // Only a current leader's word counts (a deposed one's commit index may be behind).
+        if let Some((from, term, commit)) = append
+            && node.raft.leader_id == from
+            && node.raft.term == term
+        {
+            self.catch_up_to.set(Some(commit));
+        }
+    }
+
+    /// On the leader: `peer` is back with a wiped data directory (`incarnation` is its new
+    /// one). Raft's progress for it (what it acknowledged before) is forgotten, once per term
+    /// and incarnation: it no longer counts toward commits, and the leader probes it from the
+    /// start of the log (a stale match would make the leader ignore its rejections forever).
+    pub fn forget_rejoining_peer(&self, peer: u64, incarnation: u64) {
+        let mut node = self.node.borrow_mut();
+        if node.raft.state != StateRole::Leader || peer == self.id {
+            return;
+        }
+        let key = (node.raft.term, incarnation);
+        if self.rejoined.borrow().get(&peer) == Some(&key) {
+            return;
+        }
+        self.rejoined.borrow_mut().insert(peer, key);
+        if let Some(pr) = node.raft.mut_prs().get_mut(peer) {
+            tracing::info!(dir = %self.dir.display(), peer, matched = pr.matched, "forgetting a rejoining replica's progress: re-replicating it from the start");
+            pr.matched = 0;
+            pr.become_probe();
+            pr.next_idx = 1;
+        }
+    }
+
+    /// Whether this replica holds (fdatasynced) everything its leader had committed when it
+    /// first heard from it after opening; a leader has. A broker back with a wiped data
+    /// directory votes again only once every replica it holds has caught up so.
+    pub fn caught_up(&self) -> bool {
+        let n = self.node.borrow();
+        if n.raft.state == StateRole::Leader {
+            return true;
+        }
+        self.catch_up_to
+            .get()
+            .is_some_and(|t| n.raft.raft_log.committed >= t && n.raft.raft_log.persisted >= t)
     }
 
     /// Messages to send to peers (each has `to`), in order.

@@ -156,6 +156,7 @@ struct Sim {
 fn frame_of(msg: Message) -> Bytes {
     let mut b = wire::FrameBuilder::new(wire::Route {
         from: msg.from as u32,
+        incarnation: 1,
         to: msg.to as u32,
         shard: 0,
     });

@@ -4,8 +4,9 @@
 //! ```text
 //! frame    := length u32        bytes after this field, at most RPC_FRAME_BYTES_MAX
 //!             crc u32           CRC32C of everything after this field
-//!             version u8        1
+//!             version u8        2
 //!             from u32          sending broker id
+//!             incarnation u64   the sender's data directory (see `cluster::incarnation`)
 //!             to u32            receiving broker id
 //!             shard u16         the receiving shard (the one that owns the partitions)
 //!             count u16         messages in the frame, at least 1
@@ -18,7 +19,8 @@
 //!
 //! A frame is checked whole (length, CRC, version, counts, every message's length) before
 //! anything in it is used; a bad frame is an error for the connection, which the receiver
-//! closes with the error logged.
+//! closes with the error logged. Version 1 frames (no `incarnation`, from brokers before it
+//! existed) are read with incarnation 0, unknown.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use protobuf::Message as _;
@@ -29,14 +31,18 @@ use uuid::Uuid;
 pub const RPC_FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most messages in one frame.
 pub const RPC_MESSAGES_PER_FRAME_MAX: usize = 4096;
-const VERSION: u8 = 1;
-const HEAD: usize = 4 + 4 + 1 + 4 + 4 + 2 + 2;
+const VERSION: u8 = 2;
+const HEAD: usize = 4 + 4 + 1 + 4 + 8 + 4 + 2 + 2;
+/// A version 1 frame's header (no incarnation).
+const HEAD_V1: usize = HEAD - 8;
 const MESSAGE_HEAD: usize = 16 + 4 + 4;
 
 /// Where a frame goes and comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     pub from: u32,
+    /// The sender's incarnation (0: unknown).
+    pub incarnation: u64,
     pub to: u32,
     pub shard: u16,
 }
@@ -129,6 +135,7 @@ impl FrameBuilder {
         let mut rest = BytesMut::with_capacity(HEAD - 8 + self.body.len());
         rest.put_u8(VERSION);
         rest.put_u32(self.route.from);
+        rest.put_u64(self.route.incarnation);
         rest.put_u32(self.route.to);
         rest.put_u16(self.route.shard);
         rest.put_u16(self.count as u16);
@@ -166,7 +173,7 @@ pub fn decode(frame: &[u8]) -> Result<(Route, Vec<GroupMessage>), WireError> {
     if frame.len() > total {
         return Err(WireError::Trailing(frame.len() - total));
     }
-    if total < HEAD {
+    if total < HEAD_V1 {
         return Err(WireError::Truncated("header"));
     }
     let stored = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -176,11 +183,18 @@ pub fn decode(frame: &[u8]) -> Result<(Route, Vec<GroupMessage>), WireError> {
     }
     let mut b = &frame[8..];
     let version = b.get_u8();
-    if version != VERSION {
-        return Err(WireError::Version(version));
+    let head = match version {
+        VERSION => HEAD,
+        1 => HEAD_V1,
+        v => return Err(WireError::Version(v)),
+    };
+    if total < head {
+        return Err(WireError::Truncated("header"));
     }
+    let from = b.get_u32();
     let route = Route {
-        from: b.get_u32(),
+        from,
+        incarnation: if version == 1 { 0 } else { b.get_u64() },
         to: b.get_u32(),
         shard: b.get_u16(),
     };
@@ -224,6 +238,7 @@ mod tests {
 
     const ROUTE: Route = Route {
         from: 1,
+        incarnation: 0x0102_0304_0506_0708,
         to: 3,
         shard: 2,
     };
@@ -315,8 +330,10 @@ mod tests {
         // The heartbeat's protobuf: msg_type (field 1) = 8, to (2) = 3, from (3) = 1,
         // term (4) = 7.
         let raft: &[u8] = &[0x08, 0x08, 0x10, 0x03, 0x18, 0x01, 0x20, 0x07];
-        let mut rest = vec![1u8]; // version
-        rest.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 3, 0, 2, 0, 1]); // from, to, shard, count
+        let mut rest = vec![2u8]; // version
+        rest.extend_from_slice(&[0, 0, 0, 1]); // from
+        rest.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]); // incarnation
+        rest.extend_from_slice(&[0, 0, 0, 3, 0, 2, 0, 1]); // to, shard, count
         rest.extend_from_slice(&[0x22; 16]);
         rest.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, raft.len() as u8]);
         rest.extend_from_slice(raft);
@@ -324,7 +341,23 @@ mod tests {
         want.extend_from_slice(&crc32c::crc32c(&rest).to_be_bytes());
         want.extend_from_slice(&rest);
         assert_eq!(&f[..], &want[..]);
-        assert_eq!(f.len(), 53);
+        assert_eq!(f.len(), 61);
+        // A version 1 frame: the same without the incarnation, read as incarnation 0.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&rest[1..5]);
+        v1.extend_from_slice(&rest[13..]);
+        let mut old = ((4 + v1.len()) as u32).to_be_bytes().to_vec();
+        old.extend_from_slice(&crc32c::crc32c(&v1).to_be_bytes());
+        old.extend_from_slice(&v1);
+        let (route, ms) = decode(&old).unwrap();
+        assert_eq!(
+            route,
+            Route {
+                incarnation: 0,
+                ..ROUTE
+            }
+        );
+        assert_eq!(ms, vec![heartbeat()]);
     }
 
     #[test]

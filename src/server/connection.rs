@@ -58,6 +58,8 @@ pub enum ConnectionError {
     Encode(String),
     #[error("handler failed: {0}")]
     Handler(String),
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
 }
 
 /// A response ready to write: the full frame, length prefix included, in parts (a Fetch
@@ -86,6 +88,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Ok(()) => debug!(shard = %shard.id, %peer, "connection closed by client"),
         Err(ConnectionError::Io(e)) => {
             debug!(shard = %shard.id, %peer, error = %e, "connection closed")
+        }
+        Err(ConnectionError::NotReady(why)) => {
+            debug!(shard = %shard.id, %peer, reason = why, "closing connection: the broker is not ready")
         }
         Err(e) => {
             crate::metrics::bad_input_close();
@@ -246,7 +251,10 @@ pub(crate) fn start_request(
     Ok(runtime::spawn(async move {
         prerequisites.wait().await;
         let response = handlers::dispatch(&ctx, request).await;
-        let response = response.map_err(|e| ConnectionError::Handler(e.to_string()))?;
+        let response = response.map_err(|e| match e {
+            handlers::HandlerError::NotReady(why) => ConnectionError::NotReady(why),
+            e => ConnectionError::Handler(e.to_string()),
+        })?;
         let frame = match response {
             Some(body) => Some(encode_response(
                 key,

@@ -277,6 +277,14 @@ impl Broker {
     }
 
     /// All log files of all runs so far, concatenated (tail of each if long).
+    /// Whether any run's log has a line containing `needle` (the whole logs, not a tail).
+    pub fn logs_contain(&self, needle: &str) -> bool {
+        (1..=self.runs).any(|run| {
+            std::fs::read(self.log_path(run))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+    }
+
     pub fn logs_text(&self) -> String {
         const TAIL_BYTES: usize = 64 * 1024;
         let mut text = String::new();

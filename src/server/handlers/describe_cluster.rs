@@ -16,6 +16,11 @@ pub async fn handle(
     ctx: &RequestContext,
     req: DescribeClusterRequest,
 ) -> Result<DescribeClusterResponse, HandlerError> {
+    if !super::metadata::settled(&ctx.shard) {
+        return Err(HandlerError::NotReady(
+            "not caught up with the cluster metadata yet",
+        ));
+    }
     let config = &ctx.shard.config;
     let catalog = ctx.shard.catalog();
     let resp = DescribeClusterResponse::default()

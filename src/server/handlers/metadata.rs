@@ -23,6 +23,18 @@ use crate::cluster::node::Leadership;
 use crate::shard::controller::{CONTROLLER, TopicSpec};
 use crate::types::TopicPartition;
 
+/// Whether this broker knows the cluster: always on a one-node broker; in a cluster, once
+/// its registration with this data directory's incarnation is in its applied catalog.
+pub fn settled(shard: &crate::shard::Shard) -> bool {
+    shard.cluster().is_none_or(|c| {
+        shard
+            .catalog()
+            .brokers
+            .get(&c.spec.node_id)
+            .is_some_and(|b| b.incarnation == c.spec.incarnation)
+    })
+}
+
 pub async fn handle(
     ctx: &RequestContext,
     req: MetadataRequest,
@@ -40,6 +52,18 @@ pub async fn handle(
         ),
     };
 
+    // In a cluster, a broker answers Metadata once its own registration (with this data
+    // directory's incarnation) is in its applied catalog. Before that (a new broker, or one
+    // whose data directory was wiped, still replaying the metadata log) it knows neither
+    // the brokers nor the topics, and an answer listing none would make clients forget
+    // every broker they knew (librdkafka drops brokers a Metadata answer leaves out): the
+    // connection closes instead and the client asks another broker, as with a Kafka broker
+    // that has not caught up with the metadata log yet.
+    if !settled(shard) {
+        return Err(HandlerError::NotReady(
+            "not caught up with the cluster metadata yet",
+        ));
+    }
     // Auto-create what is missing.
     if let Some(wanted) = &wanted {
         let allow = req.allow_auto_topic_creation && config.auto_create_topics;

@@ -123,6 +123,10 @@ pub enum HandlerError {
     Shard(#[from] ShardError),
     #[error("request kind does not match its API key")]
     Mismatch,
+    /// The broker cannot answer yet (a cluster member still replaying the metadata log):
+    /// the connection closes and the client asks another broker.
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
 }
 
 /// Run the handler for `request`. `None` means no response is sent
