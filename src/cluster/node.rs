@@ -292,7 +292,14 @@ impl ClusterShard {
                 let replica = r.driver.replica();
                 Leadership {
                     tp: tp.clone(),
-                    leader: replica.leader().map(|l| l as i32),
+                    // A leader this shard cannot reach (its connection failed: the broker
+                    // is likely gone) is not named: Metadata then waits briefly for the
+                    // election and names the new leader, rather than sending clients to a
+                    // dead broker, where their reconnect backoff grows with every try.
+                    leader: replica
+                        .leader()
+                        .map(|l| l as i32)
+                        .filter(|&l| l == self.spec.node_id || self.links.reachable(l)),
                     epoch: replica.term() as i32,
                     in_sync: replica.in_sync().into_iter().map(|id| id as i32).collect(),
                 }

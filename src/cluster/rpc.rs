@@ -45,6 +45,8 @@ struct PeerLink {
     wake: Notify,
     dropped: Cell<u64>,
     sent: Cell<u64>,
+    /// False from a failed connect or write until the next successful connect.
+    reachable: Cell<bool>,
 }
 
 /// A shard's outbound links to every other broker.
@@ -70,6 +72,7 @@ impl Links {
                         wake: Notify::new(),
                         dropped: Cell::new(0),
                         sent: Cell::new(0),
+                        reachable: Cell::new(true),
                     }),
                 )
             })
@@ -101,6 +104,13 @@ impl Links {
         q.push_back(m);
         drop(q);
         peer.wake.notify_all();
+    }
+
+    /// Whether this shard's link to broker `id` works, as far as it knows (true until a
+    /// connect or a write fails, and again after a connect succeeds; true for itself and
+    /// unknown ids).
+    pub fn reachable(&self, id: i32) -> bool {
+        self.peers.get(&id).is_none_or(|p| p.reachable.get())
     }
 
     /// Messages dropped and sent, summed over peers.
@@ -165,6 +175,7 @@ async fn write_loop(links: Weak<Links>, peer: Rc<PeerLink>) {
                         info!(peer = peer.id, addr = %peer.addr, "connected to peer broker");
                     }
                     failing = false;
+                    peer.reachable.set(true);
                     conn = Some(s);
                 }
                 Err(e) => {
@@ -172,6 +183,7 @@ async fn write_loop(links: Weak<Links>, peer: Rc<PeerLink>) {
                         warn!(peer = peer.id, addr = %peer.addr, error = %e, "cannot reach peer broker; retrying");
                     }
                     failing = true;
+                    peer.reachable.set(false);
                     // Stale Raft messages are worth nothing later: drop them.
                     let n = peer.queue.borrow().len() as u64;
                     peer.queue.borrow_mut().clear();
@@ -199,6 +211,7 @@ async fn write_loop(links: Weak<Links>, peer: Rc<PeerLink>) {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*stream);
         if let Err(e) = runtime::write_parts(stream, fd, &frames).await {
             warn!(peer = peer.id, error = %e, "lost the connection to peer broker");
+            peer.reachable.set(false);
             conn = None;
             peer.dropped.set(peer.dropped.get() + msgs.len() as u64);
         } else {
