@@ -250,7 +250,9 @@ impl Catalog {
         true
     }
 
-    /// Grow a topic to `partitions` (the caller has checked it only grows).
+    /// Grow a topic to `partitions` (the caller has checked it only grows). A replicated
+    /// topic's new partitions get `assignments` (checked by the caller), or an even spread;
+    /// a local topic ignores them.
     pub fn set_partitions(
         &mut self,
         name: &str,

@@ -77,9 +77,8 @@ pub struct ClusterShard {
     election_ticks: usize,
     replicas: RefCell<HashMap<TopicPartition, Rc<Running>>>,
     by_id: RefCell<HashMap<(Uuid, i32), Rc<Running>>>,
-    /// Votes and vote requests dropped because their sender is rejoining with a wiped data
-    /// directory, by sender.
-    ignored_votes: RefCell<std::collections::BTreeMap<i32, u64>>,
+    /// Brokers rejoining with a wiped data directory whose dropped votes were logged.
+    rejoining_logged: RefCell<std::collections::BTreeSet<i32>>,
 }
 
 /// One replica's leadership as this broker sees it.
@@ -106,26 +105,18 @@ impl ClusterShard {
             election_ticks: config.raft_election_ticks,
             replicas: RefCell::new(HashMap::new()),
             by_id: RefCell::new(HashMap::new()),
-            ignored_votes: RefCell::new(std::collections::BTreeMap::new()),
+            rejoining_logged: RefCell::new(std::collections::BTreeSet::new()),
         })
     }
 
     /// A vote message from `broker`, rejoining with a new data directory, was dropped.
     pub fn note_ignored_vote(&self, broker: i32) {
-        let mut ignored = self.ignored_votes.borrow_mut();
-        let n = ignored.entry(broker).or_insert(0);
-        if *n == 0 {
+        if self.rejoining_logged.borrow_mut().insert(broker) {
             warn!(
                 broker,
                 "broker rejoins with a new data directory: its votes are ignored until it has caught up and registered again"
             );
         }
-        *n += 1;
-    }
-
-    /// Vote messages dropped from rejoining brokers, over all senders.
-    pub fn ignored_votes(&self) -> u64 {
-        self.ignored_votes.borrow().values().sum()
     }
 
     /// The partitions of this shard's replicas and whether each has caught up with its

@@ -196,9 +196,9 @@ pub struct Replica {
     /// Peers back with a wiped data directory whose progress this leader forgot: (term,
     /// incarnation) of the last reset, per peer.
     rejoined: RefCell<HashMap<u64, (u64, u64)>>,
-    /// Heartbeats naming a commit beyond this replica's log (its leader remembers entries
-    /// this replica lost), taken without their commit index.
-    commit_clamped: Cell<u64>,
+    /// Whether a heartbeat named a commit beyond this replica's log (its leader remembers
+    /// entries this replica lost) since it opened: logged once.
+    commit_clamped: Cell<bool>,
     /// (term, vote) last written to `raft-state`.
     persisted: Cell<(u64, u64)>,
     busy: Cell<bool>,
@@ -313,7 +313,7 @@ impl Replica {
             next_read: Cell::new(0),
             catch_up_to: Cell::new(None),
             rejoined: RefCell::new(HashMap::new()),
-            commit_clamped: Cell::new(0),
+            commit_clamped: Cell::new(false),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
             log_reads: Cell::new(0),
@@ -429,7 +429,7 @@ impl Replica {
         if m.get_msg_type() == MessageType::MsgHeartbeat
             && m.commit > node.raft.raft_log.last_index()
         {
-            if self.commit_clamped.replace(self.commit_clamped.get() + 1) == 0 {
+            if !self.commit_clamped.replace(true) {
                 tracing::warn!(dir = %self.dir.display(), commit = m.commit, last_index = node.raft.raft_log.last_index(), "the leader names a commit beyond this log (this replica lost its data): catching up from its appends");
             }
             m.commit = node.raft.raft_log.committed;

@@ -717,8 +717,8 @@ impl Shard {
                             None => Ok(()),
                         };
                         if checked.is_ok() && !validate_only {
-                            let manual = assignments.as_ref().filter(|_| self.is_cluster());
-                            catalog.set_partitions(name, *count, manual.cloned());
+                            // A local topic (one-node broker) keeps no replica lists.
+                            catalog.set_partitions(name, *count, assignments.clone());
                             changed += 1;
                         }
                         checked

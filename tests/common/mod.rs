@@ -1003,6 +1003,7 @@ pub struct BatchPosition {
     /// Total size: batchLength + 12.
     pub size: u64,
     pub base_offset: i64,
+    pub partition_leader_epoch: i32,
     pub last_offset_delta: i32,
 }
 
@@ -1053,6 +1054,7 @@ pub fn segment_batches(path: &Path) -> Vec<BatchPosition> {
             position: position as u64,
             size: size as u64,
             base_offset: i64::from_be_bytes(batch[0..8].try_into().unwrap()),
+            partition_leader_epoch: i32::from_be_bytes(batch[12..16].try_into().unwrap()),
             last_offset_delta: i32::from_be_bytes(batch[23..27].try_into().unwrap()),
         });
         position += size;
@@ -1203,20 +1205,4 @@ pub fn raw_offset_for_leader_epoch(
     let r = OffsetForLeaderEpochResponse::decode(&mut b, V).expect("response");
     let p = &r.topics[0].partitions[0];
     (p.error_code, p.leader_epoch, p.end_offset)
-}
-
-/// (partition leader epoch, base offset, last offset) of every record batch in `bytes`
-/// (batches as stored, one after another).
-pub fn batch_epochs(bytes: &[u8]) -> Vec<(i32, i64, i64)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 61 <= bytes.len() {
-        let base = i64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
-        let len = i32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
-        let epoch = i32::from_be_bytes(bytes[at + 12..at + 16].try_into().unwrap());
-        let delta = i32::from_be_bytes(bytes[at + 23..at + 27].try_into().unwrap());
-        out.push((epoch, base, base + i64::from(delta)));
-        at += 12 + len;
-    }
-    out
 }
