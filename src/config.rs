@@ -220,6 +220,12 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "1..=1000",
     },
     Setting {
+        name: "offsets_topic_replication_factor",
+        description: "In a cluster, replicas of each __consumer_offsets partition (offsets.topic.replication.factor), at most the number of seed servers; the topic is created once that many brokers have registered, and FindCoordinator answers COORDINATOR_NOT_AVAILABLE until then",
+        default: "3",
+        bounds: "1..=16",
+    },
+    Setting {
         name: "offsets_topic_segment_bytes",
         description: "Segment size of __consumer_offsets, set as its segment.bytes when the topic is created (offsets.topic.segment.bytes; AlterConfigs changes it later). Once a partition of it has older segments holding at least twice the bytes of its live offsets, the coordinator re-appends the live offsets and deletes those segments, so the topic and the startup replay stay bounded",
         default: "104857600",
@@ -291,6 +297,7 @@ pub struct Config {
     pub spin_before_park_us: u64,
     pub io_memory_bytes: usize,
     pub offsets_topic_partitions: i32,
+    pub offsets_topic_replication_factor: i16,
     pub offsets_topic_segment_bytes: u64,
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
@@ -332,6 +339,7 @@ impl Default for Config {
             spin_before_park_us: 20,
             io_memory_bytes: constants::IO_MEMORY_BYTES_PER_SHARD,
             offsets_topic_partitions: constants::OFFSETS_TOPIC_PARTITIONS_DEFAULT,
+            offsets_topic_replication_factor: 3,
             offsets_topic_segment_bytes: constants::OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
@@ -463,6 +471,13 @@ impl Config {
             1,
             1000,
             "1..=1000",
+        )?;
+        check(
+            "offsets_topic_replication_factor",
+            self.offsets_topic_replication_factor,
+            1,
+            16,
+            "1..=16",
         )?;
         check(
             "offsets_topic_segment_bytes",

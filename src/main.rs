@@ -159,6 +159,9 @@ struct ServeArgs {
     /// Partitions of __consumer_offsets when created [default: 16].
     #[arg(long)]
     offsets_topic_partitions: Option<i32>,
+    /// In a cluster: replicas of each __consumer_offsets partition [default: 3].
+    #[arg(long)]
+    offsets_topic_replication_factor: Option<i16>,
     /// Segment size of __consumer_offsets when it is created; it is compacted segment by
     /// segment [default: 100 MiB].
     #[arg(long)]
@@ -259,6 +262,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.offsets_topic_partitions {
         config.offsets_topic_partitions = v;
+    }
+    if let Some(v) = args.offsets_topic_replication_factor {
+        config.offsets_topic_replication_factor = v;
     }
     if let Some(v) = args.offsets_topic_segment_bytes {
         config.offsets_topic_segment_bytes = v;

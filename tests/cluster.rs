@@ -963,3 +963,251 @@ fn a_cluster_member_refuses_inconsistent_flags() {
         );
     }
 }
+
+/// A member of consumer group `group` that commits only when told to; it starts from the
+/// beginning of partitions that have no committed offset, so lost offsets would show as
+/// records read again from the start.
+fn group_consumer(bootstrap: &str, group: &str) -> rdkafka::consumer::BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.wait.max.ms", "100")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("log_level", "3")
+        .create()
+        .expect("group consumer")
+}
+
+/// The broker coordinating `group`, as the running brokers of `cluster` answer
+/// FindCoordinator, once one names a coordinator that is not `not` (a killed broker).
+fn coordinator_of(cluster: &mut Cluster, group: &str, not: Option<i32>) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        for b in cluster.brokers.iter_mut() {
+            if !b.is_running() {
+                continue;
+            }
+            match raw_find_coordinator(b.addr(), group) {
+                Ok((0, node)) if Some(node) != not => return node,
+                Ok(answer) => last = format!("{answer:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no coordinator for {group} within 30 s (last answer: {last})");
+}
+
+/// One delivered record: into `seen`, checked to be at or past `floor[partition]` (the
+/// offsets committed before), so a lost commit (a restart from the beginning) fails here.
+fn take(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    floor: &BTreeMap<i32, i64>,
+    seen: &mut HashMap<(i32, i64), String>,
+    cluster: &Cluster,
+) {
+    let (p, o) = (m.partition(), m.offset());
+    let low = floor.get(&p).copied().unwrap_or(0);
+    assert!(
+        o >= low,
+        "partition {p}: offset {o} delivered, below the committed {low}: the commit was lost\n{}",
+        cluster.logs()
+    );
+    let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+    seen.insert((p, o), payload);
+}
+
+/// Poll `consumer` until `want(seen)` or 60 s; every record it delivers goes through
+/// [`take`].
+fn consume_while(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    floor: &BTreeMap<i32, i64>,
+    seen: &mut HashMap<(i32, i64), String>,
+    want: impl Fn(&HashMap<(i32, i64), String>) -> bool,
+    cluster: &Cluster,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !want(seen) {
+        assert!(
+            Instant::now() < deadline,
+            "the group consumer stalled with {} records\n{}",
+            seen.len(),
+            cluster.logs()
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => take(&m, floor, seen, cluster),
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+    }
+}
+
+/// Commit `offsets` ((partition, next offset) of `topic`) as the group member `consumer`,
+/// retrying while the coordinator moves and the member rejoins (records delivered meanwhile
+/// go through [`take`]).
+fn commit_as_member(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    offsets: &BTreeMap<i32, i64>,
+    floor: &BTreeMap<i32, i64>,
+    seen: &mut HashMap<(i32, i64), String>,
+    cluster: &Cluster,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in offsets {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .expect("add partition offset");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("commit: {e}; retrying");
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                    take(&m, floor, seen, cluster);
+                }
+            }
+            Err(e) => panic!("commit failed for 30 s: {e}\n{}", cluster.logs()),
+        }
+    }
+}
+
+/// Per partition, the offset after the last record in `seen`.
+fn next_offsets(seen: &HashMap<(i32, i64), String>) -> BTreeMap<i32, i64> {
+    let mut next = BTreeMap::new();
+    for &(p, o) in seen.keys() {
+        let e = next.entry(p).or_insert(0);
+        *e = (*e).max(o + 1);
+    }
+    next
+}
+
+/// Committed offsets as a plain map (-1: none), read through `bootstrap`.
+fn committed_map(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    committed(bootstrap, group, topic, PARTITIONS)
+        .into_iter()
+        .map(|(p, o)| (p, o.to_raw().unwrap_or(-1)))
+        .collect()
+}
+
+/// `__consumer_offsets` is replicated and the group coordinator moves with its partition's
+/// leadership (issue 12, item 3). A group member consumes and commits; the coordinator is
+/// killed with `kill -9`: FindCoordinator names another broker, the member goes on by itself
+/// without reading anything below its commit again, and commits through the new
+/// coordinator. The killed broker comes back, the second coordinator is killed too, and a
+/// new member of the group resumes exactly where the first one committed: every offset
+/// acknowledged by either coordinator survived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_offsets_survive_coordinator_failover() {
+    let mut cluster = Cluster::start(&[1, 1, 1]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "grouped";
+    let group = "failover-group";
+    wait_for_brokers(&bootstrap, 3);
+    create_replicated(&cluster, topic).await;
+    wait_for_leaders(&bootstrap, topic, 3);
+    // Every partition of __consumer_offsets has three replicas on distinct brokers.
+    for (p, r) in replica_lists(&bootstrap, "__consumer_offsets", 16)
+        .iter()
+        .enumerate()
+    {
+        let distinct: std::collections::BTreeSet<_> = r.iter().collect();
+        assert_eq!(distinct.len(), 3, "__consumer_offsets-{p} replicas {r:?}");
+    }
+    let producer = retrying_producer(&bootstrap);
+    let (acked, failed) = produce(&producer, topic, 0, 600).await;
+    assert_eq!(failed, 0, "no failure before any fault\n{}", cluster.logs());
+
+    // A member consumes about half and commits its positions.
+    let a = group_consumer(&bootstrap, group);
+    a.subscribe(&[topic]).expect("subscribe");
+    let mut seen = HashMap::new();
+    let none = BTreeMap::new();
+    consume_while(&a, &none, &mut seen, |s| s.len() >= 300, &cluster);
+    let consumed = next_offsets(&seen);
+    commit_as_member(&a, topic, &consumed, &none, &mut seen, &cluster);
+    let first = committed_map(&bootstrap, group, topic);
+    for (p, o) in &consumed {
+        assert_eq!(first[p], *o, "partition {p}: the commit is read back");
+    }
+
+    // kill -9 of the coordinator: the member goes on, never below its commit.
+    let coordinator = coordinator_of(&mut cluster, group, None);
+    cluster.node(coordinator).kill9();
+    let successor = coordinator_of(&mut cluster, group, Some(coordinator));
+    eprintln!("coordinator {coordinator} killed; {successor} took over");
+    let all: HashMap<(i32, i64), String> = acked
+        .iter()
+        .map(|r| ((r.partition, r.offset), r.payload.clone()))
+        .collect();
+    consume_while(
+        &a,
+        &first,
+        &mut seen,
+        |s| all.keys().all(|k| s.contains_key(k)),
+        &cluster,
+    );
+    for (k, v) in &all {
+        assert_eq!(seen.get(k), Some(v), "record at {k:?} as acknowledged");
+    }
+    let ends = next_offsets(&seen);
+    commit_as_member(&a, topic, &ends, &first, &mut seen, &cluster);
+    let second = committed_map(&bootstrap, group, topic);
+    assert_eq!(second, ends, "committed through the new coordinator");
+    // The member leaves; the killed broker comes back and catches up.
+    drop(a);
+    cluster.node(coordinator).restart();
+    wait_for_brokers(&bootstrap, 3);
+    wait_for_leaders(&bootstrap, topic, 3);
+
+    // More records, then the second coordinator dies too: a new member resumes exactly at
+    // the commit.
+    let (more, failed) = produce_tagged(&producer, topic, "after", 600, 660).await;
+    assert_eq!(
+        failed,
+        0,
+        "no failure with every broker up\n{}",
+        cluster.logs()
+    );
+    let now = coordinator_of(&mut cluster, group, None);
+    cluster.node(now).kill9();
+    let next = coordinator_of(&mut cluster, group, Some(now));
+    eprintln!("coordinator {now} killed; {next} took over");
+    let b = group_consumer(&bootstrap, group);
+    b.subscribe(&[topic]).expect("subscribe");
+    let mut seen_b = HashMap::new();
+    let wanted: HashMap<(i32, i64), String> = more
+        .iter()
+        .map(|r| ((r.partition, r.offset), r.payload.clone()))
+        .collect();
+    consume_while(
+        &b,
+        &second,
+        &mut seen_b,
+        |s| wanted.keys().all(|k| s.contains_key(k)),
+        &cluster,
+    );
+    // Nothing consumed before the commit came back (the floor check) and nothing more
+    // arrived: exactly the records produced after it.
+    let _ = b.poll(Duration::from_millis(500));
+    assert!(
+        seen_b.keys().all(|k| wanted.contains_key(k)),
+        "only records after the commit: {:?}",
+        seen_b
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .collect::<Vec<_>>()
+    );
+    drop(b);
+    cluster.node(now).restart();
+    for broker in &mut cluster.brokers {
+        assert!(broker.stop(), "clean stop");
+    }
+}

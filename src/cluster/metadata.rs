@@ -367,7 +367,8 @@ async fn apply(shard: &Rc<Shard>, offset: i64, rec: MetaRecord) {
 }
 
 /// On the metadata shard: register this broker (its Kafka listener, RPC address, shards) in
-/// the metadata log, with the cluster id and `__consumer_offsets` if the log has none yet.
+/// the metadata log, with the cluster id if the log has none yet, and create the replicated
+/// `__consumer_offsets` once enough brokers registered ([`offsets_topic_replicas`]).
 /// Retries until the applied catalog shows the registration, then re-checks now and then (a
 /// changed listener after a restart is registered again).
 pub fn spawn_registration(shard: Rc<Shard>, me: BrokerInfo) {
@@ -407,10 +408,9 @@ pub fn spawn_registration(shard: Rc<Shard>, me: BrokerInfo) {
                     caught_up_told = true;
                 }
             }
-            let registered = prior == Some(&me)
-                && !current.cluster_id.is_empty()
-                && current.get(crate::constants::OFFSETS_TOPIC).is_some();
-            if registered {
+            let registered = prior == Some(&me) && !current.cluster_id.is_empty();
+            let offsets_replicas = offsets_topic_replicas(&shard, &current);
+            if registered && offsets_replicas.is_none() {
                 if !announced {
                     info!(
                         broker = me.id,
@@ -419,14 +419,23 @@ pub fn spawn_registration(shard: Rc<Shard>, me: BrokerInfo) {
                     );
                     announced = true;
                 }
-                runtime::sleep(Duration::from_secs(2)).await;
+                runtime::sleep(Duration::from_millis(
+                    if current.get(crate::constants::OFFSETS_TOPIC).is_some() {
+                        2000
+                    } else {
+                        250
+                    },
+                ))
+                .await;
                 continue;
             }
             let mut next = current.snapshot();
             if next.cluster_id.is_empty() {
                 next.cluster_id = Uuid::new_v4().simple().to_string();
             }
-            crate::group::add_offsets_topic(&mut next, &shard.config);
+            if let Some(replicas) = offsets_replicas {
+                crate::group::add_offsets_topic(&mut next, &shard.config, replicas);
+            }
             next.brokers.insert(me.id, me.clone());
             match publish(&shard, next).await {
                 Ok(()) => {}
@@ -437,6 +446,32 @@ pub fn spawn_registration(shard: Rc<Shard>, me: BrokerInfo) {
             }
         }
     });
+}
+
+/// The replica lists of `__consumer_offsets` if it is time to create it: it is missing and
+/// `offsets_topic_replication_factor` brokers (at most the seed servers) have registered.
+/// Each partition gets that many replicas, spread as any topic's. Every registered broker
+/// proposes it; the metadata log applies the first and refuses the rest (their base version
+/// is stale), so the topic is created once.
+fn offsets_topic_replicas(shard: &Shard, catalog: &Catalog) -> Option<Vec<Vec<i32>>> {
+    if catalog.get(crate::constants::OFFSETS_TOPIC).is_some() || catalog.cluster_id.is_empty() {
+        return None;
+    }
+    let seeds = shard.cluster()?.spec.seeds.len();
+    let rf = usize::try_from(shard.config.offsets_topic_replication_factor)
+        .unwrap_or(1)
+        .clamp(1, seeds.max(1));
+    let brokers: Vec<i32> = catalog.brokers.keys().copied().collect();
+    if brokers.len() < rf {
+        return None;
+    }
+    Some(crate::cluster::catalog::assign_replicas(
+        crate::constants::OFFSETS_TOPIC,
+        &brokers,
+        rf,
+        0,
+        shard.config.offsets_topic_partitions,
+    ))
 }
 
 /// The replicas `broker` holds per `catalog` (the metadata one included) that have not

@@ -298,6 +298,16 @@ impl ClusterShard {
             .collect()
     }
 
+    /// `tp`'s leader and epoch as [`ClusterShard::leadership`] reports them, if this shard
+    /// runs a replica of it and knows a leader it can reach.
+    pub fn leader_of(&self, tp: &TopicPartition) -> Option<(i32, i32)> {
+        let driver = self.replica(tp)?;
+        let replica = driver.replica();
+        let leader = replica.leader()? as i32;
+        (leader == self.spec.node_id || self.links.reachable(leader))
+            .then(|| (leader, replica.term() as i32))
+    }
+
     /// The metadata group's leader, if this shard runs its replica and knows one.
     pub fn metadata_leader(&self) -> Option<i32> {
         self.replica(&metadata_tp())

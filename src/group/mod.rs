@@ -76,7 +76,7 @@ pub fn ensure_offsets_topic(
     catalog: &mut crate::cluster::catalog::Catalog,
     config: &Config,
 ) -> Result<(), crate::cluster::catalog::CatalogError> {
-    if !add_offsets_topic(catalog, config) {
+    if !add_offsets_topic(catalog, config, Vec::new()) {
         return Ok(());
     }
     catalog.save(&config.data_dir)?;
@@ -88,7 +88,13 @@ pub fn ensure_offsets_topic(
 }
 
 /// Add `__consumer_offsets` to `catalog` unless it is there; true if it was added.
-pub fn add_offsets_topic(catalog: &mut crate::cluster::catalog::Catalog, config: &Config) -> bool {
+/// `replicas`: each partition's replicas in a cluster (a Raft group each), empty on a
+/// one-node broker (local partitions).
+pub fn add_offsets_topic(
+    catalog: &mut crate::cluster::catalog::Catalog,
+    config: &Config,
+    replicas: Vec<Vec<i32>>,
+) -> bool {
     if catalog.get(OFFSETS_TOPIC).is_some() {
         return false;
     }
@@ -109,7 +115,7 @@ pub fn add_offsets_topic(catalog: &mut crate::cluster::catalog::Catalog, config:
         id: uuid::Uuid::new_v4(),
         partitions: config.offsets_topic_partitions,
         configs,
-        replicas: Vec::new(),
+        replicas,
     });
     true
 }
@@ -141,22 +147,33 @@ pub fn coordinator_of(shard: &Shard, group_id: &str) -> Option<ShardId> {
     offsets_tp(shard, group_id).map(|tp| shard.owner_of(&tp))
 }
 
-/// Run `f` on the shard coordinating `group_id` and return its result here.
-/// `Ok(None)`: no `__consumer_offsets` topic (COORDINATOR_NOT_AVAILABLE).
+/// Run `f` on the shard coordinating `group_id` and return its result here, if that shard
+/// coordinates the group now ([`GroupCoordinator::coordinating`], checked on that shard just
+/// before `f` runs). `Ok(Err(e))`: COORDINATOR_NOT_AVAILABLE (no `__consumer_offsets`),
+/// NOT_COORDINATOR (another broker leads the group's partition) or
+/// COORDINATOR_LOAD_IN_PROGRESS (this broker just became its leader and is reading it).
 pub async fn on_coordinator<T, F, Fut>(
     shard: &Shard,
     group_id: &str,
     f: F,
-) -> Result<Option<T>, ShardError>
+) -> Result<Result<T, ResponseError>, ShardError>
 where
     T: Send + 'static,
     F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T> + 'static,
 {
-    match coordinator_of(shard, group_id) {
-        Some(target) => shard.invoke_on(target, f).await.map(Some),
-        None => Ok(None),
-    }
+    let Some(target) = coordinator_of(shard, group_id) else {
+        return Ok(Err(ResponseError::CoordinatorNotAvailable));
+    };
+    let gid = group_id.to_string();
+    shard
+        .invoke_on(target, move |s| async move {
+            match s.groups.coordinating(&s, &gid) {
+                Ok(_) => Ok(f(s).await),
+                Err(e) => Err(e),
+            }
+        })
+        .await
 }
 
 /// One partition's commit.
@@ -279,12 +296,47 @@ fn commit_error(e: &StorageError) -> i16 {
     }
 }
 
+/// Where this shard stands with a replicated `__consumer_offsets` partition whose replica
+/// leads: the Raft term (leader epoch) it leads in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coordinating {
+    /// Reading the partition's log into the groups' offsets: requests for its groups get
+    /// COORDINATOR_LOAD_IN_PROGRESS.
+    Loading(u64),
+    /// Every committed offset of the partition is in memory: its groups are served.
+    Serving(u64),
+}
+
+impl Coordinating {
+    fn term(self) -> u64 {
+        match self {
+            Coordinating::Loading(t) | Coordinating::Serving(t) => t,
+        }
+    }
+}
+
+/// A replicated write to `__consumer_offsets` failed: the code OffsetCommit reports. All
+/// but a storage error are retriable: the client finds the coordinator again and retries.
+fn replica_commit_error(e: &crate::replication::ReplicaError) -> i16 {
+    use crate::replication::ReplicaError;
+    match e {
+        ReplicaError::Storage(e) => commit_error(e),
+        ReplicaError::Backpressure | ReplicaError::DuplicateInFlight => {
+            ResponseError::RequestTimedOut.code()
+        }
+        _ => ResponseError::NotCoordinator.code(),
+    }
+}
+
 /// The per-shard coordinator state: the groups this shard owns.
 ///
 /// Contract: used on its own shard only; no `RefCell` borrow is held across
 /// an `.await`.
 pub struct GroupCoordinator {
     groups: RefCell<HashMap<String, Group>>,
+    /// In a cluster: the replicated `__consumer_offsets` partitions this shard coordinates
+    /// (its replica leads them), by partition ([`GroupCoordinator::follow_leadership`]).
+    leading: RefCell<HashMap<i32, Coordinating>>,
     settings: GroupSettings,
     /// Time for offset writes (commit timestamps, batch timestamps) and
     /// commit checks (`storage::io::Clock`, the system clock in production).
@@ -295,6 +347,7 @@ impl GroupCoordinator {
     pub fn new(config: &Config) -> Self {
         GroupCoordinator {
             groups: RefCell::new(HashMap::new()),
+            leading: RefCell::new(HashMap::new()),
             settings: GroupSettings {
                 initial_rebalance_delay: Duration::from_millis(
                     config.group_initial_rebalance_delay_ms,
@@ -395,23 +448,70 @@ impl GroupCoordinator {
         })
     }
 
-    /// Append `records` to the group's offsets partition and wait until they
-    /// are durable: the log offset of the first record.
-    async fn write(
+    /// Whether this shard coordinates `group_id` now: Ok with the Raft term of the leadership
+    /// it holds (0 for a local partition), else the error a group request gets.
+    pub fn coordinating(&self, shard: &Shard, group_id: &str) -> Result<u64, ResponseError> {
+        let tp = offsets_tp(shard, group_id).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let Some(driver) = shard.replica(&tp) else {
+            return if shard.partition(&tp).is_some() {
+                Ok(0)
+            } else {
+                Err(ResponseError::NotCoordinator)
+            };
+        };
+        let replica = driver.replica();
+        let (leader, term) = (replica.is_leader(), replica.term());
+        match self.leading.borrow().get(&tp.partition) {
+            Some(Coordinating::Serving(t)) if leader && *t == term => Ok(term),
+            Some(Coordinating::Loading(t)) if leader && *t == term => {
+                Err(ResponseError::CoordinatorLoadInProgress)
+            }
+            _ => Err(ResponseError::NotCoordinator),
+        }
+    }
+
+    /// Append `records` to the group's offsets partition and wait until they are durable:
+    /// the log offset of the first record. A replicated partition takes them as a proposal
+    /// of its Raft leader and answers once they are committed (fdatasynced on a majority),
+    /// as an acks=all produce. The append is placed when this is called.
+    fn write(
         &self,
         shard: &Shard,
         group_id: &str,
         records: &[(Bytes, Option<Bytes>)],
-    ) -> Result<i64, i16> {
-        let log = offsets_tp(shard, group_id)
-            .and_then(|tp| shard.partition(&tp))
-            .ok_or(ResponseError::NotCoordinator.code())?;
-        append_durable(&log, records, self.clock.wall_ms())
-            .await
-            .map_err(|e| match e {
-                OffsetsWriteError::Encode(_) => ResponseError::InvalidCommitOffsetSize.code(),
-                OffsetsWriteError::Storage(e) => commit_error(&e),
-            })
+    ) -> impl std::future::Future<Output = Result<i64, i16>> + use<> {
+        let timestamp = self.clock.wall_ms();
+        let placed: Result<_, i16> = (|| {
+            let tp = offsets_tp(shard, group_id).ok_or(ResponseError::NotCoordinator.code())?;
+            let bytes = records::encode_batches(records, timestamp, OFFSETS_BATCH_BYTES_MAX)
+                .map_err(|_| ResponseError::InvalidCommitOffsetSize.code())?;
+            if let Some(driver) = shard.replica(&tp) {
+                return Ok(futures::future::Either::Left(
+                    driver.propose(bytes, crate::replication::Acks::All),
+                ));
+            }
+            let log = shard
+                .partition(&tp)
+                .ok_or(ResponseError::NotCoordinator.code())?;
+            let appended = log.append(bytes);
+            Ok(futures::future::Either::Right(async move {
+                let info = appended.await?;
+                log.wait_durable(&info).await?;
+                Ok::<_, StorageError>(info)
+            }))
+        })();
+        async move {
+            match placed? {
+                futures::future::Either::Left(proposed) => proposed
+                    .await
+                    .map(|info| info.base_offset.get())
+                    .map_err(|e| replica_commit_error(&e)),
+                futures::future::Either::Right(appended) => appended
+                    .await
+                    .map(|info| info.base_offset.get())
+                    .map_err(|e| commit_error(&e)),
+            }
+        }
     }
 
     /// OffsetCommit: validate against the group, write durably, then apply.
@@ -425,14 +525,18 @@ impl GroupCoordinator {
         req: CommitRequest,
     ) -> impl std::future::Future<Output = PartitionErrors> + 'static {
         let simple = req.generation < 0;
+        let lease = shard.groups.coordinating(&shard, &group_id);
         // Unknown group: only a simple consumer (generation < 0) creates it.
-        let ticket = shard
-            .groups
-            .with_group(&group_id, simple, |g| g.write_order.enter(Mode::Shared));
+        let ticket = match lease {
+            Ok(_) => shard
+                .groups
+                .with_group(&group_id, simple, |g| g.write_order.enter(Mode::Shared)),
+            Err(_) => None,
+        };
         async move {
             shard
                 .groups
-                .commit_in_line(&shard, &group_id, req, ticket)
+                .commit_in_line(&shard, &group_id, req, lease, ticket)
                 .await
         }
     }
@@ -442,6 +546,7 @@ impl GroupCoordinator {
         shard: &Shard,
         group_id: &str,
         req: CommitRequest,
+        lease: Result<u64, ResponseError>,
         ticket: Option<write_order::Ticket>,
     ) -> PartitionErrors {
         let all = |code: i16, topics: &[(String, Vec<CommitPartition>)]| -> PartitionErrors {
@@ -449,6 +554,10 @@ impl GroupCoordinator {
                 .iter()
                 .map(|(t, ps)| (t.clone(), ps.iter().map(|p| (p.partition, code)).collect()))
                 .collect()
+        };
+        let term = match lease {
+            Ok(term) => term,
+            Err(e) => return all(e.code(), &req.topics),
         };
         let simple = req.generation < 0;
         let Some(ticket) = ticket else {
@@ -462,6 +571,10 @@ impl GroupCoordinator {
         // From the grant to the append (in `write`) there is no await: the
         // appends keep the order of the entries.
         let _granted = ticket.granted().await;
+        // The leadership may have moved while the commit waited for its turn.
+        if self.coordinating(shard, group_id) != Ok(term) {
+            return all(ResponseError::NotCoordinator.code(), &req.topics);
+        }
         let now = self.clock.now();
         let timestamp = self.clock.wall_ms();
         let check = self.with_group(group_id, simple, |g| {
@@ -524,6 +637,9 @@ impl GroupCoordinator {
             return results;
         }
         match self.write(shard, group_id, &records).await {
+            // Committed, but the leadership moved meanwhile: the new leader's load read it
+            // from the log (or another broker's did); this shard's map is not the group's.
+            Ok(_) if self.coordinating(shard, group_id) != Ok(term) => {}
             Ok(base) => {
                 self.with_group(group_id, true, |g| {
                     for (i, (tp, mut c)) in applied.into_iter().enumerate() {
@@ -678,6 +794,9 @@ impl GroupCoordinator {
             return ResponseError::GroupIdNotFound.code();
         };
         let _granted = ticket.granted().await;
+        if let Err(e) = self.coordinating(shard, group_id) {
+            return e.code();
+        }
         let keys = self.with_group(group_id, false, |g| {
             if g.state == GroupState::Dead {
                 Err(ResponseError::GroupIdNotFound.code())
@@ -718,6 +837,9 @@ impl GroupCoordinator {
             return Err(ResponseError::GroupIdNotFound.code());
         };
         let _granted = ticket.granted().await;
+        if let Err(e) = self.coordinating(shard, group_id) {
+            return Err(e.code());
+        }
         let plan = self.with_group(group_id, false, |g| {
             if g.state == GroupState::Dead {
                 return Err(ResponseError::GroupIdNotFound.code());
@@ -774,7 +896,12 @@ impl GroupCoordinator {
         };
         for p in 0..meta.partitions {
             let tp = TopicPartition::new(OFFSETS_TOPIC, p);
-            if shard.owner_of(&tp) != shard.id || shard.stopping.get() {
+            // A replicated partition is not compacted yet: moving its log start needs every
+            // replica to agree (Raft snapshots, not built yet).
+            if shard.owner_of(&tp) != shard.id
+                || shard.stopping.get()
+                || shard.replica(&tp).is_some()
+            {
                 continue;
             }
             let Some(log) = shard.partition(&tp) else {
@@ -906,116 +1033,257 @@ impl GroupCoordinator {
         }
     }
 
-    /// Apply one record of `__consumer_offsets` read at `log_offset`.
-    fn replay_record(&self, log_offset: i64, key: &[u8], value: Option<&[u8]>) {
-        let key = match records::decode_key(key) {
-            Ok(RecordKey::Offset(k)) => k,
-            Ok(_) => return,
-            Err(e) => {
-                warn!(log_offset, error = %e, "skipping undecodable offsets key");
-                return;
-            }
-        };
-        let mut groups = self.groups.borrow_mut();
-        let tp = (key.topic, key.partition);
-        match value {
-            None => {
-                if let Some(g) = groups.get_mut(&key.group) {
-                    g.offsets.remove(&tp);
-                }
-            }
-            Some(v) => match records::decode_value(v) {
-                Ok(v) => {
-                    let g = groups
-                        .entry(key.group.clone())
-                        .or_insert_with(|| Group::new(key.group));
-                    g.offsets.insert(
-                        tp,
-                        CommittedOffset {
-                            offset: v.offset,
-                            leader_epoch: v.leader_epoch,
-                            metadata: v.metadata,
-                            commit_timestamp_ms: v.commit_timestamp_ms,
-                            log_offset,
-                        },
-                    );
-                }
-                Err(e) => warn!(log_offset, error = %e, "skipping undecodable offsets value"),
-            },
-        }
-    }
-
-    /// Rebuild the committed offsets of the groups this shard coordinates
-    /// from its `__consumer_offsets` partitions. Called once at startup,
-    /// before the broker listens. Returns the number of records read.
+    /// Rebuild the committed offsets of the groups this shard coordinates from its local
+    /// `__consumer_offsets` partitions (a one-node broker's). Called once at startup, before
+    /// the broker listens. Replicated partitions are read when their replica becomes leader
+    /// ([`GroupCoordinator::follow_leadership`]). Returns the number of records read.
     pub async fn load(&self, shard: &Shard) -> Result<u64, StorageError> {
-        const READ_BYTES: usize = 1 << 20;
         let Some(meta) = shard.catalog().get(OFFSETS_TOPIC).cloned() else {
             return Ok(0);
         };
         let mut count = 0u64;
+        let mut loaded = HashMap::new();
         for p in 0..meta.partitions {
             let tp = TopicPartition::new(OFFSETS_TOPIC, p);
-            if shard.owner_of(&tp) != shard.id {
+            if shard.owner_of(&tp) != shard.id || shard.replica(&tp).is_some() {
                 continue;
             }
             let Some(log) = shard.partition(&tp) else {
                 continue;
             };
-            let mut next = log.log_start_offset().get();
-            let end = log.high_watermark().get();
-            while next < end {
-                let data = log.read(Offset(next), READ_BYTES).await?;
-                let before = next;
-                let mut buf = data.records;
-                // Batch header: baseOffset i64 @0, batchLength i32 @8,
-                // lastOffsetDelta i32 @23 (ARCHITECTURE.md).
-                while buf.len() >= 61 {
-                    let base = i64::from_be_bytes(buf[0..8].try_into().unwrap_or([0; 8]));
-                    let length = i32::from_be_bytes(buf[8..12].try_into().unwrap_or([0; 4]));
-                    let last_delta = i32::from_be_bytes(buf[23..27].try_into().unwrap_or([0; 4]));
-                    let size = (length.max(0) as usize).saturating_add(12);
-                    if length < 49 || size > buf.len() {
-                        break;
-                    }
-                    let mut batch = buf.split_to(size);
-                    let batch_next = base + i64::from(last_delta.max(0)) + 1;
-                    if batch_next <= next {
-                        continue;
-                    }
-                    match RecordBatchDecoder::decode(&mut batch) {
-                        Ok(set) => {
-                            for r in set
-                                .records
-                                .iter()
-                                .filter(|r| !r.control && r.offset >= next)
-                            {
-                                if let Some(k) = &r.key {
-                                    self.replay_record(r.offset, k, r.value.as_deref());
-                                    count += 1;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            warn!(partition = %tp, base, error = %e, "skipping undecodable batch")
-                        }
-                    }
-                    batch.advance(batch.remaining());
-                    next = batch_next;
-                    runtime::yield_if_needed().await;
-                }
-                if next == before {
-                    warn!(partition = %tp, offset = next, "offsets replay made no progress; stopping");
-                    break;
-                }
-            }
+            count += replay_log(&log, &tp, &mut loaded).await?;
         }
-        self.groups.borrow_mut().retain(|_, g| !g.is_disposable());
+        loaded.retain(|_, g| !g.is_disposable());
+        self.groups.borrow_mut().extend(loaded);
         if count > 0 {
             info!(shard = %shard.id, records = count, groups = self.group_count(), "committed offsets loaded");
         }
         Ok(count)
     }
+
+    /// In a cluster, every tick: follow the leadership of the replicated `__consumer_offsets`
+    /// partitions this shard owns. A replica that became leader (a new term) has its
+    /// partition's groups read from the log ([`load_partition`]) and served from then on; a
+    /// replica that is no longer leader, or leads in a newer term, has its partition's groups
+    /// dropped: their members are answered NOT_COORDINATOR and find the new coordinator.
+    pub fn follow_leadership(&self, shard: &Rc<Shard>) {
+        let Some(partitions) = shard
+            .catalog()
+            .get(OFFSETS_TOPIC)
+            .filter(|m| m.is_replicated())
+            .map(|m| m.partitions)
+        else {
+            return;
+        };
+        for p in 0..partitions {
+            let tp = TopicPartition::new(OFFSETS_TOPIC, p);
+            if shard.owner_of(&tp) != shard.id {
+                continue;
+            }
+            let leading = shard.replica(&tp).and_then(|d| {
+                let r = d.replica();
+                r.is_leader().then(|| r.term())
+            });
+            let now = self.leading.borrow().get(&p).copied();
+            match (leading, now) {
+                (Some(term), Some(c)) if c.term() == term => {}
+                (Some(term), _) => {
+                    self.unload(p, partitions);
+                    self.leading
+                        .borrow_mut()
+                        .insert(p, Coordinating::Loading(term));
+                    runtime::spawn_detached(load_partition(shard.clone(), tp, partitions, term));
+                }
+                (None, Some(c)) => {
+                    let groups = self.unload(p, partitions);
+                    self.leading.borrow_mut().remove(&p);
+                    info!(partition = %tp, epoch = c.term(), groups, "no longer the coordinator of this partition's groups");
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// Drop the groups of `__consumer_offsets` partition `p` (members waiting in JoinGroup or
+    /// SyncGroup are answered NOT_COORDINATOR). Returns how many there were.
+    fn unload(&self, p: i32, partitions: i32) -> usize {
+        let mut groups = self.groups.borrow_mut();
+        let doomed: Vec<String> = groups
+            .keys()
+            .filter(|id| offsets_partition(id, partitions) == p)
+            .cloned()
+            .collect();
+        for id in &doomed {
+            if let Some(mut g) = groups.remove(id) {
+                g.release_waiters();
+            }
+        }
+        doomed.len()
+    }
+}
+
+/// Read a replicated `__consumer_offsets` partition this shard's replica leads in `term`
+/// into the coordinator, once the leader has applied an entry of its own term (then its log
+/// holds every commit any earlier leader acknowledged: Raft's leader completeness), and
+/// serve its groups, unless the leadership moved meanwhile (the next tick sees it). A read
+/// that fails leaves the partition to be read again on the next tick.
+async fn load_partition(shard: Rc<Shard>, tp: TopicPartition, partitions: i32, term: u64) {
+    let started = Instant::now();
+    let still_loading = |shard: &Shard| {
+        shard.groups.leading.borrow().get(&tp.partition) == Some(&Coordinating::Loading(term))
+            && shard
+                .replica(&tp)
+                .is_some_and(|d| d.replica().is_leader() && d.replica().term() == term)
+    };
+    let log = loop {
+        if shard.stopping.get() || !still_loading(&shard) {
+            return;
+        }
+        if let Some(d) = shard.replica(&tp)
+            && d.replica().leader_ready() == Some(term)
+        {
+            break d.replica().log().clone();
+        }
+        runtime::sleep(Duration::from_millis(5)).await;
+    };
+    let mut loaded = HashMap::new();
+    let read = replay_log(&log, &tp, &mut loaded).await;
+    if !still_loading(&shard) {
+        return;
+    }
+    let records = match read {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(partition = %tp, error = %e, "reading committed offsets failed: retrying");
+            shard.groups.leading.borrow_mut().remove(&tp.partition);
+            return;
+        }
+    };
+    loaded.retain(|_, g| !g.is_disposable());
+    let groups = loaded.len();
+    {
+        let mut map = shard.groups.groups.borrow_mut();
+        for (id, g) in loaded {
+            debug_assert_eq!(offsets_partition(&id, partitions), tp.partition);
+            map.insert(id, g);
+        }
+    }
+    shard
+        .groups
+        .leading
+        .borrow_mut()
+        .insert(tp.partition, Coordinating::Serving(term));
+    info!(
+        partition = %tp,
+        epoch = term,
+        groups,
+        records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "coordinating this partition's groups"
+    );
+}
+
+/// Apply one record of `__consumer_offsets` read at `log_offset` to `groups`.
+fn replay_record(
+    groups: &mut HashMap<String, Group>,
+    log_offset: i64,
+    key: &[u8],
+    value: Option<&[u8]>,
+) {
+    let key = match records::decode_key(key) {
+        Ok(RecordKey::Offset(k)) => k,
+        Ok(_) => return,
+        Err(e) => {
+            warn!(log_offset, error = %e, "skipping undecodable offsets key");
+            return;
+        }
+    };
+    let tp = (key.topic, key.partition);
+    match value {
+        None => {
+            if let Some(g) = groups.get_mut(&key.group) {
+                g.offsets.remove(&tp);
+            }
+        }
+        Some(v) => match records::decode_value(v) {
+            Ok(v) => {
+                let g = groups
+                    .entry(key.group.clone())
+                    .or_insert_with(|| Group::new(key.group));
+                g.offsets.insert(
+                    tp,
+                    CommittedOffset {
+                        offset: v.offset,
+                        leader_epoch: v.leader_epoch,
+                        metadata: v.metadata,
+                        commit_timestamp_ms: v.commit_timestamp_ms,
+                        log_offset,
+                    },
+                );
+            }
+            Err(e) => warn!(log_offset, error = %e, "skipping undecodable offsets value"),
+        },
+    }
+}
+
+/// Read `log` (partition `tp` of `__consumer_offsets`) from its log start to its high
+/// watermark into `groups`. Control batches (a Raft leader's own entries) are skipped.
+/// Returns the number of records read.
+async fn replay_log(
+    log: &PartitionLog,
+    tp: &TopicPartition,
+    groups: &mut HashMap<String, Group>,
+) -> Result<u64, StorageError> {
+    const READ_BYTES: usize = 1 << 20;
+    let mut count = 0u64;
+    let mut next = log.log_start_offset().get();
+    let end = log.high_watermark().get();
+    while next < end {
+        let data = log.read(Offset(next), READ_BYTES).await?;
+        let before = next;
+        let mut buf = data.records;
+        // Batch header: baseOffset i64 @0, batchLength i32 @8,
+        // lastOffsetDelta i32 @23 (ARCHITECTURE.md).
+        while buf.len() >= 61 {
+            let base = i64::from_be_bytes(buf[0..8].try_into().unwrap_or([0; 8]));
+            let length = i32::from_be_bytes(buf[8..12].try_into().unwrap_or([0; 4]));
+            let last_delta = i32::from_be_bytes(buf[23..27].try_into().unwrap_or([0; 4]));
+            let size = (length.max(0) as usize).saturating_add(12);
+            if length < 49 || size > buf.len() {
+                break;
+            }
+            let mut batch = buf.split_to(size);
+            let batch_next = base + i64::from(last_delta.max(0)) + 1;
+            if batch_next <= next {
+                continue;
+            }
+            match RecordBatchDecoder::decode(&mut batch) {
+                Ok(set) => {
+                    for r in set
+                        .records
+                        .iter()
+                        .filter(|r| !r.control && r.offset >= next && r.offset < end)
+                    {
+                        if let Some(k) = &r.key {
+                            replay_record(groups, r.offset, k, r.value.as_deref());
+                            count += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(partition = %tp, base, error = %e, "skipping undecodable batch")
+                }
+            }
+            batch.advance(batch.remaining());
+            next = batch_next;
+            runtime::yield_if_needed().await;
+        }
+        if next == before {
+            warn!(partition = %tp, offset = next, "offsets replay made no progress; stopping");
+            break;
+        }
+    }
+    Ok(count)
 }
 
 /// Run the shard's group ticker until the shard stops: deadlines every
@@ -1029,6 +1297,7 @@ pub fn spawn_ticker(shard: Rc<Shard>) {
                 shard.groups.release_waiters();
             }
             shard.groups.tick(Instant::now());
+            shard.groups.follow_leadership(&shard);
         }
     });
 }

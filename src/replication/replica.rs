@@ -337,6 +337,19 @@ impl Replica {
         self.node.borrow().raft.term
     }
 
+    /// On a leader that has applied an entry of its own term (the empty entry Raft appends
+    /// on election, or later): its term. From then on its log holds every entry any earlier
+    /// leader committed, and they are below the high watermark, so state rebuilt from the log
+    /// (the group coordinator's offsets) misses nothing acknowledged. None elsewhere.
+    pub fn leader_ready(&self) -> Option<u64> {
+        let n = self.node.borrow();
+        if n.raft.state != StateRole::Leader {
+            return None;
+        }
+        let applied = n.raft.raft_log.applied;
+        (n.raft.raft_log.term(applied).ok() == Some(n.raft.term)).then_some(n.raft.term)
+    }
+
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<u64> {
         let id = self.node.borrow().raft.leader_id;

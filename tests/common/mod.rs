@@ -1206,3 +1206,25 @@ pub fn raw_offset_for_leader_epoch(
     let p = &r.topics[0].partitions[0];
     (p.error_code, p.leader_epoch, p.end_offset)
 }
+
+/// FindCoordinator (v2) for consumer group `group` at `addr`: (error code, coordinator's
+/// node id).
+pub fn raw_find_coordinator(addr: SocketAddr, group: &str) -> std::io::Result<(i16, i32)> {
+    use kafka_protocol::messages::{
+        FindCoordinatorRequest, FindCoordinatorResponse, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    const V: i16 = 2;
+    let req = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(group.to_string()))
+        .with_key_type(0);
+    let mut s = connect_raw(addr)?;
+    std::io::Write::write_all(&mut s, &encode_request(&req, V, 10))?;
+    let frame = read_frame(&mut s)?;
+    let mut b = bytes::Bytes::from(frame);
+    let bad =
+        |e: anyhow::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+    ResponseHeader::decode(&mut b, 0).map_err(bad)?;
+    let r = FindCoordinatorResponse::decode(&mut b, V).map_err(bad)?;
+    Ok((r.error_code, r.node_id.0))
+}

@@ -24,7 +24,7 @@ pub async fn handle(
                 s.groups.delete(&s, &key).await
             })
             .await?
-            .unwrap_or(ResponseError::CoordinatorNotAvailable.code())
+            .unwrap_or_else(|e| e.code())
         };
         Ok::<_, HandlerError>(
             DeletableGroupResult::default()

@@ -22,7 +22,7 @@ pub async fn handle(
     let asks = req.groups.into_iter().map(|id| async move {
         let gid = id.0.to_string();
         let found = if gid.is_empty() {
-            None
+            Err(ResponseError::CoordinatorNotAvailable)
         } else {
             let key = gid.clone();
             group::on_coordinator(
@@ -37,8 +37,8 @@ pub async fn handle(
     let mut groups = Vec::new();
     for result in futures::future::join_all(asks).await {
         let (id, found) = result?;
-        let d = found.unwrap_or(GroupDescription {
-            error: ResponseError::CoordinatorNotAvailable.code(),
+        let d = found.unwrap_or_else(|e| GroupDescription {
+            error: e.code(),
             state: "Dead",
             protocol_type: String::new(),
             protocol_data: String::new(),

@@ -1,9 +1,9 @@
 //! FindCoordinator (key 10), versions 0-6: on a one-node broker, this broker
-//! coordinates every group (key type 0); in a cluster, the group's
-//! `__consumer_offsets` partition's designated broker does
-//! (`metadata::designated_broker`; the same answer on every broker). v4+
-//! answers a batch of keys. Transactions (key type
-//! 1) are not supported: COORDINATOR_NOT_AVAILABLE.
+//! coordinates every group (key type 0); in a cluster, the leader of the group's
+//! `__consumer_offsets` partition does, as this broker's replica of it knows the leader
+//! (COORDINATOR_NOT_AVAILABLE, retriable, while there is none: during an election, before the
+//! topic exists, or when this broker holds no replica of the partition). v4+ answers a batch
+//! of keys. Transactions (key type 1) are not supported: COORDINATOR_NOT_AVAILABLE.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -11,28 +11,53 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 use kafka_protocol::protocol::StrBytes;
 
 use super::{HandlerError, RequestContext, str_bytes};
+use crate::constants::OFFSETS_TOPIC;
+use crate::types::TopicPartition;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-/// The coordinator of `group`: (node, host, port); None while the cluster has no brokers
-/// registered.
-fn coordinator_of(ctx: &RequestContext, group: &str) -> Option<(BrokerId, String, i32)> {
+/// The coordinator of `group`: (node, host, port), or why there is none now.
+async fn coordinator_of(
+    ctx: &RequestContext,
+    group: &str,
+) -> Result<Result<(BrokerId, String, i32), String>, HandlerError> {
     let config = &ctx.shard.config;
     if !ctx.shard.is_cluster() {
         let (host, port) = config
             .advertised()
             .expect("advertised listener validated at start");
-        return Some((BrokerId(config.node_id), host, port));
+        return Ok(Ok((BrokerId(config.node_id), host, port)));
     }
     let catalog = ctx.shard.catalog();
-    let partitions = catalog
-        .get(crate::constants::OFFSETS_TOPIC)
-        .map_or(config.offsets_topic_partitions, |m| m.partitions);
-    let p = crate::group::offsets_partition(group, partitions);
-    let id = super::metadata::designated_broker(&catalog, p);
-    let b = catalog.brokers.get(&id)?;
-    Some((BrokerId(b.id), b.host.clone(), b.port))
+    let Some(meta) = catalog.get(OFFSETS_TOPIC) else {
+        return Ok(Err(format!(
+            "{OFFSETS_TOPIC} is created once offsets_topic_replication_factor brokers have registered"
+        )));
+    };
+    let p = crate::group::offsets_partition(group, meta.partitions);
+    let leader = if meta.is_replicated() {
+        let tp = TopicPartition::new(OFFSETS_TOPIC, p);
+        let owner = ctx.shard.owner_of(&tp);
+        ctx.shard
+            .invoke_on(owner, move |s| async move {
+                s.cluster().and_then(|c| c.leader_of(&tp)).map(|(l, _)| l)
+            })
+            .await?
+    } else {
+        // A cluster formed before the topic was replicated: its partitions are local, each
+        // served by its designated broker.
+        Some(super::metadata::designated_broker(&catalog, p))
+    };
+    let Some(id) = leader else {
+        return Ok(Err(format!(
+            "no leader known here for {OFFSETS_TOPIC}-{p}: retry"
+        )));
+    };
+    Ok(match catalog.brokers.get(&id) {
+        Some(b) => Ok((BrokerId(b.id), b.host.clone(), b.port)),
+        None => Err(format!("broker {id} is not registered yet")),
+    })
 }
 
 /// (error code, message) for a key, or None if this broker coordinates it.
@@ -58,45 +83,39 @@ pub async fn handle(
     ctx: &RequestContext,
     req: FindCoordinatorRequest,
 ) -> Result<FindCoordinatorResponse, HandlerError> {
-    let not_available = || {
-        Some((
-            ResponseError::CoordinatorNotAvailable.code(),
-            "no broker has registered in the cluster yet".to_string(),
-        ))
+    // Why `key` of `key_type` gets no coordinator, or the coordinator.
+    let answer = |key_type: i8, key: String| async move {
+        if let Some(refused) = refusal(key_type, &key) {
+            return Ok::<_, HandlerError>((key, Err(refused)));
+        }
+        let found = coordinator_of(ctx, &key)
+            .await?
+            .map_err(|why| (ResponseError::CoordinatorNotAvailable.code(), why));
+        Ok((key, found))
     };
     if ctx.version >= 4 {
-        let coordinators = req
+        let asks = req
             .coordinator_keys
             .into_iter()
-            .map(|key| {
-                let found = coordinator_of(ctx, &key);
-                let refused = refusal(req.key_type, &key).or_else(|| {
-                    if found.is_none() {
-                        not_available()
-                    } else {
-                        None
-                    }
-                });
-                (key, found, refused)
-            })
-            .map(|(key, found, refused)| match (refused, found) {
-                (None, Some((node, host, port))) => Coordinator::default()
-                    .with_key(key)
+            .map(|key| answer(req.key_type, key.to_string()));
+        let mut coordinators = Vec::new();
+        for result in futures::future::join_all(asks).await {
+            let (key, found) = result?;
+            coordinators.push(match found {
+                Ok((node, host, port)) => Coordinator::default()
+                    .with_key(str_bytes(key))
                     .with_node_id(node)
                     .with_host(str_bytes(host))
                     .with_port(port),
-                (refused, _) => {
-                    let (code, message) = refused.unwrap_or_default();
-                    Coordinator::default()
-                        .with_key(key)
-                        .with_node_id(BrokerId(-1))
-                        .with_host(StrBytes::default())
-                        .with_port(-1)
-                        .with_error_code(code)
-                        .with_error_message(Some(str_bytes(message)))
-                }
-            })
-            .collect();
+                Err((code, message)) => Coordinator::default()
+                    .with_key(str_bytes(key))
+                    .with_node_id(BrokerId(-1))
+                    .with_host(StrBytes::default())
+                    .with_port(-1)
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(message))),
+            });
+        }
         return Ok(FindCoordinatorResponse::default().with_coordinators(coordinators));
     }
     let key_type = if ctx.version >= 1 {
@@ -104,21 +123,13 @@ pub async fn handle(
     } else {
         KEY_TYPE_GROUP
     };
-    let found = coordinator_of(ctx, &req.key);
-    let refused = refusal(key_type, &req.key).or_else(|| {
-        if found.is_none() {
-            not_available()
-        } else {
-            None
-        }
-    });
-    Ok(match (refused, found) {
-        (None, Some((node, host, port))) => FindCoordinatorResponse::default()
+    let (_, found) = answer(key_type, req.key.to_string()).await?;
+    Ok(match found {
+        Ok((node, host, port)) => FindCoordinatorResponse::default()
             .with_node_id(node)
             .with_host(str_bytes(host))
             .with_port(port),
-        (refused, _) => {
-            let (code, message) = refused.unwrap_or_default();
+        Err((code, message)) => {
             let resp = FindCoordinatorResponse::default()
                 .with_error_code(code)
                 .with_node_id(BrokerId(-1))

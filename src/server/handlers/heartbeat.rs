@@ -25,7 +25,7 @@ pub async fn handle(
                 .heartbeat(&gid, &member_id, instance_id.as_deref(), generation)
         })
         .await?
-        .unwrap_or(ResponseError::CoordinatorNotAvailable.code())
+        .unwrap_or_else(|e| e.code())
     };
     Ok(HeartbeatResponse::default().with_error_code(code))
 }

@@ -90,9 +90,7 @@ pub async fn handle(
                 s.groups.join(&gid, join).await
             })
             .await?
-            .unwrap_or_else(|| {
-                JoinOutcome::error(ResponseError::CoordinatorNotAvailable, member_id)
-            })
+            .unwrap_or_else(|e| JoinOutcome::error(e, member_id))
         }
     };
     Ok(response(outcome, version))

@@ -42,9 +42,9 @@ pub async fn handle(
         })
         .await?
         {
-            None => Err(ResponseError::CoordinatorNotAvailable.code()),
-            Some(None) => Err(ResponseError::UnknownMemberId.code()),
-            Some(Some(codes)) => Ok(codes),
+            Err(e) => Err(e.code()),
+            Ok(None) => Err(ResponseError::UnknownMemberId.code()),
+            Ok(Some(codes)) => Ok(codes),
         }
     };
     if version < 3 {

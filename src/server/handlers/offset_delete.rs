@@ -44,12 +44,9 @@ pub async fn handle(
     })
     .await?;
     let results = match result {
-        None => {
-            return Ok(OffsetDeleteResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code()));
-        }
-        Some(Err(code)) => return Ok(OffsetDeleteResponse::default().with_error_code(code)),
-        Some(Ok(r)) => r,
+        Err(e) => return Ok(OffsetDeleteResponse::default().with_error_code(e.code())),
+        Ok(Err(code)) => return Ok(OffsetDeleteResponse::default().with_error_code(code)),
+        Ok(Ok(r)) => r,
     };
     let topics = results
         .into_iter()

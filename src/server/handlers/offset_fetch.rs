@@ -31,7 +31,7 @@ async fn fetch_group(
         s.groups.fetch(&gid, topics)
     })
     .await?;
-    Ok(found.ok_or(ResponseError::CoordinatorNotAvailable.code()))
+    Ok(found.map_err(|e| e.code()))
 }
 
 pub async fn handle(

@@ -46,7 +46,7 @@ pub async fn handle(
             s.groups.sync(&gid, sync).await
         })
         .await?
-        .unwrap_or_else(|| SyncOutcome::error(ResponseError::CoordinatorNotAvailable))
+        .unwrap_or_else(SyncOutcome::error)
     };
     let resp = SyncGroupResponse::default()
         .with_error_code(outcome.error)
