@@ -207,6 +207,7 @@ async fn start_metadata(
             &metadata_tp(),
             METADATA_TOPIC_ID,
             spec.voters(),
+            None,
             log_cfg,
         )
         .await?;

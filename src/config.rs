@@ -112,6 +112,12 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "3..=1000",
     },
     Setting {
+        name: "leader_balance_interval_ms",
+        description: "How often a partition's leader checks whether its preferred replica (the first of its replica list) is in sync and hands the leadership over to it, so leaders spread over the brokers as assigned (Kafka's auto.leader.rebalance.enable); 0: never",
+        default: "10000",
+        bounds: "0..=3600000",
+    },
+    Setting {
         name: "default_replication_factor",
         description: "Replicas of a topic created with replication factor -1 (default.replication.factor); 0: min(3, brokers)",
         default: "0",
@@ -279,6 +285,7 @@ pub struct Config {
     pub advertised_rpc_listener: Option<String>,
     pub raft_tick_ms: u64,
     pub raft_election_ticks: usize,
+    pub leader_balance_interval_ms: u64,
     pub default_replication_factor: i16,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
@@ -321,6 +328,7 @@ impl Default for Config {
             advertised_rpc_listener: None,
             raft_tick_ms: 20,
             raft_election_ticks: 10,
+            leader_balance_interval_ms: 10_000,
             default_replication_factor: 0,
             auto_create_topics: true,
             num_partitions: 1,
@@ -515,6 +523,13 @@ impl Config {
             3,
             1000,
             "3..=1000",
+        )?;
+        check(
+            "leader_balance_interval_ms",
+            self.leader_balance_interval_ms,
+            0,
+            3_600_000,
+            "0..=3600000",
         )?;
         check(
             "default_replication_factor",

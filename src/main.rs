@@ -130,6 +130,9 @@ struct ServeArgs {
     /// Ticks before a replica without a leader campaigns [default: 10].
     #[arg(long)]
     raft_election_ticks: Option<usize>,
+    /// How often leaders hand over to their preferred replica; 0: never [default: 10000].
+    #[arg(long)]
+    leader_balance_interval_ms: Option<u64>,
     /// Replicas of topics created with replication factor -1; 0: min(3, brokers) [default: 0].
     #[arg(long)]
     default_replication_factor: Option<i16>,
@@ -235,6 +238,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.raft_election_ticks {
         config.raft_election_ticks = v;
+    }
+    if let Some(v) = args.leader_balance_interval_ms {
+        config.leader_balance_interval_ms = v;
     }
     if let Some(v) = args.default_replication_factor {
         config.default_replication_factor = v;

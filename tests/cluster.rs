@@ -52,6 +52,9 @@ impl Cluster {
                         format!("127.0.0.1:{}", rpc[i]),
                         "--seed-servers".into(),
                         seeds.clone(),
+                        // Leaders move back to their preferred replica soon after it returns.
+                        "--leader-balance-interval-ms".into(),
+                        "2000".into(),
                     ],
                     ..Default::default()
                 })
@@ -1161,11 +1164,33 @@ async fn group_offsets_survive_coordinator_failover() {
     commit_as_member(&a, topic, &ends, &first, &mut seen, &cluster);
     let second = committed_map(&bootstrap, group, topic);
     assert_eq!(second, ends, "committed through the new coordinator");
-    // The member leaves; the killed broker comes back and catches up.
+    // The member leaves; the killed broker comes back and catches up, and every partition's
+    // leadership returns to its preferred replica (the first of its replica list), so leaders
+    // stay spread as assigned.
     drop(a);
     cluster.node(coordinator).restart();
     wait_for_brokers(&bootstrap, 3);
-    wait_for_leaders(&bootstrap, topic, 3);
+    let preferred: BTreeMap<i32, i32> = replica_lists(&bootstrap, topic, PARTITIONS as usize)
+        .iter()
+        .enumerate()
+        .map(|(p, r)| (p as i32, r[0]))
+        .collect();
+    let spread: std::collections::BTreeSet<i32> = preferred.values().copied().collect();
+    assert_eq!(
+        spread.len(),
+        3,
+        "preferred leaders on distinct brokers: {preferred:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leaders_now(&bootstrap, topic) != preferred {
+        assert!(
+            Instant::now() < deadline,
+            "leaders {:?} did not return to the preferred replicas {preferred:?} within 30 s\n{}",
+            leaders_now(&bootstrap, topic),
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // More records, then the second coordinator dies too: a new member resumes exactly at
     // the commit.

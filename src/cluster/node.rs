@@ -75,6 +75,8 @@ pub struct ClusterShard {
     pub meta: MetaState,
     tick: Duration,
     election_ticks: usize,
+    /// How often leaders check for a hand-over to their preferred replica (None: never).
+    leader_balance: Option<Duration>,
     replicas: RefCell<HashMap<TopicPartition, Rc<Running>>>,
     by_id: RefCell<HashMap<(Uuid, i32), Rc<Running>>>,
     /// Brokers rejoining with a wiped data directory whose dropped votes were logged.
@@ -103,6 +105,8 @@ impl ClusterShard {
             meta: MetaState::default(),
             tick: Duration::from_millis(config.raft_tick_ms),
             election_ticks: config.raft_election_ticks,
+            leader_balance: (config.leader_balance_interval_ms > 0)
+                .then(|| Duration::from_millis(config.leader_balance_interval_ms)),
             replicas: RefCell::new(HashMap::new()),
             by_id: RefCell::new(HashMap::new()),
             rejoining_logged: RefCell::new(std::collections::BTreeSet::new()),
@@ -157,6 +161,7 @@ impl ClusterShard {
         tp: &TopicPartition,
         topic_id: Uuid,
         voters: Vec<u64>,
+        preferred_leader: Option<u64>,
         log_cfg: LogConfig,
     ) -> Result<(), ReplicaError> {
         if self.replicas.borrow().contains_key(tp) {
@@ -166,6 +171,7 @@ impl ClusterShard {
         let new_replica = !dir.join(RAFT_STATE_FILE).exists() && std::fs::read_dir(&dir).is_err();
         let mut cfg = ReplicaConfig::new(self.spec.node_id as u64, voters);
         cfg.new_replica = new_replica;
+        cfg.preferred_leader = preferred_leader;
         cfg.election_tick = self.election_ticks;
         cfg.heartbeat_tick = (self.election_ticks / 5).max(1);
         let replica =
@@ -177,7 +183,9 @@ impl ClusterShard {
             partition: tp.partition,
         });
         let name = tp.to_string();
-        let run = driver.clone().run(transport, self.tick);
+        let run = driver
+            .clone()
+            .run(transport, self.tick, self.leader_balance);
         let task = runtime::spawn(async move {
             let out = run.await;
             if let Err(e) = &out {

@@ -83,13 +83,17 @@ impl Driver {
         self.wake.notify_all();
     }
 
-    /// Run until [`Driver::stop`] or a replica failure (returned).
+    /// Run until [`Driver::stop`] or a replica failure (returned). With `balance_every`, a
+    /// leader checks that often whether to hand over to its preferred replica
+    /// ([`Replica::balance_leadership`]).
     pub async fn run(
         self: Rc<Self>,
         transport: Rc<dyn Transport>,
         tick: Duration,
+        balance_every: Option<Duration>,
     ) -> Result<(), ReplicaError> {
         let mut next_tick = Instant::now() + tick;
+        let mut next_balance = balance_every.map(|d| Instant::now() + d);
         while !self.stop.get() {
             let listener = self.wake.listen();
             let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
@@ -100,6 +104,12 @@ impl Driver {
             if now >= next_tick {
                 self.replica.tick();
                 next_tick = now + tick;
+            }
+            if let (Some(at), Some(every)) = (next_balance, balance_every)
+                && now >= at
+            {
+                self.replica.balance_leadership();
+                next_balance = Some(now + every);
             }
             self.replica.process_ready().await?;
             for m in self.replica.take_messages() {
@@ -182,6 +192,14 @@ mod tests {
 
     /// Three replicas on simulated disks, driven in real time (10 ms ticks).
     async fn start() -> (Rc<LocalNet>, Tasks) {
+        start_with(None, None).await
+    }
+
+    /// [`start`] with a preferred leader and a leader-balance period.
+    async fn start_with(
+        preferred: Option<u64>,
+        balance: Option<Duration>,
+    ) -> (Rc<LocalNet>, Tasks) {
         let net = Rc::new(LocalNet::default());
         let clock = Rc::new(ManualClock::new(1_700_000_000_000));
         let mut tasks = Vec::new();
@@ -190,6 +208,7 @@ mod tests {
             let env = Env::new(Rc::new(disk), clock.clone(), SyncScope::default());
             let cfg = ReplicaConfig {
                 new_replica: true,
+                preferred_leader: preferred,
                 ..ReplicaConfig::new(id, vec![1, 2, 3])
             };
             let r = Replica::open(env, PathBuf::from("/data/t-0"), LogConfig::default(), &cfg)
@@ -198,11 +217,73 @@ mod tests {
             let d = Driver::new(r, 1024);
             net.drivers.borrow_mut().push(Some(d.clone()));
             let transport: Rc<dyn Transport> = net.clone();
-            tasks.push(crate::runtime::spawn(
-                d.run(transport, Duration::from_millis(10)),
-            ));
+            tasks.push(crate::runtime::spawn(d.run(
+                transport,
+                Duration::from_millis(10),
+                balance,
+            )));
         }
         (net, tasks)
+    }
+
+    /// Leadership follows the preferred replica: a new group elects it first, and after
+    /// another replica won an election (the preferred one was cut off), the leader hands over once the preferred replica is
+    /// back and caught up, and nothing acknowledged is lost on the way.
+    #[test]
+    fn leadership_returns_to_the_preferred_replica() {
+        crate::runtime::block_on_test(|| async {
+            let (net, tasks) = start_with(Some(2), Some(Duration::from_millis(100))).await;
+            let first = wait_for_leader(&net, None).await;
+            net.cut.set(Some(first.replica().id()));
+            let other = wait_for_leader(&net, Some(first.replica().id())).await;
+            let last = produce(&other, 20, 0).await;
+            net.cut.set(None);
+            let mut leader = None;
+            for _ in 0..500 {
+                leader = leader_id(&net);
+                if leader == Some(2) {
+                    break;
+                }
+                crate::runtime::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(leader, Some(2), "the preferred replica leads again");
+            let d = wait_for_leader(&net, None).await;
+            assert!(produce(&d, 5, 20).await > last);
+            let total: u64 = net
+                .drivers
+                .borrow()
+                .iter()
+                .flatten()
+                .map(|d| d.replica().leadership_transfers())
+                .sum();
+            assert_eq!(
+                first.replica().id(),
+                2,
+                "a new group elects its preferred replica"
+            );
+            if other.replica().id() != 2 {
+                assert!(total >= 1, "the leadership was handed over");
+            }
+            for d in net.drivers.borrow().iter().flatten() {
+                d.stop();
+            }
+            for t in tasks {
+                t.await.expect("driver ends cleanly");
+            }
+        });
+    }
+
+    /// The current leader's id, if exactly one replica leads.
+    fn leader_id(net: &LocalNet) -> Option<u64> {
+        let leaders: Vec<u64> = net
+            .drivers
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|d| d.replica().is_leader())
+            .map(|d| d.replica().id())
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
     }
 
     async fn committed_bytes(d: &Driver) -> Bytes {

@@ -101,6 +101,10 @@ pub struct ReplicaConfig {
     /// Bytes of applied entries kept in memory for followers that are a little behind; older
     /// ones are read back from the log when a follower needs them.
     pub applied_bytes_held: usize,
+    /// The replica that should lead (the first of the partition's replica list, Kafka's
+    /// preferred replica), if any: see [`Replica::balance_leadership`]. A new group's
+    /// preferred replica campaigns as soon as it opens.
+    pub preferred_leader: Option<u64>,
 }
 
 impl ReplicaConfig {
@@ -116,6 +120,7 @@ impl ReplicaConfig {
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 64,
             applied_bytes_held: 4 << 20,
+            preferred_leader: None,
         }
     }
 }
@@ -204,6 +209,13 @@ pub struct Replica {
     busy: Cell<bool>,
     /// Catch-up reads of the log for raft-rs.
     log_reads: Cell<u64>,
+    preferred_leader: Option<u64>,
+    /// Leadership handed to the preferred replica since the replica opened.
+    transfers: Cell<u64>,
+    /// Ticks since the replica opened, and the tick each peer was last heard from.
+    ticks: Cell<u64>,
+    heard: RefCell<HashMap<u64, u64>>,
+    election_tick: u64,
     failed: RefCell<Option<String>>,
 }
 
@@ -291,7 +303,12 @@ impl Replica {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let node = RawNode::new(&raft_cfg, store.clone(), &logger(&name)).map_err(raft_err)?;
+        let mut node = RawNode::new(&raft_cfg, store.clone(), &logger(&name)).map_err(raft_err)?;
+        // A new group elects its preferred replica first, rather than whichever times out
+        // first (if its peers are not listening yet, the usual election follows).
+        if cfg.new_replica && cfg.preferred_leader == Some(cfg.id) && cfg.voters.len() > 1 {
+            node.campaign().map_err(raft_err)?;
+        }
         Ok(Rc::new(Replica {
             id: cfg.id,
             env,
@@ -317,6 +334,11 @@ impl Replica {
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
             log_reads: Cell::new(0),
+            preferred_leader: cfg.preferred_leader,
+            transfers: Cell::new(0),
+            ticks: Cell::new(0),
+            heard: RefCell::new(HashMap::new()),
+            election_tick: cfg.election_tick as u64,
             failed: RefCell::new(None),
         }))
     }
@@ -391,6 +413,50 @@ impl Replica {
         self.log_reads.get()
     }
 
+    /// On the leader: hand the leadership to the preferred replica if it is another one, is
+    /// in the voter set, was heard from within the last election timeout (counted here:
+    /// raft-rs's `recent_active` is reset every election timeout, so a check in step with
+    /// that reset would never see it) and holds the whole log
+    /// (Raft's leadership transfer: the leader stops taking proposals, which get NotLeader,
+    /// and tells the preferred replica to campaign at once; if it does not win within an
+    /// election timeout the leader carries on). Returns whether a transfer began.
+    pub fn balance_leadership(&self) -> bool {
+        let Some(preferred) = self.preferred_leader else {
+            return false;
+        };
+        let mut n = self.node.borrow_mut();
+        if n.raft.state != StateRole::Leader
+            || preferred == self.id
+            || n.raft.lead_transferee.is_some()
+        {
+            return false;
+        }
+        let last = n.raft.raft_log.last_index();
+        let ready = n
+            .raft
+            .prs()
+            .get(preferred)
+            .is_some_and(|p| p.matched == last)
+            && self.store.is_voter(preferred)
+            && self
+                .heard
+                .borrow()
+                .get(&preferred)
+                .is_some_and(|&t| self.ticks.get().saturating_sub(t) < self.election_tick);
+        if !ready {
+            return false;
+        }
+        tracing::info!(dir = %self.dir.display(), to = preferred, term = n.raft.term, "handing the leadership to the preferred replica");
+        n.transfer_leader(preferred);
+        self.transfers.set(self.transfers.get() + 1);
+        true
+    }
+
+    /// Leadership transfers to the preferred replica this replica began as leader.
+    pub fn leadership_transfers(&self) -> u64 {
+        self.transfers.get()
+    }
+
     /// How many times this replica became its group's leader since it opened.
     pub fn elections_won(&self) -> u64 {
         self.elections_won.get()
@@ -425,12 +491,14 @@ impl Replica {
 
     /// One tick of the election and heartbeat clocks.
     pub fn tick(&self) {
+        self.ticks.set(self.ticks.get() + 1);
         self.node.borrow_mut().tick();
     }
 
     /// Hand in a peer's message. A message for an unknown peer or a stale one is dropped, as
     /// the network may do.
     pub fn step(&self, mut m: Message) {
+        self.heard.borrow_mut().insert(m.from, self.ticks.get());
         let append = (m.get_msg_type() == MessageType::MsgAppend
             && self.catch_up_to.get().is_none())
         .then_some((m.from, m.term, m.commit));

@@ -190,6 +190,11 @@ impl RaftStore {
         self.0.borrow().hard.clone()
     }
 
+    /// Whether `id` is a voter of the applied configuration.
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.0.borrow().conf.voters.contains(&id)
+    }
+
     pub fn set_conf_state(&self, cs: ConfState) {
         self.0.borrow_mut().conf = cs;
     }

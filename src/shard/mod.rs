@@ -430,6 +430,7 @@ impl Shard {
                 tp,
                 meta.id,
                 voters,
+                replicas.first().map(|&id| id as u64),
                 self.log_config_for(meta),
             )
             .await
