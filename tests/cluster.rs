@@ -518,6 +518,7 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let mut leaders_total = 0.0;
+        let (mut commits, mut replicated, mut lag_series, mut term) = (0.0, 0.0, 0, 0.0f64);
         for node in 1..=3 {
             let (status, _, body) = cluster.node(node).scrape("/metrics");
             assert_eq!(status, 200);
@@ -533,6 +534,13 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
             );
             leaders_total += value("sluice_raft_leaders{");
             assert!(value("sluice_raft_leader_elections_total{") >= 0.0);
+            commits += value("sluice_raft_commit_duration_seconds_count{");
+            replicated += value("sluice_raft_replicated_bytes_total{");
+            term = term.max(value("sluice_raft_term_max{"));
+            lag_series += body
+                .lines()
+                .filter(|l| l.starts_with("sluice_raft_follower_lag_by_broker_entries{"))
+                .count();
             assert!(
                 body.lines()
                     .any(|l| l.starts_with("sluice_partition_high_watermark{")
@@ -541,6 +549,12 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
             );
         }
         if leaders_total >= 4.0 {
+            // Commit latency and bytes replicated by the leaders, the term, and a lag per
+            // follower broker of every leading shard.
+            assert!(commits > 0.0, "commits timed on /metrics");
+            assert!(replicated > 0.0, "bytes replicated on /metrics");
+            assert!(term >= 1.0, "a term on /metrics");
+            assert!(lag_series >= 2, "a lag per follower on /metrics");
             break;
         }
         assert!(

@@ -338,6 +338,51 @@ impl Collector for Scrape {
             None,
             raft(|r| r.leader_elections),
         )?;
+        gauge(
+            &mut e,
+            "sluice_raft_term_max",
+            "The highest Raft term (Kafka leader epoch) among the shard's replicas",
+            None,
+            raft(|r| r.term_max),
+        )?;
+        counter(
+            &mut e,
+            "sluice_raft_replicated",
+            "Bytes of entries the shard's leaders sent to followers in appends (re-sends included)",
+            Some(&Unit::Bytes),
+            raft(|r| r.bytes_replicated),
+        )?;
+        counter(
+            &mut e,
+            "sluice_raft_leadership_transfers",
+            "Leaderships the shard's leaders handed to their preferred replica",
+            None,
+            raft(|r| r.leadership_transfers),
+        )?;
+        gauge(
+            &mut e,
+            "sluice_raft_follower_lag_by_broker_entries",
+            "Per follower broker, over the groups the shard leads: the most Raft entries it lacks",
+            None,
+            shards.iter().flat_map(|s| {
+                s.raft.follower_lag.iter().map(move |(&b, &lag)| {
+                    (
+                        vec![("shard", s.shard.to_string()), ("broker", b.to_string())],
+                        lag,
+                    )
+                })
+            }),
+        )?;
+        histogram(
+            &mut e,
+            "sluice_raft_commit_duration",
+            "From a leader's proposal (a produce, an offset commit) to its commit: fdatasynced on a majority of the replicas",
+            Some(&Unit::Seconds),
+            NS,
+            shards
+                .iter()
+                .map(|s| (shard_label(s), &s.raft.commit_latency)),
+        )?;
         counter(
             &mut e,
             "sluice_raft_deferred_proposals",

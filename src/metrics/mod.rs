@@ -26,6 +26,7 @@ pub mod exposition;
 pub mod http;
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -140,6 +141,18 @@ pub struct HistogramSnapshot {
     pub count: u64,
 }
 
+impl Default for HistogramSnapshot {
+    /// Empty, with the latency buckets.
+    fn default() -> Self {
+        HistogramSnapshot {
+            bounds: LATENCY_BOUNDS_NS,
+            counts: vec![0; LATENCY_BOUNDS_NS.len() + 1],
+            sum: 0,
+            count: 0,
+        }
+    }
+}
+
 /// Cross-shard traffic towards (or from) one peer shard.
 #[derive(Default)]
 struct PeerCounters {
@@ -172,6 +185,8 @@ pub struct ShardMetrics {
     fetch_partition_bytes: Histogram,
     /// Duration of each `fdatasync` of a segment.
     fsync_latency: Histogram,
+    /// From a leader's proposal to its commit (fdatasynced on a majority).
+    raft_commit_latency: Histogram,
     /// By peer shard index; sized by [`init`], empty before it.
     peers: RefCell<Vec<PeerCounters>>,
 }
@@ -189,6 +204,7 @@ impl ShardMetrics {
             produce_partition_bytes: Histogram::new(SIZE_BOUNDS_BYTES),
             fetch_partition_bytes: Histogram::new(SIZE_BOUNDS_BYTES),
             fsync_latency: Histogram::new(LATENCY_BOUNDS_NS),
+            raft_commit_latency: Histogram::new(LATENCY_BOUNDS_NS),
             peers: RefCell::new(Vec::new()),
         }
     }
@@ -260,6 +276,12 @@ pub fn produce_partition_bytes(bytes: usize) {
 #[inline]
 pub fn fetch_partition_bytes(bytes: usize) {
     METRICS.with(|m| m.fetch_partition_bytes.observe(bytes as u64));
+}
+
+/// A leader's proposal was committed `d` after it was made.
+#[inline]
+pub fn raft_commit_done(d: Duration) {
+    METRICS.with(|m| m.raft_commit_latency.observe(nanos(d)));
 }
 
 /// One `fdatasync` took `d`.
@@ -366,6 +388,16 @@ pub struct RaftSnapshot {
     /// Raft messages sent to other brokers, and dropped (full queue, peer unreachable).
     pub rpc_sent: u64,
     pub rpc_dropped: u64,
+    /// The highest Raft term (leader epoch) among the shard's replicas.
+    pub term_max: u64,
+    /// Bytes of entries the shard's leaders sent to followers.
+    pub bytes_replicated: u64,
+    /// Leadership hand-overs to preferred replicas.
+    pub leadership_transfers: u64,
+    /// Per follower broker: over the groups the shard leads, the most entries it lacks.
+    pub follower_lag: BTreeMap<u64, u64>,
+    /// From a leader's proposal to its commit.
+    pub commit_latency: HistogramSnapshot,
 }
 
 /// Everything one shard reports on a scrape: a plain `Send` value.
@@ -425,7 +457,10 @@ pub fn local_snapshot(shard: usize) -> ShardSnapshot {
         requests_in_flight: 0,
         partitions: Vec::new(),
         committed: Vec::new(),
-        raft: RaftSnapshot::default(),
+        raft: RaftSnapshot {
+            commit_latency: m.raft_commit_latency.snapshot(),
+            ..RaftSnapshot::default()
+        },
     })
 }
 
@@ -450,6 +485,13 @@ pub fn snapshot(shard: &Rc<Shard>) -> ShardSnapshot {
             s.raft.leader_elections += r.elections_won();
             s.raft.follower_lag_entries += r.follower_lag();
             s.raft.deferred_proposals += r.deferred_proposals();
+            s.raft.term_max = s.raft.term_max.max(r.term());
+            s.raft.bytes_replicated += r.bytes_replicated();
+            s.raft.leadership_transfers += r.leadership_transfers();
+            for (peer, lag) in r.follower_lags() {
+                let e = s.raft.follower_lag.entry(peer).or_insert(0);
+                *e = (*e).max(lag);
+            }
         }
         let (dropped, sent) = cluster.links.counts();
         s.raft.rpc_sent = sent;

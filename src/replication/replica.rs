@@ -137,6 +137,8 @@ pub enum Acks {
 
 struct Waiter {
     term: u64,
+    /// When the proposal was made: commit latency on `/metrics`.
+    placed: std::time::Instant,
     info: AppendInfo,
     tx: oneshot::Sender<Result<AppendInfo, ReplicaError>>,
 }
@@ -212,6 +214,8 @@ pub struct Replica {
     preferred_leader: Option<u64>,
     /// Leadership handed to the preferred replica since the replica opened.
     transfers: Cell<u64>,
+    /// Bytes of entries sent in appends.
+    bytes_sent: Cell<u64>,
     /// Ticks since the replica opened, and the tick each peer was last heard from.
     ticks: Cell<u64>,
     heard: RefCell<HashMap<u64, u64>>,
@@ -336,6 +340,7 @@ impl Replica {
             log_reads: Cell::new(0),
             preferred_leader: cfg.preferred_leader,
             transfers: Cell::new(0),
+            bytes_sent: Cell::new(0),
             ticks: Cell::new(0),
             heard: RefCell::new(HashMap::new()),
             election_tick: cfg.election_tick as u64,
@@ -565,7 +570,35 @@ impl Replica {
 
     /// Messages to send to peers (each has `to`), in order.
     pub fn take_messages(&self) -> Vec<Message> {
-        std::mem::take(&mut *self.outbox.borrow_mut())
+        let out = std::mem::take(&mut *self.outbox.borrow_mut());
+        let bytes: usize = out
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgAppend)
+            .flat_map(|m| m.get_entries())
+            .map(|e| e.data.len())
+            .sum();
+        self.bytes_sent.set(self.bytes_sent.get() + bytes as u64);
+        out
+    }
+
+    /// Bytes of entries this replica sent to followers in appends (re-sends included).
+    pub fn bytes_replicated(&self) -> u64 {
+        self.bytes_sent.get()
+    }
+
+    /// On the leader: per follower, the entries of the leader's log it does not have yet.
+    pub fn follower_lags(&self) -> Vec<(u64, u64)> {
+        let n = self.node.borrow();
+        if n.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let last = n.raft.raft_log.last_index();
+        n.raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, p)| (*id, last.saturating_sub(p.matched)))
+            .collect()
     }
 
     /// Propose `records` (whole batches, as a Produce carries them) as this partition's
@@ -693,7 +726,16 @@ impl Replica {
         if idempotent {
             self.note_proposed(&first_header, base);
         }
-        self.wait_for(index, acks, Waiter { term, info, tx });
+        self.wait_for(
+            index,
+            acks,
+            Waiter {
+                term,
+                placed: std::time::Instant::now(),
+                info,
+                tx,
+            },
+        );
         Ok(rx)
     }
 
@@ -886,6 +928,7 @@ impl Replica {
                     d.acks,
                     Waiter {
                         term: d.term,
+                        placed: std::time::Instant::now(),
                         info: d.info,
                         tx: d.tx,
                     },
@@ -980,7 +1023,7 @@ impl Replica {
             if !rd.entries().is_empty() {
                 let entries = rd.entries().clone();
                 self.persist_entries(&entries).await?;
-                self.resolve(&self.leader_waiters, self.store.last_index());
+                self.resolve(&self.leader_waiters, self.store.last_index(), false);
             }
             if let Some(hs) = rd.hs() {
                 self.store.set_hard_state(hs.clone());
@@ -1101,14 +1144,15 @@ impl Replica {
             .end_of(last)
             .ok_or_else(|| ReplicaError::Raft(format!("committed entry {last} not stored")))?;
         self.log.set_high_watermark(Offset(end));
-        self.resolve(&self.waiters, last);
+        self.resolve(&self.waiters, last, true);
         Ok(())
     }
 
     /// Complete the proposals of `waiters` whose last entry is at most `upto`: acknowledged
     /// if the entry there still has the proposal's term (same index and term: the entry this
-    /// leader proposed, by Raft's log matching), else `NotLeader`.
-    fn resolve(&self, waiters: &RefCell<BTreeMap<u64, Waiter>>, upto: u64) {
+    /// leader proposed, by Raft's log matching), else `NotLeader`. `committed`: the entries
+    /// are committed (the time since each proposal goes to the commit-latency histogram).
+    fn resolve(&self, waiters: &RefCell<BTreeMap<u64, Waiter>>, upto: u64, committed: bool) {
         let done = {
             let mut w = waiters.borrow_mut();
             let rest = w.split_off(&(upto + 1));
@@ -1116,6 +1160,9 @@ impl Replica {
         };
         for (index, w) in done {
             let r = if raft::Storage::term(&self.store, index).ok() == Some(w.term) {
+                if committed {
+                    crate::metrics::raft_commit_done(w.placed.elapsed());
+                }
                 Ok(w.info)
             } else {
                 Err(ReplicaError::NotLeader {
