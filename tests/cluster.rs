@@ -981,10 +981,30 @@ fn a_cluster_member_refuses_inconsistent_flags() {
     }
 }
 
+/// Counts the partition assignments a group member received (one per rebalance).
+#[derive(Default)]
+struct Assignments(std::sync::atomic::AtomicUsize);
+
+impl rdkafka::ClientContext for Assignments {}
+
+impl rdkafka::consumer::ConsumerContext for Assignments {
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(_) = rebalance {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+type Member = rdkafka::consumer::BaseConsumer<Assignments>;
+
 /// A member of consumer group `group` that commits only when told to; it starts from the
 /// beginning of partitions that have no committed offset, so lost offsets would show as
 /// records read again from the start.
-fn group_consumer(bootstrap: &str, group: &str) -> rdkafka::consumer::BaseConsumer {
+fn group_consumer(bootstrap: &str, group: &str) -> Member {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -996,7 +1016,7 @@ fn group_consumer(bootstrap: &str, group: &str) -> rdkafka::consumer::BaseConsum
         .set("topic.metadata.refresh.interval.ms", "1000")
         .set("reconnect.backoff.max.ms", "1000")
         .set("log_level", "3")
-        .create()
+        .create_with_context(Assignments::default())
         .expect("group consumer")
 }
 
@@ -1043,7 +1063,7 @@ fn take(
 /// Poll `consumer` until `want(seen)` or 60 s; every record it delivers goes through
 /// [`take`].
 fn consume_while(
-    consumer: &rdkafka::consumer::BaseConsumer,
+    consumer: &Member,
     floor: &BTreeMap<i32, i64>,
     seen: &mut HashMap<(i32, i64), String>,
     want: impl Fn(&HashMap<(i32, i64), String>) -> bool,
@@ -1069,7 +1089,7 @@ fn consume_while(
 /// retrying while the coordinator moves and the member rejoins (records delivered meanwhile
 /// go through [`take`]).
 fn commit_as_member(
-    consumer: &rdkafka::consumer::BaseConsumer,
+    consumer: &Member,
     topic: &str,
     offsets: &BTreeMap<i32, i64>,
     floor: &BTreeMap<i32, i64>,
@@ -1150,6 +1170,7 @@ async fn group_offsets_survive_coordinator_failover() {
     consume_while(&a, &none, &mut seen, |s| s.len() >= 300, &cluster);
     let consumed = next_offsets(&seen);
     commit_as_member(&a, topic, &consumed, &none, &mut seen, &cluster);
+    let assigned = a.context().0.load(std::sync::atomic::Ordering::SeqCst);
     let first = committed_map(&bootstrap, group, topic);
     for (p, o) in &consumed {
         assert_eq!(first[p], *o, "partition {p}: the commit is read back");
@@ -1178,6 +1199,14 @@ async fn group_offsets_survive_coordinator_failover() {
     commit_as_member(&a, topic, &ends, &first, &mut seen, &cluster);
     let second = committed_map(&bootstrap, group, topic);
     assert_eq!(second, ends, "committed through the new coordinator");
+    // The group's membership was recorded in __consumer_offsets and the new coordinator
+    // restored it: the member carried on with its generation, without a rebalance.
+    assert_eq!(
+        a.context().0.load(std::sync::atomic::Ordering::SeqCst),
+        assigned,
+        "no rebalance across the coordinator's failover\n{}",
+        cluster.logs()
+    );
     // The member leaves; the killed broker comes back and catches up, and every partition's
     // leadership returns to its preferred replica (the first of its replica list), so leaders
     // stay spread as assigned.

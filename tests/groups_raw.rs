@@ -623,3 +623,111 @@ async fn list_describe_delete_in_every_version() {
     let names: Vec<&str> = resp.groups.iter().map(|g| g.group_id.as_str()).collect();
     assert_eq!(names, vec!["raw-admin-live"]);
 }
+
+/// A group's membership is recorded in `__consumer_offsets` (Kafka's group metadata record)
+/// once its generation is Stable, so it survives the coordinator: after a `kill -9` and a
+/// restart of the broker, the member's heartbeat with its member id and generation is
+/// accepted (no rejoin, no rebalance), DescribeGroups shows it Stable with its assignment,
+/// and once it leaves, DeleteGroups removes the record too (a further restart finds no
+/// group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_survives_a_kill_9_and_deletion_removes_it() {
+    let mut broker = start_broker();
+    create_topic(&broker.bootstrap(), "t", 1).await;
+    let group = "raw-membership";
+    let assignment = Bytes::from_static(b"assigned-partitions");
+    let (member, generation) = {
+        let mut stream = connect_raw(broker.addr()).expect("connect");
+        let joined = join(&mut stream, group, 7, &["t"]);
+        assert_eq!(joined.error_code, 0);
+        let sync: SyncGroupResponse = call(
+            &mut stream,
+            &SyncGroupRequest::default()
+                .with_group_id(gid(group))
+                .with_generation_id(joined.generation_id)
+                .with_member_id(joined.member_id.clone())
+                .with_assignments(vec![
+                    SyncGroupRequestAssignment::default()
+                        .with_member_id(joined.member_id.clone())
+                        .with_assignment(assignment.clone()),
+                ]),
+            5,
+        );
+        assert_eq!(sync.error_code, 0);
+        (joined.member_id, joined.generation_id)
+    };
+    // Recorded within a coordinator tick (100 ms).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    broker.kill9();
+    broker.restart();
+    let mut stream = connect_raw(broker.addr()).expect("connect");
+    let beat: HeartbeatResponse = call(
+        &mut stream,
+        &HeartbeatRequest::default()
+            .with_group_id(gid(group))
+            .with_generation_id(generation)
+            .with_member_id(member.clone()),
+        4,
+    );
+    assert_eq!(
+        beat.error_code, 0,
+        "the member's generation survived the restart"
+    );
+    let described: DescribeGroupsResponse = call(
+        &mut stream,
+        &DescribeGroupsRequest::default().with_groups(vec![gid(group)]),
+        5,
+    );
+    let g = &described.groups[0];
+    assert_eq!(g.group_state.to_string(), "Stable");
+    assert_eq!(g.protocol_data.to_string(), "range");
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(g.members[0].member_id, member);
+    assert_eq!(g.members[0].member_assignment, assignment);
+    // An offset keeps the group once it is empty; the member leaves; the group is deleted,
+    // and stays deleted across a restart.
+    let committed: OffsetCommitResponse = call(
+        &mut stream,
+        &commit_request(group, generation, &member, "t", 5),
+        7,
+    );
+    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+    let left: LeaveGroupResponse = call(
+        &mut stream,
+        &LeaveGroupRequest::default()
+            .with_group_id(gid(group))
+            .with_member_id(member.clone()),
+        2,
+    );
+    assert_eq!(left.error_code, 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let deleted: DeleteGroupsResponse = call(
+        &mut stream,
+        &DeleteGroupsRequest::default().with_groups_names(vec![gid(group)]),
+        2,
+    );
+    assert_eq!(deleted.results[0].error_code, 0);
+    drop(stream);
+    broker.kill9();
+    broker.restart();
+    let mut stream = connect_raw(broker.addr()).expect("connect");
+    let described: DescribeGroupsResponse = call(
+        &mut stream,
+        &DescribeGroupsRequest::default().with_groups(vec![gid(group)]),
+        5,
+    );
+    assert_eq!(
+        described.groups[0].error_code, 0,
+        "v5: an unknown group is Dead without an error"
+    );
+    assert_eq!(described.groups[0].group_state.to_string(), "Dead");
+    let beat: HeartbeatResponse = call(
+        &mut stream,
+        &HeartbeatRequest::default()
+            .with_group_id(gid(group))
+            .with_generation_id(generation)
+            .with_member_id(member),
+        4,
+    );
+    assert_eq!(beat.error_code, ResponseError::UnknownMemberId.code());
+}

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use kafka_protocol::ResponseError;
 use kafka_protocol::records::RecordBatchDecoder;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::constants::{
@@ -752,17 +752,19 @@ impl GroupCoordinator {
         }
     }
 
-    /// Write tombstones for `keys` of the group and drop them from memory.
+    /// Write tombstones for `keys` of the group (and, with `membership`, for its group
+    /// metadata record) and drop them from memory.
     async fn tombstone(
         &self,
         shard: &Shard,
         group_id: &str,
         keys: Vec<(String, i32)>,
+        membership: bool,
     ) -> Result<(), i16> {
-        if keys.is_empty() {
+        if keys.is_empty() && !membership {
             return Ok(());
         }
-        let mut records = Vec::with_capacity(keys.len());
+        let mut records = Vec::with_capacity(keys.len() + 1);
         for (topic, partition) in &keys {
             let key = records::encode_key(&OffsetKey {
                 group: group_id.to_string(),
@@ -770,6 +772,11 @@ impl GroupCoordinator {
                 partition: *partition,
             })
             .map_err(|_| ResponseError::InvalidRequest.code())?;
+            records.push((key, None));
+        }
+        if membership {
+            let key = records::encode_group_key(group_id)
+                .map_err(|_| ResponseError::InvalidRequest.code())?;
             records.push((key, None));
         }
         let base = self.write(shard, group_id, &records).await?;
@@ -803,15 +810,16 @@ impl GroupCoordinator {
             } else if g.state != GroupState::Empty || g.member_count() > 0 {
                 Err(ResponseError::NonEmptyGroup.code())
             } else {
-                Ok(g.offsets.keys().cloned().collect::<Vec<_>>())
+                let recorded = g.membership_record.is_some() || g.membership_recorded.is_some();
+                Ok((g.offsets.keys().cloned().collect::<Vec<_>>(), recorded))
             }
         });
-        let keys = match keys {
+        let (keys, membership) = match keys {
             Some(Ok(k)) => k,
             Some(Err(code)) => return code,
             None => return ResponseError::GroupIdNotFound.code(),
         };
-        if let Err(code) = self.tombstone(shard, group_id, keys).await {
+        if let Err(code) = self.tombstone(shard, group_id, keys, membership).await {
             return code;
         }
         let mut groups = self.groups.borrow_mut();
@@ -878,7 +886,7 @@ impl GroupCoordinator {
             Some(Err(code)) => return Err(code),
             None => return Err(ResponseError::GroupIdNotFound.code()),
         };
-        if let Err(code) = self.tombstone(shard, group_id, doomed).await {
+        if let Err(code) = self.tombstone(shard, group_id, doomed, false).await {
             for (_, codes) in results.iter_mut() {
                 for (_, c) in codes.iter_mut().filter(|(_, c)| *c == 0) {
                     *c = code;
@@ -966,6 +974,9 @@ impl GroupCoordinator {
                 for ((topic, _), c) in &g.offsets {
                     live_bytes += records::record_size_estimate_parts(id, topic, &c.metadata);
                 }
+                if let Some((_, v)) = &g.membership_record {
+                    live_bytes += (32 + 4 + id.len() + v.len()) as u64;
+                }
                 locks.push((id.clone(), g.write_order.clone()));
             }
             (locks, live_bytes)
@@ -990,13 +1001,24 @@ impl GroupCoordinator {
                         .collect()
                 })
                 .unwrap_or_default();
-            if stale.is_empty() {
+            // The latest group metadata record, if below too.
+            let membership: Option<Bytes> = self
+                .groups
+                .borrow()
+                .get(&group_id)
+                .and_then(|g| g.membership_record.clone())
+                .filter(|(at, _)| *at < active_base.get())
+                .map(|(_, v)| v);
+            if stale.is_empty() && membership.is_none() {
                 continue;
             }
-            let copies = stale
+            let mut copies = stale
                 .iter()
                 .map(|((topic, partition), c)| offset_record(&group_id, topic, *partition, c))
                 .collect::<Result<Vec<_>, _>>()?;
+            if let Some(v) = &membership {
+                copies.push((records::encode_group_key(&group_id)?, Some(v.clone())));
+            }
             let base = append_durable(log, &copies, self.clock.wall_ms()).await?;
             self.with_group(&group_id, false, |g| {
                 for (i, (tp, old)) in stale.iter().enumerate() {
@@ -1004,6 +1026,12 @@ impl GroupCoordinator {
                         && c.log_offset == old.log_offset
                     {
                         c.log_offset = base + i as i64;
+                    }
+                }
+                if let Some(v) = membership {
+                    let at = base + stale.len() as i64;
+                    if g.membership_record.as_ref().is_some_and(|(o, _)| *o < at) {
+                        g.membership_record = Some((at, v));
                     }
                 }
             });
@@ -1104,6 +1132,55 @@ impl GroupCoordinator {
         }
     }
 
+    /// Record in the log the membership of every group whose generation became Stable, or
+    /// that became Empty, since its last record ([`Group::membership_to_record`]): one
+    /// group metadata record each, in the group's write order. Run by the ticker, so a
+    /// membership is recorded within a tick of forming; a coordinator that dies before has
+    /// the members rejoin, as without the record.
+    pub fn record_memberships(shard: &Rc<Shard>) {
+        let now_ms = shard.groups.clock.wall_ms();
+        let due: Vec<_> = shard
+            .groups
+            .groups
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|(id, g)| {
+                g.membership_to_record(now_ms)
+                    .map(|v| (id.clone(), v, g.write_order.enter(Mode::Shared)))
+            })
+            .collect();
+        for (group_id, value, ticket) in due {
+            let shard = shard.clone();
+            runtime::spawn_detached(async move {
+                let _granted = ticket.granted().await;
+                let encoded = records::encode_group_key(&group_id)
+                    .and_then(|k| records::encode_group_value(&value).map(|v| (k, v)));
+                let (key, bytes) = match encoded {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        warn!(group = %group_id, error = %e, "cannot encode the group's membership: not recorded");
+                        return;
+                    }
+                };
+                let written = shard
+                    .groups
+                    .write(&shard, &group_id, &[(key, Some(bytes.clone()))])
+                    .await;
+                shard.groups.with_group(&group_id, false, |g| match written {
+                    Ok(at) => {
+                        if g.membership_record.as_ref().is_none_or(|(o, _)| *o < at) {
+                            g.membership_record = Some((at, bytes));
+                        }
+                    }
+                    Err(code) => {
+                        debug!(group = %group_id, code, "recording the group's membership failed: retrying");
+                        g.membership_unrecorded(&value);
+                    }
+                });
+            });
+        }
+    }
+
     /// Drop the groups of `__consumer_offsets` partition `p` (members waiting in JoinGroup or
     /// SyncGroup are answered NOT_COORDINATOR). Returns how many there were.
     fn unload(&self, p: i32, partitions: i32) -> usize {
@@ -1183,6 +1260,32 @@ async fn load_partition(shard: Rc<Shard>, tp: TopicPartition, partitions: i32, t
     );
 }
 
+/// Apply a group metadata record read at `log_offset` (None: a tombstone) to `groups`.
+fn replay_membership(
+    groups: &mut HashMap<String, Group>,
+    log_offset: i64,
+    group: String,
+    value: Option<&[u8]>,
+) {
+    match value {
+        None => {
+            if let Some(g) = groups.get_mut(&group) {
+                g.forget_membership();
+            }
+        }
+        Some(v) => match records::decode_group_value(v) {
+            Ok(meta) => {
+                let g = groups
+                    .entry(group.clone())
+                    .or_insert_with(|| Group::new(group));
+                g.restore_membership(meta, Instant::now());
+                g.membership_record = Some((log_offset, Bytes::copy_from_slice(v)));
+            }
+            Err(e) => warn!(log_offset, error = %e, "skipping undecodable group metadata"),
+        },
+    }
+}
+
 /// Apply one record of `__consumer_offsets` read at `log_offset` to `groups`.
 fn replay_record(
     groups: &mut HashMap<String, Group>,
@@ -1192,6 +1295,10 @@ fn replay_record(
 ) {
     let key = match records::decode_key(key) {
         Ok(RecordKey::Offset(k)) => k,
+        Ok(RecordKey::GroupMetadata(group)) => {
+            replay_membership(groups, log_offset, group, value);
+            return;
+        }
         Ok(_) => return,
         Err(e) => {
             warn!(log_offset, error = %e, "skipping undecodable offsets key");
@@ -1298,6 +1405,7 @@ pub fn spawn_ticker(shard: Rc<Shard>) {
             }
             shard.groups.tick(Instant::now());
             shard.groups.follow_leadership(&shard);
+            GroupCoordinator::record_memberships(&shard);
         }
     });
 }

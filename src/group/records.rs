@@ -5,9 +5,18 @@
 //!
 //! ```text
 //! offset commit key, version 0 or 1:  version i16 | group string | topic string | partition i32
-//! group metadata key, version 2:      version i16 | group string           (never written; skipped)
+//! group metadata key, version 2:      version i16 | group string
 //! offset commit value, version 3:     version i16 | offset i64 | leader_epoch i32
 //!                                     | metadata string | commit_timestamp i64
+//! ```
+//!
+//! group metadata value, version 3:    version i16 | protocol_type string | generation i32
+//!                                     | protocol nullable string | leader nullable string
+//!                                     | current_state_timestamp i64 | members array (i32 count) of:
+//!                                       member_id string | group_instance_id nullable string
+//!                                       | client_id string | client_host string
+//!                                       | rebalance_timeout i32 | session_timeout i32
+//!                                       | subscription bytes | assignment bytes (i32 length)
 //! ```
 //!
 //! Value versions 0 (offset, metadata, timestamp), 1 (plus expire timestamp)
@@ -22,8 +31,10 @@ use kafka_protocol::records::{
 
 /// Key version written for offset commits.
 pub const KEY_VERSION_OFFSET: i16 = 1;
-/// Key version of group metadata records (Kafka writes them; Sluice does not).
+/// Key version of group metadata records.
 pub const KEY_VERSION_GROUP: i16 = 2;
+/// Value version written for group metadata.
+pub const GROUP_VALUE_VERSION: i16 = 3;
 /// Value version written for offset commits.
 pub const VALUE_VERSION: i16 = 3;
 
@@ -68,7 +79,7 @@ pub struct OffsetValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordKey {
     Offset(OffsetKey),
-    /// Group metadata (version 2): written by Kafka, ignored here.
+    /// Group metadata (version 2): the group's generation and members.
     GroupMetadata(String),
     /// A version this broker does not know: skipped.
     Unknown(i16),
@@ -116,6 +127,27 @@ impl<'a> Reader<'a> {
         Ok(i64::from_be_bytes(a))
     }
 
+    /// A nullable string (a negative length reads as None).
+    fn nullable_string(&mut self) -> Result<Option<String>, RecordError> {
+        let len = self.i16()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let b = self.take(len as usize)?;
+        std::str::from_utf8(b)
+            .map(|s| Some(s.to_owned()))
+            .map_err(|_| RecordError::Utf8)
+    }
+
+    /// Bytes with an i32 length (negative: empty).
+    fn bytes(&mut self) -> Result<Bytes, RecordError> {
+        let len = self.i32()?;
+        if len < 0 {
+            return Ok(Bytes::new());
+        }
+        Ok(Bytes::copy_from_slice(self.take(len as usize)?))
+    }
+
     /// A string; a negative length (null) reads as empty.
     fn string(&mut self) -> Result<String, RecordError> {
         let len = self.i16()?;
@@ -134,6 +166,127 @@ fn put_string(out: &mut BytesMut, s: &str) -> Result<(), RecordError> {
     out.put_i16(len);
     out.put_slice(s.as_bytes());
     Ok(())
+}
+
+fn put_nullable_string(out: &mut BytesMut, s: Option<&str>) -> Result<(), RecordError> {
+    match s {
+        Some(s) => put_string(out, s),
+        None => {
+            out.put_i16(-1);
+            Ok(())
+        }
+    }
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) -> Result<(), RecordError> {
+    let len = i32::try_from(b.len()).map_err(|_| RecordError::TooLong(b.len()))?;
+    out.put_i32(len);
+    out.put_slice(b);
+    Ok(())
+}
+
+/// One member as a group metadata record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    /// The member's metadata for the group's protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
+/// A group's generation and members (Kafka's GroupMetadataValue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetadataValue {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub current_state_timestamp_ms: i64,
+    pub members: Vec<MemberRecord>,
+}
+
+/// Encode a group metadata key (version 2).
+pub fn encode_group_key(group: &str) -> Result<Bytes, RecordError> {
+    let mut out = BytesMut::with_capacity(4 + group.len());
+    out.put_i16(KEY_VERSION_GROUP);
+    put_string(&mut out, group)?;
+    Ok(out.freeze())
+}
+
+/// Encode a group metadata value (version 3).
+pub fn encode_group_value(v: &GroupMetadataValue) -> Result<Bytes, RecordError> {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_i16(GROUP_VALUE_VERSION);
+    put_string(&mut out, &v.protocol_type)?;
+    out.put_i32(v.generation);
+    put_nullable_string(&mut out, v.protocol.as_deref())?;
+    put_nullable_string(&mut out, v.leader.as_deref())?;
+    out.put_i64(v.current_state_timestamp_ms);
+    out.put_i32(v.members.len() as i32);
+    for m in &v.members {
+        put_string(&mut out, &m.member_id)?;
+        put_nullable_string(&mut out, m.group_instance_id.as_deref())?;
+        put_string(&mut out, &m.client_id)?;
+        put_string(&mut out, &m.client_host)?;
+        out.put_i32(m.rebalance_timeout_ms);
+        out.put_i32(m.session_timeout_ms);
+        put_bytes(&mut out, &m.subscription)?;
+        put_bytes(&mut out, &m.assignment)?;
+    }
+    Ok(out.freeze())
+}
+
+/// Decode a group metadata value of version 0 to 3 (as Kafka writes them: version 0 has no
+/// current state timestamp nor rebalance timeout, versions below 3 no instance id).
+pub fn decode_group_value(bytes: &[u8]) -> Result<GroupMetadataValue, RecordError> {
+    let mut r = Reader::new(bytes);
+    let version = r.i16()?;
+    if !(0..=4).contains(&version) {
+        return Err(RecordError::ValueVersion(version));
+    }
+    let protocol_type = r.string()?;
+    let generation = r.i32()?;
+    let protocol = r.nullable_string()?;
+    let leader = r.nullable_string()?;
+    let current_state_timestamp_ms = if version >= 2 { r.i64()? } else { -1 };
+    let count = r.i32()?;
+    let mut members = Vec::new();
+    for _ in 0..count.max(0) {
+        let member_id = r.string()?;
+        let group_instance_id = if version >= 3 {
+            r.nullable_string()?
+        } else {
+            None
+        };
+        let client_id = r.string()?;
+        let client_host = r.string()?;
+        let rebalance_timeout_ms = if version >= 1 { Some(r.i32()?) } else { None };
+        let session_timeout_ms = r.i32()?;
+        members.push(MemberRecord {
+            member_id,
+            group_instance_id,
+            client_id,
+            client_host,
+            // Version 0 had one timeout: Kafka takes it for both.
+            rebalance_timeout_ms: rebalance_timeout_ms.unwrap_or(session_timeout_ms),
+            session_timeout_ms,
+            subscription: r.bytes()?,
+            assignment: r.bytes()?,
+        });
+    }
+    Ok(GroupMetadataValue {
+        protocol_type,
+        generation,
+        protocol,
+        leader,
+        current_state_timestamp_ms,
+        members,
+    })
 }
 
 /// Encode an offset commit key (version 1).
@@ -278,6 +431,61 @@ pub fn encode_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_metadata_round_trips() {
+        let v = GroupMetadataValue {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol: Some("range".into()),
+            leader: Some("m-1".into()),
+            current_state_timestamp_ms: 1_700_000_000_000,
+            members: vec![
+                MemberRecord {
+                    member_id: "m-1".into(),
+                    group_instance_id: Some("static-1".into()),
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.1".into(),
+                    rebalance_timeout_ms: 30_000,
+                    session_timeout_ms: 10_000,
+                    subscription: Bytes::from_static(b"sub"),
+                    assignment: Bytes::from_static(b"assign"),
+                },
+                MemberRecord {
+                    member_id: "m-2".into(),
+                    group_instance_id: None,
+                    client_id: "c2".into(),
+                    client_host: "/127.0.0.2".into(),
+                    rebalance_timeout_ms: 60_000,
+                    session_timeout_ms: 45_000,
+                    subscription: Bytes::new(),
+                    assignment: Bytes::new(),
+                },
+            ],
+        };
+        let bytes = encode_group_value(&v).unwrap();
+        assert_eq!(decode_group_value(&bytes).unwrap(), v);
+        let key = encode_group_key("g").unwrap();
+        assert_eq!(
+            decode_key(&key).unwrap(),
+            RecordKey::GroupMetadata("g".into())
+        );
+        // Truncated values are errors, not panics.
+        for n in 0..bytes.len() {
+            assert!(decode_group_value(&bytes[..n]).is_err());
+        }
+        // An empty group (no members, no protocol).
+        let empty = GroupMetadataValue {
+            protocol_type: "consumer".into(),
+            generation: 8,
+            protocol: None,
+            leader: None,
+            current_state_timestamp_ms: 0,
+            members: Vec::new(),
+        };
+        let b = encode_group_value(&empty).unwrap();
+        assert_eq!(decode_group_value(&b).unwrap(), empty);
+    }
     use kafka_protocol::records::RecordBatchDecoder;
 
     fn key() -> OffsetKey {

@@ -17,9 +17,13 @@
 //! [`Reply::Later`]; the state machine answers through it. A dropped receiver
 //! (closed connection) is harmless.
 //!
-//! Membership lives in memory only: after a restart, members get
-//! UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION and rejoin. Committed offsets are
-//! kept here too (see `super::GroupCoordinator` for how they reach the log).
+//! Membership is recorded in `__consumer_offsets` as Kafka does (a group metadata record when
+//! a generation becomes Stable and when the group becomes Empty, see
+//! [`Group::membership_to_record`]), and restored from it ([`Group::restore_membership`]) when
+//! a coordinator loads the group after a restart or a failover: its members carry on with
+//! their generation, without a rebalance, if they heartbeat within their session timeout.
+//! Committed offsets are kept here too (see `super::GroupCoordinator` for how they reach the
+//! log).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -31,6 +35,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::ConsumerProtocolSubscription;
 use kafka_protocol::protocol::Decodable;
 
+use super::records::{GroupMetadataValue, MemberRecord};
 use crate::constants::{GROUP_MEMBERS_MAX, GROUP_PENDING_MEMBERS_MAX};
 
 /// Kafka's group states (the names are what ListGroups and DescribeGroups report).
@@ -261,6 +266,12 @@ pub struct Group {
     /// Orders the offset writes of this group (commits shared, deletes and
     /// compaction exclusive), so the in-memory map applies them in log order.
     pub write_order: Rc<super::write_order::WriteOrder>,
+    /// The membership last recorded (or being recorded) in the log: generation and a hash
+    /// of the member ids. None: none recorded.
+    pub membership_recorded: Option<(i32, u64)>,
+    /// The latest group metadata record in the log: its offset and value (appended again
+    /// when the segment holding it is compacted away).
+    pub membership_record: Option<(i64, Bytes)>,
 }
 
 fn new_member_id(prefix: &str) -> String {
@@ -285,7 +296,133 @@ impl Group {
             sync_deadline: None,
             offsets: BTreeMap::new(),
             write_order: super::write_order::WriteOrder::new(),
+            membership_recorded: None,
+            membership_record: None,
         }
+    }
+
+    /// The generation and a hash of the member ids (in order): what tells whether the log
+    /// has recorded the current membership.
+    fn membership(&self) -> (i32, u64) {
+        let h = self
+            .members
+            .keys()
+            .fold(self.members.len() as u64, |h, id| {
+                (h ^ crate::types::fnv1a(id.as_bytes())).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        (self.generation, h)
+    }
+
+    /// The group metadata record to write now, if the membership changed since the last one:
+    /// a Stable generation (each member with its metadata for the chosen protocol and its
+    /// assignment), or an Empty group that had a generation. Nothing while a rebalance is in
+    /// progress. Marks it recorded (see [`Group::membership_unrecorded`] if the write fails).
+    pub fn membership_to_record(&mut self, now_wall_ms: i64) -> Option<GroupMetadataValue> {
+        let stable = self.state == GroupState::Stable;
+        let empty = self.state == GroupState::Empty && self.generation > 0;
+        if !(stable || empty) {
+            return None;
+        }
+        let current = self.membership();
+        if self.membership_recorded.as_ref() == Some(&current) {
+            return None;
+        }
+        self.membership_recorded = Some(current);
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        Some(GroupMetadataValue {
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            generation: self.generation,
+            protocol: if stable {
+                self.protocol_name.clone()
+            } else {
+                None
+            },
+            leader: if stable { self.leader.clone() } else { None },
+            current_state_timestamp_ms: now_wall_ms,
+            members: self
+                .members
+                .values()
+                .filter(|_| stable)
+                .map(|m| MemberRecord {
+                    member_id: m.id.clone(),
+                    group_instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as i32,
+                    session_timeout_ms: m.session_timeout.as_millis() as i32,
+                    subscription: m.metadata_for(&protocol),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Writing the record of `recorded` failed: the next check records it again.
+    pub fn membership_unrecorded(&mut self, recorded: &GroupMetadataValue) {
+        if self
+            .membership_recorded
+            .as_ref()
+            .is_some_and(|(generation, _)| *generation == recorded.generation)
+        {
+            self.membership_recorded = None;
+        }
+    }
+
+    /// Take the membership a group metadata record holds (read at load): the generation, its
+    /// protocol and leader, and each member with its assignment, seen `now` (their sessions
+    /// start again). With members the group is Stable, else Empty. Used while loading: the
+    /// record replaces whatever membership an earlier record gave.
+    pub fn restore_membership(&mut self, v: GroupMetadataValue, now: Instant) {
+        self.members.clear();
+        self.generation = v.generation;
+        self.protocol_type = (!v.protocol_type.is_empty()).then(|| v.protocol_type.clone());
+        self.protocol_name = v.protocol.clone();
+        self.leader = v.leader.clone();
+        self.static_members.clear();
+        for m in v.members {
+            if let Some(instance) = &m.group_instance_id {
+                self.static_members
+                    .insert(instance.clone(), m.member_id.clone());
+            }
+            let protocols = v
+                .protocol
+                .clone()
+                .map(|p| vec![(p, m.subscription.clone())])
+                .unwrap_or_default();
+            self.members.insert(
+                m.member_id.clone(),
+                Member {
+                    id: m.member_id,
+                    instance_id: m.group_instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout: Duration::from_millis(m.session_timeout_ms.max(0) as u64),
+                    rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms.max(0) as u64),
+                    protocol_type: v.protocol_type.clone(),
+                    protocols,
+                    assignment: m.assignment,
+                    last_seen: now,
+                    join_waiter: None,
+                    sync_waiter: None,
+                },
+            );
+        }
+        self.state = if self.members.is_empty() {
+            GroupState::Empty
+        } else {
+            GroupState::Stable
+        };
+        self.membership_recorded = Some(self.membership());
+    }
+
+    /// A group metadata tombstone was read (the group was deleted): no members, nothing
+    /// recorded.
+    pub fn forget_membership(&mut self) {
+        self.members.clear();
+        self.static_members.clear();
+        self.state = GroupState::Empty;
+        self.membership_record = None;
+        self.membership_recorded = None;
     }
 
     pub fn member_count(&self) -> usize {
