@@ -353,6 +353,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                     spec.clone(),
                     &config,
                 ));
+                crate::cluster::node::spawn_leadership_notices(shard.clone());
             }
             shard.remove_orphans_with(&catalog);
             let opening = Instant::now();

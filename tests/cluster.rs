@@ -1279,3 +1279,81 @@ async fn group_offsets_survive_coordinator_failover() {
         assert!(broker.stop(), "clean stop");
     }
 }
+
+/// Every running broker's own Metadata answer for `topic` (partition → leader), once every
+/// broker names a leader other than `not` for every partition and they all agree; panics
+/// after 20 s.
+fn agreed_leaders(cluster: &mut Cluster, topic: &str, not: Option<i32>) -> BTreeMap<i32, i32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let mut answers = Vec::new();
+        for (i, b) in cluster.brokers.iter_mut().enumerate() {
+            if !b.is_running() {
+                continue;
+            }
+            match raw_metadata_leaders(b.addr(), topic) {
+                Ok(parts) => answers.push((i + 1, parts)),
+                Err(e) => last = format!("node {}: {e}", i + 1),
+            }
+        }
+        let leaders = |parts: &BTreeMap<i32, (i16, i32)>| -> BTreeMap<i32, i32> {
+            parts.iter().map(|(p, (_, l))| (*p, *l)).collect()
+        };
+        if let Some((_, first)) = answers.first() {
+            let want = leaders(first);
+            let good = want.len() == PARTITIONS as usize
+                && want.values().all(|&l| l > 0 && Some(l) != not)
+                && answers.iter().all(|(_, a)| leaders(a) == want);
+            if good {
+                return want;
+            }
+            last = format!("{answers:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the brokers did not agree on every leader of {topic} within 20 s: {last}");
+}
+
+/// With four brokers and three replicas per partition, each broker lacks some partitions'
+/// replicas, yet every broker names every partition's leader in Metadata (leaders tell the
+/// brokers without a replica, twice a second) and the same coordinator for a group, also
+/// right after a leader is killed with `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_without_a_replica_know_the_leaders() {
+    let mut cluster = Cluster::start(&[1, 1, 1, 1]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "four";
+    wait_for_brokers(&bootstrap, 4);
+    create_replicated(&cluster, topic).await;
+    let replicas = replica_lists(&bootstrap, topic, PARTITIONS as usize);
+    for (p, r) in replicas.iter().enumerate() {
+        assert_eq!(r.len(), 3, "partition {p}: three replicas of four brokers");
+    }
+    let before = agreed_leaders(&mut cluster, topic, None);
+    // A group's coordinator is the same from every broker, replica or not.
+    let group = "four-group";
+    let coordinator = coordinator_of(&mut cluster, group, None);
+    for (i, b) in cluster.brokers.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match raw_find_coordinator(b.addr(), group) {
+                Ok((0, node)) if node == coordinator => break,
+                answer => assert!(
+                    Instant::now() < deadline,
+                    "node {}: FindCoordinator {answer:?}, expected {coordinator}",
+                    i + 1
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let victim = before[&0];
+    cluster.node(victim).kill9();
+    let after = agreed_leaders(&mut cluster, topic, Some(victim));
+    eprintln!("leaders {before:?}; node {victim} killed; now {after:?}");
+    cluster.node(victim).restart();
+    for broker in &mut cluster.brokers {
+        assert!(broker.stop(), "clean stop");
+    }
+}

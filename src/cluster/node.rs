@@ -81,6 +81,77 @@ pub struct ClusterShard {
     by_id: RefCell<HashMap<(Uuid, i32), Rc<Running>>>,
     /// Brokers rejoining with a wiped data directory whose dropped votes were logged.
     rejoining_logged: RefCell<std::collections::BTreeSet<i32>>,
+    /// Leaders of partitions this shard owns but holds no replica of, as their leaders'
+    /// notices tell ([`spawn_leadership_notices`]): by (topic id, partition).
+    heard: RefCell<HashMap<(Uuid, i32), Heard>>,
+}
+
+/// A leadership notice received: the leader, its epoch (Raft term), and when.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    leader: i32,
+    epoch: i32,
+    at: std::time::Instant,
+}
+
+/// How often a leader tells the brokers without a replica of its partition that it leads.
+const NOTICE_INTERVAL: Duration = Duration::from_millis(500);
+/// A notice older than this is forgotten (its leader stopped telling: gone or deposed).
+const NOTICE_TTL: Duration = Duration::from_millis(2500);
+
+/// Whether `m` is a leadership notice: a message of type `MsgUnreachable`, which raft-rs only
+/// uses inside a node (never on the wire), from the leader (`from`) with its term (`term`).
+/// It is never stepped into a Raft group.
+fn is_notice(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgUnreachable
+}
+
+/// On every shard of a cluster member: every [`NOTICE_INTERVAL`], each replica this shard
+/// leads (the metadata log's aside) sends a leadership notice to every registered broker
+/// that holds no replica of its partition, so that broker can name the leader in Metadata
+/// and FindCoordinator (with more brokers than replicas). Ends when the shard stops.
+pub fn spawn_leadership_notices(shard: Rc<crate::shard::Shard>) {
+    runtime::spawn_detached(async move {
+        loop {
+            runtime::sleep(NOTICE_INTERVAL).await;
+            if shard.stopping.get() {
+                return;
+            }
+            let Some(cluster) = shard.cluster() else {
+                return;
+            };
+            let catalog = shard.catalog();
+            let me = cluster.spec.node_id;
+            for (tp, driver) in cluster.replicas() {
+                let replica = driver.replica();
+                if tp == metadata_tp() || !replica.is_leader() {
+                    continue;
+                }
+                let Some(meta) = catalog.get(&tp.topic) else {
+                    continue;
+                };
+                let holders = meta.replicas_of(tp.partition);
+                for &to in catalog.brokers.keys() {
+                    if to == me || holders.contains(&to) {
+                        continue;
+                    }
+                    let mut m = Message::default();
+                    m.set_msg_type(MessageType::MsgUnreachable);
+                    m.from = me as u64;
+                    m.to = to as u64;
+                    m.term = replica.term();
+                    cluster.links.send(
+                        to,
+                        GroupMessage {
+                            topic_id: meta.id,
+                            partition: tp.partition,
+                            message: m,
+                        },
+                    );
+                }
+            }
+        }
+    });
 }
 
 /// One replica's leadership as this broker sees it.
@@ -110,6 +181,7 @@ impl ClusterShard {
             replicas: RefCell::new(HashMap::new()),
             by_id: RefCell::new(HashMap::new()),
             rejoining_logged: RefCell::new(std::collections::BTreeSet::new()),
+            heard: RefCell::new(HashMap::new()),
         })
     }
 
@@ -254,6 +326,10 @@ impl ClusterShard {
     /// metadata leader is proposed there; forwarded proposals for data partitions are refused
     /// (only a leader stamps offsets on a produce).
     pub fn deliver(&self, gm: GroupMessage, rejoining: Option<u64>) {
+        if is_notice(&gm.message) {
+            self.note_leader(gm.topic_id, gm.partition, &gm.message);
+            return;
+        }
         let running = self
             .by_id
             .borrow()
@@ -306,14 +382,73 @@ impl ClusterShard {
             .collect()
     }
 
-    /// `tp`'s leader and epoch as [`ClusterShard::leadership`] reports them, if this shard
-    /// runs a replica of it and knows a leader it can reach.
-    pub fn leader_of(&self, tp: &TopicPartition) -> Option<(i32, i32)> {
-        let driver = self.replica(tp)?;
-        let replica = driver.replica();
-        let leader = replica.leader()? as i32;
-        (leader == self.spec.node_id || self.links.reachable(leader))
-            .then(|| (leader, replica.term() as i32))
+    /// `tp`'s leader and epoch as [`ClusterShard::leadership`] reports them: from this
+    /// shard's replica of it, else from a recent leadership notice (`topic_id` names the
+    /// topic), if the leader is one this shard can reach.
+    pub fn leader_of(&self, tp: &TopicPartition, topic_id: Uuid) -> Option<(i32, i32)> {
+        let (leader, epoch) = match self.replica(tp) {
+            Some(driver) => {
+                let replica = driver.replica();
+                (replica.leader()? as i32, replica.term() as i32)
+            }
+            None => {
+                let h = self.fresh_notice(topic_id, tp.partition)?;
+                (h.leader, h.epoch)
+            }
+        };
+        (leader == self.spec.node_id || self.links.reachable(leader)).then_some((leader, epoch))
+    }
+
+    /// A leadership notice for a partition: kept if it is at least as new (epoch) as the
+    /// one held or that one is stale. Notices for partitions with a replica here are
+    /// ignored (the replica knows better).
+    fn note_leader(&self, topic_id: Uuid, partition: i32, m: &Message) {
+        if self.by_id.borrow().contains_key(&(topic_id, partition)) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let notice = Heard {
+            leader: m.from as i32,
+            epoch: m.term as i32,
+            at: now,
+        };
+        let mut heard = self.heard.borrow_mut();
+        heard.retain(|_, h| now.duration_since(h.at) < NOTICE_TTL);
+        let keep = heard
+            .get(&(topic_id, partition))
+            .is_none_or(|h| notice.epoch >= h.epoch);
+        if keep {
+            heard.insert((topic_id, partition), notice);
+        }
+    }
+
+    fn fresh_notice(&self, topic_id: Uuid, partition: i32) -> Option<Heard> {
+        self.heard
+            .borrow()
+            .get(&(topic_id, partition))
+            .copied()
+            .filter(|h| h.at.elapsed() < NOTICE_TTL)
+    }
+
+    /// Leadership of the partitions of `catalog` this shard heard of through notices (it owns
+    /// them and holds no replica): the leader (if reachable and heard from recently) and
+    /// its epoch; in-sync replicas unknown.
+    pub fn heard_leadership(&self, catalog: &super::catalog::Catalog) -> Vec<Leadership> {
+        self.heard
+            .borrow()
+            .iter()
+            .filter(|(_, h)| h.at.elapsed() < NOTICE_TTL)
+            .filter_map(|((id, p), h)| {
+                let name = catalog.name_of(id)?;
+                Some(Leadership {
+                    tp: TopicPartition::new(name.to_string(), *p),
+                    leader: (h.leader == self.spec.node_id || self.links.reachable(h.leader))
+                        .then_some(h.leader),
+                    epoch: h.epoch,
+                    in_sync: Vec::new(),
+                })
+            })
+            .collect()
     }
 
     /// The metadata group's leader, if this shard runs its replica and knows one.

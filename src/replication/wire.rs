@@ -17,6 +17,9 @@
 //!             raft [length]     the raft-rs `eraftpb::Message`, protobuf-encoded
 //! ```
 //!
+//! A message of type `MsgUnreachable` (which raft-rs never sends) is a leadership notice:
+//! `from` leads the partition in term `term` (`cluster::node::spawn_leadership_notices`).
+//!
 //! A frame is checked whole (length, CRC, version, counts, every message's length) before
 //! anything in it is used; a bad frame is an error for the connection, which the receiver
 //! closes with the error logged. Version 1 frames (no `incarnation`, from brokers before it

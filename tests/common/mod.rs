@@ -1228,3 +1228,36 @@ pub fn raw_find_coordinator(addr: SocketAddr, group: &str) -> std::io::Result<(i
     let r = FindCoordinatorResponse::decode(&mut b, V).map_err(bad)?;
     Ok((r.error_code, r.node_id.0))
 }
+
+/// Metadata (v9) for `topic` at `addr`: each partition's (error code, leader).
+pub fn raw_metadata_leaders(
+    addr: SocketAddr,
+    topic: &str,
+) -> std::io::Result<BTreeMap<i32, (i16, i32)>> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    const V: i16 = 9;
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(topic.to_string())),
+        ))]))
+        .with_allow_auto_topic_creation(false);
+    let mut s = connect_raw(addr)?;
+    std::io::Write::write_all(&mut s, &encode_request(&req, V, 11))?;
+    let frame = read_frame(&mut s)?;
+    let mut b = bytes::Bytes::from(frame);
+    let bad =
+        |e: anyhow::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+    ResponseHeader::decode(&mut b, 1).map_err(bad)?;
+    let r = MetadataResponse::decode(&mut b, V).map_err(bad)?;
+    Ok(r.topics
+        .first()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition_index, (p.error_code, p.leader_id.0)))
+                .collect()
+        })
+        .unwrap_or_default())
+}

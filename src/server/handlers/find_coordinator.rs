@@ -1,8 +1,8 @@
 //! FindCoordinator (key 10), versions 0-6: on a one-node broker, this broker
 //! coordinates every group (key type 0); in a cluster, the leader of the group's
-//! `__consumer_offsets` partition does, as this broker's replica of it knows the leader
-//! (COORDINATOR_NOT_AVAILABLE, retriable, while there is none: during an election, before the
-//! topic exists, or when this broker holds no replica of the partition). v4+ answers a batch
+//! `__consumer_offsets` partition does, as this broker's replica of it knows the leader, or
+//! the leader's notices tell a broker holding no replica (COORDINATOR_NOT_AVAILABLE,
+//! retriable, while there is none: during an election, before the topic exists). v4+ answers a batch
 //! of keys. Transactions (key type 1) are not supported: COORDINATOR_NOT_AVAILABLE.
 
 use kafka_protocol::ResponseError;
@@ -39,9 +39,12 @@ async fn coordinator_of(
     let leader = if meta.is_replicated() {
         let tp = TopicPartition::new(OFFSETS_TOPIC, p);
         let owner = ctx.shard.owner_of(&tp);
+        let topic_id = meta.id;
         ctx.shard
             .invoke_on(owner, move |s| async move {
-                s.cluster().and_then(|c| c.leader_of(&tp)).map(|(l, _)| l)
+                s.cluster()
+                    .and_then(|c| c.leader_of(&tp, topic_id))
+                    .map(|(l, _)| l)
             })
             .await?
     } else {

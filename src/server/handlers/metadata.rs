@@ -176,7 +176,13 @@ impl ClusterView {
         let leaders: HashMap<TopicPartition, Leadership> = loop {
             let all = shard
                 .invoke_on_all(|s| async move {
-                    s.cluster().map(|c| c.leadership()).unwrap_or_default()
+                    s.cluster()
+                        .map(|c| {
+                            let mut known = c.leadership();
+                            known.extend(c.heard_leadership(&s.catalog()));
+                            known
+                        })
+                        .unwrap_or_default()
                 })
                 .await?;
             let leaders: HashMap<TopicPartition, Leadership> = all
@@ -184,7 +190,19 @@ impl ClusterView {
                 .flatten()
                 .map(|l| (l.tp.clone(), l))
                 .collect();
-            if leaders.values().all(|l| l.leader.is_some()) || std::time::Instant::now() >= deadline
+            let every_partition = catalog
+                .topics
+                .values()
+                .filter(|m| m.is_replicated())
+                .all(|m| {
+                    (0..m.partitions).all(|p| {
+                        leaders
+                            .get(&TopicPartition::new(m.name.clone(), p))
+                            .is_some_and(|l| l.leader.is_some())
+                    })
+                });
+            if (every_partition && leaders.values().all(|l| l.leader.is_some()))
+                || std::time::Instant::now() >= deadline
             {
                 break leaders;
             }
@@ -221,10 +239,11 @@ impl ClusterView {
         Some((l.leader?, l.epoch))
     }
 
-    /// A topic's partitions: replicated ones with the leader this broker's replica knows
-    /// (LEADER_NOT_AVAILABLE when it knows none, e.g. during an election or when this broker
-    /// holds no replica of the partition), their replicas and in-sync replicas; a local topic
-    /// (`__consumer_offsets`) led by its designated broker.
+    /// A topic's partitions: replicated ones with the leader this broker's replica knows, or
+    /// for a partition it holds no replica of, the leader's recent notice
+    /// (LEADER_NOT_AVAILABLE when it knows none, e.g. during an election), their replicas and
+    /// in-sync replicas; a local topic (a cluster formed before `__consumer_offsets` was
+    /// replicated) led by its designated broker.
     fn topic_entry(&self, meta: &TopicMeta) -> MetadataResponseTopic {
         let partitions = (0..meta.partitions)
             .map(|p| {
