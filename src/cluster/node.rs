@@ -341,11 +341,12 @@ impl ClusterShard {
         };
         // From a broker back with a wiped data directory (its new incarnation): a leader
         // forgets what it had acknowledged before.
-        if let Some(incarnation) = rejoining {
-            running
+        match rejoining {
+            Some(incarnation) => running
                 .driver
                 .replica()
-                .forget_rejoining_peer(gm.message.from, incarnation);
+                .forget_rejoining_peer(gm.message.from, incarnation),
+            None => running.driver.replica().peer_registered(gm.message.from),
         }
         if gm.message.get_msg_type() == MessageType::MsgPropose {
             if gm.topic_id == METADATA_TOPIC_ID {

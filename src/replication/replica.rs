@@ -203,6 +203,9 @@ pub struct Replica {
     /// Peers back with a wiped data directory whose progress this leader forgot: (term,
     /// incarnation) of the last reset, per peer.
     rejoined: RefCell<HashMap<u64, (u64, u64)>>,
+    /// Peers whose latest messages came with a new data directory not registered yet: their
+    /// votes are dropped, so the leadership is not handed to them.
+    rejoining_peers: RefCell<std::collections::HashSet<u64>>,
     /// Whether a heartbeat named a commit beyond this replica's log (its leader remembers
     /// entries this replica lost) since it opened: logged once.
     commit_clamped: Cell<bool>,
@@ -334,6 +337,7 @@ impl Replica {
             next_read: Cell::new(0),
             catch_up_to: Cell::new(None),
             rejoined: RefCell::new(HashMap::new()),
+            rejoining_peers: RefCell::new(std::collections::HashSet::new()),
             commit_clamped: Cell::new(false),
             persisted: Cell::new((state.term, state.vote)),
             busy: Cell::new(false),
@@ -419,7 +423,8 @@ impl Replica {
     }
 
     /// On the leader: hand the leadership to the preferred replica if it is another one, is
-    /// in the voter set, was heard from within the last election timeout (counted here:
+    /// in the voter set, is not rejoining with a wiped data directory (its votes would be
+    /// dropped), was heard from within the last election timeout (counted here:
     /// raft-rs's `recent_active` is reset every election timeout, so a check in step with
     /// that reset would never see it) and holds the whole log
     /// (Raft's leadership transfer: the leader stops taking proposals, which get NotLeader,
@@ -433,6 +438,7 @@ impl Replica {
         if n.raft.state != StateRole::Leader
             || preferred == self.id
             || n.raft.lead_transferee.is_some()
+            || self.rejoining_peers.borrow().contains(&preferred)
         {
             return false;
         }
@@ -538,6 +544,7 @@ impl Replica {
     /// and incarnation: it no longer counts toward commits, and the leader probes it from the
     /// start of the log (a stale match would make the leader ignore its rejections forever).
     pub fn forget_rejoining_peer(&self, peer: u64, incarnation: u64) {
+        self.rejoining_peers.borrow_mut().insert(peer);
         let mut node = self.node.borrow_mut();
         if node.raft.state != StateRole::Leader || peer == self.id {
             return;
@@ -552,6 +559,15 @@ impl Replica {
             pr.matched = 0;
             pr.become_probe();
             pr.next_idx = 1;
+        }
+    }
+
+    /// A message from `peer` came with its registered data directory: it votes again, and the
+    /// leadership may be handed to it.
+    pub fn peer_registered(&self, peer: u64) {
+        let mut set = self.rejoining_peers.borrow_mut();
+        if !set.is_empty() {
+            set.remove(&peer);
         }
     }
 
