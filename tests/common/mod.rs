@@ -1207,25 +1207,39 @@ pub fn raw_offset_for_leader_epoch(
     (p.error_code, p.leader_epoch, p.end_offset)
 }
 
+/// One request at `version` on a new connection to `addr`, and its response (the response
+/// header version from the API's table).
+pub fn raw_round_trip<Req, Resp>(
+    addr: SocketAddr,
+    request: &Req,
+    version: i16,
+) -> std::io::Result<Resp>
+where
+    Req: Request,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    use kafka_protocol::messages::{ApiKey, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
+    let mut s = connect_raw(addr)?;
+    std::io::Write::write_all(&mut s, &encode_request(request, version, 10))?;
+    let mut b = bytes::Bytes::from(read_frame(&mut s)?);
+    let bad =
+        |e: anyhow::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+    let key = ApiKey::try_from(Req::KEY)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "unknown API key"))?;
+    ResponseHeader::decode(&mut b, key.response_header_version(version)).map_err(bad)?;
+    Resp::decode(&mut b, version).map_err(bad)
+}
+
 /// FindCoordinator (v2) for consumer group `group` at `addr`: (error code, coordinator's
 /// node id).
 pub fn raw_find_coordinator(addr: SocketAddr, group: &str) -> std::io::Result<(i16, i32)> {
-    use kafka_protocol::messages::{
-        FindCoordinatorRequest, FindCoordinatorResponse, ResponseHeader,
-    };
-    use kafka_protocol::protocol::{Decodable, StrBytes};
-    const V: i16 = 2;
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
     let req = FindCoordinatorRequest::default()
         .with_key(StrBytes::from_string(group.to_string()))
         .with_key_type(0);
-    let mut s = connect_raw(addr)?;
-    std::io::Write::write_all(&mut s, &encode_request(&req, V, 10))?;
-    let frame = read_frame(&mut s)?;
-    let mut b = bytes::Bytes::from(frame);
-    let bad =
-        |e: anyhow::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
-    ResponseHeader::decode(&mut b, 0).map_err(bad)?;
-    let r = FindCoordinatorResponse::decode(&mut b, V).map_err(bad)?;
+    let r: FindCoordinatorResponse = raw_round_trip(addr, &req, 2)?;
     Ok((r.error_code, r.node_id.0))
 }
 
@@ -1235,22 +1249,14 @@ pub fn raw_metadata_leaders(
     topic: &str,
 ) -> std::io::Result<BTreeMap<i32, (i16, i32)>> {
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, ResponseHeader, TopicName};
-    use kafka_protocol::protocol::{Decodable, StrBytes};
-    const V: i16 = 9;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
     let req = MetadataRequest::default()
         .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
             TopicName(StrBytes::from_string(topic.to_string())),
         ))]))
         .with_allow_auto_topic_creation(false);
-    let mut s = connect_raw(addr)?;
-    std::io::Write::write_all(&mut s, &encode_request(&req, V, 11))?;
-    let frame = read_frame(&mut s)?;
-    let mut b = bytes::Bytes::from(frame);
-    let bad =
-        |e: anyhow::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
-    ResponseHeader::decode(&mut b, 1).map_err(bad)?;
-    let r = MetadataResponse::decode(&mut b, V).map_err(bad)?;
+    let r: MetadataResponse = raw_round_trip(addr, &req, 9)?;
     Ok(r.topics
         .first()
         .map(|t| {
