@@ -617,7 +617,12 @@ impl PartitionLog {
         // Everything assigned is written: the table covers exactly the log.
         let (log_end, bytes) = {
             let mut st = self.state.borrow_mut();
-            assert!(st.queue.is_empty() && st.high_watermark == st.log_end);
+            // Everything is durable; a replica's high watermark is Raft's commit index
+            // (`hw_target`), which may trail what it wrote (entries whose commit it has not
+            // heard of yet).
+            assert!(
+                st.queue.is_empty() && (st.high_watermark == st.log_end || st.hw_target.is_some())
+            );
             st.producers.remove_expired(self.env.clock.wall_ms());
             (st.log_end, st.producers.encode_snapshot(st.log_end))
         };
