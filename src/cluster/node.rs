@@ -375,7 +375,7 @@ impl ClusterShard {
                     leader: replica
                         .leader()
                         .map(|l| l as i32)
-                        .filter(|&l| l == self.spec.node_id || self.links.reachable(l)),
+                        .filter(|&l| self.nameable(l)),
                     epoch: replica.term() as i32,
                     in_sync: replica.in_sync().into_iter().map(|id| id as i32).collect(),
                 }
@@ -397,7 +397,13 @@ impl ClusterShard {
                 (h.leader, h.epoch)
             }
         };
-        (leader == self.spec.node_id || self.links.reachable(leader)).then_some((leader, epoch))
+        self.nameable(leader).then_some((leader, epoch))
+    }
+
+    /// Whether broker `id` may be named as a leader: this broker, or one this shard's RPC
+    /// link can reach.
+    fn nameable(&self, id: i32) -> bool {
+        id == self.spec.node_id || self.links.reachable(id)
     }
 
     /// A leadership notice for a partition: kept if it is at least as new (epoch) as the
@@ -414,7 +420,12 @@ impl ClusterShard {
             at: now,
         };
         let mut heard = self.heard.borrow_mut();
-        heard.retain(|_, h| now.duration_since(h.at) < NOTICE_TTL);
+        // Stale notices (readers skip them) go when a new partition is heard of, so the map
+        // holds no more than the partitions with a live leader plus one; a refresh costs
+        // one lookup.
+        if !heard.contains_key(&(topic_id, partition)) {
+            heard.retain(|_, h| now.duration_since(h.at) < NOTICE_TTL);
+        }
         let keep = heard
             .get(&(topic_id, partition))
             .is_none_or(|h| notice.epoch >= h.epoch);
@@ -443,8 +454,7 @@ impl ClusterShard {
                 let name = catalog.name_of(id)?;
                 Some(Leadership {
                     tp: TopicPartition::new(name.to_string(), *p),
-                    leader: (h.leader == self.spec.node_id || self.links.reachable(h.leader))
-                        .then_some(h.leader),
+                    leader: self.nameable(h.leader).then_some(h.leader),
                     epoch: h.epoch,
                     in_sync: Vec::new(),
                 })
