@@ -243,6 +243,10 @@ struct Compacted {
 enum OffsetsWriteError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Replica(#[from] crate::replication::ReplicaError),
+    #[error("no longer the coordinator of this partition in term {0}")]
+    NotServing(u64),
     #[error("encoding a committed offset: {0}")]
     Encode(#[from] records::RecordError),
 }
@@ -904,18 +908,31 @@ impl GroupCoordinator {
         };
         for p in 0..meta.partitions {
             let tp = TopicPartition::new(OFFSETS_TOPIC, p);
-            // A replicated partition is not compacted yet: moving its log start needs every
-            // replica to agree (Raft snapshots, not built yet).
-            if shard.owner_of(&tp) != shard.id
-                || shard.stopping.get()
-                || shard.replica(&tp).is_some()
-            {
+            if shard.owner_of(&tp) != shard.id || shard.stopping.get() {
                 continue;
             }
             let Some(log) = shard.partition(&tp) else {
                 continue;
             };
-            match self.compact_partition(&log, p, meta.partitions).await {
+            // A replicated partition: only by its coordinator, serving in the current term
+            // (its groups' map is loaded); copies are proposals and the log start moves by a
+            // Raft entry every replica applies.
+            let replica = match shard.replica(&tp) {
+                None => None,
+                Some(d) => {
+                    let term = d.replica().term();
+                    if self.leading.borrow().get(&p) != Some(&Coordinating::Serving(term))
+                        || !d.replica().is_leader()
+                    {
+                        continue;
+                    }
+                    Some((d, term))
+                }
+            };
+            match self
+                .compact_partition(&log, p, meta.partitions, replica)
+                .await
+            {
                 Ok(None) => {}
                 Ok(Some(done)) => info!(
                     shard = %shard.id,
@@ -955,7 +972,21 @@ impl GroupCoordinator {
         log: &Rc<PartitionLog>,
         partition: i32,
         partitions: i32,
+        replica: Option<(Rc<crate::replication::driver::Driver>, u64)>,
     ) -> Result<Option<Compacted>, OffsetsWriteError> {
+        let serving = |leading: &HashMap<i32, Coordinating>| match &replica {
+            None => Ok(()),
+            Some((d, term)) => {
+                if leading.get(&partition) == Some(&Coordinating::Serving(*term))
+                    && d.replica().is_leader()
+                    && d.replica().term() == *term
+                {
+                    Ok(())
+                } else {
+                    Err(OffsetsWriteError::NotServing(*term))
+                }
+            }
+        };
         let (active_base, older_bytes) = log.active_segment();
         if older_bytes == 0
             || active_base <= log.log_start_offset()
@@ -1019,7 +1050,19 @@ impl GroupCoordinator {
             if let Some(v) = &membership {
                 copies.push((records::encode_group_key(&group_id)?, Some(v.clone())));
             }
-            let base = append_durable(log, &copies, self.clock.wall_ms()).await?;
+            serving(&self.leading.borrow())?;
+            let base = match &replica {
+                None => append_durable(log, &copies, self.clock.wall_ms()).await?,
+                Some((d, _)) => {
+                    let bytes = records::encode_batches(
+                        &copies,
+                        self.clock.wall_ms(),
+                        OFFSETS_BATCH_BYTES_MAX,
+                    )?;
+                    let info = d.propose(bytes, crate::replication::Acks::All).await?;
+                    info.base_offset.get()
+                }
+            };
             self.with_group(&group_id, false, |g| {
                 for (i, (tp, old)) in stale.iter().enumerate() {
                     if let Some(c) = g.offsets.get_mut(tp)
@@ -1037,7 +1080,14 @@ impl GroupCoordinator {
             });
             rewritten += stale.len();
         }
-        let log_start = log.delete_records(active_base.get()).await?;
+        serving(&self.leading.borrow())?;
+        let log_start = match &replica {
+            None => log.delete_records(active_base.get()).await?,
+            Some((d, _)) => {
+                d.propose_log_start(active_base).await?;
+                log.log_start_offset()
+            }
+        };
         Ok(Some(Compacted {
             rewritten,
             freed_bytes: older_bytes,

@@ -77,6 +77,22 @@ impl Driver {
         fut
     }
 
+    /// [`Replica::propose_log_start`] (DeleteRecords), waking the task.
+    pub fn propose_log_start(
+        &self,
+        offset: crate::types::Offset,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
+        let fut = self.replica.propose_log_start(offset);
+        self.wake.notify_all();
+        fut
+    }
+
+    /// [`Replica::request_compaction`], waking the task.
+    pub fn request_compaction(&self, offset: crate::types::Offset) {
+        self.replica.request_compaction(offset);
+        self.wake.notify_all();
+    }
+
     /// Ask the task to end after its current round.
     pub fn stop(&self) {
         self.stop.set(true);
@@ -140,6 +156,8 @@ mod tests {
         drivers: RefCell<Vec<Option<Rc<Driver>>>>,
         /// A replica cut off: nothing reaches it or leaves it.
         cut: Cell<Option<u64>>,
+        /// Each replica's environment (its disk), to reopen it.
+        envs: RefCell<Vec<Env>>,
     }
 
     impl Transport for LocalNet {
@@ -200,18 +218,28 @@ mod tests {
         preferred: Option<u64>,
         balance: Option<Duration>,
     ) -> (Rc<LocalNet>, Tasks) {
+        start_cfg(preferred, balance, LogConfig::default()).await
+    }
+
+    /// [`start_with`] with the partition logs' settings.
+    async fn start_cfg(
+        preferred: Option<u64>,
+        balance: Option<Duration>,
+        log_cfg: LogConfig,
+    ) -> (Rc<LocalNet>, Tasks) {
         let net = Rc::new(LocalNet::default());
         let clock = Rc::new(ManualClock::new(1_700_000_000_000));
         let mut tasks = Vec::new();
         for id in 1..=3u64 {
             let disk = SimDisk::new(id, Faults::default());
             let env = Env::new(Rc::new(disk), clock.clone(), SyncScope::default());
+            net.envs.borrow_mut().push(env.clone());
             let cfg = ReplicaConfig {
                 new_replica: true,
                 preferred_leader: preferred,
                 ..ReplicaConfig::new(id, vec![1, 2, 3])
             };
-            let r = Replica::open(env, PathBuf::from("/data/t-0"), LogConfig::default(), &cfg)
+            let r = Replica::open(env, PathBuf::from("/data/t-0"), log_cfg.clone(), &cfg)
                 .await
                 .expect("open");
             let d = Driver::new(r, 1024);
@@ -483,6 +511,107 @@ mod tests {
             }
             for d in net.drivers.borrow().iter().flatten() {
                 assert!(d.replica().log().high_watermark().0 > last);
+                d.stop();
+            }
+            for t in tasks {
+                t.await.expect("no replica failed");
+            }
+        });
+    }
+
+    /// Retention on a replicated partition: the leader moves the log start (DeleteRecords, a
+    /// Raft entry every replica applies) and compacts its Raft log below it while a follower
+    /// is cut off; back, the follower is behind the leader's base and catches up from a
+    /// snapshot (its log reset to the base), then holds the same bytes from the same log
+    /// start; reopened from its disk, it keeps its base.
+    #[test]
+    fn a_follower_behind_the_leaders_base_catches_up_from_a_snapshot() {
+        use crate::types::Offset;
+        crate::runtime::block_on_test(|| async {
+            let log_cfg = LogConfig {
+                segment_bytes: 2048,
+                ..LogConfig::default()
+            };
+            let (net, mut tasks) = start_cfg(None, None, log_cfg.clone()).await;
+            let leader = wait_for_leader(&net, None).await;
+            produce(&leader, 10, 0).await;
+            let behind = (1..=3u64).find(|&i| i != leader.replica().id()).unwrap();
+            net.cut.set(Some(behind));
+            let last = produce(&leader, 80, 10).await;
+            let start = last / 2;
+            crate::runtime::timeout(
+                Duration::from_secs(5),
+                leader.propose_log_start(Offset(start)),
+            )
+            .await
+            .expect("answered")
+            .expect("the log start moves");
+            assert_eq!(leader.replica().log().log_start_offset().0, start);
+            let live: Vec<Rc<Driver>> = net
+                .drivers
+                .borrow()
+                .iter()
+                .flatten()
+                .filter(|d| d.replica().id() != behind)
+                .cloned()
+                .collect();
+            // The cut-off follower stops holding the leader's compaction back once it has
+            // not been heard from for an election timeout.
+            for _ in 0..500 {
+                for d in &live {
+                    let log = d.replica().log();
+                    d.request_compaction(log.segment_base_at(log.log_start_offset()));
+                }
+                if live.iter().all(|d| d.replica().base().index > 0) {
+                    break;
+                }
+                crate::runtime::sleep(Duration::from_millis(10)).await;
+            }
+            for d in &live {
+                let base = d.replica().base();
+                assert!(base.index > 0, "replica {} compacted", d.replica().id());
+                assert!(base.offset <= start && base.offset > 0);
+                assert_eq!(d.replica().log().log_start_offset().0, start);
+                assert_eq!(
+                    d.replica().log().first_segment_base().0,
+                    base.offset,
+                    "segments below the base are gone"
+                );
+            }
+            net.cut.set(None);
+            let follower = net.drivers.borrow()[behind as usize - 1].clone().unwrap();
+            let last = produce(&leader, 5, 90).await;
+            for _ in 0..500 {
+                if follower.replica().log().high_watermark().0 > last {
+                    break;
+                }
+                crate::runtime::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(follower.replica().snapshot_counts().0, 1, "installed a snapshot");
+            assert!(follower.replica().log().high_watermark().0 > last);
+            assert_eq!(follower.replica().log().log_start_offset().0, start);
+            assert_eq!(
+                committed_bytes(&follower).await,
+                committed_bytes(&leader).await,
+                "the same bytes from the same log start"
+            );
+            // Reopened from its disk, the follower keeps its base and its log.
+            let before = committed_bytes(&follower).await;
+            let base = follower.replica().base();
+            follower.stop();
+            tasks.remove(behind as usize - 1).await.expect("stops cleanly");
+            follower.replica().close().await.expect("closes");
+            net.drivers.borrow_mut()[behind as usize - 1] = None;
+            let env = net.envs.borrow()[behind as usize - 1].clone();
+            let cfg = ReplicaConfig::new(behind, vec![1, 2, 3]);
+            let r = Replica::open(env, PathBuf::from("/data/t-0"), log_cfg, &cfg)
+                .await
+                .expect("reopens");
+            assert_eq!(r.base(), base);
+            assert_eq!(r.log().log_start_offset().0, start);
+            assert_eq!(crate::replication::committed_log(r.log()).await, before);
+            r.close().await.expect("closes");
+            for d in net.drivers.borrow().iter().flatten() {
                 d.stop();
             }
             for t in tasks {

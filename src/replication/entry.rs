@@ -30,6 +30,12 @@ use crate::storage::batch::{self, BatchHeader};
 pub const CONTROL_LEADER_CHANGE: i16 = 2;
 /// Control record type of a Raft configuration change (KRaft's KRaftVoters).
 pub const CONTROL_VOTERS: i16 = 6;
+/// Control record type of a DeleteRecords on a replicated partition: the value is the new log
+/// start offset (i64, big-endian). A Sluice type, far from Kafka's (clients skip control
+/// batches of types they do not know). Unlike Raft's own entries it is a data entry: the
+/// leader proposes the batch itself, and every replica moves its log start when it applies
+/// it.
+pub const CONTROL_LOG_START: i16 = 1000;
 
 /// A Raft entry that cannot be a batch of this partition, or a batch that cannot be an entry.
 #[derive(Debug, thiserror::Error)]
@@ -81,14 +87,20 @@ pub fn to_batch(e: &Entry, next: i64) -> Result<(Bytes, i64), EntryError> {
             (CONTROL_VOTERS, v.freeze())
         }
     };
+    control_batch(kind, value, e.term as i32, next).map(|b| (b, next + 1))
+}
+
+/// A one-record control batch of type `kind` at offset `at`, stamped with `epoch`.
+fn control_batch(kind: i16, value: Bytes, epoch: i32, at: i64) -> Result<Bytes, EntryError> {
     let mut key = BytesMut::with_capacity(4);
     key.extend_from_slice(&0i16.to_be_bytes());
     key.extend_from_slice(&kind.to_be_bytes());
+    let next = at;
     let record = Record {
         transactional: false,
         control: true,
         delete_horizon: false,
-        partition_leader_epoch: e.term as i32,
+        partition_leader_epoch: epoch,
         producer_id: -1,
         producer_epoch: -1,
         timestamp_type: TimestampType::Creation,
@@ -112,7 +124,60 @@ pub fn to_batch(e: &Entry, next: i64) -> Result<(Bytes, i64), EntryError> {
         offset: next,
         reason: err.to_string(),
     })?;
-    Ok((buf.freeze(), next + 1))
+    Ok(buf.freeze())
+}
+
+/// The batch a leader proposes to move the log start to `offset` (its base offset and epoch
+/// are stamped when it is placed).
+pub fn log_start_batch(offset: i64) -> Result<Bytes, EntryError> {
+    control_batch(
+        CONTROL_LOG_START,
+        Bytes::copy_from_slice(&offset.to_be_bytes()),
+        -1,
+        0,
+    )
+}
+
+/// The log start a committed data entry moves the log to, if it is a log start batch.
+pub fn log_start_of(e: &Entry) -> Result<Option<i64>, EntryError> {
+    if !is_data(e) {
+        return Ok(None);
+    }
+    let h = BatchHeader::parse(&e.data).map_err(|err| EntryError::NotABatch {
+        index: e.index,
+        reason: err.to_string(),
+    })?;
+    if h.attributes & batch::ATTR_CONTROL == 0 || h.producer_id >= 0 {
+        return Ok(None);
+    }
+    let (kind, value) = control_record(&e.data, &h)?;
+    if kind != CONTROL_LOG_START {
+        return Ok(None);
+    }
+    let v: [u8; 8] = value[..].try_into().map_err(|_| EntryError::BadControl {
+        offset: h.base_offset,
+        reason: "a log start value is 8 bytes".into(),
+    })?;
+    Ok(Some(i64::from_be_bytes(v)))
+}
+
+/// The type and value of a control batch's record.
+fn control_record(b: &Bytes, h: &BatchHeader) -> Result<(i16, Bytes), EntryError> {
+    let bad = |reason: String| EntryError::BadControl {
+        offset: h.base_offset,
+        reason,
+    };
+    let mut buf = b.clone();
+    let set = RecordBatchDecoder::decode(&mut buf).map_err(|err| bad(err.to_string()))?;
+    let record = set.records.first().ok_or_else(|| bad("no record".into()))?;
+    let key = record.key.as_ref().ok_or_else(|| bad("no key".into()))?;
+    if key.len() < 4 {
+        return Err(bad("short key".into()));
+    }
+    Ok((
+        i16::from_be_bytes([key[2], key[3]]),
+        record.value.clone().unwrap_or_default(),
+    ))
 }
 
 /// The Raft entry at `index` that the stored batch `b` holds (the inverse of [`to_batch`]).
@@ -134,17 +199,12 @@ pub fn from_batch(index: u64, b: Bytes) -> Result<Entry, EntryError> {
         offset: h.base_offset,
         reason,
     };
-    let mut buf = b.clone();
-    let set = RecordBatchDecoder::decode(&mut buf).map_err(|err| bad(err.to_string()))?;
-    let record = set.records.first().ok_or_else(|| bad("no record".into()))?;
-    let key = record.key.as_ref().ok_or_else(|| bad("no key".into()))?;
-    if key.len() < 4 {
-        return Err(bad("short key".into()));
-    }
-    match i16::from_be_bytes([key[2], key[3]]) {
+    let (kind, v) = control_record(&b, &h)?;
+    match kind {
         CONTROL_LEADER_CHANGE => {}
+        // A data entry: the leader proposed this batch.
+        CONTROL_LOG_START => e.data = b,
         CONTROL_VOTERS => {
-            let v = record.value.clone().unwrap_or_default();
             let t = match v.first() {
                 Some(&t) if t == EntryType::EntryConfChange as u8 => EntryType::EntryConfChange,
                 Some(&t) if t == EntryType::EntryConfChangeV2 as u8 => EntryType::EntryConfChangeV2,

@@ -25,7 +25,7 @@ use raft::{RawNode, StateRole};
 use slog::Drain;
 
 use super::entry::{self, EntryError};
-use super::store::{RAFT_STATE_FILE, RaftStateFile, RaftStore};
+use super::store::{LogBase, RAFT_STATE_FILE, RaftStateFile, RaftStore};
 use crate::storage::batch::{self, BatchHeader};
 use crate::storage::error::StorageError;
 use crate::storage::io::Env;
@@ -223,6 +223,12 @@ pub struct Replica {
     ticks: Cell<u64>,
     heard: RefCell<HashMap<u64, u64>>,
     election_tick: u64,
+    /// A compaction asked for ([`Replica::request_compaction`]): the log should begin at
+    /// this offset; done by the next ready round.
+    compact_request: Cell<Option<i64>>,
+    /// Snapshots installed and compactions done since the replica opened.
+    snapshots_installed: Cell<u64>,
+    compactions: Cell<u64>,
     failed: RefCell<Option<String>>,
 }
 
@@ -279,7 +285,24 @@ impl Replica {
         };
         let log = PartitionLog::open_in(env.clone(), dir.clone(), log_cfg).await?;
         let store = RaftStore::new(&state, log.log_start_offset().0);
-        // Every batch of the log is an entry; what was applied is let go below.
+        let base = store.base();
+        if base.index > 0 {
+            // The log begins after the base: finish what a crash interrupted (an install, or
+            // a compaction that persisted its base and had not removed the segments below).
+            let lost = log.log_end_offset().0 < base.offset || log.first_segment_base().0 > base.offset;
+            if state.installing || lost {
+                if lost && !state.installing {
+                    tracing::warn!(dir = %dir.display(), base = base.offset, log_end = log.log_end_offset().get(), "the log does not reach its Raft base: starting empty there");
+                }
+                log.reset_to_empty(Offset(base.offset)).await?;
+                store.installed();
+                write_state(&env, &state_path, &store.state_file()).await?;
+            }
+            log.move_log_start(Offset(base.log_start.min(log.log_end_offset().0)))
+                .await?;
+            log.remove_segments_below(Offset(base.offset)).await?;
+        }
+        // Every batch of the log after the base is an entry; what was applied is let go below.
         rebuild(&log, &store).await?;
         let committed = state.commit.min(store.last_index());
         store.release_applied(committed, cfg.applied_bytes_held);
@@ -348,6 +371,9 @@ impl Replica {
             ticks: Cell::new(0),
             heard: RefCell::new(HashMap::new()),
             election_tick: cfg.election_tick as u64,
+            compact_request: Cell::new(None),
+            snapshots_installed: Cell::new(0),
+            compactions: Cell::new(0),
             failed: RefCell::new(None),
         }))
     }
@@ -497,7 +523,31 @@ impl Replica {
 
     /// Whether Raft has work for [`Replica::process_ready`].
     pub fn has_ready(&self) -> bool {
-        self.node.borrow().has_ready() || self.store.fetches_pending()
+        self.node.borrow().has_ready()
+            || self.store.fetches_pending()
+            || self.compact_request.get().is_some()
+    }
+
+    /// Ask for the log to begin at `offset` (a segment base: retention, or the segments
+    /// below a moved log start): the next ready round moves the Raft base there, or as far
+    /// toward it as the applied entries allow, then removes the segments below (see
+    /// [`Replica::compact`]).
+    pub fn request_compaction(&self, offset: Offset) {
+        if offset.0 > self.store.base().offset {
+            self.compact_request.set(Some(
+                self.compact_request.get().map_or(offset.0, |o| o.max(offset.0)),
+            ));
+        }
+    }
+
+    /// The Raft base: the entry before the first one the log keeps.
+    pub fn base(&self) -> LogBase {
+        self.store.base()
+    }
+
+    /// Snapshots installed, and compactions of its own log done, since the replica opened.
+    pub fn snapshot_counts(&self) -> (u64, u64) {
+        (self.snapshots_installed.get(), self.compactions.get())
     }
 
     /// One tick of the election and heartbeat clocks.
@@ -587,6 +637,17 @@ impl Replica {
     /// Messages to send to peers (each has `to`), in order.
     pub fn take_messages(&self) -> Vec<Message> {
         let out = std::mem::take(&mut *self.outbox.borrow_mut());
+        // A snapshot is a few bytes (where the log continues), sent like any message: the
+        // leader goes back to probing at once. If it was lost, the follower rejects the next
+        // append and the leader sends it again.
+        for m in out
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+        {
+            self.node
+                .borrow_mut()
+                .report_snapshot(m.to, raft::SnapshotStatus::Finish);
+        }
         let bytes: usize = out
             .iter()
             .filter(|m| m.get_msg_type() == MessageType::MsgAppend)
@@ -644,10 +705,42 @@ impl Replica {
         }
     }
 
+    /// On the leader: propose moving the partition's log start to `offset` (DeleteRecords), as
+    /// a control batch in the log ([`entry::log_start_batch`]) that every replica applies
+    /// once committed ([`PartitionLog::move_log_start`]); the segments below go with the next
+    /// compaction. Resolves once committed and applied here. `offset` must be at most the
+    /// high watermark (the caller checks).
+    pub fn propose_log_start(
+        &self,
+        offset: Offset,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
+        let placed = entry::log_start_batch(offset.0)
+            .map_err(ReplicaError::from)
+            .and_then(|b| self.place_as(b, Acks::All, true));
+        async move {
+            let rx = placed?;
+            rx.await.unwrap_or_else(|_| {
+                Err(ReplicaError::Failed(
+                    "the replica closed before the commit".into(),
+                ))
+            })
+        }
+    }
+
     fn place(
         &self,
         records: Bytes,
         acks: Acks,
+    ) -> Result<oneshot::Receiver<Result<AppendInfo, ReplicaError>>, ReplicaError> {
+        self.place_as(records, acks, false)
+    }
+
+    /// `internal`: the replica's own control batch (clients may not send control batches).
+    fn place_as(
+        &self,
+        records: Bytes,
+        acks: Acks,
+        internal: bool,
     ) -> Result<oneshot::Receiver<Result<AppendInfo, ReplicaError>>, ReplicaError> {
         if let Some(why) = self.failed.borrow().clone() {
             return Err(ReplicaError::Failed(why));
@@ -660,9 +753,10 @@ impl Replica {
             });
         }
         let batches = batch::validate_all_for_append(&records, self.log.cfg().max_message_bytes)?;
-        if batches
-            .iter()
-            .any(|(_, _, h)| h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0)
+        if !internal
+            && batches.iter().any(|(_, _, h)| {
+                h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0
+            })
         {
             return Err(StorageError::Transactional.into());
         }
@@ -1012,6 +1106,7 @@ impl Replica {
 
     async fn ready_loop(&self) -> Result<(), ReplicaError> {
         loop {
+            self.compact().await?;
             self.serve_fetches().await?;
             let mut rd = {
                 let mut node = self.node.borrow_mut();
@@ -1031,9 +1126,8 @@ impl Replica {
             // only once `advance` says the entries are persisted).
             self.outbox.borrow_mut().extend(rd.take_messages());
             if !rd.snapshot().is_empty() {
-                return Err(ReplicaError::Raft(
-                    "installing a snapshot is not supported yet".into(),
-                ));
+                let snap = rd.snapshot().clone();
+                self.install_snapshot(&snap).await?;
             }
             self.apply(rd.take_committed_entries()).await?;
             if !rd.entries().is_empty() {
@@ -1076,6 +1170,12 @@ impl Replica {
     /// them over (raft-rs then sends the appends that waited for them).
     async fn serve_fetches(&self) -> Result<(), ReplicaError> {
         for f in self.store.take_fetches() {
+            if f.low <= self.store.base().index {
+                // Compacted since it was asked for: raft-rs asks again, hears that, and sends
+                // a snapshot.
+                self.node.borrow_mut().on_entries_fetched(f.context);
+                continue;
+            }
             let start = self
                 .store
                 .end_of(f.low - 1)
@@ -1141,7 +1241,13 @@ impl Replica {
         };
         for e in &committed {
             let cs = match e.get_entry_type() {
-                EntryType::EntryNormal => continue,
+                EntryType::EntryNormal => {
+                    if let Some(start) = entry::log_start_of(e)? {
+                        let now = self.log.move_log_start(Offset(start)).await?;
+                        tracing::info!(dir = %self.dir.display(), log_start = now.get(), "log start moved (DeleteRecords)");
+                    }
+                    continue;
+                }
                 EntryType::EntryConfChange => {
                     let cc: ConfChange = parse_pb(&e.data)?;
                     self.node.borrow_mut().apply_conf_change(&cc)
@@ -1160,7 +1266,77 @@ impl Replica {
             .end_of(last)
             .ok_or_else(|| ReplicaError::Raft(format!("committed entry {last} not stored")))?;
         self.log.set_high_watermark(Offset(end));
+        // A snapshot's log start, once the log reaches it (the install began below it).
+        let want = self.store.base().log_start;
+        if want > self.log.log_start_offset().0 && end >= want {
+            self.log.move_log_start(Offset(want)).await?;
+        }
         self.resolve(&self.waiters, last, true);
+        Ok(())
+    }
+
+    /// Install the leader's snapshot: the log continues at its base (Raft's `restore` already
+    /// dropped every entry of this replica's log: they are below the leader's base, or not
+    /// committed). Crash-safe in three steps: `raft-state` names the new base with
+    /// `installing` set (durable), the log is reset to an empty one at the base's offset, and
+    /// `raft-state` is written again without the flag; a restart in between repeats the reset
+    /// ([`Replica::open`]).
+    async fn install_snapshot(&self, snap: &raft::eraftpb::Snapshot) -> Result<(), ReplicaError> {
+        let base = LogBase::from_snapshot(snap)
+            .ok_or_else(|| ReplicaError::Raft("a snapshot that is not a log base".into()))?;
+        tracing::info!(dir = %self.dir.display(), index = base.index, term = base.term, offset = base.offset, "installing the leader's snapshot: the log continues at its base");
+        self.store
+            .install(base, snap.get_metadata().get_conf_state().clone());
+        self.write_state().await?;
+        self.log.reset_to_empty(Offset(base.offset)).await?;
+        self.store.installed();
+        self.write_state().await?;
+        self.proposed_producers.borrow_mut().clear();
+        self.snapshots_installed
+            .set(self.snapshots_installed.get() + 1);
+        Ok(())
+    }
+
+    /// Move the Raft base toward the offset [`Replica::request_compaction`] asked for, then
+    /// remove the segments below it. Only applied entries are compacted, at a segment base
+    /// (every segment begins with an entry); a leader also keeps what the followers it heard
+    /// from lately still need, so a follower a little behind is sent entries, not a snapshot
+    /// (one it has not heard from does not hold the log back). The base is durable in
+    /// `raft-state` before any segment goes.
+    async fn compact(&self) -> Result<(), ReplicaError> {
+        let Some(want) = self.compact_request.take() else {
+            return Ok(());
+        };
+        let keep_from = {
+            let n = self.node.borrow();
+            let mut upto = n.raft.raft_log.applied;
+            if n.raft.state == StateRole::Leader {
+                for (id, p) in n.raft.prs().iter() {
+                    if *id != self.id && p.recent_active {
+                        upto = upto.min(p.matched);
+                    }
+                }
+            }
+            upto
+        };
+        let Some(applied_end) = self.store.end_of(keep_from.max(self.store.base().index)) else {
+            return Ok(());
+        };
+        let to = self.log.segment_base_at(Offset(want.min(applied_end))).0;
+        if to <= self.store.base().offset {
+            return Ok(());
+        }
+        let Some(index) = self.store.index_ending_at(to) else {
+            return Err(ReplicaError::Raft(format!(
+                "segment base {to} is not the end of an entry"
+            )));
+        };
+        self.store
+            .compact_to(index, self.log.log_start_offset().0);
+        self.write_state().await?;
+        let removed = self.log.remove_segments_below(Offset(to)).await?;
+        self.compactions.set(self.compactions.get() + 1);
+        tracing::debug!(dir = %self.dir.display(), index, offset = to, segments = removed, "Raft log compacted");
         Ok(())
     }
 
@@ -1273,10 +1449,16 @@ async fn read_entries(
     first_index: u64,
     max_bytes: usize,
 ) -> Result<Vec<(Entry, i64)>, ReplicaError> {
-    let records = log.read(Offset(offset), max_bytes).await?.records;
+    let records = log.read_replicated(Offset(offset), max_bytes).await?.records;
     let mut out = Vec::new();
     for (index, item) in (first_index..).zip(batch::BatchIter::new(&records)) {
         let (pos, h, size) = item?;
+        if index == first_index && h.base_offset != offset {
+            return Err(ReplicaError::Raft(format!(
+                "entry {index} should begin at offset {offset}, the log has a batch at {}",
+                h.base_offset
+            )));
+        }
         out.push((
             entry::from_batch(index, records.slice(pos..pos + size))?,
             h.next_offset(),
@@ -1285,10 +1467,10 @@ async fn read_entries(
     Ok(out)
 }
 
-/// Every batch of the log, from its start, as the store's entries (index 1 is the first).
+/// Every batch of the log after the store's base, as the store's entries.
 async fn rebuild(log: &Rc<PartitionLog>, store: &RaftStore) -> Result<(), ReplicaError> {
     let end = log.log_end_offset().0;
-    let mut at = log.log_start_offset().0;
+    let mut at = store.next_offset();
     while at < end {
         let entries = read_entries(log, at, store.last_index() + 1, 1 << 20).await?;
         if entries.is_empty() {

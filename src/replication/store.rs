@@ -35,6 +35,62 @@ pub struct RaftStateFile {
     pub voters: Vec<u64>,
     #[serde(default)]
     pub learners: Vec<u64>,
+    /// The entry before the first one the log keeps (none: index 0, the log is kept from its
+    /// start). Written, durably, before the segments below it are removed.
+    #[serde(default)]
+    pub base: LogBase,
+    /// A snapshot of the leader's log (`base`) is being installed: the log is reset to an
+    /// empty one at `base.offset`. Set durably before the reset begins and cleared after it,
+    /// so a crash in between repeats the reset at open.
+    #[serde(default)]
+    pub installing: bool,
+}
+
+/// The prefix of a replicated log that is no longer stored: the Raft index and term of its
+/// last entry and the Kafka offset after it (where the kept log begins), plus the Kafka log
+/// start offset as of then (DeleteRecords may have moved it past `offset`, inside a batch).
+/// This is also what a Raft snapshot of a partition carries: the partition's data is the log
+/// itself, so a follower that needs entries below its leader's base only needs to know where
+/// the log continues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBase {
+    pub index: u64,
+    pub term: u64,
+    pub offset: i64,
+    #[serde(default)]
+    pub log_start: i64,
+}
+
+impl LogBase {
+    const ENCODED: usize = 1 + 8 + 8;
+    const VERSION: u8 = 1;
+
+    /// The snapshot's data: version, offset, log start (big-endian); index and term travel in
+    /// the snapshot's metadata.
+    pub fn encode_data(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::ENCODED);
+        v.push(Self::VERSION);
+        v.extend_from_slice(&self.offset.to_be_bytes());
+        v.extend_from_slice(&self.log_start.to_be_bytes());
+        v
+    }
+
+    /// The base a snapshot describes; None if its data is not one.
+    pub fn from_snapshot(s: &Snapshot) -> Option<LogBase> {
+        let d = &s.data;
+        if d.len() != Self::ENCODED || d[0] != Self::VERSION {
+            return None;
+        }
+        let offset = i64::from_be_bytes(d[1..9].try_into().ok()?);
+        let log_start = i64::from_be_bytes(d[9..17].try_into().ok()?);
+        let meta = s.metadata.as_ref()?;
+        (offset >= 0 && log_start >= offset).then_some(LogBase {
+            index: meta.index,
+            term: meta.term,
+            offset,
+            log_start,
+        })
+    }
 }
 
 /// The file's name in the partition directory.
@@ -59,6 +115,10 @@ struct Inner {
     prev_index: u64,
     prev_term: u64,
     prev_end: i64,
+    /// The Kafka log start as of the base (at least `prev_end`).
+    base_log_start: i64,
+    /// A snapshot is being installed (see [`RaftStateFile::installing`]).
+    installing: bool,
     /// (term, Kafka offset after the entry) of every entry from `prev_index + 1` on.
     metas: VecDeque<(u64, i64)>,
     /// The entries from `data_from` on.
@@ -84,9 +144,21 @@ impl Inner {
 pub struct RaftStore(Rc<RefCell<Inner>>);
 
 impl RaftStore {
-    /// A store whose log begins at Kafka offset `start` (index 1 is the batch there).
+    /// A store whose log begins after `state.base`, or if it has none at Kafka offset `start`
+    /// (index 1 is the batch there).
     pub fn new(state: &RaftStateFile, start: i64) -> Self {
+        let b = state.base;
+        let (prev_index, prev_term, prev_end, base_log_start) = if b.index > 0 {
+            (b.index, b.term, b.offset, b.log_start.max(b.offset))
+        } else {
+            (0, 0, start, start)
+        };
         let inner = Inner {
+            prev_index,
+            prev_term,
+            prev_end,
+            base_log_start,
+            installing: state.installing,
             hard: HardState {
                 term: state.term,
                 vote: state.vote,
@@ -98,12 +170,67 @@ impl RaftStore {
                 learners: state.learners.clone(),
                 ..Default::default()
             },
-            prev_end: start,
             ..Default::default()
         };
         RaftStore(Rc::new(RefCell::new(inner)))
     }
 
+    /// The entry before the first one stored.
+    pub fn base(&self) -> LogBase {
+        let s = self.0.borrow();
+        LogBase {
+            index: s.prev_index,
+            term: s.prev_term,
+            offset: s.prev_end,
+            log_start: s.base_log_start,
+        }
+    }
+
+    /// Forget the entries up to `index` (at most the last one; the caller made sure they are
+    /// applied and persisted the new base), noting the Kafka log start `log_start`.
+    pub fn compact_to(&self, index: u64, log_start: i64) {
+        let mut s = self.0.borrow_mut();
+        if index <= s.prev_index {
+            s.base_log_start = s.base_log_start.max(log_start);
+            return;
+        }
+        assert!(index <= s.last_index(), "compacting past the last entry");
+        let n = (index - s.prev_index) as usize;
+        let (term, end) = s.metas[n - 1];
+        s.metas.drain(..n);
+        while s.recent.front().is_some_and(|e| e.index <= index) {
+            let e = s.recent.pop_front().expect("non-empty");
+            s.recent_bytes -= e.data.len();
+        }
+        s.prev_index = index;
+        s.prev_term = term;
+        s.prev_end = end;
+        s.base_log_start = s.base_log_start.max(log_start).max(end);
+        s.fetched = None;
+    }
+
+    /// Begin installing a snapshot: the store holds nothing after `base` and its commit index
+    /// is at least `base.index`; `installing` is set until [`RaftStore::installed`].
+    pub fn install(&self, base: LogBase, conf: ConfState) {
+        let mut s = self.0.borrow_mut();
+        s.prev_index = base.index;
+        s.prev_term = base.term;
+        s.prev_end = base.offset;
+        s.base_log_start = base.log_start.max(base.offset);
+        s.metas.clear();
+        s.recent.clear();
+        s.recent_bytes = 0;
+        s.fetched = None;
+        s.fetches.clear();
+        s.conf = conf;
+        s.hard.commit = s.hard.commit.max(base.index);
+        s.installing = true;
+    }
+
+    /// The log was reset to the installed snapshot's base.
+    pub fn installed(&self) {
+        self.0.borrow_mut().installing = false;
+    }
     pub fn last_index(&self) -> u64 {
         self.0.borrow().last_index()
     }
@@ -121,6 +248,16 @@ impl RaftStore {
         s.metas
             .get((index - s.prev_index - 1) as usize)
             .map(|m| m.1)
+    }
+
+    /// The index of the entry that ends at Kafka offset `offset` (the base's for its offset).
+    pub fn index_ending_at(&self, offset: i64) -> Option<u64> {
+        let s = self.0.borrow();
+        if offset == s.prev_end {
+            return Some(s.prev_index);
+        }
+        let i = s.metas.partition_point(|m| m.1 < offset);
+        (s.metas.get(i)?.1 == offset).then_some(s.prev_index + 1 + i as u64)
     }
 
     /// The Kafka offset after the last entry.
@@ -208,6 +345,13 @@ impl RaftStore {
             commit: s.hard.commit.min(s.last_index()),
             voters: s.conf.voters.clone(),
             learners: s.conf.learners.clone(),
+            base: LogBase {
+                index: s.prev_index,
+                term: s.prev_term,
+                offset: s.prev_end,
+                log_start: s.base_log_start,
+            },
+            installing: s.installing,
         }
     }
 }
@@ -289,12 +433,31 @@ impl Storage for RaftStore {
         Ok(self.last_index())
     }
 
+    /// Asked for when a follower needs entries below the base: the base itself (see
+    /// [`LogBase`]), with the voter configuration (which only changes by entries above any
+    /// base this store keeps: configuration changes are not made).
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never compacted below what a follower still needs yet, so Raft never
-        // asks for a snapshot (catching a follower up from below the log start is not built).
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let s = self.0.borrow();
+        if s.prev_index == 0 || s.installing {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let base = LogBase {
+            index: s.prev_index,
+            term: s.prev_term,
+            offset: s.prev_end,
+            log_start: s.base_log_start,
+        };
+        let mut snap = Snapshot {
+            data: base.encode_data().into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = s.prev_index;
+        meta.term = s.prev_term;
+        meta.set_conf_state(s.conf.clone());
+        Ok(snap)
     }
 }
 

@@ -527,6 +527,22 @@ async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
             }
             runtime::yield_if_needed().await;
         }
+        // Replicated partitions (leaders and followers alike, each on its own log): the
+        // segments retention would remove, and those wholly below a log start DeleteRecords
+        // moved, go once the replica's Raft base is past them (`Replica::compact`).
+        if let Some(cluster) = shard.cluster() {
+            for (tp, d) in cluster.replicas() {
+                let log = d.replica().log();
+                let below_start = log.segment_base_at(log.log_start_offset());
+                let target = log
+                    .retention_target(now_ms)
+                    .map_or(below_start, |t| t.max(below_start));
+                if target > log.first_segment_base() {
+                    tracing::debug!(shard = %shard.id, partition = %tp, offset = target.get(), "compacting a replicated log");
+                    d.request_compaction(target);
+                }
+            }
+        }
     }
 }
 

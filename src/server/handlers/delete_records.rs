@@ -73,10 +73,8 @@ pub async fn handle(
 async fn delete_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>) -> Vec<(i64, i16)> {
     let mut out = Vec::with_capacity(parts.len());
     for (tp, offset) in parts {
-        // A replicated log's start moves only once replicas can snapshot (not built yet):
-        // moving it on one replica would break what Raft reads back for its followers.
-        if shard.replica(&tp).is_some() {
-            out.push((-1, ResponseError::PolicyViolation.code()));
+        if let Some(d) = shard.replica(&tp) {
+            out.push(delete_replicated(&tp, &d, offset).await);
             continue;
         }
         let Some(log) = shard.partition(&tp) else {
@@ -92,4 +90,36 @@ async fn delete_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>) ->
         }
     }
     out
+}
+
+/// DeleteRecords on a replicated partition's leader: the new log start is a Raft entry
+/// ([`crate::replication::Replica::propose_log_start`]) that every replica applies, answered
+/// once committed and applied here; the segments below go with each replica's next
+/// compaction.
+async fn delete_replicated(
+    tp: &TopicPartition,
+    d: &crate::replication::driver::Driver,
+    offset: i64,
+) -> (i64, i16) {
+    let r = d.replica();
+    if !r.is_leader() {
+        return (-1, ResponseError::NotLeaderOrFollower.code());
+    }
+    let log = r.log();
+    let (hw, start) = (log.high_watermark().get(), log.log_start_offset().get());
+    let target = if offset == -1 { hw } else { offset };
+    if target < 0 || target > hw {
+        return (-1, ResponseError::OffsetOutOfRange.code());
+    }
+    if target <= start {
+        return (start, 0);
+    }
+    match d.propose_log_start(crate::types::Offset(target)).await {
+        Ok(_) => {
+            let low = log.log_start_offset().get();
+            tracing::info!(partition = %tp, low_watermark = low, "deleted records (replicated)");
+            (low, 0)
+        }
+        Err(e) => (-1, e.kafka_error_code()),
+    }
 }

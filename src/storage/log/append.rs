@@ -219,7 +219,7 @@ impl PartitionLog {
         if st.closing {
             return Err(StorageError::Closed);
         }
-        if st.truncate_request.is_some() {
+        if st.truncate_request.is_some() || st.reset_request.is_some() {
             return Err(StorageError::Truncated { offset: st.log_end });
         }
         if let Some(since) = st.full_since {

@@ -297,6 +297,9 @@ struct State {
     probe_requested: bool,
     /// `truncate_to` is waiting for the flusher to cut the log back to this offset.
     truncate_request: Option<i64>,
+    /// `reset_to_empty` is waiting for the flusher to replace the log by an empty one
+    /// starting at this offset.
+    reset_request: Option<i64>,
     /// Which leader epoch began where (`leader_epoch`), and its versions in memory and on disk.
     epochs: LeaderEpochCache,
     epochs_version: u64,
@@ -506,6 +509,7 @@ impl PartitionLog {
                 full_since: None,
                 probe_requested: false,
                 truncate_request: None,
+                reset_request: None,
                 epochs,
                 epochs_version: 0,
                 epochs_written: 0,

@@ -51,20 +51,51 @@ impl PartitionLog {
         offset: Offset,
         max_bytes: usize,
     ) -> Result<FetchChunks, StorageError> {
+        self.read_chunks_from(offset, max_bytes, false).await
+    }
+
+    /// [`PartitionLog::read`] for a replicated log's own use (rebuilding its Raft log, sending
+    /// entries to a follower): batches below the log start are read too, as long as their
+    /// segment is still there (DeleteRecords moves the log start inside a segment; the
+    /// segments go only once Raft no longer needs them).
+    pub async fn read_replicated(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<FetchData, StorageError> {
+        let data = self.read_chunks_from(offset, max_bytes, true).await?;
+        Ok(FetchData {
+            records: data.records.join(),
+            high_watermark: data.high_watermark,
+            log_start_offset: data.log_start_offset,
+        })
+    }
+
+    async fn read_chunks_from(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+        below_start: bool,
+    ) -> Result<FetchChunks, StorageError> {
         let offset = offset.0;
-        let (hw, log_start) = {
+        let (hw, log_start, floor) = {
             let st = self.state.borrow();
             if self.closed.get() || st.closing {
                 return Err(StorageError::Closed);
             }
-            (st.high_watermark, st.log_start)
+            let floor = if below_start {
+                st.segments.first().map_or(st.log_start, |s| s.base_offset)
+            } else {
+                st.log_start
+            };
+            (st.high_watermark, st.log_start, floor)
         };
         let out = |records: Chunks| FetchChunks {
             records,
             high_watermark: Offset(hw),
             log_start_offset: Offset(log_start),
         };
-        if offset < log_start || offset > hw {
+        if offset < floor || offset > hw {
             return Err(StorageError::OffsetOutOfRange {
                 requested: offset,
                 log_start,

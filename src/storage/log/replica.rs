@@ -97,6 +97,36 @@ impl PartitionLog {
         .await
     }
 
+    /// Replace the log by an empty one starting at `offset` (a replica installing a snapshot
+    /// of its leader's log: everything it held goes, on disk and in memory, and the log
+    /// continues at `offset`). The high watermark is held at `offset`. Appends are refused
+    /// (`Truncated`) until it is done; appends not yet durable fail their
+    /// [`PartitionLog::wait_durable`].
+    pub async fn reset_to_empty(&self, offset: Offset) -> Result<(), StorageError> {
+        let generation = {
+            let mut st = self.state.borrow_mut();
+            if let Some(e) = st.failed_error() {
+                return Err(e);
+            }
+            if st.closing || self.closed.get() {
+                return Err(StorageError::Closed);
+            }
+            st.reset_request = Some(offset.0);
+            st.generation
+        };
+        self.work_notify.notify_all();
+        self.wait_until(|st| {
+            if st.reset_request.is_some() || st.generation == generation {
+                return None;
+            }
+            if let Some(e) = st.failed_error() {
+                return Some(Err(e));
+            }
+            Some(Ok(()))
+        })
+        .await
+    }
+
     /// Become the leader for `epoch`: batches appended from now on carry it, and the epoch
     /// begins at the current log end in the leader-epoch cache, durable when this returns.
     /// An epoch not newer than the latest one only sets the stamp.

@@ -24,11 +24,92 @@ impl PartitionLog {
     /// number of segments deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         let _admin = self.admin_lock.lock().await;
-        let cfg = self.cfg();
+        let count = self.retention_count(now_ms);
+        self.remove_oldest_segments(count).await?;
+        Ok(count)
+    }
+
+    /// Where a retention pass would move the start of the segments to (the base of the first
+    /// segment it keeps), if it would remove any: for a replicated log, whose Raft base must
+    /// move first ([`PartitionLog::remove_segments_below`] then removes them).
+    pub fn retention_target(&self, now_ms: i64) -> Option<Offset> {
+        let count = self.retention_count(now_ms);
+        (count > 0).then(|| Offset(self.state.borrow().segments[count].base_offset))
+    }
+
+    /// The first segment's base offset (the oldest batch still on disk; the log start may be
+    /// further, inside that segment).
+    pub fn first_segment_base(&self) -> Offset {
+        let st = self.state.borrow();
+        Offset(st.segments.first().map_or(st.log_start, |s| s.base_offset))
+    }
+
+    /// The base of the last segment at or below `offset` (where a log whose start is `offset`
+    /// could begin on disk).
+    pub fn segment_base_at(&self, offset: Offset) -> Offset {
+        let st = self.state.borrow();
+        let i = st
+            .segments
+            .partition_point(|s| s.base_offset <= offset.0)
+            .saturating_sub(1);
+        Offset(st.segments.get(i).map_or(st.log_start, |s| s.base_offset))
+    }
+
+    /// Remove the sealed segments wholly below `offset` (a replicated log, once its Raft base
+    /// is at or past `offset`). Returns the number removed.
+    pub async fn remove_segments_below(&self, offset: Offset) -> Result<usize, StorageError> {
+        let _admin = self.admin_lock.lock().await;
         let count = {
             let st = self.state.borrow();
             if st.closing || self.closed.get() || st.failed.is_some() {
                 return Ok(0);
+            }
+            let sealed_count = st.segments.len() - 1;
+            st.segments[..sealed_count]
+                .iter()
+                .enumerate()
+                .take_while(|(i, seg)| {
+                    matches!(seg.index, SegmentIndex::Sealed { .. })
+                        && st.segments[i + 1].on_disk
+                        && st.segments[i + 1].base_offset <= offset.0
+                })
+                .count()
+        };
+        self.remove_oldest_segments(count).await?;
+        Ok(count)
+    }
+
+    /// Move the log start offset to `offset` without removing segments (a replicated log
+    /// applying a committed DeleteRecords: the segments go once the Raft base moves past
+    /// them). Persisted (`log-start-offset`) before it takes effect; never past the log end,
+    /// never back. Returns the log start.
+    pub async fn move_log_start(&self, offset: Offset) -> Result<Offset, StorageError> {
+        let _admin = self.admin_lock.lock().await;
+        let target = {
+            let st = self.state.borrow();
+            if st.closing || self.closed.get() {
+                return Err(StorageError::Closed);
+            }
+            if let Some(e) = st.failed_error() {
+                return Err(e);
+            }
+            offset.0.min(st.log_end)
+        };
+        if target > self.state.borrow().log_start {
+            write_log_start_file(&self.env, &self.dir, target).await?;
+            let mut st = self.state.borrow_mut();
+            st.log_start = st.log_start.max(target);
+        }
+        Ok(self.log_start_offset())
+    }
+
+    /// How many of the oldest segments a retention pass removes now.
+    fn retention_count(&self, now_ms: i64) -> usize {
+        let cfg = self.cfg();
+        {
+            let st = self.state.borrow();
+            if st.closing || self.closed.get() || st.failed.is_some() {
+                return 0;
             }
             let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
             let mut n = 0;
@@ -52,9 +133,7 @@ impl PartitionLog {
                 n += 1;
             }
             n
-        };
-        self.remove_oldest_segments(count).await?;
-        Ok(count)
+        }
     }
 
     /// DeleteRecords: move the log start offset to `offset` (-1: the high

@@ -696,6 +696,132 @@ impl PartitionLog {
             self.hw_notify.notify_all();
             result?;
         }
+        let reset = self.state.borrow().reset_request;
+        if let Some(at) = reset {
+            let result = self.reset_empty_at(w, at).await;
+            self.state.borrow_mut().reset_request = None;
+            self.hw_notify.notify_all();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Replace the whole log by an empty one that starts at `at` (a replica installing its
+    /// leader's snapshot: what it held is either below the leader's log start or not
+    /// committed). Everything queued is dropped; then, in an order a crash can interrupt
+    /// anywhere (the caller records its intent first and repeats the reset after a crash): a
+    /// journaled cut at `at` (a replay brings back nothing), every segment's files removed
+    /// oldest first, producer snapshots and the log-start file removed, the new empty
+    /// segment created, the directory synced. The in-memory state is rebuilt from the disk by
+    /// the recovery code, as after a cut.
+    pub(super) async fn reset_empty_at(&self, w: &mut Writer, at: i64) -> Result<(), StorageError> {
+        let _admin = self.admin_lock.lock().await;
+        self.write_all_behind(w).await?;
+        let (bases, old_start) = {
+            let mut st = self.state.borrow_mut();
+            st.queue.clear();
+            st.pending_snapshots.clear();
+            st.pending_bytes = 0;
+            // Readers stop at once: nothing below `at` is served from now on.
+            st.high_watermark = st.high_watermark.min(st.log_start);
+            let bases: Vec<i64> = st.segments.iter().map(|s| s.base_offset).collect();
+            (bases, st.log_start)
+        };
+        self.room_notify.notify_all();
+        if let Some(j) = self.journal() {
+            j.record(Entry::Truncate {
+                name: self.name.clone(),
+                to: at.min(old_start),
+            })
+            .await
+            .map_err(|e| {
+                StorageError::io(format!("journaling the reset of {}", self.dir.display()), e)
+            })?;
+            self.state.borrow_mut().journal_after_cut = true;
+        }
+        let remove = |path: std::path::PathBuf| async move {
+            match self.env.disk.remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StorageError::io(format!("removing {}", path.display()), e)),
+            }
+        };
+        for b in bases {
+            for suffix in [
+                INDEX_SUFFIX,
+                TIME_INDEX_SUFFIX,
+                crate::storage::segment::LOG_SUFFIX,
+            ] {
+                remove(segment_path(&self.dir, b, suffix)).await?;
+            }
+        }
+        for o in recovery::snapshot_offsets(&self.env, &self.dir).await {
+            remove(self.dir.join(snapshot_file_name(o))).await?;
+        }
+        remove(self.dir.join(crate::constants::LOG_START_OFFSET_FILE)).await?;
+        let path = segment_path(&self.dir, at, crate::storage::segment::LOG_SUFFIX);
+        let f = self
+            .env
+            .disk
+            .open_rw(&path, true)
+            .await
+            .ctx(|| format!("creating {}", path.display()))?;
+        f.fdatasync()
+            .await
+            .ctx(|| format!("fdatasync {}", path.display()))?;
+        f.close()
+            .await
+            .ctx(|| format!("closing {}", path.display()))?;
+        self.env
+            .disk
+            .sync_dir(&self.dir)
+            .await
+            .ctx(|| format!("syncing {}", self.dir.display()))?;
+        let mut rec = recovery::recover(&self.env, &self.dir, &self.cfg()).await?;
+        if rec.log_end != at {
+            return Err(StorageError::CorruptBatch(format!(
+                "after resetting the log to start at {at}, recovery finds its end at {}",
+                rec.log_end
+            )));
+        }
+        let old_writer = std::mem::replace(w, Writer::recovered(&mut rec, self.env.clock.now()));
+        let old_segments = {
+            let mut st = self.state.borrow_mut();
+            let old = std::mem::replace(&mut st.segments, std::mem::take(&mut rec.segments));
+            st.log_end = at;
+            st.log_start = at;
+            st.durable_end = at;
+            st.written_end = at;
+            st.high_watermark = at;
+            st.hw_target = Some(at);
+            st.tail.clear();
+            st.producers = std::mem::take(&mut rec.producers);
+            st.generation += 1;
+            let generation = st.generation;
+            // Every append made before fails its wait for durability.
+            st.truncations.push_back((generation, old_start.min(at)));
+            if st.truncations.len() > 64 {
+                st.truncations.pop_front();
+            }
+            st.epochs = Default::default();
+            st.epochs_version += 1;
+            old
+        };
+        debug!(dir = %self.dir.display(), at, "log reset to empty");
+        let files = old_segments
+            .into_iter()
+            .filter_map(|s| s.file)
+            .chain(std::iter::once(old_writer.file));
+        for f in files {
+            if Rc::strong_count(&f) == 1
+                && let Err(e) = f.close().await
+            {
+                warn!(dir = %self.dir.display(), error = %e, "closing a file after a reset failed");
+            }
+        }
+        self.hw_notify.notify_all();
+        self.room_notify.notify_all();
+        self.write_leader_epochs().await?;
         Ok(())
     }
 
