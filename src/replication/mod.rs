@@ -25,10 +25,19 @@ mod sim_test;
 /// The log's bytes from its start to the high watermark (what a consumer can read), for tests.
 #[cfg(test)]
 pub(crate) async fn committed_log(log: &crate::storage::log::PartitionLog) -> bytes::Bytes {
+    committed_log_from(log, log.log_start_offset().0).await
+}
+
+/// [`committed_log`] from the batch holding `from` (at least the log start) on.
+#[cfg(test)]
+pub(crate) async fn committed_log_from(
+    log: &crate::storage::log::PartitionLog,
+    from: i64,
+) -> bytes::Bytes {
     use crate::storage::batch::BatchIter;
     let hw = log.high_watermark().0;
     let mut bytes = Vec::new();
-    let mut at = log.log_start_offset().0;
+    let mut at = from.max(log.log_start_offset().0);
     while at < hw {
         let data = log
             .read(crate::types::Offset(at), 1 << 16)

@@ -284,7 +284,8 @@ impl Replica {
             }
         };
         let log = PartitionLog::open_in(env.clone(), dir.clone(), log_cfg).await?;
-        let store = RaftStore::new(&state, log.log_start_offset().0);
+        // Without a base, index 1 is the first batch on disk (the log start may be inside it).
+        let store = RaftStore::new(&state, log.first_segment_base().0);
         let base = store.base();
         if base.index > 0 {
             // The log begins after the base: finish what a crash interrupted (an install, or

@@ -16,6 +16,11 @@
 //!   stored once, every acknowledgement of it names the same offsets, and each producer's
 //!   sequences follow one another in the log.
 //!
+//! The log's prefix goes too: the leader moves the log start now and then (DeleteRecords, a
+//! Raft entry every replica applies) and replicas compact their Raft log below it or below a
+//! segment base (retention), so a replica that was cut off or down catches up from a snapshot.
+//! The checks then hold from the highest log start of the replicas on.
+//!
 //! Some proposals are made while the leader is inside its ready cycle (between raft-rs's
 //! `ready` and `advance`, waiting for its fdatasync), as a produce arriving then is: they take
 //! the replica's deferred path.
@@ -127,6 +132,9 @@ struct Stats {
     deferred: u64,
     /// Distinct idempotent batches acknowledged.
     idempotent: u64,
+    /// Snapshots installed, and compactions of a replica's own log.
+    snapshots: u64,
+    compactions: u64,
 }
 
 struct Sim {
@@ -147,6 +155,9 @@ struct Sim {
     producers: Vec<Producer>,
     /// Proposals made inside a leader's ready cycle.
     deferred_proposals: u64,
+    /// Snapshots and compactions of replicas since crashed.
+    snapshots: u64,
+    compactions: u64,
     /// Refusals an idempotent producer that retries in order must never get (a sequence gap,
     /// a stale epoch): (producer id, sequence, error).
     refused: Rc<RefCell<Vec<(i64, i32, String)>>>,
@@ -213,6 +224,8 @@ impl Sim {
             log_reads: 0,
             producers: (0..PRODUCERS).map(|_| Producer::default()).collect(),
             deferred_proposals: 0,
+            snapshots: 0,
+            compactions: 0,
             refused: Rc::default(),
         }
     }
@@ -420,6 +433,45 @@ impl Sim {
         });
     }
 
+    /// The leader moves the log start somewhere between its start and its high watermark
+    /// (DeleteRecords); the outcome is not awaited (a lost leadership fails it).
+    fn delete_records(&mut self) {
+        let Some(r) = self
+            .up()
+            .into_iter()
+            .filter_map(|i| self.nodes[i].replica.clone())
+            .find(|r| r.is_leader())
+        else {
+            return;
+        };
+        let log = r.log();
+        let (start, hw) = (log.log_start_offset().0, log.high_watermark().0);
+        if hw <= start {
+            return;
+        }
+        let to = start + self.rng.below((hw - start) as u64 / 2 + 1) as i64;
+        let fut = r.propose_log_start(crate::types::Offset(to));
+        crate::runtime::spawn_detached(async move {
+            let _ = fut.await;
+        });
+    }
+
+    /// A replica compacts its Raft log: below its log start's segment (what the retention pass
+    /// asks), or, now and then, below its last segment (retention by size or time, which
+    /// moves this replica's log start on its own).
+    fn compact(&mut self) {
+        let up = self.up();
+        let i = up[self.rng.below(up.len() as u64) as usize];
+        let r = self.nodes[i].replica.clone().expect("up");
+        let log = r.log();
+        let at = if self.rng.chance(0.2) {
+            log.high_watermark()
+        } else {
+            log.log_start_offset()
+        };
+        r.request_compaction(log.segment_base_at(at));
+    }
+
     fn crash(&mut self) {
         let up = self.up();
         if up.len() < self.nodes.len() {
@@ -431,6 +483,9 @@ impl Sim {
         if let Some(r) = node.replica.take() {
             self.log_reads += r.log_reads();
             self.deferred_proposals += r.deferred_proposals();
+            let (s, c) = r.snapshot_counts();
+            self.snapshots += s;
+            self.compactions += c;
         }
         node.down_for = 20 + self.rng.below(200);
         self.crashes += 1;
@@ -470,7 +525,9 @@ impl Sim {
                     let i = up[self.rng.below(up.len() as u64) as usize];
                     self.nodes[i].replica.as_ref().expect("up").tick();
                 }
-                70..=86 => self.propose(),
+                70..=84 => self.propose(),
+                85 => self.delete_records(),
+                86 => self.compact(),
                 87..=89 => {
                     self.isolated = match self.isolated {
                         Some(_) => None,
@@ -549,11 +606,19 @@ impl Sim {
     /// The checks of the module docs.
     async fn check(&self) -> Stats {
         let seed = self.seed;
+        // Replicas may start at different offsets (retention is each replica's own): they
+        // are compared from the highest log start on.
+        let from = self
+            .nodes
+            .iter()
+            .map(|n| n.replica.as_ref().expect("up").log().log_start_offset().0)
+            .max()
+            .expect("nodes");
         let mut logs = Vec::new();
         for n in &self.nodes {
             let log = n.replica.as_ref().expect("up").log();
             let hw = log.high_watermark().0;
-            logs.push((n.id, hw, super::committed_log(log).await));
+            logs.push((n.id, hw, super::committed_log_from(log, from).await));
         }
         let (_, hw0, ref log0) = logs[0];
         for (id, hw, log) in &logs[1..] {
@@ -601,6 +666,9 @@ impl Sim {
             if a.producer.is_some() && !counted.insert(a.producer) {
                 continue; // a retry acknowledged with the original's offsets, checked above
             }
+            if a.last < from {
+                continue; // deleted (DeleteRecords, retention)
+            }
             let stored = by_base.get(&a.base).unwrap_or_else(|| {
                 panic!(
                     "seed {seed}: acknowledged batch at {} is not in the log (high watermark {hw0})",
@@ -643,7 +711,10 @@ impl Sim {
                 );
             }
             if h.producer_id >= 0 {
-                let want = next_seq.entry(h.producer_id).or_insert(0);
+                // The first batch kept may follow deleted ones.
+                let want = next_seq
+                    .entry(h.producer_id)
+                    .or_insert(if from > 0 { h.base_sequence } else { 0 });
                 assert_eq!(
                     h.base_sequence, *want,
                     "seed {seed}: producer {}'s sequence at offset {}",
@@ -653,7 +724,13 @@ impl Sim {
             }
         }
         let live = || self.nodes.iter().filter_map(|n| n.replica.as_ref());
+        let counts = live().map(|r| r.snapshot_counts());
+        let (snapshots, compactions) = counts.fold((self.snapshots, self.compactions), |a, c| {
+            (a.0 + c.0, a.1 + c.1)
+        });
         Stats {
+            snapshots,
+            compactions,
             deferred: self.deferred_proposals + live().map(|r| r.deferred_proposals()).sum::<u64>(),
             idempotent: idempotent.len() as u64,
             acked: acked.len() as u64,
@@ -702,6 +779,8 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
                 total.log_reads += s.log_reads;
                 total.deferred += s.deferred;
                 total.idempotent += s.idempotent;
+                total.snapshots += s.snapshots;
+                total.compactions += s.compactions;
             }
             Err(_) => panic!(
                 "raft simulation failed at seed {seed}; replay it with: \
@@ -712,8 +791,16 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
     }
     eprintln!(
         "raft simulation: {} acknowledged proposals ({} idempotent batches), {} deferred \
-         proposals, {} terms with a leader, {} crashes, {} catch-up reads of a log",
-        total.acked, total.idempotent, total.deferred, total.terms, total.crashes, total.log_reads
+         proposals, {} terms with a leader, {} crashes, {} catch-up reads of a log, {} \
+         compactions, {} snapshots installed",
+        total.acked,
+        total.idempotent,
+        total.deferred,
+        total.terms,
+        total.crashes,
+        total.log_reads,
+        total.compactions,
+        total.snapshots
     );
     assert!(
         total.acked > 0,
@@ -723,6 +810,10 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
     assert!(
         total.deferred > 0 && total.idempotent > 0,
         "the deferred and idempotent paths were exercised"
+    );
+    assert!(
+        total.compactions > 0 && total.snapshots > 0,
+        "compaction and snapshots were exercised"
     );
 }
 
