@@ -32,6 +32,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(shards: &[usize]) -> Cluster {
+        Cluster::start_args(shards, &[])
+    }
+
+    /// [`Cluster::start`] with more flags for every broker.
+    fn start_args(shards: &[usize], extra: &[String]) -> Cluster {
         let rpc: Vec<u16> = shards.iter().map(|_| free_port()).collect();
         let seeds = rpc
             .iter()
@@ -55,7 +60,10 @@ impl Cluster {
                         // Leaders move back to their preferred replica soon after it returns.
                         "--leader-balance-interval-ms".into(),
                         "2000".into(),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(extra.iter().cloned())
+                    .collect(),
                     ..Default::default()
                 })
             })
@@ -1355,5 +1363,228 @@ async fn brokers_without_a_replica_know_the_leaders() {
     cluster.node(victim).restart();
     for broker in &mut cluster.brokers {
         assert!(broker.stop(), "clean stop");
+    }
+}
+
+/// The record batches of one replica of a partition from the batch holding `from` on.
+fn replica_bytes_from(broker: &Broker, topic: &str, partition: i32, from: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (_, path) in segment_files(&broker.partition_dir(topic, partition)) {
+        let bytes = std::fs::read(&path).unwrap();
+        for b in segment_batches(&path) {
+            if b.base_offset + i64::from(b.last_offset_delta) >= from {
+                out.extend_from_slice(&bytes[b.position as usize..(b.position + b.size) as usize]);
+            }
+        }
+    }
+    out
+}
+
+/// The base offset of a replica's first segment on disk.
+fn first_segment(broker: &Broker, topic: &str, partition: i32) -> i64 {
+    segment_files(&broker.partition_dir(topic, partition))
+        .first()
+        .map_or(0, |s| s.0)
+}
+
+/// Retention on replicated partitions (Raft snapshots). A topic with small segments, one
+/// broker killed with `kill -9`; while it is down DeleteRecords (a real admin client) moves
+/// every partition's log start, and the retention pass of the running replicas removes the
+/// segments below it, moving their Raft base past what the stopped broker holds. Back, that
+/// broker is behind its leaders' base and catches up from a snapshot (its log reset to the
+/// base). Meanwhile one group commits offsets often enough that the replicated
+/// `__consumer_offsets` partition is compacted by its coordinator. Checked: the low
+/// watermark is the deleted-to offset on every partition, consumers read from there, every
+/// acknowledged record at or past it is in place, the group's latest offsets survive, and
+/// after a clean stop the replicas hold the same bytes from the highest first segment on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_delete_records_on_replicated_partitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "retention_check_interval_ms = 300\n").expect("config");
+    let mut cluster = Cluster::start_args(
+        &[1, 1, 1],
+        &[
+            "--config".into(),
+            config.to_str().unwrap().into(),
+            "--offsets-topic-partitions".into(),
+            "1".into(),
+            "--offsets-topic-segment-bytes".into(),
+            "16384".into(),
+        ],
+    );
+    let bootstrap = cluster.bootstrap();
+    let topic = "trimmed";
+    wait_for_brokers(&bootstrap, 3);
+    let admin = admin_client(&bootstrap);
+    let opts = rdkafka::admin::AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(15)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    let mut created = false;
+    for _ in 0..20 {
+        let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3))
+            .set("segment.bytes", "16384");
+        if admin
+            .create_topics(&[t], &opts)
+            .await
+            .expect("CreateTopics")[0]
+            .is_ok()
+        {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(created, "topic not created\n{}", cluster.logs());
+    wait_for_leaders(&bootstrap, topic, 3);
+    let producer = retrying_producer(&bootstrap);
+    let tag = "x".repeat(900);
+    let (mut acked, failed) = produce_tagged(&producer, topic, &tag, 0, PER_PHASE).await;
+    assert_eq!(failed, 0, "no failure before any fault\n{}", cluster.logs());
+
+    let down = 3;
+    cluster.node(down).kill9();
+    let (a, _) = produce_tagged(&producer, topic, &tag, PER_PHASE, 2 * PER_PHASE).await;
+    acked.extend(a);
+
+    // DeleteRecords to the middle of what each partition holds.
+    let mut targets = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = tokio::task::block_in_place(|| watermarks(&bootstrap, topic, p));
+        targets.insert(p, high / 2);
+        tpl.add_partition_offset(topic, p, Offset::Offset(high / 2))
+            .unwrap();
+    }
+    let deleted = admin
+        .delete_records(&tpl, &opts)
+        .await
+        .expect("DeleteRecords");
+    for e in deleted.elements() {
+        assert!(e.error().is_ok(), "DeleteRecords {e:?}\n{}", cluster.logs());
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(targets[&e.partition()]),
+            "the low watermark of partition {}",
+            e.partition()
+        );
+    }
+
+    // The running replicas remove the segments below the new start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let trimmed = (1..=2)
+            .all(|n| (0..PARTITIONS).all(|p| first_segment(&cluster.brokers[n - 1], topic, p) > 0));
+        if trimmed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segments below the log start not removed\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Committed offsets, many times over: the replicated offsets partition is compacted.
+    let group_topic_offsets: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    tokio::task::block_in_place(|| {
+        let busy = simple_consumer(&bootstrap, "busy");
+        for i in 0..400 {
+            let offsets: Vec<(i32, i64)> = group_topic_offsets
+                .iter()
+                .map(|&(p, _)| (p, i + i64::from(p)))
+                .collect();
+            common::commit_offsets(&busy, topic, &offsets);
+        }
+    });
+
+    // The stopped broker is behind its leaders' base: it installs a snapshot.
+    cluster.node(down).restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .node(down)
+        .logs_contain("installing the leader's snapshot")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {down} did not install a snapshot\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (a, failed) = produce_tagged(&producer, topic, &tag, 2 * PER_PHASE, 3 * PER_PHASE).await;
+    assert_eq!(
+        failed,
+        0,
+        "no failure with every broker back\n{}",
+        cluster.logs()
+    );
+    acked.extend(a);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .brokers
+        .iter()
+        .any(|b| b.logs_contain("compacted committed offsets"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "__consumer_offsets was not compacted\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let committed =
+        tokio::task::block_in_place(|| common::committed(&bootstrap, "busy", topic, PARTITIONS));
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            committed[&p],
+            Offset::Offset(399 + i64::from(p)),
+            "the group's latest offset of partition {p}"
+        );
+    }
+
+    for p in 0..PARTITIONS {
+        let (low, _) = tokio::task::block_in_place(|| watermarks(&bootstrap, topic, p));
+        assert_eq!(low, targets[&p], "low watermark of partition {p}");
+    }
+    let seen = tokio::task::block_in_place(|| read_all(&bootstrap, topic));
+    let below: Vec<_> = seen
+        .keys()
+        .filter(|(p, o)| *o < targets[p])
+        .take(5)
+        .collect();
+    assert!(below.is_empty(), "deleted records were read: {below:?}");
+    let kept: Vec<Acked> = acked
+        .into_iter()
+        .filter(|r| r.offset >= targets[&r.partition])
+        .collect();
+    check_acked(&cluster, topic, &kept);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for b in &mut cluster.brokers {
+        assert!(b.stop(), "clean stop");
+    }
+    for p in 0..PARTITIONS {
+        let from = cluster
+            .brokers
+            .iter()
+            .map(|b| first_segment(b, topic, p))
+            .max()
+            .unwrap();
+        let logs: Vec<Vec<u8>> = cluster
+            .brokers
+            .iter()
+            .map(|b| replica_bytes_from(b, topic, p, from))
+            .collect();
+        assert!(!logs[0].is_empty(), "partition {p} holds data");
+        for (i, l) in logs.iter().enumerate().skip(1) {
+            assert!(
+                *l == logs[0],
+                "partition {p}: node {} differs from node 1 from offset {from}",
+                i + 1
+            );
+        }
     }
 }

@@ -587,7 +587,11 @@ mod tests {
                 }
                 crate::runtime::sleep(Duration::from_millis(10)).await;
             }
-            assert_eq!(follower.replica().snapshot_counts().0, 1, "installed a snapshot");
+            assert_eq!(
+                follower.replica().snapshot_counts().0,
+                1,
+                "installed a snapshot"
+            );
             assert!(follower.replica().log().high_watermark().0 > last);
             assert_eq!(follower.replica().log().log_start_offset().0, start);
             assert_eq!(
@@ -599,7 +603,10 @@ mod tests {
             let before = committed_bytes(&follower).await;
             let base = follower.replica().base();
             follower.stop();
-            tasks.remove(behind as usize - 1).await.expect("stops cleanly");
+            tasks
+                .remove(behind as usize - 1)
+                .await
+                .expect("stops cleanly");
             follower.replica().close().await.expect("closes");
             net.drivers.borrow_mut()[behind as usize - 1] = None;
             let env = net.envs.borrow()[behind as usize - 1].clone();

@@ -290,7 +290,8 @@ impl Replica {
         if base.index > 0 {
             // The log begins after the base: finish what a crash interrupted (an install, or
             // a compaction that persisted its base and had not removed the segments below).
-            let lost = log.log_end_offset().0 < base.offset || log.first_segment_base().0 > base.offset;
+            let lost =
+                log.log_end_offset().0 < base.offset || log.first_segment_base().0 > base.offset;
             if state.installing || lost {
                 if lost && !state.installing {
                     tracing::warn!(dir = %dir.display(), base = base.offset, log_end = log.log_end_offset().get(), "the log does not reach its Raft base: starting empty there");
@@ -536,7 +537,9 @@ impl Replica {
     pub fn request_compaction(&self, offset: Offset) {
         if offset.0 > self.store.base().offset {
             self.compact_request.set(Some(
-                self.compact_request.get().map_or(offset.0, |o| o.max(offset.0)),
+                self.compact_request
+                    .get()
+                    .map_or(offset.0, |o| o.max(offset.0)),
             ));
         }
     }
@@ -1332,12 +1335,11 @@ impl Replica {
                 "segment base {to} is not the end of an entry"
             )));
         };
-        self.store
-            .compact_to(index, self.log.log_start_offset().0);
+        self.store.compact_to(index, self.log.log_start_offset().0);
         self.write_state().await?;
         let removed = self.log.remove_segments_below(Offset(to)).await?;
         self.compactions.set(self.compactions.get() + 1);
-        tracing::debug!(dir = %self.dir.display(), index, offset = to, segments = removed, "Raft log compacted");
+        tracing::info!(dir = %self.dir.display(), index, offset = to, segments = removed, "Raft log compacted");
         Ok(())
     }
 
@@ -1450,7 +1452,10 @@ async fn read_entries(
     first_index: u64,
     max_bytes: usize,
 ) -> Result<Vec<(Entry, i64)>, ReplicaError> {
-    let records = log.read_replicated(Offset(offset), max_bytes).await?.records;
+    let records = log
+        .read_replicated(Offset(offset), max_bytes)
+        .await?
+        .records;
     let mut out = Vec::new();
     for (index, item) in (first_index..).zip(batch::BatchIter::new(&records)) {
         let (pos, h, size) = item?;

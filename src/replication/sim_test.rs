@@ -712,9 +712,11 @@ impl Sim {
             }
             if h.producer_id >= 0 {
                 // The first batch kept may follow deleted ones.
-                let want = next_seq
-                    .entry(h.producer_id)
-                    .or_insert(if from > 0 { h.base_sequence } else { 0 });
+                let want = next_seq.entry(h.producer_id).or_insert(if from > 0 {
+                    h.base_sequence
+                } else {
+                    0
+                });
                 assert_eq!(
                     h.base_sequence, *want,
                     "seed {seed}: producer {}'s sequence at offset {}",

@@ -1029,6 +1029,38 @@ fn retention_by_bytes_and_time_then_reopen() {
     });
 }
 
+/// Time retention and segments whose batches carry no timestamp (-1, as Raft's control
+/// batches): such a segment has no age of its own, so it goes with the next segment old
+/// enough and stays while the next one is not.
+#[test]
+fn undated_segments_expire_with_the_next_one() {
+    run(|dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        // One 3 KB batch per 4 KiB segment: old, undated, new, new (active).
+        let mut bases = Vec::new();
+        for ts in [1_000, -1, 1_000_000_000, 1_000_000_000] {
+            bases.push(append_durable(&log, 1, ts, 3_000).await.base_offset.0);
+        }
+        log.update_config(LogConfig {
+            retention_ms: 1,
+            ..log.cfg()
+        });
+        assert_eq!(log.enforce_retention(1_000_000_000).await.unwrap(), 1);
+        assert_eq!(
+            log.log_start_offset().0,
+            bases[1],
+            "the undated segment stays before a new one"
+        );
+        assert_eq!(log.enforce_retention(1_000_000_010).await.unwrap(), 2);
+        assert_eq!(
+            log.log_start_offset().0,
+            bases[3],
+            "it goes with the next one once that is old"
+        );
+        log.close().await.unwrap();
+    });
+}
+
 /// DeleteRecords inside a segment: persisted, survives a reopen; -1 means
 /// the high watermark; above it is out of range.
 #[test]

@@ -113,6 +113,10 @@ impl PartitionLog {
             }
             let mut total: u64 = st.segments.iter().map(|s| s.size).sum();
             let mut n = 0;
+            // Segments whose batches carry no timestamp (-1: Raft's control batches) have no
+            // age of their own: they go with the next segment that is old enough, and stay
+            // with the next one that is not. (count, bytes) of those waiting.
+            let mut undated = (0usize, 0u64);
             let sealed_count = st.segments.len() - 1;
             for (i, seg) in st.segments[..sealed_count].iter().enumerate() {
                 if !matches!(seg.index, SegmentIndex::Sealed { .. }) || !st.segments[i + 1].on_disk
@@ -120,17 +124,23 @@ impl PartitionLog {
                     break;
                 }
                 let below_start = st.segments[i + 1].base_offset <= st.log_start;
+                let time = seg
+                    .visible_max_timestamp
+                    .map(|(t, _)| t)
+                    .filter(|t| *t >= 0);
                 let too_old = cfg.retention_ms >= 0
-                    && seg
-                        .visible_max_timestamp
-                        .is_some_and(|(t, _)| now_ms.saturating_sub(t) > cfg.retention_ms);
-                let too_big =
-                    cfg.retention_bytes >= 0 && total - seg.size >= cfg.retention_bytes as u64;
-                if !(below_start || (cfg.retention_enabled && (too_old || too_big))) {
+                    && time.is_some_and(|t| now_ms.saturating_sub(t) > cfg.retention_ms);
+                let too_big = cfg.retention_bytes >= 0
+                    && total - undated.1 - seg.size >= cfg.retention_bytes as u64;
+                if below_start || (cfg.retention_enabled && (too_old || too_big)) {
+                    total -= undated.1 + seg.size;
+                    n += undated.0 + 1;
+                    undated = (0, 0);
+                } else if cfg.retention_enabled && cfg.retention_ms >= 0 && time.is_none() {
+                    undated = (undated.0 + 1, undated.1 + seg.size);
+                } else {
                     break;
                 }
-                total -= seg.size;
-                n += 1;
             }
             n
         }
