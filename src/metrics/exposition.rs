@@ -359,6 +359,20 @@ impl Collector for Scrape {
             None,
             raft(|r| r.leadership_transfers),
         )?;
+        counter(
+            &mut e,
+            "sluice_raft_snapshots_installed",
+            "Snapshots the shard's replicas installed: behind their leader's log base, their log was reset to it",
+            None,
+            raft(|r| r.snapshots_installed),
+        )?;
+        counter(
+            &mut e,
+            "sluice_raft_log_compactions",
+            "Times the shard's replicas moved their Raft log base past segments they removed (retention, DeleteRecords)",
+            None,
+            raft(|r| r.log_compactions),
+        )?;
         gauge(
             &mut e,
             "sluice_raft_follower_lag_by_broker_entries",

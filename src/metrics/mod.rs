@@ -394,6 +394,10 @@ pub struct RaftSnapshot {
     pub bytes_replicated: u64,
     /// Leadership hand-overs to preferred replicas.
     pub leadership_transfers: u64,
+    /// Snapshots installed (a replica behind its leader's log base), and compactions of a
+    /// replica's own Raft log (its base moved past removed segments).
+    pub snapshots_installed: u64,
+    pub log_compactions: u64,
     /// Per follower broker: over the groups the shard leads, the most entries it lacks.
     pub follower_lag: BTreeMap<u64, u64>,
     /// From a leader's proposal to its commit.
@@ -488,6 +492,9 @@ pub fn snapshot(shard: &Rc<Shard>) -> ShardSnapshot {
             s.raft.term_max = s.raft.term_max.max(r.term());
             s.raft.bytes_replicated += r.bytes_replicated();
             s.raft.leadership_transfers += r.leadership_transfers();
+            let (installed, compactions) = r.snapshot_counts();
+            s.raft.snapshots_installed += installed;
+            s.raft.log_compactions += compactions;
             for (peer, lag) in r.follower_lags() {
                 let e = s.raft.follower_lag.entry(peer).or_insert(0);
                 *e = (*e).max(lag);

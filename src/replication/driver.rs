@@ -239,7 +239,7 @@ mod tests {
                 preferred_leader: preferred,
                 ..ReplicaConfig::new(id, vec![1, 2, 3])
             };
-            let r = Replica::open(env, PathBuf::from("/data/t-0"), log_cfg.clone(), &cfg)
+            let r = Replica::open(env, PathBuf::from("/data/t-0"), log_cfg, &cfg)
                 .await
                 .expect("open");
             let d = Driver::new(r, 1024);
@@ -532,7 +532,7 @@ mod tests {
                 segment_bytes: 2048,
                 ..LogConfig::default()
             };
-            let (net, mut tasks) = start_cfg(None, None, log_cfg.clone()).await;
+            let (net, mut tasks) = start_cfg(None, None, log_cfg).await;
             let leader = wait_for_leader(&net, None).await;
             produce(&leader, 10, 0).await;
             let behind = (1..=3u64).find(|&i| i != leader.replica().id()).unwrap();
