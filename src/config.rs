@@ -118,6 +118,12 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "0..=3600000",
     },
     Setting {
+        name: "replica_lag_time_max_ms",
+        description: "A follower that has not caught up with its leader's log for this long leaves the in-sync replicas Metadata reports (replica.lag.time.max.ms); min.insync.replicas is checked against the replicas in sync right now (heard from within the election timeout and close to the leader's log)",
+        default: "30000",
+        bounds: "100..=3600000",
+    },
+    Setting {
         name: "default_replication_factor",
         description: "Replicas of a topic created with replication factor -1 (default.replication.factor); 0: min(3, brokers)",
         default: "0",
@@ -286,6 +292,7 @@ pub struct Config {
     pub raft_tick_ms: u64,
     pub raft_election_ticks: usize,
     pub leader_balance_interval_ms: u64,
+    pub replica_lag_time_max_ms: u64,
     pub default_replication_factor: i16,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
@@ -329,6 +336,7 @@ impl Default for Config {
             raft_tick_ms: 20,
             raft_election_ticks: 10,
             leader_balance_interval_ms: 10_000,
+            replica_lag_time_max_ms: 30_000,
             default_replication_factor: 0,
             auto_create_topics: true,
             num_partitions: 1,
@@ -530,6 +538,13 @@ impl Config {
             0,
             3_600_000,
             "0..=3600000",
+        )?;
+        check(
+            "replica_lag_time_max_ms",
+            self.replica_lag_time_max_ms,
+            100,
+            3_600_000,
+            "100..=3600000",
         )?;
         check(
             "default_replication_factor",

@@ -133,6 +133,9 @@ struct ServeArgs {
     /// How often leaders hand over to their preferred replica; 0: never [default: 10000].
     #[arg(long)]
     leader_balance_interval_ms: Option<u64>,
+    /// A follower not caught up for this long leaves the reported ISR [default: 30000].
+    #[arg(long)]
+    replica_lag_time_max_ms: Option<u64>,
     /// Replicas of topics created with replication factor -1; 0: min(3, brokers) [default: 0].
     #[arg(long)]
     default_replication_factor: Option<i16>,
@@ -238,6 +241,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.raft_election_ticks {
         config.raft_election_ticks = v;
+    }
+    if let Some(v) = args.replica_lag_time_max_ms {
+        config.replica_lag_time_max_ms = v;
     }
     if let Some(v) = args.leader_balance_interval_ms {
         config.leader_balance_interval_ms = v;

@@ -60,6 +60,9 @@ impl Cluster {
                         // Leaders move back to their preferred replica soon after it returns.
                         "--leader-balance-interval-ms".into(),
                         "2000".into(),
+                        // A dead follower leaves the reported ISR soon.
+                        "--replica-lag-time-max-ms".into(),
+                        "2000".into(),
                     ]
                     .into_iter()
                     .chain(extra.iter().cloned())
@@ -608,7 +611,18 @@ async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identic
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(created, "topic {strict} created");
-    let leader = wait_for_partition_leader(&bootstrap, strict);
+    // The leader may first be another replica and move to the preferred one (the first of
+    // the replica list) at the next balancing round: wait for that, so it stays put.
+    let preferred = replica_lists(&bootstrap, strict, 1)[0][0];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let l = wait_for_partition_leader(&bootstrap, strict);
+        if l == preferred || Instant::now() > deadline {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(leader, preferred, "{strict} led by its preferred replica");
     let code_until = |addr: std::net::SocketAddr, want: i16| {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

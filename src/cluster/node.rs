@@ -77,6 +77,8 @@ pub struct ClusterShard {
     election_ticks: usize,
     /// How often leaders check for a hand-over to their preferred replica (None: never).
     leader_balance: Option<Duration>,
+    /// `replica_lag_time_max_ms` in ticks.
+    lag_time_max_ticks: u64,
     replicas: RefCell<HashMap<TopicPartition, Rc<Running>>>,
     by_id: RefCell<HashMap<(Uuid, i32), Rc<Running>>>,
     /// Brokers rejoining with a wiped data directory whose dropped votes were logged.
@@ -178,6 +180,8 @@ impl ClusterShard {
             election_ticks: config.raft_election_ticks,
             leader_balance: (config.leader_balance_interval_ms > 0)
                 .then(|| Duration::from_millis(config.leader_balance_interval_ms)),
+            lag_time_max_ticks: (config.replica_lag_time_max_ms / config.raft_tick_ms.max(1))
+                .max(1),
             replicas: RefCell::new(HashMap::new()),
             by_id: RefCell::new(HashMap::new()),
             rejoining_logged: RefCell::new(std::collections::BTreeSet::new()),
@@ -246,6 +250,7 @@ impl ClusterShard {
         cfg.preferred_leader = preferred_leader;
         cfg.election_tick = self.election_ticks;
         cfg.heartbeat_tick = (self.election_ticks / 5).max(1);
+        cfg.lag_time_max_ticks = self.lag_time_max_ticks;
         let replica =
             crate::replication::Replica::open(Env::production(), dir, log_cfg, &cfg).await?;
         let driver = Driver::new(replica, REPLICA_INBOX_MAX);

@@ -221,11 +221,25 @@ mod tests {
         start_cfg(preferred, balance, LogConfig::default()).await
     }
 
+    /// [`start`] with followers leaving the reported ISR after `ticks` without catching up.
+    async fn start_lagging(ticks: u64) -> (Rc<LocalNet>, Tasks) {
+        start_full(None, None, LogConfig::default(), ticks).await
+    }
+
     /// [`start_with`] with the partition logs' settings.
     async fn start_cfg(
         preferred: Option<u64>,
         balance: Option<Duration>,
         log_cfg: LogConfig,
+    ) -> (Rc<LocalNet>, Tasks) {
+        start_full(preferred, balance, log_cfg, 1_500).await
+    }
+
+    async fn start_full(
+        preferred: Option<u64>,
+        balance: Option<Duration>,
+        log_cfg: LogConfig,
+        lag_ticks: u64,
     ) -> (Rc<LocalNet>, Tasks) {
         let net = Rc::new(LocalNet::default());
         let clock = Rc::new(ManualClock::new(1_700_000_000_000));
@@ -237,6 +251,7 @@ mod tests {
             let cfg = ReplicaConfig {
                 new_replica: true,
                 preferred_leader: preferred,
+                lag_time_max_ticks: lag_ticks,
                 ..ReplicaConfig::new(id, vec![1, 2, 3])
             };
             let r = Replica::open(env, PathBuf::from("/data/t-0"), log_cfg, &cfg)
@@ -618,6 +633,63 @@ mod tests {
             assert_eq!(r.log().log_start_offset().0, start);
             assert_eq!(crate::replication::committed_log(r.log()).await, before);
             r.close().await.expect("closes");
+            for d in net.drivers.borrow().iter().flatten() {
+                d.stop();
+            }
+            for t in tasks {
+                t.await.expect("no replica failed");
+            }
+        });
+    }
+
+    /// The reported ISR follows `replica.lag.time.max.ms`: a follower cut off stays in it
+    /// until it has not caught up for that long, then leaves it, and comes back once it has
+    /// caught up again; `in_sync_now` (what min.insync.replicas counts) drops it within an
+    /// election timeout.
+    #[test]
+    fn a_follower_leaves_the_isr_after_the_lag_time() {
+        crate::runtime::block_on_test(|| async {
+            let (net, tasks) = start_lagging(30).await;
+            let leader = wait_for_leader(&net, None).await;
+            produce(&leader, 5, 0).await;
+            let r = leader.replica().clone();
+            assert_eq!(r.in_sync(), vec![1, 2, 3]);
+            let cut = (1..=3u64).find(|&i| i != r.id()).unwrap();
+            net.cut.set(Some(cut));
+            let since = Instant::now();
+            produce(&leader, 5, 5).await;
+            assert!(r.in_sync().contains(&cut), "still in the ISR right after");
+            let mut left = None;
+            let mut now_left = None;
+            for _ in 0..300 {
+                if now_left.is_none() && !r.in_sync_now().contains(&cut) {
+                    now_left = Some(since.elapsed());
+                }
+                if !r.in_sync().contains(&cut) {
+                    left = Some(since.elapsed());
+                    break;
+                }
+                crate::runtime::sleep(Duration::from_millis(10)).await;
+            }
+            let left = left.expect("the cut-off follower left the ISR");
+            assert!(
+                left >= Duration::from_millis(250),
+                "not before the lag time: {left:?}"
+            );
+            assert!(
+                now_left.is_some_and(|t| t < left),
+                "in_sync_now drops it first"
+            );
+            net.cut.set(None);
+            let mut back = false;
+            for _ in 0..300 {
+                if r.in_sync().contains(&cut) {
+                    back = true;
+                    break;
+                }
+                crate::runtime::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(back, "back in the ISR once caught up");
             for d in net.drivers.borrow().iter().flatten() {
                 d.stop();
             }

@@ -105,6 +105,9 @@ pub struct ReplicaConfig {
     /// preferred replica), if any: see [`Replica::balance_leadership`]. A new group's
     /// preferred replica campaigns as soon as it opens.
     pub preferred_leader: Option<u64>,
+    /// Ticks a follower may go without having caught up with the leader's log and still be
+    /// reported in sync (Kafka's `replica.lag.time.max.ms`, in ticks).
+    pub lag_time_max_ticks: u64,
 }
 
 impl ReplicaConfig {
@@ -121,6 +124,7 @@ impl ReplicaConfig {
             max_inflight_messages: 64,
             applied_bytes_held: 4 << 20,
             preferred_leader: None,
+            lag_time_max_ticks: 1_500,
         }
     }
 }
@@ -229,6 +233,14 @@ pub struct Replica {
     /// Snapshots installed and compactions done since the replica opened.
     snapshots_installed: Cell<u64>,
     compactions: Cell<u64>,
+    /// On the leader: the tick each follower last held the leader's whole log (set to the
+    /// election's tick for every voter when this replica becomes leader, as Kafka's new
+    /// leader starts its ISR members' clocks).
+    caught_up_at: RefCell<HashMap<u64, u64>>,
+    /// The term `caught_up_at` is for, and the leader's last index at the previous tick.
+    caught_up_term: Cell<u64>,
+    last_at_tick: Cell<u64>,
+    lag_time_max_ticks: u64,
     failed: RefCell<Option<String>>,
 }
 
@@ -376,6 +388,10 @@ impl Replica {
             compact_request: Cell::new(None),
             snapshots_installed: Cell::new(0),
             compactions: Cell::new(0),
+            caught_up_at: RefCell::new(HashMap::new()),
+            caught_up_term: Cell::new(0),
+            last_at_tick: Cell::new(0),
+            lag_time_max_ticks: cfg.lag_time_max_ticks,
             failed: RefCell::new(None),
         }))
     }
@@ -415,11 +431,40 @@ impl Replica {
         (id != raft::INVALID_ID).then_some(id)
     }
 
-    /// On the leader: the replicas in sync with it (Kafka's ISR): itself, and every follower
-    /// heard from within the election timeout whose log matches the leader's to within
-    /// [`IN_SYNC_ENTRIES_BEHIND_MAX`] entries of the commit index. Elsewhere: empty (a
-    /// follower does not know).
+    /// On the leader: the replicas in sync with it as Kafka reports them (Metadata's ISR):
+    /// itself, and every follower that held the leader's whole log within the last
+    /// `lag_time_max_ticks` (`replica.lag.time.max.ms`). Elsewhere: empty (a follower does
+    /// not know).
     pub fn in_sync(&self) -> Vec<u64> {
+        let n = self.node.borrow();
+        if n.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let now = self.ticks.get();
+        let caught_up = self.caught_up_at.borrow();
+        let mut ids: Vec<u64> = n
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                *id == self.id
+                    || caught_up
+                        .get(id)
+                        .is_some_and(|&t| now.saturating_sub(t) <= self.lag_time_max_ticks)
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// On the leader: the replicas in sync with it right now: itself, and every follower
+    /// heard from within the election timeout whose log matches the leader's to within
+    /// [`IN_SYNC_ENTRIES_BEHIND_MAX`] entries of the commit index. What `min.insync.replicas`
+    /// is checked against: stricter than [`Replica::in_sync`], so an acks=all write is not
+    /// taken with fewer live copies than asked for while a dead follower is still reported.
+    /// Elsewhere: empty.
+    pub fn in_sync_now(&self) -> Vec<u64> {
         let n = self.node.borrow();
         if n.raft.state != StateRole::Leader {
             return Vec::new();
@@ -556,8 +601,37 @@ impl Replica {
 
     /// One tick of the election and heartbeat clocks.
     pub fn tick(&self) {
-        self.ticks.set(self.ticks.get() + 1);
-        self.node.borrow_mut().tick();
+        let now = self.ticks.get() + 1;
+        self.ticks.set(now);
+        let mut node = self.node.borrow_mut();
+        node.tick();
+        if node.raft.state == StateRole::Leader {
+            let last = node.raft.raft_log.last_index();
+            let mut caught_up = self.caught_up_at.borrow_mut();
+            // A new term: every voter starts in sync.
+            if self.caught_up_term.replace(node.raft.term) != node.raft.term {
+                caught_up.clear();
+                for (id, _) in node.raft.prs().iter() {
+                    caught_up.insert(*id, now);
+                }
+                self.last_at_tick.set(last);
+            }
+            // Caught up: holding what the leader had a tick ago (under a steady load a
+            // follower is always a little behind the very last entry), as Kafka counts a
+            // fetch that reached the leader's end as of the previous fetch.
+            // A follower not heard from (down, cut off) does not count even if idle.
+            let target = self.last_at_tick.replace(last);
+            let heard = self.heard.borrow();
+            for (id, p) in node.raft.prs().iter() {
+                let alive = *id == self.id
+                    || heard
+                        .get(id)
+                        .is_some_and(|&t| now.saturating_sub(t) < self.election_tick);
+                if alive && p.matched >= target {
+                    caught_up.insert(*id, now);
+                }
+            }
+        }
     }
 
     /// Hand in a peer's message. A message for an unknown peer or a stale one is dropped, as

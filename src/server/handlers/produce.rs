@@ -263,7 +263,7 @@ fn not_enough_replicas(
     if min <= 1 {
         return None; // the leader is always in sync: nothing to count
     }
-    let in_sync = replica.in_sync().len();
+    let in_sync = replica.in_sync_now().len();
     (in_sync < min).then(|| {
         PartitionOutcome::error(
             ResponseError::NotEnoughReplicas,
