@@ -110,6 +110,14 @@ impl Driver {
     ) -> Result<(), ReplicaError> {
         let mut next_tick = Instant::now() + tick;
         let mut next_balance = balance_every.map(|d| Instant::now() + d);
+        // A write becoming durable wakes the task: the ready work that waited for it (a
+        // leader's commit, a follower's append responses) runs at once.
+        let me = Rc::downgrade(&self);
+        self.replica.set_on_durable(Some(Rc::new(move || {
+            if let Some(d) = me.upgrade() {
+                d.wake.notify_all();
+            }
+        })));
         while !self.stop.get() {
             let listener = self.wake.listen();
             let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
@@ -136,6 +144,7 @@ impl Driver {
                 crate::runtime::timeout(wait, listener).await;
             }
         }
+        self.replica.set_on_durable(None);
         Ok(())
     }
 }

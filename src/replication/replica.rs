@@ -14,7 +14,7 @@
 //!   entry may still commit under the next leader, as in Kafka without idempotence).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -241,7 +241,31 @@ pub struct Replica {
     caught_up_term: Cell<u64>,
     last_at_tick: Cell<u64>,
     lag_time_max_ticks: u64,
+    /// Readies whose entries are written and not yet known durable, oldest first (see
+    /// [`Replica::process_ready`]).
+    persisting: RefCell<VecDeque<Persisting>>,
+    /// Called when a write becomes durable (the driver's wake-up), so the ready work that
+    /// waited for it runs at once.
+    on_durable: RefCell<Option<Rc<dyn Fn()>>>,
+    /// The simulation's knob: yield once after writing a ready's entries, as a slow append
+    /// would, so proposals arrive inside the ready cycle and take the deferred path.
+    yield_after_write: Cell<bool>,
     failed: RefCell<Option<String>>,
+}
+
+/// A ready whose entries were handed to the log: raft-rs hears it is persisted
+/// (`on_persist_ready`), and the messages that had to wait for that go out, once the log says
+/// its last entry is durable.
+struct Persisting {
+    number: u64,
+    /// The last Raft index it wrote.
+    last_index: u64,
+    /// Set by the task waiting for durability; None while it waits (or nothing to wait
+    /// for: `Some(Ok)` from the start).
+    done: Rc<RefCell<Option<Result<(), StorageError>>>>,
+    /// The append whose durability is waited for.
+    append: Option<AppendInfo>,
+    messages: Vec<Message>,
 }
 
 fn logger(name: &str) -> slog::Logger {
@@ -392,6 +416,9 @@ impl Replica {
             caught_up_term: Cell::new(0),
             last_at_tick: Cell::new(0),
             lag_time_max_ticks: cfg.lag_time_max_ticks,
+            persisting: RefCell::new(VecDeque::new()),
+            on_durable: RefCell::new(None),
+            yield_after_write: Cell::new(false),
             failed: RefCell::new(None),
         }))
     }
@@ -490,6 +517,11 @@ impl Replica {
         (n.raft.raft_log.committed, n.raft.raft_log.last_index())
     }
 
+    /// Index of the last applied entry (the high watermark is the offset after it).
+    pub fn applied_index(&self) -> u64 {
+        self.node.borrow().raft.raft_log.applied
+    }
+
     /// How many times entries were read back from the log for a lagging follower.
     pub fn log_reads(&self) -> u64 {
         self.log_reads.get()
@@ -573,6 +605,22 @@ impl Replica {
         self.node.borrow().has_ready()
             || self.store.fetches_pending()
             || self.compact_request.get().is_some()
+            || self
+                .persisting
+                .borrow()
+                .front()
+                .is_some_and(|p| p.done.borrow().is_some())
+    }
+
+    /// The simulation's knob (see the field).
+    #[cfg(test)]
+    pub fn set_yield_after_write(&self, on: bool) {
+        self.yield_after_write.set(on);
+    }
+
+    /// What to call when a write becomes durable (see [`Replica::process_ready`]).
+    pub fn set_on_durable(&self, f: Option<Rc<dyn Fn()>>) {
+        *self.on_durable.borrow_mut() = f;
     }
 
     /// Ask for the log to begin at `offset` (a segment base: retention, or the segments
@@ -1178,6 +1226,7 @@ impl Replica {
             for (_, c) in std::mem::take(&mut *self.gap_checks.borrow_mut()) {
                 let _ = c.tx.send(Err(ReplicaError::Failed(e.to_string())));
             }
+            self.persisting.borrow_mut().clear();
         }
         r
     }
@@ -1186,6 +1235,7 @@ impl Replica {
         loop {
             self.compact().await?;
             self.serve_fetches().await?;
+            self.finish_persisted()?;
             let mut rd = {
                 let mut node = self.node.borrow_mut();
                 if !node.has_ready() {
@@ -1200,19 +1250,28 @@ impl Replica {
                 self.elections_won.set(self.elections_won.get() + 1);
             }
             self.confirmed_reads(rd.take_read_states());
-            // A leader's appends may go out before its own write (Raft counts its own vote
-            // only once `advance` says the entries are persisted).
+            // A leader's appends go out before its own write: it and its followers write in
+            // parallel (Raft counts its own vote only once its write is durable).
             self.outbox.borrow_mut().extend(rd.take_messages());
             if !rd.snapshot().is_empty() {
+                // Everything written before is settled first: the install replaces the log.
+                self.settle_persisting().await?;
                 let snap = rd.snapshot().clone();
                 self.install_snapshot(&snap).await?;
             }
-            self.apply(rd.take_committed_entries()).await?;
-            if !rd.entries().is_empty() {
+            let committed = rd.take_committed_entries();
+            let applied_to = committed.last().map(|e| e.index);
+            self.apply(committed).await?;
+            let written = if rd.entries().is_empty() {
+                None
+            } else {
                 let entries = rd.entries().clone();
-                self.persist_entries(&entries).await?;
-                self.resolve(&self.leader_waiters, self.store.last_index(), false);
-            }
+                let info = self.write_entries(&entries).await?;
+                if self.yield_after_write.get() {
+                    crate::runtime::yield_now().await;
+                }
+                Some(info)
+            };
             if let Some(hs) = rd.hs() {
                 self.store.set_hard_state(hs.clone());
                 if (hs.term, hs.vote) != self.persisted.get() {
@@ -1221,27 +1280,94 @@ impl Replica {
                     self.persisted.set((hs.term, hs.vote));
                 }
             }
-            self.outbox
-                .borrow_mut()
-                .extend(rd.take_persisted_messages());
-            let mut light = self.node.borrow_mut().advance(rd);
-            if let Some(commit) = light.commit_index() {
-                let mut hs = self.store.hard_state();
-                hs.commit = commit;
-                self.store.set_hard_state(hs);
+            let number = rd.number();
+            let messages = rd.take_persisted_messages();
+            let snapshot_index = rd.snapshot().get_metadata().index;
+            self.node.borrow_mut().advance_append_async(rd);
+            let done = Rc::new(RefCell::new(None));
+            match written {
+                Some(info) => {
+                    let log = self.log.clone();
+                    let slot = done.clone();
+                    let wake = self.on_durable.borrow().clone();
+                    crate::runtime::spawn_detached(async move {
+                        let r = log.wait_durable(&info).await;
+                        *slot.borrow_mut() = Some(r);
+                        if let Some(wake) = wake {
+                            wake();
+                        }
+                    });
+                }
+                None => *done.borrow_mut() = Some(Ok(())),
             }
-            self.outbox.borrow_mut().extend(light.take_messages());
-            self.apply(light.take_committed_entries()).await?;
-            let applied = {
-                let mut node = self.node.borrow_mut();
-                node.advance_apply();
-                node.raft.raft_log.applied
-            };
+            self.persisting.borrow_mut().push_back(Persisting {
+                number,
+                last_index: self.store.last_index(),
+                done,
+                append: written,
+                messages,
+            });
+            if snapshot_index > 0 {
+                self.settle_persisting().await?;
+            }
+            self.finish_persisted()?;
+            // An installed snapshot counts as applied up to its index.
+            if let Some(index) = applied_to.max((snapshot_index > 0).then_some(snapshot_index)) {
+                self.node.borrow_mut().advance_apply_to(index);
+            }
+            let applied = self.node.borrow().raft.raft_log.applied;
             self.store.release_applied(applied, self.applied_bytes_held);
             self.fail_stale_waiters();
             self.step_deferred();
         }
         Ok(())
+    }
+
+    /// Hand raft-rs the readies whose writes are durable, oldest first, stopping at the first
+    /// still waiting: it counts them as persisted (`on_persist_ready`; a leader's own vote for
+    /// its entries), the messages that waited for them go out (a follower's append responses,
+    /// votes), and acks=1 proposals they complete are answered. A write cut off by a later
+    /// truncation (its entries were replaced) is not an error: the later ready covers it.
+    fn finish_persisted(&self) -> Result<(), ReplicaError> {
+        loop {
+            let p = {
+                let mut q = self.persisting.borrow_mut();
+                if !q.front().is_some_and(|p| p.done.borrow().is_some()) {
+                    return Ok(());
+                }
+                q.pop_front().expect("checked")
+            };
+            match p.done.borrow_mut().take().expect("checked") {
+                Ok(()) | Err(StorageError::Truncated { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.node.borrow_mut().on_persist_ready(p.number);
+            self.outbox.borrow_mut().extend(p.messages);
+            self.resolve(&self.leader_waiters, p.last_index, false);
+        }
+    }
+
+    /// Wait until every write handed to the log is durable (or cut off), and hand them to
+    /// raft-rs.
+    async fn settle_persisting(&self) -> Result<(), ReplicaError> {
+        loop {
+            self.finish_persisted()?;
+            let waiting = self
+                .persisting
+                .borrow()
+                .front()
+                .map(|p| (p.done.clone(), p.append));
+            let Some((done, append)) = waiting else {
+                return Ok(());
+            };
+            if done.borrow().is_none() {
+                let r = match append {
+                    Some(info) => self.log.wait_durable(&info).await,
+                    None => Ok(()),
+                };
+                done.borrow_mut().get_or_insert(r);
+            }
+        }
     }
 
     /// Read the entries raft-rs asked for and the store no longer holds from the log, and hand
@@ -1278,9 +1404,9 @@ impl Replica {
         Ok(())
     }
 
-    /// Write entries to the log (cutting a conflicting suffix first) and wait until they are
-    /// fdatasynced.
-    async fn persist_entries(&self, entries: &[Entry]) -> Result<(), ReplicaError> {
+    /// Write entries to the log (cutting a conflicting suffix first): they are in the store at
+    /// once; returns the last one's append, whose durability the caller waits for.
+    async fn write_entries(&self, entries: &[Entry]) -> Result<AppendInfo, ReplicaError> {
         let first = entries[0].index;
         if first <= self.store.last_index() {
             let cut = self
@@ -1305,10 +1431,7 @@ impl Replica {
         // The log's producer state has these batches now.
         let end = self.log.log_end_offset().get();
         self.forget_proposed(|b| b >= end);
-        if let Some(info) = last {
-            self.log.wait_durable(&info).await?;
-        }
-        Ok(())
+        last.ok_or_else(|| ReplicaError::Raft("no entry written".into()))
     }
 
     /// Apply committed entries: configuration changes, the high watermark, and the proposals

@@ -195,6 +195,7 @@ impl Sim {
                 Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(seed, id, true))
                     .await
                     .unwrap_or_else(|e| panic!("seed {seed}: open node {id}: {e}"));
+            replica.set_yield_after_write(seed % 3 != 2);
             nodes.push(Node {
                 id,
                 disk,
@@ -254,8 +255,9 @@ impl Sim {
                 Some(p) => {
                     // The proposal's future (not awaited here) is handed to `track`.
                     let mut proposed = None;
+                    // Polled after `process_ready` first suspends (its write, or the
+                    // simulation's yield after it).
                     let (ready, ()) = futures::join!(r.process_ready(), async {
-                        futures_lite::future::yield_now().await;
                         proposed = Some(r.propose(p.0.clone()));
                     });
                     let fut = proposed.expect("proposed");
@@ -510,6 +512,7 @@ impl Sim {
             )
             .await
             .unwrap_or_else(|e| panic!("seed {}: reopen node {}: {e}", self.seed, node.id));
+            r.set_yield_after_write(self.seed % 3 != 2);
             node.hw = r.log().high_watermark().0;
             node.replica = Some(r);
         }
@@ -574,7 +577,9 @@ impl Sim {
             let (lc, ll) = leader.commit_and_last_index();
             let agreed = lc == ll
                 && rs.iter().all(|r| {
-                    r.commit_and_last_index() == (lc, ll) && r.leader() == Some(leader.id())
+                    r.commit_and_last_index() == (lc, ll)
+                        && r.applied_index() == lc
+                        && r.leader() == Some(leader.id())
                 });
             if agreed {
                 return;
