@@ -517,14 +517,38 @@ async fn a_cut_off_leader_acknowledges_nothing_and_rejoins_identical() {
         }
         out
     };
+    // Each batch: (base offset, epoch, last offset delta, size), to say where two differ.
+    let layout = |b: &NsBroker| {
+        let mut out = Vec::new();
+        for (_, path) in segment_files(&b.data.join(format!("{topic}-0"))) {
+            for bp in segment_batches(&path) {
+                out.push((
+                    bp.base_offset,
+                    bp.partition_leader_epoch,
+                    bp.last_offset_delta,
+                    bp.size,
+                ));
+            }
+        }
+        out
+    };
     let first = replica(&brokers[0]);
     for (i, b) in brokers.iter().enumerate().skip(1) {
-        assert!(
-            replica(b) == first,
-            "node {} differs from node 1\n{}",
-            i + 1,
-            logs(&brokers)
-        );
+        if replica(b) != first {
+            let (a, o) = (layout(&brokers[0]), layout(b));
+            let at = a.iter().zip(&o).position(|(x, y)| x != y);
+            panic!(
+                "node {} differs from node 1 (high watermark {high}): {} and {} batches, first \
+                 difference at batch {at:?}; batches (base, epoch, last delta, size): node 1 \
+                 {a:?}, node {} {o:?}, node 3 {:?}\n{}",
+                i + 1,
+                a.len(),
+                o.len(),
+                i + 1,
+                layout(&brokers[2]),
+                logs(&brokers)
+            );
+        }
     }
     drop(net);
 }

@@ -35,6 +35,16 @@ use crate::types::{ShardId, TopicPartition};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long sent data may stay unacknowledged before the kernel closes a broker-to-broker
+/// connection (TCP_USER_TIMEOUT). Raft's heartbeats keep data in flight, so a peer cut off by
+/// the network is noticed within this time and the link reconnects, instead of waiting for
+/// TCP's retransmissions, whose backoff grows to many seconds: without it a healed network
+/// partition could go unnoticed for longer than the partition lasted.
+const LINK_USER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Keepalive on idle broker-to-broker connections (an inbound one only reads): probes after
+/// this long idle, this often, this many.
+const LINK_KEEPALIVE: (Duration, Duration, u32) =
+    (Duration::from_secs(2), Duration::from_secs(1), 3);
 const READ_CHUNK: usize = 256 * 1024;
 
 /// One peer broker, as seen from one shard.
@@ -129,10 +139,31 @@ impl Links {
     }
 }
 
+/// Failure detection on a broker-to-broker connection: [`LINK_USER_TIMEOUT`] and
+/// [`LINK_KEEPALIVE`]. Best effort: a socket that refuses them keeps the kernel's defaults.
+fn set_link_timeouts(stream: &TcpStream) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+    // SAFETY: `fd` is the open socket of `stream`, which outlives this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&fd);
+    let (idle, interval, retries) = LINK_KEEPALIVE;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(retries);
+    if let Err(e) = sock
+        .set_tcp_user_timeout(Some(LINK_USER_TIMEOUT))
+        .and_then(|()| sock.set_tcp_keepalive(&keepalive))
+    {
+        debug!(error = %e, "broker-to-broker socket timeouts not set");
+    }
+}
+
 async fn connect(addr: &str) -> std::io::Result<TcpStream> {
     match runtime::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Some(Ok(s)) => {
             let _ = s.set_nodelay(true);
+            set_link_timeouts(&s);
             Ok(s)
         }
         Some(Err(e)) => Err(e.into()),
@@ -227,6 +258,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Arc<Stop
         let Some(accepted) = accepted else { return };
         match accepted {
             Ok(stream) => {
+                set_link_timeouts(&stream);
                 let s = shard.clone();
                 runtime::spawn_detached(async move {
                     if let Err(why) = serve_connection(&s, stream).await {
