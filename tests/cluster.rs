@@ -1602,3 +1602,97 @@ async fn retention_and_delete_records_on_replicated_partitions() {
         }
     }
 }
+
+/// Spawn a client script that prints "ACK <partition> <offset> <value>" lines and a final
+/// "FAILED <n>" line (`produce-acked` mode), returning its output once it exits.
+fn spawn_acked(mut command: Command) -> std::thread::JoinHandle<(bool, String, String)> {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the client");
+    std::thread::spawn(move || {
+        let out = child.wait_with_output().expect("client output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+}
+
+/// The acknowledged records of a `produce-acked` run, and its failure count.
+fn parse_acked(out: &str) -> (Vec<Acked>, Option<usize>) {
+    let mut acked = Vec::new();
+    let mut failed = None;
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["ACK", p, o, v] => acked.push(Acked {
+                partition: p.parse().expect("partition"),
+                offset: o.parse().expect("offset"),
+                payload: v.to_string(),
+            }),
+            ["FAILED", n, ..] => failed = n.parse().ok(),
+            _ => {}
+        }
+    }
+    (acked, failed)
+}
+
+/// The other real clients through a leader's `kill -9`: confluent-kafka (Python, librdkafka
+/// 2.16) and kafkajs (JavaScript), both idempotent with acks=all, produce to a partition with
+/// three replicas while the test kills its leader. Both ride through on their own (retries,
+/// metadata refresh), and every record either got acknowledged is at its acknowledged offset
+/// afterwards, once each, with no offset acknowledged twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_kafka_and_kafkajs_ride_through_a_leader_kill() {
+    let mut cluster = Cluster::start(&[1, 1, 1]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "polyglot";
+    wait_for_brokers(&bootstrap, 3);
+    create_replicated(&cluster, topic).await;
+    let leader = wait_for_leaders(&bootstrap, topic, 3)[&0];
+    const COUNT: usize = 400;
+    let count = COUNT.to_string();
+    let mut py = python_command("python_clients.py");
+    py.args([bootstrap.as_str(), "produce-acked", topic, &count, "py"]);
+    let python = spawn_acked(py);
+    let js = spawn_acked(kafkajs_command(
+        &bootstrap,
+        &["produce-acked", topic, &count, "js"],
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eprintln!("killing node {leader}, the leader of {topic}-0");
+    cluster.node(leader).kill9();
+    let mut acked = Vec::new();
+    for (name, handle) in [("confluent-kafka", python), ("kafkajs", js)] {
+        let (ok, out, err) = tokio::task::block_in_place(|| handle.join().expect("client thread"));
+        assert!(ok, "{name} failed: {err}\n{}", cluster.logs());
+        let (a, failed) = parse_acked(&out);
+        eprintln!("{name}: {} acknowledged, failed {failed:?}", a.len());
+        assert_eq!(
+            failed,
+            Some(0),
+            "{name} gave up on records: {out}\n{err}\n{}",
+            cluster.logs()
+        );
+        assert_eq!(a.len(), COUNT, "{name}: every record acknowledged");
+        acked.extend(a);
+    }
+    let mut offsets = std::collections::HashSet::new();
+    for r in &acked {
+        assert!(
+            offsets.insert(r.offset),
+            "offset {} acknowledged twice",
+            r.offset
+        );
+    }
+    cluster.node(leader).restart();
+    let seen = check_acked(&cluster, topic, &acked);
+    let stored = seen
+        .iter()
+        .filter(|((p, _), v)| *p == 0 && (v.starts_with("py-") || v.starts_with("js-")))
+        .count();
+    assert_eq!(stored, 2 * COUNT, "each record stored once");
+}

@@ -5,6 +5,12 @@
 // visible through the admin client.
 //
 // Usage: node kafkajs_clients.js BOOTSTRAP
+//        node kafkajs_clients.js BOOTSTRAP produce-acked TOPIC COUNT TAG
+//
+// produce-acked: an idempotent kafkajs producer sends COUNT records "TAG-i" to partition 0 of
+// TOPIC with acks=all, one send at a time (the cluster test kills the partition's leader
+// meanwhile), and prints "ACK <partition> <offset> <value>" for each one acknowledged and
+// "FAILED <n>" at the end.
 'use strict';
 
 const { Kafka, logLevel } = require('kafkajs');
@@ -208,6 +214,30 @@ async function admin() {
   console.log('kafkajs admin ok');
 }
 
+async function produceAcked() {
+  const [topic, count, tag] = [process.argv[4], Number(process.argv[5]), process.argv[6]];
+  const kafka = new Kafka({
+    clientId: 'sluice-kafkajs-acked',
+    brokers: bootstrap.split(','),
+    logLevel: logLevel.NOTHING,
+    retry: { retries: 30, initialRetryTime: 100, maxRetryTime: 1000 },
+  });
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  let failed = 0;
+  for (let i = 0; i < count; i++) {
+    const value = `${tag}-${i}`;
+    try {
+      const [r] = await producer.send({ topic, acks: -1, messages: [{ value, partition: 0 }] });
+      console.log(`ACK ${r.partition} ${r.baseOffset} ${value}`);
+    } catch (e) {
+      failed += 1;
+    }
+  }
+  console.log(`FAILED ${failed}`);
+  await producer.disconnect();
+}
+
 const mode = process.argv[3] || 'round-trip';
-const modes = { idempotent, admin };
+const modes = { idempotent, admin, 'produce-acked': produceAcked };
 (modes[mode] || main)().catch((e) => fail(e.stack || String(e)));

@@ -6,6 +6,12 @@ them back with manually assigned partitions; the admin client creates and
 deletes topics. Exits non-zero with a message on the first failure.
 
 Usage: python3 python_clients.py BOOTSTRAP [admin]
+       python3 python_clients.py BOOTSTRAP produce-acked TOPIC COUNT TAG
+
+produce-acked: confluent-kafka produces COUNT records "TAG-i" to partition 0 of TOPIC with
+acks=all and idempotence, a record every few milliseconds (the cluster test kills the
+partition's leader meanwhile), and prints "ACK <partition> <offset> <value>" for each one
+acknowledged and "FAILED <n>" at the end.
 """
 
 import sys
@@ -241,8 +247,37 @@ def kafka_python_round_trip(bootstrap):
     print("kafka-python round trip ok")
 
 
+def produce_acked(bootstrap, topic, count, tag):
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "message.timeout.ms": 60000,
+        # A broker killed and restarted is retried within a second, not librdkafka's 10 s.
+        "reconnect.backoff.max.ms": 1000,
+        "topic.metadata.refresh.interval.ms": 1000,
+    })
+    failed = []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            failed.append(str(err))
+        else:
+            print(f"ACK {msg.partition()} {msg.offset()} {msg.value().decode()}", flush=True)
+
+    for i in range(count):
+        p.produce(topic, value=f"{tag}-{i}".encode(), partition=0, on_delivery=on_delivery)
+        p.poll(0)
+        time.sleep(0.005)
+    left = p.flush(90)
+    print(f"FAILED {len(failed) + left} {failed[:3]}", flush=True)
+
+
 def main():
     bootstrap = sys.argv[1]
+    if len(sys.argv) > 2 and sys.argv[2] == "produce-acked":
+        produce_acked(bootstrap, sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        return
     if len(sys.argv) > 2 and sys.argv[2] == "admin":
         confluent_admin(bootstrap)
         return
