@@ -532,6 +532,11 @@ async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
         // moved, go once the replica's Raft base is past them (`Replica::compact`).
         if let Some(cluster) = shard.cluster() {
             for (tp, d) in cluster.replicas() {
+                // The metadata log is never trimmed: each record is a catalog applied on top
+                // of the version before it, so a broker replays it from its first record.
+                if tp == crate::cluster::metadata::metadata_tp() {
+                    continue;
+                }
                 let log = d.replica().log();
                 let below_start = log.segment_base_at(log.log_start_offset());
                 let target = log
