@@ -316,14 +316,25 @@ pub fn spawn_applier(shard: Rc<Shard>, log: Rc<PartitionLog>) {
     });
 }
 
-/// Apply one committed record on this broker.
-async fn apply(shard: &Rc<Shard>, offset: i64, rec: MetaRecord) {
-    let current = shard.catalog();
-    let accepted = rec.base_version == current.version;
-    if accepted {
+/// The catalog a committed record makes of `current`: its catalog at the next version if it
+/// was proposed on top of `current`'s version, else None (another change came first, and the
+/// record is refused). A function of the two only, so every broker applying the same log
+/// from the same start reaches the same catalog.
+pub fn next_catalog(current: &Catalog, rec: &MetaRecord) -> Option<Catalog> {
+    (rec.base_version == current.version).then(|| {
         let mut next = rec.catalog.snapshot();
         next.version = rec.base_version + 1;
         next.based_on = 0;
+        next
+    })
+}
+
+/// Apply one committed record on this broker.
+async fn apply(shard: &Rc<Shard>, offset: i64, rec: MetaRecord) {
+    let current = shard.catalog();
+    let next = next_catalog(&current, &rec);
+    let accepted = next.is_some();
+    if let Some(next) = next {
         if let Err(e) = next.save(&shard.config.data_dir) {
             // The catalog file is a cache of the applied log: without it a restart replays
             // from an older version, which gives the same result.

@@ -39,6 +39,8 @@ use raft::eraftpb::Message;
 
 use super::replica::{Replica, ReplicaConfig};
 use super::wire;
+use crate::cluster::catalog::Catalog;
+use crate::cluster::metadata::{self, MetaRecord};
 use crate::storage::batch::{
     self,
     test_util::{encode_batch, encode_idempotent},
@@ -83,6 +85,9 @@ struct Node {
     down_for: u64,
     /// The highest high watermark this incarnation showed consumers.
     hw: i64,
+    /// Metadata seeds: where this node's applier is in its committed log, and the catalog it
+    /// applied so far (replayed from the start after a restart, as a broker does).
+    meta: (i64, Catalog),
 }
 
 struct InFlight {
@@ -135,6 +140,9 @@ struct Stats {
     /// Snapshots installed, and compactions of a replica's own log.
     snapshots: u64,
     compactions: u64,
+    /// Metadata seeds: records applied, and refused (another change came first).
+    meta_applied: u64,
+    meta_refused: u64,
 }
 
 struct Sim {
@@ -158,6 +166,11 @@ struct Sim {
     /// Snapshots and compactions of replicas since crashed.
     snapshots: u64,
     compactions: u64,
+    /// A quarter of the seeds run the metadata group instead: every proposal is a catalog
+    /// change (a producer-id block) made on top of a random node's applied catalog, as a
+    /// broker forwards it to the leader; nodes apply the committed log with the brokers'
+    /// rule ([`metadata::next_catalog`]). The log is never trimmed there.
+    metadata: bool,
     /// Refusals an idempotent producer that retries in order must never get (a sequence gap,
     /// a stale epoch): (producer id, sequence, error).
     refused: Rc<RefCell<Vec<(i64, i32, String)>>>,
@@ -203,6 +216,7 @@ impl Sim {
                 replica: Some(replica),
                 down_for: 0,
                 hw: 0,
+                meta: (0, Catalog::default()),
             });
         }
         let mut rng = SimRng::new(seed);
@@ -227,6 +241,7 @@ impl Sim {
             deferred_proposals: 0,
             snapshots: 0,
             compactions: 0,
+            metadata: seed % 4 == 3,
             refused: Rc::default(),
         }
     }
@@ -268,6 +283,9 @@ impl Sim {
             };
             if let Err(e) = ready {
                 panic!("seed {}: node {}: {e}", self.seed, self.nodes[i].id);
+            }
+            if self.metadata {
+                self.apply_metadata(i).await;
             }
             for msg in r.take_messages() {
                 let (from, to) = (msg.from, msg.to);
@@ -354,6 +372,9 @@ impl Sim {
         self.next_payload += 1;
         // Unique timestamps tell every new batch apart; retries keep their bytes.
         let ts = self.next_payload * 100;
+        if self.metadata {
+            return Some((self.metadata_proposal(ts), None));
+        }
         if !self.rng.chance(0.33) {
             return Some((encode_batch(0, count, ts, 24), None));
         }
@@ -435,9 +456,71 @@ impl Sim {
         });
     }
 
+    /// A metadata record made on a random running node's applied catalog: the next
+    /// producer-id block (the brokers' `Catalog::next_producer_id` change), as its batch
+    /// (the brokers' record layout; the timestamp tells proposals apart).
+    fn metadata_proposal(&mut self, ts: i64) -> Bytes {
+        let up = self.up();
+        let i = up[self.rng.below(up.len() as u64) as usize];
+        let base = &self.nodes[i].meta.1;
+        let mut next = base.snapshot();
+        next.next_producer_id = base.next_producer_id + 1_000;
+        let rec = MetaRecord {
+            proposal: uuid::Uuid::from_u128((u128::from(self.seed) << 64) | ts as u128),
+            from: self.nodes[i].id as i32,
+            base_version: base.version,
+            catalog: next,
+        };
+        let value = serde_json::to_vec(&rec).expect("a record encodes");
+        let key = Bytes::copy_from_slice(rec.proposal.as_bytes());
+        crate::group::records::encode_batches(&[(key, Some(value.into()))], ts, usize::MAX)
+            .expect("a record batch")
+    }
+
+    /// Node `i` applies what its log committed since its last step, as a broker's applier.
+    async fn apply_metadata(&mut self, i: usize) {
+        let Some(r) = self.nodes[i].replica.clone() else {
+            return;
+        };
+        let log = r.log();
+        let hw = log.high_watermark().0;
+        while self.nodes[i].meta.0 < hw {
+            let at = self.nodes[i].meta.0;
+            let data = log
+                .read(crate::types::Offset(at), 1 << 20)
+                .await
+                .unwrap_or_else(|e| panic!("seed {}: read the metadata log: {e}", self.seed))
+                .records;
+            let mut next = at;
+            for item in batch::BatchIter::new(&data) {
+                let (_, h, _) = item.expect("stored batches parse");
+                if h.base_offset >= hw {
+                    break;
+                }
+                next = h.next_offset();
+            }
+            if next == at {
+                break;
+            }
+            let node = &mut self.nodes[i];
+            for (offset, rec) in metadata::decode(&data) {
+                if offset >= at
+                    && offset < next
+                    && let Some(c) = metadata::next_catalog(&node.meta.1, &rec)
+                {
+                    node.meta.1 = c;
+                }
+            }
+            node.meta.0 = next;
+        }
+    }
+
     /// The leader moves the log start somewhere between its start and its high watermark
     /// (DeleteRecords); the outcome is not awaited (a lost leadership fails it).
     fn delete_records(&mut self) {
+        if self.metadata {
+            return; // the metadata log is never trimmed
+        }
         let Some(r) = self
             .up()
             .into_iter()
@@ -462,6 +545,9 @@ impl Sim {
     /// asks), or, now and then, below its last segment (retention by size or time, which
     /// moves this replica's log start on its own).
     fn compact(&mut self) {
+        if self.metadata {
+            return;
+        }
         let up = self.up();
         let i = up[self.rng.below(up.len() as u64) as usize];
         let r = self.nodes[i].replica.clone().expect("up");
@@ -514,6 +600,7 @@ impl Sim {
             .unwrap_or_else(|e| panic!("seed {}: reopen node {}: {e}", self.seed, node.id));
             r.set_yield_after_write(self.seed % 3 != 2);
             node.hw = r.log().high_watermark().0;
+            node.meta = (0, Catalog::default());
             node.replica = Some(r);
         }
     }
@@ -730,12 +817,49 @@ impl Sim {
                 *want = h.base_sequence + h.last_offset_delta + 1;
             }
         }
+        // Metadata: replaying the agreed log with the brokers' rule, every applied record
+        // follows the one before (so no producer-id block is handed out twice), every node's
+        // applier reached the same catalog, and each proposal is in the log once.
+        let (mut meta_applied, mut meta_refused) = (0, 0);
+        if self.metadata {
+            let mut catalog = Catalog::default();
+            let mut proposals = BTreeSet::new();
+            for (offset, rec) in metadata::decode(log0) {
+                assert!(
+                    proposals.insert(rec.proposal),
+                    "seed {seed}: metadata proposal stored twice (offset {offset})"
+                );
+                match metadata::next_catalog(&catalog, &rec) {
+                    Some(next) => {
+                        assert_eq!(
+                            next.next_producer_id,
+                            catalog.next_producer_id + 1_000,
+                            "seed {seed}: the record at {offset} does not follow the catalog \
+                             it was applied to: a producer-id block handed out twice"
+                        );
+                        catalog = next;
+                        meta_applied += 1;
+                    }
+                    None => meta_refused += 1,
+                }
+            }
+            for n in &self.nodes {
+                assert_eq!(
+                    (n.meta.1.version, n.meta.1.next_producer_id),
+                    (catalog.version, catalog.next_producer_id),
+                    "seed {seed}: node {}'s applied catalog",
+                    n.id
+                );
+            }
+        }
         let live = || self.nodes.iter().filter_map(|n| n.replica.as_ref());
         let counts = live().map(|r| r.snapshot_counts());
         let (snapshots, compactions) = counts.fold((self.snapshots, self.compactions), |a, c| {
             (a.0 + c.0, a.1 + c.1)
         });
         Stats {
+            meta_applied,
+            meta_refused,
             snapshots,
             compactions,
             deferred: self.deferred_proposals + live().map(|r| r.deferred_proposals()).sum::<u64>(),
@@ -788,6 +912,8 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
                 total.idempotent += s.idempotent;
                 total.snapshots += s.snapshots;
                 total.compactions += s.compactions;
+                total.meta_applied += s.meta_applied;
+                total.meta_refused += s.meta_refused;
             }
             Err(_) => panic!(
                 "raft simulation failed at seed {seed}; replay it with: \
@@ -799,7 +925,7 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
     eprintln!(
         "raft simulation: {} acknowledged proposals ({} idempotent batches), {} deferred \
          proposals, {} terms with a leader, {} crashes, {} catch-up reads of a log, {} \
-         compactions, {} snapshots installed",
+         compactions, {} snapshots installed, {} metadata records applied and {} refused",
         total.acked,
         total.idempotent,
         total.deferred,
@@ -807,7 +933,9 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
         total.crashes,
         total.log_reads,
         total.compactions,
-        total.snapshots
+        total.snapshots,
+        total.meta_applied,
+        total.meta_refused
     );
     assert!(
         total.acked > 0,
@@ -821,6 +949,10 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
     assert!(
         total.compactions > 0 && total.snapshots > 0,
         "compaction and snapshots were exercised"
+    );
+    assert!(
+        total.meta_applied > 0 && total.meta_refused > 0,
+        "metadata changes were applied, and conflicting ones refused"
     );
 }
 
