@@ -237,9 +237,10 @@ pub struct Replica {
     /// election's tick for every voter when this replica becomes leader, as Kafka's new
     /// leader starts its ISR members' clocks).
     caught_up_at: RefCell<HashMap<u64, u64>>,
-    /// The term `caught_up_at` is for, and the leader's last index at the previous tick.
+    /// The term `caught_up_at` is for, and the leader's last index at each of the last
+    /// `election_tick` ticks, oldest first.
     caught_up_term: Cell<u64>,
-    last_at_tick: Cell<u64>,
+    last_at_ticks: RefCell<VecDeque<u64>>,
     lag_time_max_ticks: u64,
     /// Readies whose entries are written and not yet known durable, oldest first (see
     /// [`Replica::process_ready`]).
@@ -342,7 +343,15 @@ impl Replica {
         }
         // Every batch of the log after the base is an entry; what was applied is let go below.
         rebuild(&log, &store).await?;
-        let committed = state.commit.min(store.last_index());
+        // `raft-state` may name a commit beyond what the log kept: it is written while
+        // entries still wait for their fdatasync, and a crash loses those. What the log kept
+        // up to that commit is committed (it came from the leader that named the commit, and
+        // cuts are durable before anything after them is written); raft-rs refuses a commit
+        // outside [base, last index].
+        let committed = state.commit.clamp(store.base().index, store.last_index());
+        let mut hs = store.hard_state();
+        hs.commit = committed;
+        store.set_hard_state(hs);
         store.release_applied(committed, cfg.applied_bytes_held);
         let hw = store.end_of(committed).unwrap_or(log.log_start_offset().0);
         log.hold_high_watermark_at(Offset(hw));
@@ -414,7 +423,7 @@ impl Replica {
             compactions: Cell::new(0),
             caught_up_at: RefCell::new(HashMap::new()),
             caught_up_term: Cell::new(0),
-            last_at_tick: Cell::new(0),
+            last_at_ticks: RefCell::new(VecDeque::new()),
             lag_time_max_ticks: cfg.lag_time_max_ticks,
             persisting: RefCell::new(VecDeque::new()),
             on_durable: RefCell::new(None),
@@ -628,7 +637,8 @@ impl Replica {
     /// toward it as the applied entries allow, then removes the segments below (see
     /// [`Replica::compact`]).
     pub fn request_compaction(&self, offset: Offset) {
-        if offset.0 > self.store.base().offset {
+        let base = self.store.base().offset;
+        if offset.0 > base || self.log.first_segment_base().0 < base {
             self.compact_request.set(Some(
                 self.compact_request
                     .get()
@@ -657,18 +667,24 @@ impl Replica {
             let last = node.raft.raft_log.last_index();
             let mut caught_up = self.caught_up_at.borrow_mut();
             // A new term: every voter starts in sync.
+            let mut lasts = self.last_at_ticks.borrow_mut();
             if self.caught_up_term.replace(node.raft.term) != node.raft.term {
                 caught_up.clear();
                 for (id, _) in node.raft.prs().iter() {
                     caught_up.insert(*id, now);
                 }
-                self.last_at_tick.set(last);
+                lasts.clear();
             }
-            // Caught up: holding what the leader had a tick ago (under a steady load a
-            // follower is always a little behind the very last entry), as Kafka counts a
-            // fetch that reached the leader's end as of the previous fetch.
-            // A follower not heard from (down, cut off) does not count even if idle.
-            let target = self.last_at_tick.replace(last);
+            // Caught up: holding what the leader had an election timeout ago (under a
+            // steady load a follower is always behind the very last entry by its round trip
+            // and fdatasync), as Kafka counts a fetch that reached the leader's end as of
+            // the follower's previous fetch. A follower not heard from (down, cut off) does
+            // not count even if idle.
+            lasts.push_back(last);
+            while lasts.len() as u64 > self.election_tick.max(1) {
+                lasts.pop_front();
+            }
+            let target = lasts.front().copied().unwrap_or(last);
             let heard = self.heard.borrow();
             for (id, p) in node.raft.prs().iter() {
                 let alive = *id == self.id
@@ -1525,6 +1541,11 @@ impl Replica {
         };
         let to = self.log.segment_base_at(Offset(want.min(applied_end))).0;
         if to <= self.store.base().offset {
+            // Segments below the base a removal skipped (one not sealed yet then) go now.
+            let base = self.store.base().offset;
+            if self.log.first_segment_base().0 < base {
+                self.log.remove_segments_below(Offset(base)).await?;
+            }
             return Ok(());
         }
         let Some(index) = self.store.index_ending_at(to) else {

@@ -987,3 +987,40 @@ fn a_replica_that_lost_its_raft_state_is_refused() {
         }
     });
 }
+
+/// `raft-state` may name a commit beyond the log a crash left (it is written while entries
+/// still wait for their fdatasync): the replica opens with the commit clamped to its log,
+/// rather than raft-rs refusing the state.
+#[test]
+fn a_commit_beyond_the_log_is_clamped_at_open() {
+    crate::runtime::block_on_test(|| async {
+        let disk = SimDisk::new(11, Faults::default());
+        let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+        let env = Env::new(Rc::new(disk.clone()), clock, SyncScope::default());
+        let r = Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(0, 1, true))
+            .await
+            .expect("create");
+        r.close().await.expect("close");
+        drop(r);
+        let state = super::store::RaftStateFile {
+            term: 3,
+            vote: 2,
+            commit: 20,
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        env.replace_file_durable(
+            &dir().join(super::store::RAFT_STATE_FILE),
+            &serde_json::to_vec(&state).expect("json"),
+        )
+        .await
+        .expect("write raft-state");
+        let env = env.restarted();
+        let r = Replica::open(env, dir(), log_cfg(), &replica_cfg(0, 1, false))
+            .await
+            .expect("opens with the commit clamped");
+        assert_eq!(r.commit_and_last_index(), (0, 0));
+        assert_eq!(r.term(), 3);
+        r.close().await.expect("close");
+    });
+}
