@@ -59,24 +59,31 @@ impl PartitionLog {
     /// is at or past `offset`). Returns the number removed.
     pub async fn remove_segments_below(&self, offset: Offset) -> Result<usize, StorageError> {
         let _admin = self.admin_lock.lock().await;
-        let count = {
+        {
             let st = self.state.borrow();
             if st.closing || self.closed.get() || st.failed.is_some() {
                 return Ok(0);
             }
-            let sealed_count = st.segments.len() - 1;
-            st.segments[..sealed_count]
-                .iter()
-                .enumerate()
-                .take_while(|(i, seg)| {
-                    matches!(seg.index, SegmentIndex::Sealed { .. })
-                        && st.segments[i + 1].on_disk
-                        && st.segments[i + 1].base_offset <= offset.0
-                })
-                .count()
-        };
+        }
+        let count = self.count_below(offset.0);
         self.remove_oldest_segments(count).await?;
         Ok(count)
+    }
+
+    /// How many of the oldest segments lie wholly below `offset` and can go: sealed, with the
+    /// next one on disk.
+    fn count_below(&self, offset: i64) -> usize {
+        let st = self.state.borrow();
+        let sealed_count = st.segments.len() - 1;
+        st.segments[..sealed_count]
+            .iter()
+            .enumerate()
+            .take_while(|(i, seg)| {
+                matches!(seg.index, SegmentIndex::Sealed { .. })
+                    && st.segments[i + 1].on_disk
+                    && st.segments[i + 1].base_offset <= offset
+            })
+            .count()
     }
 
     /// Move the log start offset to `offset` without removing segments (a replicated log
@@ -177,19 +184,7 @@ impl PartitionLog {
             let mut st = self.state.borrow_mut();
             st.log_start = st.log_start.max(target);
         }
-        let count = {
-            let st = self.state.borrow();
-            let sealed_count = st.segments.len() - 1;
-            st.segments[..sealed_count]
-                .iter()
-                .enumerate()
-                .take_while(|(i, seg)| {
-                    matches!(seg.index, SegmentIndex::Sealed { .. })
-                        && st.segments[i + 1].on_disk
-                        && st.segments[i + 1].base_offset <= st.log_start
-                })
-                .count()
-        };
+        let count = self.count_below(self.log_start_offset().0);
         self.remove_oldest_segments(count).await?;
         Ok(self.log_start_offset())
     }

@@ -739,13 +739,7 @@ impl PartitionLog {
             })?;
             self.state.borrow_mut().journal_after_cut = true;
         }
-        let remove = |path: std::path::PathBuf| async move {
-            match self.env.disk.remove_file(&path).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StorageError::io(format!("removing {}", path.display()), e)),
-            }
-        };
+        let remove = |path: std::path::PathBuf| self.remove_if_exists(path);
         for b in bases {
             for suffix in [
                 INDEX_SUFFIX,
@@ -777,10 +771,46 @@ impl PartitionLog {
             .sync_dir(&self.dir)
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
+        // Every append made before fails its wait for durability.
+        self.adopt_disk_state(w, at, old_start.min(at), Vec::new(), |st| {
+            st.log_start = at;
+            st.high_watermark = at;
+            st.hw_target = Some(at);
+            st.tail.clear();
+            st.epochs = Default::default();
+            st.epochs_version += 1;
+        })
+        .await?;
+        debug!(dir = %self.dir.display(), at, "log reset to empty");
+        Ok(())
+    }
+
+    /// Remove `path`; a file already gone is no error.
+    async fn remove_if_exists(&self, path: std::path::PathBuf) -> Result<(), StorageError> {
+        match self.env.disk.remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(format!("removing {}", path.display()), e)),
+        }
+    }
+
+    /// After a cut or a reset on disk: rebuild the segments, the writer and the producer state
+    /// from the disk with the recovery code (the log must end at `end`), record the
+    /// truncation at `cut` (appends past it fail their wait for durability), let `adjust` set
+    /// the rest of the state, and close the files no longer used (`dropped`: segments taken
+    /// out before).
+    async fn adopt_disk_state(
+        &self,
+        w: &mut Writer,
+        end: i64,
+        cut: i64,
+        dropped: Vec<SegmentFile>,
+        adjust: impl FnOnce(&mut State),
+    ) -> Result<(), StorageError> {
         let mut rec = recovery::recover(&self.env, &self.dir, &self.cfg()).await?;
-        if rec.log_end != at {
+        if rec.log_end != end {
             return Err(StorageError::CorruptBatch(format!(
-                "after resetting the log to start at {at}, recovery finds its end at {}",
+                "after cutting the log to end at {end}, recovery finds its end at {}",
                 rec.log_end
             )));
         }
@@ -788,41 +818,34 @@ impl PartitionLog {
         let old_segments = {
             let mut st = self.state.borrow_mut();
             let old = std::mem::replace(&mut st.segments, std::mem::take(&mut rec.segments));
-            st.log_end = at;
-            st.log_start = at;
-            st.durable_end = at;
-            st.written_end = at;
-            st.high_watermark = at;
-            st.hw_target = Some(at);
-            st.tail.clear();
+            st.log_end = end;
+            st.durable_end = end;
+            st.written_end = end;
             st.producers = std::mem::take(&mut rec.producers);
             st.generation += 1;
             let generation = st.generation;
-            // Every append made before fails its wait for durability.
-            st.truncations.push_back((generation, old_start.min(at)));
+            st.truncations.push_back((generation, cut));
             if st.truncations.len() > 64 {
                 st.truncations.pop_front();
             }
-            st.epochs = Default::default();
-            st.epochs_version += 1;
+            adjust(&mut st);
             old
         };
-        debug!(dir = %self.dir.display(), at, "log reset to empty");
         let files = old_segments
             .into_iter()
             .filter_map(|s| s.file)
+            .chain(dropped)
             .chain(std::iter::once(old_writer.file));
         for f in files {
             if Rc::strong_count(&f) == 1
                 && let Err(e) = f.close().await
             {
-                warn!(dir = %self.dir.display(), error = %e, "closing a file after a reset failed");
+                warn!(dir = %self.dir.display(), error = %e, "closing a file after a cut failed");
             }
         }
         self.hw_notify.notify_all();
         self.room_notify.notify_all();
-        self.write_leader_epochs().await?;
-        Ok(())
+        self.write_leader_epochs().await
     }
 
     /// After a full disk: try to reserve the next preallocation step of the active segment.
@@ -959,13 +982,7 @@ impl PartitionLog {
             let sealed = matches!(st.segments[seg_index].index, SegmentIndex::Sealed { .. });
             (removed, sealed)
         };
-        let remove = |path: std::path::PathBuf| async move {
-            match self.env.disk.remove_file(&path).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StorageError::io(format!("removing {}", path.display()), e)),
-            }
-        };
+        let remove = |path: std::path::PathBuf| self.remove_if_exists(path);
         for (b, _) in removed.iter().rev() {
             for suffix in [
                 INDEX_SUFFIX,
@@ -1021,52 +1038,18 @@ impl PartitionLog {
             .sync_dir(&self.dir)
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
-        let mut rec = recovery::recover(&self.env, &self.dir, &self.cfg()).await?;
-        if rec.log_end != cut {
-            return Err(StorageError::CorruptBatch(format!(
-                "after cutting the log at {cut}, recovery finds its end at {}",
-                rec.log_end
-            )));
-        }
-        let old_writer = std::mem::replace(w, Writer::recovered(&mut rec, self.env.clock.now()));
-        let old_segments = {
-            let mut st = self.state.borrow_mut();
-            let old = std::mem::replace(&mut st.segments, std::mem::take(&mut rec.segments));
-            st.log_end = cut;
+        let dropped = removed.into_iter().filter_map(|(_, f)| f).collect();
+        self.adopt_disk_state(w, cut, cut, dropped, |st| {
             st.log_start = st.log_start.min(cut);
-            st.durable_end = cut;
-            st.written_end = cut;
             st.high_watermark = st.high_watermark.min(cut);
             st.hw_target = st.hw_target.map(|t| t.min(cut));
             st.tail.truncate(cut);
-            st.producers = std::mem::take(&mut rec.producers);
-            st.generation += 1;
-            let generation = st.generation;
-            st.truncations.push_back((generation, cut));
-            if st.truncations.len() > 64 {
-                st.truncations.pop_front();
-            }
             if st.epochs.truncate_from_end(cut) {
                 st.epochs_version += 1;
             }
-            old
-        };
+        })
+        .await?;
         debug!(dir = %self.dir.display(), cut, "log cut back");
-        let files = old_segments
-            .into_iter()
-            .filter_map(|s| s.file)
-            .chain(removed.into_iter().filter_map(|(_, f)| f))
-            .chain(std::iter::once(old_writer.file));
-        for f in files {
-            if Rc::strong_count(&f) == 1
-                && let Err(e) = f.close().await
-            {
-                warn!(dir = %self.dir.display(), error = %e, "closing a file after a cut failed");
-            }
-        }
-        self.hw_notify.notify_all();
-        self.room_notify.notify_all();
-        self.write_leader_epochs().await?;
         Ok(cut)
     }
 
