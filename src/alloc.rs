@@ -1,5 +1,12 @@
-//! The global allocator: the system allocator, except that very large
-//! allocations are served by `mmap(MAP_NORESERVE)`.
+//! The global allocator: mimalloc, except that very large allocations are
+//! served by `mmap(MAP_NORESERVE)`.
+//!
+//! Why mimalloc: each shard is one thread that allocates and frees per
+//! request (frames, batch handles, futures). Under glibc's malloc that was
+//! a fifth of the broker's time at 1,024 partitions (`_int_malloc`,
+//! `unlink_chunk`, `malloc_consolidate`); mimalloc's thread-local free lists
+//! make those calls short, and a free from another shard (a batch handed
+//! across) goes back to its owner's heap without a lock.
 //!
 //! Why: the kafka-protocol decoder sizes vectors from the array lengths on
 //! the wire (`Vec::with_capacity(n)`) before it reads the elements. A hostile
@@ -10,7 +17,9 @@
 //! and the broker closes that one connection. Legitimate allocations of this
 //! size do not occur (requests are capped at `max_request_bytes`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc;
 
 /// Allocations at least this large are mapped, not malloc'ed.
 const MAP_THRESHOLD_BYTES: usize = 1 << 30;
@@ -38,7 +47,16 @@ unsafe impl GlobalAlloc for GuardedAlloc {
             return p.cast();
         }
         // SAFETY: forwarding the caller's contract.
-        unsafe { System.alloc(layout) }
+        unsafe { MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.size() >= MAP_THRESHOLD_BYTES && layout.align() <= 4096 {
+            // SAFETY: a fresh anonymous mapping is zeroed by the kernel.
+            return unsafe { self.alloc(layout) };
+        }
+        // SAFETY: forwarding the caller's contract (mimalloc skips the memset for fresh pages).
+        unsafe { MiMalloc.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -50,7 +68,7 @@ unsafe impl GlobalAlloc for GuardedAlloc {
             return;
         }
         // SAFETY: forwarding the caller's contract.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -58,7 +76,7 @@ unsafe impl GlobalAlloc for GuardedAlloc {
         let new_mapped = new_size >= MAP_THRESHOLD_BYTES && layout.align() <= 4096;
         if !old_mapped && !new_mapped {
             // SAFETY: forwarding the caller's contract.
-            return unsafe { System.realloc(ptr, layout, new_size) };
+            return unsafe { MiMalloc.realloc(ptr, layout, new_size) };
         }
         // SAFETY: layout is valid for the new size (same alignment).
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
@@ -74,24 +92,17 @@ unsafe impl GlobalAlloc for GuardedAlloc {
     }
 }
 
-/// glibc's thresholds for the broker: allocations up to this size come from the heap, not
-/// from a fresh `mmap` (the default threshold grows only to the largest block freed so far,
-/// so request frames of a few hundred KiB were mapped and unmapped per request, each page a
-/// fault and a kernel zeroing).
-const HEAP_UP_TO_BYTES: i32 = 32 << 20;
-/// Free memory at the top of a heap kept for reuse up to this much (the default, twice the
-/// mmap threshold, gave pages back between requests only to fault them in again). Bounded:
-/// what is kept is at most what a shard used at its peak, per heap.
-const KEEP_FREE_BYTES: i32 = 64 << 20;
-
-/// Tune the system allocator for a long-running broker (see the constants). Call once, before
-/// the shards start; a no-op where glibc is not the allocator.
-pub fn tune_system_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before other threads allocate.
+/// Tune memory for a long-running broker. Call once, before the shards start.
+///
+/// Transparent huge pages off for the process: mimalloc asks for them (`madvise`), and with
+/// the host's `madvise` policy every fresh 2 MiB of heap was then a huge-page fault that
+/// zeroes 2 MiB at once. Measured at 1,024 partitions, acks=all, max rate (the tail caches
+/// growing to their budget): with THP 4.7 broker CPU s per GB produced, without 4.2.
+pub fn tune_allocator() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag on this process.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_UP_TO_BYTES);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE_BYTES);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 

@@ -204,7 +204,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    sluice::alloc::tune_system_allocator();
+    sluice::alloc::tune_allocator();
     let mut config = match &args.config {
         Some(p) => Config::from_file(p).with_context(|| format!("loading {}", p.display()))?,
         None => Config::default(),
