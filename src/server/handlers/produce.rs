@@ -32,8 +32,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use futures::FutureExt;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
@@ -187,11 +186,9 @@ pub fn produce_on_owner(
     timeout: Duration,
     parts: Vec<(TopicPartition, Option<Bytes>)>,
 ) -> impl std::future::Future<Output = Vec<PartitionOutcome>> + use<> {
-    let n = parts.len();
-    let appends: FuturesUnordered<_> = parts
+    let appends: Vec<_> = parts
         .into_iter()
-        .enumerate()
-        .map(|(i, (tp, records))| {
+        .map(|(tp, records)| {
             let records = records.unwrap_or_default();
             // A replicated partition: proposed to its Raft group (the call assigns the
             // offsets, so order is kept as for a local append).
@@ -206,11 +203,10 @@ pub fn produce_on_owner(
                 let proposed = (refused.is_none() && !records.is_empty())
                     .then(|| driver.propose(records, mode));
                 return futures::future::Either::Left(async move {
-                    let outcome = match refused {
+                    match refused {
                         Some(o) => o,
                         None => proposal_outcome(&tp, &log, proposed).await,
-                    };
-                    (i, outcome)
+                    }
                 });
             }
             let log = shard.partition(&tp);
@@ -218,28 +214,41 @@ pub fn produce_on_owner(
                 Some(log) if !records.is_empty() => Some(log.append(records)),
                 _ => None,
             };
-            futures::future::Either::Right(async move {
-                (i, append_outcome(&tp, acks, log, appended).await)
-            })
+            futures::future::Either::Right(
+                async move { append_outcome(&tp, acks, log, appended).await },
+            )
         })
         .collect();
     async move {
-        let mut outcomes: Vec<Option<PartitionOutcome>> = vec![None; n];
-        // Timed out: the partitions still waiting are dropped (an append still waiting for
-        // room is not made) and answered as timed out.
+        // Awaited one after the other: the response waits for the last of them anyway, and
+        // the partitions of one request become durable together (one journal round), so after
+        // the first wait the rest are ready when reached. A set of concurrent futures
+        // (FuturesUnordered) cost a task, a waker and a wake-up per partition.
+        let n = appends.len();
+        let mut outcomes: Vec<PartitionOutcome> = Vec::with_capacity(n);
+        let mut appends = appends.into_iter();
         let _ = runtime::timeout(timeout, async {
-            let mut appends = appends;
-            while let Some((i, outcome)) = appends.next().await {
-                outcomes[i] = Some(outcome);
+            for append in appends.by_ref() {
+                outcomes.push(append.await);
             }
         })
         .await;
+        // Timed out: the partition being waited for is answered as timed out; those after it
+        // are answered as they stand now (an append still waiting for room is not made).
+        if outcomes.len() + appends.len() < n {
+            outcomes.push(PartitionOutcome::error(
+                ResponseError::RequestTimedOut,
+                None,
+            ));
+        }
+        for append in appends {
+            outcomes.push(
+                append.now_or_never().unwrap_or_else(|| {
+                    PartitionOutcome::error(ResponseError::RequestTimedOut, None)
+                }),
+            );
+        }
         outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| PartitionOutcome::error(ResponseError::RequestTimedOut, None))
-            })
-            .collect()
     }
 }
 

@@ -738,19 +738,29 @@ impl PartitionLog {
         &self,
         mut check: impl FnMut(&State) -> Option<Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
+        let decided = |check: &mut dyn FnMut(&State) -> Option<Result<T, StorageError>>| {
+            let st = self.state.borrow();
+            if let Some(result) = check(&st) {
+                return Some(result);
+            }
+            if let Some(e) = st.failed_error() {
+                return Some(Err(e));
+            }
+            if st.flusher_done || self.closed.get() {
+                return Some(Err(StorageError::Closed));
+            }
+            None
+        };
+        // Most waits are already decided (the round that made the batch durable woke an
+        // earlier waiter): no listener for those.
+        if let Some(result) = decided(&mut check) {
+            return result;
+        }
         loop {
+            // Registered before the check: a notification in between is not missed.
             let listener = self.hw_notify.listen();
-            {
-                let st = self.state.borrow();
-                if let Some(result) = check(&st) {
-                    return result;
-                }
-                if let Some(e) = st.failed_error() {
-                    return Err(e);
-                }
-                if st.flusher_done || self.closed.get() {
-                    return Err(StorageError::Closed);
-                }
+            if let Some(result) = decided(&mut check) {
+                return result;
             }
             listener.await;
         }
