@@ -77,6 +77,11 @@ const ENTRY_FIXED: usize = 1 + 2 + 8 + 8 + 4;
 const WRITE_CHUNK: usize = 1 << 20;
 /// A journal file is preallocated this much at a time.
 const PREALLOCATE_STEP: u64 = 4 << 20;
+/// Reclaimed files kept for reuse, per shard (each `file_bytes` of disk).
+const SPARE_FILES: usize = 2;
+/// A reclaimed file kept for reuse is renamed to end with this (replay reads only
+/// [`JOURNAL_SUFFIX`] files).
+const SPARE_SUFFIX: &str = "spare";
 /// Files left behind beyond this many: a warning (a failed partition pins its file).
 const FILES_WARN: usize = 8;
 
@@ -220,6 +225,12 @@ struct State {
     failed: Option<(io::ErrorKind, String)>,
     writer_running: bool,
     reclaimer_running: bool,
+    /// Reclaimed files kept for reuse (renamed `<seq>.spare`): the next file is one of these,
+    /// renamed, when there is one.
+    /// Each with its size, read before the rename (the real file's size is looked up by path).
+    spares: Vec<(PathBuf, SegmentFile, u64)>,
+    /// Stats: files reused.
+    recycled: u64,
     /// What earlier generations left, per partition directory; None until loaded.
     replay: Option<HashMap<String, Replay>>,
     /// Stats: rounds, entries, bytes written.
@@ -341,9 +352,10 @@ impl Journal {
     }
 
     /// Rounds, entries and bytes written so far.
-    pub fn stats(&self) -> (u64, u64, u64) {
+    /// Rounds, entries and bytes written, and files reused.
+    pub fn stats(&self) -> (u64, u64, u64, u64) {
         let st = self.st.borrow();
-        (st.rounds, st.entries, st.bytes)
+        (st.rounds, st.entries, st.bytes, st.recycled)
     }
 
     /// Queue `entry` for the next round; await [`Journal::wait`] with the receipt.
@@ -527,7 +539,14 @@ impl Journal {
             .drain(..)
             .map(|f| f.file)
             .collect();
-        for f in files {
+        let spares: Vec<SegmentFile> = self
+            .st
+            .borrow_mut()
+            .spares
+            .drain(..)
+            .map(|(_, f, _)| f)
+            .collect();
+        for f in files.into_iter().chain(spares) {
             let _ = f.close().await;
         }
         let removed = match self.disk.remove_dir_all(&self.dir).await {
@@ -545,12 +564,15 @@ impl Journal {
         let mut files: Vec<Vec<(u64, Bytes)>> = Vec::new();
         for n in self.disk.list_dir(dir).await? {
             let Some(s) = n.to_str() else { continue };
-            if !s.ends_with(JOURNAL_SUFFIX) {
+            let Some(first) = s
+                .strip_suffix(JOURNAL_SUFFIX)
+                .and_then(|seq| seq.parse::<u64>().ok())
+            else {
                 continue;
-            }
+            };
             let path = dir.join(s);
             let data = Bytes::from(self.disk.read(&path).await?);
-            let rounds = parse_file(data, &path);
+            let rounds = parse_file(data, first, &path);
             if !rounds.is_empty() {
                 files.push(rounds);
             }
@@ -671,9 +693,29 @@ impl Journal {
         }
         let seq = self.st.borrow().next_round;
         let path = self.dir.join(format!("{seq:020}{JOURNAL_SUFFIX}"));
-        let file = self.disk.open_rw(&path, true).await?;
-        let reserved = PREALLOCATE_STEP.min(self.cfg.file_bytes).max(len);
-        file.pre_allocate(reserved).await?;
+        let spare = self.st.borrow_mut().spares.pop();
+        let (file, reserved) = match spare {
+            // A reclaimed file, reused: its blocks are written, so rounds overwrite them (no
+            // extent conversion per write, and an fdatasync with no metadata to commit). What
+            // it held is older than `seq`; replay takes a file's rounds only from one numbered
+            // as the file is named, so none of it replays, whatever a crash leaves.
+            Some((spare_path, file, size)) => {
+                self.disk.rename(&spare_path, &path).await?;
+                let mut reserved = size;
+                if reserved < len {
+                    file.pre_allocate(len).await?;
+                    reserved = len;
+                }
+                self.st.borrow_mut().recycled += 1;
+                (file, reserved)
+            }
+            None => {
+                let file = self.disk.open_rw(&path, true).await?;
+                let reserved = PREALLOCATE_STEP.min(self.cfg.file_bytes).max(len);
+                file.pre_allocate(reserved).await?;
+                (file, reserved)
+            }
+        };
         self.disk.sync_dir(&self.dir).await?;
         let count = {
             let mut st = self.st.borrow_mut();
@@ -709,18 +751,33 @@ impl Journal {
             }
         };
         self.group_sync.sync(&file).await?;
-        self.disk.remove_file(&path).await?;
-        self.disk.sync_dir(&self.dir).await?;
-        let f = self.st.borrow_mut().files.pop_front();
-        if let Some(f) = f {
-            let _ = f.file.close().await;
+        let keep = self.st.borrow().spares.len() < SPARE_FILES;
+        if keep {
+            // Kept for reuse under a name replay never reads: its rounds are written back and
+            // must never replay again.
+            let spare = path.with_extension(SPARE_SUFFIX);
+            let size = file.size().await?;
+            self.disk.rename(&path, &spare).await?;
+            self.disk.sync_dir(&self.dir).await?;
+            let mut st = self.st.borrow_mut();
+            let f = st.files.pop_front().expect("the oldest file");
+            st.spares.push((spare, f.file, size));
+        } else {
+            self.disk.remove_file(&path).await?;
+            self.disk.sync_dir(&self.dir).await?;
+            let f = self.st.borrow_mut().files.pop_front();
+            if let Some(f) = f {
+                let _ = f.file.close().await;
+            }
         }
         Ok(true)
     }
 }
 
-/// Parse one journal file's rounds: `(round, body)` while they are valid and consecutive.
-fn parse_file(data: Bytes, path: &Path) -> Vec<(u64, Bytes)> {
+/// Parse one journal file's rounds: `(round, body)` while they are valid and consecutive,
+/// starting with round `first` (the file's name): a reused file still holds its earlier,
+/// older rounds after the ones written since.
+fn parse_file(data: Bytes, first: u64, path: &Path) -> Vec<(u64, Bytes)> {
     let mut out: Vec<(u64, Bytes)> = Vec::new();
     let mut pos = 0usize;
     while pos + ROUND_HEADER <= data.len() {
@@ -739,7 +796,8 @@ fn parse_file(data: Bytes, path: &Path) -> Vec<(u64, Bytes)> {
         }
         let c = crc32c::crc32c(&h[4..20]);
         let c = crc32c::crc32c_append(c, &data[pos + ROUND_HEADER..end]);
-        if c != crc || out.last().is_some_and(|(r, _)| r + 1 != round) {
+        let expected = out.last().map_or(first, |(r, _)| r + 1);
+        if c != crc || round != expected {
             debug!(path = %path.display(), round, "journal ends (torn or stale round)");
             break;
         }
@@ -902,6 +960,39 @@ pub fn latest_generation(root: &Path) -> u64 {
 mod tests {
     use super::*;
     use crate::storage::batch::test_util::encode_batch;
+
+    /// One round as `write_round` lays it out (header, body, zeros to the alignment).
+    fn round_bytes(round: u64, body: &[u8]) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&MAGIC.to_be_bytes());
+        h.extend_from_slice(&round.to_be_bytes());
+        h.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        h.extend_from_slice(&1u32.to_be_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[4..20]), body);
+        h.extend_from_slice(&crc.to_be_bytes());
+        h.extend_from_slice(body);
+        h.resize(h.len().div_ceil(ROUND_ALIGN) * ROUND_ALIGN, 0);
+        h
+    }
+
+    /// A reused file still holds its older rounds: only a run that starts with the round the
+    /// file is named for counts, and it ends at the first older (stale) round.
+    #[test]
+    fn a_reused_file_replays_only_its_new_rounds() {
+        let path = Path::new("/j/00000000000000000007.jnl");
+        let stale: Vec<u8> = (3..6).flat_map(|r| round_bytes(r, b"old")).collect();
+        // Renamed for reuse, nothing new written yet: nothing replays.
+        assert!(parse_file(Bytes::from(stale.clone()), 7, path).is_empty());
+        // Round 7 and 8 written over the first two old rounds; old round 5 follows.
+        let mut reused = stale.clone();
+        let new: Vec<u8> = [round_bytes(7, b"new7"), round_bytes(8, b"new8")].concat();
+        reused[..new.len()].copy_from_slice(&new);
+        let rounds = parse_file(Bytes::from(reused), 7, path);
+        let got: Vec<(u64, &[u8])> = rounds.iter().map(|(r, b)| (*r, &b[..])).collect();
+        assert_eq!(got, vec![(7, &b"new7"[..]), (8, &b"new8"[..])]);
+        // A fresh file named for its first round reads as before.
+        assert_eq!(parse_file(Bytes::from(new), 7, path).len(), 2);
+    }
 
     #[test]
     fn replay_follows_cuts_gaps_and_deletes() {

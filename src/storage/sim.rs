@@ -531,6 +531,11 @@ impl DiskFile for SimFile {
     }
 
     async fn size(&self) -> io::Result<u64> {
+        // As glommio does it: by the path the file was opened with (a renamed file's old path
+        // is gone, or names another file).
+        if self.disk.lookup(&self.path)? != self.inode {
+            return Err(not_found(&self.path));
+        }
         self.with_inode(|inode| Ok(inode.current.len() as u64))
     }
 

@@ -1355,11 +1355,12 @@ fn the_journal_replays_what_its_segments_lack() {
                 .unwrap();
             acked.push((info.base_offset.get(), info.last_offset.get() + 1));
         }
-        let (rounds, _, _) = env.journal.as_ref().unwrap().stats();
+        let (rounds, _, _, recycled) = env.journal.as_ref().unwrap().stats();
         assert!(
             rounds >= 40,
             "every acknowledged round went through the journal"
         );
+        assert!(recycled > 0, "reclaimed journal files were reused");
         disk.crash();
         drop(log);
         let env = env.restarted();
