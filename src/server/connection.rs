@@ -81,7 +81,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let (tx, rx) = runtime::local_channel::<Queued>(IN_FLIGHT_PER_CONNECTION_MAX);
 
     let writer_task = runtime::spawn(write_loop(writer, fd, rx));
-    let read_result = read_loop(shard.clone(), reader, tx).await;
+    let read_result = read_loop(shard.clone(), reader, fd, tx).await;
     // The reader dropped its sender: the writer drains what is in flight.
     let write_result = writer_task.await;
     match read_result.and(write_result) {
@@ -122,6 +122,7 @@ async fn write_loop(
 async fn read_loop(
     shard: Rc<Shard>,
     mut reader: futures::io::ReadHalf<TcpStream>,
+    fd: std::os::fd::RawFd,
     tx: runtime::LocalSender<Queued>,
 ) -> Result<(), ConnectionError> {
     let max = shard.config.max_request_bytes;
@@ -137,8 +138,7 @@ async fn read_loop(
         if len < 8 || len as usize > max {
             return Err(ConnectionError::FrameLength(i64::from(len), max));
         }
-        let mut frame = BytesMut::zeroed(len as usize);
-        reader.read_exact(&mut frame).await?;
+        let frame = runtime::read_frame(&mut reader, fd, len as usize).await?;
         let started = Instant::now();
         crate::metrics::bytes_in(4 + frame.len());
         if shard.stopping.get() {
