@@ -18,7 +18,8 @@
 //! file-system sync that started after those writes has completed.
 //!
 //! # Files
-//! `<data>/journal/<generation, 10 digits>-<shard, 3 digits>/<first round, 20 digits>.jnl`.
+//! `<data>/journal/<generation, 10 digits>-<shard, 3 digits>/<first round, 20 digits>-<salt,
+//! 8 hex digits>.jnl`.
 //! Each broker start is a new generation (the shard count may change between starts, so a
 //! generation's streams are read by every shard at the next start). A file is preallocated to
 //! [`JournalConfig::file_bytes`] (4 MiB at a time); a round that does not fit starts the next
@@ -31,8 +32,8 @@
 //! # Format
 //! A round starts at an aligned position:
 //! `magic "SLJ1" u32 | round u64 | body length u32 | entry count u32 | CRC32C u32` (24 bytes,
-//! big-endian; the CRC covers the round number, lengths and body), then the body, then zeros
-//! to the next alignment. Entries: `kind u8 | name length u16 | name | base i64 | next i64 |
+//! big-endian; the CRC covers the file's salt, the round number, lengths and body), then the
+//! body, then zeros to the next alignment. Entries: `kind u8 | name length u16 | name | base i64 | next i64 |
 //! payload length u32 | payload`. Kinds: batches (the payload is whole record batches
 //! `base..next` of the partition directory `name`, as stored), truncate (the partition was
 //! cut back to `base`: entries before it at or past `base` are void) and delete (the partition
@@ -203,6 +204,9 @@ struct Submission {
 
 struct JFile {
     seq: u64,
+    /// Mixed into every round's CRC (and in the file's name): rounds left in a reused file
+    /// from before, or forged in record bytes, never check.
+    salt: u32,
     path: PathBuf,
     file: SegmentFile,
     /// Next round goes here.
@@ -564,15 +568,12 @@ impl Journal {
         let mut files: Vec<Vec<(u64, Bytes)>> = Vec::new();
         for n in self.disk.list_dir(dir).await? {
             let Some(s) = n.to_str() else { continue };
-            let Some(first) = s
-                .strip_suffix(JOURNAL_SUFFIX)
-                .and_then(|seq| seq.parse::<u64>().ok())
-            else {
+            let Some((first, salt)) = parse_file_name(s) else {
                 continue;
             };
             let path = dir.join(s);
             let data = Bytes::from(self.disk.read(&path).await?);
-            let rounds = parse_file(data, first, &path);
+            let rounds = parse_file(data, first, salt, &path);
             if !rounds.is_empty() {
                 files.push(rounds);
             }
@@ -595,10 +596,10 @@ impl Journal {
         let body_len: usize = subs.iter().map(|s| s.entry.encoded_len()).sum();
         let padded = (ROUND_HEADER + body_len).div_ceil(ROUND_ALIGN) * ROUND_ALIGN;
         self.ensure_room(padded as u64).await?;
-        let (round, file, pos) = {
+        let (round, file, pos, salt) = {
             let st = self.st.borrow();
             let f = st.files.back().expect("ensure_room made a file");
-            (st.next_round, f.file.clone(), f.written)
+            (st.next_round, f.file.clone(), f.written, f.salt)
         };
         debug_assert!(ROUND_ALIGN.is_multiple_of(file.alignment() as usize));
         let bufs = (0..padded.div_ceil(WRITE_CHUNK))
@@ -610,7 +611,7 @@ impl Journal {
             crc: 0,
         };
         out.put(&MAGIC.to_be_bytes());
-        out.crc = 0;
+        out.crc = crc32c::crc32c(&salt.to_be_bytes());
         out.put(&round.to_be_bytes());
         out.put(&(body_len as u32).to_be_bytes());
         out.put(&(subs.len() as u32).to_be_bytes());
@@ -692,13 +693,15 @@ impl Journal {
             }
         }
         let seq = self.st.borrow().next_round;
-        let path = self.dir.join(format!("{seq:020}{JOURNAL_SUFFIX}"));
+        let salt = new_salt();
+        let path = self.dir.join(file_name(seq, salt));
         let spare = self.st.borrow_mut().spares.pop();
         let (file, reserved) = match spare {
             // A reclaimed file, reused: its blocks are written, so rounds overwrite them (no
             // extent conversion per write, and an fdatasync with no metadata to commit). What
-            // it held is older than `seq`; replay takes a file's rounds only from one numbered
-            // as the file is named, so none of it replays, whatever a crash leaves.
+            // it held was checked with another salt, and is numbered below `seq` (replay takes
+            // a file's rounds only from the one its name gives): none of it replays, whatever a
+            // crash leaves.
             Some((spare_path, file, size)) => {
                 self.disk.rename(&spare_path, &path).await?;
                 let mut reserved = size;
@@ -721,6 +724,7 @@ impl Journal {
             let mut st = self.st.borrow_mut();
             st.files.push_back(JFile {
                 seq,
+                salt,
                 path,
                 file,
                 written: 0,
@@ -741,43 +745,75 @@ impl Journal {
     /// Remove the oldest file if nothing in it is outstanding (after a file-system sync that
     /// covers the segment writes that released it). Returns whether it removed one.
     async fn reclaim_one(&self) -> io::Result<bool> {
-        let (file, path) = {
+        let (file, path, seq, size) = {
             let st = self.st.borrow();
             match st.files.front() {
-                Some(f) if st.files.len() > 1 && f.outstanding == 0 => {
-                    (f.file.clone(), f.path.clone())
-                }
+                Some(f) if st.files.len() > 1 && f.outstanding == 0 => (
+                    f.file.clone(),
+                    f.path.clone(),
+                    f.seq,
+                    // Its size from what this journal did to it: the real file's size is looked
+                    // up by the path it was first opened with, gone once it was reused.
+                    f.reserved.max(f.written),
+                ),
                 _ => return Ok(false),
             }
         };
         self.group_sync.sync(&file).await?;
-        let keep = self.st.borrow().spares.len() < SPARE_FILES;
-        if keep {
+        // The file leaves the list as soon as its name changes (a stop may have emptied the
+        // list meanwhile: then there is nothing to take).
+        let take = |st: &mut State| {
+            if st.files.front().is_some_and(|f| f.seq == seq) {
+                st.files.pop_front()
+            } else {
+                None
+            }
+        };
+        if self.st.borrow().spares.len() < SPARE_FILES {
             // Kept for reuse under a name replay never reads: its rounds are written back and
             // must never replay again.
             let spare = path.with_extension(SPARE_SUFFIX);
-            let size = file.size().await?;
             self.disk.rename(&path, &spare).await?;
-            self.disk.sync_dir(&self.dir).await?;
             let mut st = self.st.borrow_mut();
-            let f = st.files.pop_front().expect("the oldest file");
-            st.spares.push((spare, f.file, size));
+            if let Some(f) = take(&mut st) {
+                st.spares.push((spare, f.file, size));
+            }
         } else {
             self.disk.remove_file(&path).await?;
-            self.disk.sync_dir(&self.dir).await?;
-            let f = self.st.borrow_mut().files.pop_front();
+            let f = take(&mut self.st.borrow_mut());
             if let Some(f) = f {
                 let _ = f.file.close().await;
             }
         }
+        self.disk.sync_dir(&self.dir).await?;
         Ok(true)
     }
 }
 
-/// Parse one journal file's rounds: `(round, body)` while they are valid and consecutive,
-/// starting with round `first` (the file's name): a reused file still holds its earlier,
-/// older rounds after the ones written since.
-fn parse_file(data: Bytes, first: u64, path: &Path) -> Vec<(u64, Bytes)> {
+/// A journal file's name: its first round and its salt.
+fn file_name(seq: u64, salt: u32) -> String {
+    format!("{seq:020}-{salt:08x}{JOURNAL_SUFFIX}")
+}
+
+/// A journal file name's first round and salt; `<first round>.jnl` (before salts) has none.
+fn parse_file_name(name: &str) -> Option<(u64, Option<u32>)> {
+    let stem = name.strip_suffix(JOURNAL_SUFFIX)?;
+    match stem.split_once('-') {
+        Some((seq, salt)) => Some((seq.parse().ok()?, Some(u32::from_str_radix(salt, 16).ok()?))),
+        None => Some((stem.parse().ok()?, None)),
+    }
+}
+
+/// A fresh salt for a journal file (random: unknown to the clients whose record bytes the
+/// journal holds).
+fn new_salt() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32
+}
+
+/// Parse one journal file's rounds: `(round, body)` while they are valid (their CRC mixes in
+/// the file's `salt`) and consecutive, starting with round `first`; both come from the file's
+/// name. A reused file still holds its earlier rounds after the ones written since.
+fn parse_file(data: Bytes, first: u64, salt: Option<u32>, path: &Path) -> Vec<(u64, Bytes)> {
     let mut out: Vec<(u64, Bytes)> = Vec::new();
     let mut pos = 0usize;
     while pos + ROUND_HEADER <= data.len() {
@@ -794,7 +830,10 @@ fn parse_file(data: Bytes, first: u64, path: &Path) -> Vec<(u64, Bytes)> {
             debug!(path = %path.display(), round, "journal round torn (short)");
             break;
         }
-        let c = crc32c::crc32c(&h[4..20]);
+        let c = match salt {
+            Some(salt) => crc32c::crc32c_append(crc32c::crc32c(&salt.to_be_bytes()), &h[4..20]),
+            None => crc32c::crc32c(&h[4..20]),
+        };
         let c = crc32c::crc32c_append(c, &data[pos + ROUND_HEADER..end]);
         let expected = out.last().map_or(first, |(r, _)| r + 1);
         if c != crc || round != expected {
@@ -961,14 +1000,16 @@ mod tests {
     use super::*;
     use crate::storage::batch::test_util::encode_batch;
 
-    /// One round as `write_round` lays it out (header, body, zeros to the alignment).
-    fn round_bytes(round: u64, body: &[u8]) -> Vec<u8> {
+    /// One round as `write_round` lays it out (header, body, zeros to the alignment) in a
+    /// file of `salt` (None: a file named before salts).
+    fn round_bytes(round: u64, salt: Option<u32>, body: &[u8]) -> Vec<u8> {
         let mut h = Vec::new();
         h.extend_from_slice(&MAGIC.to_be_bytes());
         h.extend_from_slice(&round.to_be_bytes());
         h.extend_from_slice(&(body.len() as u32).to_be_bytes());
         h.extend_from_slice(&1u32.to_be_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[4..20]), body);
+        let seed = salt.map_or(0, |s| crc32c::crc32c(&s.to_be_bytes()));
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(seed, &h[4..20]), body);
         h.extend_from_slice(&crc.to_be_bytes());
         h.extend_from_slice(body);
         h.resize(h.len().div_ceil(ROUND_ALIGN) * ROUND_ALIGN, 0);
@@ -976,22 +1017,37 @@ mod tests {
     }
 
     /// A reused file still holds its older rounds: only a run that starts with the round the
-    /// file is named for counts, and it ends at the first older (stale) round.
+    /// file is named for, under the file's salt, counts, and it ends at the first older
+    /// (stale) round. A round of the right number under another salt (left from before the
+    /// reuse, or forged in record bytes) never checks.
     #[test]
     fn a_reused_file_replays_only_its_new_rounds() {
-        let path = Path::new("/j/00000000000000000007.jnl");
-        let stale: Vec<u8> = (3..6).flat_map(|r| round_bytes(r, b"old")).collect();
+        let path = Path::new("/j/00000000000000000007-0000abcd.jnl");
+        assert_eq!(
+            parse_file_name("00000000000000000007-0000abcd.jnl"),
+            Some((7, Some(0xabcd)))
+        );
+        assert_eq!(parse_file_name("00000000000000000007.jnl"), Some((7, None)));
+        assert_eq!(parse_file_name("00000000000000000007-0000abcd.spare"), None);
+        let (old, new) = (Some(0x1111), Some(0xabcd));
+        let stale: Vec<u8> = (3..6).flat_map(|r| round_bytes(r, old, b"old")).collect();
         // Renamed for reuse, nothing new written yet: nothing replays.
-        assert!(parse_file(Bytes::from(stale.clone()), 7, path).is_empty());
+        assert!(parse_file(Bytes::from(stale.clone()), 7, new, path).is_empty());
         // Round 7 and 8 written over the first two old rounds; old round 5 follows.
         let mut reused = stale.clone();
-        let new: Vec<u8> = [round_bytes(7, b"new7"), round_bytes(8, b"new8")].concat();
-        reused[..new.len()].copy_from_slice(&new);
-        let rounds = parse_file(Bytes::from(reused), 7, path);
+        let fresh: Vec<u8> = [round_bytes(7, new, b"new7"), round_bytes(8, new, b"new8")].concat();
+        reused[..fresh.len()].copy_from_slice(&fresh);
+        let rounds = parse_file(Bytes::from(reused.clone()), 7, new, path);
         let got: Vec<(u64, &[u8])> = rounds.iter().map(|(r, b)| (*r, &b[..])).collect();
         assert_eq!(got, vec![(7, &b"new7"[..]), (8, &b"new8"[..])]);
-        // A fresh file named for its first round reads as before.
-        assert_eq!(parse_file(Bytes::from(new), 7, path).len(), 2);
+        // Round 9 under the old salt right after them: the run ends before it.
+        let mut forged = reused.clone();
+        let nine = round_bytes(9, old, b"forged");
+        forged[fresh.len()..fresh.len() + nine.len()].copy_from_slice(&nine);
+        assert_eq!(parse_file(Bytes::from(forged), 7, new, path).len(), 2);
+        // A file named before salts reads as before.
+        let unsalted: Vec<u8> = [round_bytes(7, None, b"a"), round_bytes(8, None, b"b")].concat();
+        assert_eq!(parse_file(Bytes::from(unsalted), 7, None, path).len(), 2);
     }
 
     #[test]

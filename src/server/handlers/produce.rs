@@ -32,7 +32,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
@@ -186,6 +187,10 @@ pub fn produce_on_owner(
     timeout: Duration,
     parts: Vec<(TopicPartition, Option<Bytes>)>,
 ) -> impl std::future::Future<Output = Vec<PartitionOutcome>> + use<> {
+    // Whether an append waits in a room queue: it takes its offsets when polled in its turn, so
+    // it must not wait behind this request's other partitions (it would hold up the producers
+    // queued behind it on that partition).
+    let mut queued = false;
     let appends: Vec<_> = parts
         .into_iter()
         .map(|(tp, records)| {
@@ -211,7 +216,11 @@ pub fn produce_on_owner(
             }
             let log = shard.partition(&tp);
             let appended = match &log {
-                Some(log) if !records.is_empty() => Some(log.append(records)),
+                Some(log) if !records.is_empty() => {
+                    let appended = log.append(records);
+                    queued |= log.appends_wait_for_room();
+                    Some(appended)
+                }
                 _ => None,
             };
             futures::future::Either::Right(
@@ -220,35 +229,38 @@ pub fn produce_on_owner(
         })
         .collect();
     async move {
-        // Awaited one after the other: the response waits for the last of them anyway, and
-        // the partitions of one request become durable together (one journal round), so after
-        // the first wait the rest are ready when reached. A set of concurrent futures
-        // (FuturesUnordered) cost a task, a waker and a wake-up per partition.
         let n = appends.len();
-        let mut outcomes: Vec<PartitionOutcome> = Vec::with_capacity(n);
-        let mut appends = appends.into_iter();
+        let mut outcomes: Vec<Option<PartitionOutcome>> = vec![None; n];
+        // Timed out: the partitions still waiting are dropped (an append still waiting for
+        // room is not made) and answered as timed out.
         let _ = runtime::timeout(timeout, async {
-            for append in appends.by_ref() {
-                outcomes.push(append.await);
+            if queued {
+                let mut all: FuturesUnordered<_> = appends
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, append)| append.map(move |o| (i, o)))
+                    .collect();
+                while let Some((i, outcome)) = all.next().await {
+                    outcomes[i] = Some(outcome);
+                }
+            } else {
+                // Every append has its offsets: awaited one after the other. The response
+                // waits for the last of them anyway, and a request's partitions become durable
+                // together (one journal round), so after the first wait the rest are ready
+                // when reached. Concurrent futures (FuturesUnordered) cost a task, a waker and
+                // a wake-up per partition.
+                for (i, append) in appends.into_iter().enumerate() {
+                    outcomes[i] = Some(append.await);
+                }
             }
         })
         .await;
-        // Timed out: the partition being waited for is answered as timed out; those after it
-        // are answered as they stand now (an append still waiting for room is not made).
-        if outcomes.len() + appends.len() < n {
-            outcomes.push(PartitionOutcome::error(
-                ResponseError::RequestTimedOut,
-                None,
-            ));
-        }
-        for append in appends {
-            outcomes.push(
-                append.now_or_never().unwrap_or_else(|| {
-                    PartitionOutcome::error(ResponseError::RequestTimedOut, None)
-                }),
-            );
-        }
         outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| PartitionOutcome::error(ResponseError::RequestTimedOut, None))
+            })
+            .collect()
     }
 }
 

@@ -193,6 +193,12 @@ impl PartitionLog {
         })
     }
 
+    /// Whether appends wait for room now (more than `pending_bytes_max` queued): such an
+    /// append takes its offsets only when its future is polled in its turn.
+    pub fn appends_wait_for_room(&self) -> bool {
+        !self.state.borrow().room_waiters.is_empty()
+    }
+
     /// Whether `len` more bytes may be queued now. An append always fits
     /// when nothing is pending, so a batch larger than `pending_bytes_max`
     /// cannot wait forever.
