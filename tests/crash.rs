@@ -17,6 +17,8 @@ const PRODUCER_TASKS: u32 = 4;
 const IN_FLIGHT_PER_TASK: usize = 64;
 /// Kill the broker once this many acknowledgements came back.
 const ACKS_BEFORE_KILL: u64 = 5_000;
+/// With 1 MiB journal files: enough rounds that files are reclaimed and reused before the kill.
+const REUSE_ACKS_BEFORE_KILL: u64 = 30_000;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Runs the producer tasks against `broker` until `acks_before_kill` acknowledgements came back,
@@ -52,8 +54,56 @@ fn verify_recovered(bootstrap: &str, acked: &Acked, when: &str) -> BTreeMap<i32,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_9() {
+    kill_9_twice(Vec::new(), ACKS_BEFORE_KILL, false).await;
+}
+
+/// The same with 1 MiB shard journal files: they fill, are reclaimed and reused (renamed
+/// spares holding older rounds) many times before each kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_kill_9_with_reused_journal_files() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "journal_file_bytes = 1048576\n").expect("write the config");
+    kill_9_twice(
+        vec!["--config".into(), config.display().to_string()],
+        REUSE_ACKS_BEFORE_KILL,
+        true,
+    )
+    .await;
+}
+
+/// The shard journals' file names under `data`, stream by stream.
+fn journal_files(data: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for stream in std::fs::read_dir(data.join("journal"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(stream.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            names.push(format!(
+                "{}/{}",
+                stream.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            ));
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Two rounds of load and `kill -9`, then every acknowledged message is checked and new
+/// appends go after the recovered ends.
+/// With `expect_reuse`, the journal must hold a spare at the first kill (a file was reclaimed
+/// for reuse).
+async fn kill_9_twice(extra_args: Vec<String>, acks_before_kill: u64, expect_reuse: bool) {
     let mut broker = Broker::start_with(BrokerOptions {
         num_partitions: Some(PARTITIONS as u32),
+        extra_args,
         ..BrokerOptions::default()
     });
     let bootstrap = broker.bootstrap();
@@ -63,10 +113,16 @@ async fn acknowledged_messages_survive_kill_9() {
     );
 
     // Round 1 crashes a fresh log; round 2 crashes a log that was itself recovered from a crash.
-    let mut acked = load_then_kill(&mut broker, 1, ACKS_BEFORE_KILL).await;
+    let mut acked = load_then_kill(&mut broker, 1, acks_before_kill).await;
+    let journal = journal_files(broker.data_dir());
+    eprintln!("journal at the kill: {journal:?}");
+    assert!(
+        !expect_reuse || journal.iter().any(|f| f.ends_with(".spare")),
+        "no journal file was reclaimed for reuse: {journal:?}"
+    );
     broker.restart();
     verify_recovered(&bootstrap, &acked, "after first kill");
-    let more = load_then_kill(&mut broker, 2, ACKS_BEFORE_KILL / 2).await;
+    let more = load_then_kill(&mut broker, 2, acks_before_kill / 2).await;
     for place in more.keys() {
         assert!(
             !acked.contains_key(place),
