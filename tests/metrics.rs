@@ -216,6 +216,16 @@ fn scrape_during_and_after_a_produce_fetch_run() {
             > before.sum("sluice_request_bytes_total", &[])
     );
     assert!(after.check_histogram("sluice_fsync_duration_seconds") > 0.0);
+    // Small rounds go through the shard journal (on by default).
+    let rounds = after.sum("sluice_journal_rounds_total", &[]);
+    assert!(rounds > 0.0, "journal rounds counted");
+    assert!(after.sum("sluice_journal_entries_total", &[]) >= rounds);
+    assert!(after.sum("sluice_journal_written_bytes_total", &[]) >= 4096.0 * rounds);
+    assert_eq!(
+        after.find("sluice_journal_files_reused_total", &[]).count(),
+        2,
+        "one per shard"
+    );
     assert!(after.check_histogram("sluice_produce_partition_bytes") > 0.0);
     assert!(after.check_histogram("sluice_fetch_partition_bytes") > 0.0);
     for shard in ["0", "1"] {

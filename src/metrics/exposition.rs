@@ -208,6 +208,36 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut e,
+            "sluice_journal_rounds",
+            "Rounds the shard journal wrote (one write and one fdatasync each)",
+            None,
+            shards.iter().map(|s| (shard_label(s), s.journal_rounds)),
+        )?;
+        counter(
+            &mut e,
+            "sluice_journal_entries",
+            "Entries (a partition's round, a cut, a delete) in the shard journal's rounds",
+            None,
+            shards.iter().map(|s| (shard_label(s), s.journal_entries)),
+        )?;
+        counter(
+            &mut e,
+            "sluice_journal_written",
+            "Bytes the shard journal wrote (rounds padded to 4 KiB)",
+            Some(&Unit::Bytes),
+            shards.iter().map(|s| (shard_label(s), s.journal_bytes)),
+        )?;
+        counter(
+            &mut e,
+            "sluice_journal_files_reused",
+            "Reclaimed shard journal files reused as the next file",
+            None,
+            shards
+                .iter()
+                .map(|s| (shard_label(s), s.journal_files_reused)),
+        )?;
+        counter(
+            &mut e,
             "sluice_request",
             "Request frame bytes read from Kafka clients",
             Some(&Unit::Bytes),

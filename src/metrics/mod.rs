@@ -175,6 +175,11 @@ pub struct ShardMetrics {
     /// Connections closed because of bad input (framing, unknown API,
     /// undecodable request) or a failed handler.
     bad_input_closes: Cell<u64>,
+    /// Shard journal: rounds written, entries in them, bytes written, files reused.
+    journal_rounds: Cell<u64>,
+    journal_entries: Cell<u64>,
+    journal_bytes: Cell<u64>,
+    journal_files_reused: Cell<u64>,
     /// Request frame bytes read, length prefix included.
     bytes_in: Cell<u64>,
     /// Response frame bytes written, length prefix included.
@@ -199,6 +204,10 @@ impl ShardMetrics {
                 .map(|_| Histogram::new(LATENCY_BOUNDS_NS))
                 .collect(),
             bad_input_closes: Cell::new(0),
+            journal_rounds: Cell::new(0),
+            journal_entries: Cell::new(0),
+            journal_bytes: Cell::new(0),
+            journal_files_reused: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             produce_partition_bytes: Histogram::new(SIZE_BOUNDS_BYTES),
@@ -252,6 +261,22 @@ pub fn request_done(api_key: i16, started: Instant) {
 #[inline]
 pub fn bad_input_close() {
     METRICS.with(|m| bump(&m.bad_input_closes, 1));
+}
+
+/// The shard journal wrote a round of `entries` entries, `bytes` bytes (padded).
+#[inline]
+pub fn journal_round(entries: usize, bytes: usize) {
+    METRICS.with(|m| {
+        bump(&m.journal_rounds, 1);
+        bump(&m.journal_entries, entries as u64);
+        bump(&m.journal_bytes, bytes as u64);
+    });
+}
+
+/// The shard journal reused a reclaimed file.
+#[inline]
+pub fn journal_file_reused() {
+    METRICS.with(|m| bump(&m.journal_files_reused, 1));
 }
 
 /// A request frame of `bytes` (length prefix included) was read.
@@ -411,6 +436,10 @@ pub struct ShardSnapshot {
     /// (API key, requests, latency) for APIs with at least one request.
     pub requests: Vec<(i16, u64, HistogramSnapshot)>,
     pub bad_input_closes: u64,
+    pub journal_rounds: u64,
+    pub journal_entries: u64,
+    pub journal_bytes: u64,
+    pub journal_files_reused: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub produce_partition_bytes: HistogramSnapshot,
@@ -439,6 +468,10 @@ pub fn local_snapshot(shard: usize) -> ShardSnapshot {
             })
             .collect(),
         bad_input_closes: m.bad_input_closes.get(),
+        journal_rounds: m.journal_rounds.get(),
+        journal_entries: m.journal_entries.get(),
+        journal_bytes: m.journal_bytes.get(),
+        journal_files_reused: m.journal_files_reused.get(),
         bytes_in: m.bytes_in.get(),
         bytes_out: m.bytes_out.get(),
         produce_partition_bytes: m.produce_partition_bytes.snapshot(),

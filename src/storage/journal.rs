@@ -638,6 +638,7 @@ impl Journal {
         st.rounds += 1;
         st.entries += subs.len() as u64;
         st.bytes += padded as u64;
+        crate::metrics::journal_round(subs.len(), padded);
         let batches = subs
             .iter()
             .filter(|s| matches!(s.entry, Entry::Batches { .. }))
@@ -710,6 +711,7 @@ impl Journal {
                     reserved = len;
                 }
                 self.st.borrow_mut().recycled += 1;
+                crate::metrics::journal_file_reused();
                 (file, reserved)
             }
             None => {
