@@ -8,7 +8,7 @@
 //! make those calls short, and a free from another shard (a batch handed
 //! across) goes back to its owner's heap without a lock.
 //!
-//! Why: the kafka-protocol decoder sizes vectors from the array lengths on
+//! Why the guard: the kafka-protocol decoder sizes vectors from the array lengths on
 //! the wire (`Vec::with_capacity(n)`) before it reads the elements. A hostile
 //! request announcing 2^31 elements asks for hundreds of gigabytes at once;
 //! the system allocator refuses, and Rust aborts the whole process. Reserving

@@ -206,36 +206,42 @@ impl Collector for Scrape {
             None,
             shards.iter().map(|s| (shard_label(s), s.bad_input_closes)),
         )?;
-        counter(
-            &mut e,
-            "sluice_journal_rounds",
-            "Rounds the shard journal wrote (one write and one fdatasync each)",
-            None,
-            shards.iter().map(|s| (shard_label(s), s.journal_rounds)),
-        )?;
-        counter(
-            &mut e,
-            "sluice_journal_entries",
-            "Entries (a partition's round, a cut, a delete) in the shard journal's rounds",
-            None,
-            shards.iter().map(|s| (shard_label(s), s.journal_entries)),
-        )?;
-        counter(
-            &mut e,
-            "sluice_journal_written",
-            "Bytes the shard journal wrote (rounds padded to 4 KiB)",
-            Some(&Unit::Bytes),
-            shards.iter().map(|s| (shard_label(s), s.journal_bytes)),
-        )?;
-        counter(
-            &mut e,
-            "sluice_journal_files_reused",
-            "Reclaimed shard journal files reused as the next file",
-            None,
-            shards
-                .iter()
-                .map(|s| (shard_label(s), s.journal_files_reused)),
-        )?;
+        type Get = fn(&ShardSnapshot) -> u64;
+        let journal: [(&str, &str, Option<&Unit>, Get); 4] = [
+            (
+                "sluice_journal_rounds",
+                "Rounds the shard journal wrote (one write and one fdatasync each)",
+                None,
+                |s| s.journal_rounds,
+            ),
+            (
+                "sluice_journal_entries",
+                "Entries (a partition's round, a cut, a delete) in the shard journal's rounds",
+                None,
+                |s| s.journal_entries,
+            ),
+            (
+                "sluice_journal_written",
+                "Bytes the shard journal wrote (rounds padded to 4 KiB)",
+                Some(&Unit::Bytes),
+                |s| s.journal_bytes,
+            ),
+            (
+                "sluice_journal_files_reused",
+                "Reclaimed shard journal files reused as the next file",
+                None,
+                |s| s.journal_files_reused,
+            ),
+        ];
+        for (name, help, unit, get) in journal {
+            counter(
+                &mut e,
+                name,
+                help,
+                unit,
+                shards.iter().map(|s| (shard_label(s), get(s))),
+            )?;
+        }
         counter(
             &mut e,
             "sluice_request",

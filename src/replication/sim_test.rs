@@ -956,19 +956,24 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
     );
 }
 
+/// A simulated disk (of `seed`) holding one replica, created and closed, and its environment.
+async fn created_replica(seed: u64) -> (SimDisk, Env) {
+    let disk = SimDisk::new(seed, Faults::default());
+    let clock = Rc::new(ManualClock::new(1_700_000_000_000));
+    let env = Env::new(Rc::new(disk.clone()), clock, SyncScope::default());
+    let r = Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(0, 1, true))
+        .await
+        .expect("create");
+    r.close().await.expect("close");
+    (disk, env)
+}
+
 /// A replica whose `raft-state` is gone (a wiped disk) is refused, unless it is being created:
 /// Raft's votes rely on that file.
 #[test]
 fn a_replica_that_lost_its_raft_state_is_refused() {
     crate::runtime::block_on_test(|| async {
-        let disk = SimDisk::new(9, Faults::default());
-        let clock = Rc::new(ManualClock::new(1_700_000_000_000));
-        let env = Env::new(Rc::new(disk.clone()), clock, SyncScope::default());
-        let r = Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(0, 1, true))
-            .await
-            .expect("create");
-        r.close().await.expect("close");
-        drop(r);
+        let (disk, env) = created_replica(9).await;
         let env = env.restarted();
         let r = Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(0, 1, false))
             .await
@@ -994,14 +999,7 @@ fn a_replica_that_lost_its_raft_state_is_refused() {
 #[test]
 fn a_commit_beyond_the_log_is_clamped_at_open() {
     crate::runtime::block_on_test(|| async {
-        let disk = SimDisk::new(11, Faults::default());
-        let clock = Rc::new(ManualClock::new(1_700_000_000_000));
-        let env = Env::new(Rc::new(disk.clone()), clock, SyncScope::default());
-        let r = Replica::open(env.clone(), dir(), log_cfg(), &replica_cfg(0, 1, true))
-            .await
-            .expect("create");
-        r.close().await.expect("close");
-        drop(r);
+        let (_, env) = created_replica(11).await;
         let state = super::store::RaftStateFile {
             term: 3,
             vote: 2,

@@ -33,8 +33,8 @@
 //! A round starts at an aligned position:
 //! `magic "SLJ1" u32 | round u64 | body length u32 | entry count u32 | CRC32C u32` (24 bytes,
 //! big-endian; the CRC covers the file's salt, the round number, lengths and body), then the
-//! body, then zeros to the next alignment. Entries: `kind u8 | name length u16 | name | base i64 | next i64 |
-//! payload length u32 | payload`. Kinds: batches (the payload is whole record batches
+//! body, then zeros to the next alignment. Entries: `kind u8 | name length u16 | name |
+//! base i64 | next i64 | payload length u32 | payload`. Kinds: batches (the payload is whole record batches
 //! `base..next` of the partition directory `name`, as stored), truncate (the partition was
 //! cut back to `base`: entries before it at or past `base` are void) and delete (the partition
 //! was deleted: every entry before it is void).
@@ -229,9 +229,8 @@ struct State {
     failed: Option<(io::ErrorKind, String)>,
     writer_running: bool,
     reclaimer_running: bool,
-    /// Reclaimed files kept for reuse (renamed `<seq>.spare`): the next file is one of these,
-    /// renamed, when there is one.
-    /// Each with its size, read before the rename (the real file's size is looked up by path).
+    /// Reclaimed files kept for reuse (renamed to end in `.spare`), each with its size: the
+    /// next file is one of these, renamed, when there is one.
     spares: Vec<(PathBuf, SegmentFile, u64)>,
     /// Stats: files reused.
     recycled: u64,
@@ -355,8 +354,7 @@ impl Journal {
         self.cfg.enabled
     }
 
-    /// Rounds, entries and bytes written so far.
-    /// Rounds, entries and bytes written, and files reused.
+    /// Rounds, entries and bytes written so far, and files reused.
     pub fn stats(&self) -> (u64, u64, u64, u64) {
         let st = self.st.borrow();
         (st.rounds, st.entries, st.bytes, st.recycled)
@@ -611,7 +609,7 @@ impl Journal {
             crc: 0,
         };
         out.put(&MAGIC.to_be_bytes());
-        out.crc = crc32c::crc32c(&salt.to_be_bytes());
+        out.crc = crc_seed(Some(salt));
         out.put(&round.to_be_bytes());
         out.put(&(body_len as u32).to_be_bytes());
         out.put(&(subs.len() as u32).to_be_bytes());
@@ -806,6 +804,11 @@ fn parse_file_name(name: &str) -> Option<(u64, Option<u32>)> {
     }
 }
 
+/// Where a round's CRC starts in a file of `salt` (None: a file named before salts).
+fn crc_seed(salt: Option<u32>) -> u32 {
+    salt.map_or(0, |salt| crc32c::crc32c(&salt.to_be_bytes()))
+}
+
 /// A fresh salt for a journal file (random: unknown to the clients whose record bytes the
 /// journal holds).
 fn new_salt() -> u32 {
@@ -832,10 +835,7 @@ fn parse_file(data: Bytes, first: u64, salt: Option<u32>, path: &Path) -> Vec<(u
             debug!(path = %path.display(), round, "journal round torn (short)");
             break;
         }
-        let c = match salt {
-            Some(salt) => crc32c::crc32c_append(crc32c::crc32c(&salt.to_be_bytes()), &h[4..20]),
-            None => crc32c::crc32c(&h[4..20]),
-        };
+        let c = crc32c::crc32c_append(crc_seed(salt), &h[4..20]);
         let c = crc32c::crc32c_append(c, &data[pos + ROUND_HEADER..end]);
         let expected = out.last().map_or(first, |(r, _)| r + 1);
         if c != crc || round != expected {
@@ -1010,8 +1010,7 @@ mod tests {
         h.extend_from_slice(&round.to_be_bytes());
         h.extend_from_slice(&(body.len() as u32).to_be_bytes());
         h.extend_from_slice(&1u32.to_be_bytes());
-        let seed = salt.map_or(0, |s| crc32c::crc32c(&s.to_be_bytes()));
-        let crc = crc32c::crc32c_append(crc32c::crc32c_append(seed, &h[4..20]), body);
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc_seed(salt), &h[4..20]), body);
         h.extend_from_slice(&crc.to_be_bytes());
         h.extend_from_slice(body);
         h.resize(h.len().div_ceil(ROUND_ALIGN) * ROUND_ALIGN, 0);

@@ -1339,15 +1339,21 @@ fn group_commit_across_partitions_keeps_every_ack() {
     });
 }
 
+/// A simulated disk (of `seed`) with a journal of 16 KiB files, and the log `dir` opened on it.
+async fn journaled_log(seed: u64, dir: &str) -> (SimDisk, Env, Rc<PartitionLog>) {
+    let (disk, env, _) = sim_env(seed);
+    let env = env.with_journal(sim_journal(16 << 10));
+    let log = open_sim(&env, dir).await;
+    (disk, env, log)
+}
+
 /// The shard journal (`storage::journal`): acknowledged batches that are only in the journal
 /// when the process dies are back after the restart, across rolled and reclaimed journal
 /// files, a cut and a deleted partition of the same name.
 #[test]
 fn the_journal_replays_what_its_segments_lack() {
     crate::runtime::block_on_test(|| async {
-        let (disk, env, _) = sim_env(3);
-        let env = env.with_journal(sim_journal(16 << 10));
-        let log = open_sim(&env, "/data/j-0").await;
+        let (disk, env, log) = journaled_log(3, "/data/j-0").await;
         let mut acked = Vec::new();
         for i in 0..40 {
             let info = produce(&log, test_util::encode_batch(0, 3, i, 100))
@@ -1382,9 +1388,7 @@ fn the_journal_replays_what_its_segments_lack() {
 #[test]
 fn reused_journal_files_keep_cycling() {
     crate::runtime::block_on_test(|| async {
-        let (disk, env, _) = sim_env(5);
-        let env = env.with_journal(sim_journal(16 << 10));
-        let log = open_sim(&env, "/data/r-0").await;
+        let (disk, env, log) = journaled_log(5, "/data/r-0").await;
         for i in 0..300 {
             produce(&log, test_util::encode_batch(0, 3, i, 100))
                 .await

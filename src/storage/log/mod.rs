@@ -738,31 +738,27 @@ impl PartitionLog {
         &self,
         mut check: impl FnMut(&State) -> Option<Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
-        let decided = |check: &mut dyn FnMut(&State) -> Option<Result<T, StorageError>>| {
-            let st = self.state.borrow();
-            if let Some(result) = check(&st) {
-                return Some(result);
-            }
-            if let Some(e) = st.failed_error() {
-                return Some(Err(e));
-            }
-            if st.flusher_done || self.closed.get() {
-                return Some(Err(StorageError::Closed));
-            }
-            None
-        };
-        // Most waits are already decided (the round that made the batch durable woke an
-        // earlier waiter): no listener for those.
-        if let Some(result) = decided(&mut check) {
-            return result;
-        }
+        // Checked before a listener is taken (most waits are decided already: the round that
+        // made the batch durable woke an earlier waiter), and again after it is registered, so
+        // a notification in between is not missed.
+        let mut listener = None;
         loop {
-            // Registered before the check: a notification in between is not missed.
-            let listener = self.hw_notify.listen();
-            if let Some(result) = decided(&mut check) {
-                return result;
+            {
+                let st = self.state.borrow();
+                if let Some(result) = check(&st) {
+                    return result;
+                }
+                if let Some(e) = st.failed_error() {
+                    return Err(e);
+                }
+                if st.flusher_done || self.closed.get() {
+                    return Err(StorageError::Closed);
+                }
             }
-            listener.await;
+            match listener.take() {
+                Some(registered) => registered.await,
+                None => listener = Some(self.hw_notify.listen()),
+            }
         }
     }
 
