@@ -248,6 +248,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
         None => {
             let mut catalog = Catalog::load_or_create(&config.data_dir)?;
             crate::group::ensure_offsets_topic(&mut catalog, &config)?;
+            crate::txn::ensure_txn_topic(&mut catalog, &config)?;
             catalog
         }
         // In a cluster the catalog is what the metadata log says; the file is the last applied
@@ -402,8 +403,14 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                 std::process::exit(1);
             }
             crate::group::spawn_ticker(shard.clone());
+            if let Err(e) = shard.txns.load(&shard).await {
+                error!(shard = %id, error = %e, "cannot load transaction states");
+                std::process::exit(1);
+            }
             // Serve only when every shard can answer for its partitions.
             recovered.wait();
+            // Every shard's partitions are open: prepared transactions can get their markers.
+            crate::txn::spawn_ticker(shard.clone());
             // Every shard replayed what concerned it: earlier journal generations can go.
             if id.0 == 0
                 && let Some(j) = &journal

@@ -244,6 +244,24 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "4096..=4294967295",
     },
     Setting {
+        name: "transaction_state_partitions",
+        description: "Partitions of __transaction_state when it is created (transaction.state.log.num.partitions); a transactional id's coordinator is the shard owning its partition",
+        default: "16",
+        bounds: "1..=1000",
+    },
+    Setting {
+        name: "transaction_max_timeout_ms",
+        description: "Largest transaction.timeout.ms a producer may ask for (transaction.max.timeout.ms); InitProducerId with a larger one gets INVALID_TRANSACTION_TIMEOUT",
+        default: "900000",
+        bounds: "1000..=2147483647",
+    },
+    Setting {
+        name: "transaction_abort_interval_ms",
+        description: "How often the transaction coordinator aborts transactions open longer than their timeout and finishes prepared ones whose markers are not all written (transaction.abort.timed.out.transaction.cleanup.interval.ms)",
+        default: "10000",
+        bounds: "100..=3600000",
+    },
+    Setting {
         name: "group_initial_rebalance_delay_ms",
         description: "How long the first rebalance of an empty group waits for more members (group.initial.rebalance.delay.ms)",
         default: "3000",
@@ -313,6 +331,9 @@ pub struct Config {
     pub offsets_topic_partitions: i32,
     pub offsets_topic_replication_factor: i16,
     pub offsets_topic_segment_bytes: u64,
+    pub transaction_state_partitions: i32,
+    pub transaction_max_timeout_ms: i32,
+    pub transaction_abort_interval_ms: u64,
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
@@ -357,6 +378,9 @@ impl Default for Config {
             offsets_topic_partitions: constants::OFFSETS_TOPIC_PARTITIONS_DEFAULT,
             offsets_topic_replication_factor: 3,
             offsets_topic_segment_bytes: constants::OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT,
+            transaction_state_partitions: 16,
+            transaction_max_timeout_ms: 900_000,
+            transaction_abort_interval_ms: 10_000,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -501,6 +525,27 @@ impl Config {
             4096,
             u64::from(u32::MAX),
             "4096..=4294967295",
+        )?;
+        check(
+            "transaction_state_partitions",
+            self.transaction_state_partitions,
+            1,
+            1000,
+            "1..=1000",
+        )?;
+        check(
+            "transaction_max_timeout_ms",
+            self.transaction_max_timeout_ms,
+            1000,
+            i32::MAX,
+            "1000..=2147483647",
+        )?;
+        check(
+            "transaction_abort_interval_ms",
+            self.transaction_abort_interval_ms,
+            100,
+            3_600_000,
+            "100..=3600000",
         )?;
         check(
             "group_initial_rebalance_delay_ms",

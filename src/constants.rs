@@ -65,6 +65,8 @@ pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 // Consumer groups (src/group/).
 /// Name of the internal topic holding committed offsets (Kafka's name).
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Name of the internal topic holding transaction states (Kafka's name).
+pub const TXN_TOPIC: &str = "__transaction_state";
 /// Default partition count of the offsets topic (`offsets.topic.num.partitions`).
 pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: i32 = 16;
 /// Segment size of `__consumer_offsets` (Kafka's offsets.topic.segment.bytes).

@@ -44,4 +44,5 @@ pub mod runtime;
 pub mod server;
 pub mod shard;
 pub mod storage;
+pub mod txn;
 pub mod types;

@@ -172,6 +172,15 @@ struct ServeArgs {
     /// segment [default: 100 MiB].
     #[arg(long)]
     offsets_topic_segment_bytes: Option<u64>,
+    /// Partitions of __transaction_state when it is created [default: 16].
+    #[arg(long)]
+    transaction_state_partitions: Option<i32>,
+    /// Largest transaction timeout a producer may ask for in ms [default: 900000].
+    #[arg(long)]
+    transaction_max_timeout_ms: Option<i32>,
+    /// How often timed-out transactions are aborted, in ms [default: 10000].
+    #[arg(long)]
+    transaction_abort_interval_ms: Option<u64>,
     /// Delay of the first rebalance of an empty group in ms [default: 3000].
     #[arg(long)]
     group_initial_rebalance_delay_ms: Option<u64>,
@@ -280,6 +289,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.offsets_topic_segment_bytes {
         config.offsets_topic_segment_bytes = v;
+    }
+    if let Some(v) = args.transaction_state_partitions {
+        config.transaction_state_partitions = v;
+    }
+    if let Some(v) = args.transaction_max_timeout_ms {
+        config.transaction_max_timeout_ms = v;
+    }
+    if let Some(v) = args.transaction_abort_interval_ms {
+        config.transaction_abort_interval_ms = v;
     }
     if let Some(v) = args.group_initial_rebalance_delay_ms {
         config.group_initial_rebalance_delay_ms = v;

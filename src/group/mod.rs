@@ -197,6 +197,22 @@ pub struct CommitRequest {
 /// Per topic, per partition: an error code.
 pub type PartitionErrors = Vec<(String, Vec<(i32, i16)>)>;
 
+/// An offset committed inside a transaction, waiting for its marker: (group, (topic,
+/// partition), the offset with the log offset of its record).
+type PendingOffset = (String, (String, i32), CommittedOffset);
+
+/// A TxnOffsetCommit, decoded (topics already checked against the catalog).
+#[derive(Debug, Clone)]
+pub struct TxnCommitRequest {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// -1 (and an empty member id) from clients before KIP-447: no membership check.
+    pub generation: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub topics: Vec<(String, Vec<CommitPartition>)>,
+}
+
 /// One partition's committed offset as OffsetFetch reports it (-1 if none).
 #[derive(Debug, Clone)]
 pub struct FetchedOffset {
@@ -342,6 +358,10 @@ pub struct GroupCoordinator {
     /// (its replica leads them), by partition ([`GroupCoordinator::follow_leadership`]).
     leading: RefCell<HashMap<i32, Coordinating>>,
     settings: GroupSettings,
+    /// Transactional offset commits (TxnOffsetCommit) whose transaction is not decided yet,
+    /// by (`__consumer_offsets` partition, producer id): applied by the COMMIT marker,
+    /// dropped by the ABORT marker ([`GroupCoordinator::complete_txn`]).
+    pending_txn: RefCell<HashMap<(i32, i64), Vec<PendingOffset>>>,
     /// Time for offset writes (commit timestamps, batch timestamps) and
     /// commit checks (`storage::io::Clock`, the system clock in production).
     clock: Rc<dyn Clock>,
@@ -352,6 +372,7 @@ impl GroupCoordinator {
         GroupCoordinator {
             groups: RefCell::new(HashMap::new()),
             leading: RefCell::new(HashMap::new()),
+            pending_txn: RefCell::new(HashMap::new()),
             settings: GroupSettings {
                 initial_rebalance_delay: Duration::from_millis(
                     config.group_initial_rebalance_delay_ms,
@@ -667,6 +688,144 @@ impl GroupCoordinator {
             }
         }
         results
+    }
+
+    /// TxnOffsetCommit: write the offsets as a transactional batch of the producer to the
+    /// group's `__consumer_offsets` partition and hold them pending until the transaction's
+    /// marker lands there. Membership is checked as Kafka does for KIP-447 clients: a member
+    /// id, if given, must be a member, and a generation >= 0 must be the group's.
+    pub async fn txn_commit(
+        &self,
+        shard: &Shard,
+        group_id: &str,
+        req: TxnCommitRequest,
+    ) -> PartitionErrors {
+        let all = |code: i16| -> PartitionErrors {
+            req.topics
+                .iter()
+                .map(|(t, ps)| (t.clone(), ps.iter().map(|p| (p.partition, code)).collect()))
+                .collect()
+        };
+        if let Err(e) = self.coordinating(shard, group_id) {
+            return all(e.code());
+        }
+        if offsets_tp(shard, group_id).is_some_and(|tp| shard.replica(&tp).is_some()) {
+            // Transactions are served on a one-node broker only.
+            return all(ResponseError::NotCoordinator.code());
+        }
+        let code = {
+            let groups = self.groups.borrow();
+            match groups.get(group_id) {
+                Some(g) if g.state == GroupState::Dead => {
+                    ResponseError::CoordinatorNotAvailable.code()
+                }
+                Some(g) if !req.member_id.is_empty() && !g.has_member(&req.member_id) => {
+                    ResponseError::UnknownMemberId.code()
+                }
+                Some(g) if req.generation >= 0 && req.generation != g.generation => {
+                    ResponseError::IllegalGeneration.code()
+                }
+                None if req.generation >= 0 || !req.member_id.is_empty() => {
+                    ResponseError::IllegalGeneration.code()
+                }
+                _ => 0,
+            }
+        };
+        if code != 0 {
+            return all(code);
+        }
+        let Some(tp) = offsets_tp(shard, group_id) else {
+            return all(ResponseError::NotCoordinator.code());
+        };
+        let Some(log) = shard.partition(&tp) else {
+            return all(ResponseError::NotCoordinator.code());
+        };
+        let timestamp = self.clock.wall_ms();
+        let mut results: PartitionErrors = Vec::with_capacity(req.topics.len());
+        let mut records: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+        let mut applied: Vec<((String, i32), CommittedOffset)> = Vec::new();
+        for (topic, parts) in &req.topics {
+            let mut codes = Vec::with_capacity(parts.len());
+            for p in parts {
+                let committed = CommittedOffset {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata: p.metadata.clone(),
+                    commit_timestamp_ms: timestamp,
+                    log_offset: -1,
+                };
+                match offset_record(group_id, topic, p.partition, &committed) {
+                    Ok(record) => {
+                        records.push(record);
+                        applied.push(((topic.clone(), p.partition), committed));
+                        codes.push((p.partition, 0));
+                    }
+                    Err(_) => {
+                        codes.push((p.partition, ResponseError::OffsetMetadataTooLarge.code()))
+                    }
+                }
+            }
+            results.push((topic.clone(), codes));
+        }
+        if records.is_empty() {
+            return results;
+        }
+        let written = async {
+            let bytes =
+                records::encode_txn_batch(&records, timestamp, req.producer_id, req.producer_epoch)
+                    .map_err(|_| ResponseError::InvalidCommitOffsetSize.code())?;
+            let info = log.append_for_producer(bytes).await.map_err(|e| match e {
+                StorageError::InvalidProducerEpoch { .. } => ResponseError::ProducerFenced.code(),
+                e => commit_error(&e),
+            })?;
+            log.wait_durable(&info)
+                .await
+                .map_err(|e| commit_error(&e))?;
+            Ok::<_, i16>(info.base_offset.get())
+        }
+        .await;
+        match written {
+            Ok(base) => {
+                let mut pending = self.pending_txn.borrow_mut();
+                let list = pending.entry((tp.partition, req.producer_id)).or_default();
+                for (i, (key_tp, mut c)) in applied.into_iter().enumerate() {
+                    c.log_offset = base + i as i64;
+                    list.push((group_id.to_string(), key_tp, c));
+                }
+            }
+            Err(code) => {
+                for (_, codes) in results.iter_mut() {
+                    for (_, c) in codes.iter_mut().filter(|(_, c)| *c == 0) {
+                        *c = code;
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// A transaction marker of `producer_id` is durable in `__consumer_offsets` partition
+    /// `partition`: its pending offset commits there take effect (commit) or are dropped.
+    pub fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
+        let Some(offsets) = self
+            .pending_txn
+            .borrow_mut()
+            .remove(&(partition, producer_id))
+        else {
+            return;
+        };
+        if commit {
+            apply_pending(&mut self.groups.borrow_mut(), offsets);
+        }
+    }
+
+    /// Whether `group_id` has offsets committed in a transaction not decided yet for any of
+    /// `partitions` (OffsetFetch with require_stable answers UNSTABLE_OFFSET_COMMIT).
+    pub fn has_pending(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        self.pending_txn.borrow().values().any(|list| {
+            list.iter()
+                .any(|(g, (t, p), _)| g == group_id && t == topic && *p == partition)
+        })
     }
 
     /// OffsetFetch: the committed offsets of `topics` (None: every
@@ -1129,7 +1288,12 @@ impl GroupCoordinator {
             let Some(log) = shard.partition(&tp) else {
                 continue;
             };
-            count += replay_log(&log, &tp, &mut loaded).await?;
+            let mut pending = HashMap::new();
+            count += replay_log(&log, &tp, &mut loaded, &mut pending).await?;
+            let mut held = self.pending_txn.borrow_mut();
+            for (pid, offsets) in pending {
+                held.insert((p, pid), offsets);
+            }
         }
         loaded.retain(|_, g| !g.is_disposable());
         self.groups.borrow_mut().extend(loaded);
@@ -1274,7 +1438,8 @@ async fn load_partition(shard: Rc<Shard>, tp: TopicPartition, partitions: i32, t
         runtime::sleep(Duration::from_millis(5)).await;
     };
     let mut loaded = HashMap::new();
-    let read = replay_log(&log, &tp, &mut loaded).await;
+    // Transactions are not served in a cluster: nothing is pending in a replicated log.
+    let read = replay_log(&log, &tp, &mut loaded, &mut HashMap::new()).await;
     if !still_loading(&shard) {
         return;
     }
@@ -1308,6 +1473,41 @@ async fn load_partition(shard: Rc<Shard>, tp: TopicPartition, partitions: i32, t
         elapsed_ms = started.elapsed().as_millis() as u64,
         "coordinating this partition's groups"
     );
+}
+
+/// Offsets whose transaction committed take effect, each unless a newer record (a higher
+/// log offset) of its key is already applied.
+fn apply_pending(groups: &mut HashMap<String, Group>, offsets: Vec<PendingOffset>) {
+    for (group, tp, c) in offsets {
+        let g = groups
+            .entry(group.clone())
+            .or_insert_with(|| Group::new(group));
+        if g.offsets
+            .get(&tp)
+            .is_none_or(|o| o.log_offset < c.log_offset)
+        {
+            g.offsets.insert(tp, c);
+        }
+    }
+}
+
+/// A transactional offset commit record read at `log_offset`, as a pending offset.
+fn pending_record(log_offset: i64, key: &[u8], value: Option<&[u8]>) -> Option<PendingOffset> {
+    let Ok(RecordKey::Offset(k)) = records::decode_key(key) else {
+        return None;
+    };
+    let v = records::decode_value(value?).ok()?;
+    Some((
+        k.group,
+        (k.topic, k.partition),
+        CommittedOffset {
+            offset: v.offset,
+            leader_epoch: v.leader_epoch,
+            metadata: v.metadata,
+            commit_timestamp_ms: v.commit_timestamp_ms,
+            log_offset,
+        },
+    ))
 }
 
 /// Apply a group metadata record read at `log_offset` (None: a tombstone) to `groups`.
@@ -1390,6 +1590,7 @@ async fn replay_log(
     log: &PartitionLog,
     tp: &TopicPartition,
     groups: &mut HashMap<String, Group>,
+    pending: &mut HashMap<i64, Vec<PendingOffset>>,
 ) -> Result<u64, StorageError> {
     const READ_BYTES: usize = 1 << 20;
     let mut count = 0u64;
@@ -1419,12 +1620,28 @@ async fn replay_log(
                     for r in set
                         .records
                         .iter()
-                        .filter(|r| !r.control && r.offset >= next && r.offset < end)
+                        .filter(|r| r.offset >= next && r.offset < end)
                     {
-                        if let Some(k) = &r.key {
-                            replay_record(groups, r.offset, k, r.value.as_deref());
-                            count += 1;
+                        let Some(k) = &r.key else { continue };
+                        if r.control {
+                            // A transaction marker (a Raft control batch has no producer).
+                            if r.producer_id >= 0
+                                && k.len() >= 4
+                                && let Some(offsets) = pending.remove(&r.producer_id)
+                                && k[2..4] == [0, 1]
+                            {
+                                apply_pending(groups, offsets);
+                            }
+                            continue;
                         }
+                        count += 1;
+                        if r.transactional && r.producer_id >= 0 {
+                            if let Some(o) = pending_record(r.offset, k, r.value.as_deref()) {
+                                pending.entry(r.producer_id).or_default().push(o);
+                            }
+                            continue;
+                        }
+                        replay_record(groups, r.offset, k, r.value.as_deref());
                     }
                 }
                 Err(e) => {

@@ -428,6 +428,45 @@ pub fn encode_batches(
     Ok(out.freeze())
 }
 
+/// Encode offset commit records as one transactional batch of `producer_id` at
+/// `producer_epoch`, without a sequence (the broker writes it for the producer:
+/// `PartitionLog::append_for_producer`). Record `i` gets offset `base_offset + i`.
+pub fn encode_txn_batch(
+    records: &[(Bytes, Option<Bytes>)],
+    timestamp_ms: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<Bytes, RecordError> {
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    let chunk: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: true,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // offset - 1: one batch with base sequence -1 (see `encode_batches`).
+            sequence: i as i32 - 1,
+            timestamp: timestamp_ms,
+            key: Some(key.clone()),
+            value: value.clone(),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(&mut out, chunk.iter(), &options)
+        .map_err(|e| RecordError::Encode(e.to_string()))?;
+    Ok(out.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,6 +242,53 @@ impl Collector for Scrape {
                 shards.iter().map(|s| (shard_label(s), get(s))),
             )?;
         }
+        let txn: [(&str, &str, Get); 4] = [
+            (
+                "sluice_transactions_committed",
+                "Transactions the shard's coordinator committed (markers durable)",
+                |s| s.txn_commits,
+            ),
+            (
+                "sluice_transactions_aborted",
+                "Transactions the shard's coordinator aborted (by the producer, a timeout or a fencing)",
+                |s| s.txn_aborts,
+            ),
+            (
+                "sluice_transactions_timed_out",
+                "Transactions aborted because they stayed open longer than their timeout",
+                |s| s.txn_timed_out,
+            ),
+            (
+                "sluice_transaction_markers",
+                "COMMIT and ABORT markers the shard's coordinator wrote",
+                |s| s.txn_markers,
+            ),
+        ];
+        for (name, help, get) in txn {
+            counter(
+                &mut e,
+                name,
+                help,
+                None,
+                shards.iter().map(|s| (shard_label(s), get(s))),
+            )?;
+        }
+        gauge(
+            &mut e,
+            "sluice_transactions_open",
+            "Transactions open on the shard's coordinator (as of its last tick)",
+            None,
+            shards.iter().map(|s| (shard_label(s), s.txn_open)),
+        )?;
+        gauge(
+            &mut e,
+            "sluice_transaction_oldest_age",
+            "Age of the oldest open transaction on the shard's coordinator (as of its last tick)",
+            Some(&Unit::Seconds),
+            shards
+                .iter()
+                .map(|s| (shard_label(s), s.txn_oldest_ms as f64 / 1000.0)),
+        )?;
         counter(
             &mut e,
             "sluice_request",

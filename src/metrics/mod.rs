@@ -180,6 +180,15 @@ pub struct ShardMetrics {
     journal_entries: Cell<u64>,
     journal_bytes: Cell<u64>,
     journal_files_reused: Cell<u64>,
+    /// Transactions this shard coordinates: committed, aborted (any reason), aborted by
+    /// their timeout, markers written; open now and the oldest one's age (ms), as of the
+    /// coordinator's last tick.
+    txn_commits: Cell<u64>,
+    txn_aborts: Cell<u64>,
+    txn_timed_out: Cell<u64>,
+    txn_markers: Cell<u64>,
+    txn_open: Cell<u64>,
+    txn_oldest_ms: Cell<u64>,
     /// Request frame bytes read, length prefix included.
     bytes_in: Cell<u64>,
     /// Response frame bytes written, length prefix included.
@@ -208,6 +217,12 @@ impl ShardMetrics {
             journal_entries: Cell::new(0),
             journal_bytes: Cell::new(0),
             journal_files_reused: Cell::new(0),
+            txn_commits: Cell::new(0),
+            txn_aborts: Cell::new(0),
+            txn_timed_out: Cell::new(0),
+            txn_markers: Cell::new(0),
+            txn_open: Cell::new(0),
+            txn_oldest_ms: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             produce_partition_bytes: Histogram::new(SIZE_BOUNDS_BYTES),
@@ -277,6 +292,35 @@ pub fn journal_round(entries: usize, bytes: usize) {
 #[inline]
 pub fn journal_file_reused() {
     METRICS.with(|m| bump(&m.journal_files_reused, 1));
+}
+
+/// A transaction completed (its markers are durable): committed or aborted.
+pub fn txn_completed(committed: bool) {
+    METRICS.with(|m| {
+        if committed {
+            bump(&m.txn_commits, 1)
+        } else {
+            bump(&m.txn_aborts, 1)
+        }
+    });
+}
+
+/// The coordinator aborted a transaction open longer than its timeout.
+pub fn txn_timed_out() {
+    METRICS.with(|m| bump(&m.txn_timed_out, 1));
+}
+
+/// `n` transaction markers were written.
+pub fn txn_markers(n: u64) {
+    METRICS.with(|m| bump(&m.txn_markers, n));
+}
+
+/// Transactions open on this shard's coordinator and the oldest one's age in ms.
+pub fn txn_open((open, oldest_ms): (usize, i64)) {
+    METRICS.with(|m| {
+        m.txn_open.set(open as u64);
+        m.txn_oldest_ms.set(oldest_ms.max(0) as u64);
+    });
 }
 
 /// A request frame of `bytes` (length prefix included) was read.
@@ -440,6 +484,12 @@ pub struct ShardSnapshot {
     pub journal_entries: u64,
     pub journal_bytes: u64,
     pub journal_files_reused: u64,
+    pub txn_commits: u64,
+    pub txn_aborts: u64,
+    pub txn_timed_out: u64,
+    pub txn_markers: u64,
+    pub txn_open: u64,
+    pub txn_oldest_ms: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub produce_partition_bytes: HistogramSnapshot,
@@ -472,6 +522,12 @@ pub fn local_snapshot(shard: usize) -> ShardSnapshot {
         journal_entries: m.journal_entries.get(),
         journal_bytes: m.journal_bytes.get(),
         journal_files_reused: m.journal_files_reused.get(),
+        txn_commits: m.txn_commits.get(),
+        txn_aborts: m.txn_aborts.get(),
+        txn_timed_out: m.txn_timed_out.get(),
+        txn_markers: m.txn_markers.get(),
+        txn_open: m.txn_open.get(),
+        txn_oldest_ms: m.txn_oldest_ms.get(),
         bytes_in: m.bytes_in.get(),
         bytes_out: m.bytes_out.get(),
         produce_partition_bytes: m.produce_partition_bytes.snapshot(),

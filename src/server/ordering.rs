@@ -24,7 +24,7 @@
 //!   (its response is ready), so it sees their effects; reads overlap each
 //!   other and later writes.
 //! - **Barrier** (everything else that changes state: topic and config
-//!   changes, DeleteRecords, InitProducerId, JoinGroup, SyncGroup,
+//!   changes, DeleteRecords, InitProducerId, the transaction APIs, JoinGroup, SyncGroup,
 //!   Heartbeat, LeaveGroup, DeleteGroups, OffsetDelete, and Metadata that may
 //!   auto-create topics): waits until every earlier request has completed,
 //!   and every later request waits until it has. This is Kafka's own
@@ -74,7 +74,9 @@ pub fn kind_of(request: &RequestKind, auto_create_topics: bool) -> Kind {
         | RequestKind::DescribeProducers(_)
         | RequestKind::DescribeConfigs(_)
         | RequestKind::DescribeCluster(_)
-        | RequestKind::DescribeLogDirs(_) => Kind::Read,
+        | RequestKind::DescribeLogDirs(_)
+        | RequestKind::DescribeTransactions(_)
+        | RequestKind::ListTransactions(_) => Kind::Read,
         _ => Kind::Barrier,
     }
 }

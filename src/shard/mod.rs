@@ -81,6 +81,9 @@ pub struct Shard {
     /// The consumer groups this shard coordinates (those whose
     /// `__consumer_offsets` partition it owns; see `crate::group`).
     pub groups: crate::group::GroupCoordinator,
+    /// The transactional ids this shard coordinates (those whose `__transaction_state`
+    /// partition it owns; see `crate::txn`).
+    pub txns: crate::txn::TxnCoordinator,
     /// Serialises controller operations (only used on shard 0).
     pub(crate) controller_lock: futures::lock::Mutex<()>,
     /// Producer id allocator (controller only), loaded on first use.
@@ -104,6 +107,7 @@ impl Shard {
     ) -> Rc<Self> {
         crate::metrics::init(count);
         let groups = crate::group::GroupCoordinator::new(&config);
+        let txns = crate::txn::TxnCoordinator::new(&config);
         let every = std::time::Duration::from_millis(config.retention_check_interval_ms);
         let shard = Rc::new_cyclic(|w| Shard {
             id,
@@ -117,6 +121,7 @@ impl Shard {
             stopping: Cell::new(false),
             stop_notify: runtime::Notify::new(),
             groups,
+            txns,
             controller_lock: futures::lock::Mutex::new(()),
             producer_ids: RefCell::new(None),
             cluster_producer_ids: Cell::new((0, 0)),

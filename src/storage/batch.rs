@@ -288,6 +288,130 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// A zigzag varint at `at` of `b`: (value, bytes read), None if cut short or too long.
+fn varint(b: &[u8], at: usize) -> Option<(i64, usize)> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let byte = *b.get(at + i)?;
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((((v >> 1) as i64) ^ -((v & 1) as i64), i + 1));
+        }
+    }
+    None
+}
+
+/// The marker a control batch carries: its first record's key is `version i16 | type i16`
+/// (0 ABORT, 1 COMMIT). None for any other batch, a compressed one, or a key that is not a
+/// marker's (a Raft control batch, `replication::entry`). Reads the record's few leading
+/// fields only: control batches are never compressed.
+pub fn control_type(batch: &[u8]) -> Option<super::producer_state::Marker> {
+    use super::producer_state::Marker;
+    if batch.len() < HEADER_LEN {
+        return None;
+    }
+    let attributes = be_i16(batch, 21);
+    if attributes & ATTR_CONTROL == 0 || attributes & 0x07 != 0 {
+        return None;
+    }
+    // Record: length varint, attributes i8, timestampDelta varlong, offsetDelta varint,
+    // keyLength varint, key.
+    let mut at = HEADER_LEN;
+    let (_, n) = varint(batch, at)?;
+    at += n + 1;
+    let (_, n) = varint(batch, at)?;
+    at += n;
+    let (_, n) = varint(batch, at)?;
+    at += n;
+    let (key_len, n) = varint(batch, at)?;
+    at += n;
+    if key_len < 4 || batch.len() < at + 4 {
+        return None;
+    }
+    match be_i16(batch, at + 2) {
+        0 => Some(Marker::Abort),
+        1 => Some(Marker::Commit),
+        _ => None,
+    }
+}
+
+/// A transaction marker batch (Kafka's `EndTransactionMarker`): one control record, key
+/// `version 0 | type`, value `version 0 | coordinator epoch i32`, transactional, no
+/// sequence, base offset 0 (the log assigns it).
+pub fn encode_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: super::producer_state::Marker,
+    coordinator_epoch: i32,
+    timestamp_ms: i64,
+) -> bytes::Bytes {
+    use bytes::BufMut;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let mut key = bytes::BytesMut::with_capacity(4);
+    key.put_i16(0);
+    key.put_i16(match marker {
+        super::producer_state::Marker::Abort => 0,
+        super::producer_state::Marker::Commit => 1,
+    });
+    let mut value = bytes::BytesMut::with_capacity(6);
+    value.put_i16(0);
+    value.put_i32(coordinator_epoch);
+    let record = Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: timestamp_ms,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Default::default(),
+    };
+    let mut out = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        std::iter::once(&record),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("a marker batch always encodes");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+    use crate::storage::producer_state::Marker;
+
+    #[test]
+    fn markers_encode_as_control_batches_and_read_back() {
+        for m in [Marker::Commit, Marker::Abort] {
+            let b = encode_marker(7, 3, m, 0, 1_000);
+            let (h, size) = validate_for_append(&b, 1 << 20).unwrap();
+            assert_eq!(size, b.len());
+            assert_eq!(h.attributes & (ATTR_CONTROL | ATTR_TRANSACTIONAL), 0x30);
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (7, 3, -1)
+            );
+            assert_eq!(control_type(&b), Some(m));
+        }
+        // Not a marker: a data batch, a cut one.
+        let data = test_util::encode_batch(0, 1, 0, 10);
+        assert_eq!(control_type(&data), None);
+        let b = encode_marker(7, 3, Marker::Commit, 0, 1_000);
+        assert_eq!(control_type(&b[..HEADER_LEN + 2]), None);
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_util {
     use bytes::{Bytes, BytesMut};
@@ -338,6 +462,28 @@ pub(crate) mod test_util {
                 timestamp: ts0 + i,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(format!("p{pid} e{epoch} s{}", seq + i as i32))),
+                headers: Default::default(),
+            })
+            .collect();
+        encode_records(&records)
+    }
+
+    /// [`encode_idempotent`] as part of a transaction (attribute bit 4).
+    pub fn encode_transactional(pid: i64, epoch: i16, seq: i32, count: usize, ts0: i64) -> Bytes {
+        let records: Vec<Record> = (0..count as i64)
+            .map(|i| Record {
+                transactional: true,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: pid,
+                producer_epoch: epoch,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: seq + i as i32,
+                timestamp: ts0 + i,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("t{pid} e{epoch} s{}", seq + i as i32))),
                 headers: Default::default(),
             })
             .collect();

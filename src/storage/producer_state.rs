@@ -28,10 +28,24 @@
 //! | 8 | offset: the table covers batches below it |
 //! | 4 | producer count N |
 //! | N × entry | producer id i64, epoch i16, last timestamp i64, batch count u8 (1..=5), then per batch: first seq i32, last seq i32, base offset i64, last offset delta i32 |
+//! | N × entry (v2) | the same, then the first offset of the producer's open transaction i64 (-1: none); the batch count may be 0 |
+//! | v2: 4 + M × 24 | aborted transactions M, each producer id i64, first offset i64, last offset (its ABORT marker) i64 |
 //! | 4 | CRC32C of everything before |
+//!
+//! Version 2 (transactions) is written; version 1 is read.
+//!
+//! # Transactions
+//! A transactional batch of a producer with no open transaction here opens
+//! one at its base offset; the producer's COMMIT or ABORT marker (a control
+//! batch the transaction coordinator appends) closes it. The table keeps the
+//! open transactions by first offset (the last stable offset is the first
+//! of them, or the high watermark) and the aborted ones with their span
+//! (Kafka's `.txnindex`), which Fetch with read_committed reports. Markers
+//! are read from their control record's key ([`super::batch::control_type`]),
+//! never any other record.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use super::batch::BatchHeader;
 use super::error::StorageError;
@@ -40,7 +54,10 @@ use crate::constants::{PRODUCER_BATCHES_KEPT, PRODUCER_ID_EXPIRATION_MS};
 /// Suffix of snapshot files (`<offset>.snapshot`).
 pub const SNAPSHOT_SUFFIX: &str = "snapshot";
 const SNAPSHOT_MAGIC: &[u8; 4] = b"SLPS";
-const SNAPSHOT_VERSION: u16 = 1;
+const SNAPSHOT_VERSION: u16 = 2;
+/// Snapshots written before transactions: no open transaction, no aborted list.
+const SNAPSHOT_VERSION_1: u16 = 1;
+const ABORTED_LEN: usize = 8 + 8 + 8;
 const SNAPSHOT_HEADER_LEN: usize = 4 + 2 + 8 + 4;
 const ENTRY_HEADER_LEN: usize = 8 + 2 + 8 + 1;
 const BATCH_META_LEN: usize = 4 + 4 + 8 + 4;
@@ -72,6 +89,8 @@ pub struct ProducerEntry {
     batches: [BatchMeta; PRODUCER_BATCHES_KEPT],
     start: u8,
     len: u8,
+    /// First offset of the producer's open transaction in this partition, -1 if none.
+    pub txn_first_offset: i64,
 }
 
 /// Equal if the logical content is (not the ring's layout).
@@ -79,6 +98,7 @@ impl PartialEq for ProducerEntry {
     fn eq(&self, other: &Self) -> bool {
         self.epoch == other.epoch
             && self.last_timestamp == other.last_timestamp
+            && self.txn_first_offset == other.txn_first_offset
             && self.batches().eq(other.batches())
     }
 }
@@ -93,6 +113,7 @@ impl ProducerEntry {
             batches: [BatchMeta::default(); PRODUCER_BATCHES_KEPT],
             start: 0,
             len: 0,
+            txn_first_offset: -1,
         }
     }
 
@@ -165,6 +186,29 @@ fn in_sequence(last: i32, next: i32) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// Transactions not yet stable, by first offset: (producer id, offset of the marker that
+    /// closed it, None while open). A closed one stays until the high watermark passes its
+    /// marker ([`ProducerStateTable::last_stable_offset`]).
+    unstable: BTreeMap<i64, (i64, Option<i64>)>,
+    /// Aborted transactions, in the order of their ABORT markers (so by last offset).
+    aborted: Vec<AbortedTxn>,
+}
+
+/// An aborted transaction of one partition: its records from `first_offset` to its ABORT
+/// marker at `last_offset` that carry its producer id are not to be read by read_committed
+/// consumers (Kafka's `AbortedTxn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+/// A transaction marker: the control record of a COMMIT or ABORT batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    Abort,
+    Commit,
 }
 
 impl ProducerStateTable {
@@ -241,12 +285,133 @@ impl ProducerStateTable {
         Ok(Verdict::Append)
     }
 
+    /// The check for a batch the broker writes for a producer (a transaction marker, a
+    /// transactional offset commit): no sequence, only the epoch, which must not be older
+    /// than the producer's here.
+    pub fn check_epoch(&self, h: &BatchHeader) -> Result<(), StorageError> {
+        match self.producers.get(&h.producer_id) {
+            Some(e) if h.producer_epoch < e.epoch => Err(StorageError::InvalidProducerEpoch {
+                producer_id: h.producer_id,
+                epoch: h.producer_epoch,
+                current: e.epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Follow a batch read from the log (recovery, snapshots' replay): a marker closes its
+    /// producer's transaction, any other producer batch is [`ProducerStateTable::update`].
+    /// `batch` is the whole batch; only a control batch's first record key is read.
+    pub fn replay(&mut self, h: &BatchHeader, batch: &[u8]) {
+        if h.producer_id < 0 {
+            return;
+        }
+        if h.attributes & super::batch::ATTR_CONTROL != 0 {
+            if let Some(marker) = super::batch::control_type(batch) {
+                self.apply_marker(h, marker);
+            }
+            return;
+        }
+        self.update(h);
+    }
+
+    /// A COMMIT or ABORT marker of `h.producer_id` at `h.base_offset`: its open transaction
+    /// here (if any) closes; an aborted one joins the aborted list. A newer epoch replaces the
+    /// producer's (the coordinator fenced the old one) and its sequence starts again at 0.
+    pub fn apply_marker(&mut self, h: &BatchHeader, marker: Marker) {
+        let e = match self.producers.entry(h.producer_id) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(ProducerEntry::new(h.producer_epoch)),
+        };
+        if h.producer_epoch > e.epoch {
+            e.epoch = h.producer_epoch;
+            e.clear_batches();
+        }
+        e.last_timestamp = e.last_timestamp.max(h.max_timestamp);
+        let first = std::mem::replace(&mut e.txn_first_offset, -1);
+        if first < 0 {
+            return;
+        }
+        if let Some(t) = self.unstable.get_mut(&first) {
+            t.1 = Some(h.base_offset);
+        }
+        if marker == Marker::Abort {
+            self.aborted.push(AbortedTxn {
+                producer_id: h.producer_id,
+                first_offset: first,
+                last_offset: h.base_offset,
+            });
+        }
+    }
+
+    /// The last stable offset for a high watermark `hw`: the first offset of the oldest
+    /// transaction not closed by a marker below `hw`, or `hw`. Forgets closed transactions
+    /// the high watermark has passed.
+    pub fn last_stable_offset(&mut self, hw: i64) -> i64 {
+        while let Some((&first, &(_, marker))) = self.unstable.first_key_value() {
+            match marker {
+                Some(m) if m < hw => {
+                    self.unstable.remove(&first);
+                }
+                _ => return first.min(hw),
+            }
+        }
+        hw
+    }
+
+    /// The aborted transactions overlapping `[from, to)` (Fetch's `aborted_transactions`),
+    /// in marker order.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        let start = self.aborted.partition_point(|a| a.last_offset < from);
+        self.aborted[start..]
+            .iter()
+            .filter(|a| a.first_offset < to)
+            .copied()
+            .collect()
+    }
+
+    /// Forget aborted transactions that end below `log_start` (their records are gone).
+    pub fn prune_aborted(&mut self, log_start: i64) {
+        let gone = self.aborted.partition_point(|a| a.last_offset < log_start);
+        if gone > 0 {
+            self.aborted.drain(..gone);
+        }
+    }
+
+    /// Transactions open here: (producer id, first offset), by first offset.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.unstable
+            .iter()
+            .filter(|(_, (_, m))| m.is_none())
+            .map(|(first, (pid, _))| (*pid, *first))
+            .collect()
+    }
+
     /// Record a batch that was assigned offsets (`h.base_offset` is its
     /// assigned base), or replay one read from the log. A new epoch forgets
     /// the older epoch's batches. No checks: replay accepts what the log
-    /// holds.
+    /// holds. A batch without a sequence (written by the broker for the
+    /// producer: a transactional offset commit) updates the epoch only. A
+    /// transactional batch opens the producer's transaction if none is open.
     pub fn update(&mut self, h: &BatchHeader) {
         assert!(h.producer_id >= 0);
+        let transactional = h.attributes & super::batch::ATTR_TRANSACTIONAL != 0;
+        if h.base_sequence < 0 {
+            let e = match self.producers.entry(h.producer_id) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => v.insert(ProducerEntry::new(h.producer_epoch)),
+            };
+            if h.producer_epoch > e.epoch {
+                e.epoch = h.producer_epoch;
+                e.clear_batches();
+            }
+            e.last_timestamp = e.last_timestamp.max(h.max_timestamp);
+            if transactional && e.txn_first_offset < 0 {
+                e.txn_first_offset = h.base_offset;
+                self.unstable.insert(h.base_offset, (h.producer_id, None));
+            }
+            return;
+        }
         let meta = BatchMeta {
             first_seq: h.base_sequence,
             last_seq: last_sequence(h.base_sequence.max(0), h.last_offset_delta),
@@ -263,6 +428,10 @@ impl ProducerStateTable {
         }
         e.push(meta);
         e.last_timestamp = h.max_timestamp;
+        if transactional && e.txn_first_offset < 0 {
+            e.txn_first_offset = h.base_offset;
+            self.unstable.insert(h.base_offset, (h.producer_id, None));
+        }
     }
 
     /// Forget producers whose last batch is older than
@@ -270,8 +439,10 @@ impl ProducerStateTable {
     /// `producer.id.expiration.ms`), so the table stays bounded by the
     /// producers active in the last day.
     pub fn remove_expired(&mut self, now_ms: i64) {
-        self.producers
-            .retain(|_, e| now_ms.saturating_sub(e.last_timestamp) < PRODUCER_ID_EXPIRATION_MS);
+        self.producers.retain(|_, e| {
+            e.txn_first_offset >= 0
+                || now_ms.saturating_sub(e.last_timestamp) < PRODUCER_ID_EXPIRATION_MS
+        });
     }
 
     /// The snapshot file's bytes for a table covering batches below `offset`.
@@ -279,8 +450,10 @@ impl ProducerStateTable {
         let body: usize = self
             .producers
             .values()
-            .map(|e| ENTRY_HEADER_LEN + e.len as usize * BATCH_META_LEN)
-            .sum();
+            .map(|e| ENTRY_HEADER_LEN + e.len as usize * BATCH_META_LEN + 8)
+            .sum::<usize>()
+            + 4
+            + self.aborted.len() * ABORTED_LEN;
         let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body + 4);
         out.extend_from_slice(SNAPSHOT_MAGIC);
         out.extend_from_slice(&SNAPSHOT_VERSION.to_be_bytes());
@@ -301,6 +474,13 @@ impl ProducerStateTable {
                 out.extend_from_slice(&b.base_offset.to_be_bytes());
                 out.extend_from_slice(&b.last_offset_delta.to_be_bytes());
             }
+            out.extend_from_slice(&e.txn_first_offset.to_be_bytes());
+        }
+        out.extend_from_slice(&(self.aborted.len() as u32).to_be_bytes());
+        for a in &self.aborted {
+            out.extend_from_slice(&a.producer_id.to_be_bytes());
+            out.extend_from_slice(&a.first_offset.to_be_bytes());
+            out.extend_from_slice(&a.last_offset.to_be_bytes());
         }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
@@ -322,7 +502,8 @@ impl ProducerStateTable {
         if r.take(4)? != SNAPSHOT_MAGIC {
             return Err(bad("bad magic"));
         }
-        if r.u16()? != SNAPSHOT_VERSION {
+        let version = r.u16()?;
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_1 {
             return Err(bad("unknown version"));
         }
         let offset = r.i64()?;
@@ -331,12 +512,14 @@ impl ProducerStateTable {
             return Err(bad("bad offset or producer count"));
         }
         let mut producers = HashMap::with_capacity(count);
+        let mut unstable = BTreeMap::new();
         for _ in 0..count {
             let id = r.i64()?;
             let mut e = ProducerEntry::new(r.i16()?);
             e.last_timestamp = r.i64()?;
             let n = r.take(1)?[0] as usize;
-            if id < 0 || n == 0 || n > PRODUCER_BATCHES_KEPT {
+            let none_allowed = version >= SNAPSHOT_VERSION;
+            if id < 0 || (n == 0 && !none_allowed) || n > PRODUCER_BATCHES_KEPT {
                 return Err(bad("bad producer entry"));
             }
             for _ in 0..n {
@@ -355,14 +538,56 @@ impl ProducerStateTable {
                 }
                 e.push(b);
             }
+            if version >= SNAPSHOT_VERSION {
+                e.txn_first_offset = r.i64()?;
+                if e.txn_first_offset < -1 || e.txn_first_offset >= offset {
+                    return Err(bad("open transaction past the snapshot"));
+                }
+                if e.txn_first_offset >= 0
+                    && unstable.insert(e.txn_first_offset, (id, None)).is_some()
+                {
+                    return Err(bad("two transactions open at one offset"));
+                }
+            }
             if producers.insert(id, e).is_some() {
                 return Err(bad("producer listed twice"));
+            }
+        }
+        let mut aborted = Vec::new();
+        if version >= SNAPSHOT_VERSION {
+            let m = r.u32()? as usize;
+            if m > (body.len() - r.pos) / ABORTED_LEN {
+                return Err(bad("bad aborted transaction count"));
+            }
+            aborted.reserve(m);
+            for _ in 0..m {
+                let a = AbortedTxn {
+                    producer_id: r.i64()?,
+                    first_offset: r.i64()?,
+                    last_offset: r.i64()?,
+                };
+                if a.first_offset > a.last_offset
+                    || a.last_offset >= offset
+                    || aborted
+                        .last()
+                        .is_some_and(|p: &AbortedTxn| p.last_offset >= a.last_offset)
+                {
+                    return Err(bad("aborted transactions out of order"));
+                }
+                aborted.push(a);
             }
         }
         if r.pos != body.len() {
             return Err(bad("trailing bytes"));
         }
-        Ok((offset, ProducerStateTable { producers }))
+        Ok((
+            offset,
+            ProducerStateTable {
+                producers,
+                unstable,
+                aborted,
+            },
+        ))
     }
 }
 
@@ -560,11 +785,8 @@ mod tests {
 
         let mut one = ProducerStateTable::default();
         one.update(&header(1, 2, 3, 1, 4));
-        let golden: Vec<u8> = [
-            &b"SLPS"[..],
-            &[0, 1],
-            &5i64.to_be_bytes(),
-            &1u32.to_be_bytes(),
+        let entry: Vec<u8> = [
+            &1u32.to_be_bytes()[..],
             &1i64.to_be_bytes(),
             &2i16.to_be_bytes(),
             &1004i64.to_be_bytes(),
@@ -575,9 +797,110 @@ mod tests {
             &0i32.to_be_bytes(),
         ]
         .concat();
-        let mut expected = golden.clone();
-        expected.extend_from_slice(&crc32c::crc32c(&golden).to_be_bytes());
-        assert_eq!(one.encode_snapshot(5), expected);
+        let with_crc = |body: Vec<u8>| {
+            let mut b = body.clone();
+            b.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+            b
+        };
+        // Version 2: no open transaction (-1), no aborted transactions.
+        let golden = with_crc(
+            [
+                &b"SLPS"[..],
+                &[0, 2],
+                &5i64.to_be_bytes(),
+                &entry,
+                &(-1i64).to_be_bytes(),
+                &0u32.to_be_bytes(),
+            ]
+            .concat(),
+        );
+        assert_eq!(one.encode_snapshot(5), golden);
+        // Version 1, written before transactions, still reads.
+        let v1 = with_crc([&b"SLPS"[..], &[0, 1], &5i64.to_be_bytes(), &entry].concat());
+        assert_eq!(
+            ProducerStateTable::decode_snapshot(&v1).unwrap(),
+            (5, one.clone())
+        );
+    }
+
+    /// A transactional data batch of `pid` at `base` (sequence `seq`, `count` records).
+    fn txn_header(pid: i64, epoch: i16, seq: i32, count: i32, base: i64) -> BatchHeader {
+        BatchHeader {
+            attributes: crate::storage::batch::ATTR_TRANSACTIONAL,
+            ..header(pid, epoch, seq, count, base)
+        }
+    }
+
+    /// A marker of `pid` at `offset`.
+    fn marker_header(pid: i64, epoch: i16, offset: i64) -> BatchHeader {
+        BatchHeader {
+            attributes: crate::storage::batch::ATTR_TRANSACTIONAL
+                | crate::storage::batch::ATTR_CONTROL,
+            base_sequence: -1,
+            ..header(pid, epoch, 0, 1, offset)
+        }
+    }
+
+    #[test]
+    fn transactions_move_the_last_stable_offset_and_record_aborts() {
+        let mut t = ProducerStateTable::default();
+        // Producer 1 opens at 0, producer 2 at 2; a plain batch at 4.
+        t.update(&txn_header(1, 0, 0, 2, 0));
+        t.update(&txn_header(2, 0, 0, 2, 2));
+        t.update(&header(3, 0, 0, 1, 4));
+        t.update(&txn_header(1, 0, 2, 1, 5));
+        assert_eq!(t.last_stable_offset(6), 0);
+        assert_eq!(t.open_transactions(), vec![(1, 0), (2, 2)]);
+        // Producer 1 commits at 6: stable up to producer 2's first offset once the high
+        // watermark passes the marker, not before.
+        t.apply_marker(&marker_header(1, 0, 6), Marker::Commit);
+        assert_eq!(t.last_stable_offset(6), 0);
+        assert_eq!(t.last_stable_offset(7), 2);
+        // Producer 2 aborts at 7 with a newer epoch (fenced by its coordinator).
+        t.apply_marker(&marker_header(2, 1, 7), Marker::Abort);
+        assert_eq!(t.get(2).unwrap().epoch, 1);
+        assert_eq!(t.get(2).unwrap().last_seq(), -1);
+        assert_eq!(t.last_stable_offset(8), 8);
+        assert!(t.open_transactions().is_empty());
+        let aborted = AbortedTxn {
+            producer_id: 2,
+            first_offset: 2,
+            last_offset: 7,
+        };
+        assert_eq!(t.aborted_between(0, 8), vec![aborted]);
+        assert_eq!(t.aborted_between(7, 100), vec![aborted]);
+        assert!(t.aborted_between(8, 100).is_empty());
+        assert!(t.aborted_between(0, 2).is_empty());
+        // A second marker closes nothing.
+        t.apply_marker(&marker_header(2, 1, 8), Marker::Abort);
+        assert_eq!(t.aborted_between(0, 100).len(), 1);
+        // The old epoch is fenced for a marker too, the new one is not.
+        assert!(t.check_epoch(&marker_header(2, 0, 9)).is_err());
+        assert!(t.check_epoch(&marker_header(2, 1, 9)).is_ok());
+        // Aborts below the log start are forgotten.
+        t.prune_aborted(8);
+        assert!(t.aborted_between(0, 100).is_empty());
+    }
+
+    #[test]
+    fn snapshots_keep_open_and_aborted_transactions() {
+        let mut t = ProducerStateTable::default();
+        t.update(&txn_header(1, 0, 0, 2, 0));
+        t.apply_marker(&marker_header(1, 0, 2), Marker::Abort);
+        t.update(&txn_header(1, 0, 2, 1, 3));
+        t.update(&txn_header(4, 3, 0, 1, 4));
+        let bytes = t.encode_snapshot(5);
+        let (offset, mut back) = ProducerStateTable::decode_snapshot(&bytes).unwrap();
+        assert_eq!(offset, 5);
+        assert_eq!(back.open_transactions(), vec![(1, 3), (4, 4)]);
+        assert_eq!(back.aborted_between(0, 5), t.aborted_between(0, 5));
+        assert_eq!(back.last_stable_offset(5), 3);
+        for n in 0..bytes.len() {
+            assert!(ProducerStateTable::decode_snapshot(&bytes[..n]).is_err());
+        }
+        // A producer with an open transaction does not expire.
+        back.remove_expired(i64::MAX);
+        assert_eq!(back.len(), 2);
     }
 
     #[test]

@@ -121,9 +121,9 @@ pub(super) async fn recover(
     let (active, file, tail_block, preallocated) = match opened {
         Some(parts) => parts,
         None => {
-            let mut on_batch = |h: &BatchHeader| {
+            let mut on_batch = |h: &BatchHeader, bytes: &[u8]| {
                 if h.producer_id >= 0 && h.base_offset >= from {
-                    producers.update(h);
+                    producers.replay(h, bytes);
                 }
             };
             recover_active(env, dir, last, cfg, &mut on_batch).await?
@@ -453,9 +453,9 @@ async fn replay(
     producers: &mut ProducerStateTable,
 ) -> Result<(), StorageError> {
     let mut sc = Scanner::new(file, start, end, REPLAY_CHUNK_BYTES, false);
-    while let Some((_, h, _)) = sc.next().await? {
+    while let Some((_, h, bytes)) = sc.next().await? {
         if h.producer_id >= 0 && h.base_offset >= from {
-            producers.update(&h);
+            producers.replay(&h, &bytes);
         }
     }
     match sc.stop_reason() {
@@ -507,7 +507,7 @@ async fn recover_sealed(
             base,
             log_len,
             cfg.index_interval_bytes,
-            &mut |_| {},
+            &mut |_, _| {},
         )
         .await?;
         if res.end < log_len {
@@ -584,7 +584,7 @@ async fn recover_active(
     dir: &Path,
     base: i64,
     cfg: &LogConfig,
-    on_batch: &mut dyn FnMut(&BatchHeader),
+    on_batch: &mut dyn FnMut(&BatchHeader, &[u8]),
 ) -> Result<ActiveParts, StorageError> {
     let path = segment_path(dir, base, LOG_SUFFIX);
     let f = env

@@ -299,7 +299,7 @@ pub async fn scan_segment(
     base_offset: i64,
     file_len: u64,
     interval_bytes: u32,
-    on_batch: &mut dyn FnMut(&BatchHeader),
+    on_batch: &mut dyn FnMut(&BatchHeader, &[u8]),
 ) -> Result<ScanResult, StorageError> {
     const RECOVERY_CHUNK_BYTES: usize = 1 << 20;
     let mut sc = Scanner::new(file, 0, file_len, RECOVERY_CHUNK_BYTES, true);
@@ -319,7 +319,7 @@ pub async fn scan_segment(
             });
         }
         indexer.on_batch(&h, pos, bytes.len());
-        on_batch(&h);
+        on_batch(&h, &bytes);
         next_offset = h.next_offset();
     }
     Ok(ScanResult {

@@ -795,12 +795,12 @@ fn idempotent_gaps_fencing_epochs_and_wrap() {
         produce(&log, encode_idempotent(2, 0, 1, 1, ts))
             .await
             .unwrap();
-        // Transactional batches and several idempotent batches at once are refused.
-        let mut txn = encode_idempotent(3, 0, 0, 1, ts).to_vec();
-        txn[22] |= 0x10;
-        let crc = batch::compute_crc(&txn);
-        txn[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert_eq!(produce(&log, Bytes::from(txn)).await, Err(48));
+        // Control batches from a producer and several idempotent batches at once are refused.
+        let mut control = encode_idempotent(3, 0, 0, 1, ts).to_vec();
+        control[22] |= 0x30;
+        let crc = batch::compute_crc(&control);
+        control[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(produce(&log, Bytes::from(control)).await, Err(87));
         let mut two = encode_idempotent(3, 0, 0, 1, ts).to_vec();
         two.extend_from_slice(&encode_idempotent(3, 0, 1, 1, ts));
         assert_eq!(produce(&log, Bytes::from(two)).await, Err(87));
@@ -859,6 +859,89 @@ fn check_state_survives(crash: bool) {
         assert_eq!(log.log_end_offset(), Offset(21));
         log.close().await.unwrap();
     });
+}
+
+/// Transactions in one partition: two producers' transactions, one committed and one
+/// aborted, a plain batch between them; read_committed stops at the open transaction's first
+/// offset and reports the aborted one; after a crash (or a close) and reopen, the open
+/// transaction is still open and the aborted one still reported.
+fn check_transactions_survive(crash: bool) {
+    use super::batch::test_util::encode_transactional;
+    use super::producer_state::{AbortedTxn, Marker};
+    run(move |dir| async move {
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        let ts = now_ms();
+        produce(&log, encode_transactional(1, 0, 0, 2, ts))
+            .await
+            .unwrap(); // 0..2
+        produce(&log, encode_transactional(2, 0, 0, 2, ts))
+            .await
+            .unwrap(); // 2..4
+        produce(&log, encode_batch(0, 1, ts, 10)).await.unwrap(); // 4
+        let info = log.append_marker(1, 0, Marker::Abort, 0).await.unwrap(); // 5
+        log.wait_durable(&info).await.unwrap();
+        assert_eq!(log.last_stable_offset(), Offset(2));
+        let read = log.read_chunks_committed(Offset(0), 1 << 20).await.unwrap();
+        assert_eq!(read.last_stable_offset, Offset(2));
+        let aborted = AbortedTxn {
+            producer_id: 1,
+            first_offset: 0,
+            last_offset: 5,
+        };
+        assert_eq!(read.aborted, vec![aborted]);
+        let mut b = read.records.join();
+        let sets = RecordBatchDecoder::decode_all(&mut b).unwrap();
+        assert_eq!(sets.iter().map(|s| s.records.len()).sum::<usize>(), 2);
+        // read_uncommitted reads to the high watermark.
+        assert_eq!(read_all_count(&log).await, 6);
+        // Between the last stable offset and the high watermark: nothing, no error.
+        let between = log.read_chunks_committed(Offset(3), 1 << 20).await.unwrap();
+        assert!(between.records.is_empty());
+        // A producer may not write a marker itself; an old epoch's marker is refused.
+        let forged = super::batch::encode_marker(2, 0, Marker::Commit, 0, ts);
+        assert_eq!(produce(&log, forged).await, Err(87));
+        log.append_marker(2, 1, Marker::Commit, 0).await.unwrap(); // 6, fences epoch 0
+        assert_eq!(
+            log.append_marker(2, 0, Marker::Commit, 0)
+                .await
+                .unwrap_err()
+                .kafka_error_code(),
+            47
+        );
+        produce(&log, encode_transactional(3, 0, 0, 3, ts))
+            .await
+            .unwrap(); // 7..10
+        let end = append_durable(&log, 1, ts, 10).await.last_offset.0;
+        assert_eq!(end, 10);
+        assert_eq!(log.last_stable_offset(), Offset(7));
+        if crash {
+            drop(log);
+            crate::runtime::sleep(Duration::from_millis(10)).await;
+        } else {
+            log.close().await.unwrap();
+        }
+        let log = PartitionLog::open(dir.clone(), small_cfg()).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(11));
+        assert_eq!(log.last_stable_offset(), Offset(7));
+        assert_eq!(log.open_transactions(), vec![(3, 7)]);
+        let read = log.read_chunks_committed(Offset(0), 1 << 20).await.unwrap();
+        assert_eq!(read.aborted, vec![aborted]);
+        // The open one commits after the restart: everything is stable.
+        let info = log.append_marker(3, 0, Marker::Commit, 0).await.unwrap();
+        log.wait_durable(&info).await.unwrap();
+        assert_eq!(log.last_stable_offset(), Offset(12));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn transactions_survive_close_and_reopen() {
+    check_transactions_survive(false);
+}
+
+#[test]
+fn transactions_survive_a_crash() {
+    check_transactions_survive(true);
 }
 
 #[test]

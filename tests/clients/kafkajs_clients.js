@@ -6,6 +6,12 @@
 //
 // Usage: node kafkajs_clients.js BOOTSTRAP
 //        node kafkajs_clients.js BOOTSTRAP produce-acked TOPIC COUNT TAG
+//        node kafkajs_clients.js BOOTSTRAP transactions
+//
+// transactions: a transactional producer commits one transaction and aborts another across
+// the topic's partitions, and commits a third with offsets of a consumer group
+// (sendOffsets); a read_committed consumer group sees exactly the committed records, and the
+// group's offsets are the ones sent in the committed transaction.
 //
 // produce-acked: an idempotent kafkajs producer sends COUNT records "TAG-i" to partition 0 of
 // TOPIC with acks=all, one send at a time (the cluster test kills the partition's leader
@@ -238,6 +244,69 @@ async function produceAcked() {
   await producer.disconnect();
 }
 
+async function transactions() {
+  const kafka = new Kafka({
+    clientId: 'sluice-kafkajs-txn',
+    brokers: [bootstrap],
+    logLevel: logLevel.NOTHING,
+    retry: { retries: 8, initialRetryTime: 100 },
+  });
+  const topic = 'js-txn';
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.createTopics({ topics: [{ topic, numPartitions: 4 }], waitForLeaders: true });
+  const producer = kafka.producer({
+    transactionalId: 'js-txn-1', idempotent: true, maxInFlightRequests: 1,
+  });
+  await producer.connect();
+  const batch = (name) => Array.from({ length: 20 }, (_, i) => ({ key: `k${i}`, value: `${name}${i}` }));
+  let txn = await producer.transaction();
+  await txn.send({ topic, acks: -1, messages: batch('commit') });
+  await txn.commit();
+  txn = await producer.transaction();
+  await txn.send({ topic, acks: -1, messages: batch('abort') });
+  await txn.abort();
+  txn = await producer.transaction();
+  await txn.send({ topic, acks: -1, messages: batch('offsets') });
+  await txn.sendOffsets({
+    consumerGroupId: 'js-txn-group',
+    topics: [{ topic, partitions: [{ partition: 0, offset: '7' }, { partition: 1, offset: '3' }] }],
+  });
+  await txn.commit();
+  await producer.disconnect();
+
+  const consumer = kafka.consumer({ groupId: 'js-txn-reader', readUncommitted: false });
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  const seen = [];
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`read ${seen.length} of 40 committed records`)), DEADLINE_MS);
+    consumer.run({
+      eachMessage: async ({ message }) => {
+        seen.push(message.value.toString());
+        if (seen.length >= 40) {
+          // Linger a little: an aborted record arriving late would show up here.
+          setTimeout(() => { clearTimeout(timer); resolve(); }, 1500);
+        }
+      },
+    }).catch(reject);
+  });
+  await consumer.disconnect();
+  const want = [...batch('commit'), ...batch('offsets')].map((m) => m.value).sort();
+  const got = seen.slice().sort();
+  if (JSON.stringify(got) !== JSON.stringify(want)) {
+    fail(`read_committed saw ${got.length} records: ${got.filter((v) => !want.includes(v)).slice(0, 5)}`);
+  }
+  const offsets = await admin.fetchOffsets({ groupId: 'js-txn-group', topics: [topic] });
+  const parts = offsets[0].partitions;
+  const at = (p) => parts.find((x) => x.partition === p).offset;
+  if (at(0) !== '7' || at(1) !== '3') {
+    fail(`offsets sent in the transaction are ${JSON.stringify(parts)}`);
+  }
+  await admin.disconnect();
+  console.log('kafkajs transactions ok');
+}
+
 const mode = process.argv[3] || 'round-trip';
-const modes = { idempotent, admin, 'produce-acked': produceAcked };
+const modes = { idempotent, admin, 'produce-acked': produceAcked, transactions };
 (modes[mode] || main)().catch((e) => fail(e.stack || String(e)));

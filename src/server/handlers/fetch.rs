@@ -17,8 +17,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicName};
 
 use super::{HandlerError, RequestContext, str_bytes};
 use crate::constants::FETCH_WAIT_MS_MAX;
@@ -35,6 +37,9 @@ pub struct ReadSpec {
     pub tp: TopicPartition,
     pub offset: i64,
     pub max_bytes: usize,
+    /// isolation_level 1 (READ_COMMITTED): read below the last stable offset, with the
+    /// aborted transactions.
+    pub committed: bool,
 }
 
 /// What the owner read.
@@ -43,6 +48,10 @@ pub struct ReadOutcome {
     pub error_code: i16,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    /// -1 when unknown (an error).
+    pub last_stable_offset: i64,
+    /// read_committed: the aborted transactions overlapping the records.
+    pub aborted: Vec<crate::storage::producer_state::AbortedTxn>,
     /// As stored (the tail cache's own buffers): sent without a copy.
     pub records: Chunks,
 }
@@ -81,6 +90,7 @@ pub async fn handle(
             let mut outcome = ReadOutcome {
                 high_watermark: -1,
                 log_start_offset: -1,
+                last_stable_offset: -1,
                 ..Default::default()
             };
             match &name {
@@ -98,6 +108,7 @@ pub async fn handle(
                             tp,
                             offset: part.fetch_offset,
                             max_bytes: part.partition_max_bytes.max(0) as usize,
+                            committed: req.isolation_level == 1,
                         },
                     });
                 }
@@ -164,12 +175,23 @@ pub async fn handle(
                         .iter()
                         .zip(row)
                         .map(|(part, r)| {
+                            let aborted = (req.isolation_level == 1).then(|| {
+                                r.aborted
+                                    .iter()
+                                    .map(|a| {
+                                        AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(a.producer_id))
+                                            .with_first_offset(a.first_offset)
+                                    })
+                                    .collect()
+                            });
                             PartitionData::default()
                                 .with_partition_index(part.partition)
                                 .with_error_code(r.error_code)
                                 .with_high_watermark(r.high_watermark)
-                                .with_last_stable_offset(r.high_watermark)
+                                .with_last_stable_offset(r.last_stable_offset)
                                 .with_log_start_offset(r.log_start_offset)
+                                .with_aborted_transactions(aborted)
                                 .with_records(Some(zero_copy::placeholder(r.records.into_parts())))
                         })
                         .collect(),
@@ -217,6 +239,8 @@ pub async fn read_on_owner(
                 error_code: ResponseError::NotLeaderOrFollower.code(),
                 high_watermark: -1,
                 log_start_offset: -1,
+                last_stable_offset: -1,
+                aborted: Vec::new(),
                 records: Chunks::default(),
             });
             continue;
@@ -225,20 +249,25 @@ pub async fn read_on_owner(
             error_code: 0,
             high_watermark: log.high_watermark().get(),
             log_start_offset: log.log_start_offset().get(),
+            last_stable_offset: log.last_stable_offset().get(),
+            aborted: Vec::new(),
             records: Chunks::default(),
         };
         if total < max_bytes {
-            match log
-                .read_chunks(
-                    Offset(spec.offset),
-                    spec.max_bytes.min(max_bytes - total).max(1),
-                )
-                .await
-            {
+            let offset = Offset(spec.offset);
+            let max = spec.max_bytes.min(max_bytes - total).max(1);
+            let read = if spec.committed {
+                log.read_chunks_committed(offset, max).await
+            } else {
+                log.read_chunks(offset, max).await
+            };
+            match read {
                 Ok(data) => {
                     total += data.records.len();
                     outcome.high_watermark = data.high_watermark.get();
                     outcome.log_start_offset = data.log_start_offset.get();
+                    outcome.last_stable_offset = data.last_stable_offset.get();
+                    outcome.aborted = data.aborted;
                     outcome.records = data.records;
                 }
                 Err(e) => outcome.error_code = e.kafka_error_code(),
@@ -259,8 +288,18 @@ async fn wait_any(
 ) -> Result<(), HandlerError> {
     let mut per_owner = ByOwner::new(shard.count);
     for s in slots {
-        let seen = outcomes[s.topic][s.partition].high_watermark;
-        per_owner.push(s.owner, (), (s.spec.tp.clone(), s.spec.offset.max(seen)));
+        let o = &outcomes[s.topic][s.partition];
+        // read_committed sees new data when the last stable offset moves.
+        let seen = if s.spec.committed {
+            o.last_stable_offset
+        } else {
+            o.high_watermark
+        };
+        per_owner.push(
+            s.owner,
+            (),
+            (s.spec.tp.clone(), s.spec.offset.max(seen), s.spec.committed),
+        );
     }
     let waits = shard
         .scatter(per_owner, move |s, w| async move {
@@ -276,16 +315,29 @@ async fn wait_any(
 /// here any more: the caller's next read reports it). A caller that stops
 /// waiting (another owner answered first, or its shard stops) drops the
 /// reply; this wait still ends at its deadline at the latest.
-pub async fn wait_on_owner(shard: Rc<Shard>, parts: Vec<(TopicPartition, i64)>, deadline: Instant) {
+pub async fn wait_on_owner(
+    shard: Rc<Shard>,
+    parts: Vec<(TopicPartition, i64, bool)>,
+    deadline: Instant,
+) {
     let logs: Vec<_> = parts
         .iter()
-        .filter_map(|(tp, off)| shard.partition(tp).map(|l| (l, *off)))
+        .filter_map(|(tp, off, committed)| shard.partition(tp).map(|l| (l, *off, *committed)))
         .collect();
+    // The last stable offset moves only with the high watermark (a marker or a batch
+    // becoming durable), so its listener serves read_committed too.
+    let visible_end = |l: &crate::storage::PartitionLog, committed: bool| {
+        if committed {
+            l.last_stable_offset().get()
+        } else {
+            l.high_watermark().get()
+        }
+    };
     loop {
         // Listen before checking so a move between the check and the wait
         // is not lost.
-        let listeners: Vec<_> = logs.iter().map(|(l, _)| l.hw_changed()).collect();
-        if logs.iter().any(|(l, off)| l.high_watermark().get() > *off) || logs.is_empty() {
+        let listeners: Vec<_> = logs.iter().map(|(l, _, _)| l.hw_changed()).collect();
+        if logs.iter().any(|(l, off, c)| visible_end(l, *c) > *off) || logs.is_empty() {
             return;
         }
         let now = Instant::now();

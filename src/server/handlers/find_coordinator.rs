@@ -3,7 +3,9 @@
 //! `__consumer_offsets` partition does, as this broker's replica of it knows the leader, or
 //! the leader's notices tell a broker holding no replica (COORDINATOR_NOT_AVAILABLE,
 //! retriable, while there is none: during an election, before the topic exists). v4+ answers a batch
-//! of keys. Transactions (key type 1) are not supported: COORDINATOR_NOT_AVAILABLE.
+//! of keys. Transactions (key type 1): on a one-node broker, this broker (the shard owning
+//! the id's `__transaction_state` partition runs it); in a cluster transactions are not
+//! served yet: COORDINATOR_NOT_AVAILABLE.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -64,17 +66,22 @@ async fn coordinator_of(
 }
 
 /// (error code, message) for a key, or None if this broker coordinates it.
-fn refusal(key_type: i8, key: &str) -> Option<(i16, String)> {
+fn refusal(key_type: i8, key: &str, cluster: bool) -> Option<(i16, String)> {
     match key_type {
         KEY_TYPE_GROUP if key.is_empty() => Some((
             ResponseError::InvalidRequest.code(),
             "the group id is empty".into(),
         )),
         KEY_TYPE_GROUP => None,
-        KEY_TYPE_TRANSACTION => Some((
-            ResponseError::CoordinatorNotAvailable.code(),
-            "transactions are not supported".into(),
+        KEY_TYPE_TRANSACTION if key.is_empty() => Some((
+            ResponseError::InvalidRequest.code(),
+            "the transactional id is empty".into(),
         )),
+        KEY_TYPE_TRANSACTION if cluster => Some((
+            ResponseError::CoordinatorNotAvailable.code(),
+            "transactions are not served by a cluster yet".into(),
+        )),
+        KEY_TYPE_TRANSACTION => None,
         t => Some((
             ResponseError::InvalidRequest.code(),
             format!("unsupported key type {t}"),
@@ -88,7 +95,7 @@ pub async fn handle(
 ) -> Result<FindCoordinatorResponse, HandlerError> {
     // Why `key` of `key_type` gets no coordinator, or the coordinator.
     let answer = |key_type: i8, key: String| async move {
-        if let Some(refused) = refusal(key_type, &key) {
+        if let Some(refused) = refusal(key_type, &key, ctx.shard.is_cluster()) {
             return Ok::<_, HandlerError>((key, Err(refused)));
         }
         let found = coordinator_of(ctx, &key)

@@ -8,10 +8,12 @@
 //! exhausted). Partitions then fence the older epoch and expect the new one
 //! to start at sequence 0.
 //!
-//! Transactions are not supported: a request with a transactional id gets
-//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED (an empty one INVALID_REQUEST, as
-//! Kafka answers), so a transactional client fails at once and clearly
-//! instead of half-working.
+//! With a transactional id, the transaction coordinator of the id (`crate::txn`) answers:
+//! a new producer id for a new id, else the id's producer id with the next epoch, after
+//! aborting the transaction the previous producer left open (which fences it). An empty
+//! transactional id is INVALID_REQUEST, as Kafka answers. In a cluster transactions are not
+//! served yet: TRANSACTIONAL_ID_AUTHORIZATION_FAILED, so a transactional client fails at
+//! once and clearly instead of half-working.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
@@ -29,20 +31,37 @@ pub async fn handle(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
-    match req.transactional_id.as_ref().map(|t| t.0.is_empty()) {
-        Some(false) => {
-            return Ok(error(
-                ResponseError::TransactionalIdAuthorizationFailed.code(),
-            ));
-        }
-        Some(true) => return Ok(error(ResponseError::InvalidRequest.code())),
-        None => {}
-    }
     let current = match (req.producer_id.0, req.producer_epoch) {
         (-1, -1) => None,
         (id, epoch) if id >= 0 && epoch >= 0 => Some((id, epoch)),
         _ => return Ok(error(ResponseError::InvalidRequest.code())),
     };
+    match req.transactional_id.as_ref().map(|t| t.0.to_string()) {
+        Some(id) if id.is_empty() => return Ok(error(ResponseError::InvalidRequest.code())),
+        Some(_) if ctx.shard.is_cluster() => {
+            return Ok(error(
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
+            ));
+        }
+        Some(id) => {
+            let timeout_ms = req.transaction_timeout_ms;
+            let tid = id.clone();
+            let result = crate::txn::on_coordinator(&ctx.shard, &id, move |s| async move {
+                s.txns.init_producer_id(&s, &tid, timeout_ms, current).await
+            })
+            .await?;
+            return Ok(match result.and_then(|r| r) {
+                Ok((pid, epoch)) => {
+                    tracing::debug!(transactional_id = %id, producer_id = pid, epoch, "init transactional producer id");
+                    InitProducerIdResponse::default()
+                        .with_producer_id(ProducerId(pid))
+                        .with_producer_epoch(epoch)
+                }
+                Err(e) => error(super::txn_error(e, ctx.version, 4)),
+            });
+        }
+        None => {}
+    }
     let result = ctx
         .shard
         .invoke_on(CONTROLLER, move |s| async move {

@@ -1,5 +1,5 @@
 //! ListOffsets (key 2), versions 1-10: earliest (-2), latest (-1, the high
-//! watermark), max timestamp (-3), or the first offset at or after a
+//! watermark; the last stable offset for isolation level READ_COMMITTED), max timestamp (-3), or the first offset at or after a
 //! timestamp, with the leader epoch (a replicated partition's Raft term; 0 on a
 //! one-node broker). Answered by the partition's owner.
 
@@ -35,7 +35,8 @@ pub async fn handle(
         for (pi, p) in topic.partitions.iter().enumerate() {
             if catalog.has_partition(&name, p.partition_index) {
                 let tp = TopicPartition::new(name.clone(), p.partition_index);
-                per_owner.push(shard.owner_of(&tp), (ti, pi), (tp, p.timestamp));
+                let committed = req.isolation_level == 1;
+                per_owner.push(shard.owner_of(&tp), (ti, pi), (tp, p.timestamp, committed));
                 row.push((0, -1, -1, 0));
             } else {
                 row.push((ResponseError::UnknownTopicOrPartition.code(), -1, -1, -1));
@@ -81,26 +82,32 @@ pub async fn handle(
 /// On the owner: every lookup of one request, in order.
 async fn lookup_all_on_owner(
     shard: Rc<Shard>,
-    parts: Vec<(TopicPartition, i64)>,
+    parts: Vec<(TopicPartition, i64, bool)>,
 ) -> Vec<(i16, i64, i64, i32)> {
     let mut out = Vec::with_capacity(parts.len());
-    for (tp, ts) in parts {
+    for (tp, ts, committed) in parts {
         // The leader epoch: the replica's term, 0 on a one-node broker.
         let epoch = shard
             .replica(&tp)
             .map_or(0, |d| i32::try_from(d.replica().term()).unwrap_or(i32::MAX));
-        let (code, offset, timestamp) = lookup_on_owner(&shard, tp, ts).await;
+        let (code, offset, timestamp) = lookup_on_owner(&shard, tp, ts, committed).await;
         out.push((code, offset, timestamp, if code == 0 { epoch } else { -1 }));
     }
     out
 }
 
 /// On the owner: (error code, offset, timestamp).
-async fn lookup_on_owner(shard: &Shard, tp: TopicPartition, ts: i64) -> (i16, i64, i64) {
+async fn lookup_on_owner(
+    shard: &Shard,
+    tp: TopicPartition,
+    ts: i64,
+    committed: bool,
+) -> (i16, i64, i64) {
     let Some(log) = shard.partition(&tp) else {
         return (ResponseError::NotLeaderOrFollower.code(), -1, -1);
     };
     let found = match ts {
+        LATEST if committed => return (0, log.last_stable_offset().get(), -1),
         LATEST => return (0, log.high_watermark().get(), -1),
         EARLIEST => return (0, log.log_start_offset().get(), -1),
         MAX_TIMESTAMP => log.max_timestamp().await,

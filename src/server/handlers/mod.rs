@@ -2,6 +2,8 @@
 //! dispatch and the ApiVersions answer; each API is served in every version
 //! the kafka-protocol crate can decode (`ApiKey::valid_versions`).
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
@@ -14,6 +16,8 @@ pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
+pub mod describe_transactions;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -23,6 +27,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -30,6 +35,7 @@ pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
+pub mod txn_offset_commit;
 
 use std::rc::Rc;
 
@@ -69,6 +75,12 @@ pub const APIS: &[ApiKey] = &[
     ApiKey::DeleteRecords,
     ApiKey::DescribeLogDirs,
     ApiKey::OffsetForLeaderEpoch,
+    ApiKey::AddPartitionsToTxn,
+    ApiKey::AddOffsetsToTxn,
+    ApiKey::EndTxn,
+    ApiKey::TxnOffsetCommit,
+    ApiKey::DescribeTransactions,
+    ApiKey::ListTransactions,
 ];
 
 /// The versions of `key` we serve, or None if we do not serve it.
@@ -87,6 +99,13 @@ pub fn served_versions(key: ApiKey) -> VersionRange {
         ApiKey::OffsetFetch => kafka_protocol::messages::OffsetFetchRequest::VERSIONS.max,
         // InitProducerId v6 (KIP-939) is listed but its request does not decode.
         ApiKey::InitProducerId => kafka_protocol::messages::InitProducerIdRequest::VERSIONS.max,
+        // Transaction protocol version 1 (KIP-98, KIP-447): the versions clients send to a
+        // broker that does not advertise `transaction.version` 2 (KIP-890 part 2). The
+        // batched AddPartitionsToTxn v4+ is broker-to-broker.
+        ApiKey::AddPartitionsToTxn => 3,
+        ApiKey::AddOffsetsToTxn => 3,
+        ApiKey::EndTxn => 4,
+        ApiKey::TxnOffsetCommit => 4,
         _ => r.max,
     };
     VersionRange {
@@ -205,8 +224,41 @@ pub async fn dispatch(
         RequestKind::DescribeLogDirs(r) => {
             ResponseKind::DescribeLogDirs(describe_log_dirs::handle(ctx, r).await?)
         }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(add_partitions_to_txn::handle(ctx, r).await?)
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(add_offsets_to_txn::handle(ctx, r).await?)
+        }
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(end_txn::handle(ctx, r).await?),
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(txn_offset_commit::handle(ctx, r).await?)
+        }
+        RequestKind::DescribeTransactions(r) => {
+            ResponseKind::DescribeTransactions(describe_transactions::handle(ctx, r).await?)
+        }
+        RequestKind::ListTransactions(r) => {
+            ResponseKind::ListTransactions(list_transactions::handle(ctx, r).await?)
+        }
         _ => return Err(HandlerError::Mismatch),
     }))
+}
+
+/// The code a transaction API answers for `e`: PRODUCER_FENCED (Kafka 2.7+) is
+/// INVALID_PRODUCER_EPOCH for request versions below `fenced_since`, as Kafka answers
+/// clients that predate it.
+pub fn txn_error(e: kafka_protocol::ResponseError, version: i16, fenced_since: i16) -> i16 {
+    fenced_code(e.code(), version, fenced_since)
+}
+
+/// [`txn_error`] on a code.
+pub fn fenced_code(code: i16, version: i16, fenced_since: i16) -> i16 {
+    use kafka_protocol::ResponseError;
+    if code == ResponseError::ProducerFenced.code() && version < fenced_since {
+        ResponseError::InvalidProducerEpoch.code()
+    } else {
+        code
+    }
 }
 
 /// A protocol string from an owned string.

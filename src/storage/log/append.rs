@@ -21,6 +21,20 @@ pub(super) struct ValidatedBatches {
     pub(super) records: Bytes,
     pub(super) batches: Vec<(usize, usize, BatchHeader)>,
     pub(super) idempotent: bool,
+    pub(super) origin: Origin,
+}
+
+/// Who wrote the batches of a leader's append.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A producer (Produce): control batches refused, producer batches checked by sequence.
+    Client,
+    /// The broker for a producer (transaction markers, transactional offset commits): no
+    /// sequence, only the producer's epoch is checked.
+    Coordinator,
+    /// The shard journal's replay at open (a follower's append of what this log itself
+    /// wrote before a crash): every batch the log took, transactional ones included.
+    Journal,
 }
 
 /// Who assigns the offsets.
@@ -82,12 +96,44 @@ impl PartitionLog {
     /// a duplicate of one of its last five batches is not appended and gets
     /// that batch's offsets; a sequence gap or new epoch not starting at 0
     /// is `OutOfOrderSequence`; an older epoch is `InvalidProducerEpoch`.
-    /// Transactional and control batches are refused (`Transactional`).
+    /// A transactional batch opens its producer's transaction here (see
+    /// `producer_state`); control batches are refused (`InvalidRecord`): only
+    /// the transaction coordinator writes markers ([`PartitionLog::append_marker`]).
     pub fn append(
         self: &Rc<Self>,
         records: Bytes,
     ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
-        self.append_as(records, Mode::Leader)
+        self.append_as(records, Mode::Leader, Origin::Client)
+    }
+
+    /// Append batches the broker wrote for a producer (a transactional offset commit to
+    /// `__consumer_offsets`): one batch with the producer's id and epoch and no sequence. The
+    /// epoch must not be older than the producer's here (`InvalidProducerEpoch`).
+    pub fn append_for_producer(
+        self: &Rc<Self>,
+        records: Bytes,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
+        self.append_as(records, Mode::Leader, Origin::Coordinator)
+    }
+
+    /// Append a COMMIT or ABORT marker for `producer_id` (the transaction coordinator's
+    /// write): closes the producer's open transaction here. Refused with
+    /// `InvalidProducerEpoch` if the producer's epoch here is newer than `producer_epoch`.
+    pub fn append_marker(
+        self: &Rc<Self>,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: crate::storage::producer_state::Marker,
+        coordinator_epoch: i32,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
+        let bytes = batch::encode_marker(
+            producer_id,
+            producer_epoch,
+            marker,
+            coordinator_epoch,
+            self.env.clock.wall_ms(),
+        );
+        self.append_as(bytes, Mode::Leader, Origin::Coordinator)
     }
 
     /// [`PartitionLog::append`] or [`PartitionLog::append_replicated`]: place now, then
@@ -96,8 +142,9 @@ impl PartitionLog {
         self: &Rc<Self>,
         records: Bytes,
         mode: Mode,
+        origin: Origin,
     ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
-        let placed = self.place_append(records, mode);
+        let placed = self.place_append(records, mode, origin);
         let log = self.clone();
         async move {
             match placed? {
@@ -122,7 +169,16 @@ impl PartitionLog {
         self: &Rc<Self>,
         records: Bytes,
     ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
-        self.append_as(records, Mode::Follower)
+        self.append_as(records, Mode::Follower, Origin::Client)
+    }
+
+    /// [`PartitionLog::append_replicated`] for the shard journal's replay of this log's own
+    /// batches: transactional batches and markers are taken too.
+    pub(super) fn append_from_journal(
+        self: &Rc<Self>,
+        records: Bytes,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, StorageError>> + use<> {
+        self.append_as(records, Mode::Follower, Origin::Journal)
     }
 
     /// The synchronous part of [`PartitionLog::append`]: validate, then
@@ -131,19 +187,41 @@ impl PartitionLog {
         self: &Rc<Self>,
         records: Bytes,
         mode: Mode,
+        origin: Origin,
     ) -> Result<Placement, StorageError> {
         let batches = batch::validate_all_for_append(&records, self.cfg().max_message_bytes)?;
         let mut idempotent = false;
         for (_, _, h) in &batches {
-            // A follower stores the control batches Raft writes for its own entries
-            // (`replication::entry`): no producer, not transactional.
-            let raft_control = mode == Mode::Follower
-                && h.attributes & batch::ATTR_TRANSACTIONAL == 0
-                && h.producer_id < 0;
-            if h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0
-                && !raft_control
-            {
-                return Err(StorageError::Transactional);
+            let transactional = h.attributes & batch::ATTR_TRANSACTIONAL != 0;
+            let control = h.attributes & batch::ATTR_CONTROL != 0;
+            match mode {
+                Mode::Follower => {
+                    // A follower stores the control batches Raft writes for its own entries
+                    // (`replication::entry`): no producer, not transactional. Transactions
+                    // are not replicated yet.
+                    let raft_control = !transactional && h.producer_id < 0;
+                    if (transactional || control) && !raft_control && origin != Origin::Journal {
+                        return Err(StorageError::Transactional);
+                    }
+                }
+                Mode::Leader => {
+                    if control && origin == Origin::Client {
+                        return Err(StorageError::InvalidRecord(
+                            "a producer may not write control batches".into(),
+                        ));
+                    }
+                    if transactional && h.producer_id < 0 {
+                        return Err(StorageError::InvalidRecord(
+                            "a transactional batch without a producer id".into(),
+                        ));
+                    }
+                    if origin == Origin::Coordinator && (h.producer_id < 0 || h.base_sequence >= 0)
+                    {
+                        return Err(StorageError::InvalidRecord(
+                            "a coordinator batch has a producer id and no sequence".into(),
+                        ));
+                    }
+                }
             }
             idempotent |= h.producer_id >= 0;
         }
@@ -167,6 +245,7 @@ impl PartitionLog {
             records,
             batches,
             idempotent,
+            origin,
         };
         let ticket = {
             let mut st = self.state.borrow_mut();
@@ -217,6 +296,7 @@ impl PartitionLog {
             records,
             mut batches,
             idempotent,
+            origin,
         } = validated;
         let mut st = self.state.borrow_mut();
         if let Some(e) = st.failed_error() {
@@ -248,7 +328,9 @@ impl PartitionLog {
                 got: batches[0].2.base_offset,
             });
         }
-        if idempotent && mode == Mode::Leader {
+        if idempotent && mode == Mode::Leader && origin == Origin::Coordinator {
+            st.producers.check_epoch(&batches[0].2)?;
+        } else if idempotent && mode == Mode::Leader {
             match st.producers.check(&batches[0].2)? {
                 Verdict::Append => {}
                 Verdict::Duplicate(dup) => {
@@ -324,11 +406,11 @@ impl PartitionLog {
                 next_offset: h.next_offset(),
                 max_timestamp: h.max_timestamp,
             });
+            if h.producer_id >= 0 {
+                st.producers.replay(&h, &bytes);
+            }
             st.tail.push(base_offset, h.next_offset(), bytes);
             st.log_end = h.next_offset();
-            if h.producer_id >= 0 {
-                st.producers.update(&h);
-            }
         }
         assert_eq!(st.log_end, next);
         let written_end = st.written_end;
@@ -370,6 +452,8 @@ impl PartitionLog {
             debug!(dir = %self.dir.display(), base = log_end, "rolling segment");
             // The table now covers exactly the batches below the new base.
             st.producers.remove_expired(self.env.clock.wall_ms());
+            let log_start = st.log_start;
+            st.producers.prune_aborted(log_start);
             let snapshot = st.producers.encode_snapshot(log_end);
             st.pending_snapshots.push_back((log_end, snapshot));
             st.segments.push(Segment {

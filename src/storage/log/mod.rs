@@ -264,6 +264,11 @@ pub struct FetchChunks {
     pub records: Chunks,
     pub high_watermark: Offset,
     pub log_start_offset: Offset,
+    /// The last stable offset at the time of the read (the high watermark when no
+    /// transaction is open).
+    pub last_stable_offset: Offset,
+    /// For a read_committed read: the aborted transactions overlapping what was read.
+    pub aborted: Vec<crate::storage::producer_state::AbortedTxn>,
 }
 
 struct State {
@@ -701,6 +706,20 @@ impl PartitionLog {
             .collect();
         v.sort_unstable_by_key(|p| p.producer_id);
         v
+    }
+
+    /// The last stable offset: the first offset of the oldest transaction still open (or
+    /// whose marker is not yet below the high watermark), or the high watermark. Consumers
+    /// reading committed data read below it.
+    pub fn last_stable_offset(&self) -> Offset {
+        let mut st = self.state.borrow_mut();
+        let hw = st.high_watermark;
+        Offset(st.producers.last_stable_offset(hw))
+    }
+
+    /// Transactions open in this partition: (producer id, first offset), oldest first.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.state.borrow().producers.open_transactions()
     }
 
     /// A listener that fires the next time the high watermark moves (or the

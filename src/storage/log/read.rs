@@ -51,7 +51,18 @@ impl PartitionLog {
         offset: Offset,
         max_bytes: usize,
     ) -> Result<FetchChunks, StorageError> {
-        self.read_chunks_from(offset, max_bytes, false).await
+        self.read_chunks_from(offset, max_bytes, false, false).await
+    }
+
+    /// [`PartitionLog::read_chunks`] for a read_committed consumer: batches below the last
+    /// stable offset only (an offset between it and the high watermark reads nothing), with
+    /// the aborted transactions that overlap them.
+    pub async fn read_chunks_committed(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<FetchChunks, StorageError> {
+        self.read_chunks_from(offset, max_bytes, false, true).await
     }
 
     /// [`PartitionLog::read`] for a replicated log's own use (rebuilding its Raft log, sending
@@ -63,7 +74,9 @@ impl PartitionLog {
         offset: Offset,
         max_bytes: usize,
     ) -> Result<FetchData, StorageError> {
-        let data = self.read_chunks_from(offset, max_bytes, true).await?;
+        let data = self
+            .read_chunks_from(offset, max_bytes, true, false)
+            .await?;
         Ok(FetchData {
             records: data.records.join(),
             high_watermark: data.high_watermark,
@@ -76,10 +89,11 @@ impl PartitionLog {
         offset: Offset,
         max_bytes: usize,
         below_start: bool,
+        committed: bool,
     ) -> Result<FetchChunks, StorageError> {
         let offset = offset.0;
-        let (hw, log_start, floor) = {
-            let st = self.state.borrow();
+        let (hw, lso, log_start, floor, aborted) = {
+            let mut st = self.state.borrow_mut();
             if self.closed.get() || st.closing {
                 return Err(StorageError::Closed);
             }
@@ -88,12 +102,24 @@ impl PartitionLog {
             } else {
                 st.log_start
             };
-            (st.high_watermark, st.log_start, floor)
+            let hw = st.high_watermark;
+            let lso = st.producers.last_stable_offset(hw);
+            let aborted = if committed && offset < lso {
+                st.producers.aborted_between(offset, lso)
+            } else {
+                Vec::new()
+            };
+            (hw, lso, st.log_start, floor, aborted)
         };
+        // What this read may return: below the high watermark, or below the last stable
+        // offset for read_committed (a batch boundary: a transaction's first batch).
+        let upper = if committed { lso } else { hw };
         let out = |records: Chunks| FetchChunks {
             records,
             high_watermark: Offset(hw),
             log_start_offset: Offset(log_start),
+            last_stable_offset: Offset(lso),
+            aborted: aborted.clone(),
         };
         if offset < floor || offset > hw {
             return Err(StorageError::OffsetOutOfRange {
@@ -102,9 +128,10 @@ impl PartitionLog {
                 high_watermark: hw,
             });
         }
-        if offset == hw {
+        if offset >= upper {
             return Ok(out(Chunks::default()));
         }
+        let hw = upper;
         if let Some(parts) = self.state.borrow().tail.read_parts(offset, hw, max_bytes) {
             return Ok(out(Chunks::from_parts(parts)));
         }

@@ -15,7 +15,7 @@ impl PartitionLog {
     /// must reach `r.start` (what is before it was written and synced before its journal file
     /// went); from there, batches the segments hold byte for byte are kept, the first that
     /// differs or is missing is where the log is cut back, and the journal's batches from
-    /// there are appended (at their offsets, as a follower appends) and made durable. A run
+    /// there are appended (at their offsets, as a follower appends, transactional ones too) and made durable. A run
     /// that ends with a cut (a truncation journaled last) also cuts what the segments hold
     /// past it.
     pub(super) async fn replay_journal(self: &Rc<Self>, r: Replay) -> Result<(), StorageError> {
@@ -81,7 +81,7 @@ impl PartitionLog {
         }
         let appends: Vec<_> = rest
             .iter()
-            .map(|(_, _, bytes)| self.append_replicated(bytes.clone()))
+            .map(|(_, _, bytes)| self.append_from_journal(bytes.clone()))
             .collect();
         let mut last = None;
         for a in appends {

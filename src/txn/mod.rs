@@ -1,0 +1,803 @@
+//! The transaction coordinator (Kafka's transaction protocol version 1: KIP-98, KIP-447),
+//! on a one-node broker.
+//!
+//! # Ownership
+//! Transactional id `t` lives in partition `fnv1a(t) % P` of the internal topic
+//! `__transaction_state` (P partitions, `transaction_state_partitions` when the topic was
+//! created) and is coordinated by the shard that owns that partition, as groups are by
+//! `__consumer_offsets`. Every handler forwards its work there with `invoke_on`, so a
+//! transactional id's state has one owner and its records are local appends.
+//!
+//! # State machine (Kafka's)
+//! ```text
+//! Empty / CompleteCommit / CompleteAbort --AddPartitionsToTxn--> Ongoing
+//! Ongoing --EndTxn(commit)--> PrepareCommit --markers durable--> CompleteCommit
+//! Ongoing --EndTxn(abort), timeout, fencing--> PrepareAbort --markers durable--> CompleteAbort
+//! any but Prepare* --InitProducerId--> Empty with the next epoch
+//! ```
+//! Each transition is a record in `__transaction_state`, durable before it is answered or
+//! acted on. Only one transition of a transactional id is in flight at a time (`busy`): a
+//! request arriving meanwhile gets CONCURRENT_TRANSACTIONS, which clients retry.
+//!
+//! # Markers
+//! Once PrepareCommit or PrepareAbort is durable the decision is taken: the coordinator
+//! appends a COMMIT or ABORT marker to every partition of the transaction (on the shard
+//! owning it, `PartitionLog::append_marker`), waits for them to be durable, and only then
+//! writes CompleteCommit or CompleteAbort. A marker in `__consumer_offsets` makes the
+//! transaction's offset commits visible or drops them (`GroupCoordinator::complete_txn`).
+//! EndTxn is answered after the markers are durable, so a read_committed consumer sees a
+//! committed transaction once its producer's commit returned.
+//!
+//! # Crash safety
+//! At start each shard reads its `__transaction_state` partitions ([`TxnCoordinator::load`]);
+//! the ticker ([`spawn_ticker`], every `transaction_abort_interval_ms`, and once right after
+//! start) writes the markers of every transaction left in PrepareCommit or PrepareAbort
+//! (appending a marker twice is harmless: the second closes nothing) and aborts every
+//! transaction open longer than its timeout, fencing its producer with a new epoch. A
+//! transaction open at a crash is thus aborted after its timeout; one whose PrepareCommit
+//! was durable is committed.
+
+pub mod records;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::ResponseError;
+use kafka_protocol::records::RecordBatchDecoder;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::constants::{OFFSETS_BATCH_BYTES_MAX, OFFSETS_TOPIC, TXN_TOPIC};
+use crate::runtime;
+use crate::runtime::SystemClock;
+use crate::shard::controller::CONTROLLER;
+use crate::shard::{Shard, ShardError};
+use crate::storage::io::Clock;
+use crate::storage::producer_state::Marker;
+use crate::storage::{PartitionLog, StorageError};
+use crate::types::{Offset, ShardId, TopicPartition};
+
+pub use self::records::{TxnMeta, TxnState};
+
+/// At startup on a one-node broker: add `__transaction_state` to the catalog if missing
+/// (compacted, like Kafka's) and persist the catalog.
+pub fn ensure_txn_topic(
+    catalog: &mut crate::cluster::catalog::Catalog,
+    config: &Config,
+) -> Result<(), crate::cluster::catalog::CatalogError> {
+    if catalog.get(TXN_TOPIC).is_some() {
+        return Ok(());
+    }
+    let mut configs = BTreeMap::new();
+    configs.insert("cleanup.policy".to_string(), "compact".to_string());
+    configs.insert(
+        "segment.bytes".to_string(),
+        config.offsets_topic_segment_bytes.to_string(),
+    );
+    catalog.insert(crate::cluster::catalog::TopicMeta {
+        name: TXN_TOPIC.to_string(),
+        id: uuid::Uuid::new_v4(),
+        partitions: config.transaction_state_partitions,
+        configs,
+        replicas: Vec::new(),
+    });
+    catalog.save(&config.data_dir)?;
+    info!(
+        partitions = config.transaction_state_partitions,
+        "created internal topic {TXN_TOPIC}"
+    );
+    Ok(())
+}
+
+/// The `__transaction_state` partition holding `transactional_id`, or None if the topic
+/// does not exist (a cluster, where transactions are not served yet).
+pub fn txn_tp(shard: &Shard, transactional_id: &str) -> Option<TopicPartition> {
+    let partitions = shard.catalog().get(TXN_TOPIC)?.partitions;
+    Some(TopicPartition::new(
+        TXN_TOPIC,
+        crate::group::offsets_partition(transactional_id, partitions),
+    ))
+}
+
+/// Run `f` on the shard coordinating `transactional_id`; COORDINATOR_NOT_AVAILABLE if
+/// there is none (no `__transaction_state`).
+pub async fn on_coordinator<T, F, Fut>(
+    shard: &Shard,
+    transactional_id: &str,
+    f: F,
+) -> Result<Result<T, ResponseError>, ShardError>
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let Some(tp) = txn_tp(shard, transactional_id) else {
+        return Ok(Err(ResponseError::CoordinatorNotAvailable));
+    };
+    let target = shard.owner_of(&tp);
+    shard
+        .invoke_on(target, move |s| async move { Ok(f(s).await) })
+        .await
+}
+
+/// What a transactional request failed with (a Kafka error).
+pub type TxnResult<T> = Result<T, ResponseError>;
+
+/// One transactional id on its coordinator.
+struct Entry {
+    meta: TxnMeta,
+    /// A transition (a record write, the markers) is in flight.
+    busy: bool,
+}
+
+/// A transaction as DescribeTransactions and ListTransactions report it.
+#[derive(Debug, Clone)]
+pub struct TxnDescription {
+    pub transactional_id: String,
+    pub meta: TxnMeta,
+}
+
+/// The per-shard coordinator: the transactional ids whose `__transaction_state` partition
+/// this shard owns. Used on its own shard only; no borrow is held across an await.
+pub struct TxnCoordinator {
+    txns: RefCell<HashMap<String, Entry>>,
+    max_timeout_ms: i32,
+    clock: Rc<dyn Clock>,
+}
+
+/// Marks a transactional id busy for the life of the guard.
+struct Busy<'a> {
+    coordinator: &'a TxnCoordinator,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.coordinator.txns.borrow_mut().get_mut(&self.id) {
+            e.busy = false;
+        }
+    }
+}
+
+/// A write to `__transaction_state` failed: the code the request gets (retriable, the
+/// client finds the coordinator again).
+fn write_error(e: &StorageError) -> ResponseError {
+    warn!(error = %e, "writing a transaction record failed");
+    match e {
+        StorageError::BatchTooLarge { .. } => ResponseError::InvalidRequest,
+        _ => ResponseError::NotCoordinator,
+    }
+}
+
+impl TxnCoordinator {
+    pub fn new(config: &Config) -> Self {
+        TxnCoordinator {
+            txns: RefCell::new(HashMap::new()),
+            max_timeout_ms: config.transaction_max_timeout_ms,
+            clock: Rc::new(SystemClock),
+        }
+    }
+
+    /// Transactional ids this shard coordinates.
+    pub fn len(&self) -> usize {
+        self.txns.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.txns.borrow().is_empty()
+    }
+
+    /// Take the transactional id's turn: None if a transition of it is in flight.
+    fn take_turn(&self, id: &str) -> Option<Busy<'_>> {
+        let mut txns = self.txns.borrow_mut();
+        let e = txns.get_mut(id)?;
+        if e.busy {
+            return None;
+        }
+        e.busy = true;
+        Some(Busy {
+            coordinator: self,
+            id: id.to_string(),
+        })
+    }
+
+    fn meta(&self, id: &str) -> Option<TxnMeta> {
+        self.txns.borrow().get(id).map(|e| e.meta.clone())
+    }
+
+    /// Write `meta` as `id`'s state and wait until it is durable, then adopt it.
+    async fn write(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
+        let tp = txn_tp(shard, id).ok_or(ResponseError::NotCoordinator)?;
+        let log = shard.partition(&tp).ok_or(ResponseError::NotCoordinator)?;
+        let key = records::encode_key(id).map_err(|_| ResponseError::InvalidRequest)?;
+        let value = records::encode_value(&meta).map_err(|_| ResponseError::InvalidRequest)?;
+        let bytes = crate::group::records::encode_batches(
+            &[(key, Some(value))],
+            self.clock.wall_ms(),
+            OFFSETS_BATCH_BYTES_MAX,
+        )
+        .map_err(|_| ResponseError::InvalidRequest)?;
+        let info = log.append(bytes).await.map_err(|e| write_error(&e))?;
+        log.wait_durable(&info).await.map_err(|e| write_error(&e))?;
+        if let Some(e) = self.txns.borrow_mut().get_mut(id) {
+            e.meta = meta;
+        }
+        Ok(())
+    }
+
+    /// Check a request's producer id and epoch against `meta` (Kafka's order): another
+    /// producer id is INVALID_PRODUCER_ID_MAPPING, another epoch PRODUCER_FENCED.
+    fn check_producer(meta: &TxnMeta, producer_id: i64, epoch: i16) -> TxnResult<()> {
+        if meta.producer_id != producer_id {
+            return Err(ResponseError::InvalidProducerIdMapping);
+        }
+        if meta.producer_epoch != epoch {
+            return Err(ResponseError::ProducerFenced);
+        }
+        Ok(())
+    }
+
+    /// InitProducerId with a transactional id: a new producer id for a new transactional id,
+    /// else the id's producer id with the next epoch (a fresh producer id once the epoch is
+    /// exhausted), after aborting its open transaction (fencing the producer that held it).
+    /// `current`: the producer id and epoch the client holds (KIP-360), if any.
+    pub async fn init_producer_id(
+        &self,
+        shard: &Shard,
+        id: &str,
+        timeout_ms: i32,
+        current: Option<(i64, i16)>,
+    ) -> TxnResult<(i64, i16)> {
+        if timeout_ms <= 0 || timeout_ms > self.max_timeout_ms {
+            return Err(ResponseError::InvalidTransactionTimeout);
+        }
+        let now = self.clock.wall_ms();
+        let existing = {
+            let mut txns = self.txns.borrow_mut();
+            match txns.get_mut(id) {
+                Some(e) if e.busy => return Err(ResponseError::ConcurrentTransactions),
+                Some(e) => {
+                    e.busy = true;
+                    Some(e.meta.clone())
+                }
+                None => {
+                    // A placeholder holds the id's turn while its producer id is allocated.
+                    txns.insert(
+                        id.to_string(),
+                        Entry {
+                            meta: TxnMeta {
+                                producer_id: -1,
+                                producer_epoch: -1,
+                                timeout_ms,
+                                state: TxnState::Dead,
+                                partitions: BTreeSet::new(),
+                                last_update_ms: now,
+                                start_ms: -1,
+                            },
+                            busy: true,
+                        },
+                    );
+                    None
+                }
+            }
+        };
+        let _turn = Busy {
+            coordinator: self,
+            id: id.to_string(),
+        };
+        let Some(mut meta) = existing else {
+            let result = async {
+                let (pid, epoch) = new_producer_id(shard).await?;
+                let meta = TxnMeta {
+                    producer_id: pid,
+                    producer_epoch: epoch,
+                    timeout_ms,
+                    state: TxnState::Empty,
+                    partitions: BTreeSet::new(),
+                    last_update_ms: now,
+                    start_ms: -1,
+                };
+                self.write(shard, id, meta).await?;
+                Ok((pid, epoch))
+            }
+            .await;
+            if result.is_err() {
+                self.txns.borrow_mut().remove(id);
+            }
+            return result;
+        };
+        if let Some((pid, epoch)) = current
+            && (pid != meta.producer_id || epoch != meta.producer_epoch)
+        {
+            return Err(ResponseError::ProducerFenced);
+        }
+        match meta.state {
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            TxnState::Ongoing => {
+                // Fence the producer holding the transaction and abort it.
+                meta = self.fence_and_abort(shard, id, meta).await?;
+            }
+            _ => {}
+        }
+        let (pid, epoch) = if meta.producer_epoch >= i16::MAX - 1 || meta.producer_id < 0 {
+            new_producer_id(shard).await?
+        } else {
+            (meta.producer_id, meta.producer_epoch + 1)
+        };
+        let next = TxnMeta {
+            producer_id: pid,
+            producer_epoch: epoch,
+            timeout_ms,
+            state: TxnState::Empty,
+            partitions: BTreeSet::new(),
+            last_update_ms: now,
+            start_ms: -1,
+        };
+        self.write(shard, id, next).await?;
+        Ok((pid, epoch))
+    }
+
+    /// Abort `meta`'s open transaction with the next epoch (so the producer that holds it is
+    /// fenced at every partition the markers reach): PrepareAbort, markers, CompleteAbort.
+    /// Called with the id's turn held. Returns the completed state.
+    async fn fence_and_abort(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<TxnMeta> {
+        let epoch = if meta.producer_epoch < i16::MAX - 1 {
+            meta.producer_epoch + 1
+        } else {
+            meta.producer_epoch
+        };
+        info!(
+            transactional_id = id,
+            producer_id = meta.producer_id,
+            epoch,
+            "fencing the producer and aborting its transaction"
+        );
+        let prepared = TxnMeta {
+            producer_epoch: epoch,
+            state: TxnState::PrepareAbort,
+            last_update_ms: self.clock.wall_ms(),
+            ..meta
+        };
+        self.write(shard, id, prepared.clone()).await?;
+        self.complete(shard, id, prepared).await
+    }
+
+    /// Write the markers of a prepared transaction and then its Complete state. Called with
+    /// the id's turn held. An error leaves it prepared: the ticker tries again.
+    async fn complete(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<TxnMeta> {
+        let (marker, done) = match meta.state {
+            TxnState::PrepareCommit => (Marker::Commit, TxnState::CompleteCommit),
+            TxnState::PrepareAbort => (Marker::Abort, TxnState::CompleteAbort),
+            _ => return Ok(meta),
+        };
+        write_markers(
+            shard,
+            &meta.partitions,
+            meta.producer_id,
+            meta.producer_epoch,
+            marker,
+        )
+        .await?;
+        let completed = TxnMeta {
+            state: done,
+            partitions: BTreeSet::new(),
+            last_update_ms: self.clock.wall_ms(),
+            start_ms: -1,
+            ..meta
+        };
+        self.write(shard, id, completed.clone()).await?;
+        crate::metrics::txn_completed(marker == Marker::Commit);
+        debug!(
+            transactional_id = id,
+            state = done.name(),
+            "transaction complete"
+        );
+        Ok(completed)
+    }
+
+    /// AddPartitionsToTxn (and AddOffsetsToTxn, with the group's `__consumer_offsets`
+    /// partition): the transaction is open and includes `partitions`.
+    pub async fn add_partitions(
+        &self,
+        shard: &Shard,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<(String, i32)>,
+    ) -> TxnResult<()> {
+        let meta = self
+            .meta(id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch)?;
+        let _turn = self
+            .take_turn(id)
+            .ok_or(ResponseError::ConcurrentTransactions)?;
+        let meta = self
+            .meta(id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch)?;
+        match meta.state {
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            TxnState::Empty
+            | TxnState::Ongoing
+            | TxnState::CompleteCommit
+            | TxnState::CompleteAbort => {}
+            TxnState::Dead | TxnState::PrepareEpochFence => {
+                return Err(ResponseError::InvalidTxnState);
+            }
+        }
+        if meta.state == TxnState::Ongoing && partitions.iter().all(|p| meta.partitions.contains(p))
+        {
+            return Ok(());
+        }
+        let now = self.clock.wall_ms();
+        let mut next = meta.clone();
+        if next.state != TxnState::Ongoing {
+            next.start_ms = now;
+            next.partitions.clear();
+        }
+        next.state = TxnState::Ongoing;
+        next.partitions.extend(partitions);
+        next.last_update_ms = now;
+        self.write(shard, id, next).await
+    }
+
+    /// EndTxn: commit or abort the open transaction. Answered once its markers are durable
+    /// (or, if they could not all be written, once its Prepare state is: the ticker finishes
+    /// them). A retry of the same decision after it completed succeeds.
+    pub async fn end(
+        &self,
+        shard: &Shard,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> TxnResult<()> {
+        let meta = self
+            .meta(id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch)?;
+        let _turn = self
+            .take_turn(id)
+            .ok_or(ResponseError::ConcurrentTransactions)?;
+        let meta = self
+            .meta(id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch)?;
+        match (meta.state, commit) {
+            (TxnState::Ongoing, _) => {}
+            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => return Ok(()),
+            (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            _ => return Err(ResponseError::InvalidTxnState),
+        }
+        let prepared = TxnMeta {
+            state: if commit {
+                TxnState::PrepareCommit
+            } else {
+                TxnState::PrepareAbort
+            },
+            last_update_ms: self.clock.wall_ms(),
+            ..meta
+        };
+        self.write(shard, id, prepared.clone()).await?;
+        if let Err(e) = self.complete(shard, id, prepared).await {
+            // The decision is durable; the ticker writes what is missing.
+            warn!(transactional_id = id, error = ?e, "transaction markers not all written: the coordinator retries");
+        }
+        Ok(())
+    }
+
+    /// Check that `producer_id`/`epoch` hold `id`'s open transaction (TxnOffsetCommit).
+    pub fn check_ongoing(&self, id: &str, producer_id: i64, epoch: i16) -> TxnResult<()> {
+        let meta = self
+            .meta(id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch)?;
+        match meta.state {
+            TxnState::Ongoing => Ok(()),
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                Err(ResponseError::ConcurrentTransactions)
+            }
+            _ => Err(ResponseError::InvalidTxnState),
+        }
+    }
+
+    /// Every transaction this shard coordinates (DescribeTransactions, ListTransactions).
+    pub fn describe_all(&self) -> Vec<TxnDescription> {
+        let mut v: Vec<TxnDescription> = self
+            .txns
+            .borrow()
+            .iter()
+            .filter(|(_, e)| e.meta.producer_id >= 0)
+            .map(|(id, e)| TxnDescription {
+                transactional_id: id.clone(),
+                meta: e.meta.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
+        v
+    }
+
+    pub fn describe(&self, id: &str) -> Option<TxnMeta> {
+        self.meta(id).filter(|m| m.producer_id >= 0)
+    }
+
+    /// Open transactions and the age of the oldest, in ms (metrics).
+    pub fn open_summary(&self) -> (usize, i64) {
+        let now = self.clock.wall_ms();
+        let txns = self.txns.borrow();
+        let open = txns
+            .values()
+            .filter(|e| e.meta.state == TxnState::Ongoing)
+            .map(|e| now.saturating_sub(e.meta.start_ms).max(0));
+        open.fold((0, 0), |(n, oldest), age| (n + 1, oldest.max(age)))
+    }
+
+    /// The ticker's work: finish prepared transactions, abort timed-out ones. Each runs in
+    /// the id's turn; ids busy now are left to the next tick.
+    pub async fn tick(&self, shard: &Shard) {
+        let now = self.clock.wall_ms();
+        let due: Vec<String> = self
+            .txns
+            .borrow()
+            .iter()
+            .filter(|(_, e)| {
+                !e.busy
+                    && match e.meta.state {
+                        TxnState::PrepareCommit | TxnState::PrepareAbort => true,
+                        TxnState::Ongoing => {
+                            now.saturating_sub(e.meta.start_ms) > i64::from(e.meta.timeout_ms)
+                        }
+                        _ => false,
+                    }
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if shard.stopping.get() {
+                return;
+            }
+            let Some(_turn) = self.take_turn(&id) else {
+                continue;
+            };
+            let Some(meta) = self.meta(&id) else {
+                continue;
+            };
+            let result = match meta.state {
+                TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                    self.complete(shard, &id, meta).await
+                }
+                TxnState::Ongoing => {
+                    info!(transactional_id = %id, timeout_ms = meta.timeout_ms, "transaction timed out: aborting");
+                    crate::metrics::txn_timed_out();
+                    self.fence_and_abort(shard, &id, meta).await
+                }
+                _ => continue,
+            };
+            if let Err(e) = result {
+                warn!(transactional_id = %id, error = ?e, "finishing a transaction failed: retrying on the next tick");
+            }
+        }
+    }
+
+    /// Read the `__transaction_state` partitions this shard owns (startup, before the broker
+    /// listens). Returns the number of records read.
+    pub async fn load(&self, shard: &Shard) -> Result<u64, StorageError> {
+        let Some(meta) = shard.catalog().get(TXN_TOPIC).cloned() else {
+            return Ok(0);
+        };
+        let mut count = 0;
+        let mut loaded: HashMap<String, TxnMeta> = HashMap::new();
+        for p in 0..meta.partitions {
+            let tp = TopicPartition::new(TXN_TOPIC, p);
+            if shard.owner_of(&tp) != shard.id {
+                continue;
+            }
+            let Some(log) = shard.partition(&tp) else {
+                continue;
+            };
+            count += replay_log(&log, &tp, &mut loaded).await?;
+        }
+        let prepared = loaded
+            .values()
+            .filter(|m| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort))
+            .count();
+        let mut txns = self.txns.borrow_mut();
+        for (id, meta) in loaded {
+            txns.insert(id, Entry { meta, busy: false });
+        }
+        if count > 0 {
+            info!(shard = %shard.id, records = count, transactional_ids = txns.len(), prepared, "transaction states loaded");
+        }
+        Ok(count)
+    }
+}
+
+/// A fresh producer id with epoch 0, from the controller's allocator.
+async fn new_producer_id(shard: &Shard) -> TxnResult<(i64, i16)> {
+    shard
+        .invoke_on(CONTROLLER, |s| async move { s.init_producer_id(None) })
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+        .map_err(|code| {
+            ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError)
+        })
+}
+
+/// Append `marker` for `producer_id` to every partition of `partitions` (on its owner, the
+/// owners in parallel) and wait until all are durable. A partition that no longer exists is
+/// skipped (its topic was deleted); any other failure is an error and the caller retries the
+/// whole set later (a second marker closes nothing).
+async fn write_markers(
+    shard: &Shard,
+    partitions: &BTreeSet<(String, i32)>,
+    producer_id: i64,
+    epoch: i16,
+    marker: Marker,
+) -> TxnResult<()> {
+    let mut by_owner: BTreeMap<ShardId, Vec<TopicPartition>> = BTreeMap::new();
+    let catalog = shard.catalog();
+    for (t, p) in partitions {
+        if !catalog.has_partition(t, *p) {
+            continue;
+        }
+        let tp = TopicPartition::new(t.clone(), *p);
+        by_owner.entry(shard.owner_of(&tp)).or_default().push(tp);
+    }
+    let sends = by_owner.into_iter().map(|(owner, tps)| {
+        shard.invoke_on(owner, move |s| async move {
+            markers_on_owner(&s, tps, producer_id, epoch, marker).await
+        })
+    });
+    for r in futures::future::join_all(sends).await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+    crate::metrics::txn_markers(partitions.len() as u64);
+    Ok(())
+}
+
+/// On the owner: the markers of one transaction in this shard's partitions. The appends are
+/// placed one after the other (no await between them) and their durability awaited together.
+async fn markers_on_owner(
+    shard: &Rc<Shard>,
+    tps: Vec<TopicPartition>,
+    producer_id: i64,
+    epoch: i16,
+    marker: Marker,
+) -> TxnResult<()> {
+    let mut pending = Vec::with_capacity(tps.len());
+    for tp in tps {
+        let Some(log) = shard.partition(&tp) else {
+            continue;
+        };
+        let appended = log.append_marker(producer_id, epoch, marker, 0);
+        pending.push((tp, log, appended));
+    }
+    for (tp, log, appended) in pending {
+        let info = match appended.await {
+            Ok(info) => info,
+            Err(StorageError::InvalidProducerEpoch { current, .. }) => {
+                // A newer epoch wrote here: the transaction this marker closes is gone.
+                warn!(partition = %tp, producer_id, epoch, current, "marker refused: a newer producer epoch wrote here");
+                continue;
+            }
+            Err(e) => {
+                warn!(partition = %tp, error = %e, "writing a transaction marker failed");
+                return Err(ResponseError::NotCoordinator);
+            }
+        };
+        if let Err(e) = log.wait_durable(&info).await {
+            warn!(partition = %tp, error = %e, "a transaction marker did not become durable");
+            return Err(ResponseError::NotCoordinator);
+        }
+        if tp.topic.as_str() == OFFSETS_TOPIC {
+            shard
+                .groups
+                .complete_txn(tp.partition, producer_id, marker == Marker::Commit);
+        }
+    }
+    Ok(())
+}
+
+/// Read a `__transaction_state` partition from its log start to its high watermark: the
+/// last record of each transactional id wins; a tombstone removes it.
+async fn replay_log(
+    log: &PartitionLog,
+    tp: &TopicPartition,
+    out: &mut HashMap<String, TxnMeta>,
+) -> Result<u64, StorageError> {
+    const READ_BYTES: usize = 1 << 20;
+    let mut count = 0u64;
+    let mut next = log.log_start_offset().get();
+    let end = log.high_watermark().get();
+    while next < end {
+        let data = log.read(Offset(next), READ_BYTES).await?;
+        let before = next;
+        let mut buf: Bytes = data.records;
+        while buf.len() >= crate::storage::batch::HEADER_LEN {
+            let Ok(size) = crate::storage::batch::batch_size(&buf) else {
+                break;
+            };
+            if size > buf.len() {
+                break;
+            }
+            let mut batch = buf.split_to(size);
+            let Ok(h) = crate::storage::batch::BatchHeader::parse(&batch) else {
+                break;
+            };
+            if h.next_offset() <= next {
+                continue;
+            }
+            match RecordBatchDecoder::decode(&mut batch) {
+                Ok(set) => {
+                    for r in set
+                        .records
+                        .iter()
+                        .filter(|r| !r.control && r.offset >= next && r.offset < end)
+                    {
+                        let Some(k) = &r.key else { continue };
+                        let id = match records::decode_key(k) {
+                            Ok(id) => id,
+                            Err(e) => {
+                                warn!(partition = %tp, offset = r.offset, error = %e, "skipping undecodable transaction key");
+                                continue;
+                            }
+                        };
+                        count += 1;
+                        match r.value.as_deref().map(records::decode_value) {
+                            None => {
+                                out.remove(&id);
+                            }
+                            Some(Ok(meta)) => {
+                                out.insert(id, meta);
+                            }
+                            Some(Err(e)) => {
+                                warn!(partition = %tp, offset = r.offset, error = %e, "skipping undecodable transaction state")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(partition = %tp, base = h.base_offset, error = %e, "skipping undecodable batch")
+                }
+            }
+            batch.advance(batch.remaining());
+            next = h.next_offset();
+            runtime::yield_if_needed().await;
+        }
+        if next == before {
+            warn!(partition = %tp, offset = next, "transaction state replay made no progress; stopping");
+            break;
+        }
+    }
+    Ok(count)
+}
+
+/// Run the shard's transaction ticker until the shard stops: at once (finishing what a
+/// restart left prepared), then every `transaction_abort_interval_ms`.
+pub fn spawn_ticker(shard: Rc<Shard>) {
+    let every = Duration::from_millis(shard.config.transaction_abort_interval_ms);
+    runtime::spawn_detached(async move {
+        loop {
+            if shard.stopping.get() {
+                return;
+            }
+            shard.txns.tick(&shard).await;
+            crate::metrics::txn_open(shard.txns.open_summary());
+            runtime::sleep(every).await;
+        }
+    });
+}

@@ -1,0 +1,222 @@
+//! Transactions against a real broker with real clients: confluent-kafka (librdkafka 2.16)
+//! and kafka-python (tests/clients/transactions.py), kafkajs (tests/clients/kafkajs_clients.js).
+//!
+//! - commit, abort, an open transaction holding read_committed back, fencing of a zombie, a
+//!   timed-out transaction aborted by the coordinator, send_offsets_to_transaction in a group;
+//! - a transaction left open at a `kill -9` is aborted after its timeout, the committed one
+//!   before it stays;
+//! - exactly-once consume-transform-produce: the copier killed several times and the broker
+//!   killed with `kill -9` once; the output read with read_committed holds every input record
+//!   exactly once, in input order per partition.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Broker, BrokerOptions, run_with_timeout};
+
+fn options() -> BrokerOptions {
+    BrokerOptions {
+        extra_args: vec![
+            "--transaction-abort-interval-ms".into(),
+            "300".into(),
+            "--group-initial-rebalance-delay-ms".into(),
+            "0".into(),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Run `transactions.py BOOTSTRAP args...` to completion; its stdout, or a panic with its
+/// output and the broker's log.
+fn run(broker: &Broker, args: &[&str], timeout_s: u64) -> String {
+    let output = run_with_timeout(
+        common::python_command("transactions.py")
+            .arg(broker.bootstrap())
+            .args(args),
+        b"",
+        Duration::from_secs(timeout_s),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "transactions.py {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        broker.logs_text()
+    );
+    stdout
+}
+
+/// A running `transactions.py` whose stdout lines arrive on a channel.
+struct Script {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Script {
+    fn spawn(broker: &Broker, args: &[&str]) -> Script {
+        let mut child = common::python_command("transactions.py")
+            .arg(broker.bootstrap())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn transactions.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Script { child, lines }
+    }
+
+    /// Wait until `count` lines containing `needle` were printed; false at the deadline or
+    /// if the script ended first.
+    fn wait_for(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        while seen < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => seen += 1,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn confluent_and_kafka_python_transactions() {
+    let broker = Broker::start_with(options());
+    for (mode, ok) in [
+        ("commit-abort", "commit-abort ok"),
+        ("zombie", "zombie ok"),
+        ("timeout", "timeout ok"),
+        ("offsets", "offsets ok"),
+        ("kafka-python", "kafka-python ok"),
+    ] {
+        let out = run(&broker, &[mode], 150);
+        assert!(out.contains(ok), "{mode}: {out}");
+    }
+    // The coordinator counted what it did.
+    let (_, _, metrics) = broker.scrape("/metrics");
+    let total = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        total("sluice_transactions_committed_total") >= 8.0,
+        "{metrics}"
+    );
+    assert!(
+        total("sluice_transactions_aborted_total") >= 4.0,
+        "{metrics}"
+    );
+    assert!(
+        total("sluice_transactions_timed_out_total") >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn kafkajs_transactions() {
+    let broker = Broker::start_with(options());
+    let output = run_with_timeout(
+        &mut common::kafkajs_command(&broker.bootstrap(), &["transactions"]),
+        b"",
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("kafkajs transactions ok"),
+        "kafkajs transactions failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker log:\n{}",
+        broker.logs_text()
+    );
+}
+
+#[test]
+fn a_transaction_open_at_kill_9_is_aborted_after_its_timeout() {
+    let mut broker = Broker::start_with(options());
+    let open = Script::spawn(&broker, &["leave-open", "txn-crash"]);
+    assert!(
+        open.wait_for("left open", 1, Duration::from_secs(60)),
+        "the producer did not open its transaction\nbroker log:\n{}",
+        broker.logs_text()
+    );
+    broker.kill9();
+    open.kill();
+    broker.restart();
+    run(&broker, &["plain", "txn-crash", "after", "5"], 60);
+    // The restarted coordinator aborts the open transaction once its 3 s timeout passed;
+    // until then read_committed stops at it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = run_with_timeout(
+            common::python_command("transactions.py").args([
+                broker.bootstrap().as_str(),
+                "expect",
+                "txn-crash",
+                "c:10",
+                "after:5",
+            ]),
+            b"",
+            Duration::from_secs(60),
+        );
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read_committed never settled\nstderr:\n{}\nbroker log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            broker.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(broker.logs_contain("transaction timed out: aborting"));
+}
+
+#[test]
+fn exactly_once_copy_survives_killed_copiers_and_a_broker_kill_9() {
+    const N: &str = "6000";
+    let mut broker = Broker::start_with(options());
+    run(&broker, &["seed", "eos-in", N], 120);
+    for cycle in 0..4 {
+        let copier = Script::spawn(&broker, &["copy", "eos-in", "eos-out"]);
+        let progressed = copier.wait_for("committed", 3, Duration::from_secs(60));
+        if cycle == 1 {
+            // The broker dies under the copier, mid-transaction or mid-commit.
+            broker.kill9();
+            broker.restart();
+        }
+        copier.kill();
+        assert!(
+            progressed || cycle == 1,
+            "copier cycle {cycle} made no progress\nbroker log:\n{}",
+            broker.logs_text()
+        );
+    }
+    let out = run(&broker, &["copy", "eos-in", "eos-out"], 200);
+    assert!(out.contains("copy done"), "{out}");
+    let out = run(&broker, &["verify", "eos-in", "eos-out", N], 120);
+    assert!(out.contains("verify ok"), "{out}");
+}
