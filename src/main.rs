@@ -34,6 +34,8 @@ enum Command {
     Topic(sluice::cli::TopicCommand),
     /// List, describe and delete consumer groups; reset their committed offsets.
     Group(sluice::cli::GroupCommand),
+    /// List and describe transactions (`sluice txn list`, `sluice txn describe ID`).
+    Txn(sluice::cli::TxnCommand),
     /// The cluster's brokers and the state of its partitions (`sluice cluster status`).
     Cluster(sluice::cli::ClusterCommand),
     /// Check this host's kernel settings for the broker, or apply the wanted ones (tuning/README.md).
@@ -411,6 +413,7 @@ fn main() -> anyhow::Result<()> {
         Command::Topic(command) => run_admin(|out| sluice::cli::topic::run(&command, out)),
         Command::Group(command) => run_admin(|out| sluice::cli::group::run(&command, out)),
         Command::Cluster(command) => run_admin(|out| sluice::cli::cluster::run(&command, out)),
+        Command::Txn(command) => run_admin(|out| sluice::cli::txn::run(&command, out)),
         Command::Tune(args) => tune(args),
     }
 }

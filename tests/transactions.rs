@@ -100,6 +100,22 @@ impl Script {
     }
 }
 
+/// `sluice ARGS --bootstrap-server <broker>`: its stdout, or a panic with its output.
+fn sluice_cli(broker: &Broker, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .args(["--bootstrap-server", broker.bootstrap().as_str()])
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "sluice {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn confluent_and_kafka_python_transactions() {
     let broker = Broker::start_with(options());
@@ -161,6 +177,27 @@ fn a_transaction_open_at_kill_9_is_aborted_after_its_timeout() {
         open.wait_for("left open", 1, Duration::from_secs(60)),
         "the producer did not open its transaction\nbroker log:\n{}",
         broker.logs_text()
+    );
+    // The tools see it open: ListTransactions, DescribeTransactions, DescribeProducers.
+    let listed = sluice_cli(&broker, &["txn", "list", "--state", "Ongoing"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("txn-left-open") && l.ends_with("Ongoing")),
+        "{listed}"
+    );
+    let described = sluice_cli(&broker, &["txn", "describe", "txn-left-open"]);
+    assert!(described.contains("Ongoing, producer"), "{described}");
+    assert!(described.contains("txn-crash"), "{described}");
+    // Every partition of it holds an open transaction starting at an offset.
+    let starts = described
+        .lines()
+        .filter(|l| l.starts_with("txn-crash"))
+        .map(|l| l.split_whitespace().nth(2).unwrap_or("-").to_string())
+        .collect::<Vec<_>>();
+    assert!(
+        !starts.is_empty() && starts.iter().all(|s| s.parse::<i64>().is_ok()),
+        "{described}"
     );
     broker.kill9();
     open.kill();

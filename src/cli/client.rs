@@ -356,21 +356,38 @@ impl Cluster {
     /// Retries while the coordinator is loading or not yet available (a broker may create its
     /// offsets topic on the first request).
     pub fn coordinator(&mut self, group: &str) -> Result<&mut Connection, CliError> {
+        self.find_coordinator(group, 0, "group")
+    }
+
+    /// Connection to the transaction coordinator of `transactional_id`.
+    pub fn txn_coordinator(&mut self, transactional_id: &str) -> Result<&mut Connection, CliError> {
+        self.find_coordinator(transactional_id, 1, "transactional id")
+    }
+
+    /// FindCoordinator for `key` of `key_type` (0 group, 1 transaction), with retries.
+    fn find_coordinator(
+        &mut self,
+        key_text: &str,
+        key_type: i8,
+        what: &str,
+    ) -> Result<&mut Connection, CliError> {
+        let group = key_text;
         let mut attempt = 0;
         let node = loop {
             attempt += 1;
             let (response, version) = self.bootstrap.call(|version| {
                 let key = StrBytes::from_string(group.to_owned());
+                let request = FindCoordinatorRequest::default().with_key_type(key_type);
                 if version >= 4 {
-                    FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
+                    request.with_coordinator_keys(vec![key])
                 } else {
-                    FindCoordinatorRequest::default().with_key(key)
+                    request.with_key(key)
                 }
             })?;
             let coordinator = if version >= 4 {
                 super::first(
                     response.coordinators,
-                    || format!("FindCoordinator for group {group}"),
+                    || format!("FindCoordinator for {what} {group}"),
                     "coordinator list",
                 )?
             } else {
@@ -389,7 +406,7 @@ impl Cluster {
             CliError::check(
                 coordinator.error_code,
                 coordinator.error_message.as_ref(),
-                || format!("finding the coordinator of group {group}"),
+                || format!("finding the coordinator of {what} {group}"),
             )?;
             let BrokerId(id) = coordinator.node_id;
             break Node {

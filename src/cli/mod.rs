@@ -22,6 +22,7 @@ pub mod group;
 pub mod table;
 pub mod time;
 pub mod topic;
+pub mod txn;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use kafka_protocol::error::ResponseError;
 pub use cluster::ClusterCommand;
 pub use group::GroupCommand;
 pub use topic::TopicCommand;
+pub use txn::TxnCommand;
 
 /// Default broker address of every admin command.
 pub const BOOTSTRAP_DEFAULT: &str = "127.0.0.1:9092";

@@ -220,6 +220,9 @@ pub struct FetchedOffset {
     pub offset: i64,
     pub leader_epoch: i32,
     pub metadata: String,
+    /// UNSTABLE_OFFSET_COMMIT when the caller asked for stable offsets and a transaction
+    /// holds an undecided commit of this partition (KIP-447), else 0.
+    pub error_code: i16,
 }
 
 /// A group as ListGroups reports it.
@@ -844,12 +847,14 @@ impl GroupCoordinator {
                     offset: c.offset,
                     leader_epoch: c.leader_epoch,
                     metadata: c.metadata.clone(),
+                    error_code: 0,
                 },
                 None => FetchedOffset {
                     partition,
                     offset: -1,
                     leader_epoch: -1,
                     metadata: String::new(),
+                    error_code: 0,
                 },
             }
         };

@@ -50,7 +50,7 @@ pub async fn handle(
                                 .with_last_sequence(p.last_sequence)
                                 .with_last_timestamp(p.last_timestamp)
                                 .with_coordinator_epoch(-1)
-                                .with_current_txn_start_offset(-1)
+                                .with_current_txn_start_offset(p.txn_start_offset)
                         })
                         .collect(),
                 ),

@@ -2,7 +2,9 @@
 //! listed partitions or (topics null, v2+) all of them; -1 where nothing is
 //! committed. v8+ asks for several groups at once, each answered by its
 //! coordinator shard, concurrently. v10 (topic ids) is not served:
-//! kafka-protocol 0.18 cannot decode it.
+//! kafka-protocol 0.18 cannot decode it. With require_stable (v7+, KIP-447: read_committed
+//! consumers), a partition whose offset a transaction committed and whose marker has not
+//! landed yet gets UNSTABLE_OFFSET_COMMIT, which clients retry.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::offset_fetch_response::{
@@ -22,13 +24,25 @@ async fn fetch_group(
     ctx: &RequestContext,
     group_id: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<GroupOffsets, HandlerError> {
     if group_id.is_empty() || group_id.len() > GROUP_ID_LEN_MAX {
         return Ok(Err(ResponseError::InvalidGroupId.code()));
     }
     let gid = group_id.clone();
     let found = group::on_coordinator(&ctx.shard, &group_id, move |s| async move {
-        s.groups.fetch(&gid, topics)
+        let mut found = s.groups.fetch(&gid, topics);
+        if require_stable {
+            for (t, ps) in &mut found {
+                for p in ps.iter_mut() {
+                    if s.groups.has_pending(&gid, t, p.partition) {
+                        p.offset = -1;
+                        p.error_code = ResponseError::UnstableOffsetCommit.code();
+                    }
+                }
+            }
+        }
+        found
     })
     .await?;
     Ok(found.map_err(|e| e.code()))
@@ -48,7 +62,7 @@ pub async fn handle(
             });
             let id = g.group_id;
             async move {
-                let result = fetch_group(ctx, id.0.to_string(), topics).await;
+                let result = fetch_group(ctx, id.0.to_string(), topics, req.require_stable).await;
                 (id, result)
             }
         });
@@ -71,6 +85,7 @@ pub async fn handle(
                                                 .with_committed_offset(p.offset)
                                                 .with_committed_leader_epoch(p.leader_epoch)
                                                 .with_metadata(Some(str_bytes(p.metadata)))
+                                                .with_error_code(p.error_code)
                                         })
                                         .collect(),
                                 )
@@ -93,7 +108,8 @@ pub async fn handle(
         topics
     };
     let requested = topics.clone();
-    let result = fetch_group(ctx, req.group_id.0.to_string(), topics).await?;
+    let stable = version >= 7 && req.require_stable;
+    let result = fetch_group(ctx, req.group_id.0.to_string(), topics, stable).await?;
     let (code, found) = match result {
         Ok(found) => (0, found),
         // v1 has no top-level error: report it on every partition.
@@ -110,6 +126,7 @@ pub async fn handle(
                             offset: -1,
                             leader_epoch: -1,
                             metadata: String::new(),
+                            error_code: 0,
                         })
                         .collect();
                     (t, ps)
@@ -135,7 +152,7 @@ pub async fn handle(
                                     -1
                                 })
                                 .with_metadata(Some(str_bytes(p.metadata)))
-                                .with_error_code(if version < 2 { code } else { 0 })
+                                .with_error_code(if version < 2 { code } else { p.error_code })
                         })
                         .collect(),
                 )

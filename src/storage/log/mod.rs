@@ -194,6 +194,8 @@ pub struct ProducerInfo {
     pub epoch: i16,
     pub last_sequence: i32,
     pub last_timestamp: i64,
+    /// First offset of the producer's open transaction here, -1 if none.
+    pub txn_start_offset: i64,
 }
 
 /// Result of a read: whole batches, plus the partition's offsets at the
@@ -702,6 +704,7 @@ impl PartitionLog {
                 epoch: e.epoch,
                 last_sequence: e.last_seq(),
                 last_timestamp: e.last_timestamp,
+                txn_start_offset: e.txn_first_offset,
             })
             .collect();
         v.sort_unstable_by_key(|p| p.producer_id);
