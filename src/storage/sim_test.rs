@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::batch::{self, test_util};
 use super::io::{Clock, Disk, Env, ManualClock, SyncScope};
+use super::producer_state::Marker;
 use super::sim::{Faults, SimDisk, SimRng};
 use super::{LogConfig, PartitionLog};
 use crate::types::Offset;
@@ -37,6 +38,8 @@ const SEEDS_QUICK: u64 = 1000;
 /// Steps per seed.
 const STEPS: u32 = 200;
 const PRODUCER_ID: i64 = 1000;
+/// The transactional producer: its batches open a transaction, its markers close it.
+const TXN_PRODUCER_ID: i64 = 2000;
 
 fn cfg() -> LogConfig {
     LogConfig {
@@ -56,8 +59,18 @@ struct Appended {
     next_offset: i64,
     /// Idempotent batches: (first sequence, last sequence).
     sequences: Option<(i32, i32)>,
+    /// The transactional producer's batches and markers.
+    txn: Option<TxnPart>,
     /// The log's generation when it was assigned its offsets.
     generation: u64,
+}
+
+/// A batch of the transactional producer.
+#[derive(Debug, Clone, Copy)]
+enum TxnPart {
+    /// Data, with its (first, last) sequence.
+    Data(i32, i32),
+    Marker(Marker),
 }
 
 #[derive(Default)]
@@ -73,6 +86,45 @@ struct Model {
     log_start: i64,
     /// The next sequence of the idempotent producer, in the current incarnation.
     next_sequence: i32,
+    /// The next sequence of the transactional producer.
+    txn_next_sequence: i32,
+}
+
+impl Model {
+    /// What the log's batches say of the transactional producer, in offset order: its open
+    /// transaction's first offset, and its aborted transactions (first offset, marker offset).
+    fn transactions(&self) -> (Option<i64>, Vec<(i64, i64)>) {
+        let mut open = None;
+        let mut aborted = Vec::new();
+        for (base, a) in &self.appended {
+            match a.txn {
+                Some(TxnPart::Data(..)) => {
+                    open.get_or_insert(*base);
+                }
+                Some(TxnPart::Marker(m)) => {
+                    if let Some(first) = open.take()
+                        && m == Marker::Abort
+                    {
+                        aborted.push((first, *base));
+                    }
+                }
+                None => {}
+            }
+        }
+        (open, aborted)
+    }
+
+    /// The transactional producer's next sequence, after what survived.
+    fn txn_sequence_after(&self) -> i32 {
+        self.appended
+            .values()
+            .rev()
+            .find_map(|a| match a.txn {
+                Some(TxnPart::Data(_, last)) => Some(last + 1),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
 }
 
 fn stored(sent: &Bytes, base: i64) -> Bytes {
@@ -137,6 +189,10 @@ pub(crate) struct Stats {
     pub reads: u64,
     pub full_disks: u64,
     pub truncations: u64,
+    /// Reopens that found the transactional producer with an open transaction, and aborted
+    /// transactions read back with read_committed.
+    pub open_txns_checked: u64,
+    pub aborted_txns_checked: u64,
 }
 
 impl Run {
@@ -256,20 +312,43 @@ impl Run {
     /// Start an append and leave it in flight; its ack is recorded when it is durable.
     fn append(&mut self) {
         let log = self.log();
-        let idempotent = self.rng.below(4) == 0;
+        let kind = self.rng.below(12);
+        let idempotent = kind < 3;
         let count = 1 + self.rng.below(12) as usize;
         let value_len = [0, 10, 100, 700][self.rng.below(4) as usize];
         let ts = self.clock.wall_ms();
+        let mut txn = None;
         let (sent, sequences) = if idempotent {
             let seq = self.model.borrow().next_sequence;
             let b = test_util::encode_idempotent(PRODUCER_ID, 0, seq, count, ts);
             (b, Some((seq, seq + count as i32 - 1)))
+        } else if kind < 5 {
+            let seq = self.model.borrow().txn_next_sequence;
+            txn = Some(TxnPart::Data(seq, seq + count as i32 - 1));
+            let b = test_util::encode_transactional(TXN_PRODUCER_ID, 0, seq, count, ts);
+            (b, None)
+        } else if kind < 6 {
+            let m = if self.rng.below(2) == 0 {
+                Marker::Commit
+            } else {
+                Marker::Abort
+            };
+            txn = Some(TxnPart::Marker(m));
+            (batch::encode_marker(TXN_PRODUCER_ID, 0, m, 0, ts), None)
         } else {
             (test_util::encode_batch(0, count, ts, value_len), None)
         };
-        let appended = log.append(sent.clone());
+        let appended = match txn {
+            Some(TxnPart::Marker(m)) => {
+                futures::future::Either::Left(log.append_marker(TXN_PRODUCER_ID, 0, m, 0))
+            }
+            _ => futures::future::Either::Right(log.append(sent.clone())),
+        };
         if let Some((_, last)) = sequences {
             self.model.borrow_mut().next_sequence = last + 1;
+        }
+        if let Some(TxnPart::Data(_, last)) = txn {
+            self.model.borrow_mut().txn_next_sequence = last + 1;
         }
         self.stats.appends += 1;
         let model = self.model.clone();
@@ -297,6 +376,7 @@ impl Run {
                         bytes: stored(&sent, base),
                         next_offset: next,
                         sequences,
+                        txn,
                         generation: info.generation,
                     },
                 );
@@ -557,6 +637,58 @@ impl Run {
             }
         }
         self.check_producer_state(log).await;
+        self.check_transactions(log).await;
+    }
+
+    /// The reopened log's open transaction, last stable offset and aborted transactions are
+    /// what its surviving batches say.
+    async fn check_transactions(&mut self, log: &Rc<PartitionLog>) {
+        let seed = self.seed;
+        let (open, aborted, log_start) = {
+            let mut m = self.model.borrow_mut();
+            m.txn_next_sequence = m.txn_sequence_after();
+            let (open, aborted) = m.transactions();
+            (open, aborted, m.log_start.max(0))
+        };
+        let hw = log.high_watermark().get();
+        assert_eq!(
+            log.open_transactions(),
+            open.map(|f| (TXN_PRODUCER_ID, f))
+                .into_iter()
+                .collect::<Vec<_>>(),
+            "seed {seed}: open transactions"
+        );
+        self.stats.open_txns_checked += u64::from(open.is_some());
+        let lso = open.map_or(hw, |f| f.min(hw));
+        assert_eq!(
+            log.last_stable_offset().get(),
+            lso,
+            "seed {seed}: last stable offset"
+        );
+        if log_start >= hw {
+            return;
+        }
+        let read = log
+            .read_chunks_committed(Offset(log_start), 1)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: read_committed at {log_start}: {e}"));
+        let want: Vec<(i64, i64)> = aborted
+            .into_iter()
+            .filter(|(first, last)| *last >= log_start && *first < lso)
+            .collect();
+        let got: Vec<(i64, i64)> = read
+            .aborted
+            .iter()
+            .map(|a| (a.first_offset, a.last_offset))
+            .collect();
+        assert_eq!(got, want, "seed {seed}: aborted transactions");
+        self.stats.aborted_txns_checked += got.len() as u64;
+        assert!(
+            read.aborted
+                .iter()
+                .all(|a| a.producer_id == TXN_PRODUCER_ID),
+            "seed {seed}: aborted transactions of another producer"
+        );
     }
 
     /// A retry of the producer's last surviving batch is a duplicate with its offsets; the
@@ -637,7 +769,8 @@ impl Run {
                     m.acked.retain(|b, a| *b < cut || a.1 > before);
                     m.seen_end = m.seen_end.min(cut);
                     m.log_start = m.log_start.min(cut);
-                    // The producer's sequences past the cut are gone with it.
+                    // The producers' sequences past the cut are gone with it.
+                    m.txn_next_sequence = m.txn_sequence_after();
                     m.next_sequence = m
                         .appended
                         .values()
@@ -767,6 +900,8 @@ fn simulated_crashes_lose_nothing_acknowledged() {
             total.faults += s.faults;
             total.full_disks += s.full_disks;
             total.truncations += s.truncations;
+            total.open_txns_checked += s.open_txns_checked;
+            total.aborted_txns_checked += s.aborted_txns_checked;
         }
         eprintln!("simulation: {} seeds, {total:?}", seeds.len());
         assert!(
@@ -774,6 +909,12 @@ fn simulated_crashes_lose_nothing_acknowledged() {
             "every seed ends with a crash"
         );
         assert!(total.acked > 0, "the simulation acknowledged nothing");
+        if seeds.len() >= 100 {
+            assert!(
+                total.open_txns_checked > 0 && total.aborted_txns_checked > 0,
+                "the simulation checked no transaction"
+            );
+        }
     });
 }
 
