@@ -257,3 +257,27 @@ fn exactly_once_copy_survives_killed_copiers_and_a_broker_kill_9() {
     let out = run(&broker, &["verify", "eos-in", "eos-out", N], 120);
     assert!(out.contains("verify ok"), "{out}");
 }
+
+/// `benches/transactions.py` in smoke mode (its figures are the closing note's, not checked).
+#[test]
+fn transactions_bench_smoke() {
+    let broker = Broker::start_with(options());
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/.venv/bin/python3");
+    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/transactions.py");
+    let output = run_with_timeout(
+        std::process::Command::new(python)
+            .arg(bench)
+            .arg(broker.bootstrap())
+            .args(["--seconds", "0.3", "--sizes", "1,10"]),
+        b"",
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("transactions bench ok"),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("txn/plain rounds per second"), "{stdout}");
+}

@@ -344,6 +344,9 @@ impl Run {
             }
             _ => futures::future::Either::Right(log.append(sent.clone())),
         };
+        if trace() {
+            eprintln!("append: count {count} sequences {sequences:?} txn {txn:?}");
+        }
         if let Some((_, last)) = sequences {
             self.model.borrow_mut().next_sequence = last + 1;
         }
@@ -360,13 +363,20 @@ impl Run {
             // Offsets are assigned at the log end: whatever the model had from `base` on was
             // given back (a full disk) or cut (a truncation). A duplicate is the batch already
             // there: its entry stays.
-            let duplicate = sequences.is_some_and(|(first, _)| {
-                model
-                    .borrow()
-                    .appended
-                    .get(&base)
-                    .is_some_and(|a| a.sequences.map(|s| s.0) == Some(first))
-            });
+            let duplicate = model
+                .borrow()
+                .appended
+                .get(&base)
+                .is_some_and(|a| match (sequences, txn) {
+                    (Some((first, _)), _) => a.sequences.map(|s| s.0) == Some(first),
+                    (_, Some(TxnPart::Data(first, _))) => {
+                        matches!(a.txn, Some(TxnPart::Data(f, _)) if f == first)
+                    }
+                    _ => false,
+                });
+            if trace() {
+                eprintln!("assigned {base}..{next} sequences {sequences:?} txn {txn:?} duplicate {duplicate}");
+            }
             if !duplicate {
                 let mut m = model.borrow_mut();
                 m.appended.split_off(&base);

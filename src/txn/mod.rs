@@ -26,7 +26,9 @@
 //! writes CompleteCommit or CompleteAbort. A marker in `__consumer_offsets` makes the
 //! transaction's offset commits visible or drops them (`GroupCoordinator::complete_txn`).
 //! EndTxn is answered after the markers are durable, so a read_committed consumer sees a
-//! committed transaction once its producer's commit returned.
+//! committed transaction once its producer's commit returned. The Complete record is not
+//! waited for: lost in a crash, it leaves the transaction prepared, and the restarted
+//! coordinator writes its markers again.
 //!
 //! # Crash safety
 //! At start each shard reads its `__transaction_state` partitions ([`TxnCoordinator::load`]);
@@ -208,20 +210,54 @@ impl TxnCoordinator {
         self.txns.borrow().get(id).map(|e| e.meta.clone())
     }
 
-    /// Write `meta` as `id`'s state and wait until it is durable, then adopt it.
-    async fn write(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
+    /// Append `meta` as `id`'s state to its `__transaction_state` partition: the returned
+    /// future resolves once the record is durable. The append takes its place in the log
+    /// when this is called, so a later record of the id follows it.
+    fn append_state(
+        &self,
+        shard: &Shard,
+        id: &str,
+        meta: &TxnMeta,
+    ) -> TxnResult<impl std::future::Future<Output = TxnResult<()>> + use<>> {
         let tp = txn_tp(shard, id).ok_or(ResponseError::NotCoordinator)?;
         let log = shard.partition(&tp).ok_or(ResponseError::NotCoordinator)?;
         let key = records::encode_key(id).map_err(|_| ResponseError::InvalidRequest)?;
-        let value = records::encode_value(&meta).map_err(|_| ResponseError::InvalidRequest)?;
+        let value = records::encode_value(meta).map_err(|_| ResponseError::InvalidRequest)?;
         let bytes = crate::group::records::encode_batches(
             &[(key, Some(value))],
             self.clock.wall_ms(),
             OFFSETS_BATCH_BYTES_MAX,
         )
         .map_err(|_| ResponseError::InvalidRequest)?;
-        let info = log.append(bytes).await.map_err(|e| write_error(&e))?;
-        log.wait_durable(&info).await.map_err(|e| write_error(&e))?;
+        let appended = log.append(bytes);
+        Ok(async move {
+            let info = appended.await.map_err(|e| write_error(&e))?;
+            log.wait_durable(&info).await.map_err(|e| write_error(&e))
+        })
+    }
+
+    /// Write `meta` as `id`'s state and wait until it is durable, then adopt it.
+    async fn write(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
+        self.append_state(shard, id, &meta)?.await?;
+        if let Some(e) = self.txns.borrow_mut().get_mut(id) {
+            e.meta = meta;
+        }
+        Ok(())
+    }
+
+    /// Write `meta` as `id`'s state and adopt it at once, without waiting for it to be
+    /// durable: for CompleteCommit and CompleteAbort, whose loss in a crash only makes the
+    /// restarted coordinator write the (durable) markers again. The record is in the log
+    /// before any later record of the id (appends keep call order), and a log that fails to
+    /// write it fails every later write too.
+    fn write_behind(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
+        let durable = self.append_state(shard, id, &meta)?;
+        let tid = id.to_string();
+        runtime::spawn_detached(async move {
+            if let Err(e) = durable.await {
+                warn!(transactional_id = %tid, error = ?e, "a transaction's Complete record was not written: the restarted coordinator completes it again");
+            }
+        });
         if let Some(e) = self.txns.borrow_mut().get_mut(id) {
             e.meta = meta;
         }
@@ -390,7 +426,7 @@ impl TxnCoordinator {
             start_ms: -1,
             ..meta
         };
-        self.write(shard, id, completed.clone()).await?;
+        self.write_behind(shard, id, completed.clone())?;
         crate::metrics::txn_completed(marker == Marker::Commit);
         debug!(
             transactional_id = id,
