@@ -232,6 +232,66 @@ fn a_transaction_open_at_kill_9_is_aborted_after_its_timeout() {
     assert!(broker.logs_contain("transaction timed out: aborting"));
 }
 
+/// `kill -9` between a durable PrepareCommit and its markers: the restarted coordinator
+/// writes the markers, and read_committed sees the whole transaction.
+#[test]
+fn a_commit_prepared_at_kill_9_completes_after_restart() {
+    let mut opts = options();
+    opts.env = vec![("SLUICE_TEST_TXN_MARKER_DELAY_MS".into(), "60000".into())];
+    let mut broker = Broker::start_with(opts);
+    let committing = Script::spawn(&broker, &["commit-slow", "txn-prepared"]);
+    assert!(
+        committing.wait_for("committing", 1, Duration::from_secs(60)),
+        "the producer did not reach its commit\nbroker log:\n{}",
+        broker.logs_text()
+    );
+    // EndTxn is in: its PrepareCommit is durable, its markers wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sluice_cli(&broker, &["txn", "list", "--state", "PrepareCommit"])
+        .contains("txn-commit-slow")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the transaction never reached PrepareCommit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.kill9();
+    committing.kill();
+    broker.set_env(Vec::new());
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = run_with_timeout(
+            common::python_command("transactions.py").args([
+                broker.bootstrap().as_str(),
+                "expect",
+                "txn-prepared",
+                "p:10",
+            ]),
+            b"",
+            Duration::from_secs(60),
+        );
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the prepared commit never completed\nstderr:\n{}\nbroker log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            broker.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let listed = sluice_cli(&broker, &["txn", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("txn-commit-slow") && l.ends_with("CompleteCommit")),
+        "{listed}"
+    );
+}
+
 #[test]
 fn exactly_once_copy_survives_killed_copiers_and_a_broker_kill_9() {
     const N: &str = "6000";

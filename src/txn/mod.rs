@@ -411,6 +411,9 @@ impl TxnCoordinator {
             TxnState::PrepareAbort => (Marker::Abort, TxnState::CompleteAbort),
             _ => return Ok(meta),
         };
+        if let Some(delay) = marker_delay() {
+            runtime::sleep(delay).await;
+        }
         write_markers(
             shard,
             &meta.partitions,
@@ -656,6 +659,19 @@ impl TxnCoordinator {
         }
         Ok(count)
     }
+}
+
+/// Fault injection for crash tests: `SLUICE_TEST_TXN_MARKER_DELAY_MS` holds every
+/// transaction between its durable Prepare record and its markers for that long, so a test
+/// can `kill -9` the broker in between (`tests/transactions.rs`). Unset in production.
+fn marker_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("SLUICE_TEST_TXN_MARKER_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
 }
 
 /// A fresh producer id with epoch 0, from the controller's allocator.

@@ -24,6 +24,8 @@ Modes:
   leave-open TOPIC commit "c0".."c9", then leave a transaction of "o0".."o9" open (flushed),
                    print "left open" and sleep (the test kills the broker and this process)
   plain TOPIC NAME N  produce "NAME0".."NAME<N-1>" without a transaction
+  commit-slow TOPIC  produce "p0".."p9" in a transaction, print "committing" and commit (the
+                   test's broker holds the markers back and is killed meanwhile)
   expect TOPIC NAME:N...  read_committed holds exactly the named records
 """
 
@@ -354,6 +356,18 @@ def leave_open(bootstrap, topic):
     time.sleep(600)
 
 
+def commit_slow(bootstrap, topic):
+    create_topic(bootstrap, topic)
+    p = txn_producer(bootstrap, "txn-commit-slow")
+    p.begin_transaction()
+    for i in range(10):
+        p.produce(topic, key=f"k{i}".encode(), value=f"p{i}".encode())
+    p.flush(30)
+    print("committing", flush=True)
+    p.commit_transaction(60)
+    print("committed", flush=True)
+
+
 def plain(bootstrap, topic, name, n):
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     for i in range(n):
@@ -394,6 +408,8 @@ def main():
         verify(bootstrap, sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif mode == "leave-open":
         leave_open(bootstrap, sys.argv[3])
+    elif mode == "commit-slow":
+        commit_slow(bootstrap, sys.argv[3])
     elif mode == "plain":
         plain(bootstrap, sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif mode == "expect":

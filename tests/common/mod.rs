@@ -74,6 +74,8 @@ pub struct BrokerOptions {
     pub data_dir: Option<PathBuf>,
     /// `--shards`; None: 2.
     pub shards: Option<usize>,
+    /// Environment variables of the broker process (e.g. a test's fault injection).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running (or stopped) Sluice broker owned by one test.
@@ -194,6 +196,7 @@ impl Broker {
             command.arg("--num-partitions").arg(n.to_string());
         }
         command.args(&self.options.extra_args);
+        command.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         command
             // Plain log lines in the captured file, without terminal colour codes.
             .env("NO_COLOR", "1")
@@ -262,6 +265,11 @@ impl Broker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The broker process's environment from its next start on.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.options.env = env;
     }
 
     /// Starts the broker again on the same data directory and port.
