@@ -1179,6 +1179,16 @@ impl GroupCoordinator {
         if older_bytes < live_bytes.saturating_mul(2) {
             return Ok(None);
         }
+        // Offsets committed in an undecided transaction exist only as their records (they
+        // take effect at the transaction's marker): the log start waits for them.
+        if self.pending_txn.borrow().iter().any(|((p, _), list)| {
+            *p == partition
+                && list
+                    .iter()
+                    .any(|(_, _, c)| c.log_offset < active_base.get())
+        }) {
+            return Ok(None);
+        }
         let mut rewritten = 0usize;
         for (group_id, order) in locks {
             let _granted = order.enter(Mode::Exclusive).granted().await;

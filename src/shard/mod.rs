@@ -505,7 +505,9 @@ impl Shard {
 
 /// Each shard's retention pass, every `retention_check_interval_ms`: lets the
 /// group coordinator compact its `__consumer_offsets` partitions
-/// ([`crate::group::GroupCoordinator::compact_offsets`]), then asks each
+/// ([`crate::group::GroupCoordinator::compact_offsets`]) and the transaction
+/// coordinator its `__transaction_state` ones ([`crate::txn::TxnCoordinator::compact`]),
+/// then asks each
 /// partition it owns to delete its expired sealed segments
 /// ([`PartitionLog::enforce_retention`]). Bounded: one pass per period, one
 /// partition at a time; exits when the shard stops or is dropped.
@@ -520,6 +522,7 @@ async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         shard.groups.compact_offsets(&shard).await;
+        shard.txns.compact(&shard).await;
         for (tp, log) in shard.owned_partitions() {
             match log.enforce_retention(now_ms).await {
                 Ok(0) => {}

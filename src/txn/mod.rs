@@ -133,6 +133,9 @@ struct Entry {
     meta: TxnMeta,
     /// A transition (a record write, the markers) is in flight.
     busy: bool,
+    /// Offset of the id's latest record in its partition (a lower bound while a record
+    /// written behind is in flight): compaction copies the ids whose record is older.
+    log_offset: i64,
 }
 
 /// A transaction as DescribeTransactions and ListTransactions report it.
@@ -218,7 +221,7 @@ impl TxnCoordinator {
         shard: &Shard,
         id: &str,
         meta: &TxnMeta,
-    ) -> TxnResult<impl std::future::Future<Output = TxnResult<()>> + use<>> {
+    ) -> TxnResult<impl std::future::Future<Output = TxnResult<i64>> + use<>> {
         let tp = txn_tp(shard, id).ok_or(ResponseError::NotCoordinator)?;
         let log = shard.partition(&tp).ok_or(ResponseError::NotCoordinator)?;
         let key = records::encode_key(id).map_err(|_| ResponseError::InvalidRequest)?;
@@ -232,15 +235,17 @@ impl TxnCoordinator {
         let appended = log.append(bytes);
         Ok(async move {
             let info = appended.await.map_err(|e| write_error(&e))?;
-            log.wait_durable(&info).await.map_err(|e| write_error(&e))
+            log.wait_durable(&info).await.map_err(|e| write_error(&e))?;
+            Ok(info.base_offset.get())
         })
     }
 
     /// Write `meta` as `id`'s state and wait until it is durable, then adopt it.
     async fn write(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
-        self.append_state(shard, id, &meta)?.await?;
+        let at = self.append_state(shard, id, &meta)?.await?;
         if let Some(e) = self.txns.borrow_mut().get_mut(id) {
             e.meta = meta;
+            e.log_offset = e.log_offset.max(at);
         }
         Ok(())
     }
@@ -251,6 +256,10 @@ impl TxnCoordinator {
     /// before any later record of the id (appends keep call order), and a log that fails to
     /// write it fails every later write too.
     fn write_behind(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
+        // The record goes at the log end or, behind a room queue, later: a lower bound.
+        let at = txn_tp(shard, id)
+            .and_then(|tp| shard.partition(&tp))
+            .map_or(-1, |log| log.log_end_offset().get());
         let durable = self.append_state(shard, id, &meta)?;
         let tid = id.to_string();
         runtime::spawn_detached(async move {
@@ -260,8 +269,117 @@ impl TxnCoordinator {
         });
         if let Some(e) = self.txns.borrow_mut().get_mut(id) {
             e.meta = meta;
+            e.log_offset = e.log_offset.max(at);
         }
         Ok(())
+    }
+
+    /// Compaction of the `__transaction_state` partitions this shard owns, as the group
+    /// coordinator compacts `__consumer_offsets` (run by the shard's retention pass): when a
+    /// partition's segments before the active one (base `B`) hold at least twice the bytes
+    /// of its ids' latest states, every id whose latest record is below `B` has its current
+    /// state appended again (holding its turn, so no transition of it interleaves), and once
+    /// those are durable the log start moves to `B`, deleting the older segments. An id busy
+    /// with a transition puts the partition off to the next pass. A crash in between only
+    /// leaves duplicates: replay keeps each id's last record.
+    pub async fn compact(&self, shard: &Shard) {
+        let Some(meta) = shard.catalog().get(TXN_TOPIC).cloned() else {
+            return;
+        };
+        for p in 0..meta.partitions {
+            let tp = TopicPartition::new(TXN_TOPIC, p);
+            if shard.owner_of(&tp) != shard.id || shard.stopping.get() {
+                continue;
+            }
+            let Some(log) = shard.partition(&tp) else {
+                continue;
+            };
+            match self.compact_partition(&log, p, meta.partitions).await {
+                Ok(None) => {}
+                Ok(Some((rewritten, freed))) => info!(
+                    shard = %shard.id,
+                    partition = %tp,
+                    rewritten,
+                    freed_bytes = freed,
+                    "compacted transaction states"
+                ),
+                Err(e) => {
+                    warn!(shard = %shard.id, partition = %tp, error = ?e, "compacting transaction states failed")
+                }
+            }
+            runtime::yield_if_needed().await;
+        }
+    }
+
+    /// One partition's compaction: (records appended again, bytes freed), None if there was
+    /// nothing worth doing or an id was busy.
+    async fn compact_partition(
+        &self,
+        log: &Rc<PartitionLog>,
+        partition: i32,
+        partitions: i32,
+    ) -> TxnResult<Option<(usize, u64)>> {
+        let (active_base, older_bytes) = log.active_segment();
+        let base = active_base.get();
+        if older_bytes == 0
+            || active_base <= log.log_start_offset()
+            || log.high_watermark() < active_base
+        {
+            return Ok(None);
+        }
+        let in_partition = |id: &str| crate::group::offsets_partition(id, partitions) == partition;
+        let (live_bytes, stale) = {
+            let txns = self.txns.borrow();
+            let mut live = 0u64;
+            let mut stale = Vec::new();
+            for (id, e) in txns.iter().filter(|(id, _)| in_partition(id)) {
+                let parts: usize = e.meta.partitions.iter().map(|(t, _)| t.len() + 8).sum();
+                live += (80 + id.len() + parts) as u64;
+                if e.log_offset < base {
+                    stale.push(id.clone());
+                }
+            }
+            (live, stale)
+        };
+        if older_bytes < live_bytes.saturating_mul(2) {
+            return Ok(None);
+        }
+        // Every stale id's turn, or none: a busy one is left to the next pass.
+        let mut turns = Vec::with_capacity(stale.len());
+        for id in &stale {
+            match self.take_turn(id) {
+                Some(t) => turns.push(t),
+                None => return Ok(None),
+            }
+        }
+        let mut copies = Vec::with_capacity(stale.len());
+        for id in &stale {
+            let Some(m) = self.meta(id) else { continue };
+            let key = records::encode_key(id).map_err(|_| ResponseError::InvalidRequest)?;
+            let value = records::encode_value(&m).map_err(|_| ResponseError::InvalidRequest)?;
+            copies.push((key, Some(value)));
+        }
+        if !copies.is_empty() {
+            let bytes = crate::group::records::encode_batches(
+                &copies,
+                self.clock.wall_ms(),
+                OFFSETS_BATCH_BYTES_MAX,
+            )
+            .map_err(|_| ResponseError::InvalidRequest)?;
+            let info = log.append(bytes).await.map_err(|e| write_error(&e))?;
+            log.wait_durable(&info).await.map_err(|e| write_error(&e))?;
+            let mut txns = self.txns.borrow_mut();
+            for (i, id) in stale.iter().enumerate() {
+                if let Some(e) = txns.get_mut(id) {
+                    e.log_offset = e.log_offset.max(info.base_offset.get() + i as i64);
+                }
+            }
+        }
+        drop(turns);
+        log.delete_records(base)
+            .await
+            .map_err(|e| write_error(&e))?;
+        Ok(Some((copies.len(), older_bytes)))
     }
 
     /// Check a request's producer id and epoch against `meta` (Kafka's order): another
@@ -314,6 +432,7 @@ impl TxnCoordinator {
                                 start_ms: -1,
                             },
                             busy: true,
+                            log_offset: -1,
                         },
                     );
                     None
@@ -635,7 +754,7 @@ impl TxnCoordinator {
             return Ok(0);
         };
         let mut count = 0;
-        let mut loaded: HashMap<String, TxnMeta> = HashMap::new();
+        let mut loaded: HashMap<String, (TxnMeta, i64)> = HashMap::new();
         for p in 0..meta.partitions {
             let tp = TopicPartition::new(TXN_TOPIC, p);
             if shard.owner_of(&tp) != shard.id {
@@ -648,11 +767,18 @@ impl TxnCoordinator {
         }
         let prepared = loaded
             .values()
-            .filter(|m| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort))
+            .filter(|(m, _)| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort))
             .count();
         let mut txns = self.txns.borrow_mut();
-        for (id, meta) in loaded {
-            txns.insert(id, Entry { meta, busy: false });
+        for (id, (meta, log_offset)) in loaded {
+            txns.insert(
+                id,
+                Entry {
+                    meta,
+                    busy: false,
+                    log_offset,
+                },
+            );
         }
         if count > 0 {
             info!(shard = %shard.id, records = count, transactional_ids = txns.len(), prepared, "transaction states loaded");
@@ -769,7 +895,7 @@ async fn markers_on_owner(
 async fn replay_log(
     log: &PartitionLog,
     tp: &TopicPartition,
-    out: &mut HashMap<String, TxnMeta>,
+    out: &mut HashMap<String, (TxnMeta, i64)>,
 ) -> Result<u64, StorageError> {
     const READ_BYTES: usize = 1 << 20;
     let mut count = 0u64;
@@ -814,7 +940,7 @@ async fn replay_log(
                                 out.remove(&id);
                             }
                             Some(Ok(meta)) => {
-                                out.insert(id, meta);
+                                out.insert(id, (meta, r.offset));
                             }
                             Some(Err(e)) => {
                                 warn!(partition = %tp, offset = r.offset, error = %e, "skipping undecodable transaction state")

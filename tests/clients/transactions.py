@@ -24,6 +24,8 @@ Modes:
   leave-open TOPIC commit "c0".."c9", then leave a transaction of "o0".."o9" open (flushed),
                    print "left open" and sleep (the test kills the broker and this process)
   plain TOPIC NAME N  produce "NAME0".."NAME<N-1>" without a transaction
+  init-only ID     initialise a transactional producer with id ID and stop
+  many-txns TOPIC N  commit N transactions of one record each (transactional id "txn-many")
   commit-slow TOPIC  produce "p0".."p9" in a transaction, print "committing" and commit (the
                    test's broker holds the markers back and is killed meanwhile)
   expect TOPIC NAME:N...  read_committed holds exactly the named records
@@ -356,6 +358,21 @@ def leave_open(bootstrap, topic):
     time.sleep(600)
 
 
+def init_only(bootstrap, txn_id):
+    txn_producer(bootstrap, txn_id)
+    print("init ok")
+
+
+def many_txns(bootstrap, topic, n):
+    create_topic(bootstrap, topic)
+    p = txn_producer(bootstrap, "txn-many")
+    for i in range(n):
+        p.begin_transaction()
+        p.produce(topic, key=f"k{i}".encode(), value=f"m{i}".encode())
+        p.commit_transaction(30)
+    print("many ok")
+
+
 def commit_slow(bootstrap, topic):
     create_topic(bootstrap, topic)
     p = txn_producer(bootstrap, "txn-commit-slow")
@@ -408,6 +425,10 @@ def main():
         verify(bootstrap, sys.argv[3], sys.argv[4], int(sys.argv[5]))
     elif mode == "leave-open":
         leave_open(bootstrap, sys.argv[3])
+    elif mode == "init-only":
+        init_only(bootstrap, sys.argv[3])
+    elif mode == "many-txns":
+        many_txns(bootstrap, sys.argv[3], int(sys.argv[4]))
     elif mode == "commit-slow":
         commit_slow(bootstrap, sys.argv[3])
     elif mode == "plain":
