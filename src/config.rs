@@ -256,6 +256,12 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "1000..=2147483647",
     },
     Setting {
+        name: "transactional_id_expiration_ms",
+        description: "A transactional id with no transaction open for this long is forgotten (transactional.id.expiration.ms): its state is tombstoned in __transaction_state; a producer using it again gets a new producer id",
+        default: "604800000",
+        bounds: "1000..=31536000000",
+    },
+    Setting {
         name: "transaction_abort_interval_ms",
         description: "How often the transaction coordinator aborts transactions open longer than their timeout and finishes prepared ones whose markers are not all written (transaction.abort.timed.out.transaction.cleanup.interval.ms)",
         default: "10000",
@@ -334,6 +340,7 @@ pub struct Config {
     pub transaction_state_partitions: i32,
     pub transaction_max_timeout_ms: i32,
     pub transaction_abort_interval_ms: u64,
+    pub transactional_id_expiration_ms: u64,
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
@@ -381,6 +388,7 @@ impl Default for Config {
             transaction_state_partitions: 16,
             transaction_max_timeout_ms: 900_000,
             transaction_abort_interval_ms: 10_000,
+            transactional_id_expiration_ms: 604_800_000,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -546,6 +554,13 @@ impl Config {
             100,
             3_600_000,
             "100..=3600000",
+        )?;
+        check(
+            "transactional_id_expiration_ms",
+            self.transactional_id_expiration_ms,
+            1000,
+            31_536_000_000,
+            "1000..=31536000000",
         )?;
         check(
             "group_initial_rebalance_delay_ms",

@@ -183,6 +183,9 @@ struct ServeArgs {
     /// How often timed-out transactions are aborted, in ms [default: 10000].
     #[arg(long)]
     transaction_abort_interval_ms: Option<u64>,
+    /// Forget a transactional id idle for this long, in ms [default: 604800000, 7 days].
+    #[arg(long)]
+    transactional_id_expiration_ms: Option<u64>,
     /// Delay of the first rebalance of an empty group in ms [default: 3000].
     #[arg(long)]
     group_initial_rebalance_delay_ms: Option<u64>,
@@ -300,6 +303,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.transaction_abort_interval_ms {
         config.transaction_abort_interval_ms = v;
+    }
+    if let Some(v) = args.transactional_id_expiration_ms {
+        config.transactional_id_expiration_ms = v;
     }
     if let Some(v) = args.group_initial_rebalance_delay_ms {
         config.group_initial_rebalance_delay_ms = v;

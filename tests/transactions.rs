@@ -390,3 +390,41 @@ fn transaction_states_are_compacted_and_survive_kill_9() {
     let many = sluice_cli(&broker, &["txn", "describe", "txn-many"]);
     assert!(many.contains("epoch 1"), "{many}");
 }
+
+/// An idle transactional id is forgotten after `transactional_id_expiration_ms`: its state is
+/// tombstoned (through a restart), the tools no longer find it, and it can be used again.
+#[test]
+fn idle_transactional_ids_expire() {
+    let mut opts = options();
+    opts.extra_args
+        .extend(["--transactional-id-expiration-ms".into(), "1000".into()]);
+    let mut broker = Broker::start_with(opts);
+    run(&broker, &["init-only", "txn-expiring"], 60);
+    let first = sluice_cli(&broker, &["txn", "describe", "txn-expiring"]);
+    assert!(first.contains("Empty, producer"), "{first}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["txn", "describe", "txn-expiring", "--bootstrap-server"])
+            .arg(broker.bootstrap())
+            .output()
+            .expect("run sluice");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() && stderr.contains("does not exist") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle id did not expire\n{}",
+            broker.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(broker.logs_contain("transactional id expired"));
+    // The tombstone survives a restart.
+    broker.kill9();
+    broker.restart();
+    assert!(!sluice_cli(&broker, &["txn", "list"]).contains("txn-expiring"));
+    // Used again, it starts afresh.
+    run(&broker, &["init-only", "txn-expiring"], 60);
+}

@@ -150,6 +150,8 @@ pub struct TxnDescription {
 pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, Entry>>,
     max_timeout_ms: i32,
+    /// Idle transactional ids are forgotten after this long (`transactional.id.expiration.ms`).
+    expiration_ms: i64,
     clock: Rc<dyn Clock>,
 }
 
@@ -182,6 +184,7 @@ impl TxnCoordinator {
         TxnCoordinator {
             txns: RefCell::new(HashMap::new()),
             max_timeout_ms: config.transaction_max_timeout_ms,
+            expiration_ms: i64::try_from(config.transactional_id_expiration_ms).unwrap_or(i64::MAX),
             clock: Rc::new(SystemClock),
         }
     }
@@ -704,19 +707,26 @@ impl TxnCoordinator {
     /// the id's turn; ids busy now are left to the next tick.
     pub async fn tick(&self, shard: &Shard) {
         let now = self.clock.wall_ms();
+        let expired = |e: &Entry| {
+            matches!(
+                e.meta.state,
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+            ) && now.saturating_sub(e.meta.last_update_ms) > self.expiration_ms
+        };
         let due: Vec<String> = self
             .txns
             .borrow()
             .iter()
             .filter(|(_, e)| {
                 !e.busy
-                    && match e.meta.state {
-                        TxnState::PrepareCommit | TxnState::PrepareAbort => true,
-                        TxnState::Ongoing => {
-                            now.saturating_sub(e.meta.start_ms) > i64::from(e.meta.timeout_ms)
-                        }
-                        _ => false,
-                    }
+                    && (expired(e)
+                        || match e.meta.state {
+                            TxnState::PrepareCommit | TxnState::PrepareAbort => true,
+                            TxnState::Ongoing => {
+                                now.saturating_sub(e.meta.start_ms) > i64::from(e.meta.timeout_ms)
+                            }
+                            _ => false,
+                        })
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -739,10 +749,46 @@ impl TxnCoordinator {
                     crate::metrics::txn_timed_out();
                     self.fence_and_abort(shard, &id, meta).await
                 }
-                _ => continue,
+                _ => {
+                    drop(_turn);
+                    self.expire(shard, &id).await;
+                    continue;
+                }
             };
             if let Err(e) = result {
                 warn!(transactional_id = %id, error = ?e, "finishing a transaction failed: retrying on the next tick");
+            }
+        }
+    }
+
+    /// Forget an idle transactional id: a tombstone in its partition, then the entry goes
+    /// (Kafka's `transactional.id.expiration.ms`). Its turn is held while the tombstone is
+    /// written; an id that got busy meanwhile is left alone.
+    async fn expire(&self, shard: &Shard, id: &str) {
+        let Some(_turn) = self.take_turn(id) else {
+            return;
+        };
+        let written = async {
+            let tp = txn_tp(shard, id).ok_or(ResponseError::NotCoordinator)?;
+            let log = shard.partition(&tp).ok_or(ResponseError::NotCoordinator)?;
+            let key = records::encode_key(id).map_err(|_| ResponseError::InvalidRequest)?;
+            let bytes = crate::group::records::encode_batches(
+                &[(key, None)],
+                self.clock.wall_ms(),
+                OFFSETS_BATCH_BYTES_MAX,
+            )
+            .map_err(|_| ResponseError::InvalidRequest)?;
+            let info = log.append(bytes).await.map_err(|e| write_error(&e))?;
+            log.wait_durable(&info).await.map_err(|e| write_error(&e))
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                self.txns.borrow_mut().remove(id);
+                info!(transactional_id = id, "transactional id expired");
+            }
+            Err(e) => {
+                warn!(transactional_id = id, error = ?e, "expiring a transactional id failed")
             }
         }
     }
