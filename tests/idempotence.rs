@@ -28,7 +28,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
-const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+const PRODUCER_FENCED: i16 = 90;
+const INVALID_REQUEST: i16 = 42;
 
 // ---------------------------------------------------------------------------------------------
 // Raw protocol
@@ -176,10 +177,22 @@ fn raw_duplicates_gaps_and_fencing() {
     );
     assert_eq!(partitions[1].error_code, 3, "unknown partition");
 
-    // Transactions are not supported: a transactional id is refused clearly.
+    // A transactional id gets its own producer id from its coordinator; initialising it
+    // again bumps the epoch; holding a stale (id, epoch) is fenced.
     let txn = init_producer_id(&mut stream, 4, Some("tx-1"), (-1, -1), 12);
-    assert_eq!(txn.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
-    assert_eq!(txn.producer_id.0, -1);
+    assert_eq!(txn.error_code, 0);
+    assert!(txn.producer_id.0 >= 0 && txn.producer_id.0 != pid);
+    assert_eq!(txn.producer_epoch, 0);
+    let again = init_producer_id(&mut stream, 4, Some("tx-1"), (-1, -1), 13);
+    assert_eq!(again.error_code, 0);
+    assert_eq!(
+        (again.producer_id.0, again.producer_epoch),
+        (txn.producer_id.0, 1)
+    );
+    let stale = init_producer_id(&mut stream, 4, Some("tx-1"), (txn.producer_id.0, 0), 14);
+    assert_eq!(stale.error_code, PRODUCER_FENCED);
+    let empty = init_producer_id(&mut stream, 4, Some(""), (-1, -1), 15);
+    assert_eq!(empty.error_code, INVALID_REQUEST);
 }
 
 #[test]
