@@ -657,14 +657,23 @@ impl TxnCoordinator {
         Ok(())
     }
 
-    /// Check that `producer_id`/`epoch` hold `id`'s open transaction (TxnOffsetCommit).
-    pub fn check_ongoing(&self, id: &str, producer_id: i64, epoch: i16) -> TxnResult<()> {
+    /// Check that `producer_id`/`epoch` hold `id`'s open transaction and that `partition`
+    /// is part of it (TxnOffsetCommit: the group's `__consumer_offsets` partition, added by
+    /// AddOffsetsToTxn; without it no marker would ever decide the offsets).
+    pub fn check_ongoing(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partition: &(String, i32),
+    ) -> TxnResult<()> {
         let meta = self
             .meta(id)
             .ok_or(ResponseError::InvalidProducerIdMapping)?;
         Self::check_producer(&meta, producer_id, epoch)?;
         match meta.state {
-            TxnState::Ongoing => Ok(()),
+            TxnState::Ongoing if meta.partitions.contains(partition) => Ok(()),
+            TxnState::Ongoing => Err(ResponseError::InvalidTxnState),
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 Err(ResponseError::ConcurrentTransactions)
             }

@@ -1,6 +1,8 @@
 //! TxnOffsetCommit (key 28), versions 0-4: a consumer group's offsets committed inside the
 //! producer's transaction (`send_offsets_to_transaction`). Checked on the transactional
-//! id's coordinator (the transaction is open with this producer id and epoch), then written
+//! id's coordinator (the transaction is open with this producer id and epoch, and includes
+//! the group's `__consumer_offsets` partition: AddOffsetsToTxn came first, else
+//! INVALID_TXN_STATE), then written
 //! by the group's coordinator as a transactional batch of the producer to the group's
 //! `__consumer_offsets` partition; they take effect when the transaction's COMMIT marker
 //! lands there (`GroupCoordinator::complete_txn`). Membership is checked as Kafka does since
@@ -34,6 +36,14 @@ fn answer(errors: PartitionErrors) -> TxnOffsetCommitResponse {
             })
             .collect(),
     )
+}
+
+/// Every partition of `topics` answered COORDINATOR_NOT_AVAILABLE (no `__consumer_offsets`).
+fn errors_all_unavailable(out: &mut PartitionErrors, topics: &[(String, Vec<CommitPartition>)]) {
+    let code = ResponseError::CoordinatorNotAvailable.code();
+    for (t, ps) in topics {
+        out.push((t.clone(), ps.iter().map(|p| (p.partition, code)).collect()));
+    }
 }
 
 pub async fn handle(
@@ -82,9 +92,14 @@ pub async fn handle(
     let id = req.transactional_id.0.to_string();
     let group = req.group_id.0.to_string();
     let (producer_id, epoch) = (req.producer_id.0, req.producer_epoch);
+    let Some(offsets_tp) = crate::group::offsets_tp(&ctx.shard, &group) else {
+        errors_all_unavailable(&mut refused, &topics);
+        return Ok(answer(refused));
+    };
+    let partition = (offsets_tp.topic.to_string(), offsets_tp.partition);
     let tid = id.clone();
     let check = crate::txn::on_coordinator(&ctx.shard, &id, move |s| async move {
-        s.txns.check_ongoing(&tid, producer_id, epoch)
+        s.txns.check_ongoing(&tid, producer_id, epoch, &partition)
     })
     .await?;
     let mut errors = match check.and_then(|r| r) {
