@@ -698,26 +698,26 @@ impl GroupCoordinator {
     /// marker lands there. Membership is checked as Kafka does for KIP-447 clients: a member
     /// id, if given, must be a member, and a generation >= 0 must be the group's.
     pub async fn txn_commit(
-        &self,
-        shard: &Shard,
+        shard: Rc<Shard>,
         group_id: &str,
         req: TxnCommitRequest,
     ) -> PartitionErrors {
+        let this = &shard.groups;
         let all = |code: i16| -> PartitionErrors {
             req.topics
                 .iter()
                 .map(|(t, ps)| (t.clone(), ps.iter().map(|p| (p.partition, code)).collect()))
                 .collect()
         };
-        if let Err(e) = self.coordinating(shard, group_id) {
+        if let Err(e) = this.coordinating(&shard, group_id) {
             return all(e.code());
         }
-        if offsets_tp(shard, group_id).is_some_and(|tp| shard.replica(&tp).is_some()) {
+        if offsets_tp(&shard, group_id).is_some_and(|tp| shard.replica(&tp).is_some()) {
             // Transactions are served on a one-node broker only.
             return all(ResponseError::NotCoordinator.code());
         }
         let code = {
-            let groups = self.groups.borrow();
+            let groups = this.groups.borrow();
             match groups.get(group_id) {
                 Some(g) if g.state == GroupState::Dead => {
                     ResponseError::CoordinatorNotAvailable.code()
@@ -737,13 +737,13 @@ impl GroupCoordinator {
         if code != 0 {
             return all(code);
         }
-        let Some(tp) = offsets_tp(shard, group_id) else {
+        let Some(tp) = offsets_tp(&shard, group_id) else {
             return all(ResponseError::NotCoordinator.code());
         };
         let Some(log) = shard.partition(&tp) else {
             return all(ResponseError::NotCoordinator.code());
         };
-        let timestamp = self.clock.wall_ms();
+        let timestamp = this.clock.wall_ms();
         let mut results: PartitionErrors = Vec::with_capacity(req.topics.len());
         let mut records: Vec<(Bytes, Option<Bytes>)> = Vec::new();
         let mut applied: Vec<((String, i32), CommittedOffset)> = Vec::new();
@@ -773,29 +773,66 @@ impl GroupCoordinator {
         if records.is_empty() {
             return results;
         }
-        let written = async {
-            let bytes =
-                records::encode_txn_batch(&records, timestamp, req.producer_id, req.producer_epoch)
-                    .map_err(|_| ResponseError::InvalidCommitOffsetSize.code())?;
-            let info = log.append_for_producer(bytes).await.map_err(|e| match e {
-                StorageError::InvalidProducerEpoch { .. } => ResponseError::ProducerFenced.code(),
-                e => commit_error(&e),
-            })?;
-            log.wait_durable(&info)
-                .await
-                .map_err(|e| commit_error(&e))?;
-            Ok::<_, i16>(info.base_offset.get())
-        }
-        .await;
-        match written {
-            Ok(base) => {
-                let mut pending = self.pending_txn.borrow_mut();
-                let list = pending.entry((tp.partition, req.producer_id)).or_default();
-                for (i, (key_tp, mut c)) in applied.into_iter().enumerate() {
-                    c.log_offset = base + i as i64;
-                    list.push((group_id.to_string(), key_tp, c));
+        let bytes = match records::encode_txn_batch(
+            &records,
+            timestamp,
+            req.producer_id,
+            req.producer_epoch,
+        ) {
+            Ok(b) => b,
+            Err(_) => return all(ResponseError::InvalidCommitOffsetSize.code()),
+        };
+        // Placed now; the rest runs as its own task, so a cancelled request cannot leave the
+        // records in the log without their pending entries.
+        let appended = log.append_for_producer(bytes);
+        let (tx, rx) = runtime::oneshot::channel();
+        let (pid, partition, group) = (req.producer_id, tp.partition, group_id.to_string());
+        runtime::spawn_detached(async move {
+            let written = async {
+                let info = appended.await.map_err(|e| match e {
+                    StorageError::InvalidProducerEpoch { .. } => {
+                        ResponseError::ProducerFenced.code()
+                    }
+                    e => commit_error(&e),
+                })?;
+                log.wait_durable(&info)
+                    .await
+                    .map_err(|e| commit_error(&e))?;
+                Ok::<_, i16>(info.base_offset.get())
+            }
+            .await;
+            if let Ok(base) = &written {
+                let offsets: Vec<PendingOffset> = applied
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (key_tp, mut c))| {
+                        c.log_offset = base + i as i64;
+                        (group.clone(), key_tp, c)
+                    })
+                    .collect();
+                // The transaction's marker may already be in the partition (an abort racing
+                // this commit, both durable in one round): then it decided these offsets.
+                // No await from this check to the registration, and markers apply their
+                // pending offsets synchronously too.
+                match log.txn_outcome(pid, *base) {
+                    None => shard
+                        .groups
+                        .pending_txn
+                        .borrow_mut()
+                        .entry((partition, pid))
+                        .or_default()
+                        .extend(offsets),
+                    Some(true) => apply_pending(&mut shard.groups.groups.borrow_mut(), offsets),
+                    Some(false) => {}
                 }
             }
+            let _ = tx.send(written);
+        });
+        let written = rx
+            .await
+            .unwrap_or(Err(ResponseError::NotCoordinator.code()));
+        match written {
+            Ok(_) => {}
             Err(code) => {
                 for (_, codes) in results.iter_mut() {
                     for (_, c) in codes.iter_mut().filter(|(_, c)| *c == 0) {
@@ -1179,14 +1216,15 @@ impl GroupCoordinator {
         if older_bytes < live_bytes.saturating_mul(2) {
             return Ok(None);
         }
-        // Offsets committed in an undecided transaction exist only as their records (they
-        // take effect at the transaction's marker): the log start waits for them.
-        if self.pending_txn.borrow().iter().any(|((p, _), list)| {
-            *p == partition
-                && list
-                    .iter()
-                    .any(|(_, _, c)| c.log_offset < active_base.get())
-        }) {
+        // Offsets committed in an undecided transaction exist only as their records until
+        // the marker, and apply by their records' offsets: no copy may overtake them, and
+        // the log start waits for them.
+        if self
+            .pending_txn
+            .borrow()
+            .keys()
+            .any(|(p, _)| *p == partition)
+        {
             return Ok(None);
         }
         let mut rewritten = 0usize;

@@ -370,6 +370,22 @@ impl ProducerStateTable {
             .collect()
     }
 
+    /// How `producer_id`'s transaction holding its batch at `offset` ended: None while it is
+    /// still open, Some(false) if an ABORT marker closed it, Some(true) if a COMMIT did.
+    pub fn txn_outcome(&self, producer_id: i64, offset: i64) -> Option<bool> {
+        let open = self
+            .producers
+            .get(&producer_id)
+            .is_some_and(|e| (0..=offset).contains(&e.txn_first_offset));
+        if open {
+            return None;
+        }
+        let aborted = self.aborted[self.aborted.partition_point(|a| a.last_offset < offset)..]
+            .iter()
+            .any(|a| a.producer_id == producer_id && a.first_offset <= offset);
+        Some(!aborted)
+    }
+
     /// Forget aborted transactions that end below `log_start` (their records are gone).
     pub fn prune_aborted(&mut self, log_start: i64) {
         let gone = self.aborted.partition_point(|a| a.last_offset < log_start);
@@ -880,6 +896,24 @@ mod tests {
         // Aborts below the log start are forgotten.
         t.prune_aborted(8);
         assert!(t.aborted_between(0, 100).is_empty());
+    }
+
+    #[test]
+    fn a_batch_knows_how_its_transaction_ended() {
+        let mut t = ProducerStateTable::default();
+        t.update(&txn_header(1, 0, 0, 1, 0));
+        assert_eq!(t.txn_outcome(1, 0), None);
+        t.apply_marker(&marker_header(1, 0, 1), Marker::Abort);
+        assert_eq!(t.txn_outcome(1, 0), Some(false));
+        t.update(&txn_header(1, 0, 1, 1, 2));
+        assert_eq!(t.txn_outcome(1, 2), None);
+        assert_eq!(t.txn_outcome(1, 0), Some(false));
+        t.apply_marker(&marker_header(1, 0, 3), Marker::Commit);
+        assert_eq!(t.txn_outcome(1, 2), Some(true));
+        // A transaction opened after the batch's own closed does not reopen it.
+        t.update(&txn_header(1, 0, 2, 1, 4));
+        assert_eq!(t.txn_outcome(1, 2), Some(true));
+        assert_eq!(t.txn_outcome(1, 4), None);
     }
 
     #[test]

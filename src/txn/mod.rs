@@ -125,6 +125,17 @@ where
         .await
 }
 
+/// The ticker's work on one transactional id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Prepared: write the markers and the Complete state.
+    Complete,
+    /// Open longer than its timeout: fence and abort.
+    Abort,
+    /// Idle longer than the expiration: tombstone and forget.
+    Expire,
+}
+
 /// What a transactional request failed with (a Kafka error).
 pub type TxnResult<T> = Result<T, ResponseError>;
 
@@ -504,11 +515,9 @@ impl TxnCoordinator {
     /// fenced at every partition the markers reach): PrepareAbort, markers, CompleteAbort.
     /// Called with the id's turn held. Returns the completed state.
     async fn fence_and_abort(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<TxnMeta> {
-        let epoch = if meta.producer_epoch < i16::MAX - 1 {
-            meta.producer_epoch + 1
-        } else {
-            meta.producer_epoch
-        };
+        // Up to i16::MAX, as Kafka fences: the markers must raise every partition's epoch
+        // (InitProducerId then moves to a fresh producer id).
+        let epoch = meta.producer_epoch.saturating_add(1);
         info!(
             transactional_id = id,
             producer_id = meta.producer_id,
@@ -712,55 +721,60 @@ impl TxnCoordinator {
         open.fold((0, 0), |(n, oldest), age| (n + 1, oldest.max(age)))
     }
 
-    /// The ticker's work: finish prepared transactions, abort timed-out ones. Each runs in
-    /// the id's turn; ids busy now are left to the next tick.
+    /// What the ticker must do with a transactional id in state `meta` at `now_ms`.
+    fn due(&self, meta: &TxnMeta, now_ms: i64) -> Option<Due> {
+        match meta.state {
+            TxnState::PrepareCommit | TxnState::PrepareAbort => Some(Due::Complete),
+            TxnState::Ongoing
+                if now_ms.saturating_sub(meta.start_ms) > i64::from(meta.timeout_ms) =>
+            {
+                Some(Due::Abort)
+            }
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                if meta.producer_id >= 0
+                    && now_ms.saturating_sub(meta.last_update_ms) > self.expiration_ms =>
+            {
+                Some(Due::Expire)
+            }
+            _ => None,
+        }
+    }
+
+    /// The ticker's work: finish prepared transactions, abort timed-out ones, forget idle
+    /// ids. Each runs in the id's turn, decided again on its state as of taking the turn
+    /// (the ids' list is taken first and the work awaits); ids busy now are left to the next
+    /// tick.
     pub async fn tick(&self, shard: &Shard) {
-        let now = self.clock.wall_ms();
-        let expired = |e: &Entry| {
-            matches!(
-                e.meta.state,
-                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
-            ) && now.saturating_sub(e.meta.last_update_ms) > self.expiration_ms
+        let candidates: Vec<String> = {
+            let now = self.clock.wall_ms();
+            self.txns
+                .borrow()
+                .iter()
+                .filter(|(_, e)| !e.busy && self.due(&e.meta, now).is_some())
+                .map(|(id, _)| id.clone())
+                .collect()
         };
-        let due: Vec<String> = self
-            .txns
-            .borrow()
-            .iter()
-            .filter(|(_, e)| {
-                !e.busy
-                    && (expired(e)
-                        || match e.meta.state {
-                            TxnState::PrepareCommit | TxnState::PrepareAbort => true,
-                            TxnState::Ongoing => {
-                                now.saturating_sub(e.meta.start_ms) > i64::from(e.meta.timeout_ms)
-                            }
-                            _ => false,
-                        })
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
+        for id in candidates {
             if shard.stopping.get() {
                 return;
             }
-            let Some(_turn) = self.take_turn(&id) else {
+            let Some(turn) = self.take_turn(&id) else {
                 continue;
             };
             let Some(meta) = self.meta(&id) else {
                 continue;
             };
-            let result = match meta.state {
-                TxnState::PrepareCommit | TxnState::PrepareAbort => {
-                    self.complete(shard, &id, meta).await
-                }
-                TxnState::Ongoing => {
+            let result = match self.due(&meta, self.clock.wall_ms()) {
+                None => continue,
+                Some(Due::Complete) => self.complete(shard, &id, meta).await,
+                Some(Due::Abort) => {
                     info!(transactional_id = %id, timeout_ms = meta.timeout_ms, "transaction timed out: aborting");
                     crate::metrics::txn_timed_out();
                     self.fence_and_abort(shard, &id, meta).await
                 }
-                _ => {
-                    drop(_turn);
+                Some(Due::Expire) => {
                     self.expire(shard, &id).await;
+                    drop(turn);
                     continue;
                 }
             };
@@ -771,12 +785,8 @@ impl TxnCoordinator {
     }
 
     /// Forget an idle transactional id: a tombstone in its partition, then the entry goes
-    /// (Kafka's `transactional.id.expiration.ms`). Its turn is held while the tombstone is
-    /// written; an id that got busy meanwhile is left alone.
+    /// (Kafka's `transactional.id.expiration.ms`). Called with the id's turn held.
     async fn expire(&self, shard: &Shard, id: &str) {
-        let Some(_turn) = self.take_turn(id) else {
-            return;
-        };
         let written = async {
             let tp = txn_tp(shard, id).ok_or(ResponseError::NotCoordinator)?;
             let log = shard.partition(&tp).ok_or(ResponseError::NotCoordinator)?;

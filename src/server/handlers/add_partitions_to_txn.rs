@@ -51,7 +51,14 @@ pub async fn handle(
             .with_error_code(ResponseError::UnsupportedVersion.code()));
     }
     let catalog = ctx.shard.catalog();
-    let unknown = |t: &str, p: i32| !catalog.has_partition(t, p) || t.starts_with("__");
+    // Internal topics are never a transaction's data partitions (AddOffsetsToTxn adds
+    // `__consumer_offsets`).
+    let internal = |t: &str| {
+        t == crate::constants::OFFSETS_TOPIC
+            || t == crate::constants::TXN_TOPIC
+            || t.starts_with("__cluster")
+    };
+    let unknown = |t: &str, p: i32| !catalog.has_partition(t, p) || internal(t);
     if topics
         .iter()
         .any(|(t, ps)| ps.iter().any(|p| unknown(&t.0, *p)))

@@ -116,7 +116,7 @@ pub async fn handle(
             };
             let gid = group.clone();
             match crate::group::on_coordinator(&ctx.shard, &group, move |s| async move {
-                s.groups.txn_commit(&s, &gid, commit).await
+                crate::group::GroupCoordinator::txn_commit(s, &gid, commit).await
             })
             .await?
             {

@@ -359,6 +359,8 @@ impl State {
             .map_or(self.durable_end, |t| t.min(self.durable_end));
         if hw > self.high_watermark {
             self.high_watermark = hw;
+            // Forget transactions the high watermark made stable (their markers are below it).
+            self.producers.last_stable_offset(hw);
             true
         } else {
             false
@@ -712,12 +714,24 @@ impl PartitionLog {
     }
 
     /// The last stable offset: the first offset of the oldest transaction still open (or
-    /// whose marker is not yet below the high watermark), or the high watermark. Consumers
-    /// reading committed data read below it.
+    /// whose marker is not yet below the high watermark), or the high watermark, and never
+    /// below the log start. Consumers reading committed data read below it.
     pub fn last_stable_offset(&self) -> Offset {
         let mut st = self.state.borrow_mut();
         let hw = st.high_watermark;
-        Offset(st.producers.last_stable_offset(hw))
+        // An open transaction whose first records retention or DeleteRecords removed: the
+        // log start bounds it, as in Kafka.
+        let log_start = st.log_start;
+        Offset(st.producers.last_stable_offset(hw).max(log_start))
+    }
+
+    /// How `producer_id`'s transaction holding its batch at `offset` ended here: None while
+    /// it is open, Some(true) committed, Some(false) aborted (as of the markers appended).
+    pub fn txn_outcome(&self, producer_id: i64, offset: i64) -> Option<bool> {
+        self.state
+            .borrow()
+            .producers
+            .txn_outcome(producer_id, offset)
     }
 
     /// Transactions open in this partition: (producer id, first offset), oldest first.

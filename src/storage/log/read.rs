@@ -103,7 +103,7 @@ impl PartitionLog {
                 st.log_start
             };
             let hw = st.high_watermark;
-            let lso = st.producers.last_stable_offset(hw);
+            let lso = st.producers.last_stable_offset(hw).max(st.log_start);
             let aborted = if committed && offset < lso {
                 st.producers.aborted_between(offset, lso)
             } else {
