@@ -139,7 +139,7 @@ fn find_coordinator_every_version_and_batched() {
             assert_eq!(resp.host.as_str(), "127.0.0.1");
         }
     }
-    // Transactions are not coordinated here.
+    // A transactional id is coordinated by this broker too; an empty one is refused.
     let resp: FindCoordinatorResponse = call(
         &mut stream,
         &FindCoordinatorRequest::default()
@@ -147,10 +147,16 @@ fn find_coordinator_every_version_and_batched() {
             .with_key_type(1),
         3,
     );
-    assert_eq!(
-        resp.error_code,
-        ResponseError::CoordinatorNotAvailable.code()
+    assert_eq!((resp.error_code, resp.node_id.0), (0, 0));
+    assert_eq!(resp.port, i32::from(broker.port()));
+    let resp: FindCoordinatorResponse = call(
+        &mut stream,
+        &FindCoordinatorRequest::default()
+            .with_key(s(""))
+            .with_key_type(1),
+        3,
     );
+    assert_eq!(resp.error_code, ResponseError::InvalidRequest.code());
 }
 
 #[test]

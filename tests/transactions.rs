@@ -428,3 +428,116 @@ fn idle_transactional_ids_expire() {
     // Used again, it starts afresh.
     run(&broker, &["init-only", "txn-expiring"], 60);
 }
+
+/// A transactional batch no coordinator knows of (written without AddPartitionsToTxn) would
+/// hold the partition's last stable offset forever; once it is older than any coordinator
+/// allows, the partition aborts it, and read_committed consumers move on.
+#[test]
+fn a_hanging_transaction_is_aborted_by_its_partition() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+        TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "retention_check_interval_ms = 200\n").expect("config");
+    let mut opts = options();
+    opts.extra_args.extend([
+        "--config".into(),
+        config.to_str().unwrap().into(),
+        "--transaction-max-timeout-ms".into(),
+        "1000".into(),
+    ]);
+    let broker = Broker::start_with(opts);
+    run(&broker, &["seed", "txn-hang", "10"], 60);
+
+    // An idempotent producer id, then a batch marked transactional: no coordinator holds it.
+    let mut stream = common::connect_raw(broker.addr()).expect("connect");
+    let decode = |stream: &mut std::net::TcpStream, key: i16, version: i16| {
+        let payload = common::read_frame(stream).expect("read response");
+        let api = kafka_protocol::messages::ApiKey::try_from(key).expect("api key");
+        let mut buf = bytes::Bytes::from(payload);
+        kafka_protocol::messages::ResponseHeader::decode(
+            &mut buf,
+            api.response_header_version(version),
+        )
+        .expect("header");
+        buf
+    };
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    std::io::Write::write_all(&mut stream, &common::encode_request(&init, 4, 1)).expect("write");
+    let mut buf = decode(&mut stream, 22, 4);
+    let init = InitProducerIdResponse::decode(&mut buf, 4).expect("InitProducerId");
+    assert_eq!(init.error_code, 0);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let batch = common::record_batch(
+        (init.producer_id.0, init.producer_epoch, 0),
+        ts,
+        vec![bytes::Bytes::from_static(b"hanging")],
+    );
+    let mut batch = batch.to_vec();
+    batch[22] |= 0x10; // attributes: transactional
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("txn-hang")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(bytes::Bytes::from(batch))),
+                ]),
+        ]);
+    std::io::Write::write_all(&mut stream, &common::encode_request(&produce, 9, 2)).expect("write");
+    let mut buf = decode(&mut stream, 0, 9);
+    let produced = ProduceResponse::decode(&mut buf, 9).expect("Produce");
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+
+    run(&broker, &["plain", "txn-hang", "after", "5"], 60);
+    // The partition aborts it once it is older than 1 s + 2 abort intervals.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !broker.logs_contain("aborting a hanging transaction") {
+        assert!(
+            Instant::now() < deadline,
+            "the hanging transaction was not aborted\nbroker log:\n{}",
+            broker.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    loop {
+        let output = run_with_timeout(
+            common::python_command("transactions.py").args([
+                broker.bootstrap().as_str(),
+                "expect",
+                "txn-hang",
+                "in-:10",
+                "after:5",
+            ]),
+            b"",
+            Duration::from_secs(60),
+        );
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read_committed never got past the hanging transaction\nstderr:\n{}\nbroker log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            broker.logs_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -524,6 +524,7 @@ async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
         shard.groups.compact_offsets(&shard).await;
         shard.txns.compact(&shard).await;
         for (tp, log) in shard.owned_partitions() {
+            crate::txn::abort_hanging(&shard, &tp, &log).await;
             match log.enforce_retention(now_ms).await {
                 Ok(0) => {}
                 Ok(n) => {

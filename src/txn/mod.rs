@@ -160,6 +160,8 @@ pub struct TxnDescription {
 /// this shard owns. Used on its own shard only; no borrow is held across an await.
 pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, Entry>>,
+    /// [`TxnCoordinator::load`] finished.
+    loaded: std::cell::Cell<bool>,
     max_timeout_ms: i32,
     /// Idle transactional ids are forgotten after this long (`transactional.id.expiration.ms`).
     expiration_ms: i64,
@@ -194,6 +196,7 @@ impl TxnCoordinator {
     pub fn new(config: &Config) -> Self {
         TxnCoordinator {
             txns: RefCell::new(HashMap::new()),
+            loaded: std::cell::Cell::new(false),
             max_timeout_ms: config.transaction_max_timeout_ms,
             expiration_ms: i64::try_from(config.transactional_id_expiration_ms).unwrap_or(i64::MAX),
             clock: Rc::new(SystemClock),
@@ -690,6 +693,23 @@ impl TxnCoordinator {
         }
     }
 
+    /// Whether a transaction of `producer_id` is in this shard's hands: open, prepared, or
+    /// with a transition in flight (the hanging-transaction check leaves those alone).
+    pub fn holds(&self, producer_id: i64) -> bool {
+        if !self.loaded.get() {
+            // Before its states are read, a coordinator may hold anything.
+            return true;
+        }
+        self.txns.borrow().values().any(|e| {
+            e.meta.producer_id == producer_id
+                && (e.busy
+                    || matches!(
+                        e.meta.state,
+                        TxnState::Ongoing | TxnState::PrepareCommit | TxnState::PrepareAbort
+                    ))
+        })
+    }
+
     /// Every transaction this shard coordinates (DescribeTransactions, ListTransactions).
     pub fn describe_all(&self) -> Vec<TxnDescription> {
         let mut v: Vec<TxnDescription> = self
@@ -848,7 +868,43 @@ impl TxnCoordinator {
         if count > 0 {
             info!(shard = %shard.id, records = count, transactional_ids = txns.len(), prepared, "transaction states loaded");
         }
+        self.loaded.set(true);
         Ok(count)
+    }
+}
+
+/// The hanging-transaction check of one partition (run by the shard's retention pass): a
+/// transaction open here for longer than any coordinator would let it live
+/// (`transaction_max_timeout_ms` plus two abort intervals, counted from when this check first
+/// saw it) whose producer id no coordinator of this broker holds (no Ongoing or prepared
+/// transaction, nothing in flight) can never be closed by a coordinator: a producer that
+/// wrote without AddPartitionsToTxn, a batch after its own abort, a marker that was refused.
+/// It would hold the partition's last stable offset, and every read_committed consumer,
+/// forever. The partition writes an ABORT marker for it with the producer's epoch here.
+pub async fn abort_hanging(shard: &Rc<Shard>, tp: &TopicPartition, log: &Rc<PartitionLog>) {
+    let config = &shard.config;
+    let limit = Duration::from_millis(
+        u64::try_from(config.transaction_max_timeout_ms).unwrap_or(0)
+            + 2 * config.transaction_abort_interval_ms,
+    );
+    for (pid, epoch, first) in log.long_open_transactions(limit) {
+        let held = shard
+            .invoke_on_all(move |s| async move { s.txns.holds(pid) })
+            .await
+            .map_or(true, |v| v.into_iter().any(|b| b));
+        if held {
+            continue;
+        }
+        warn!(partition = %tp, producer_id = pid, epoch, first_offset = first,
+            "aborting a hanging transaction: open longer than any coordinator allows, and no coordinator holds it");
+        let written = async {
+            let info = log.append_marker(pid, epoch, Marker::Abort, -1).await?;
+            log.wait_durable(&info).await
+        }
+        .await;
+        if let Err(e) = written {
+            warn!(partition = %tp, producer_id = pid, error = %e, "aborting a hanging transaction failed");
+        }
     }
 }
 

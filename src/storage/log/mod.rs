@@ -49,7 +49,7 @@ mod tail;
 mod writer;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -418,6 +418,9 @@ pub struct PartitionLog {
     /// Serialises log start moves and segment removal (retention,
     /// DeleteRecords).
     admin_lock: futures::lock::Mutex<()>,
+    /// Open transactions as the hanging-transaction check saw them: (producer id, first
+    /// offset) -> when it first saw it open ([`PartitionLog::long_open_transactions`]).
+    txn_seen: RefCell<HashMap<(i64, i64), Instant>>,
 }
 
 impl Drop for PartitionLog {
@@ -542,6 +545,7 @@ impl PartitionLog {
             closed: Cell::new(false),
             opened_from: rec.opened_from,
             admin_lock: futures::lock::Mutex::new(()),
+            txn_seen: RefCell::new(HashMap::new()),
         });
         crate::runtime::spawn_detached(flusher(Rc::downgrade(&log), writer));
         if let Some(journal) = log.env.journal.clone() {
@@ -732,6 +736,24 @@ impl PartitionLog {
             .borrow()
             .producers
             .txn_outcome(producer_id, offset)
+    }
+
+    /// Transactions open here for at least `limit` since this check first saw them open
+    /// (called by the shard's retention pass; time since open is unknown after a restart,
+    /// so it counts from the first check): (producer id, its epoch here, first offset).
+    pub fn long_open_transactions(&self, limit: Duration) -> Vec<(i64, i16, i64)> {
+        let now = self.env.clock.now();
+        let st = self.state.borrow();
+        let open = st.producers.open_transactions();
+        let mut seen = self.txn_seen.borrow_mut();
+        seen.retain(|k, _| open.contains(k));
+        open.into_iter()
+            .filter(|k| now.saturating_duration_since(*seen.entry(*k).or_insert(now)) >= limit)
+            .map(|(pid, first)| {
+                let epoch = st.producers.get(pid).map_or(0, |e| e.epoch);
+                (pid, epoch, first)
+            })
+            .collect()
     }
 
     /// Transactions open in this partition: (producer id, first offset), oldest first.
