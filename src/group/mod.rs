@@ -365,6 +365,9 @@ pub struct GroupCoordinator {
     /// by (`__consumer_offsets` partition, producer id): applied by the COMMIT marker,
     /// dropped by the ABORT marker ([`GroupCoordinator::complete_txn`]).
     pending_txn: RefCell<HashMap<(i32, i64), Vec<PendingOffset>>>,
+    /// Transactional offset commits placed in a partition whose task has not registered or
+    /// applied them yet, by `__consumer_offsets` partition (compaction waits for them).
+    txn_commits_in_flight: RefCell<HashMap<i32, usize>>,
     /// Time for offset writes (commit timestamps, batch timestamps) and
     /// commit checks (`storage::io::Clock`, the system clock in production).
     clock: Rc<dyn Clock>,
@@ -376,6 +379,7 @@ impl GroupCoordinator {
             groups: RefCell::new(HashMap::new()),
             leading: RefCell::new(HashMap::new()),
             pending_txn: RefCell::new(HashMap::new()),
+            txn_commits_in_flight: RefCell::new(HashMap::new()),
             settings: GroupSettings {
                 initial_rebalance_delay: Duration::from_millis(
                     config.group_initial_rebalance_delay_ms,
@@ -785,6 +789,11 @@ impl GroupCoordinator {
         // Placed now; the rest runs as its own task, so a cancelled request cannot leave the
         // records in the log without their pending entries.
         let appended = log.append_for_producer(bytes);
+        *this
+            .txn_commits_in_flight
+            .borrow_mut()
+            .entry(tp.partition)
+            .or_default() += 1;
         let (tx, rx) = runtime::oneshot::channel();
         let (pid, partition, group) = (req.producer_id, tp.partition, group_id.to_string());
         runtime::spawn_detached(async move {
@@ -825,6 +834,14 @@ impl GroupCoordinator {
                     Some(true) => apply_pending(&mut shard.groups.groups.borrow_mut(), offsets),
                     Some(false) => {}
                 }
+            }
+            if let Some(n) = shard
+                .groups
+                .txn_commits_in_flight
+                .borrow_mut()
+                .get_mut(&partition)
+            {
+                *n = n.saturating_sub(1);
             }
             let _ = tx.send(written);
         });
@@ -1216,15 +1233,7 @@ impl GroupCoordinator {
         if older_bytes < live_bytes.saturating_mul(2) {
             return Ok(None);
         }
-        // Offsets committed in an undecided transaction exist only as their records until
-        // the marker, and apply by their records' offsets: no copy may overtake them, and
-        // the log start waits for them.
-        if self
-            .pending_txn
-            .borrow()
-            .keys()
-            .any(|(p, _)| *p == partition)
-        {
+        if self.transactions_hold(log, partition) {
             return Ok(None);
         }
         let mut rewritten = 0usize;
@@ -1293,6 +1302,15 @@ impl GroupCoordinator {
             rewritten += stale.len();
         }
         serving(&self.leading.borrow())?;
+        // Checked again with no await before the log start moves: a transaction's offsets
+        // that took effect while the copies were written (their records below `B`, never
+        // copied) would be lost with the old segments. The copies made stay as duplicates.
+        if replica.is_none()
+            && (self.transactions_hold(log, partition)
+                || self.live_below(partition, partitions, active_base.get()))
+        {
+            return Ok(None);
+        }
         let log_start = match &replica {
             None => log.delete_records(active_base.get()).await?,
             Some((d, _)) => {
@@ -1305,6 +1323,39 @@ impl GroupCoordinator {
             freed_bytes: older_bytes,
             log_start,
         }))
+    }
+
+    /// Whether transactional offset commits keep a `__consumer_offsets` partition from being
+    /// compacted: a transaction open in it, offsets pending a marker, or a commit whose task
+    /// has not registered them yet. Those offsets exist only as their records until the
+    /// marker and apply by their records' offsets: no copy may overtake them, and the log
+    /// start waits for them.
+    fn transactions_hold(&self, log: &PartitionLog, partition: i32) -> bool {
+        !log.open_transactions().is_empty()
+            || self
+                .pending_txn
+                .borrow()
+                .keys()
+                .any(|(p, _)| *p == partition)
+            || self
+                .txn_commits_in_flight
+                .borrow()
+                .get(&partition)
+                .is_some_and(|n| *n > 0)
+    }
+
+    /// Whether a live offset or group record of `partition` still lies below `base`.
+    fn live_below(&self, partition: i32, partitions: i32, base: i64) -> bool {
+        self.groups
+            .borrow()
+            .iter()
+            .filter(|(id, _)| offsets_partition(id, partitions) == partition)
+            .any(|(_, g)| {
+                g.offsets.values().any(|c| c.log_offset < base)
+                    || g.membership_record
+                        .as_ref()
+                        .is_some_and(|(at, _)| *at < base)
+            })
     }
 
     /// Deadlines of every group; forget groups with nothing left.

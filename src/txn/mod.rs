@@ -888,22 +888,34 @@ pub async fn abort_hanging(shard: &Rc<Shard>, tp: &TopicPartition, log: &Rc<Part
             + 2 * config.transaction_abort_interval_ms,
     );
     for (pid, epoch, first) in log.long_open_transactions(limit) {
+        // What the producer had written here when the coordinators were asked.
+        let before = log.producer_mark(pid);
         let held = shard
             .invoke_on_all(move |s| async move { s.txns.holds(pid) })
             .await
             .map_or(true, |v| v.into_iter().any(|b| b));
-        if held {
+        // Anything the producer wrote meanwhile (a coordinator may have taken it up again)
+        // leaves it to the next pass. From this check to the marker's placement, no await.
+        if held || log.producer_mark(pid) != before {
             continue;
         }
         warn!(partition = %tp, producer_id = pid, epoch, first_offset = first,
             "aborting a hanging transaction: open longer than any coordinator allows, and no coordinator holds it");
+        let appended = log.append_marker(pid, epoch, Marker::Abort, -1);
         let written = async {
-            let info = log.append_marker(pid, epoch, Marker::Abort, -1).await?;
+            let info = appended.await?;
             log.wait_durable(&info).await
         }
         .await;
-        if let Err(e) = written {
-            warn!(partition = %tp, producer_id = pid, error = %e, "aborting a hanging transaction failed");
+        match written {
+            // Offsets committed in it are dropped, as a coordinator's marker would.
+            Ok(()) if tp.topic.as_str() == OFFSETS_TOPIC => {
+                shard.groups.complete_txn(tp.partition, pid, false)
+            }
+            Ok(()) => {}
+            Err(e) => {
+                warn!(partition = %tp, producer_id = pid, error = %e, "aborting a hanging transaction failed")
+            }
         }
     }
 }

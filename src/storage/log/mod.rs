@@ -756,6 +756,18 @@ impl PartitionLog {
             .collect()
     }
 
+    /// What `producer_id` has written here, to notice a change: its epoch, last batch's base
+    /// offset and open transaction's first offset.
+    pub fn producer_mark(&self, producer_id: i64) -> Option<(i16, i64, i64)> {
+        let st = self.state.borrow();
+        let e = st.producers.get(producer_id)?;
+        Some((
+            e.epoch,
+            e.last_batch().map_or(-1, |b| b.base_offset),
+            e.txn_first_offset,
+        ))
+    }
+
     /// Transactions open in this partition: (producer id, first offset), oldest first.
     pub fn open_transactions(&self) -> Vec<(i64, i64)> {
         self.state.borrow().producers.open_transactions()
