@@ -49,8 +49,11 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// How long a broker may take from spawn to answering ApiVersions.
 pub const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a broker may take to exit after SIGTERM before it is sent SIGKILL.
-pub const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a broker may take to exit after SIGTERM before it is sent SIGKILL: the broker's
+/// own bounds (`broker::DRAIN_BOUND` for its requests to finish, then as long again for the
+/// shards to meet) plus time to close its partitions. A 10 s limit failed a cluster test
+/// whose stopping leader was still draining an acks=all produce.
+pub const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(25);
 /// Read/write timeout on raw sockets: a broker that neither answers nor closes within this time
 /// fails the test instead of hanging it.
 pub const RAW_IO_TIMEOUT: Duration = Duration::from_secs(10);
