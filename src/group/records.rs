@@ -399,33 +399,43 @@ pub fn encode_batches(
             size += next;
             end += 1;
         }
-        let chunk: Vec<Record> = records[start..end]
-            .iter()
-            .enumerate()
-            .map(|(i, (key, value))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // The encoder starts a new batch whenever offset - sequence
-                // changes (GLOMMIO.md §7); offset - 1 keeps one batch and
-                // gives base sequence -1, as for any non-idempotent producer.
-                sequence: i as i32 - 1,
-                timestamp: timestamp_ms,
-                key: Some(key.clone()),
-                value: value.clone(),
-                headers: Default::default(),
-            })
-            .collect();
+        let chunk = as_records(&records[start..end], timestamp_ms, None);
         RecordBatchEncoder::encode(&mut out, chunk.iter(), &options)
             .map_err(|e| RecordError::Encode(e.to_string()))?;
         start = end;
     }
     Ok(out.freeze())
+}
+
+/// `(key, value)` records as one batch's records, offsets from 0: a transactional batch of
+/// `producer` (id, epoch), or without a producer. The sequence follows the offset less one,
+/// so the encoder keeps one batch (it starts a new one whenever offset - sequence changes,
+/// GLOMMIO.md §7) with base sequence -1, as for a batch written without a sequence.
+fn as_records(
+    records: &[(Bytes, Option<Bytes>)],
+    timestamp_ms: i64,
+    producer: Option<(i64, i16)>,
+) -> Vec<Record> {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: producer.is_some(),
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32 - 1,
+            timestamp: timestamp_ms,
+            key: Some(key.clone()),
+            value: value.clone(),
+            headers: Default::default(),
+        })
+        .collect()
 }
 
 /// Encode offset commit records as one transactional batch of `producer_id` at
@@ -441,26 +451,7 @@ pub fn encode_txn_batch(
         version: 2,
         compression: Compression::None,
     };
-    let chunk: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: true,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // offset - 1: one batch with base sequence -1 (see `encode_batches`).
-            sequence: i as i32 - 1,
-            timestamp: timestamp_ms,
-            key: Some(key.clone()),
-            value: value.clone(),
-            headers: Default::default(),
-        })
-        .collect();
+    let chunk = as_records(records, timestamp_ms, Some((producer_id, producer_epoch)));
     let mut out = BytesMut::new();
     RecordBatchEncoder::encode(&mut out, chunk.iter(), &options)
         .map_err(|e| RecordError::Encode(e.to_string()))?;

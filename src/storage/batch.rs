@@ -448,31 +448,26 @@ pub(crate) mod test_util {
     /// `seq`, `count` records (sequences must not wrap inside the batch:
     /// the encoder would split it), timestamps `ts0 + i`.
     pub fn encode_idempotent(pid: i64, epoch: i16, seq: i32, count: usize, ts0: i64) -> Bytes {
-        let records: Vec<Record> = (0..count as i64)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: pid,
-                producer_epoch: epoch,
-                timestamp_type: TimestampType::Creation,
-                offset: i,
-                sequence: seq + i as i32,
-                timestamp: ts0 + i,
-                key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from(format!("p{pid} e{epoch} s{}", seq + i as i32))),
-                headers: Default::default(),
-            })
-            .collect();
-        encode_records(&records)
+        encode_producer_batch(pid, epoch, seq, count, ts0, false)
     }
 
     /// [`encode_idempotent`] as part of a transaction (attribute bit 4).
     pub fn encode_transactional(pid: i64, epoch: i16, seq: i32, count: usize, ts0: i64) -> Bytes {
+        encode_producer_batch(pid, epoch, seq, count, ts0, true)
+    }
+
+    fn encode_producer_batch(
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+        count: usize,
+        ts0: i64,
+        transactional: bool,
+    ) -> Bytes {
+        let tag = if transactional { 't' } else { 'p' };
         let records: Vec<Record> = (0..count as i64)
             .map(|i| Record {
-                transactional: true,
+                transactional,
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: 0,
@@ -483,7 +478,10 @@ pub(crate) mod test_util {
                 sequence: seq + i as i32,
                 timestamp: ts0 + i,
                 key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from(format!("t{pid} e{epoch} s{}", seq + i as i32))),
+                value: Some(Bytes::from(format!(
+                    "{tag}{pid} e{epoch} s{}",
+                    seq + i as i32
+                ))),
                 headers: Default::default(),
             })
             .collect();

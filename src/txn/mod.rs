@@ -573,6 +573,25 @@ impl TxnCoordinator {
         Ok(completed)
     }
 
+    /// A request of `producer_id`/`epoch` on `id`: its state, checked against the producer
+    /// ([`TxnCoordinator::check_producer`]), with the id's turn taken (no await in between,
+    /// so the state stays the one checked).
+    fn producer_turn(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+    ) -> TxnResult<(Busy<'_>, TxnMeta)> {
+        let meta = self
+            .meta(id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        Self::check_producer(&meta, producer_id, epoch)?;
+        let turn = self
+            .take_turn(id)
+            .ok_or(ResponseError::ConcurrentTransactions)?;
+        Ok((turn, meta))
+    }
+
     /// AddPartitionsToTxn (and AddOffsetsToTxn, with the group's `__consumer_offsets`
     /// partition): the transaction is open and includes `partitions`.
     pub async fn add_partitions(
@@ -583,17 +602,7 @@ impl TxnCoordinator {
         epoch: i16,
         partitions: Vec<(String, i32)>,
     ) -> TxnResult<()> {
-        let meta = self
-            .meta(id)
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        Self::check_producer(&meta, producer_id, epoch)?;
-        let _turn = self
-            .take_turn(id)
-            .ok_or(ResponseError::ConcurrentTransactions)?;
-        let meta = self
-            .meta(id)
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        Self::check_producer(&meta, producer_id, epoch)?;
+        let (_turn, meta) = self.producer_turn(id, producer_id, epoch)?;
         match meta.state {
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 return Err(ResponseError::ConcurrentTransactions);
@@ -633,17 +642,7 @@ impl TxnCoordinator {
         epoch: i16,
         commit: bool,
     ) -> TxnResult<()> {
-        let meta = self
-            .meta(id)
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        Self::check_producer(&meta, producer_id, epoch)?;
-        let _turn = self
-            .take_turn(id)
-            .ok_or(ResponseError::ConcurrentTransactions)?;
-        let meta = self
-            .meta(id)
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        Self::check_producer(&meta, producer_id, epoch)?;
+        let (_turn, meta) = self.producer_turn(id, producer_id, epoch)?;
         match (meta.state, commit) {
             (TxnState::Ongoing, _) => {}
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => return Ok(()),
