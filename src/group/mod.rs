@@ -1696,8 +1696,43 @@ async fn replay_log(
     groups: &mut HashMap<String, Group>,
     pending: &mut HashMap<i64, Vec<PendingOffset>>,
 ) -> Result<u64, StorageError> {
-    const READ_BYTES: usize = 1 << 20;
     let mut count = 0u64;
+    read_records(log, tp, |r| {
+        let Some(k) = &r.key else { return };
+        if r.control {
+            // A transaction marker (a Raft control batch has no producer).
+            if r.producer_id >= 0
+                && k.len() >= 4
+                && let Some(offsets) = pending.remove(&r.producer_id)
+                && k[2..4] == [0, 1]
+            {
+                apply_pending(groups, offsets);
+            }
+            return;
+        }
+        count += 1;
+        if r.transactional && r.producer_id >= 0 {
+            if let Some(o) = pending_record(r.offset, k, r.value.as_deref()) {
+                pending.entry(r.producer_id).or_default().push(o);
+            }
+            return;
+        }
+        replay_record(groups, r.offset, k, r.value.as_deref());
+    })
+    .await?;
+    Ok(count)
+}
+
+/// Every record of an internal topic's partition from its log start to its high watermark,
+/// in order, control records included (the coordinators' replay of `__consumer_offsets` and
+/// `__transaction_state`). A batch that does not decode is skipped with a warning; reading
+/// stops, with a warning, where it makes no progress.
+pub(crate) async fn read_records(
+    log: &PartitionLog,
+    tp: &TopicPartition,
+    mut f: impl FnMut(&kafka_protocol::records::Record),
+) -> Result<(), StorageError> {
+    const READ_BYTES: usize = 1 << 20;
     let mut next = log.log_start_offset().get();
     let end = log.high_watermark().get();
     while next < end {
@@ -1720,34 +1755,11 @@ async fn replay_log(
                 continue;
             }
             match RecordBatchDecoder::decode(&mut batch) {
-                Ok(set) => {
-                    for r in set
-                        .records
-                        .iter()
-                        .filter(|r| r.offset >= next && r.offset < end)
-                    {
-                        let Some(k) = &r.key else { continue };
-                        if r.control {
-                            // A transaction marker (a Raft control batch has no producer).
-                            if r.producer_id >= 0
-                                && k.len() >= 4
-                                && let Some(offsets) = pending.remove(&r.producer_id)
-                                && k[2..4] == [0, 1]
-                            {
-                                apply_pending(groups, offsets);
-                            }
-                            continue;
-                        }
-                        count += 1;
-                        if r.transactional && r.producer_id >= 0 {
-                            if let Some(o) = pending_record(r.offset, k, r.value.as_deref()) {
-                                pending.entry(r.producer_id).or_default().push(o);
-                            }
-                            continue;
-                        }
-                        replay_record(groups, r.offset, k, r.value.as_deref());
-                    }
-                }
+                Ok(set) => set
+                    .records
+                    .iter()
+                    .filter(|r| r.offset >= next && r.offset < end)
+                    .for_each(&mut f),
                 Err(e) => {
                     warn!(partition = %tp, base, error = %e, "skipping undecodable batch")
                 }
@@ -1757,11 +1769,11 @@ async fn replay_log(
             runtime::yield_if_needed().await;
         }
         if next == before {
-            warn!(partition = %tp, offset = next, "offsets replay made no progress; stopping");
+            warn!(partition = %tp, offset = next, "replay made no progress; stopping");
             break;
         }
     }
-    Ok(count)
+    Ok(())
 }
 
 /// Run the shard's group ticker until the shard stops: deadlines every

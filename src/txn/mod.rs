@@ -46,9 +46,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use kafka_protocol::ResponseError;
-use kafka_protocol::records::RecordBatchDecoder;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -60,7 +58,7 @@ use crate::shard::{Shard, ShardError};
 use crate::storage::io::Clock;
 use crate::storage::producer_state::Marker;
 use crate::storage::{PartitionLog, StorageError};
-use crate::types::{Offset, ShardId, TopicPartition};
+use crate::types::{ShardId, TopicPartition};
 
 pub use self::records::{TxnMeta, TxnState};
 
@@ -1029,70 +1027,33 @@ async fn replay_log(
     tp: &TopicPartition,
     out: &mut HashMap<String, (TxnMeta, i64)>,
 ) -> Result<u64, StorageError> {
-    const READ_BYTES: usize = 1 << 20;
     let mut count = 0u64;
-    let mut next = log.log_start_offset().get();
-    let end = log.high_watermark().get();
-    while next < end {
-        let data = log.read(Offset(next), READ_BYTES).await?;
-        let before = next;
-        let mut buf: Bytes = data.records;
-        while buf.len() >= crate::storage::batch::HEADER_LEN {
-            let Ok(size) = crate::storage::batch::batch_size(&buf) else {
-                break;
-            };
-            if size > buf.len() {
-                break;
-            }
-            let mut batch = buf.split_to(size);
-            let Ok(h) = crate::storage::batch::BatchHeader::parse(&batch) else {
-                break;
-            };
-            if h.next_offset() <= next {
-                continue;
-            }
-            match RecordBatchDecoder::decode(&mut batch) {
-                Ok(set) => {
-                    for r in set
-                        .records
-                        .iter()
-                        .filter(|r| !r.control && r.offset >= next && r.offset < end)
-                    {
-                        let Some(k) = &r.key else { continue };
-                        let id = match records::decode_key(k) {
-                            Ok(id) => id,
-                            Err(e) => {
-                                warn!(partition = %tp, offset = r.offset, error = %e, "skipping undecodable transaction key");
-                                continue;
-                            }
-                        };
-                        count += 1;
-                        match r.value.as_deref().map(records::decode_value) {
-                            None => {
-                                out.remove(&id);
-                            }
-                            Some(Ok(meta)) => {
-                                out.insert(id, (meta, r.offset));
-                            }
-                            Some(Err(e)) => {
-                                warn!(partition = %tp, offset = r.offset, error = %e, "skipping undecodable transaction state")
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    warn!(partition = %tp, base = h.base_offset, error = %e, "skipping undecodable batch")
-                }
-            }
-            batch.advance(batch.remaining());
-            next = h.next_offset();
-            runtime::yield_if_needed().await;
+    crate::group::read_records(log, tp, |r| {
+        if r.control {
+            return;
         }
-        if next == before {
-            warn!(partition = %tp, offset = next, "transaction state replay made no progress; stopping");
-            break;
+        let Some(k) = &r.key else { return };
+        let id = match records::decode_key(k) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(partition = %tp, offset = r.offset, error = %e, "skipping undecodable transaction key");
+                return;
+            }
+        };
+        count += 1;
+        match r.value.as_deref().map(records::decode_value) {
+            None => {
+                out.remove(&id);
+            }
+            Some(Ok(meta)) => {
+                out.insert(id, (meta, r.offset));
+            }
+            Some(Err(e)) => {
+                warn!(partition = %tp, offset = r.offset, error = %e, "skipping undecodable transaction state")
+            }
         }
-    }
+    })
+    .await?;
     Ok(count)
 }
 
