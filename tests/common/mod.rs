@@ -389,6 +389,8 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// itself), which would make the restart tests flaky.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
@@ -405,10 +407,16 @@ pub fn free_port() -> u16 {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos()),
             );
-        for attempt in 0..200u32 {
-            let port = LOW + (seed.wrapping_add(attempt.wrapping_mul(7_907))) % span;
-            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-                return port as u16;
+        // A port handed out once is never handed out again by this process: a broker binds its
+        // port only after recovering its data, and in that window another test's probe would find
+        // the same port free (two brokers would then share it through SO_REUSEPORT, or the second
+        // metrics endpoint would fail to bind).
+        let mut given = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        for attempt in 0..2_000u32 {
+            let port = (LOW + (seed.wrapping_add(attempt.wrapping_mul(7_907))) % span) as u16;
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return port;
             }
         }
     }

@@ -43,23 +43,52 @@ fn sluice_binary() -> PathBuf {
         })
 }
 
-/// A broker on a free loopback port, killed on drop.
+/// A broker on a free loopback port, killed on drop. Its log is kept in its temp dir and
+/// printed if the test fails while it runs.
 struct Broker {
     child: Child,
     port: u16,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+/// A loopback port that binds now, below the kernel's ephemeral range. A port from the range
+/// (`bind 127.0.0.1:0`) can be handed to an outgoing connection of the test run before the
+/// broker binds it, or be picked again by the script test running beside this one; a connect
+/// to it can even succeed against itself (TCP simultaneous open) with no broker listening.
+fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    const FLOOR: u32 = 10_000;
+    if low > FLOOR + 1_000 {
+        let seed = std::process::id().wrapping_mul(7_919).wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        );
+        for attempt in 0..2_000u32 {
+            let port =
+                (FLOOR + seed.wrapping_add(attempt.wrapping_mul(7_907)) % (low - FLOOR)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Broker {
     fn start() -> Broker {
         let data = tempfile::tempdir().unwrap();
-        // Glommio listeners use SO_REUSEPORT, so a port "in use" would not
-        // fail to bind: take a free one from the kernel first.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Glommio listeners use SO_REUSEPORT, so a port "in use" would not fail to bind: take
+        // one that is free now.
+        let port = free_port();
+        let log = std::fs::File::create(data.path().join("broker.log")).unwrap();
         let child = Command::new(sluice_binary())
             .args([
                 "serve",
@@ -67,24 +96,39 @@ impl Broker {
                 &format!("127.0.0.1:{port}"),
                 "--shards",
                 "2",
+                "--metrics-listen",
+                "",
             ])
             .arg("--data-dir")
-            .arg(data.path())
+            .arg(data.path().join("data"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start sluice");
-        let b = Broker {
-            child,
-            port,
-            _data: data,
-        };
+        let mut b = Broker { child, port, data };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sluice did not listen on {port}");
+        loop {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                // A connection to itself is not the broker.
+                if s.local_addr().ok() != s.peer_addr().ok() {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = b.child.try_wait() {
+                panic!("sluice exited before listening ({status}):\n{}", b.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not listen on {port}:\n{}",
+                b.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         b
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("broker.log")).unwrap_or_default()
     }
 }
 
@@ -92,6 +136,9 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("===== sluice broker log =====\n{}", self.log());
+        }
     }
 }
 
