@@ -1696,3 +1696,472 @@ async fn confluent_kafka_and_kafkajs_ride_through_a_leader_kill() {
         .count();
     assert_eq!(stored, 2 * COUNT, "each record stored once");
 }
+
+/// What a Fetch answered for one partition: (error code, high watermark, last stable offset,
+/// aborted transactions as (producer id, first offset)).
+type FetchTxnView = (i16, i64, i64, Vec<(i64, i64)>);
+
+/// Fetch (v11) of `topic`-0 from offset 0 at `addr`, read_committed or not.
+fn raw_fetch_txn(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    read_committed: bool,
+) -> std::io::Result<FetchTxnView> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(i8::from(read_committed))
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let r: FetchResponse = raw_round_trip(addr, &req, 11)?;
+    let p = &r.responses[0].partitions[0];
+    Ok((
+        p.error_code,
+        p.high_watermark,
+        p.last_stable_offset,
+        p.aborted_transactions
+            .iter()
+            .flatten()
+            .map(|a| (a.producer_id.0, a.first_offset))
+            .collect(),
+    ))
+}
+
+/// WriteTxnMarkers (v1) at `addr`: one marker of (producer id, epoch) for `partitions` of
+/// `topic`; each partition's error code.
+fn raw_write_marker(
+    addr: std::net::SocketAddr,
+    producer: (i64, i16),
+    commit: bool,
+    topic: &str,
+    partitions: Vec<i32>,
+) -> std::io::Result<BTreeMap<i32, i16>> {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::messages::{
+        ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let req = WriteTxnMarkersRequest::default().with_markers(vec![
+        WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_transaction_result(commit)
+            .with_topics(vec![
+                WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_indexes(partitions),
+            ]),
+    ]);
+    let r: WriteTxnMarkersResponse = raw_round_trip(addr, &req, 1)?;
+    Ok(r.markers[0].topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.error_code))
+        .collect())
+}
+
+/// OffsetFetch (v7, require_stable) of `group` for `topic`-0 at `addr`: (error code, offset).
+fn raw_offset_fetch_stable(
+    addr: std::net::SocketAddr,
+    group: &str,
+    topic: &str,
+) -> std::io::Result<(i16, i64)> {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_topics(Some(vec![
+            OffsetFetchRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_indexes(vec![0]),
+        ]))
+        .with_require_stable(true);
+    let r: OffsetFetchResponse = raw_round_trip(addr, &req, 7)?;
+    if r.error_code != 0 {
+        return Ok((r.error_code, -1));
+    }
+    let p = &r.topics[0].partitions[0];
+    Ok((p.error_code, p.committed_offset))
+}
+
+/// The partition side of transactions in a cluster (issue 13): a transactional batch on a
+/// replicated partition holds the leader's last stable offset until WriteTxnMarkers (sent by
+/// `sluice txn abort`, as a transaction coordinator would) has the leader commit the ABORT
+/// marker through Raft (a follower answers NOT_LEADER_OR_FOLLOWER); after the leader's `kill -9`, the new leader
+/// reports the same aborted transaction and stable offset. Offsets committed in a
+/// transaction (TxnOffsetCommit) stay pending (UNSTABLE_OFFSET_COMMIT) until the COMMIT
+/// marker reaches the group's `__consumer_offsets` partition, then count, also on the next
+/// coordinator after a `kill -9`.
+#[test]
+fn transaction_markers_and_pending_offsets_replicate() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        GroupId, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+        ProducerId, TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    let mut cluster = Cluster::start(&[1, 1, 1]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "txn-replicated";
+    wait_for_brokers(&bootstrap, 3);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(create_replicated(&cluster, topic));
+    let leaders = wait_for_leaders(&bootstrap, topic, 3);
+    let leader = leaders[&0];
+    let addr_of = |c: &mut Cluster, id: i32| c.node(id).addr();
+
+    // An idempotent producer id (the controller's block), then a transactional batch of it.
+    let init: InitProducerIdResponse = raw_round_trip(
+        addr_of(&mut cluster, leader),
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+        4,
+    )
+    .expect("InitProducerId");
+    assert_eq!(init.error_code, 0);
+    let producer = (init.producer_id.0, init.producer_epoch);
+    let produce = |addr, producer: (i64, i16, i32), transactional: bool, value: &'static [u8]| {
+        let mut batch = record_batch(
+            producer,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+            vec![bytes::Bytes::from_static(value)],
+        )
+        .to_vec();
+        if transactional {
+            batch[22] |= 0x10;
+            let crc = crc32c::crc32c(&batch[21..]);
+            batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        }
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("txn-replicated")))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(bytes::Bytes::from(batch))),
+                    ]),
+            ]);
+        let r: ProduceResponse = raw_round_trip(addr, &req, 9).expect("Produce");
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    let leader_addr = addr_of(&mut cluster, leader);
+    // The transaction starts after the leader's own first entry (a Raft control batch).
+    let (code, first) = produce(leader_addr, (producer.0, producer.1, 0), true, b"in-txn");
+    assert_eq!(code, 0);
+    assert_eq!(produce(leader_addr, (-1, -1, -1), false, b"plain").0, 0);
+    let (code, hw, lso, aborted) = raw_fetch_txn(leader_addr, topic, true).expect("Fetch");
+    assert_eq!(code, 0);
+    assert!(hw >= first + 2, "both batches committed: hw {hw}");
+    assert_eq!(
+        lso, first,
+        "the open transaction holds the last stable offset"
+    );
+    assert!(aborted.is_empty());
+
+    // The marker: refused by a follower, committed by the leader.
+    let follower = (1..=3).find(|&b| b != leader).unwrap();
+    let refused = raw_write_marker(
+        addr_of(&mut cluster, follower),
+        producer,
+        false,
+        topic,
+        vec![0],
+    )
+    .expect("WriteTxnMarkers");
+    assert_eq!(refused[&0], 6, "a follower: NOT_LEADER_OR_FOLLOWER");
+    // `sluice txn abort` (Kafka's `kafka-transactions.sh abort`): DescribeProducers finds
+    // the producer whose transaction starts there, WriteTxnMarkers aborts it.
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "txn",
+            "abort",
+            "--topic",
+            topic,
+            "--partition",
+            "0",
+            "--start-offset",
+            &first.to_string(),
+            "--bootstrap-server",
+            &bootstrap,
+        ])
+        .output()
+        .expect("run sluice txn abort");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(&format!("producer {}", producer.0)),
+        "sluice txn abort: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    let (_, hw, lso, aborted) = raw_fetch_txn(leader_addr, topic, true).expect("Fetch");
+    assert_eq!(lso, hw, "stable once the marker committed");
+    assert_eq!(aborted, vec![(producer.0, first)]);
+    // A stale epoch's marker is refused.
+    let stale = raw_write_marker(
+        leader_addr,
+        (producer.0, producer.1 - 1),
+        true,
+        topic,
+        vec![0],
+    )
+    .expect("WriteTxnMarkers");
+    assert_eq!(stale[&0], 47, "INVALID_PRODUCER_EPOCH");
+
+    // Offsets in a transaction: pending until the COMMIT marker reaches the group's
+    // partition, wherever its leader is.
+    let group = "txn-offsets-group";
+    let coordinator = coordinator_of(&mut cluster, group, None);
+    let coordinator_addr = addr_of(&mut cluster, coordinator);
+    let txn_commit = || -> TxnOffsetCommitResponse {
+        raw_round_trip(
+            coordinator_addr,
+            &TxnOffsetCommitRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_static_str("copier")))
+                .with_group_id(GroupId(StrBytes::from_static_str("txn-offsets-group")))
+                .with_producer_id(ProducerId(producer.0))
+                .with_producer_epoch(producer.1)
+                .with_generation_id(-1)
+                .with_topics(vec![
+                    TxnOffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("txn-replicated")))
+                        .with_partitions(vec![
+                            TxnOffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(2)
+                                .with_committed_leader_epoch(-1)
+                                .with_committed_metadata(Some(StrBytes::from_static_str(""))),
+                        ]),
+                ]),
+            3,
+        )
+        .expect("TxnOffsetCommit")
+    };
+    // The coordinator may still be loading its partition (COORDINATOR_LOAD_IN_PROGRESS).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let code = txn_commit().topics[0].partitions[0].error_code;
+        if code == 0 {
+            break;
+        }
+        assert!(
+            code == 14 && Instant::now() < deadline,
+            "TxnOffsetCommit: {code}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        raw_offset_fetch_stable(addr_of(&mut cluster, coordinator), group, topic)
+            .expect("OffsetFetch")
+            .0,
+        88,
+        "UNSTABLE_OFFSET_COMMIT before the marker"
+    );
+    // Every broker gets the marker for all of __consumer_offsets: each partition is written
+    // by exactly one, its leader.
+    let mut written_by: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for b in 1..=3 {
+        let codes = raw_write_marker(
+            addr_of(&mut cluster, b),
+            producer,
+            true,
+            "__consumer_offsets",
+            (0..16).collect(),
+        )
+        .expect("WriteTxnMarkers");
+        for (p, code) in codes {
+            assert!(
+                code == 0 || code == 6,
+                "partition {p} at broker {b}: {code}"
+            );
+            if code == 0 {
+                written_by.entry(p).or_default().push(b);
+            }
+        }
+    }
+    assert_eq!(written_by.len(), 16, "{written_by:?}");
+    assert!(written_by.values().all(|v| v.len() == 1), "{written_by:?}");
+    assert_eq!(
+        raw_offset_fetch_stable(addr_of(&mut cluster, coordinator), group, topic)
+            .expect("OffsetFetch"),
+        (0, 2),
+        "the committed transaction's offset"
+    );
+
+    // kill -9 the data partition's leader, then the group's coordinator: their successors
+    // know the aborted transaction and the committed offset from their logs.
+    cluster.node(leader).kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'data: loop {
+        let mut last = String::new();
+        for b in (1..=3).filter(|&b| b != leader) {
+            match raw_fetch_txn(addr_of(&mut cluster, b), topic, true) {
+                Ok((0, hw, lso, aborted)) => {
+                    assert_eq!(aborted, vec![(producer.0, first)], "new leader {b}");
+                    assert_eq!(lso, hw, "new leader {b}");
+                    break 'data;
+                }
+                Ok(other) => last = format!("{other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader served read_committed within 30 s: {last}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if coordinator != leader {
+        cluster.node(leader).restart();
+        cluster.node(coordinator).kill9();
+    }
+    let next = coordinator_of(&mut cluster, group, Some(coordinator));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match raw_offset_fetch_stable(addr_of(&mut cluster, next), group, topic) {
+            Ok((0, offset)) => {
+                assert_eq!(offset, 2, "the offset survived the coordinator's failover");
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "OffsetFetch at {next}: {other:?}\n{}",
+                cluster.logs()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// FindCoordinator (v2, key type 1) for `transactional_id` at `addr`: (error code, node).
+fn raw_find_txn_coordinator(
+    addr: std::net::SocketAddr,
+    transactional_id: &str,
+) -> std::io::Result<(i16, i32)> {
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let req = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(transactional_id.to_string()))
+        .with_key_type(1);
+    let r: FindCoordinatorResponse = raw_round_trip(addr, &req, 2)?;
+    Ok((r.error_code, r.node_id.0))
+}
+
+/// The broker coordinating `transactional_id`, as a running broker answers, other than `not`.
+fn txn_coordinator_of(cluster: &mut Cluster, transactional_id: &str, not: Option<i32>) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        for b in cluster.brokers.iter_mut() {
+            if !b.is_running() {
+                continue;
+            }
+            match raw_find_txn_coordinator(b.addr(), transactional_id) {
+                Ok((0, node)) if Some(node) != not => return node,
+                Ok(answer) => last = format!("{answer:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no coordinator for {transactional_id} within 30 s (last answer: {last})");
+}
+
+/// `transactions.py BOOTSTRAP args...` against the cluster (topics with three replicas), to
+/// completion; its stdout.
+fn txn_script(cluster: &Cluster, args: &[&str], timeout_s: u64) -> String {
+    let output = run_with_timeout(
+        python_command("transactions.py")
+            .arg(cluster.bootstrap())
+            .args(args)
+            .env("SLUICE_TEST_REPLICATION", "3"),
+        b"",
+        Duration::from_secs(timeout_s),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "transactions.py {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    stdout
+}
+
+/// Exactly-once on a three-broker cluster (issue 13): a confluent-kafka
+/// consume-transform-produce loop (transactional producer, `send_offsets_to_transaction`,
+/// read_committed consumer) copies N keyed records between topics with three replicas while
+/// the test kills, with `kill -9`, the broker coordinating its transactional id (the leader of
+/// the id's `__transaction_state` partition), then the leader of an output partition, each
+/// mid-stream and restarted after; the copier process is killed between cycles too. A copy
+/// run to the end follows, and the output read with read_committed holds every input record
+/// exactly once, in input order per partition.
+#[test]
+fn exactly_once_copy_survives_coordinator_and_leader_kill_9() {
+    const N: &str = "3000";
+    let env = [("SLUICE_TEST_REPLICATION", "3")];
+    let mut cluster = Cluster::start(&[1, 1, 1]);
+    let bootstrap = cluster.bootstrap();
+    wait_for_brokers(&bootstrap, 3);
+    let out = txn_script(&cluster, &["seed", "eos-in", N], 120);
+    assert!(out.contains("seed ok"), "{out}");
+    for cycle in 0..3 {
+        let copier = Script::spawn_env(&bootstrap, &["copy", "eos-in", "eos-out"], &env);
+        let started = copier.wait_for("committed", 2, Duration::from_secs(60));
+        let victim = match cycle {
+            1 => Some(txn_coordinator_of(&mut cluster, "eos-copy-1", None)),
+            2 => Some(wait_for_partition_leader(&bootstrap, "eos-out")),
+            _ => None,
+        };
+        if let Some(v) = victim {
+            eprintln!("cycle {cycle}: kill -9 broker {v}");
+            cluster.node(v).kill9();
+            // The copier goes on with the new coordinator or leader.
+            let after = copier.wait_for("committed", 2, Duration::from_secs(60));
+            eprintln!("cycle {cycle}: progress after the kill: {after}");
+            cluster.node(v).restart();
+        }
+        copier.kill();
+        assert!(
+            started,
+            "copier cycle {cycle} made no progress\n{}",
+            cluster.logs()
+        );
+    }
+    let out = txn_script(&cluster, &["copy", "eos-in", "eos-out"], 240);
+    assert!(out.contains("copy done"), "{out}");
+    let out = txn_script(&cluster, &["verify", "eos-in", "eos-out", N], 120);
+    assert!(out.contains("verify ok"), "{out}");
+}

@@ -11,12 +11,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Broker, BrokerOptions, run_with_timeout, watermarks};
+use common::{Broker, BrokerOptions, Script, run_with_timeout, watermarks};
 
 fn options() -> BrokerOptions {
     BrokerOptions {
@@ -48,56 +45,6 @@ fn run(broker: &Broker, args: &[&str], timeout_s: u64) -> String {
         broker.logs_text()
     );
     stdout
-}
-
-/// A running `transactions.py` whose stdout lines arrive on a channel.
-struct Script {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Script {
-    fn spawn(broker: &Broker, args: &[&str]) -> Script {
-        let mut child = common::python_command("transactions.py")
-            .arg(broker.bootstrap())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn transactions.py");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Script { child, lines }
-    }
-
-    /// Wait until `count` lines containing `needle` were printed; false at the deadline or
-    /// if the script ended first.
-    fn wait_for(&self, needle: &str, count: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        while seen < count {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => seen += 1,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
-        true
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `sluice ARGS --bootstrap-server <broker>`: its stdout, or a panic with its output.
@@ -172,7 +119,7 @@ fn kafkajs_transactions() {
 #[test]
 fn a_transaction_open_at_kill_9_is_aborted_after_its_timeout() {
     let mut broker = Broker::start_with(options());
-    let open = Script::spawn(&broker, &["leave-open", "txn-crash"]);
+    let open = Script::spawn(&broker.bootstrap(), &["leave-open", "txn-crash"]);
     assert!(
         open.wait_for("left open", 1, Duration::from_secs(60)),
         "the producer did not open its transaction\nbroker log:\n{}",
@@ -239,7 +186,7 @@ fn a_commit_prepared_at_kill_9_completes_after_restart() {
     let mut opts = options();
     opts.env = vec![("SLUICE_TEST_TXN_MARKER_DELAY_MS".into(), "60000".into())];
     let mut broker = Broker::start_with(opts);
-    let committing = Script::spawn(&broker, &["commit-slow", "txn-prepared"]);
+    let committing = Script::spawn(&broker.bootstrap(), &["commit-slow", "txn-prepared"]);
     assert!(
         committing.wait_for("committing", 1, Duration::from_secs(60)),
         "the producer did not reach its commit\nbroker log:\n{}",
@@ -298,7 +245,7 @@ fn exactly_once_copy_survives_killed_copiers_and_a_broker_kill_9() {
     let mut broker = Broker::start_with(options());
     run(&broker, &["seed", "eos-in", N], 120);
     for cycle in 0..4 {
-        let copier = Script::spawn(&broker, &["copy", "eos-in", "eos-out"]);
+        let copier = Script::spawn(&broker.bootstrap(), &["copy", "eos-in", "eos-out"]);
         let progressed = copier.wait_for("committed", 3, Duration::from_secs(60));
         if cycle == 1 {
             // The broker dies under the copier, mid-transaction or mid-commit.

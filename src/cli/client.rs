@@ -281,12 +281,28 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `bootstrap`: one HOST:PORT or a comma-separated list, tried in order (as Kafka's
+    /// tools take `--bootstrap-server`); the first that answers is used.
     pub fn connect(bootstrap: &str) -> Result<Cluster, CliError> {
-        Ok(Cluster {
-            bootstrap: Connection::connect(bootstrap)?,
-            nodes: BTreeMap::new(),
-            connections: HashMap::new(),
-        })
+        let mut last = None;
+        for address in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Connection::connect(address) {
+                Ok(connection) => {
+                    return Ok(Cluster {
+                        bootstrap: connection,
+                        nodes: BTreeMap::new(),
+                        connections: HashMap::new(),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| CliError::NotFound(format!("no bootstrap server in {bootstrap:?}"))))
     }
 
     /// The bootstrap connection, for cluster-wide requests (Metadata, CreateTopics, configs).

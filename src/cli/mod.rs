@@ -52,7 +52,7 @@ pub const COORDINATOR_RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// Connection settings shared by every admin command.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ConnectArgs {
-    /// Broker to bootstrap from (HOST:PORT).
+    /// Broker to bootstrap from (HOST:PORT, or a comma-separated list tried in order).
     #[arg(
         long,
         short = 'b',

@@ -1,17 +1,22 @@
-//! `sluice txn list|describe`: the transactions brokers coordinate.
+//! `sluice txn list|describe|abort`: the transactions brokers coordinate.
 //!
 //! APIs used: Metadata (to find every broker and the partitions' leaders), ListTransactions
 //! (on every broker: a broker lists the transactional ids it coordinates), FindCoordinator
 //! (key type 1) and DescribeTransactions on the coordinator, DescribeProducers on the leaders
-//! of a transaction's partitions (where the producer's open transaction starts in each).
+//! of a transaction's partitions (where the producer's open transaction starts in each), and
+//! WriteTxnMarkers on a partition's leader to abort a hanging transaction there (Kafka's
+//! `kafka-transactions.sh abort`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
+use kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
 use kafka_protocol::messages::{
     DescribeProducersRequest, DescribeTransactionsRequest, ListTransactionsRequest, TopicName,
-    TransactionalId,
+    TransactionalId, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -41,6 +46,20 @@ pub enum TxnAction {
     /// A transactional id's state, producer, timeout, start time and partitions, with where
     /// its open transaction starts in each partition.
     Describe { transactional_id: String },
+    /// Abort a hanging transaction in one partition: the open transaction that starts at
+    /// `--start-offset` (see `describe`, or DescribeProducers) gets an ABORT marker from the
+    /// partition's leader. For a transaction no coordinator will finish (its producer wrote
+    /// without AddPartitionsToTxn); a transaction its coordinator still holds is the
+    /// coordinator's to end.
+    Abort {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// First offset of the open transaction to abort.
+        #[arg(long, value_name = "OFFSET")]
+        start_offset: i64,
+    },
 }
 
 /// Runs a txn command, writing its report to `out`.
@@ -52,6 +71,11 @@ pub fn run(command: &TxnCommand, out: &mut dyn Write) -> Result<(), CliError> {
             older_than_ms,
         } => list(&mut cluster, state, *older_than_ms)?,
         TxnAction::Describe { transactional_id } => describe(&mut cluster, transactional_id)?,
+        TxnAction::Abort {
+            topic,
+            partition,
+            start_offset,
+        } => abort(&mut cluster, topic, *partition, *start_offset)?,
     };
     out.write_all(text.as_bytes())
         .map_err(|source| CliError::Io {
@@ -222,4 +246,86 @@ fn txn_starts(
         }
     }
     Ok(out)
+}
+
+/// Abort the open transaction starting at `start_offset` in `topic`-`partition`: its
+/// producer and epoch from DescribeProducers on the leader, then WriteTxnMarkers there.
+fn abort(
+    cluster: &mut Cluster,
+    topic: &str,
+    partition: i32,
+    start_offset: i64,
+) -> Result<String, CliError> {
+    let metadata = cluster.metadata(Some(&[topic.to_owned()]))?;
+    let leader = metadata
+        .topics
+        .iter()
+        .filter(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == partition)
+        .map(|p| p.leader_id.0)
+        .ok_or_else(|| CliError::NotFound(format!("no partition {topic}-{partition}")))?;
+    if leader < 0 {
+        return Err(CliError::NotFound(format!(
+            "{topic}-{partition} has no leader now: retry"
+        )));
+    }
+    let connection = cluster.node(leader)?;
+    let (response, _) = connection.call(|_| {
+        DescribeProducersRequest::default().with_topics(vec![
+            TopicRequest::default()
+                .with_name(TopicName(str_bytes(topic)))
+                .with_partition_indexes(vec![partition]),
+        ])
+    })?;
+    let described = response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == partition)
+        .ok_or_else(|| CliError::NotFound(format!("no partition {topic}-{partition}")))?;
+    CliError::check(described.error_code, None, || {
+        format!("describing the producers of {topic}-{partition}")
+    })?;
+    let producer = described
+        .active_producers
+        .iter()
+        .find(|s| s.current_txn_start_offset == start_offset)
+        .ok_or_else(|| {
+            CliError::NotFound(format!(
+                "no open transaction starts at offset {start_offset} in {topic}-{partition}"
+            ))
+        })?;
+    let (producer_id, epoch) = (producer.producer_id.0, producer.producer_epoch as i16);
+    let coordinator_epoch = producer.coordinator_epoch.max(0);
+    let (response, _) = connection.call(|_| {
+        WriteTxnMarkersRequest::default().with_markers(vec![
+            WritableTxnMarker::default()
+                .with_producer_id(producer.producer_id)
+                .with_producer_epoch(epoch)
+                .with_transaction_result(false)
+                .with_coordinator_epoch(coordinator_epoch)
+                .with_topics(vec![
+                    WritableTxnMarkerTopic::default()
+                        .with_name(TopicName(str_bytes(topic)))
+                        .with_partition_indexes(vec![partition]),
+                ]),
+        ])
+    })?;
+    let code = response
+        .markers
+        .iter()
+        .flat_map(|m| m.topics.iter())
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == partition)
+        .map_or(
+            kafka_protocol::ResponseError::UnknownServerError.code(),
+            |p| p.error_code,
+        );
+    CliError::check(code, None, || {
+        format!("writing the ABORT marker into {topic}-{partition}")
+    })?;
+    Ok(format!(
+        "aborted the transaction of producer {producer_id} (epoch {epoch}) starting at offset {start_offset} in {topic}-{partition}\n"
+    ))
 }

@@ -420,7 +420,12 @@ pub fn spawn_registration(shard: Rc<Shard>, me: BrokerInfo) {
                 }
             }
             let registered = prior == Some(&me) && !current.cluster_id.is_empty();
-            let offsets_replicas = offsets_topic_replicas(&shard, &current);
+            let offsets_replicas = internal_topic_replicas(
+                &shard,
+                &current,
+                crate::constants::OFFSETS_TOPIC,
+                shard.config.offsets_topic_partitions,
+            );
             if registered && offsets_replicas.is_none() {
                 if !announced {
                     info!(
@@ -459,13 +464,54 @@ pub fn spawn_registration(shard: Rc<Shard>, me: BrokerInfo) {
     });
 }
 
-/// The replica lists of `__consumer_offsets` if it is time to create it: it is missing and
+/// In a cluster: create `__transaction_state` in the metadata log, in the background (Kafka
+/// creates it on first use too: the first FindCoordinator for a transactional id, which
+/// answers COORDINATOR_NOT_AVAILABLE meanwhile and the client asks again). One attempt in
+/// flight per shard; a concurrent one from another broker is refused by the metadata log.
+pub fn create_txn_topic_soon(shard: &Rc<Shard>) {
+    if shard.txns.creating_topic.replace(true) {
+        return;
+    }
+    let shard = shard.clone();
+    runtime::spawn_detached(async move {
+        let current = shard.catalog();
+        if let Some(replicas) = internal_topic_replicas(
+            &shard,
+            &current,
+            crate::constants::TXN_TOPIC,
+            shard.config.transaction_state_partitions,
+        ) {
+            let mut next = current.snapshot();
+            if crate::txn::add_txn_topic(&mut next, &shard.config, replicas) {
+                match publish(&shard, next).await {
+                    Ok(()) => info!(
+                        partitions = shard.config.transaction_state_partitions,
+                        "created internal topic {}",
+                        crate::constants::TXN_TOPIC
+                    ),
+                    Err(e) => {
+                        debug!(error = %e, "creating the transaction state topic: retried on the next request")
+                    }
+                }
+            }
+        }
+        shard.txns.creating_topic.set(false);
+    });
+}
+
+/// The replica lists of an internal topic (`__consumer_offsets`, `__transaction_state`) of
+/// `partitions` partitions if it is time to create it: it is missing and
 /// `offsets_topic_replication_factor` brokers (at most the seed servers) have registered.
 /// Each partition gets that many replicas, spread as any topic's. Every registered broker
 /// proposes it; the metadata log applies the first and refuses the rest (their base version
 /// is stale), so the topic is created once.
-fn offsets_topic_replicas(shard: &Shard, catalog: &Catalog) -> Option<Vec<Vec<i32>>> {
-    if catalog.get(crate::constants::OFFSETS_TOPIC).is_some() || catalog.cluster_id.is_empty() {
+fn internal_topic_replicas(
+    shard: &Shard,
+    catalog: &Catalog,
+    topic: &str,
+    partitions: i32,
+) -> Option<Vec<Vec<i32>>> {
+    if catalog.get(topic).is_some() || catalog.cluster_id.is_empty() {
         return None;
     }
     let seeds = shard.cluster()?.spec.seeds.len();
@@ -477,11 +523,7 @@ fn offsets_topic_replicas(shard: &Shard, catalog: &Catalog) -> Option<Vec<Vec<i3
         return None;
     }
     Some(crate::cluster::catalog::assign_replicas(
-        crate::constants::OFFSETS_TOPIC,
-        &brokers,
-        rf,
-        0,
-        shard.config.offsets_topic_partitions,
+        topic, &brokers, rf, 0, partitions,
     ))
 }
 

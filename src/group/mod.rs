@@ -319,10 +319,10 @@ fn commit_error(e: &StorageError) -> i16 {
     }
 }
 
-/// Where this shard stands with a replicated `__consumer_offsets` partition whose replica
-/// leads: the Raft term (leader epoch) it leads in.
+/// Where this shard stands with a replicated `__consumer_offsets` (or `__transaction_state`)
+/// partition whose replica leads: the Raft term (leader epoch) it leads in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Coordinating {
+pub(crate) enum Coordinating {
     /// Reading the partition's log into the groups' offsets: requests for its groups get
     /// COORDINATOR_LOAD_IN_PROGRESS.
     Loading(u64),
@@ -331,7 +331,7 @@ enum Coordinating {
 }
 
 impl Coordinating {
-    fn term(self) -> u64 {
+    pub(crate) fn term(self) -> u64 {
         match self {
             Coordinating::Loading(t) | Coordinating::Serving(t) => t,
         }
@@ -716,10 +716,6 @@ impl GroupCoordinator {
         if let Err(e) = this.coordinating(&shard, group_id) {
             return all(e.code());
         }
-        if offsets_tp(&shard, group_id).is_some_and(|tp| shard.replica(&tp).is_some()) {
-            // Transactions are served on a one-node broker only.
-            return all(ResponseError::NotCoordinator.code());
-        }
         let code = {
             let groups = this.groups.borrow();
             match groups.get(group_id) {
@@ -787,8 +783,14 @@ impl GroupCoordinator {
             Err(_) => return all(ResponseError::InvalidCommitOffsetSize.code()),
         };
         // Placed now; the rest runs as its own task, so a cancelled request cannot leave the
-        // records in the log without their pending entries.
-        let appended = log.append_for_producer(bytes);
+        // records in the log without their pending entries. A replicated partition takes
+        // them as a proposal of its leader, answered once committed.
+        let replica = shard.replica(&tp);
+        let term = replica.as_ref().map(|d| d.replica().term());
+        let appended = match &replica {
+            Some(d) => futures::future::Either::Left(d.propose_for_producer(bytes)),
+            None => futures::future::Either::Right(log.append_for_producer(bytes)),
+        };
         *this
             .txn_commits_in_flight
             .borrow_mut()
@@ -796,20 +798,46 @@ impl GroupCoordinator {
             .or_default() += 1;
         let (tx, rx) = runtime::oneshot::channel();
         let (pid, partition, group) = (req.producer_id, tp.partition, group_id.to_string());
+        let tp_task = tp.clone();
         runtime::spawn_detached(async move {
             let written = async {
-                let info = appended.await.map_err(|e| match e {
-                    StorageError::InvalidProducerEpoch { .. } => {
-                        ResponseError::ProducerFenced.code()
+                let info = match appended {
+                    futures::future::Either::Left(proposed) => {
+                        proposed.await.map_err(|e| match e {
+                            crate::replication::ReplicaError::Storage(
+                                StorageError::InvalidProducerEpoch { .. },
+                            ) => ResponseError::ProducerFenced.code(),
+                            e => replica_commit_error(&e),
+                        })?
                     }
-                    e => commit_error(&e),
-                })?;
-                log.wait_durable(&info)
-                    .await
-                    .map_err(|e| commit_error(&e))?;
+                    futures::future::Either::Right(appended) => {
+                        let info = appended.await.map_err(|e| match e {
+                            StorageError::InvalidProducerEpoch { .. } => {
+                                ResponseError::ProducerFenced.code()
+                            }
+                            e => commit_error(&e),
+                        })?;
+                        log.wait_durable(&info)
+                            .await
+                            .map_err(|e| commit_error(&e))?;
+                        info
+                    }
+                };
                 Ok::<_, i16>(info.base_offset.get())
             }
             .await;
+            // A replicated partition whose term ended meanwhile: the new term's load reads
+            // these offsets from the log, if they committed.
+            let same_term = term.is_none_or(|t| {
+                shard
+                    .replica(&tp_task)
+                    .is_some_and(|d| d.replica().is_leader() && d.replica().term() == t)
+            });
+            let written = if same_term {
+                written
+            } else {
+                Err(ResponseError::NotCoordinator.code())
+            };
             if let Ok(base) = &written {
                 let offsets: Vec<PendingOffset> = applied
                     .into_iter()
@@ -1305,9 +1333,8 @@ impl GroupCoordinator {
         // Checked again with no await before the log start moves: a transaction's offsets
         // that took effect while the copies were written (their records below `B`, never
         // copied) would be lost with the old segments. The copies made stay as duplicates.
-        if replica.is_none()
-            && (self.transactions_hold(log, partition)
-                || self.live_below(partition, partitions, active_base.get()))
+        if self.transactions_hold(log, partition)
+            || self.live_below(partition, partitions, active_base.get())
         {
             return Ok(None);
         }
@@ -1513,6 +1540,8 @@ impl GroupCoordinator {
                 g.release_waiters();
             }
         }
+        // Its undecided transactional offsets too: the next load reads them again.
+        self.pending_txn.borrow_mut().retain(|(q, _), _| *q != p);
         doomed.len()
     }
 }
@@ -1542,10 +1571,30 @@ async fn load_partition(shard: Rc<Shard>, tp: TopicPartition, partitions: i32, t
         runtime::sleep(Duration::from_millis(5)).await;
     };
     let mut loaded = HashMap::new();
-    // Transactions are not served in a cluster: nothing is pending in a replicated log.
-    let read = replay_log(&log, &tp, &mut loaded, &mut HashMap::new()).await;
+    let mut pending = HashMap::new();
+    let read = replay_log(&log, &tp, &mut loaded, &mut pending).await;
     if !still_loading(&shard) {
         return;
+    }
+    // Transactional offsets still undecided at the high watermark: a marker this leader
+    // appended since (its own term's entries, which commit unless it loses the term, and
+    // then these groups are dropped) decides them now; the others wait for their marker
+    // (`complete_txn`). No await from here to the registration.
+    for (pid, offsets) in pending {
+        let Some(first) = offsets.iter().map(|(_, _, c)| c.log_offset).min() else {
+            continue;
+        };
+        match log.txn_outcome(pid, first) {
+            None => {
+                shard
+                    .groups
+                    .pending_txn
+                    .borrow_mut()
+                    .insert((tp.partition, pid), offsets);
+            }
+            Some(true) => apply_pending(&mut loaded, offsets),
+            Some(false) => {}
+        }
     }
     let records = match read {
         Ok(n) => n,

@@ -87,6 +87,36 @@ impl Driver {
         fut
     }
 
+    /// [`Replica::propose_marker`] (WriteTxnMarkers), waking the task.
+    pub fn propose_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: crate::storage::producer_state::Marker,
+        coordinator_epoch: i32,
+        timestamp_ms: i64,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
+        let fut = self.replica.propose_marker(
+            producer_id,
+            producer_epoch,
+            marker,
+            coordinator_epoch,
+            timestamp_ms,
+        );
+        self.wake.notify_all();
+        fut
+    }
+
+    /// [`Replica::propose_for_producer`] (a transactional offset commit), waking the task.
+    pub fn propose_for_producer(
+        &self,
+        records: Bytes,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
+        let fut = self.replica.propose_for_producer(records);
+        self.wake.notify_all();
+        fut
+    }
+
     /// [`Replica::request_compaction`], waking the task.
     pub fn request_compaction(&self, offset: crate::types::Offset) {
         self.replica.request_compaction(offset);
@@ -418,6 +448,105 @@ mod tests {
                 .await
                 .unwrap();
             assert!(next.base_offset.0 > d.base_offset.0);
+            for d in net.drivers.borrow().iter().flatten() {
+                d.stop();
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    }
+
+    /// Transactions on a replicated partition: a transactional batch holds the last stable
+    /// offset back on every replica until its marker (proposed by the leader, as
+    /// WriteTxnMarkers asks) commits; an abort joins every replica's aborted list; a marker
+    /// with a newer epoch fences the producer at once, before the log holds it; a stale
+    /// marker and a client's control batch are refused. Every replica ends with the same
+    /// last stable offset and aborted transactions.
+    #[test]
+    fn transactions_and_their_markers_replicate() {
+        use crate::storage::batch::test_util::{encode_batch, encode_transactional};
+        use crate::storage::producer_state::Marker;
+        crate::runtime::block_on_test(|| async {
+            let (net, tasks) = start().await;
+            let l = wait_for_leader(&net, None).await;
+            async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+                crate::runtime::timeout(Duration::from_secs(5), fut)
+                    .await
+                    .expect("answered within 5 s")
+            }
+            let t1 = within(l.propose(encode_transactional(9, 0, 0, 3, 1_000), Acks::All))
+                .await
+                .unwrap();
+            let plain = within(l.propose(encode_batch(0, 2, 1_001, 8), Acks::All))
+                .await
+                .unwrap();
+            let log = l.replica().log().clone();
+            assert!(log.high_watermark().0 > plain.last_offset.0);
+            assert_eq!(
+                log.last_stable_offset(),
+                t1.base_offset,
+                "held by the open txn"
+            );
+            let abort = within(l.propose_marker(9, 0, Marker::Abort, 0, 1_002))
+                .await
+                .unwrap();
+            assert_eq!(log.last_stable_offset().0, log.high_watermark().0);
+            // The sequence continues after a marker of the same epoch.
+            let t2 = within(l.propose(encode_transactional(9, 0, 3, 1, 1_003), Acks::All))
+                .await
+                .unwrap();
+            within(l.propose_marker(9, 0, Marker::Commit, 0, 1_004))
+                .await
+                .unwrap();
+            // A fencing abort with epoch 1, and the old epoch's batch right behind it: refused
+            // although the marker is not in the log yet.
+            let fence = l.propose_marker(9, 1, Marker::Abort, 0, 1_005);
+            let zombie = l.propose(encode_transactional(9, 0, 4, 1, 1_006), Acks::All);
+            assert_eq!(within(zombie).await.unwrap_err().kafka_error_code(), 47);
+            within(fence).await.unwrap();
+            let stale = within(l.propose_marker(9, 0, Marker::Commit, 0, 1_007)).await;
+            assert_eq!(stale.unwrap_err().kafka_error_code(), 47);
+            let control = crate::storage::batch::encode_marker(5, 0, Marker::Commit, 0, 1_008);
+            assert!(within(l.propose(control, Acks::All)).await.is_err());
+            // Every replica: the same high watermark, last stable offset, aborted list.
+            let end = log.log_end_offset();
+            for _ in 0..500 {
+                let caught_up = net
+                    .drivers
+                    .borrow()
+                    .iter()
+                    .flatten()
+                    .all(|d| d.replica().log().high_watermark() == end);
+                if caught_up {
+                    break;
+                }
+                crate::runtime::sleep(Duration::from_millis(10)).await;
+            }
+            let drivers: Vec<_> = net.drivers.borrow().iter().flatten().cloned().collect();
+            for d in drivers {
+                let rlog = d.replica().log().clone();
+                assert_eq!(rlog.high_watermark(), end, "replica {}", d.replica().id());
+                assert_eq!(rlog.last_stable_offset(), end);
+                let read = rlog
+                    .read_chunks_committed(t1.base_offset, 1 << 20)
+                    .await
+                    .unwrap();
+                let aborted: Vec<(i64, i64)> = read
+                    .aborted
+                    .iter()
+                    .map(|a| (a.producer_id, a.first_offset))
+                    .collect();
+                assert_eq!(
+                    aborted,
+                    vec![(9, t1.base_offset.0)],
+                    "replica {}",
+                    d.replica().id()
+                );
+                assert_eq!(rlog.txn_outcome(9, t1.base_offset.0), Some(false));
+                assert_eq!(rlog.txn_outcome(9, t2.base_offset.0), Some(true));
+                assert!(abort.base_offset.0 < t2.base_offset.0);
+            }
             for d in net.drivers.borrow().iter().flatten() {
                 d.stop();
             }

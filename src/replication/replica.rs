@@ -192,9 +192,10 @@ pub struct Replica {
     deferred_total: Cell<u64>,
     /// How many times this replica became its group's leader, since it opened.
     elections_won: Cell<u64>,
-    /// Idempotent batches this leader proposed that its log does not hold yet, per
-    /// producer (headers with their assigned base offsets): with the log's producer state,
-    /// what a new batch of the producer is checked against.
+    /// Idempotent and transactional batches, and transaction markers, this leader proposed
+    /// that its log does not hold yet, per producer (headers with their assigned base
+    /// offsets): with the log's producer state, what a new batch of the producer is checked
+    /// against.
     proposed_producers: RefCell<HashMap<i64, Vec<BatchHeader>>>,
     /// Sequence gaps waiting for their read index, by its context.
     gap_checks: RefCell<BTreeMap<u64, GapCheck>>,
@@ -869,6 +870,55 @@ impl Replica {
         }
     }
 
+    /// On the leader: propose a transaction marker (COMMIT or ABORT) of `producer_id` at
+    /// `producer_epoch`, as the transaction coordinator asks through WriteTxnMarkers. Every
+    /// replica's producer state closes the producer's open transaction when it appends it;
+    /// the last stable offset passes it once committed. Resolves once committed. An epoch
+    /// older than the producer's here is `InvalidProducerEpoch`.
+    pub fn propose_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: crate::storage::producer_state::Marker,
+        coordinator_epoch: i32,
+        timestamp_ms: i64,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
+        let bytes = batch::encode_marker(
+            producer_id,
+            producer_epoch,
+            marker,
+            coordinator_epoch,
+            timestamp_ms,
+        );
+        let placed = self.place_as(bytes, Acks::All, true);
+        async move {
+            let rx = placed?;
+            rx.await.unwrap_or_else(|_| {
+                Err(ReplicaError::Failed(
+                    "the replica closed before the commit".into(),
+                ))
+            })
+        }
+    }
+
+    /// On the leader: propose one batch the broker writes for a producer (a transactional
+    /// offset commit to `__consumer_offsets`): producer id and epoch, no sequence; only the
+    /// epoch is checked. Resolves once committed.
+    pub fn propose_for_producer(
+        &self,
+        records: Bytes,
+    ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
+        let placed = self.place_as(records, Acks::All, true);
+        async move {
+            let rx = placed?;
+            rx.await.unwrap_or_else(|_| {
+                Err(ReplicaError::Failed(
+                    "the replica closed before the commit".into(),
+                ))
+            })
+        }
+    }
+
     fn place(
         &self,
         records: Bytes,
@@ -896,18 +946,44 @@ impl Replica {
         }
         let batches = batch::validate_all_for_append(&records, self.log.cfg().max_message_bytes)?;
         if !internal
-            && batches.iter().any(|(_, _, h)| {
-                h.attributes & (batch::ATTR_TRANSACTIONAL | batch::ATTR_CONTROL) != 0
-            })
+            && batches
+                .iter()
+                .any(|(_, _, h)| h.attributes & batch::ATTR_CONTROL != 0)
         {
-            return Err(StorageError::Transactional.into());
+            return Err(StorageError::InvalidRecord(
+                "a producer may not write control batches".into(),
+            )
+            .into());
+        }
+        if batches
+            .iter()
+            .any(|(_, _, h)| h.attributes & batch::ATTR_TRANSACTIONAL != 0 && h.producer_id < 0)
+        {
+            return Err(StorageError::InvalidRecord(
+                "a transactional batch without a producer id".into(),
+            )
+            .into());
         }
         let term = node.raft.term;
         let base = self.next_offset_of(&node)?;
-        let idempotent = batches.iter().any(|(_, _, h)| h.producer_id >= 0);
         let Some(first_header) = batches.first().map(|b| b.2) else {
             return Err(StorageError::InvalidRecord("empty record set".into()).into());
         };
+        // A batch the broker writes for a producer (a transaction marker through
+        // WriteTxnMarkers, a transactional offset commit): no sequence, only its epoch is
+        // checked; noted like a producer batch until the log holds it, so a fenced
+        // producer's batch proposed behind it is refused.
+        let marker = internal && first_header.producer_id >= 0;
+        if marker && (batches.len() > 1 || first_header.base_sequence >= 0) {
+            return Err(StorageError::InvalidRecord(
+                "a coordinator batch is one batch with a producer id and no sequence".into(),
+            )
+            .into());
+        }
+        let idempotent = !marker && batches.iter().any(|(_, _, h)| h.producer_id >= 0);
+        if marker {
+            self.check_marker_epoch(&first_header)?;
+        }
         if idempotent {
             if batches.len() > 1 {
                 return Err(StorageError::InvalidRecord(
@@ -969,13 +1045,13 @@ impl Replica {
             });
             drop(deferred);
             self.deferred_total.set(self.deferred_total.get() + 1);
-            if idempotent {
+            if idempotent || marker {
                 self.note_proposed(&first_header, base);
             }
             return Ok(rx);
         }
         let index = self.step_proposal(&mut node, entries)?;
-        if idempotent {
+        if idempotent || marker {
             self.note_proposed(&first_header, base);
         }
         self.wait_for(
@@ -1018,7 +1094,23 @@ impl Replica {
             .filter(|b| b.producer_id == h.producer_id)
             .collect();
         if let Some(p) = self.proposed_producers.borrow().get(&h.producer_id) {
-            pending.extend(p.iter().copied());
+            // A marker (or another coordinator batch) proposed with a newer epoch fenced
+            // this producer's epoch.
+            if let Some(current) = p
+                .iter()
+                .filter(|b| b.base_sequence < 0)
+                .map(|b| b.producer_epoch)
+                .max()
+                .filter(|e| *e > h.producer_epoch)
+            {
+                return Err(StorageError::InvalidProducerEpoch {
+                    producer_id: h.producer_id,
+                    epoch: h.producer_epoch,
+                    current,
+                }
+                .into());
+            }
+            pending.extend(p.iter().filter(|b| b.base_sequence >= 0).copied());
         }
         if !pending.is_empty() {
             let mut t = ProducerStateTable::default();
@@ -1041,6 +1133,27 @@ impl Replica {
             Verdict::Append => Ok(None),
             Verdict::Duplicate(d) => self.committed_duplicate(d),
         }
+    }
+
+    /// A marker's epoch may not be older than the producer's: in the log, or in what this
+    /// leader proposed and its log does not hold yet.
+    fn check_marker_epoch(&self, h: &BatchHeader) -> Result<(), ReplicaError> {
+        self.log.check_producer_epoch(h)?;
+        if let Some(current) = self
+            .proposed_producers
+            .borrow()
+            .get(&h.producer_id)
+            .and_then(|p| p.iter().map(|b| b.producer_epoch).max())
+            .filter(|e| *e > h.producer_epoch)
+        {
+            return Err(StorageError::InvalidProducerEpoch {
+                producer_id: h.producer_id,
+                epoch: h.producer_epoch,
+                current,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     fn committed_duplicate(

@@ -64,9 +64,6 @@ pub enum StorageError {
     /// A replicated batch that does not continue the log where it ends.
     #[error("replicated batch at offset {got} does not continue the log end {expected}")]
     NotContiguous { expected: i64, got: i64 },
-    /// A transactional or control batch: transactions are not supported.
-    #[error("transactional batches are not supported")]
-    Transactional,
 }
 
 impl StorageError {
@@ -108,7 +105,6 @@ impl StorageError {
             // Kafka answers Produce with INVALID_PRODUCER_EPOCH (not
             // PRODUCER_FENCED) since 2.7, for every Produce version.
             StorageError::InvalidProducerEpoch { .. } => 47, // INVALID_PRODUCER_EPOCH
-            StorageError::Transactional => 48,               // INVALID_TXN_STATE
             StorageError::DiskFull(_) => 56,                 // KAFKA_STORAGE_ERROR
             StorageError::Truncated { .. } => 6,             // NOT_LEADER_OR_FOLLOWER
             StorageError::NotContiguous { .. } => 1,         // OFFSET_OUT_OF_RANGE

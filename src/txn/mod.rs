@@ -40,6 +40,7 @@
 //! was durable is committed.
 
 pub mod records;
+mod remote;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -51,6 +52,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::constants::{OFFSETS_BATCH_BYTES_MAX, OFFSETS_TOPIC, TXN_TOPIC};
+use crate::group::Coordinating;
 use crate::runtime;
 use crate::runtime::SystemClock;
 use crate::shard::controller::CONTROLLER;
@@ -68,8 +70,27 @@ pub fn ensure_txn_topic(
     catalog: &mut crate::cluster::catalog::Catalog,
     config: &Config,
 ) -> Result<(), crate::cluster::catalog::CatalogError> {
-    if catalog.get(TXN_TOPIC).is_some() {
+    if !add_txn_topic(catalog, config, Vec::new()) {
         return Ok(());
+    }
+    catalog.save(&config.data_dir)?;
+    info!(
+        partitions = config.transaction_state_partitions,
+        "created internal topic {TXN_TOPIC}"
+    );
+    Ok(())
+}
+
+/// Add `__transaction_state` to `catalog` unless it is there; true if it was added.
+/// `replicas`: each partition's replicas in a cluster (a Raft group each), empty on a
+/// one-node broker (local partitions).
+pub fn add_txn_topic(
+    catalog: &mut crate::cluster::catalog::Catalog,
+    config: &Config,
+    replicas: Vec<Vec<i32>>,
+) -> bool {
+    if catalog.get(TXN_TOPIC).is_some() {
+        return false;
     }
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
@@ -82,14 +103,9 @@ pub fn ensure_txn_topic(
         id: uuid::Uuid::new_v4(),
         partitions: config.transaction_state_partitions,
         configs,
-        replicas: Vec::new(),
+        replicas,
     });
-    catalog.save(&config.data_dir)?;
-    info!(
-        partitions = config.transaction_state_partitions,
-        "created internal topic {TXN_TOPIC}"
-    );
-    Ok(())
+    true
 }
 
 /// The `__transaction_state` partition holding `transactional_id`, or None if the topic
@@ -119,7 +135,10 @@ where
     };
     let target = shard.owner_of(&tp);
     shard
-        .invoke_on(target, move |s| async move { Ok(f(s).await) })
+        .invoke_on(target, move |s| async move {
+            s.txns.coordinating(&s, &tp)?;
+            Ok(f(s).await)
+        })
         .await
 }
 
@@ -142,6 +161,8 @@ struct Entry {
     meta: TxnMeta,
     /// A transition (a record write, the markers) is in flight.
     busy: bool,
+    /// The token of the turn in flight (see [`Busy`]).
+    turn: u64,
     /// Offset of the id's latest record in its partition (a lower bound while a record
     /// written behind is in flight): compaction copies the ids whose record is older.
     log_offset: i64,
@@ -158,6 +179,14 @@ pub struct TxnDescription {
 /// this shard owns. Used on its own shard only; no borrow is held across an await.
 pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, Entry>>,
+    /// In a cluster: the replicated `__transaction_state` partitions this shard coordinates
+    /// (its replica leads them), by partition ([`TxnCoordinator::follow_leadership`]).
+    leading: RefCell<HashMap<i32, Coordinating>>,
+    /// The last turn token handed out.
+    turns: std::cell::Cell<u64>,
+    /// In a cluster: this shard is creating `__transaction_state`
+    /// (`cluster::metadata::create_txn_topic_soon`).
+    pub creating_topic: std::cell::Cell<bool>,
     /// [`TxnCoordinator::load`] finished.
     loaded: std::cell::Cell<bool>,
     max_timeout_ms: i32,
@@ -166,15 +195,20 @@ pub struct TxnCoordinator {
     clock: Rc<dyn Clock>,
 }
 
-/// Marks a transactional id busy for the life of the guard.
+/// Marks a transactional id busy for the life of the guard. Its token names the turn: an
+/// entry dropped and read again meanwhile (its partition's leadership moved away and back)
+/// is not released by a guard of the earlier turn.
 struct Busy<'a> {
     coordinator: &'a TxnCoordinator,
     id: String,
+    token: u64,
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        if let Some(e) = self.coordinator.txns.borrow_mut().get_mut(&self.id) {
+        if let Some(e) = self.coordinator.txns.borrow_mut().get_mut(&self.id)
+            && e.turn == self.token
+        {
             e.busy = false;
         }
     }
@@ -194,6 +228,9 @@ impl TxnCoordinator {
     pub fn new(config: &Config) -> Self {
         TxnCoordinator {
             txns: RefCell::new(HashMap::new()),
+            leading: RefCell::new(HashMap::new()),
+            turns: std::cell::Cell::new(0),
+            creating_topic: std::cell::Cell::new(false),
             loaded: std::cell::Cell::new(false),
             max_timeout_ms: config.transaction_max_timeout_ms,
             expiration_ms: i64::try_from(config.transactional_id_expiration_ms).unwrap_or(i64::MAX),
@@ -217,11 +254,20 @@ impl TxnCoordinator {
         if e.busy {
             return None;
         }
+        let token = self.next_turn();
         e.busy = true;
+        e.turn = token;
         Some(Busy {
             coordinator: self,
             id: id.to_string(),
+            token,
         })
+    }
+
+    fn next_turn(&self) -> u64 {
+        let t = self.turns.get() + 1;
+        self.turns.set(t);
+        t
     }
 
     fn meta(&self, id: &str) -> Option<TxnMeta> {
@@ -231,33 +277,59 @@ impl TxnCoordinator {
     /// Append `meta` as `id`'s state to its `__transaction_state` partition: the returned
     /// future resolves once the record is durable. The append takes its place in the log
     /// when this is called, so a later record of the id follows it.
+    /// `None`: a tombstone (the id expired). In a cluster the record is a proposal of the
+    /// partition's Raft leader, resolved once committed (a majority fdatasynced it).
     fn append_state(
         &self,
         shard: &Shard,
         id: &str,
-        meta: &TxnMeta,
+        meta: Option<&TxnMeta>,
     ) -> TxnResult<impl std::future::Future<Output = TxnResult<i64>> + use<>> {
         let tp = txn_tp(shard, id).ok_or(ResponseError::NotCoordinator)?;
-        let log = shard.partition(&tp).ok_or(ResponseError::NotCoordinator)?;
         let key = records::encode_key(id).map_err(|_| ResponseError::InvalidRequest)?;
-        let value = records::encode_value(meta).map_err(|_| ResponseError::InvalidRequest)?;
+        let value = meta
+            .map(records::encode_value)
+            .transpose()
+            .map_err(|_| ResponseError::InvalidRequest)?;
         let bytes = crate::group::records::encode_batches(
-            &[(key, Some(value))],
+            &[(key, value)],
             self.clock.wall_ms(),
             OFFSETS_BATCH_BYTES_MAX,
         )
         .map_err(|_| ResponseError::InvalidRequest)?;
+        if let Some(d) = shard.replica(&tp) {
+            let proposed = d.propose(bytes, crate::replication::Acks::All);
+            return Ok(futures::future::Either::Left(async move {
+                let info = proposed.await.map_err(|e| {
+                    warn!(error = %e, "proposing a transaction record failed");
+                    match e {
+                        crate::replication::ReplicaError::Storage(
+                            StorageError::BatchTooLarge { .. },
+                        ) => ResponseError::InvalidRequest,
+                        _ => ResponseError::NotCoordinator,
+                    }
+                })?;
+                Ok(info.base_offset.get())
+            }));
+        }
+        let log = shard.partition(&tp).ok_or(ResponseError::NotCoordinator)?;
         let appended = log.append(bytes);
-        Ok(async move {
+        Ok(futures::future::Either::Right(async move {
             let info = appended.await.map_err(|e| write_error(&e))?;
             log.wait_durable(&info).await.map_err(|e| write_error(&e))?;
             Ok(info.base_offset.get())
-        })
+        }))
     }
 
     /// Write `meta` as `id`'s state and wait until it is durable, then adopt it.
     async fn write(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
-        let at = self.append_state(shard, id, &meta)?.await?;
+        let term = self.serving_term(shard, id);
+        let at = self.append_state(shard, id, Some(&meta))?.await?;
+        if self.serving_term(shard, id) != term {
+            // The partition's leadership moved meanwhile: its next load reads the record from
+            // the log, if it committed.
+            return Err(ResponseError::NotCoordinator);
+        }
         if let Some(e) = self.txns.borrow_mut().get_mut(id) {
             e.meta = meta;
             e.log_offset = e.log_offset.max(at);
@@ -275,7 +347,7 @@ impl TxnCoordinator {
         let at = txn_tp(shard, id)
             .and_then(|tp| shard.partition(&tp))
             .map_or(-1, |log| log.log_end_offset().get());
-        let durable = self.append_state(shard, id, &meta)?;
+        let durable = self.append_state(shard, id, Some(&meta))?;
         let tid = id.to_string();
         runtime::spawn_detached(async move {
             if let Err(e) = durable.await {
@@ -309,7 +381,25 @@ impl TxnCoordinator {
             let Some(log) = shard.partition(&tp) else {
                 continue;
             };
-            match self.compact_partition(&log, p, meta.partitions).await {
+            // A replicated partition: only by its coordinator, serving in the current term;
+            // copies are proposals and the log start moves by a Raft entry every replica
+            // applies (as `__consumer_offsets`).
+            let replica = match shard.replica(&tp) {
+                None => None,
+                Some(d) => {
+                    let term = d.replica().term();
+                    if self.leading.borrow().get(&p) != Some(&Coordinating::Serving(term))
+                        || !d.replica().is_leader()
+                    {
+                        continue;
+                    }
+                    Some((d, term))
+                }
+            };
+            match self
+                .compact_partition(&log, p, meta.partitions, replica)
+                .await
+            {
                 Ok(None) => {}
                 Ok(Some((rewritten, freed))) => info!(
                     shard = %shard.id,
@@ -333,7 +423,22 @@ impl TxnCoordinator {
         log: &Rc<PartitionLog>,
         partition: i32,
         partitions: i32,
+        replica: Option<(Rc<crate::replication::driver::Driver>, u64)>,
     ) -> TxnResult<Option<(usize, u64)>> {
+        let serving = || match &replica {
+            None => Ok(()),
+            Some((d, term)) => {
+                let r = d.replica();
+                if self.leading.borrow().get(&partition) == Some(&Coordinating::Serving(*term))
+                    && r.is_leader()
+                    && r.term() == *term
+                {
+                    Ok(())
+                } else {
+                    Err(ResponseError::NotCoordinator)
+                }
+            }
+        };
         let (active_base, older_bytes) = log.active_segment();
         let base = active_base.get();
         if older_bytes == 0
@@ -381,8 +486,19 @@ impl TxnCoordinator {
                 OFFSETS_BATCH_BYTES_MAX,
             )
             .map_err(|_| ResponseError::InvalidRequest)?;
-            let info = log.append(bytes).await.map_err(|e| write_error(&e))?;
-            log.wait_durable(&info).await.map_err(|e| write_error(&e))?;
+            serving()?;
+            let info = match &replica {
+                None => {
+                    let info = log.append(bytes).await.map_err(|e| write_error(&e))?;
+                    log.wait_durable(&info).await.map_err(|e| write_error(&e))?;
+                    info
+                }
+                Some((d, _)) => d
+                    .propose(bytes, crate::replication::Acks::All)
+                    .await
+                    .map_err(|_| ResponseError::NotCoordinator)?,
+            };
+            serving()?;
             let mut txns = self.txns.borrow_mut();
             for (i, id) in stale.iter().enumerate() {
                 if let Some(e) = txns.get_mut(id) {
@@ -391,9 +507,19 @@ impl TxnCoordinator {
             }
         }
         drop(turns);
-        log.delete_records(base)
-            .await
-            .map_err(|e| write_error(&e))?;
+        serving()?;
+        match &replica {
+            None => {
+                log.delete_records(base)
+                    .await
+                    .map_err(|e| write_error(&e))?;
+            }
+            Some((d, _)) => {
+                d.propose_log_start(active_base)
+                    .await
+                    .map_err(|_| ResponseError::NotCoordinator)?;
+            }
+        }
         Ok(Some((copies.len(), older_bytes)))
     }
 
@@ -424,12 +550,14 @@ impl TxnCoordinator {
             return Err(ResponseError::InvalidTransactionTimeout);
         }
         let now = self.clock.wall_ms();
+        let token = self.next_turn();
         let existing = {
             let mut txns = self.txns.borrow_mut();
             match txns.get_mut(id) {
                 Some(e) if e.busy => return Err(ResponseError::ConcurrentTransactions),
                 Some(e) => {
                     e.busy = true;
+                    e.turn = token;
                     Some(e.meta.clone())
                 }
                 None => {
@@ -447,6 +575,7 @@ impl TxnCoordinator {
                                 start_ms: -1,
                             },
                             busy: true,
+                            turn: token,
                             log_offset: -1,
                         },
                     );
@@ -457,6 +586,7 @@ impl TxnCoordinator {
         let _turn = Busy {
             coordinator: self,
             id: id.to_string(),
+            token,
         };
         let Some(mut meta) = existing else {
             let result = async {
@@ -707,6 +837,92 @@ impl TxnCoordinator {
         })
     }
 
+    /// In a cluster, the term in which this shard serves `id`'s partition (None: it does
+    /// not, or the partition is local).
+    fn serving_term(&self, shard: &Shard, id: &str) -> Option<u64> {
+        let tp = txn_tp(shard, id)?;
+        shard.replica(&tp)?;
+        match self.leading.borrow().get(&tp.partition) {
+            Some(Coordinating::Serving(t)) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// Whether this shard coordinates the ids of `tp` now: a local partition (a one-node
+    /// broker) always; a replicated one while its replica leads in the term this shard loaded
+    /// it in. COORDINATOR_LOAD_IN_PROGRESS while it reads the partition, NOT_COORDINATOR
+    /// otherwise (the client looks for the coordinator again).
+    pub fn coordinating(&self, shard: &Shard, tp: &TopicPartition) -> TxnResult<()> {
+        let Some(d) = shard.replica(tp) else {
+            if shard.is_cluster() {
+                // A cluster's `__transaction_state` is replicated; a local copy is not served.
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
+            return Ok(());
+        };
+        let r = d.replica();
+        match self.leading.borrow().get(&tp.partition) {
+            Some(Coordinating::Serving(t)) if r.is_leader() && r.term() == *t => Ok(()),
+            Some(Coordinating::Loading(t)) if r.is_leader() && r.term() == *t => {
+                Err(ResponseError::CoordinatorLoadInProgress)
+            }
+            _ => Err(ResponseError::NotCoordinator),
+        }
+    }
+
+    /// In a cluster, every tick: follow the leadership of the replicated
+    /// `__transaction_state` partitions this shard owns, as the group coordinator follows
+    /// `__consumer_offsets`. A replica that leads in a term not loaded yet has its partition's
+    /// ids dropped and read again from the log ([`load_partition`]) once the leader applied an
+    /// entry of its term; a replica that no longer leads has them dropped (requests get
+    /// NOT_COORDINATOR and clients find the new coordinator, which finishes what was
+    /// prepared).
+    pub fn follow_leadership(&self, shard: &Rc<Shard>) {
+        let Some(partitions) = shard
+            .catalog()
+            .get(TXN_TOPIC)
+            .filter(|m| m.is_replicated())
+            .map(|m| m.partitions)
+        else {
+            return;
+        };
+        for p in 0..partitions {
+            let tp = TopicPartition::new(TXN_TOPIC, p);
+            if shard.owner_of(&tp) != shard.id {
+                continue;
+            }
+            let leading = shard.replica(&tp).and_then(|d| {
+                let r = d.replica();
+                r.is_leader().then(|| r.term())
+            });
+            let now = self.leading.borrow().get(&p).copied();
+            match (leading, now) {
+                (Some(term), Some(c)) if c.term() == term => {}
+                (Some(term), _) => {
+                    self.unload(p, partitions);
+                    self.leading
+                        .borrow_mut()
+                        .insert(p, Coordinating::Loading(term));
+                    runtime::spawn_detached(load_partition(shard.clone(), tp, term));
+                }
+                (None, Some(c)) => {
+                    let ids = self.unload(p, partitions);
+                    self.leading.borrow_mut().remove(&p);
+                    info!(partition = %tp, epoch = c.term(), transactional_ids = ids, "no longer the coordinator of this partition's transactions");
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// Drop the transactional ids of `__transaction_state` partition `p`. Returns how many.
+    fn unload(&self, p: i32, partitions: i32) -> usize {
+        let mut txns = self.txns.borrow_mut();
+        let before = txns.len();
+        txns.retain(|id, _| crate::group::offsets_partition(id, partitions) != p);
+        before - txns.len()
+    }
+
     /// Every transaction this shard coordinates (DescribeTransactions, ListTransactions).
     pub fn describe_all(&self) -> Vec<TxnDescription> {
         let mut v: Vec<TxnDescription> = self
@@ -804,20 +1020,10 @@ impl TxnCoordinator {
     /// Forget an idle transactional id: a tombstone in its partition, then the entry goes
     /// (Kafka's `transactional.id.expiration.ms`). Called with the id's turn held.
     async fn expire(&self, shard: &Shard, id: &str) {
-        let written = async {
-            let tp = txn_tp(shard, id).ok_or(ResponseError::NotCoordinator)?;
-            let log = shard.partition(&tp).ok_or(ResponseError::NotCoordinator)?;
-            let key = records::encode_key(id).map_err(|_| ResponseError::InvalidRequest)?;
-            let bytes = crate::group::records::encode_batches(
-                &[(key, None)],
-                self.clock.wall_ms(),
-                OFFSETS_BATCH_BYTES_MAX,
-            )
-            .map_err(|_| ResponseError::InvalidRequest)?;
-            let info = log.append(bytes).await.map_err(|e| write_error(&e))?;
-            log.wait_durable(&info).await.map_err(|e| write_error(&e))
-        }
-        .await;
+        let written = match self.append_state(shard, id, None) {
+            Ok(durable) => durable.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
         match written {
             Ok(()) => {
                 self.txns.borrow_mut().remove(id);
@@ -839,7 +1045,7 @@ impl TxnCoordinator {
         let mut loaded: HashMap<String, (TxnMeta, i64)> = HashMap::new();
         for p in 0..meta.partitions {
             let tp = TopicPartition::new(TXN_TOPIC, p);
-            if shard.owner_of(&tp) != shard.id {
+            if shard.owner_of(&tp) != shard.id || shard.replica(&tp).is_some() {
                 continue;
             }
             let Some(log) = shard.partition(&tp) else {
@@ -858,6 +1064,7 @@ impl TxnCoordinator {
                 Entry {
                     meta,
                     busy: false,
+                    turn: 0,
                     log_offset,
                 },
             );
@@ -867,6 +1074,83 @@ impl TxnCoordinator {
         }
         self.loaded.set(true);
         Ok(count)
+    }
+}
+
+/// Read a replicated `__transaction_state` partition this shard's replica leads in `term`,
+/// once the leader has applied an entry of its own term (then its log holds every record any
+/// earlier leader committed: Raft's leader completeness), and serve its ids, unless the
+/// leadership moved meanwhile (the next tick sees it). Prepared transactions are finished
+/// at once (their markers written again; a second marker closes nothing), open ones abort
+/// after their timeout as on a restart. A read that fails leaves the partition to be read
+/// again on the next tick.
+async fn load_partition(shard: Rc<Shard>, tp: TopicPartition, term: u64) {
+    let started = std::time::Instant::now();
+    let still_loading = |shard: &Shard| {
+        shard.txns.leading.borrow().get(&tp.partition) == Some(&Coordinating::Loading(term))
+            && shard
+                .replica(&tp)
+                .is_some_and(|d| d.replica().is_leader() && d.replica().term() == term)
+    };
+    let log = loop {
+        if shard.stopping.get() || !still_loading(&shard) {
+            return;
+        }
+        if let Some(d) = shard.replica(&tp)
+            && d.replica().leader_ready() == Some(term)
+        {
+            break d.replica().log().clone();
+        }
+        runtime::sleep(Duration::from_millis(5)).await;
+    };
+    let mut loaded: HashMap<String, (TxnMeta, i64)> = HashMap::new();
+    let read = replay_log(&log, &tp, &mut loaded).await;
+    if !still_loading(&shard) {
+        return;
+    }
+    let records = match read {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(partition = %tp, error = %e, "reading transaction states failed: retrying");
+            shard.txns.leading.borrow_mut().remove(&tp.partition);
+            return;
+        }
+    };
+    let prepared = loaded
+        .values()
+        .filter(|(m, _)| matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort))
+        .count();
+    let ids = loaded.len();
+    {
+        let mut txns = shard.txns.txns.borrow_mut();
+        for (id, (meta, log_offset)) in loaded {
+            txns.insert(
+                id,
+                Entry {
+                    meta,
+                    busy: false,
+                    turn: 0,
+                    log_offset,
+                },
+            );
+        }
+    }
+    shard
+        .txns
+        .leading
+        .borrow_mut()
+        .insert(tp.partition, Coordinating::Serving(term));
+    info!(
+        partition = %tp,
+        epoch = term,
+        transactional_ids = ids,
+        prepared,
+        records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "coordinating this partition's transactions"
+    );
+    if prepared > 0 {
+        shard.txns.tick(&shard).await;
     }
 }
 
@@ -933,7 +1217,13 @@ fn marker_delay() -> Option<Duration> {
 /// A fresh producer id with epoch 0, from the controller's allocator.
 async fn new_producer_id(shard: &Shard) -> TxnResult<(i64, i16)> {
     shard
-        .invoke_on(CONTROLLER, |s| async move { s.init_producer_id(None) })
+        .invoke_on(CONTROLLER, |s| async move {
+            if s.is_cluster() {
+                s.init_producer_id_in_cluster(None).await
+            } else {
+                s.init_producer_id(None)
+            }
+        })
         .await
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?
         .map_err(|code| {
@@ -953,32 +1243,98 @@ async fn write_markers(
     marker: Marker,
 ) -> TxnResult<()> {
     let mut by_owner: BTreeMap<ShardId, Vec<TopicPartition>> = BTreeMap::new();
+    let mut by_broker: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
     let catalog = shard.catalog();
     for (t, p) in partitions {
-        if !catalog.has_partition(t, *p) {
+        let Some(meta) = catalog.get(t).filter(|m| *p >= 0 && *p < m.partitions) else {
+            continue;
+        };
+        let tp = TopicPartition::new(t.clone(), *p);
+        let owner = shard.owner_of(&tp);
+        if !meta.is_replicated() {
+            by_owner.entry(owner).or_default().push(tp);
             continue;
         }
-        let tp = TopicPartition::new(t.clone(), *p);
-        by_owner.entry(shard.owner_of(&tp)).or_default().push(tp);
-    }
-    let sends = by_owner.into_iter().map(|(owner, tps)| {
-        shard.invoke_on(owner, move |s| async move {
-            markers_on_owner(&s, tps, producer_id, epoch, marker).await
-        })
-    });
-    for r in futures::future::join_all(sends).await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(ResponseError::CoordinatorNotAvailable),
+        // In a cluster: the partition's leader writes it (through Raft), here or remotely.
+        let (topic_id, asked) = (meta.id, tp.clone());
+        let leader = shard
+            .invoke_on(owner, move |s| async move {
+                s.cluster()
+                    .and_then(|c| c.leader_of(&asked, topic_id))
+                    .map(|(l, _)| l)
+            })
+            .await
+            .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        match leader {
+            Some(l) if l == shard.config.node_id => by_owner.entry(owner).or_default().push(tp),
+            Some(l) => by_broker.entry(l).or_default().push(tp),
+            None => {
+                debug!(partition = %tp, "no leader known for a transaction marker: retrying later");
+                return Err(ResponseError::NotCoordinator);
+            }
         }
+    }
+    let local = by_owner.into_iter().map(|(owner, tps)| {
+        let sent = shard.invoke_on(owner, move |s| async move {
+            markers_on_owner(&s, tps, producer_id, epoch, marker).await
+        });
+        async move {
+            match sent.await {
+                Ok(r) => r,
+                Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+            }
+        }
+    });
+    let remote = by_broker.into_iter().map(|(broker, tps)| {
+        let addr = catalog
+            .brokers
+            .get(&broker)
+            .map(|b| format!("{}:{}", b.host, b.port));
+        async move {
+            let Some(addr) = addr else {
+                return Err(ResponseError::NotCoordinator);
+            };
+            let answered = remote::write_markers(&addr, &tps, producer_id, epoch, marker)
+                .await
+                .map_err(|e| {
+                    warn!(broker, error = %e, "sending transaction markers failed: retrying later");
+                    ResponseError::NotCoordinator
+                })?;
+            marker_codes(answered, producer_id, epoch)
+        }
+    });
+    let local = futures::future::join_all(local);
+    let remote = futures::future::join_all(remote);
+    let (local, remote) = futures::future::join(local, remote).await;
+    for r in local.into_iter().chain(remote) {
+        r?;
     }
     crate::metrics::txn_markers(partitions.len() as u64);
     Ok(())
 }
 
-/// On the owner: the markers of one transaction in this shard's partitions. The appends are
-/// placed one after the other (no await between them) and their durability awaited together.
+/// What one transaction's markers came to, from their per-partition codes: a partition gone,
+/// or one a newer producer epoch wrote to (the transaction this marker closes is gone), is
+/// skipped; any other failure is an error (the coordinator writes the markers again later).
+fn marker_codes(codes: Vec<(TopicPartition, i16)>, producer_id: i64, epoch: i16) -> TxnResult<()> {
+    for (tp, code) in codes {
+        match code {
+            0 => {}
+            47 => {
+                warn!(partition = %tp, producer_id, epoch, "marker refused: a newer producer epoch wrote here")
+            }
+            3 => {}
+            code => {
+                warn!(partition = %tp, code, "writing a transaction marker failed");
+                return Err(ResponseError::NotCoordinator);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// On the owner: the markers of one transaction in this shard's partitions, for a
+/// coordinator ([`marker_codes`]).
 async fn markers_on_owner(
     shard: &Rc<Shard>,
     tps: Vec<TopicPartition>,
@@ -986,38 +1342,75 @@ async fn markers_on_owner(
     epoch: i16,
     marker: Marker,
 ) -> TxnResult<()> {
-    let mut pending = Vec::with_capacity(tps.len());
+    let codes = write_markers_here(shard, tps, producer_id, epoch, marker, 0).await;
+    marker_codes(codes, producer_id, epoch)
+}
+
+/// On the shard owning `tps`: write one COMMIT or ABORT marker of `producer_id` into each
+/// (WriteTxnMarkers, and this broker's own coordinators). A replicated partition's leader
+/// proposes it (answered once committed); a local partition appends it (answered once
+/// durable). The appends are placed one after the other (no await between them) and awaited
+/// together. Once a marker is in `__consumer_offsets`, the transaction's pending offset
+/// commits there take effect or are dropped. Per partition: 0, or the Kafka error code
+/// (UNKNOWN_TOPIC_OR_PARTITION, NOT_LEADER_OR_FOLLOWER, INVALID_PRODUCER_EPOCH for an epoch
+/// older than the producer's there, a storage error).
+pub(crate) async fn write_markers_here(
+    shard: &Rc<Shard>,
+    tps: Vec<TopicPartition>,
+    producer_id: i64,
+    epoch: i16,
+    marker: Marker,
+    coordinator_epoch: i32,
+) -> Vec<(TopicPartition, i16)> {
+    type Written = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), i16>>>>;
+    let now = shard.txns.clock.wall_ms();
+    let mut pending: Vec<(TopicPartition, Written)> = Vec::with_capacity(tps.len());
     for tp in tps {
-        let Some(log) = shard.partition(&tp) else {
-            continue;
+        let written: Written = if let Some(d) = shard.replica(&tp) {
+            let proposed = d.propose_marker(producer_id, epoch, marker, coordinator_epoch, now);
+            Box::pin(async move {
+                proposed.await.map(|_| ()).map_err(|e| match e {
+                    crate::replication::ReplicaError::Storage(
+                        StorageError::InvalidProducerEpoch { .. },
+                    ) => ResponseError::InvalidProducerEpoch.code(),
+                    e => e.kafka_error_code(),
+                })
+            })
+        } else if let Some(log) = shard.partition(&tp) {
+            let appended = log.append_marker(producer_id, epoch, marker, coordinator_epoch);
+            Box::pin(async move {
+                let code = |e: StorageError| match e {
+                    StorageError::InvalidProducerEpoch { .. } => {
+                        ResponseError::InvalidProducerEpoch.code()
+                    }
+                    e => e.kafka_error_code(),
+                };
+                let info = appended.await.map_err(code)?;
+                log.wait_durable(&info).await.map_err(code)
+            })
+        } else {
+            Box::pin(std::future::ready(Err(
+                ResponseError::UnknownTopicOrPartition.code(),
+            )))
         };
-        let appended = log.append_marker(producer_id, epoch, marker, 0);
-        pending.push((tp, log, appended));
+        pending.push((tp, written));
     }
-    for (tp, log, appended) in pending {
-        let info = match appended.await {
-            Ok(info) => info,
-            Err(StorageError::InvalidProducerEpoch { current, .. }) => {
-                // A newer epoch wrote here: the transaction this marker closes is gone.
-                warn!(partition = %tp, producer_id, epoch, current, "marker refused: a newer producer epoch wrote here");
-                continue;
+    let mut out = Vec::with_capacity(pending.len());
+    for (tp, written) in pending {
+        let code = match written.await {
+            Ok(()) => {
+                if tp.topic.as_str() == OFFSETS_TOPIC {
+                    shard
+                        .groups
+                        .complete_txn(tp.partition, producer_id, marker == Marker::Commit);
+                }
+                0
             }
-            Err(e) => {
-                warn!(partition = %tp, error = %e, "writing a transaction marker failed");
-                return Err(ResponseError::NotCoordinator);
-            }
+            Err(code) => code,
         };
-        if let Err(e) = log.wait_durable(&info).await {
-            warn!(partition = %tp, error = %e, "a transaction marker did not become durable");
-            return Err(ResponseError::NotCoordinator);
-        }
-        if tp.topic.as_str() == OFFSETS_TOPIC {
-            shard
-                .groups
-                .complete_txn(tp.partition, producer_id, marker == Marker::Commit);
-        }
+        out.push((tp, code));
     }
-    Ok(())
+    out
 }
 
 /// Read a `__transaction_state` partition from its log start to its high watermark: the
@@ -1061,6 +1454,17 @@ async fn replay_log(
 /// restart left prepared), then every `transaction_abort_interval_ms`.
 pub fn spawn_ticker(shard: Rc<Shard>) {
     let every = Duration::from_millis(shard.config.transaction_abort_interval_ms);
+    if shard.is_cluster() {
+        // Leadership of the replicated `__transaction_state` partitions, followed as often
+        // as the group coordinator follows `__consumer_offsets`.
+        let follower = shard.clone();
+        runtime::spawn_detached(async move {
+            while !follower.stopping.get() {
+                follower.txns.follow_leadership(&follower);
+                runtime::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
     runtime::spawn_detached(async move {
         loop {
             if shard.stopping.get() {

@@ -31,6 +31,7 @@ Modes:
   expect TOPIC NAME:N...  read_committed holds exactly the named records
 """
 
+import os
 import sys
 import time
 import uuid
@@ -40,6 +41,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 PARTITIONS = 4
 DEADLINE_S = 60
+# Replication factor of the topics the script creates (3 against a three-broker cluster).
+REPLICATION = int(os.environ.get("SLUICE_TEST_REPLICATION", "1"))
 
 
 def fail(msg):
@@ -50,7 +53,8 @@ def fail(msg):
 
 def create_topic(bootstrap, topic, partitions=PARTITIONS):
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                       replication_factor=REPLICATION)])
     try:
         fs[topic].result(timeout=30)
     except KafkaException as e:

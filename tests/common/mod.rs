@@ -24,11 +24,12 @@ pub mod load;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -1285,4 +1286,62 @@ pub fn raw_metadata_leaders(
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// A running `transactions.py` whose stdout lines arrive on a channel.
+pub struct Script {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Script {
+    /// `transactions.py BOOTSTRAP args...`.
+    pub fn spawn(bootstrap: &str, args: &[&str]) -> Script {
+        Script::spawn_env(bootstrap, args, &[])
+    }
+
+    /// [`Script::spawn`] with environment variables (`SLUICE_TEST_REPLICATION=3` against a
+    /// cluster).
+    pub fn spawn_env(bootstrap: &str, args: &[&str], env: &[(&str, &str)]) -> Script {
+        let mut child = python_command("transactions.py")
+            .arg(bootstrap)
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn transactions.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Script { child, lines }
+    }
+
+    /// Wait until `count` lines containing `needle` were printed; false at the deadline or
+    /// if the script ended first.
+    pub fn wait_for(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        while seen < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => seen += 1,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,11 +1,9 @@
 //! FindCoordinator (key 10), versions 0-6: on a one-node broker, this broker
-//! coordinates every group (key type 0); in a cluster, the leader of the group's
-//! `__consumer_offsets` partition does, as this broker's replica of it knows the leader, or
-//! the leader's notices tell a broker holding no replica (COORDINATOR_NOT_AVAILABLE,
-//! retriable, while there is none: during an election, before the topic exists). v4+ answers a batch
-//! of keys. Transactions (key type 1): on a one-node broker, this broker (the shard owning
-//! the id's `__transaction_state` partition runs it); in a cluster transactions are not
-//! served yet: COORDINATOR_NOT_AVAILABLE.
+//! coordinates every group (key type 0) and transactional id (key type 1); in a cluster, the
+//! leader of the group's `__consumer_offsets` partition (of the id's `__transaction_state`
+//! partition) does, as this broker's replica of it knows the leader, or the leader's notices
+//! tell a broker holding no replica (COORDINATOR_NOT_AVAILABLE, retriable, while there is
+//! none: during an election, before the topic exists). v4+ answers a batch of keys.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -13,16 +11,18 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 use kafka_protocol::protocol::StrBytes;
 
 use super::{HandlerError, RequestContext, str_bytes};
-use crate::constants::OFFSETS_TOPIC;
+use crate::constants::{OFFSETS_TOPIC, TXN_TOPIC};
 use crate::types::TopicPartition;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-/// The coordinator of `group`: (node, host, port), or why there is none now.
+/// The coordinator of `key` (a group in `__consumer_offsets`, a transactional id in
+/// `__transaction_state`, per `topic`): (node, host, port), or why there is none now.
 async fn coordinator_of(
     ctx: &RequestContext,
-    group: &str,
+    topic: &'static str,
+    key: &str,
 ) -> Result<Result<(BrokerId, String, i32), String>, HandlerError> {
     let config = &ctx.shard.config;
     if !ctx.shard.is_cluster() {
@@ -32,14 +32,18 @@ async fn coordinator_of(
         return Ok(Ok((BrokerId(config.node_id), host, port)));
     }
     let catalog = ctx.shard.catalog();
-    let Some(meta) = catalog.get(OFFSETS_TOPIC) else {
+    let Some(meta) = catalog.get(topic) else {
+        if topic == TXN_TOPIC {
+            crate::cluster::metadata::create_txn_topic_soon(&ctx.shard);
+            return Ok(Err(format!("{topic} is being created: retry")));
+        }
         return Ok(Err(format!(
-            "{OFFSETS_TOPIC} is created once offsets_topic_replication_factor brokers have registered"
+            "{topic} is created once offsets_topic_replication_factor brokers have registered"
         )));
     };
-    let p = crate::group::offsets_partition(group, meta.partitions);
+    let p = crate::group::offsets_partition(key, meta.partitions);
     let leader = if meta.is_replicated() {
-        let tp = TopicPartition::new(OFFSETS_TOPIC, p);
+        let tp = TopicPartition::new(topic, p);
         let owner = ctx.shard.owner_of(&tp);
         let topic_id = meta.id;
         ctx.shard
@@ -49,15 +53,15 @@ async fn coordinator_of(
                     .map(|(l, _)| l)
             })
             .await?
-    } else {
+    } else if topic == OFFSETS_TOPIC {
         // A cluster formed before the topic was replicated: its partitions are local, each
         // served by its designated broker.
         Some(super::metadata::designated_broker(&catalog, p))
+    } else {
+        return Ok(Err(format!("{topic} is not replicated: not served")));
     };
     let Some(id) = leader else {
-        return Ok(Err(format!(
-            "no leader known here for {OFFSETS_TOPIC}-{p}: retry"
-        )));
+        return Ok(Err(format!("no leader known here for {topic}-{p}: retry")));
     };
     Ok(match catalog.brokers.get(&id) {
         Some(b) => Ok((BrokerId(b.id), b.host.clone(), b.port)),
@@ -66,7 +70,7 @@ async fn coordinator_of(
 }
 
 /// (error code, message) for a key, or None if this broker coordinates it.
-fn refusal(key_type: i8, key: &str, cluster: bool) -> Option<(i16, String)> {
+fn refusal(key_type: i8, key: &str) -> Option<(i16, String)> {
     match key_type {
         KEY_TYPE_GROUP if key.is_empty() => Some((
             ResponseError::InvalidRequest.code(),
@@ -76,10 +80,6 @@ fn refusal(key_type: i8, key: &str, cluster: bool) -> Option<(i16, String)> {
         KEY_TYPE_TRANSACTION if key.is_empty() => Some((
             ResponseError::InvalidRequest.code(),
             "the transactional id is empty".into(),
-        )),
-        KEY_TYPE_TRANSACTION if cluster => Some((
-            ResponseError::CoordinatorNotAvailable.code(),
-            "transactions are not served by a cluster yet".into(),
         )),
         KEY_TYPE_TRANSACTION => None,
         t => Some((
@@ -95,10 +95,15 @@ pub async fn handle(
 ) -> Result<FindCoordinatorResponse, HandlerError> {
     // Why `key` of `key_type` gets no coordinator, or the coordinator.
     let answer = |key_type: i8, key: String| async move {
-        if let Some(refused) = refusal(key_type, &key, ctx.shard.is_cluster()) {
+        if let Some(refused) = refusal(key_type, &key) {
             return Ok::<_, HandlerError>((key, Err(refused)));
         }
-        let found = coordinator_of(ctx, &key)
+        let topic = if key_type == KEY_TYPE_TRANSACTION {
+            TXN_TOPIC
+        } else {
+            OFFSETS_TOPIC
+        };
+        let found = coordinator_of(ctx, topic, &key)
             .await?
             .map_err(|why| (ResponseError::CoordinatorNotAvailable.code(), why));
         Ok((key, found))

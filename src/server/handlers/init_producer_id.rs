@@ -11,9 +11,9 @@
 //! With a transactional id, the transaction coordinator of the id (`crate::txn`) answers:
 //! a new producer id for a new id, else the id's producer id with the next epoch, after
 //! aborting the transaction the previous producer left open (which fences it). An empty
-//! transactional id is INVALID_REQUEST, as Kafka answers. In a cluster transactions are not
-//! served yet: TRANSACTIONAL_ID_AUTHORIZATION_FAILED, so a transactional client fails at
-//! once and clearly instead of half-working.
+//! transactional id is INVALID_REQUEST, as Kafka answers. In a cluster the coordinator is the
+//! broker leading the id's `__transaction_state` partition; new producer ids come from the
+//! controller's block as for idempotent producers.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
@@ -38,11 +38,6 @@ pub async fn handle(
     };
     match req.transactional_id.as_ref().map(|t| t.0.to_string()) {
         Some(id) if id.is_empty() => return Ok(error(ResponseError::InvalidRequest.code())),
-        Some(_) if ctx.shard.is_cluster() => {
-            return Ok(error(
-                ResponseError::TransactionalIdAuthorizationFailed.code(),
-            ));
-        }
         Some(id) => {
             let timeout_ms = req.transaction_timeout_ms;
             let tid = id.clone();

@@ -6,7 +6,9 @@
 //! by the group's coordinator as a transactional batch of the producer to the group's
 //! `__consumer_offsets` partition; they take effect when the transaction's COMMIT marker
 //! lands there (`GroupCoordinator::complete_txn`). Membership is checked as Kafka does since
-//! KIP-447 (v3+ carries the member id and generation).
+//! KIP-447 (v3+ carries the member id and generation). In a cluster the transaction
+//! coordinator is not asked (it may be another broker), as Kafka's group coordinator does
+//! not ask it before KIP-890; the partition's leader still refuses an old producer epoch.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::txn_offset_commit_response::{
@@ -98,10 +100,17 @@ pub async fn handle(
     };
     let partition = (offsets_tp.topic.to_string(), offsets_tp.partition);
     let tid = id.clone();
-    let check = crate::txn::on_coordinator(&ctx.shard, &id, move |s| async move {
-        s.txns.check_ongoing(&tid, producer_id, epoch, &partition)
-    })
-    .await?;
+    // In a cluster the transaction coordinator may be another broker: as Kafka's group
+    // coordinator (before KIP-890), this one does not ask it; the producer's epoch is still
+    // checked against the producer state of the group's partition.
+    let check = if ctx.shard.is_cluster() {
+        Ok(Ok(()))
+    } else {
+        crate::txn::on_coordinator(&ctx.shard, &id, move |s| async move {
+            s.txns.check_ongoing(&tid, producer_id, epoch, &partition)
+        })
+        .await?
+    };
     let mut errors = match check.and_then(|r| r) {
         Err(e) => all(super::txn_error(e, ctx.version, 3), &topics),
         Ok(()) if topics.is_empty() => Vec::new(),

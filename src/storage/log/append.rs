@@ -196,12 +196,12 @@ impl PartitionLog {
             let control = h.attributes & batch::ATTR_CONTROL != 0;
             match mode {
                 Mode::Follower => {
-                    // A follower stores the control batches Raft writes for its own entries
-                    // (`replication::entry`): no producer, not transactional. Transactions
-                    // are not replicated yet.
-                    let raft_control = !transactional && h.producer_id < 0;
-                    if (transactional || control) && !raft_control && origin != Origin::Journal {
-                        return Err(StorageError::Transactional);
+                    // Stored as the leader wrote them: Raft's own control batches (no
+                    // producer), transactional batches and their markers (a producer id).
+                    if transactional && h.producer_id < 0 {
+                        return Err(StorageError::InvalidRecord(
+                            "a transactional batch without a producer id".into(),
+                        ));
                     }
                 }
                 Mode::Leader => {

@@ -169,6 +169,15 @@ impl PartitionLog {
         self.state.borrow().producers.check(h)
     }
 
+    /// A replicated partition's leader checking a transaction marker's epoch against the
+    /// producer state of what its log holds: not older than the producer's.
+    pub fn check_producer_epoch(
+        &self,
+        h: &crate::storage::batch::BatchHeader,
+    ) -> Result<(), StorageError> {
+        self.state.borrow().producers.check_epoch(h)
+    }
+
     /// The leader-epoch cache, oldest first.
     pub fn leader_epochs(&self) -> Vec<EpochEntry> {
         self.state.borrow().epochs.entries().to_vec()
