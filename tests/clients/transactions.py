@@ -312,14 +312,19 @@ def copy(bootstrap, src, dst):
         if not c.assignment():
             continue
         if ends is None:
-            ends = {i: c.get_watermark_offsets(TopicPartition(src, i), 10)[1]
-                    for i in range(PARTITIONS)}
+            # One past each partition's last record: the log end may lie past control
+            # batches (a replicated partition's leader changes), which no consumer position
+            # reaches.
+            ends = {i: 0 for i in range(PARTITIONS)}
+            for (part, off, _, _) in read_all(bootstrap, src, "read_committed"):
+                ends[part] = max(ends[part], off + 1)
         committed = c.committed([TopicPartition(src, i) for i in range(PARTITIONS)], 10)
         if all(tp.offset >= ends[tp.partition] for tp in committed):
             print("copy done", flush=True)
             c.close()
             return
-    fail("the copier did not finish")
+    fail(f"the copier did not finish: assignment {c.assignment()}, ends {ends}, committed "
+         f"{c.committed([TopicPartition(src, i) for i in range(PARTITIONS)], 10)}")
 
 
 def verify(bootstrap, src, dst, n):
