@@ -14,7 +14,12 @@
 //! - idempotent producers (a third of the proposals, from three producers that retry a batch
 //!   until it is acknowledged, and now and then send an acknowledged batch again): a batch is
 //!   stored once, every acknowledgement of it names the same offsets, and each producer's
-//!   sequences follow one another in the log.
+//!   sequences follow one another in the log;
+//! - transactions: the first of those producers writes transactional batches, and the leader
+//!   now and then proposes a COMMIT or ABORT marker for it (as WriteTxnMarkers does): every
+//!   replica reports the same last stable offset and aborted transactions, and those of a
+//!   replay of the agreed log (Kafka's rules, `ProducerStateTable`) when no prefix was
+//!   deleted.
 //!
 //! The log's prefix goes too: the leader moves the log start now and then (DeleteRecords, a
 //! Raft entry every replica applies) and replicas compact their Raft log below it or below a
@@ -43,11 +48,13 @@ use crate::cluster::catalog::Catalog;
 use crate::cluster::metadata::{self, MetaRecord};
 use crate::storage::batch::{
     self,
-    test_util::{encode_batch, encode_idempotent},
+    test_util::{encode_batch, encode_idempotent, encode_transactional},
 };
 use crate::storage::io::{Env, ManualClock, SyncScope};
 use crate::storage::log::LogConfig;
+use crate::storage::producer_state::{Marker, ProducerStateTable};
 use crate::storage::sim::{Faults, SimDisk, SimRng};
+use crate::types::Offset;
 
 const NODES: u64 = 3;
 const STEPS: u64 = 1_500;
@@ -121,6 +128,8 @@ struct Producer {
 }
 
 const PRODUCERS: i64 = 3;
+/// The producer whose batches are transactional.
+const TXN_PRODUCER: i64 = 0;
 /// The simulated wall clock's start (ms since the epoch).
 const CLOCK_START_MS: i64 = 1_700_000_000_000;
 
@@ -137,6 +146,9 @@ struct Stats {
     deferred: u64,
     /// Distinct idempotent batches acknowledged.
     idempotent: u64,
+    /// Transaction markers committed, and aborted transactions the check compared.
+    markers: u64,
+    aborted_txns: u64,
     /// Snapshots installed, and compactions of a replica's own log.
     snapshots: u64,
     compactions: u64,
@@ -174,6 +186,8 @@ struct Sim {
     /// Refusals an idempotent producer that retries in order must never get (a sequence gap,
     /// a stale epoch): (producer id, sequence, error).
     refused: Rc<RefCell<Vec<(i64, i32, String)>>>,
+    /// Transaction markers acknowledged (committed).
+    markers: Rc<Cell<u64>>,
 }
 
 /// One message in a frame of its own, as a broker would send it.
@@ -243,6 +257,7 @@ impl Sim {
             compactions: 0,
             metadata: seed % 4 == 3,
             refused: Rc::default(),
+            markers: Rc::default(),
         }
     }
 
@@ -357,6 +372,30 @@ impl Sim {
         else {
             return;
         };
+        // Now and then the transactional producer's transaction ends: a COMMIT or ABORT
+        // marker from the leader (a marker with nothing open closes nothing).
+        if !self.metadata && self.rng.chance(0.04) {
+            self.next_payload += 1;
+            let marker = if self.rng.chance(0.5) {
+                Marker::Commit
+            } else {
+                Marker::Abort
+            };
+            let fut = r.propose_marker(TXN_PRODUCER, 0, marker, 0, CLOCK_START_MS);
+            let (markers, refused) = (self.markers.clone(), self.refused.clone());
+            crate::runtime::spawn_detached(async move {
+                match fut.await {
+                    Ok(_) => markers.set(markers.get() + 1),
+                    Err(e) if e.kafka_error_code() == 47 => {
+                        refused
+                            .borrow_mut()
+                            .push((TXN_PRODUCER, -1, format!("marker: {e}")))
+                    }
+                    Err(_) => {}
+                }
+            });
+            return;
+        }
         let Some(p) = self.next_proposal() else {
             return;
         };
@@ -392,10 +431,12 @@ impl Sim {
             None => {
                 let seq = prod.next_seq.get();
                 // Timestamps near the simulated clock: producer state expires by batch age.
-                (
-                    seq,
-                    encode_idempotent(pid, 0, seq, count, CLOCK_START_MS + ts),
-                )
+                let encode = if pid == TXN_PRODUCER {
+                    encode_transactional
+                } else {
+                    encode_idempotent
+                };
+                (seq, encode(pid, 0, seq, count, CLOCK_START_MS + ts))
             }
         };
         prod.in_flight.set(true);
@@ -802,7 +843,7 @@ impl Sim {
                     h.producer_id, h.base_sequence, h.base_offset, h.partition_leader_epoch
                 );
             }
-            if h.producer_id >= 0 {
+            if h.producer_id >= 0 && h.attributes & batch::ATTR_CONTROL == 0 {
                 // The first batch kept may follow deleted ones.
                 let want = next_seq.entry(h.producer_id).or_insert(if from > 0 {
                     h.base_sequence
@@ -817,6 +858,66 @@ impl Sim {
                 *want = h.base_sequence + h.last_offset_delta + 1;
             }
         }
+        // Transactions, against a replay of the agreed log from `from` with Kafka's rules
+        // (`ProducerStateTable`): every replica lists the same aborted transactions that have
+        // records at or past `from` (each from its first record there: a replica whose log
+        // begins later, by a snapshot or its own retention, knows a transaction from the first
+        // of its batches it holds), and its last stable offset is at most the replay's (it
+        // never exposes a record of an open transaction), the same when nothing was deleted.
+        let mut model = ProducerStateTable::default();
+        for b in by_base.values() {
+            let h = batch::BatchHeader::parse(b).expect("parse");
+            model.replay(&h, b);
+        }
+        let model_lso = model.last_stable_offset(hw0).max(from);
+        // (producer, its first record at or past `first`, marker), None without such a record.
+        let normalize = |pid: i64, first: i64, last: i64| {
+            by_base
+                .range(first.max(from)..last)
+                .find(|(_, b)| {
+                    batch::BatchHeader::parse(b).is_ok_and(|h| {
+                        h.producer_id == pid && h.attributes & batch::ATTR_CONTROL == 0
+                    })
+                })
+                .map(|(at, _)| (pid, *at, last))
+        };
+        let model_aborted: Vec<(i64, i64, i64)> = model
+            .aborted_between(from, model_lso)
+            .iter()
+            .filter_map(|a| normalize(a.producer_id, a.first_offset, a.last_offset))
+            .collect();
+        for n in &self.nodes {
+            let log = n.replica.as_ref().expect("up").log();
+            let lso = log.last_stable_offset().0.max(from);
+            let read = log
+                .read_chunks_committed(Offset(from), 1)
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: node {} read_committed: {e}", n.id));
+            let aborted: Vec<(i64, i64, i64)> = read
+                .aborted
+                .iter()
+                .filter(|a| a.last_offset < lso)
+                .filter_map(|a| normalize(a.producer_id, a.first_offset, a.last_offset))
+                .collect();
+            assert!(
+                lso <= model_lso && (from > 0 || lso == model_lso),
+                "seed {seed}: node {} last stable offset {lso}, a replay of the agreed log \
+                 {model_lso} (compared from offset {from})",
+                n.id
+            );
+            let model_below: Vec<_> = model_aborted
+                .iter()
+                .filter(|a| a.2 < lso)
+                .copied()
+                .collect();
+            assert_eq!(
+                aborted, model_below,
+                "seed {seed}: node {}'s aborted transactions differ from a replay of the agreed \
+                 log (compared from offset {from})",
+                n.id
+            );
+        }
+        let aborted_txns = model_aborted.len() as u64;
         // Metadata: replaying the agreed log with the brokers' rule, every applied record
         // follows the one before (so no producer-id block is handed out twice), every node's
         // applier reached the same catalog, and each proposal is in the log once.
@@ -864,6 +965,8 @@ impl Sim {
             compactions,
             deferred: self.deferred_proposals + live().map(|r| r.deferred_proposals()).sum::<u64>(),
             idempotent: idempotent.len() as u64,
+            markers: self.markers.get(),
+            aborted_txns,
             acked: acked.len() as u64,
             terms: self.leaders.len() as u64,
             crashes: self.crashes,
@@ -910,6 +1013,8 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
                 total.log_reads += s.log_reads;
                 total.deferred += s.deferred;
                 total.idempotent += s.idempotent;
+                total.markers += s.markers;
+                total.aborted_txns += s.aborted_txns;
                 total.snapshots += s.snapshots;
                 total.compactions += s.compactions;
                 total.meta_applied += s.meta_applied;
@@ -923,11 +1028,13 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
         }
     }
     eprintln!(
-        "raft simulation: {} acknowledged proposals ({} idempotent batches), {} deferred \
-         proposals, {} terms with a leader, {} crashes, {} catch-up reads of a log, {} \
+        "raft simulation: {} acknowledged proposals ({} idempotent batches, {} transaction \
+         markers, {} aborted transactions compared), {} deferred proposals, {} terms with a leader, {} crashes, {} catch-up reads of a log, {} \
          compactions, {} snapshots installed, {} metadata records applied and {} refused",
         total.acked,
         total.idempotent,
+        total.markers,
+        total.aborted_txns,
         total.deferred,
         total.terms,
         total.crashes,
@@ -945,6 +1052,10 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
     assert!(
         total.deferred > 0 && total.idempotent > 0,
         "the deferred and idempotent paths were exercised"
+    );
+    assert!(
+        total.markers > 0 && total.aborted_txns > 0,
+        "transactions were written, and some aborted"
     );
     assert!(
         total.compactions > 0 && total.snapshots > 0,
