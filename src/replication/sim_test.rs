@@ -858,6 +858,8 @@ impl Sim {
                 *want = h.base_sequence + h.last_offset_delta + 1;
             }
         }
+        let acked_count = acked.len() as u64;
+        drop(acked);
         // Transactions, against a replay of the agreed log from `from` with Kafka's rules
         // (`ProducerStateTable`): every replica lists the same aborted transactions that have
         // records at or past `from` (each from its first record there: a replica whose log
@@ -967,7 +969,7 @@ impl Sim {
             idempotent: idempotent.len() as u64,
             markers: self.markers.get(),
             aborted_txns,
-            acked: acked.len() as u64,
+            acked: acked_count,
             terms: self.leaders.len() as u64,
             crashes: self.crashes,
             log_reads: self.log_reads
