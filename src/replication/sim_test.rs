@@ -773,7 +773,7 @@ impl Sim {
             epoch = h.partition_leader_epoch;
             by_base.insert(h.base_offset, log0.slice(pos..pos + size));
         }
-        let acked = self.acked.borrow();
+        let acked = self.acked.borrow().clone();
         let mut timestamps = BTreeSet::new();
         assert!(
             self.refused.borrow().is_empty(),
@@ -858,8 +858,6 @@ impl Sim {
                 *want = h.base_sequence + h.last_offset_delta + 1;
             }
         }
-        let acked_count = acked.len() as u64;
-        drop(acked);
         // Transactions, against a replay of the agreed log from `from` with Kafka's rules
         // (`ProducerStateTable`): every replica lists the same aborted transactions that have
         // records at or past `from` (each from its first record there: a replica whose log
@@ -969,7 +967,7 @@ impl Sim {
             idempotent: idempotent.len() as u64,
             markers: self.markers.get(),
             aborted_txns,
-            acked: acked_count,
+            acked: acked.len() as u64,
             terms: self.leaders.len() as u64,
             crashes: self.crashes,
             log_reads: self.log_reads
