@@ -12,7 +12,9 @@ For each size (1, 10, 100 records of 1 KiB, acks=all) and each mode it runs for 
 and prints rounds per second and the latency percentiles of each, and the ratio of the two.
 
 Usage: tests/clients/.venv/bin/python3 benches/transactions.py BOOTSTRAP [--seconds S]
-       [--sizes 1,10,100] [--partitions 4]
+       [--sizes 1,10,100] [--partitions 4] [--replication 1]
+
+Against a cluster, pass every broker in BOOTSTRAP and --replication 3.
 
 The Python clients are the tests' (tools/test.sh setup installs them).
 """
@@ -34,9 +36,10 @@ def percentile(sorted_values, q):
     return sorted_values[i]
 
 
-def create_topic(bootstrap, topic, partitions):
+def create_topic(bootstrap, topic, partitions, replication):
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                       replication_factor=replication)])
     try:
         fs[topic].result(timeout=30)
     except KafkaException as e:
@@ -78,10 +81,12 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--sizes", default="1,10,100")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--replication", type=int, default=1,
+                    help="replication factor of the topic (3 against a three-broker cluster)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     topic = f"bench-txn-{uuid.uuid4().hex[:8]}"
-    create_topic(args.bootstrap, topic, args.partitions)
+    create_topic(args.bootstrap, topic, args.partitions, args.replication)
     payload = b"x" * 1024
     common = {"bootstrap.servers": args.bootstrap, "linger.ms": 0, "acks": "all"}
     txn = Producer({**common, "transactional.id": f"bench-{uuid.uuid4().hex[:8]}"})

@@ -507,6 +507,18 @@ mod tests {
             within(fence).await.unwrap();
             let stale = within(l.propose_marker(9, 0, Marker::Commit, 0, 1_007)).await;
             assert_eq!(stale.unwrap_err().kafka_error_code(), 47);
+            // Coordinator epochs: a marker from an older coordinator than the last one here is
+            // refused (TRANSACTION_COORDINATOR_FENCED), also when the newer one is only
+            // proposed.
+            within(l.propose_marker(9, 1, Marker::Commit, 5, 1_009))
+                .await
+                .unwrap();
+            let late = within(l.propose_marker(9, 1, Marker::Abort, 4, 1_010)).await;
+            assert_eq!(late.unwrap_err().kafka_error_code(), 52);
+            let newer = l.propose_marker(9, 1, Marker::Commit, 7, 1_011);
+            let older = l.propose_marker(9, 1, Marker::Commit, 6, 1_012);
+            assert_eq!(within(older).await.unwrap_err().kafka_error_code(), 52);
+            within(newer).await.unwrap();
             let control = crate::storage::batch::encode_marker(5, 0, Marker::Commit, 0, 1_008);
             assert!(within(l.propose(control, Acks::All)).await.is_err());
             // Every replica: the same high watermark, last stable offset, aborted list.

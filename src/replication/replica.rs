@@ -197,6 +197,9 @@ pub struct Replica {
     /// offsets): with the log's producer state, what a new batch of the producer is checked
     /// against.
     proposed_producers: RefCell<HashMap<i64, Vec<BatchHeader>>>,
+    /// Transaction markers this leader proposed that its log does not hold yet: (producer
+    /// id, base offset, coordinator epoch), for the coordinator-epoch check of later ones.
+    proposed_markers: RefCell<Vec<(i64, i64, i32)>>,
     /// Sequence gaps waiting for their read index, by its context.
     gap_checks: RefCell<BTreeMap<u64, GapCheck>>,
     /// Read indexes asked for inside a ready cycle, asked of Raft after its `advance`.
@@ -403,6 +406,7 @@ impl Replica {
             deferred_total: Cell::new(0),
             elections_won: Cell::new(0),
             proposed_producers: RefCell::new(HashMap::new()),
+            proposed_markers: RefCell::new(Vec::new()),
             gap_checks: RefCell::new(BTreeMap::new()),
             reads_to_ask: RefCell::new(Vec::new()),
             next_read: Cell::new(0),
@@ -981,8 +985,15 @@ impl Replica {
             .into());
         }
         let idempotent = !marker && batches.iter().any(|(_, _, h)| h.producer_id >= 0);
+        // A transaction marker's coordinator epoch (None: another coordinator batch).
+        let marker_epoch = if marker {
+            let (pos, size, _) = batches[0];
+            batch::marker_of(&records[pos..pos + size]).map(|(_, e)| e)
+        } else {
+            None
+        };
         if marker {
-            self.check_marker_epoch(&first_header)?;
+            self.check_marker_epoch(&node, &first_header, marker_epoch)?;
         }
         if idempotent {
             if batches.len() > 1 {
@@ -1048,11 +1059,21 @@ impl Replica {
             if idempotent || marker {
                 self.note_proposed(&first_header, base);
             }
+            if let Some(ce) = marker_epoch {
+                self.proposed_markers
+                    .borrow_mut()
+                    .push((first_header.producer_id, base, ce));
+            }
             return Ok(rx);
         }
         let index = self.step_proposal(&mut node, entries)?;
         if idempotent || marker {
             self.note_proposed(&first_header, base);
+        }
+        if let Some(ce) = marker_epoch {
+            self.proposed_markers
+                .borrow_mut()
+                .push((first_header.producer_id, base, ce));
         }
         self.wait_for(
             index,
@@ -1137,18 +1158,64 @@ impl Replica {
 
     /// A marker's epoch may not be older than the producer's: in the log, or in what this
     /// leader proposed and its log does not hold yet.
-    fn check_marker_epoch(&self, h: &BatchHeader) -> Result<(), ReplicaError> {
-        self.log.check_producer_epoch(h)?;
-        if let Some(current) = self
-            .proposed_producers
-            .borrow()
-            .get(&h.producer_id)
-            .and_then(|p| p.iter().map(|b| b.producer_epoch).max())
+    fn check_marker_epoch(
+        &self,
+        node: &RawNode<RaftStore>,
+        h: &BatchHeader,
+        coordinator_epoch: Option<i32>,
+    ) -> Result<(), ReplicaError> {
+        self.log
+            .check_producer_epoch(h, coordinator_epoch.unwrap_or(i32::MAX))?;
+        // Not in the log yet: a previous leader's entries this replica has not persisted, then
+        // what this leader proposed.
+        let term = node.raft.term;
+        let mut epochs: Vec<(i16, Option<i32>)> = node
+            .raft
+            .raft_log
+            .unstable
+            .entries
+            .iter()
+            .take_while(|e| e.term < term)
+            .filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty())
+            .filter_map(|e| {
+                let b = BatchHeader::parse(&e.data).ok()?;
+                (b.producer_id == h.producer_id)
+                    .then(|| (b.producer_epoch, batch::marker_of(&e.data).map(|m| m.1)))
+            })
+            .collect();
+        if let Some(p) = self.proposed_producers.borrow().get(&h.producer_id) {
+            epochs.extend(p.iter().map(|b| (b.producer_epoch, None)));
+        }
+        epochs.extend(
+            self.proposed_markers
+                .borrow()
+                .iter()
+                .filter(|(pid, _, _)| *pid == h.producer_id)
+                .map(|(_, _, ce)| (h.producer_epoch, Some(*ce))),
+        );
+        if let Some(current) = epochs
+            .iter()
+            .map(|(e, _)| *e)
+            .max()
             .filter(|e| *e > h.producer_epoch)
         {
             return Err(StorageError::InvalidProducerEpoch {
                 producer_id: h.producer_id,
                 epoch: h.producer_epoch,
+                current,
+            }
+            .into());
+        }
+        if let Some(ce) = coordinator_epoch
+            && let Some(current) = epochs
+                .iter()
+                .filter_map(|(_, c)| *c)
+                .max()
+                .filter(|c| *c > ce)
+        {
+            return Err(StorageError::CoordinatorFenced {
+                producer_id: h.producer_id,
+                coordinator_epoch: ce,
                 current,
             }
             .into());
@@ -1222,6 +1289,9 @@ impl Replica {
     /// Forget proposed batches the log now holds (below `log_end`), or, with `from`, the
     /// ones at or above it (proposals that failed).
     fn forget_proposed(&self, keep: impl Fn(i64) -> bool) {
+        self.proposed_markers
+            .borrow_mut()
+            .retain(|(_, base, _)| keep(*base));
         let mut proposed = self.proposed_producers.borrow_mut();
         for v in proposed.values_mut() {
             v.retain(|h| keep(h.base_offset));
@@ -1622,6 +1692,7 @@ impl Replica {
         self.store.installed();
         self.write_state().await?;
         self.proposed_producers.borrow_mut().clear();
+        self.proposed_markers.borrow_mut().clear();
         self.snapshots_installed
             .set(self.snapshots_installed.get() + 1);
         Ok(())
@@ -1707,6 +1778,8 @@ impl Replica {
         };
         if !leading {
             self.proposed_producers.borrow_mut().clear();
+            self.proposed_markers.borrow_mut().clear();
+            self.proposed_markers.borrow_mut().clear();
         }
         let leader = self.leader();
         {

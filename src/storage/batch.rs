@@ -306,6 +306,13 @@ fn varint(b: &[u8], at: usize) -> Option<(i64, usize)> {
 /// marker's (a Raft control batch, `replication::entry`). Reads the record's few leading
 /// fields only: control batches are never compressed.
 pub fn control_type(batch: &[u8]) -> Option<super::producer_state::Marker> {
+    marker_of(batch).map(|(m, _)| m)
+}
+
+/// A transaction marker batch's type and coordinator epoch (from its control record's key
+/// and value); None for any other batch. A marker whose value is missing or short counts
+/// with coordinator epoch -1.
+pub fn marker_of(batch: &[u8]) -> Option<(super::producer_state::Marker, i32)> {
     use super::producer_state::Marker;
     if batch.len() < HEADER_LEN {
         return None;
@@ -328,11 +335,20 @@ pub fn control_type(batch: &[u8]) -> Option<super::producer_state::Marker> {
     if key_len < 4 || batch.len() < at + 4 {
         return None;
     }
-    match be_i16(batch, at + 2) {
-        0 => Some(Marker::Abort),
-        1 => Some(Marker::Commit),
-        _ => None,
-    }
+    let marker = match be_i16(batch, at + 2) {
+        0 => Marker::Abort,
+        1 => Marker::Commit,
+        _ => return None,
+    };
+    // valueLength varint, value: version i16, coordinator epoch i32.
+    at += key_len as usize;
+    let coordinator_epoch = match varint(batch, at) {
+        Some((value_len, n)) if value_len >= 6 && batch.len() >= at + n + 6 => {
+            i32::from_be_bytes(batch[at + n + 2..at + n + 6].try_into().expect("4 bytes"))
+        }
+        _ => -1,
+    };
+    Some((marker, coordinator_epoch))
 }
 
 /// A transaction marker batch (Kafka's `EndTransactionMarker`): one control record, key
@@ -403,6 +419,9 @@ mod marker_tests {
                 (7, 3, -1)
             );
             assert_eq!(control_type(&b), Some(m));
+            assert_eq!(marker_of(&b), Some((m, 0)));
+            let fenced = encode_marker(7, 3, m, 12, 1_000);
+            assert_eq!(marker_of(&fenced), Some((m, 12)));
         }
         // Not a marker: a data batch, a cut one.
         let data = test_util::encode_batch(0, 1, 0, 10);

@@ -46,6 +46,17 @@ pub enum StorageError {
         sequence: i32,
         expected: i32,
     },
+    /// A transaction marker from a coordinator older than the one whose marker for this
+    /// producer is already here (a coordinator that lost its partition's leadership).
+    #[error(
+        "marker of producer {producer_id} from coordinator epoch {coordinator_epoch}, \
+         {current} wrote here"
+    )]
+    CoordinatorFenced {
+        producer_id: i64,
+        coordinator_epoch: i32,
+        current: i32,
+    },
     /// An idempotent batch from an epoch older than the producer's current
     /// one on this partition (a fenced producer).
     #[error("producer {producer_id} epoch {epoch} is older than the current epoch {current}")]
@@ -105,6 +116,7 @@ impl StorageError {
             // Kafka answers Produce with INVALID_PRODUCER_EPOCH (not
             // PRODUCER_FENCED) since 2.7, for every Produce version.
             StorageError::InvalidProducerEpoch { .. } => 47, // INVALID_PRODUCER_EPOCH
+            StorageError::CoordinatorFenced { .. } => 52,    // TRANSACTION_COORDINATOR_FENCED
             StorageError::DiskFull(_) => 56,                 // KAFKA_STORAGE_ERROR
             StorageError::Truncated { .. } => 6,             // NOT_LEADER_OR_FOLLOWER
             StorageError::NotContiguous { .. } => 1,         // OFFSET_OUT_OF_RANGE

@@ -29,10 +29,11 @@
 //! | 4 | producer count N |
 //! | N × entry | producer id i64, epoch i16, last timestamp i64, batch count u8 (1..=5), then per batch: first seq i32, last seq i32, base offset i64, last offset delta i32 |
 //! | N × entry (v2) | the same, then the first offset of the producer's open transaction i64 (-1: none); the batch count may be 0 |
+//! | N × entry (v3) | the same, then the coordinator epoch of the producer's last marker i32 (-1: none) |
 //! | v2: 4 + M × 24 | aborted transactions M, each producer id i64, first offset i64, last offset (its ABORT marker) i64 |
 //! | 4 | CRC32C of everything before |
 //!
-//! Version 2 (transactions) is written; version 1 is read.
+//! Version 3 (coordinator epochs) is written; versions 1 and 2 are read.
 //!
 //! # Transactions
 //! A transactional batch of a producer with no open transaction here opens
@@ -54,9 +55,11 @@ use crate::constants::{PRODUCER_BATCHES_KEPT, PRODUCER_ID_EXPIRATION_MS};
 /// Suffix of snapshot files (`<offset>.snapshot`).
 pub const SNAPSHOT_SUFFIX: &str = "snapshot";
 const SNAPSHOT_MAGIC: &[u8; 4] = b"SLPS";
-const SNAPSHOT_VERSION: u16 = 2;
+const SNAPSHOT_VERSION: u16 = 3;
 /// Snapshots written before transactions: no open transaction, no aborted list.
 const SNAPSHOT_VERSION_1: u16 = 1;
+/// Snapshots written before coordinator epochs: none known (-1).
+const SNAPSHOT_VERSION_2: u16 = 2;
 const ABORTED_LEN: usize = 8 + 8 + 8;
 const SNAPSHOT_HEADER_LEN: usize = 4 + 2 + 8 + 4;
 const ENTRY_HEADER_LEN: usize = 8 + 2 + 8 + 1;
@@ -91,6 +94,9 @@ pub struct ProducerEntry {
     len: u8,
     /// First offset of the producer's open transaction in this partition, -1 if none.
     pub txn_first_offset: i64,
+    /// The highest coordinator epoch of the producer's markers here (-1: none): a marker
+    /// from an older coordinator is refused (Kafka's TRANSACTION_COORDINATOR_FENCED).
+    pub coordinator_epoch: i32,
 }
 
 /// Equal if the logical content is (not the ring's layout).
@@ -99,6 +105,7 @@ impl PartialEq for ProducerEntry {
         self.epoch == other.epoch
             && self.last_timestamp == other.last_timestamp
             && self.txn_first_offset == other.txn_first_offset
+            && self.coordinator_epoch == other.coordinator_epoch
             && self.batches().eq(other.batches())
     }
 }
@@ -114,6 +121,7 @@ impl ProducerEntry {
             start: 0,
             len: 0,
             txn_first_offset: -1,
+            coordinator_epoch: -1,
         }
     }
 
@@ -299,16 +307,41 @@ impl ProducerStateTable {
         }
     }
 
+    /// The check for a transaction marker: [`ProducerStateTable::check_epoch`], and its
+    /// coordinator epoch not older than that of the producer's markers here (a coordinator
+    /// that lost its partition to a newer one may still be sending markers: one arriving
+    /// after the newer coordinator's would close the producer's next transaction).
+    pub fn check_marker(
+        &self,
+        h: &BatchHeader,
+        coordinator_epoch: i32,
+    ) -> Result<(), StorageError> {
+        self.check_epoch(h)?;
+        match self.producers.get(&h.producer_id) {
+            Some(e) if coordinator_epoch < e.coordinator_epoch => {
+                Err(StorageError::CoordinatorFenced {
+                    producer_id: h.producer_id,
+                    coordinator_epoch,
+                    current: e.coordinator_epoch,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Follow a batch read from the log (recovery, snapshots' replay): a marker closes its
     /// producer's transaction, any other producer batch is [`ProducerStateTable::update`].
-    /// `batch` is the whole batch; only a control batch's first record key is read.
+    /// `batch` is the whole batch; only a control batch's one record is read.
     pub fn replay(&mut self, h: &BatchHeader, batch: &[u8]) {
         if h.producer_id < 0 {
             return;
         }
         if h.attributes & super::batch::ATTR_CONTROL != 0 {
-            if let Some(marker) = super::batch::control_type(batch) {
+            if let Some((marker, coordinator_epoch)) = super::batch::marker_of(batch) {
                 self.apply_marker(h, marker);
+                if let Some(e) = self.producers.get_mut(&h.producer_id) {
+                    e.coordinator_epoch = e.coordinator_epoch.max(coordinator_epoch);
+                }
             }
             return;
         }
@@ -466,7 +499,7 @@ impl ProducerStateTable {
         let body: usize = self
             .producers
             .values()
-            .map(|e| ENTRY_HEADER_LEN + e.len as usize * BATCH_META_LEN + 8)
+            .map(|e| ENTRY_HEADER_LEN + e.len as usize * BATCH_META_LEN + 8 + 4)
             .sum::<usize>()
             + 4
             + self.aborted.len() * ABORTED_LEN;
@@ -491,6 +524,7 @@ impl ProducerStateTable {
                 out.extend_from_slice(&b.last_offset_delta.to_be_bytes());
             }
             out.extend_from_slice(&e.txn_first_offset.to_be_bytes());
+            out.extend_from_slice(&e.coordinator_epoch.to_be_bytes());
         }
         out.extend_from_slice(&(self.aborted.len() as u32).to_be_bytes());
         for a in &self.aborted {
@@ -519,7 +553,7 @@ impl ProducerStateTable {
             return Err(bad("bad magic"));
         }
         let version = r.u16()?;
-        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_1 {
+        if !(SNAPSHOT_VERSION_1..=SNAPSHOT_VERSION).contains(&version) {
             return Err(bad("unknown version"));
         }
         let offset = r.i64()?;
@@ -534,7 +568,7 @@ impl ProducerStateTable {
             let mut e = ProducerEntry::new(r.i16()?);
             e.last_timestamp = r.i64()?;
             let n = r.take(1)?[0] as usize;
-            let none_allowed = version >= SNAPSHOT_VERSION;
+            let none_allowed = version >= SNAPSHOT_VERSION_2;
             if id < 0 || (n == 0 && !none_allowed) || n > PRODUCER_BATCHES_KEPT {
                 return Err(bad("bad producer entry"));
             }
@@ -554,7 +588,7 @@ impl ProducerStateTable {
                 }
                 e.push(b);
             }
-            if version >= SNAPSHOT_VERSION {
+            if version >= SNAPSHOT_VERSION_2 {
                 e.txn_first_offset = r.i64()?;
                 if e.txn_first_offset < -1 || e.txn_first_offset >= offset {
                     return Err(bad("open transaction past the snapshot"));
@@ -565,12 +599,15 @@ impl ProducerStateTable {
                     return Err(bad("two transactions open at one offset"));
                 }
             }
+            if version >= SNAPSHOT_VERSION {
+                e.coordinator_epoch = r.i32()?;
+            }
             if producers.insert(id, e).is_some() {
                 return Err(bad("producer listed twice"));
             }
         }
         let mut aborted = Vec::new();
-        if version >= SNAPSHOT_VERSION {
+        if version >= SNAPSHOT_VERSION_2 {
             let m = r.u32()? as usize;
             if m > (body.len() - r.pos) / ABORTED_LEN {
                 return Err(bad("bad aborted transaction count"));
@@ -818,8 +855,23 @@ mod tests {
             b.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
             b
         };
-        // Version 2: no open transaction (-1), no aborted transactions.
+        // Version 3: no open transaction (-1), no coordinator epoch (-1), no aborted
+        // transactions.
         let golden = with_crc(
+            [
+                &b"SLPS"[..],
+                &[0, 3],
+                &5i64.to_be_bytes(),
+                &entry,
+                &(-1i64).to_be_bytes(),
+                &(-1i32).to_be_bytes(),
+                &0u32.to_be_bytes(),
+            ]
+            .concat(),
+        );
+        assert_eq!(one.encode_snapshot(5), golden);
+        // Version 2, written before coordinator epochs, still reads.
+        let v2 = with_crc(
             [
                 &b"SLPS"[..],
                 &[0, 2],
@@ -830,7 +882,10 @@ mod tests {
             ]
             .concat(),
         );
-        assert_eq!(one.encode_snapshot(5), golden);
+        assert_eq!(
+            ProducerStateTable::decode_snapshot(&v2).unwrap(),
+            (5, one.clone())
+        );
         // Version 1, written before transactions, still reads.
         let v1 = with_crc([&b"SLPS"[..], &[0, 1], &5i64.to_be_bytes(), &entry].concat());
         assert_eq!(
@@ -945,6 +1000,30 @@ mod tests {
         assert_eq!(t.len(), 1);
         t.remove_expired(1000 + PRODUCER_ID_EXPIRATION_MS);
         assert!(t.is_empty());
+    }
+
+    /// A marker from an older coordinator (one that lost its `__transaction_state`
+    /// partition) is refused once a newer one's marker is here; the coordinator epoch
+    /// survives a snapshot.
+    #[test]
+    fn markers_of_an_older_coordinator_are_fenced() {
+        use crate::storage::batch::encode_marker;
+        let mut t = ProducerStateTable::default();
+        t.update(&txn_header(1, 0, 0, 2, 0));
+        let m = encode_marker(1, 0, Marker::Commit, 7, 1_000);
+        t.replay(&marker_header(1, 0, 2), &m);
+        assert_eq!(t.get(1).unwrap().coordinator_epoch, 7);
+        assert!(t.check_marker(&marker_header(1, 0, 3), 7).is_ok());
+        assert!(t.check_marker(&marker_header(1, 0, 3), 8).is_ok());
+        assert!(matches!(
+            t.check_marker(&marker_header(1, 0, 3), 6),
+            Err(StorageError::CoordinatorFenced { current: 7, .. })
+        ));
+        // A producer with no marker yet takes any coordinator epoch.
+        assert!(t.check_marker(&marker_header(2, 0, 3), 0).is_ok());
+        let (_, back) = ProducerStateTable::decode_snapshot(&t.encode_snapshot(3)).unwrap();
+        assert_eq!(back.get(1).unwrap().coordinator_epoch, 7);
+        assert!(back.check_marker(&marker_header(1, 0, 3), 6).is_err());
     }
 
     #[test]

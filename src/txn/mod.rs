@@ -322,14 +322,12 @@ impl TxnCoordinator {
     }
 
     /// Write `meta` as `id`'s state and wait until it is durable, then adopt it.
-    async fn write(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
-        let term = self.serving_term(shard, id);
+    async fn write(&self, shard: &Shard, id: &str, meta: TxnMeta, token: u64) -> TxnResult<()> {
+        self.still_holds(shard, id, token)?;
         let at = self.append_state(shard, id, Some(&meta))?.await?;
-        if self.serving_term(shard, id) != term {
-            // The partition's leadership moved meanwhile: its next load reads the record from
-            // the log, if it committed.
-            return Err(ResponseError::NotCoordinator);
-        }
+        // The partition's leadership may have moved meanwhile (and back): then the record is
+        // the next load's to read from the log, if it committed, not this turn's to adopt.
+        self.still_holds(shard, id, token)?;
         if let Some(e) = self.txns.borrow_mut().get_mut(id) {
             e.meta = meta;
             e.log_offset = e.log_offset.max(at);
@@ -342,11 +340,8 @@ impl TxnCoordinator {
     /// restarted coordinator write the (durable) markers again. The record is in the log
     /// before any later record of the id (appends keep call order), and a log that fails to
     /// write it fails every later write too.
-    fn write_behind(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<()> {
-        // The record goes at the log end or, behind a room queue, later: a lower bound.
-        let at = txn_tp(shard, id)
-            .and_then(|tp| shard.partition(&tp))
-            .map_or(-1, |log| log.log_end_offset().get());
+    fn write_behind(&self, shard: &Shard, id: &str, meta: TxnMeta, token: u64) -> TxnResult<()> {
+        self.still_holds(shard, id, token)?;
         let durable = self.append_state(shard, id, Some(&meta))?;
         let tid = id.to_string();
         runtime::spawn_detached(async move {
@@ -354,11 +349,37 @@ impl TxnCoordinator {
                 warn!(transactional_id = %tid, error = ?e, "a transaction's Complete record was not written: the restarted coordinator completes it again");
             }
         });
+        // The entry's record offset stays the last one known durable: compaction copies the id
+        // again if that is below its cut (a duplicate at worst), and never counts on this
+        // record, which a replicated log may still refuse.
         if let Some(e) = self.txns.borrow_mut().get_mut(id) {
             e.meta = meta;
-            e.log_offset = e.log_offset.max(at);
         }
         Ok(())
+    }
+
+    /// The transition holding `token` still owns `id`: the entry was not dropped and read
+    /// again (a leadership change of its partition) and, in a cluster, this shard still
+    /// serves the partition in the term it loaded it in. Checked before each write and
+    /// before adopting what a write returned.
+    fn still_holds(&self, shard: &Shard, id: &str, token: u64) -> TxnResult<()> {
+        let held = self
+            .txns
+            .borrow()
+            .get(id)
+            .is_some_and(|e| e.busy && e.turn == token);
+        if !held {
+            return Err(ResponseError::NotCoordinator);
+        }
+        let tp = txn_tp(shard, id).ok_or(ResponseError::NotCoordinator)?;
+        self.coordinating(shard, &tp)
+    }
+
+    /// The coordinator epoch this shard's markers for `id` carry: the term it serves the id's
+    /// partition in (0 on a one-node broker). Partitions refuse markers of an older one.
+    fn coordinator_epoch(&self, shard: &Shard, id: &str) -> i32 {
+        self.serving_term(shard, id)
+            .map_or(0, |t| i32::try_from(t).unwrap_or(i32::MAX))
     }
 
     /// Compaction of the `__transaction_state` partitions this shard owns, as the group
@@ -600,12 +621,15 @@ impl TxnCoordinator {
                     last_update_ms: now,
                     start_ms: -1,
                 };
-                self.write(shard, id, meta).await?;
+                self.write(shard, id, meta, token).await?;
                 Ok((pid, epoch))
             }
             .await;
             if result.is_err() {
-                self.txns.borrow_mut().remove(id);
+                let mut txns = self.txns.borrow_mut();
+                if txns.get(id).is_some_and(|e| e.turn == token) {
+                    txns.remove(id);
+                }
             }
             return result;
         };
@@ -620,7 +644,7 @@ impl TxnCoordinator {
             }
             TxnState::Ongoing => {
                 // Fence the producer holding the transaction and abort it.
-                meta = self.fence_and_abort(shard, id, meta).await?;
+                meta = self.fence_and_abort(shard, id, meta, token).await?;
             }
             _ => {}
         }
@@ -638,14 +662,20 @@ impl TxnCoordinator {
             last_update_ms: now,
             start_ms: -1,
         };
-        self.write(shard, id, next).await?;
+        self.write(shard, id, next, token).await?;
         Ok((pid, epoch))
     }
 
     /// Abort `meta`'s open transaction with the next epoch (so the producer that holds it is
     /// fenced at every partition the markers reach): PrepareAbort, markers, CompleteAbort.
     /// Called with the id's turn held. Returns the completed state.
-    async fn fence_and_abort(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<TxnMeta> {
+    async fn fence_and_abort(
+        &self,
+        shard: &Shard,
+        id: &str,
+        meta: TxnMeta,
+        token: u64,
+    ) -> TxnResult<TxnMeta> {
         // Up to i16::MAX, as Kafka fences: the markers must raise every partition's epoch
         // (InitProducerId then moves to a fresh producer id).
         let epoch = meta.producer_epoch.saturating_add(1);
@@ -661,13 +691,19 @@ impl TxnCoordinator {
             last_update_ms: self.clock.wall_ms(),
             ..meta
         };
-        self.write(shard, id, prepared.clone()).await?;
-        self.complete(shard, id, prepared).await
+        self.write(shard, id, prepared.clone(), token).await?;
+        self.complete(shard, id, prepared, token).await
     }
 
     /// Write the markers of a prepared transaction and then its Complete state. Called with
     /// the id's turn held. An error leaves it prepared: the ticker tries again.
-    async fn complete(&self, shard: &Shard, id: &str, meta: TxnMeta) -> TxnResult<TxnMeta> {
+    async fn complete(
+        &self,
+        shard: &Shard,
+        id: &str,
+        meta: TxnMeta,
+        token: u64,
+    ) -> TxnResult<TxnMeta> {
         let (marker, done) = match meta.state {
             TxnState::PrepareCommit => (Marker::Commit, TxnState::CompleteCommit),
             TxnState::PrepareAbort => (Marker::Abort, TxnState::CompleteAbort),
@@ -676,12 +712,14 @@ impl TxnCoordinator {
         if let Some(delay) = marker_delay() {
             runtime::sleep(delay).await;
         }
+        self.still_holds(shard, id, token)?;
         write_markers(
             shard,
             &meta.partitions,
             meta.producer_id,
             meta.producer_epoch,
             marker,
+            self.coordinator_epoch(shard, id),
         )
         .await?;
         let completed = TxnMeta {
@@ -691,7 +729,7 @@ impl TxnCoordinator {
             start_ms: -1,
             ..meta
         };
-        self.write_behind(shard, id, completed.clone())?;
+        self.write_behind(shard, id, completed.clone(), token)?;
         crate::metrics::txn_completed(marker == Marker::Commit);
         debug!(
             transactional_id = id,
@@ -730,7 +768,7 @@ impl TxnCoordinator {
         epoch: i16,
         partitions: Vec<(String, i32)>,
     ) -> TxnResult<()> {
-        let (_turn, meta) = self.producer_turn(id, producer_id, epoch)?;
+        let (turn, meta) = self.producer_turn(id, producer_id, epoch)?;
         match meta.state {
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 return Err(ResponseError::ConcurrentTransactions);
@@ -756,7 +794,7 @@ impl TxnCoordinator {
         next.state = TxnState::Ongoing;
         next.partitions.extend(partitions);
         next.last_update_ms = now;
-        self.write(shard, id, next).await
+        self.write(shard, id, next, turn.token).await
     }
 
     /// EndTxn: commit or abort the open transaction. Answered once its markers are durable
@@ -770,7 +808,7 @@ impl TxnCoordinator {
         epoch: i16,
         commit: bool,
     ) -> TxnResult<()> {
-        let (_turn, meta) = self.producer_turn(id, producer_id, epoch)?;
+        let (turn, meta) = self.producer_turn(id, producer_id, epoch)?;
         match (meta.state, commit) {
             (TxnState::Ongoing, _) => {}
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => return Ok(()),
@@ -788,8 +826,8 @@ impl TxnCoordinator {
             last_update_ms: self.clock.wall_ms(),
             ..meta
         };
-        self.write(shard, id, prepared.clone()).await?;
-        if let Err(e) = self.complete(shard, id, prepared).await {
+        self.write(shard, id, prepared.clone(), turn.token).await?;
+        if let Err(e) = self.complete(shard, id, prepared, turn.token).await {
             // The decision is durable; the ticker writes what is missing.
             warn!(transactional_id = id, error = ?e, "transaction markers not all written: the coordinator retries");
         }
@@ -997,16 +1035,17 @@ impl TxnCoordinator {
             let Some(meta) = self.meta(&id) else {
                 continue;
             };
+            let token = turn.token;
             let result = match self.due(&meta, self.clock.wall_ms()) {
                 None => continue,
-                Some(Due::Complete) => self.complete(shard, &id, meta).await,
+                Some(Due::Complete) => self.complete(shard, &id, meta, token).await,
                 Some(Due::Abort) => {
                     info!(transactional_id = %id, timeout_ms = meta.timeout_ms, "transaction timed out: aborting");
                     crate::metrics::txn_timed_out();
-                    self.fence_and_abort(shard, &id, meta).await
+                    self.fence_and_abort(shard, &id, meta, token).await
                 }
                 Some(Due::Expire) => {
-                    self.expire(shard, &id).await;
+                    self.expire(shard, &id, token).await;
                     drop(turn);
                     continue;
                 }
@@ -1019,11 +1058,13 @@ impl TxnCoordinator {
 
     /// Forget an idle transactional id: a tombstone in its partition, then the entry goes
     /// (Kafka's `transactional.id.expiration.ms`). Called with the id's turn held.
-    async fn expire(&self, shard: &Shard, id: &str) {
-        let written = match self.append_state(shard, id, None) {
-            Ok(durable) => durable.await.map(|_| ()),
-            Err(e) => Err(e),
-        };
+    async fn expire(&self, shard: &Shard, id: &str, token: u64) {
+        let written = async {
+            self.still_holds(shard, id, token)?;
+            self.append_state(shard, id, None)?.await?;
+            self.still_holds(shard, id, token)
+        }
+        .await;
         match written {
             Ok(()) => {
                 self.txns.borrow_mut().remove(id);
@@ -1182,7 +1223,13 @@ pub async fn abort_hanging(shard: &Rc<Shard>, tp: &TopicPartition, log: &Rc<Part
         }
         warn!(partition = %tp, producer_id = pid, epoch, first_offset = first,
             "aborting a hanging transaction: open longer than any coordinator allows, and no coordinator holds it");
-        let appended = log.append_marker(pid, epoch, Marker::Abort, -1);
+        // The producer's own coordinator epoch here: this abort must not fence its coordinator.
+        let appended = log.append_marker(
+            pid,
+            epoch,
+            Marker::Abort,
+            log.producer_coordinator_epoch(pid).max(0),
+        );
         let written = async {
             let info = appended.await?;
             log.wait_durable(&info).await
@@ -1241,6 +1288,7 @@ async fn write_markers(
     producer_id: i64,
     epoch: i16,
     marker: Marker,
+    coordinator_epoch: i32,
 ) -> TxnResult<()> {
     let mut by_owner: BTreeMap<ShardId, Vec<TopicPartition>> = BTreeMap::new();
     let mut by_broker: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
@@ -1252,7 +1300,18 @@ async fn write_markers(
         let tp = TopicPartition::new(t.clone(), *p);
         let owner = shard.owner_of(&tp);
         if !meta.is_replicated() {
-            by_owner.entry(owner).or_default().push(tp);
+            // A local partition: this broker's on a one-node broker; in a cluster (a topic
+            // made before replication), its designated broker's.
+            let designated = if shard.is_cluster() {
+                crate::server::handlers::metadata::designated_broker(&catalog, *p)
+            } else {
+                shard.config.node_id
+            };
+            if designated == shard.config.node_id {
+                by_owner.entry(owner).or_default().push(tp);
+            } else {
+                by_broker.entry(designated).or_default().push(tp);
+            }
             continue;
         }
         // In a cluster: the partition's leader writes it (through Raft), here or remotely.
@@ -1276,7 +1335,7 @@ async fn write_markers(
     }
     let local = by_owner.into_iter().map(|(owner, tps)| {
         let sent = shard.invoke_on(owner, move |s| async move {
-            markers_on_owner(&s, tps, producer_id, epoch, marker).await
+            markers_on_owner(&s, tps, producer_id, epoch, marker, coordinator_epoch).await
         });
         async move {
             match sent.await {
@@ -1294,12 +1353,19 @@ async fn write_markers(
             let Some(addr) = addr else {
                 return Err(ResponseError::NotCoordinator);
             };
-            let answered = remote::write_markers(&addr, &tps, producer_id, epoch, marker)
-                .await
-                .map_err(|e| {
-                    warn!(broker, error = %e, "sending transaction markers failed: retrying later");
-                    ResponseError::NotCoordinator
-                })?;
+            let answered = remote::write_markers(
+                &addr,
+                &tps,
+                producer_id,
+                epoch,
+                marker,
+                coordinator_epoch,
+            )
+            .await
+            .map_err(|e| {
+                warn!(broker, error = %e, "sending transaction markers failed: retrying later");
+                ResponseError::NotCoordinator
+            })?;
             marker_codes(answered, producer_id, epoch)
         }
     });
@@ -1323,6 +1389,9 @@ fn marker_codes(codes: Vec<(TopicPartition, i16)>, producer_id: i64, epoch: i16)
             47 => {
                 warn!(partition = %tp, producer_id, epoch, "marker refused: a newer producer epoch wrote here")
             }
+            52 => {
+                warn!(partition = %tp, producer_id, epoch, "marker refused: a newer coordinator wrote here")
+            }
             3 => {}
             code => {
                 warn!(partition = %tp, code, "writing a transaction marker failed");
@@ -1341,8 +1410,9 @@ async fn markers_on_owner(
     producer_id: i64,
     epoch: i16,
     marker: Marker,
+    coordinator_epoch: i32,
 ) -> TxnResult<()> {
-    let codes = write_markers_here(shard, tps, producer_id, epoch, marker, 0).await;
+    let codes = write_markers_here(shard, tps, producer_id, epoch, marker, coordinator_epoch).await;
     marker_codes(codes, producer_id, epoch)
 }
 
@@ -1388,6 +1458,11 @@ pub(crate) async fn write_markers_here(
                 let info = appended.await.map_err(code)?;
                 log.wait_durable(&info).await.map_err(code)
             })
+        } else if shard.catalog().has_partition(&tp.topic, tp.partition) {
+            // No replica open here (not assigned here, not open yet): retriable.
+            Box::pin(std::future::ready(Err(
+                ResponseError::NotLeaderOrFollower.code()
+            )))
         } else {
             Box::pin(std::future::ready(Err(
                 ResponseError::UnknownTopicOrPartition.code(),

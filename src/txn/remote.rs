@@ -45,6 +45,7 @@ pub async fn write_markers(
     producer_id: i64,
     epoch: i16,
     marker: Marker,
+    coordinator_epoch: i32,
 ) -> Result<Vec<(TopicPartition, i16)>, RemoteError> {
     let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
     for tp in tps {
@@ -62,6 +63,7 @@ pub async fn write_markers(
             .with_producer_id(ProducerId(producer_id))
             .with_producer_epoch(epoch)
             .with_transaction_result(marker == Marker::Commit)
+            .with_coordinator_epoch(coordinator_epoch)
             .with_topics(topics),
     ]);
     let frame = encode(&request)?;

@@ -329,7 +329,11 @@ impl PartitionLog {
             });
         }
         if idempotent && mode == Mode::Leader && origin == Origin::Coordinator {
-            st.producers.check_epoch(&batches[0].2)?;
+            let (pos, size, h) = &batches[0];
+            match batch::marker_of(&records[*pos..*pos + *size]) {
+                Some((_, coordinator_epoch)) => st.producers.check_marker(h, coordinator_epoch)?,
+                None => st.producers.check_epoch(h)?,
+            }
         } else if idempotent && mode == Mode::Leader {
             match st.producers.check(&batches[0].2)? {
                 Verdict::Append => {}

@@ -196,6 +196,8 @@ pub struct ProducerInfo {
     pub last_timestamp: i64,
     /// First offset of the producer's open transaction here, -1 if none.
     pub txn_start_offset: i64,
+    /// Coordinator epoch of the producer's last marker here, -1 if none.
+    pub coordinator_epoch: i32,
 }
 
 /// Result of a read: whole batches, plus the partition's offsets at the
@@ -711,6 +713,7 @@ impl PartitionLog {
                 last_sequence: e.last_seq(),
                 last_timestamp: e.last_timestamp,
                 txn_start_offset: e.txn_first_offset,
+                coordinator_epoch: e.coordinator_epoch,
             })
             .collect();
         v.sort_unstable_by_key(|p| p.producer_id);

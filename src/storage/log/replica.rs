@@ -169,13 +169,29 @@ impl PartitionLog {
         self.state.borrow().producers.check(h)
     }
 
-    /// A replicated partition's leader checking a transaction marker's epoch against the
-    /// producer state of what its log holds: not older than the producer's.
+    /// A replicated partition's leader checking a transaction marker against the producer
+    /// state of what its log holds: its producer epoch and coordinator epoch not older than
+    /// the producer's.
     pub fn check_producer_epoch(
         &self,
         h: &crate::storage::batch::BatchHeader,
+        coordinator_epoch: i32,
     ) -> Result<(), StorageError> {
-        self.state.borrow().producers.check_epoch(h)
+        self.state
+            .borrow()
+            .producers
+            .check_marker(h, coordinator_epoch)
+    }
+
+    /// The coordinator epoch of `producer_id`'s last marker here (-1: none; DescribeProducers,
+    /// and the partition's own abort of a hanging transaction, which must not fence the
+    /// coordinator).
+    pub fn producer_coordinator_epoch(&self, producer_id: i64) -> i32 {
+        self.state
+            .borrow()
+            .producers
+            .get(producer_id)
+            .map_or(-1, |e| e.coordinator_epoch)
     }
 
     /// The leader-epoch cache, oldest first.
