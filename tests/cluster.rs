@@ -25,6 +25,31 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 const PARTITIONS: i32 = 3;
 const PER_PHASE: usize = 300;
 
+/// Held by a test while its cluster runs: one cluster at a time in this file. Three brokers
+/// per test on a two-core host leave little room, and two clusters at once (with a Python
+/// copier beside them) slowed elections and clients enough to fail a test now and then.
+struct OneCluster;
+
+static CLUSTER_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Wait until no other test of this file runs a cluster, then hold the right until dropped.
+fn one_cluster_at_a_time() -> OneCluster {
+    use std::sync::atomic::Ordering::SeqCst;
+    while CLUSTER_RUNNING
+        .compare_exchange(false, true, SeqCst, SeqCst)
+        .is_err()
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    OneCluster
+}
+
+impl Drop for OneCluster {
+    fn drop(&mut self) {
+        CLUSTER_RUNNING.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The brokers of one cluster; `brokers[i]` is node `i + 1`.
 struct Cluster {
     brokers: Vec<Broker>,
@@ -410,6 +435,7 @@ fn replica_bytes(broker: &Broker, topic: &str, partition: i32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_survives_kill_9_and_a_rolling_restart_and_replicas_end_identical() {
+    let _one = one_cluster_at_a_time();
     // Node 3 runs two shards: the broker-to-broker messages it receives are routed to the
     // shard that owns each partition.
     let mut cluster = Cluster::start(&[1, 1, 2]);
@@ -867,6 +893,7 @@ fn stop_and_compare_replicas(cluster: &mut Cluster, topic: &str) {
 /// ends byte-identical with every acknowledged record in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_broker_rejoins_without_voting_until_it_caught_up() {
+    let _one = one_cluster_at_a_time();
     let mut cluster = Cluster::start(&[1, 1, 1]);
     let bootstrap = cluster.bootstrap();
     let topic = "wiped";
@@ -1165,6 +1192,7 @@ fn committed_map(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, i64
 /// acknowledged by either coordinator survived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_offsets_survive_coordinator_failover() {
+    let _one = one_cluster_at_a_time();
     let mut cluster = Cluster::start(&[1, 1, 1]);
     let bootstrap = cluster.bootstrap();
     let topic = "grouped";
@@ -1343,6 +1371,7 @@ fn agreed_leaders(cluster: &mut Cluster, topic: &str, not: Option<i32>) -> BTree
 /// right after a leader is killed with `kill -9`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_without_a_replica_know_the_leaders() {
+    let _one = one_cluster_at_a_time();
     let mut cluster = Cluster::start(&[1, 1, 1, 1]);
     let bootstrap = cluster.bootstrap();
     let topic = "four";
@@ -1413,6 +1442,7 @@ fn first_segment(broker: &Broker, topic: &str, partition: i32) -> i64 {
 /// after a clean stop the replicas hold the same bytes from the highest first segment on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_and_delete_records_on_replicated_partitions() {
+    let _one = one_cluster_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sluice.toml");
     std::fs::write(&config, "retention_check_interval_ms = 300\n").expect("config");
@@ -1647,6 +1677,7 @@ fn parse_acked(out: &str) -> (Vec<Acked>, Option<usize>) {
 /// afterwards, once each, with no offset acknowledged twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_kafka_and_kafkajs_ride_through_a_leader_kill() {
+    let _one = one_cluster_at_a_time();
     let mut cluster = Cluster::start(&[1, 1, 1]);
     let bootstrap = cluster.bootstrap();
     let topic = "polyglot";
@@ -1811,6 +1842,7 @@ fn raw_offset_fetch_stable(
 /// coordinator after a `kill -9`.
 #[test]
 fn transaction_markers_and_pending_offsets_replicate() {
+    let _one = one_cluster_at_a_time();
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::txn_offset_commit_request::{
         TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
@@ -2130,6 +2162,7 @@ fn txn_script(cluster: &Cluster, args: &[&str], timeout_s: u64) -> String {
 /// exactly once, in input order per partition.
 #[test]
 fn exactly_once_copy_survives_coordinator_and_leader_kill_9() {
+    let _one = one_cluster_at_a_time();
     const N: &str = "3000";
     let env = [("SLUICE_TEST_REPLICATION", "3")];
     let mut cluster = Cluster::start(&[1, 1, 1]);
