@@ -282,6 +282,13 @@ impl ProducerStateTable {
             }
             return Ok(Verdict::Append);
         }
+        if e.last_batch().is_none() {
+            // The same epoch with no batch known here: only a transaction marker (or a batch
+            // the broker wrote for the producer) of this epoch was seen, e.g. by a replica
+            // whose log began after the producer's batches. The next sequence is unknown and,
+            // as Kafka does, any is accepted.
+            return Ok(Verdict::Append);
+        }
         if !in_sequence(e.last_seq(), h.base_sequence) {
             return Err(StorageError::OutOfOrderSequence {
                 producer_id: h.producer_id,
@@ -1024,6 +1031,18 @@ mod tests {
         let (_, back) = ProducerStateTable::decode_snapshot(&t.encode_snapshot(3)).unwrap();
         assert_eq!(back.get(1).unwrap().coordinator_epoch, 7);
         assert!(back.check_marker(&marker_header(1, 0, 3), 6).is_err());
+    }
+
+    /// A producer known here only from a marker of its epoch (its batches are below this
+    /// log's start) continues at any sequence, as Kafka accepts; a sequence then follows.
+    #[test]
+    fn a_marker_alone_does_not_fix_the_next_sequence() {
+        let mut t = ProducerStateTable::default();
+        t.apply_marker(&marker_header(1, 0, 10), Marker::Commit);
+        assert_eq!(t.check(&header(1, 0, 6, 1, 11)).unwrap(), Verdict::Append);
+        t.update(&header(1, 0, 6, 1, 11));
+        assert!(t.check(&header(1, 0, 9, 1, 12)).is_err());
+        assert_eq!(t.check(&header(1, 0, 7, 1, 12)).unwrap(), Verdict::Append);
     }
 
     #[test]
