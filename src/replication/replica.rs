@@ -72,6 +72,18 @@ impl ReplicaError {
     }
 }
 
+/// The answer to a placed proposal: its commit (or acknowledgement), or why it was not placed.
+async fn answered(
+    placed: Result<oneshot::Receiver<Result<AppendInfo, ReplicaError>>, ReplicaError>,
+) -> Result<AppendInfo, ReplicaError> {
+    let rx = placed?;
+    rx.await.unwrap_or_else(|_| {
+        Err(ReplicaError::Failed(
+            "the replica closed before the commit".into(),
+        ))
+    })
+}
+
 /// How many entries behind the commit index a follower may be and still count as in sync.
 pub const IN_SYNC_ENTRIES_BEHIND_MAX: u64 = 256;
 
@@ -842,14 +854,7 @@ impl Replica {
         acks: Acks,
     ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
         let placed = self.place(records, acks);
-        async move {
-            let rx = placed?;
-            rx.await.unwrap_or_else(|_| {
-                Err(ReplicaError::Failed(
-                    "the replica closed before the commit".into(),
-                ))
-            })
-        }
+        answered(placed)
     }
 
     /// On the leader: propose moving the partition's log start to `offset` (DeleteRecords), as
@@ -864,14 +869,7 @@ impl Replica {
         let placed = entry::log_start_batch(offset.0)
             .map_err(ReplicaError::from)
             .and_then(|b| self.place_as(b, Acks::All, true));
-        async move {
-            let rx = placed?;
-            rx.await.unwrap_or_else(|_| {
-                Err(ReplicaError::Failed(
-                    "the replica closed before the commit".into(),
-                ))
-            })
-        }
+        answered(placed)
     }
 
     /// On the leader: propose a transaction marker (COMMIT or ABORT) of `producer_id` at
@@ -895,14 +893,7 @@ impl Replica {
             timestamp_ms,
         );
         let placed = self.place_as(bytes, Acks::All, true);
-        async move {
-            let rx = placed?;
-            rx.await.unwrap_or_else(|_| {
-                Err(ReplicaError::Failed(
-                    "the replica closed before the commit".into(),
-                ))
-            })
-        }
+        answered(placed)
     }
 
     /// On the leader: propose one batch the broker writes for a producer (a transactional
@@ -913,14 +904,7 @@ impl Replica {
         records: Bytes,
     ) -> impl std::future::Future<Output = Result<AppendInfo, ReplicaError>> + use<> {
         let placed = self.place_as(records, Acks::All, true);
-        async move {
-            let rx = placed?;
-            rx.await.unwrap_or_else(|_| {
-                Err(ReplicaError::Failed(
-                    "the replica closed before the commit".into(),
-                ))
-            })
-        }
+        answered(placed)
     }
 
     fn place(
