@@ -46,6 +46,7 @@
 
 pub mod batch;
 pub mod clean_shutdown;
+pub mod cleaner;
 pub mod error;
 pub mod group_sync;
 pub mod index;
