@@ -172,6 +172,30 @@ pub const SETTINGS: &[Setting] = &[
         bounds: "100..=3600000",
     },
     Setting {
+        name: "log_cleaner_enable",
+        description: "Run the log cleaner: each shard compacts its partitions whose cleanup.policy contains compact (log.cleaner.enable)",
+        default: "true",
+        bounds: "true or false",
+    },
+    Setting {
+        name: "log_cleaner_dedupe_buffer_bytes",
+        description: "Memory of each shard's cleaner key map (log.cleaner.dedupe.buffer.size, per shard): 32 bytes a key; a dirty log with more keys is cleaned in several passes",
+        default: "33554432",
+        bounds: "65536..=4294967296",
+    },
+    Setting {
+        name: "log_cleaner_io_max_bytes_per_sec",
+        description: "Disk bandwidth (read plus written) each shard's cleaner may use (log.cleaner.io.max.bytes.per.second, per shard); 0: no bound",
+        default: "104857600",
+        bounds: ">= 0",
+    },
+    Setting {
+        name: "log_cleaner_backoff_ms",
+        description: "How long a shard's cleaner sleeps when no log needs cleaning (log.cleaner.backoff.ms)",
+        default: "15000",
+        bounds: "10..=3600000",
+    },
+    Setting {
         name: "flush_interval_ms",
         description: "0: fdatasync before acks=all is answered and before data is visible; N: fdatasync at most every N ms",
         default: "0",
@@ -325,6 +349,10 @@ pub struct Config {
     pub retention_ms: i64,
     pub retention_bytes: i64,
     pub retention_check_interval_ms: u64,
+    pub log_cleaner_enable: bool,
+    pub log_cleaner_dedupe_buffer_bytes: u64,
+    pub log_cleaner_io_max_bytes_per_sec: u64,
+    pub log_cleaner_backoff_ms: u64,
     pub flush_interval_ms: u64,
     pub fsync_scope: String,
     pub journal: bool,
@@ -373,6 +401,10 @@ impl Default for Config {
             retention_ms: constants::RETENTION_MS_DEFAULT,
             retention_bytes: -1,
             retention_check_interval_ms: constants::RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            log_cleaner_enable: true,
+            log_cleaner_dedupe_buffer_bytes: 32 << 20,
+            log_cleaner_io_max_bytes_per_sec: 100 << 20,
+            log_cleaner_backoff_ms: 15_000,
             flush_interval_ms: 0,
             fsync_scope: "filesystem".to_string(),
             journal: true,
@@ -463,6 +495,20 @@ impl Config {
             100,
             3_600_000,
             "100..=3600000",
+        )?;
+        check(
+            "log_cleaner_dedupe_buffer_bytes",
+            self.log_cleaner_dedupe_buffer_bytes,
+            65_536,
+            4 << 30,
+            "65536..=4294967296",
+        )?;
+        check(
+            "log_cleaner_backoff_ms",
+            self.log_cleaner_backoff_ms,
+            10,
+            3_600_000,
+            "10..=3600000",
         )?;
         check(
             "flush_interval_ms",

@@ -137,3 +137,16 @@ pub const METADATA_COMMIT_TIMEOUT_MS: u64 = 10_000;
 /// How many times a controller operation built on a stale catalog is rebuilt and proposed
 /// again when another metadata change came first.
 pub const METADATA_CONFLICT_RETRIES: usize = 10;
+
+/// `min.cleanable.dirty.ratio` default (Kafka's `log.cleaner.min.cleanable.ratio`).
+pub const MIN_CLEANABLE_DIRTY_RATIO_DEFAULT: f64 = 0.5;
+
+/// `delete.retention.ms` default (Kafka's `log.cleaner.delete.retention.ms`): one day.
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
+
+/// Largest records section the log cleaner (and the key check of compacted topics) lets one
+/// batch decompress to: a small compressed batch cannot make it allocate more.
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
+
+/// Largest read and write of the log cleaner.
+pub const CLEANER_IO_CHUNK_BYTES: usize = 1 << 20;

@@ -1164,6 +1164,9 @@ impl GroupCoordinator {
             // (its groups' map is loaded); copies are proposals and the log start moves by a
             // Raft entry every replica applies.
             let replica = match shard.replica(&tp) {
+                // A local partition: the shard's log cleaner compacts it like any compacted
+                // topic (`shard::cleaner`).
+                None if shard.config.log_cleaner_enable => continue,
                 None => None,
                 Some(d) => {
                     let term = d.replica().term();

@@ -943,6 +943,18 @@ impl Replica {
             )
             .into());
         }
+        if !internal && self.log.cfg().compact {
+            // A compacted topic refuses records without a key, as Kafka does.
+            for (pos, size, h) in &batches {
+                crate::storage::cleaner::records::check_keys(
+                    &records[*pos..*pos + *size],
+                    h.attributes,
+                    h.record_count,
+                    crate::constants::DECOMPRESSED_BATCH_BYTES_MAX,
+                )
+                .map_err(StorageError::InvalidRecord)?;
+            }
+        }
         if batches
             .iter()
             .any(|(_, _, h)| h.attributes & batch::ATTR_TRANSACTIONAL != 0 && h.producer_id < 0)

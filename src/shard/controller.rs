@@ -135,6 +135,20 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
         "message.timestamp.type" if value != "CreateTime" && value != "LogAppendTime" => Err(
             format!("Invalid value {value} for configuration {name}: CreateTime or LogAppendTime"),
         ),
+        "min.cleanable.dirty.ratio"
+            if !value.parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r)) =>
+        {
+            Err(format!(
+                "Invalid value {value} for configuration {name}: a number in [0, 1]"
+            ))
+        }
+        "delete.retention.ms" | "min.compaction.lag.ms" | "max.compaction.lag.ms"
+            if value.parse::<i64>().unwrap_or(-1) < 0 =>
+        {
+            Err(format!(
+                "Invalid value {value} for configuration {name}: at least 0"
+            ))
+        }
         "cleanup.policy"
             if !value
                 .split(',')
@@ -149,14 +163,20 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
 /// Topic configs Sluice obeys, with the dynamic broker config that sets
 /// their default (Kafka's names). Other topic configs in [`TOPIC_CONFIGS`]
 /// are accepted and stored but have no effect.
-///
-/// `cleanup.policy=compact` is accepted and stored, but compaction is not
-/// implemented: a compact-only topic keeps everything (no retention), a
-/// `compact,delete` topic gets retention only.
+/// `cleanup.policy=compact` (alone or with `delete`) hands the topic to the log cleaner
+/// (`shard::cleaner`), with `min.cleanable.dirty.ratio`, `delete.retention.ms`,
+/// `min.compaction.lag.ms` and `max.compaction.lag.ms`.
 pub const OBEYED_TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("cleanup.policy", "log.cleanup.policy"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    ("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms"),
     ("max.message.bytes", "message.max.bytes"),
     ("message.timestamp.type", "log.message.timestamp.type"),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+    ),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
     ("retention.bytes", "log.retention.bytes"),
     ("retention.ms", "log.retention.ms"),
     ("segment.bytes", "log.segment.bytes"),
@@ -232,6 +252,16 @@ pub fn broker_config_value(
             config.segment_ms.to_string(),
             defaults.segment_ms.to_string(),
         ),
+        "log.cleaner.delete.retention.ms" => (
+            crate::constants::DELETE_RETENTION_MS_DEFAULT.to_string(),
+            ConfigSource::Default,
+        ),
+        "log.cleaner.max.compaction.lag.ms" => (i64::MAX.to_string(), ConfigSource::Default),
+        "log.cleaner.min.cleanable.ratio" => (
+            crate::constants::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT.to_string(),
+            ConfigSource::Default,
+        ),
+        "log.cleaner.min.compaction.lag.ms" => ("0".to_string(), ConfigSource::Default),
         _ => return None,
     };
     Some(ConfigEntry {

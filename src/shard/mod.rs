@@ -12,6 +12,7 @@
 //! copy ([`Shard::apply_catalog`]), which opens or deletes the partitions that
 //! shard owns.
 
+pub mod cleaner;
 pub mod controller;
 pub mod scatter;
 
@@ -130,6 +131,9 @@ impl Shard {
             self_ref: w.clone(),
         });
         runtime::spawn_detached(retention_task(Rc::downgrade(&shard), every));
+        if shard.config.log_cleaner_enable {
+            runtime::spawn_detached(cleaner::cleaner_task(Rc::downgrade(&shard)));
+        }
         shard
     }
 
@@ -328,6 +332,19 @@ impl Shard {
         }
         if let Some(v) = value("cleanup.policy") {
             cfg.retention_enabled = v.split(',').any(|p| p.trim() == "delete");
+            cfg.compact = v.split(',').any(|p| p.trim() == "compact");
+        }
+        if let Some(v) = value("min.cleanable.dirty.ratio").and_then(|v| v.parse::<f64>().ok()) {
+            cfg.min_cleanable_dirty_ratio = v.clamp(0.0, 1.0);
+        }
+        if let Some(v) = int("delete.retention.ms") {
+            cfg.delete_retention_ms = v.max(0);
+        }
+        if let Some(v) = int("min.compaction.lag.ms") {
+            cfg.min_compaction_lag_ms = v.max(0);
+        }
+        if let Some(v) = int("max.compaction.lag.ms") {
+            cfg.max_compaction_lag_ms = v.max(0);
         }
         if let Some(v) = value("message.timestamp.type") {
             cfg.log_append_time = v == "LogAppendTime";

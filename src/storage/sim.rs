@@ -153,6 +153,19 @@ pub struct SimDisk {
     state: Rc<RefCell<State>>,
     rng: Rc<RefCell<SimRng>>,
     faults: Rc<Cell<Faults>>,
+    power: Rc<Cell<Power>>,
+}
+
+/// A power loss planned at an exact point (see [`SimDisk::crash_after`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Power {
+    /// Operations that change the disk, counted since the disk was made.
+    changes: u64,
+    /// The disk crashes instead of making this many more changes; None: no plan.
+    countdown: Option<u64>,
+    /// It crashed that way: every operation fails until [`SimDisk::resume`] (the process
+    /// that used it is gone).
+    off: bool,
 }
 
 fn eio(what: &str, path: &Path) -> io::Error {
@@ -182,7 +195,63 @@ impl SimDisk {
             state: Rc::new(RefCell::new(State::default())),
             rng: Rc::new(RefCell::new(SimRng::new(seed))),
             faults: Rc::new(Cell::new(faults)),
+            power: Rc::new(Cell::new(Power::default())),
         }
+    }
+
+    /// Crash (as [`SimDisk::crash`]) instead of making the `n`th change from now (a write,
+    /// fdatasync, truncation, preallocation, creation, rename, removal or directory sync);
+    /// from then on every operation fails until [`SimDisk::resume`]. Tests crash a procedure
+    /// at each of its steps this way.
+    pub fn crash_after(&self, n: u64) {
+        let mut p = self.power.get();
+        p.countdown = Some(n);
+        self.power.set(p);
+    }
+
+    /// Whether a planned crash happened (and the disk refuses everything).
+    pub fn crashed_as_planned(&self) -> bool {
+        self.power.get().off
+    }
+
+    /// Take operations again after a planned crash (a new process).
+    pub fn resume(&self) {
+        let mut p = self.power.get();
+        p.off = false;
+        p.countdown = None;
+        self.power.set(p);
+    }
+
+    /// Changes made since the disk was made.
+    pub fn changes(&self) -> u64 {
+        self.power.get().changes
+    }
+
+    /// Before any operation: fails while off; `change`: one more change, or the planned crash.
+    fn power_check(&self, change: bool, path: &Path) -> io::Result<()> {
+        let mut p = self.power.get();
+        if p.off {
+            return Err(io::Error::other(format!(
+                "simulated power loss: {}",
+                path.display()
+            )));
+        }
+        if change {
+            if p.countdown == Some(0) {
+                p.off = true;
+                p.countdown = None;
+                self.power.set(p);
+                self.crash();
+                return Err(io::Error::other(format!(
+                    "simulated power loss at {}",
+                    path.display()
+                )));
+            }
+            p.changes += 1;
+            p.countdown = p.countdown.map(|n| n - 1);
+        }
+        self.power.set(p);
+        Ok(())
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -431,6 +500,7 @@ impl DiskFile for SimFile {
     }
 
     async fn write_at(&self, buf: IoBuffer, pos: u64) -> io::Result<()> {
+        self.disk.power_check(true, &self.path)?;
         self.disk.delay().await;
         assert!(pos.is_multiple_of(SECTOR), "unaligned write at {pos}");
         assert!(self.writable, "write to a read-only handle");
@@ -450,6 +520,7 @@ impl DiskFile for SimFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        self.disk.power_check(false, &self.path)?;
         self.disk.delay().await;
         self.disk.inject(Op::Read, &self.path)?;
         self.with_inode(|inode| {
@@ -460,6 +531,7 @@ impl DiskFile for SimFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
+        self.disk.power_check(true, &self.path)?;
         self.disk.delay().await;
         // On failure the writes stay unsynced: a crash may keep or lose them.
         self.disk.inject(Op::Sync, &self.path)?;
@@ -471,6 +543,7 @@ impl DiskFile for SimFile {
     }
 
     async fn sync_filesystem(&self) -> io::Result<()> {
+        self.disk.power_check(true, &self.path)?;
         self.disk.delay().await;
         // On failure every unsynced write stays in doubt, as for a failed fdatasync. Directory
         // entries are not made durable (syncfs would; the code never counts on it).
@@ -485,6 +558,7 @@ impl DiskFile for SimFile {
     }
 
     async fn pre_allocate(&self, size: u64) -> io::Result<()> {
+        self.disk.power_check(true, &self.path)?;
         self.disk.delay().await;
         self.ensure_space(size)?;
         self.with_inode(|inode| {
@@ -498,6 +572,7 @@ impl DiskFile for SimFile {
     }
 
     async fn zero_fill(&self, from: u64, to: u64) -> io::Result<()> {
+        self.disk.power_check(true, &self.path)?;
         self.disk.delay().await;
         assert!(
             from.is_multiple_of(SECTOR) && to.is_multiple_of(SECTOR),
@@ -522,6 +597,7 @@ impl DiskFile for SimFile {
     }
 
     async fn truncate(&self, size: u64) -> io::Result<()> {
+        self.disk.power_check(true, &self.path)?;
         self.with_inode(|inode| {
             inode.current.resize(size as usize, 0);
             inode.allocated = size;
@@ -547,14 +623,17 @@ impl DiskFile for SimFile {
 #[async_trait(?Send)]
 impl Disk for SimDisk {
     async fn open_rw(&self, path: &Path, create: bool) -> io::Result<SegmentFile> {
+        self.power_check(create && self.lookup(path).is_err(), path)?;
         self.open(path, create, true)
     }
 
     async fn open_read(&self, path: &Path) -> io::Result<SegmentFile> {
+        self.power_check(false, path)?;
         self.open(path, false, false)
     }
 
     async fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.power_check(false, path)?;
         let inode = self.lookup(path)?;
         self.inject(Op::Read, path)?;
         let st = self.state.borrow();
@@ -576,6 +655,7 @@ impl Disk for SimDisk {
     }
 
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        self.power_check(false, dir)?;
         let st = self.state.borrow();
         let d = st.dirs.get(dir).ok_or_else(|| not_found(dir))?;
         let mut names: Vec<OsString> = d.current.keys().cloned().collect();
@@ -590,6 +670,7 @@ impl Disk for SimDisk {
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.power_check(true, from)?;
         let inode = self.lookup(from)?;
         let (from_dir, from_name) = split(from)?;
         let mut st = self.state.borrow_mut();
@@ -609,6 +690,7 @@ impl Disk for SimDisk {
     }
 
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.power_check(true, path)?;
         self.lookup(path)?;
         let (dir, name) = split(path)?;
         let mut st = self.state.borrow_mut();
@@ -619,6 +701,7 @@ impl Disk for SimDisk {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.power_check(true, dir)?;
         self.delay().await;
         let mut st = self.state.borrow_mut();
         let d = st.dirs.get_mut(dir).ok_or_else(|| not_found(dir))?;

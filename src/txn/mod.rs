@@ -406,6 +406,9 @@ impl TxnCoordinator {
             // copies are proposals and the log start moves by a Raft entry every replica
             // applies (as `__consumer_offsets`).
             let replica = match shard.replica(&tp) {
+                // A local partition: the shard's log cleaner compacts it like any compacted
+                // topic (`shard::cleaner`).
+                None if shard.config.log_cleaner_enable => continue,
                 None => None,
                 Some(d) => {
                     let term = d.replica().term();

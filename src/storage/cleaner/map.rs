@@ -53,6 +53,11 @@ impl OffsetMap {
         self.map.len().saturating_add(n) <= self.capacity
     }
 
+    /// Forget every key (a new pass); the table keeps its memory.
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     /// Remember `offset` as `key`'s latest. False (nothing changed) if the key is new and the
     /// map is full.
     pub fn insert(&mut self, key: &[u8], offset: i64) -> bool {

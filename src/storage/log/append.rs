@@ -191,7 +191,7 @@ impl PartitionLog {
     ) -> Result<Placement, StorageError> {
         let batches = batch::validate_all_for_append(&records, self.cfg().max_message_bytes)?;
         let mut idempotent = false;
-        for (_, _, h) in &batches {
+        for (start, size, h) in &batches {
             let transactional = h.attributes & batch::ATTR_TRANSACTIONAL != 0;
             let control = h.attributes & batch::ATTR_CONTROL != 0;
             match mode {
@@ -209,6 +209,18 @@ impl PartitionLog {
                         return Err(StorageError::InvalidRecord(
                             "a producer may not write control batches".into(),
                         ));
+                    }
+                    if self.cfg().compact && origin == Origin::Client {
+                        // The one look inside a batch on produce, for compacted topics only:
+                        // Kafka refuses records without a key there (INVALID_RECORD).
+                        let (start, size) = (*start, *size);
+                        crate::storage::cleaner::records::check_keys(
+                            &records[start..start + size],
+                            h.attributes,
+                            h.record_count,
+                            crate::constants::DECOMPRESSED_BATCH_BYTES_MAX,
+                        )
+                        .map_err(StorageError::InvalidRecord)?;
                     }
                     if transactional && h.producer_id < 0 {
                         return Err(StorageError::InvalidRecord(

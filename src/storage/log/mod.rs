@@ -41,6 +41,7 @@
 //! `producer_state` for the format and `recovery` for the replay.
 
 mod append;
+mod clean;
 mod read;
 mod replay;
 mod replica;
@@ -73,6 +74,8 @@ use retention::read_log_start_file;
 use tail::TailCache;
 pub(crate) use writer::preallocation_target;
 use writer::{Pending, Writer, flusher};
+
+pub use clean::{Cleanable, CleanerStatus, CleanerThrottle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
@@ -118,9 +121,22 @@ pub struct LogConfig {
     /// Delete the oldest sealed segments while the partition is larger
     /// than this (`retention.bytes`); -1: no limit.
     pub retention_bytes: i64,
-    /// Retention applies (`cleanup.policy` contains `delete`). A
-    /// compact-only topic keeps everything: compaction is not implemented.
+    /// Retention applies (`cleanup.policy` contains `delete`).
     pub retention_enabled: bool,
+    /// The log cleaner compacts this log (`cleanup.policy` contains `compact`), and appends
+    /// refuse records without a key.
+    pub compact: bool,
+    /// `min.cleanable.dirty.ratio`: the cleaner takes the log once the dirty share of its
+    /// cleanable bytes is at least this.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `delete.retention.ms`: how long a tombstone (and a transaction marker) stays after
+    /// its batch's max timestamp.
+    pub delete_retention_ms: i64,
+    /// `min.compaction.lag.ms`: segments holding a record newer than this stay dirty.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a log whose oldest dirty segment is older than this is
+    /// cleaned whatever its dirty ratio.
+    pub max_compaction_lag_ms: i64,
     /// `message.timestamp.type=LogAppendTime`: append rewrites each batch's
     /// timestamp type and max timestamp to the append time.
     pub log_append_time: bool,
@@ -142,6 +158,11 @@ impl Default for LogConfig {
             retention_ms: constants::RETENTION_MS_DEFAULT,
             retention_bytes: -1,
             retention_enabled: true,
+            compact: false,
+            min_cleanable_dirty_ratio: constants::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT,
+            delete_retention_ms: constants::DELETE_RETENTION_MS_DEFAULT,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
             log_append_time: false,
         }
     }
@@ -334,6 +355,14 @@ struct State {
     /// Snapshots taken at segment rolls, (offset, file bytes), oldest
     /// first: the flusher writes each once the segment before it is sealed.
     pending_snapshots: VecDeque<(i64, Vec<u8>)>,
+    /// The log cleaner's checkpoint (`clean::CHECKPOINT_FILE`): offsets below were cleaned.
+    clean_end: i64,
+    /// The journal's replay skips its batches below this: segments the cleaner fsynced
+    /// before it began to swap them (they hold those batches, cleaned or not).
+    replay_floor: i64,
+    /// Bumped by every segment swap of the cleaner: a reader that opened a segment file by
+    /// its path during one does not trust what it opened.
+    swaps: u64,
 }
 
 impl State {
@@ -420,6 +449,8 @@ pub struct PartitionLog {
     /// Serialises log start moves and segment removal (retention,
     /// DeleteRecords).
     admin_lock: futures::lock::Mutex<()>,
+    /// What the log cleaner did here (`clean`).
+    cleaner: Cell<CleanerStatus>,
     /// Open transactions as the hanging-transaction check saw them: (producer id, first
     /// offset) -> when it first saw it open ([`PartitionLog::long_open_transactions`]).
     txn_seen: RefCell<HashMap<(i64, i64), Instant>>,
@@ -488,6 +519,9 @@ impl PartitionLog {
             cfg.max_message_bytes >= batch::HEADER_LEN,
             "max_message_bytes too small"
         );
+        // A log cleaner swap a crash interrupted is finished (or undone) before any segment
+        // is read.
+        clean::recover_swap(&env, &dir).await?;
         let mut rec = recovery::recover(&env, &dir, &cfg).await?;
         let epochs = read_leader_epochs(&env, &dir, rec.log_end).await?;
         // The log start is the first segment's base, or further when
@@ -498,6 +532,7 @@ impl PartitionLog {
             .await?
             .unwrap_or(first_base)
             .clamp(first_base, rec.log_end.max(first_base));
+        let (clean_end, replay_floor) = clean::read_checkpoint(&env, &dir).await?;
         let writer = Writer::recovered(&mut rec, env.clock.now());
         let name: Rc<str> = dir
             .file_name()
@@ -539,6 +574,9 @@ impl PartitionLog {
                 next_waiter_id: 0,
                 producers: std::mem::take(&mut rec.producers),
                 pending_snapshots: VecDeque::new(),
+                clean_end,
+                replay_floor,
+                swaps: 0,
             }),
             hw_notify: Notify::new(),
             work_notify: Notify::new(),
@@ -548,6 +586,7 @@ impl PartitionLog {
             opened_from: rec.opened_from,
             admin_lock: futures::lock::Mutex::new(()),
             txn_seen: RefCell::new(HashMap::new()),
+            cleaner: Cell::new(CleanerStatus::default()),
         });
         crate::runtime::spawn_detached(flusher(Rc::downgrade(&log), writer));
         if let Some(journal) = log.env.journal.clone() {

@@ -207,6 +207,7 @@ impl PartitionLog {
         if let Some(f) = file {
             return Ok(f);
         }
+        let swaps = self.state.borrow().swaps;
         let path = segment_path(&self.dir, base, crate::storage::segment::LOG_SUFFIX);
         let f = self
             .env
@@ -218,8 +219,19 @@ impl PartitionLog {
         if self.closed.get() {
             return Err(StorageError::Closed);
         }
-        let seg = st.segment_mut(base);
-        Ok(seg.file.get_or_insert(f).clone())
+        let i = st.segments.partition_point(|s| s.base_offset < base);
+        if st.swaps != swaps || st.segments.get(i).is_none_or(|s| s.base_offset != base) {
+            // The log cleaner replaced the segment while it was opened: what the path names
+            // now may not be what the caller planned its read on.
+            return Err(StorageError::io(
+                "opening a segment",
+                std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    format!("{} was replaced by the log cleaner", path.display()),
+                ),
+            ));
+        }
+        Ok(st.segments[i].file.get_or_insert(f).clone())
     }
 
     /// ListOffsets by timestamp: the earliest offset whose record timestamp

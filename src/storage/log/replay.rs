@@ -19,9 +19,9 @@ impl PartitionLog {
     /// that ends with a cut (a truncation journaled last) also cuts what the segments hold
     /// past it.
     pub(super) async fn replay_journal(self: &Rc<Self>, r: Replay) -> Result<(), StorageError> {
-        let (log_start, log_end) = {
+        let (log_start, log_end, replay_floor) = {
             let st = self.state.borrow();
-            (st.log_start, st.log_end)
+            (st.log_start, st.log_end, st.replay_floor)
         };
         if log_end < r.start {
             return Err(StorageError::CorruptBatch(format!(
@@ -30,8 +30,12 @@ impl PartitionLog {
                 r.start
             )));
         }
-        // Batches below the log start were deleted (retention, DeleteRecords): skipped.
-        let mut i = r.batches.partition_point(|b| b.1 <= log_start);
+        // Batches below the log start were deleted (retention, DeleteRecords), those below
+        // the cleaner's replay floor are in segments it fsynced before it could swap them
+        // (`clean`): skipped.
+        let mut i = r
+            .batches
+            .partition_point(|b| b.1 <= log_start.max(replay_floor.min(log_end)));
         let mut cut: Option<i64> = None;
         'compare: while i < r.batches.len() && r.batches[i].0 < log_end {
             let at = r.batches[i].0.max(log_start);
