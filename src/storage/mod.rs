@@ -60,6 +60,8 @@ pub mod segment;
 pub mod sim;
 
 #[cfg(test)]
+mod clean_sim_test;
+#[cfg(test)]
 mod sim_test;
 #[cfg(test)]
 mod tests;

@@ -1036,7 +1036,7 @@ fn seed_is_odd(seed: u64) -> bool {
 }
 
 /// A journal for the simulated disk, in files of `file_bytes`.
-fn sim_journal(file_bytes: u64) -> crate::storage::journal::JournalConfig {
+pub(super) fn sim_journal(file_bytes: u64) -> crate::storage::journal::JournalConfig {
     crate::storage::journal::JournalConfig {
         root: PathBuf::from("/data/journal"),
         generation: 1,
@@ -1046,7 +1046,7 @@ fn sim_journal(file_bytes: u64) -> crate::storage::journal::JournalConfig {
     }
 }
 
-fn sim_env(seed: u64) -> (SimDisk, Env, Rc<ManualClock>) {
+pub(super) fn sim_env(seed: u64) -> (SimDisk, Env, Rc<ManualClock>) {
     let disk = SimDisk::new(seed, Faults::default());
     let clock = Rc::new(ManualClock::new(1_700_000_000_000));
     let env = Env::new(

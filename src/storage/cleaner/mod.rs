@@ -269,4 +269,6 @@ fn rebuild(
 }
 
 #[cfg(test)]
+pub(crate) mod test_util;
+#[cfg(test)]
 mod tests;

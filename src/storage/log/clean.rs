@@ -514,6 +514,9 @@ impl PartitionLog {
                 created: self.env.clock.now(),
             };
             st.swaps += 1;
+            // Readers see the cleaned batches from now on, not cached copies of the old ones.
+            let below = cleaned.end.min(st.written_end);
+            st.tail.drop_below(below);
             st.segments.splice(i..i + group.len(), [seg]).collect()
         };
         for seg in old {

@@ -61,6 +61,18 @@ impl TailCache {
             .map(|b| (b.base_offset, b.next_offset, &b.bytes))
     }
 
+    /// Drop the batches wholly below `offset` (the log cleaner replaced them on disk).
+    pub fn drop_below(&mut self, offset: i64) {
+        while self
+            .batches
+            .front()
+            .is_some_and(|b| b.next_offset <= offset)
+        {
+            let b = self.batches.pop_front().expect("checked");
+            self.bytes -= b.bytes.len();
+        }
+    }
+
     /// Drop every batch at or past `offset` (the log was cut back to `offset`).
     pub fn truncate(&mut self, offset: i64) {
         while self.batches.back().is_some_and(|b| b.next_offset > offset) {
