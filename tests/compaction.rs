@@ -116,6 +116,34 @@ fn compacted_topics_keep_the_latest_value_of_every_key_in_every_codec() {
     );
     let refused = script(&broker, &["keyless", "table-none"]);
     assert!(refused.contains("REFUSED"), "{refused}");
+
+    // `sluice topic describe --metrics` shows the cleaner's state.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["topic", "--bootstrap-server", &broker.bootstrap()])
+        .args(["describe", "table-zstd", "--metrics"])
+        .arg(broker.metrics_addr().to_string())
+        .output()
+        .expect("run sluice topic describe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    let row = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Log cleaner:"))
+        .nth(2)
+        .unwrap_or_else(|| panic!("no cleaner state in:\n{text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[0], "0", "{row}");
+    let passes: u64 = cells[4].parse().expect("passes");
+    assert!(
+        passes >= 1 && cells[5] == "0",
+        "passes and no failures: {row}"
+    );
+    assert!(row.ends_with("ago"), "{row}");
 }
 
 #[test]

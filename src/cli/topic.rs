@@ -68,6 +68,11 @@ pub enum TopicAction {
         /// Show every config, including broker defaults.
         #[arg(long)]
         all_configs: bool,
+        /// Brokers' metrics endpoints (HOST:PORT of `metrics_listen`, comma-separated): adds
+        /// the log cleaner's state of each compacted partition they own (Kafka has no API
+        /// for it).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
     },
     /// Delete a topic.
     Delete { name: String },
@@ -100,7 +105,18 @@ pub fn run(command: &TopicCommand, out: &mut dyn Write) -> Result<(), CliError> 
             configs,
         )?,
         TopicAction::List { all } => list(&mut cluster, *all)?,
-        TopicAction::Describe { name, all_configs } => describe(&mut cluster, name, *all_configs)?,
+        TopicAction::Describe {
+            name,
+            all_configs,
+            metrics,
+        } => {
+            let mut text = describe(&mut cluster, name, *all_configs)?;
+            if !metrics.is_empty() {
+                text.push('\n');
+                text.push_str(&cleaner_state(name, metrics)?);
+            }
+            text
+        }
         TopicAction::Delete { name } => delete(&mut cluster, name)?,
         TopicAction::AlterConfig { name, set, delete } => {
             alter_config(&mut cluster, name, set, delete)?
@@ -451,4 +467,106 @@ fn alter_config(
         text.push_str(&format!("  deleted {key}\n"));
     }
     Ok(text)
+}
+
+/// The log cleaner's state of `topic`'s compacted partitions, from the brokers' `/metrics`.
+fn cleaner_state(topic: &str, endpoints: &[String]) -> Result<String, CliError> {
+    use std::collections::BTreeMap;
+    // partition -> metric name -> value
+    let mut rows: BTreeMap<i32, BTreeMap<String, String>> = BTreeMap::new();
+    let topic_label = format!("topic=\"{topic}\"");
+    for endpoint in endpoints {
+        let body = http_get_metrics(endpoint)?;
+        for line in body
+            .lines()
+            .filter(|l| l.starts_with("sluice_log_cleaner_"))
+        {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            if !series.contains(&topic_label) {
+                continue;
+            }
+            let name = series.split('{').next().unwrap_or_default().to_owned();
+            let partition = series
+                .split("partition=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(p) = partition {
+                rows.entry(p).or_default().insert(name, value.to_owned());
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(format!(
+            "Log cleaner: no compacted partition of {topic} on {}\n",
+            endpoints.join(", ")
+        ));
+    }
+    let mut table = Table::new(&[
+        "PARTITION",
+        "DIRTY-RATIO",
+        "BACKLOG-BYTES",
+        "CLEANED-BELOW",
+        "PASSES",
+        "FAILURES",
+        "CLEANED-BYTES",
+        "LAST-PASS",
+    ]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for (p, m) in rows {
+        let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "-".to_owned());
+        let last = match get("sluice_log_cleaner_last_pass_time_ms").parse::<f64>() {
+            Ok(t) if t >= 0.0 => format!("{:.1}s ago", (now_ms as f64 - t) / 1000.0),
+            _ => "never".to_owned(),
+        };
+        table.row(vec![
+            p.to_string(),
+            get("sluice_log_cleaner_dirty_ratio"),
+            get("sluice_log_cleaner_dirty_bytes"),
+            get("sluice_log_cleaner_checkpoint"),
+            get("sluice_log_cleaner_passes_total"),
+            get("sluice_log_cleaner_failures_total"),
+            get("sluice_log_cleaner_read_bytes_total"),
+            last,
+        ]);
+    }
+    Ok(format!("Log cleaner:\n{}", table.render()))
+}
+
+/// `GET /metrics` from `endpoint` (HOST:PORT), its body.
+fn http_get_metrics(endpoint: &str) -> Result<String, CliError> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let io = |source: std::io::Error| CliError::Io {
+        context: format!("reading the metrics of {endpoint}"),
+        source,
+    };
+    let addr = endpoint
+        .to_socket_addrs()
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| CliError::NotFound(format!("no address for {endpoint}")))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)).map_err(io)?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(io)?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").as_bytes())
+        .map_err(io)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(io)?;
+    let text = String::from_utf8_lossy(&response);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            Ok(body.to_owned())
+        }
+        _ => Err(CliError::NotFound(format!(
+            "{endpoint} did not answer GET /metrics with 200"
+        ))),
+    }
 }

@@ -541,6 +541,70 @@ impl Collector for Scrape {
             None,
             per_partition().map(|(l, p)| (l, p.log_start_offset)),
         )?;
+        let cleaned = || per_partition().filter_map(|(l, p)| p.cleaner.map(|c| (l, c)));
+        gauge(
+            &mut e,
+            "sluice_log_cleaner_dirty_ratio",
+            "Compacted partitions: dirty share of the bytes the cleaner could take now",
+            None,
+            cleaned().map(|(l, c)| (l, c.dirty_ratio)),
+        )?;
+        gauge(
+            &mut e,
+            "sluice_log_cleaner_dirty",
+            "Compacted partitions: cleanable bytes past the cleaner's checkpoint (its backlog)",
+            Some(&Unit::Bytes),
+            cleaned().map(|(l, c)| (l, c.dirty_bytes)),
+        )?;
+        gauge(
+            &mut e,
+            "sluice_log_cleaner_checkpoint",
+            "Compacted partitions: offsets below were cleaned",
+            None,
+            cleaned().map(|(l, c)| (l, c.checkpoint)),
+        )?;
+        gauge(
+            &mut e,
+            "sluice_log_cleaner_last_pass_time_ms",
+            "Compacted partitions: wall-clock time of the last cleaning pass's end (-1: none since the start)",
+            None,
+            cleaned().map(|(l, c)| (l, c.status.last_pass_ms)),
+        )?;
+        counter(
+            &mut e,
+            "sluice_log_cleaner_passes",
+            "Compacted partitions: cleaning passes since the start",
+            None,
+            cleaned().map(|(l, c)| (l, c.status.passes)),
+        )?;
+        counter(
+            &mut e,
+            "sluice_log_cleaner_failures",
+            "Compacted partitions: cleaning passes that failed (the log left as it was)",
+            None,
+            cleaned().map(|(l, c)| (l, c.status.failures)),
+        )?;
+        counter(
+            &mut e,
+            "sluice_log_cleaner_read",
+            "Compacted partitions: log bytes the cleaner read (the bytes cleaned)",
+            Some(&Unit::Bytes),
+            cleaned().map(|(l, c)| (l, c.status.bytes_read)),
+        )?;
+        counter(
+            &mut e,
+            "sluice_log_cleaner_written",
+            "Compacted partitions: log bytes the cleaner wrote",
+            Some(&Unit::Bytes),
+            cleaned().map(|(l, c)| (l, c.status.bytes_written)),
+        )?;
+        counter(
+            &mut e,
+            "sluice_log_cleaner_records_removed",
+            "Compacted partitions: records the cleaner removed",
+            None,
+            cleaned().map(|(l, c)| (l, c.status.records_removed)),
+        )?;
         gauge(
             &mut e,
             "sluice_group_committed_offset",

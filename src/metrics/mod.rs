@@ -409,11 +409,44 @@ pub struct PartitionSnapshot {
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub log_end_offset: i64,
+    /// The log cleaner's state, for a compacted partition.
+    pub cleaner: Option<CleanerSnapshot>,
+}
+
+/// The log cleaner's state of one compacted partition.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanerSnapshot {
+    /// Dirty share of the cleanable bytes (0 when nothing is cleanable).
+    pub dirty_ratio: f64,
+    /// Cleanable bytes past the checkpoint: the cleaner's backlog here.
+    pub dirty_bytes: u64,
+    /// Offsets below were cleaned.
+    pub checkpoint: i64,
+    pub status: crate::storage::log::CleanerStatus,
+}
+
+impl CleanerSnapshot {
+    pub fn of(log: &crate::storage::PartitionLog) -> Option<Self> {
+        if !log.cfg().compact {
+            return None;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let c = log.cleanable(now_ms);
+        Some(CleanerSnapshot {
+            dirty_ratio: c.map_or(0.0, |c| c.ratio),
+            dirty_bytes: c.map_or(0, |c| c.dirty_bytes),
+            checkpoint: log.cleaner_checkpoint().get(),
+            status: log.cleaner_status(),
+        })
+    }
 }
 
 impl PartitionSnapshot {
     fn of(tp: crate::types::TopicPartition, log: &crate::storage::PartitionLog) -> Self {
         PartitionSnapshot {
+            cleaner: CleanerSnapshot::of(log),
             size_bytes: log.size_bytes(),
             log_start_offset: log.log_start_offset().get(),
             high_watermark: log.high_watermark().get(),
