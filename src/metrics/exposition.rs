@@ -653,6 +653,7 @@ mod tests {
             log_start_offset: 0,
             high_watermark: hw,
             log_end_offset: hw,
+            cleaner: None,
         }
     }
 

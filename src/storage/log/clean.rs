@@ -457,25 +457,24 @@ impl PartitionLog {
     /// Commit the swap of `group` for `cleaned`, replace the segments in memory, then finish
     /// on disk.
     async fn swap_in(&self, group: &[Source], cleaned: Cleaned) -> Result<(), StorageError> {
-        {
-            // Nothing else changes sealed segments while the admin lock is held; checked
-            // before the commit point all the same.
+        // Nothing else changes sealed segments while the admin lock is held; checked before
+        // the commit point all the same.
+        let same = {
             let st = self.state.borrow();
             let i = st
                 .segments
                 .partition_point(|s| s.base_offset < cleaned.base);
-            let same = st.segments.len() > i + group.len()
+            st.segments.len() > i + group.len()
                 && group.iter().zip(&st.segments[i..]).all(|(g, s)| {
                     g.base == s.base_offset && g.size == s.size && g.next_offset == s.next_offset
-                });
-            if !same {
-                drop(st);
-                remove_cleaned(&self.env, &self.dir, cleaned.base).await;
-                return Err(StorageError::InvalidRecord(format!(
-                    "{}: segments changed during a cleaning pass",
-                    self.dir.display()
-                )));
-            }
+                })
+        };
+        if !same {
+            remove_cleaned(&self.env, &self.dir, cleaned.base).await;
+            return Err(StorageError::InvalidRecord(format!(
+                "{}: segments changed during a cleaning pass",
+                self.dir.display()
+            )));
         }
         let swap = self.dir.join(SWAP_FILE);
         self.env
