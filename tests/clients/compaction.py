@@ -14,6 +14,12 @@ Usage:
       watermark, building the table (a null value deletes). Checks the table holds exactly
       the latest value of every live key, that offsets increase, and what became of the
       tombstones. Prints "RECORDS <n> GAPS <g> TOMBSTONES <t>".
+  compaction.py BOOTSTRAP txn-produce TOPIC ROUNDS KEYS
+      ROUNDS transactions updating every key, every third one aborted (values
+      "aborted-..."), then FILLER_ROUNDS committed ones.
+  compaction.py BOOTSTRAP txn-restore TOPIC ROUNDS KEYS
+      read everything with read_uncommitted: no record of an aborted transaction may be
+      left once the cleaner has run, and the table is the last committed round.
   compaction.py BOOTSTRAP keyless TOPIC
       produce a record without a key: it must be refused (INVALID_RECORD). Prints "REFUSED".
 
@@ -163,6 +169,68 @@ def restore(bootstrap, topic, rounds, keys, tombstones):
     print(f"RECORDS {records} GAPS {gaps} TOMBSTONES {len(nulls)}", flush=True)
 
 
+def txn_produce(bootstrap, topic, rounds, keys):
+    """ROUNDS transactions, each an update of every key; every third one writes values
+    "aborted-..." and aborts. Then FILLER_ROUNDS committed transactions of updates."""
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"{topic}-txn",
+                  "linger.ms": 2, "batch.num.messages": 20, "message.timeout.ms": 60000})
+    p.init_transactions(30)
+    total = rounds + FILLER_ROUNDS
+    for rnd in range(total):
+        abort = rnd < rounds and rnd % 3 == 2
+        p.begin_transaction()
+        for key in range(keys):
+            val = b"aborted-" + value(rnd, key) if abort else value(rnd, key)
+            while True:
+                try:
+                    p.produce(topic, key=f"k{key}".encode(), value=val, partition=0)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            p.poll(0)
+        if abort:
+            p.abort_transaction(30)
+        else:
+            p.commit_transaction(30)
+    print(f"TRANSACTIONS {total}", flush=True)
+
+
+def txn_restore(bootstrap, topic, rounds, keys):
+    """Read everything with read_uncommitted: once cleaned, no record of an aborted
+    transaction is left, and the table is the last committed round."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "txn-restore",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": "read_uncommitted"})
+    _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    c.assign([TopicPartition(topic, 0, 0)])
+    table = {}
+    aborted = 0
+    deadline = time.time() + DEADLINE_S
+    while True:
+        if time.time() > deadline:
+            fail(f"txn restore did not reach the high watermark {high}")
+        msg = c.poll(1.0)
+        if msg is None:
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                if msg.offset() >= high:
+                    break
+                continue
+            fail(f"consume: {msg.error()}")
+        if msg.value().startswith(b"aborted-"):
+            aborted += 1
+        table[msg.key().decode()] = msg.value()
+    c.close()
+    last = rounds + FILLER_ROUNDS - 1
+    expected = {f"k{k}": value(last, k) for k in range(keys)}
+    if table != expected:
+        fail("the table is not the last committed round")
+    if aborted:
+        fail(f"{aborted} records of aborted transactions are left after cleaning")
+    print(f"ABORTED {aborted}", flush=True)
+
+
 def keyless(bootstrap, topic):
     errors = []
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": 10000,
@@ -186,6 +254,10 @@ def main():
         produce(bootstrap, args[0], args[1], int(args[2]), int(args[3]))
     elif cmd == "restore":
         restore(bootstrap, args[0], int(args[1]), int(args[2]), args[3].split("=", 1)[1])
+    elif cmd == "txn-produce":
+        txn_produce(bootstrap, args[0], int(args[1]), int(args[2]))
+    elif cmd == "txn-restore":
+        txn_restore(bootstrap, args[0], int(args[1]), int(args[2]))
     elif cmd == "keyless":
         keyless(bootstrap, args[0])
     else:

@@ -294,6 +294,8 @@ impl PartitionLog {
                 }
                 map_end = h.next_offset();
                 read += bytes.len() as u64;
+                // Reads from the page cache complete at once: let the shard's requests run.
+                crate::runtime::yield_if_needed().await;
                 if read >= CHUNK as u64 {
                     throttle.charge(&self.env, read).await;
                     read = 0;
@@ -421,6 +423,7 @@ impl PartitionLog {
                         throttle.charge(&self.env, CHUNK as u64).await;
                     }
                 }
+                crate::runtime::yield_if_needed().await;
             }
             scan_ok(&sc, &self.dir, src.base)?;
             throttle.charge(&self.env, src.size).await;
