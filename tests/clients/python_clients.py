@@ -169,12 +169,15 @@ def confluent_admin(bootstrap):
         if e.args[0].code() != KafkaError.INVALID_PARTITIONS:
             fail(f"shrink error {e}")
 
-    # Produce to the new partition 3, then DeleteRecords up to offset 5.
+    # Produce to the new partition 3 (keyed: the topic is compacted now), then DeleteRecords
+    # up to offset 5.
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": 30000})
+    failed = []
     for i in range(10):
-        p.produce(topic, partition=3, value=f"v{i}".encode())
-    if p.flush(30) != 0:
-        fail("producer did not flush")
+        p.produce(topic, partition=3, key=f"k{i}".encode(), value=f"v{i}".encode(),
+                  on_delivery=lambda err, _m: err and failed.append(err))
+    if p.flush(30) != 0 or failed:
+        fail(f"producer did not flush: {failed[:1]}")
     fs = admin.delete_records([TopicPartition(topic, 3, 5)])
     for tp, f in fs.items():
         r = f.result(timeout=30)

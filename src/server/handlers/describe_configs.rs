@@ -23,6 +23,7 @@ const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
 const TYPE_LIST: i8 = 7;
 const TYPE_BOOLEAN: i8 = 1;
+const TYPE_DOUBLE: i8 = 6;
 
 /// Configs of one resource: (entry, its synonyms, read only).
 type Entries = Vec<(ConfigEntry, Vec<ConfigEntry>, bool)>;
@@ -33,6 +34,7 @@ fn config_type(name: &str) -> i8 {
         "max.message.bytes" | "segment.bytes" | "message.max.bytes" | "log.segment.bytes"
         | "broker.id" | "num.partitions" => TYPE_INT,
         "auto.create.topics.enable" => TYPE_BOOLEAN,
+        "min.cleanable.dirty.ratio" | "log.cleaner.min.cleanable.ratio" => TYPE_DOUBLE,
         "message.timestamp.type" | "log.message.timestamp.type" => TYPE_STRING,
         n if n.ends_with(".ms") || n.ends_with(".bytes") => TYPE_LONG,
         _ => TYPE_STRING,

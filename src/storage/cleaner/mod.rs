@@ -16,7 +16,7 @@
 //!   `delete.retention.ms` after it and while any record of its transaction is kept;
 //! - a batch whose records all go is dropped, unless it is its producer's last batch: that
 //!   one stays as an empty batch (no records, same offsets and sequence), so the producer's
-//!   state survives it, as in Kafka;
+//!   state survives it, as in Kafka (a transactional one keeps its marker too);
 //! - a batch that keeps every record is copied byte for byte; one that loses some is
 //!   re-encoded: the same header (base offset, last offset delta, timestamps, producer,
 //!   sequence), the kept records as they were, compressed again with the batch's codec.
@@ -224,6 +224,11 @@ fn clean_batch_inner(
                 .is_some_and(|b| b.base_offset == h.base_offset);
         if !last_of_producer {
             return Ok(Outcome::Removed);
+        }
+        // The empty batch that stays is its transaction's too: the marker stays with it (a
+        // producer state rebuilt from the log must not see that transaction as open).
+        if transactional {
+            txns.kept.insert(h.producer_id, true);
         }
         if total == 0 {
             return Ok(Outcome::Unchanged); // already the empty batch

@@ -233,10 +233,28 @@ fn aborted_transactions_go_and_markers_outlive_their_data() {
     );
     assert_eq!(out[3], Outcome::Unchanged);
     assert_eq!(stats.aborted_removed, 1);
-    // Past the horizon: the ABORT marker has no data left and goes; the COMMIT marker stays
-    // while its transaction's record does.
+    // Past the horizon: the COMMIT marker stays while its transaction's record does, and
+    // the ABORT marker stays with producer 8's last batch (kept empty).
     let (out, stats) = clean_all(&batches, &producers, 5_000, 1_000);
     assert_eq!(out[1], Outcome::Unchanged);
+    assert_eq!(out[3], Outcome::Unchanged);
+    assert_eq!(stats.markers_removed, 0);
+    // Once producer 8 wrote a later batch, its aborted one goes, and then its marker.
+    let later8 = batch(
+        5,
+        &[(Some("d"), Some("d"))],
+        Compression::Zstd,
+        100,
+        Some((8, 0, 1, false)),
+    );
+    let mut batches = batches.to_vec();
+    batches.push(later8);
+    let mut producers = ProducerStateTable::default();
+    for b in &batches {
+        producers.replay(&header(b), b);
+    }
+    let (out, stats) = clean_all(&batches, &producers, 5_000, 1_000);
+    assert_eq!(out[2], Outcome::Removed);
     assert_eq!(out[3], Outcome::Removed);
     assert_eq!(stats.markers_removed, 1);
 }

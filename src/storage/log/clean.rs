@@ -264,6 +264,9 @@ impl PartitionLog {
         let Some(c) = self.cleanable(now_ms) else {
             return Ok(None);
         };
+        // An earlier pass that failed after a commit point (a rename or removal failed) left
+        // its swap to finish: done first, so a new swap file never replaces an unfinished one.
+        recover_swap(&self.env, &self.dir).await?;
         map.clear();
         let cfg = self.cfg();
         let sources = self.sources_below(c.end).await?;
@@ -343,9 +346,17 @@ impl PartitionLog {
                 .get(group.end)
                 .map_or(sources[group.end - 1].next_offset, |s| s.base);
             let group = &sources[group];
-            let cleaned = self
+            let cleaned = match self
                 .clean_group(group, end, &rules, &mut txns, &mut stats, throttle)
-                .await?;
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    // Before the commit point: the cleaned files are strays, and take space.
+                    remove_cleaned(&self.env, &self.dir, group[0].base).await;
+                    return Err(e);
+                }
+            };
             self.swap_in(group, cleaned).await?;
         }
         // Every group is swapped in: the dirty part now starts at map_end. (A crash before
