@@ -514,9 +514,10 @@ fn cleaner_state(topic: &str, endpoints: &[String]) -> Result<String, CliError> 
         "CLEANED-BYTES",
         "LAST-PASS",
     ]);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = {
+        use crate::storage::io::Clock;
+        crate::runtime::SystemClock.wall_ms()
+    };
     for (p, m) in rows {
         let get = |k: &str| m.get(k).cloned().unwrap_or_else(|| "-".to_owned());
         let last = match get("sluice_log_cleaner_last_pass_time_ms").parse::<f64>() {

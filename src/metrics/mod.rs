@@ -430,10 +430,8 @@ impl CleanerSnapshot {
         if !log.cfg().compact {
             return None;
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let c = log.cleanable(now_ms);
+        use crate::storage::io::Clock;
+        let c = log.cleanable(crate::runtime::SystemClock.wall_ms());
         Some(CleanerSnapshot {
             dirty_ratio: c.map_or(0.0, |c| c.ratio),
             dirty_bytes: c.map_or(0, |c| c.dirty_bytes),

@@ -945,15 +945,7 @@ impl Replica {
         }
         if !internal && self.log.cfg().compact {
             // A compacted topic refuses records without a key, as Kafka does.
-            for (pos, size, h) in &batches {
-                crate::storage::cleaner::records::check_keys(
-                    &records[*pos..*pos + *size],
-                    h.attributes,
-                    h.record_count,
-                    crate::constants::DECOMPRESSED_BATCH_BYTES_MAX,
-                )
-                .map_err(StorageError::InvalidRecord)?;
-            }
+            crate::storage::cleaner::records::check_keys_all(&records, &batches)?;
         }
         if batches
             .iter()

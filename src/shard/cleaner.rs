@@ -19,17 +19,12 @@ use tracing::warn;
 use super::Shard;
 use crate::runtime;
 use crate::storage::cleaner::OffsetMap;
+use crate::storage::io::Clock;
 use crate::storage::log::{Cleanable, CleanerThrottle};
 use crate::types::TopicPartition;
 
 /// How long a partition whose pass failed is left alone.
 pub const FAILED_BACKOFF: Duration = Duration::from_secs(300);
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Whether `c` qualifies for a pass under its log's `min.cleanable.dirty.ratio`.
 pub fn qualifies(c: &Cleanable, min_ratio: f64) -> bool {
@@ -75,7 +70,7 @@ pub(super) async fn cleaner_task(shard: Weak<Shard>) {
         if shard.stopping.get() {
             return;
         }
-        let now = now_ms();
+        let now = runtime::SystemClock.wall_ms();
         failed.retain(|_, at| at.elapsed() < FAILED_BACKOFF);
         let logs = shard.owned_partitions();
         let candidates: Vec<_> = logs

@@ -288,14 +288,26 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
-/// A zigzag varint at `at` of `b`: (value, bytes read), None if cut short or too long.
-fn varint(b: &[u8], at: usize) -> Option<(i64, usize)> {
+/// A zigzag varint (Kafka's `varint`, record fields), and the bytes it took; None if cut
+/// short or longer than 5 bytes.
+pub fn varint(b: &[u8]) -> Option<(i32, usize)> {
+    let (v, n) = unsigned_varint(b, 5)?;
+    let v = v as u32;
+    Some((((v >> 1) as i32) ^ -((v & 1) as i32), n))
+}
+
+/// A zigzag varlong (Kafka's `varlong`); None if cut short or longer than 10 bytes.
+pub fn varlong(b: &[u8]) -> Option<(i64, usize)> {
+    let (v, n) = unsigned_varint(b, 10)?;
+    Some((((v >> 1) as i64) ^ -((v & 1) as i64), n))
+}
+
+fn unsigned_varint(b: &[u8], max: usize) -> Option<(u64, usize)> {
     let mut v: u64 = 0;
-    for i in 0..10 {
-        let byte = *b.get(at + i)?;
+    for (i, byte) in b.iter().take(max).enumerate() {
         v |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
-            return Some((((v >> 1) as i64) ^ -((v & 1) as i64), i + 1));
+            return Some((v, i + 1));
         }
     }
     None
@@ -324,13 +336,13 @@ pub fn marker_of(batch: &[u8]) -> Option<(super::producer_state::Marker, i32)> {
     // Record: length varint, attributes i8, timestampDelta varlong, offsetDelta varint,
     // keyLength varint, key.
     let mut at = HEADER_LEN;
-    let (_, n) = varint(batch, at)?;
+    let (_, n) = varlong(batch.get(at..)?)?;
     at += n + 1;
-    let (_, n) = varint(batch, at)?;
+    let (_, n) = varlong(batch.get(at..)?)?;
     at += n;
-    let (_, n) = varint(batch, at)?;
+    let (_, n) = varlong(batch.get(at..)?)?;
     at += n;
-    let (key_len, n) = varint(batch, at)?;
+    let (key_len, n) = varlong(batch.get(at..)?)?;
     at += n;
     if key_len < 4 || batch.len() < at + 4 {
         return None;
@@ -342,7 +354,7 @@ pub fn marker_of(batch: &[u8]) -> Option<(super::producer_state::Marker, i32)> {
     };
     // valueLength varint, value: version i16, coordinator epoch i32.
     at += key_len as usize;
-    let coordinator_epoch = match varint(batch, at) {
+    let coordinator_epoch = match batch.get(at..).and_then(varlong) {
         Some((value_len, n)) if value_len >= 6 && batch.len() >= at + n + 6 => {
             i32::from_be_bytes(batch[at + n + 2..at + n + 6].try_into().expect("4 bytes"))
         }
@@ -450,13 +462,18 @@ pub(crate) mod test_util {
 
     /// Encode `records` as uncompressed v2 batches.
     fn encode_records(records: &[Record]) -> Bytes {
+        encode_records_with(records, Compression::None)
+    }
+
+    /// Encode `records` as v2 batches compressed with `compression`.
+    pub fn encode_records_with(records: &[Record], compression: Compression) -> Bytes {
         let mut buf = BytesMut::new();
         RecordBatchEncoder::encode(
             &mut buf,
             records,
             &RecordEncodeOptions {
                 version: 2,
-                compression: Compression::None,
+                compression,
             },
         )
         .expect("encode");

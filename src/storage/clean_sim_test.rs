@@ -134,14 +134,9 @@ async fn read_all(log: &PartitionLog) -> Vec<(i64, String, Option<String>)> {
         }
         // The next read starts after the last batch returned (a cleaned batch may end in a
         // gap past its last record).
-        let mut b = data.records.clone();
-        let mut end = last + 1;
-        while b.len() >= 61 {
-            let h = super::batch::BatchHeader::parse(&b).expect("header");
-            end = end.max(h.next_offset());
-            let _ = b.split_to(h.size());
-        }
-        next = end;
+        next = super::batch::BatchIter::new(&data.records)
+            .map(|b| b.expect("a batch").1.next_offset())
+            .fold(last + 1, i64::max);
     }
     out
 }

@@ -17,7 +17,7 @@ use std::io::Read;
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::compression::{self as codec, Compressor};
 
-use crate::storage::batch::HEADER_LEN;
+use crate::storage::batch::{HEADER_LEN, varint, varlong};
 
 /// Attributes bits 0-2.
 pub const CODEC_MASK: i16 = 0x07;
@@ -270,29 +270,22 @@ fn parse_body(b: &[u8]) -> Result<Body<'_>, String> {
     Ok((od, ts, key, vlen < 0))
 }
 
-/// A zigzag varint (Kafka's `varint`), and the bytes it took; None if cut short or longer
-/// than 5 bytes.
-pub fn varint(b: &[u8]) -> Option<(i32, usize)> {
-    let (v, n) = unsigned_varint(b, 5)?;
-    let v = v as u32;
-    Some((((v >> 1) as i32) ^ -((v & 1) as i32), n))
-}
-
-/// A zigzag varlong (Kafka's `varlong`); None if cut short or longer than 10 bytes.
-pub fn varlong(b: &[u8]) -> Option<(i64, usize)> {
-    let (v, n) = unsigned_varint(b, 10)?;
-    Some((((v >> 1) as i64) ^ -((v & 1) as i64), n))
-}
-
-fn unsigned_varint(b: &[u8], max: usize) -> Option<(u64, usize)> {
-    let mut v: u64 = 0;
-    for (i, byte) in b.iter().take(max).enumerate() {
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
+/// [`check_keys`] on every batch of a produce (`(position, size, header)` as
+/// `batch::validate_all_for_append` gives them): a compacted topic's append and proposal.
+pub fn check_keys_all(
+    records: &[u8],
+    batches: &[(usize, usize, crate::storage::batch::BatchHeader)],
+) -> Result<(), crate::storage::StorageError> {
+    for (pos, size, h) in batches {
+        check_keys(
+            &records[*pos..*pos + *size],
+            h.attributes,
+            h.record_count,
+            crate::constants::DECOMPRESSED_BATCH_BYTES_MAX,
+        )
+        .map_err(crate::storage::StorageError::InvalidRecord)?;
     }
-    None
+    Ok(())
 }
 
 /// Whether every record of a data batch has a key (a compacted topic refuses records
@@ -314,50 +307,8 @@ pub fn check_keys(batch: &[u8], attributes: i16, count: i32, limit: usize) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use kafka_protocol::indexmap::IndexMap;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-
-    /// A batch of `(key, value)` records encoded by kafka-protocol with `compression`.
-    pub(crate) fn batch_of(
-        base: i64,
-        kv: &[(Option<&str>, Option<&str>)],
-        compression: Compression,
-    ) -> Vec<u8> {
-        let records: Vec<Record> = kv
-            .iter()
-            .enumerate()
-            .map(|(i, (k, v))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: base + i as i64,
-                // One batch: kafka-protocol splits where offset - sequence changes.
-                sequence: i as i32,
-                timestamp: 1_000 + i as i64,
-                key: k.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-                value: v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-                headers: IndexMap::new(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            records.iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .expect("encode");
-        buf.to_vec()
-    }
+    use crate::storage::cleaner::test_util::batch;
+    use kafka_protocol::records::Compression;
 
     #[test]
     fn varints_decode_as_kafka_encodes_them() {
@@ -380,7 +331,7 @@ mod tests {
             Compression::Zstd,
         ] {
             let kv = [(Some("a"), Some("1")), (None, Some("2")), (Some("b"), None)];
-            let b = batch_of(10, &kv, c);
+            let b = batch(10, &kv, c, 1_000, None);
             let h = crate::storage::batch::BatchHeader::parse(&b).expect("header");
             let section = records_section(&b, h.attributes, 1 << 20).expect("decompress");
             let recs: Vec<_> = RecordIter::new(&section, h.record_count)
@@ -405,7 +356,7 @@ mod tests {
                 section.as_ref()
             );
             assert!(check_keys(&b, h.attributes, h.record_count, 1 << 20).is_err());
-            let keyed = batch_of(0, &[(Some("k"), Some("v"))], c);
+            let keyed = batch(0, &[(Some("k"), Some("v"))], c, 1_000, None);
             let hk = crate::storage::batch::BatchHeader::parse(&keyed).expect("header");
             assert!(check_keys(&keyed, hk.attributes, 1, 1 << 20).is_ok());
             if c != Compression::None {
@@ -421,7 +372,7 @@ mod tests {
 
     #[test]
     fn malformed_sections_are_errors_not_panics() {
-        let b = batch_of(0, &[(Some("a"), Some("1"))], Compression::None);
+        let b = batch(0, &[(Some("a"), Some("1"))], Compression::None, 1_000, None);
         let section = &b[HEADER_LEN..];
         for cut in 0..section.len() {
             let r: Result<Vec<_>, _> = RecordIter::new(&section[..cut], 1).collect();

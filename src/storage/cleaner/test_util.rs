@@ -1,10 +1,8 @@
 //! Keyed batches for the cleaner's tests.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, TimestampType};
 
 use crate::storage::batch;
 
@@ -39,17 +37,7 @@ pub fn batch(
             headers: IndexMap::new(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode");
-    let mut b = buf.to_vec();
+    let mut b = batch::test_util::encode_records_with(&records, compression).to_vec();
     assert_eq!(
         crate::storage::batch::BatchHeader::parse(&b)
             .expect("header")

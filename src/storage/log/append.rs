@@ -191,7 +191,7 @@ impl PartitionLog {
     ) -> Result<Placement, StorageError> {
         let batches = batch::validate_all_for_append(&records, self.cfg().max_message_bytes)?;
         let mut idempotent = false;
-        for (start, size, h) in &batches {
+        for (_, _, h) in &batches {
             let transactional = h.attributes & batch::ATTR_TRANSACTIONAL != 0;
             let control = h.attributes & batch::ATTR_CONTROL != 0;
             match mode {
@@ -210,18 +210,7 @@ impl PartitionLog {
                             "a producer may not write control batches".into(),
                         ));
                     }
-                    if self.cfg().compact && origin == Origin::Client {
-                        // The one look inside a batch on produce, for compacted topics only:
-                        // Kafka refuses records without a key there (INVALID_RECORD).
-                        let (start, size) = (*start, *size);
-                        crate::storage::cleaner::records::check_keys(
-                            &records[start..start + size],
-                            h.attributes,
-                            h.record_count,
-                            crate::constants::DECOMPRESSED_BATCH_BYTES_MAX,
-                        )
-                        .map_err(StorageError::InvalidRecord)?;
-                    }
+
                     if transactional && h.producer_id < 0 {
                         return Err(StorageError::InvalidRecord(
                             "a transactional batch without a producer id".into(),
@@ -236,6 +225,11 @@ impl PartitionLog {
                 }
             }
             idempotent |= h.producer_id >= 0;
+        }
+        if mode == Mode::Leader && origin == Origin::Client && self.cfg().compact {
+            // The one look inside a batch on produce, for compacted topics only: Kafka refuses
+            // records without a key there (INVALID_RECORD).
+            crate::storage::cleaner::records::check_keys_all(&records, &batches)?;
         }
         if mode == Mode::Follower {
             for w in batches.windows(2) {

@@ -118,7 +118,7 @@ impl CleanerThrottle {
 }
 
 /// What the cleaner did to one log since it was opened (metrics, `sluice topic describe`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CleanerStatus {
     pub passes: u64,
     /// Bytes of log read and written by its passes.
@@ -131,6 +131,20 @@ pub struct CleanerStatus {
     pub last_pass_duration_ms: u64,
     /// Passes that failed (the log is left as it was).
     pub failures: u64,
+}
+
+impl Default for CleanerStatus {
+    fn default() -> Self {
+        CleanerStatus {
+            passes: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            records_removed: 0,
+            last_pass_ms: -1,
+            last_pass_duration_ms: 0,
+            failures: 0,
+        }
+    }
 }
 
 /// One segment of a pass, as it was when the pass began.
@@ -158,11 +172,7 @@ impl PartitionLog {
 
     /// What the cleaner did here since the log was opened.
     pub fn cleaner_status(&self) -> CleanerStatus {
-        let mut s = self.cleaner.get();
-        if s.passes == 0 && s.failures == 0 {
-            s.last_pass_ms = -1;
-        }
-        s
+        self.cleaner.get()
     }
 
     /// What a cleaning pass could take now; None if the log is not compacted, is closing or
@@ -592,17 +602,6 @@ fn cleaned_path(dir: &Path, base: i64, suffix: &str) -> std::path::PathBuf {
         "{}{CLEANED_SUFFIX}",
         segment_file_name(base, suffix)
     ))
-}
-
-async fn remove_if_exists(env: &Env, path: &Path) -> Result<(), StorageError> {
-    match env.disk.remove_file(path).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StorageError::io(
-            "removing a file",
-            io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-        )),
-    }
 }
 
 /// Remove the `.cleaned` files of the group at `base` (a pass that failed before its commit

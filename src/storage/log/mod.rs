@@ -476,6 +476,21 @@ pub(super) struct Recovered {
     pub opened_from: OpenedFrom,
 }
 
+/// Remove `path`; one that is not there is no error.
+pub(super) async fn remove_if_exists(
+    env: &Env,
+    path: &std::path::Path,
+) -> Result<(), StorageError> {
+    match env.disk.remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io(
+            "removing a file",
+            io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+        )),
+    }
+}
+
 fn align_down(v: u64, a: u64) -> u64 {
     v - v % a
 }

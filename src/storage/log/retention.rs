@@ -230,17 +230,7 @@ impl PartitionLog {
                 TIME_INDEX_SUFFIX,
                 crate::storage::segment::LOG_SUFFIX,
             ] {
-                let path = segment_path(&self.dir, base, suffix);
-                match self.env.disk.remove_file(&path).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(StorageError::io(
-                            "removing a segment file",
-                            io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-                        ));
-                    }
-                }
+                remove_if_exists(&self.env, &segment_path(&self.dir, base, suffix)).await?;
             }
         }
         self.env
