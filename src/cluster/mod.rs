@@ -6,5 +6,6 @@ pub mod incarnation;
 pub mod metadata;
 pub mod node;
 pub mod producer_ids;
+pub mod remote;
 pub mod rpc;
 pub mod seeds;

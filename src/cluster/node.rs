@@ -2,6 +2,7 @@
 //! group driven by its own task on this shard), its links to the other brokers, and on the
 //! metadata shard the metadata replica's waiters.
 
+use crate::replication::prefix::{PrefixChunk, PrefixSource};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -472,5 +473,91 @@ impl ClusterShard {
         self.replica(&metadata_tp())
             .and_then(|d| d.replica().leader())
             .map(|l| l as i32)
+    }
+}
+
+/// How much one Fetch of a compacted prefix asks for.
+const PREFIX_FETCH_BYTES: i32 = 8 << 20;
+/// The Fetch version a replica copies a compacted prefix with (topic names, KIP-227 fields).
+const PREFIX_FETCH_VERSION: i16 = 12;
+
+/// A replica's [`PrefixSource`]: the partition's leader, asked with a Fetch (read
+/// uncommitted, every batch as stored: data, control batches, markers) on its Kafka listener,
+/// as any consumer reads it (see `replication::prefix`).
+pub struct LeaderFetch {
+    pub shard: std::rc::Weak<crate::shard::Shard>,
+    pub tp: TopicPartition,
+}
+
+impl PrefixSource for LeaderFetch {
+    fn fetch(
+        &self,
+        leader: Option<u64>,
+        from: i64,
+    ) -> futures::future::LocalBoxFuture<'static, Result<PrefixChunk, String>> {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+        use kafka_protocol::protocol::StrBytes;
+
+        let addr = leader.and_then(|l| {
+            let shard = self.shard.upgrade()?;
+            let catalog = shard.catalog();
+            let b = catalog.brokers.get(&i32::try_from(l).ok()?)?;
+            Some(format!("{}:{}", b.host, b.port))
+        });
+        let tp = self.tp.clone();
+        Box::pin(async move {
+            let addr = addr.ok_or_else(|| "no leader known".to_string())?;
+            let request = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(0)
+                .with_min_bytes(1)
+                .with_max_bytes(PREFIX_FETCH_BYTES)
+                .with_isolation_level(0)
+                .with_session_epoch(-1)
+                .with_topics(vec![
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(tp.topic.clone())))
+                        .with_partitions(vec![
+                            FetchPartition::default()
+                                .with_partition(tp.partition)
+                                .with_current_leader_epoch(-1)
+                                .with_fetch_offset(from)
+                                .with_log_start_offset(-1)
+                                .with_partition_max_bytes(PREFIX_FETCH_BYTES),
+                        ]),
+                ]);
+            let response = crate::cluster::remote::call(
+                &addr,
+                &request,
+                PREFIX_FETCH_VERSION,
+                "sluice-replica",
+                crate::replication::prefix::PREFIX_FETCH_TIMEOUT,
+                PREFIX_FETCH_BYTES as usize + (1 << 20),
+            )
+            .await
+            .map_err(|e| format!("Fetch from {addr}: {e}"))?;
+            if response.error_code != 0 {
+                return Err(format!("Fetch from {addr}: error {}", response.error_code));
+            }
+            let p = response
+                .responses
+                .into_iter()
+                .flat_map(|t| t.partitions)
+                .find(|p| p.partition_index == tp.partition)
+                .ok_or_else(|| format!("Fetch from {addr}: the partition is not in the answer"))?;
+            match p.error_code {
+                0 => Ok(PrefixChunk {
+                    log_start: p.log_start_offset,
+                    records: p.records.unwrap_or_default(),
+                }),
+                // OFFSET_OUT_OF_RANGE below the leader's log start: the copy goes on from it.
+                1 if p.log_start_offset > from => Ok(PrefixChunk {
+                    log_start: p.log_start_offset,
+                    records: Default::default(),
+                }),
+                code => Err(format!("Fetch from {addr} at offset {from}: error {code}")),
+            }
+        })
     }
 }

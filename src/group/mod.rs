@@ -101,7 +101,7 @@ pub fn add_offsets_topic(
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
     // Kafka's offsets.topic.segment.bytes: small enough segments for the
-    // coordinator to compact the topic (GroupCoordinator::compact_offsets).
+    // log cleaner to compact the topic soon (`shard::cleaner`).
     configs.insert(
         "segment.bytes".to_string(),
         config.offsets_topic_segment_bytes.to_string(),
@@ -245,31 +245,6 @@ pub struct GroupDescription {
     pub members: Vec<MemberSummary>,
 }
 
-/// What one compaction of a `__consumer_offsets` partition did.
-#[derive(Debug)]
-struct Compacted {
-    /// Live offsets appended again.
-    rewritten: usize,
-    /// Bytes of the segments below the new log start.
-    freed_bytes: u64,
-    log_start: Offset,
-}
-
-/// A write to `__consumer_offsets` failed before or in the log. A compaction
-/// that stops on one leaves the partition as it was, apart from records
-/// appended again (replay gives the same map).
-#[derive(Debug, thiserror::Error)]
-enum OffsetsWriteError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Replica(#[from] crate::replication::ReplicaError),
-    #[error("no longer the coordinator of this partition in term {0}")]
-    NotServing(u64),
-    #[error("encoding a committed offset: {0}")]
-    Encode(#[from] records::RecordError),
-}
-
 /// The `__consumer_offsets` record (key, value) saying that `group` committed
 /// `committed` for `topic`/`partition`.
 fn offset_record(
@@ -290,19 +265,6 @@ fn offset_record(
         commit_timestamp_ms: committed.commit_timestamp_ms,
     })?;
     Ok((key, Some(value)))
-}
-
-/// Append `records` to an offsets partition and wait until they are
-/// durable: the log offset of the first record (record `i` is at `+ i`).
-async fn append_durable(
-    log: &Rc<PartitionLog>,
-    records: &[(Bytes, Option<Bytes>)],
-    timestamp_ms: i64,
-) -> Result<i64, OffsetsWriteError> {
-    let bytes = records::encode_batches(records, timestamp_ms, OFFSETS_BATCH_BYTES_MAX)?;
-    let info = log.append(bytes).await?;
-    log.wait_durable(&info).await?;
-    Ok(info.base_offset.get())
 }
 
 /// A write to `__consumer_offsets` failed: the code OffsetCommit reports
@@ -365,9 +327,6 @@ pub struct GroupCoordinator {
     /// by (`__consumer_offsets` partition, producer id): applied by the COMMIT marker,
     /// dropped by the ABORT marker ([`GroupCoordinator::complete_txn`]).
     pending_txn: RefCell<HashMap<(i32, i64), Vec<PendingOffset>>>,
-    /// Transactional offset commits placed in a partition whose task has not registered or
-    /// applied them yet, by `__consumer_offsets` partition (compaction waits for them).
-    txn_commits_in_flight: RefCell<HashMap<i32, usize>>,
     /// Time for offset writes (commit timestamps, batch timestamps) and
     /// commit checks (`storage::io::Clock`, the system clock in production).
     clock: Rc<dyn Clock>,
@@ -379,7 +338,6 @@ impl GroupCoordinator {
             groups: RefCell::new(HashMap::new()),
             leading: RefCell::new(HashMap::new()),
             pending_txn: RefCell::new(HashMap::new()),
-            txn_commits_in_flight: RefCell::new(HashMap::new()),
             settings: GroupSettings {
                 initial_rebalance_delay: Duration::from_millis(
                     config.group_initial_rebalance_delay_ms,
@@ -791,11 +749,6 @@ impl GroupCoordinator {
             Some(d) => futures::future::Either::Left(d.propose_for_producer(bytes)),
             None => futures::future::Either::Right(log.append_for_producer(bytes)),
         };
-        *this
-            .txn_commits_in_flight
-            .borrow_mut()
-            .entry(tp.partition)
-            .or_default() += 1;
         let (tx, rx) = runtime::oneshot::channel();
         let (pid, partition, group) = (req.producer_id, tp.partition, group_id.to_string());
         let tp_task = tp.clone();
@@ -862,14 +815,6 @@ impl GroupCoordinator {
                     Some(true) => apply_pending(&mut shard.groups.groups.borrow_mut(), offsets),
                     Some(false) => {}
                 }
-            }
-            if let Some(n) = shard
-                .groups
-                .txn_commits_in_flight
-                .borrow_mut()
-                .get_mut(&partition)
-            {
-                *n = n.saturating_sub(1);
             }
             let _ = tx.send(written);
         });
@@ -1144,248 +1089,6 @@ impl GroupCoordinator {
             }
         }
         Ok(results)
-    }
-
-    /// Compact the `__consumer_offsets` partitions this shard owns (run by
-    /// the shard's retention pass). See [`GroupCoordinator::compact_partition`].
-    pub async fn compact_offsets(&self, shard: &Shard) {
-        let Some(meta) = shard.catalog().get(OFFSETS_TOPIC).cloned() else {
-            return;
-        };
-        for p in 0..meta.partitions {
-            let tp = TopicPartition::new(OFFSETS_TOPIC, p);
-            if shard.owner_of(&tp) != shard.id || shard.stopping.get() {
-                continue;
-            }
-            let Some(log) = shard.partition(&tp) else {
-                continue;
-            };
-            // A replicated partition: only by its coordinator, serving in the current term
-            // (its groups' map is loaded); copies are proposals and the log start moves by a
-            // Raft entry every replica applies.
-            let replica = match shard.replica(&tp) {
-                // A local partition: the shard's log cleaner compacts it like any compacted
-                // topic (`shard::cleaner`).
-                None if shard.config.log_cleaner_enable => continue,
-                None => None,
-                Some(d) => {
-                    let term = d.replica().term();
-                    if self.leading.borrow().get(&p) != Some(&Coordinating::Serving(term))
-                        || !d.replica().is_leader()
-                    {
-                        continue;
-                    }
-                    Some((d, term))
-                }
-            };
-            match self
-                .compact_partition(&log, p, meta.partitions, replica)
-                .await
-            {
-                Ok(None) => {}
-                Ok(Some(done)) => info!(
-                    shard = %shard.id,
-                    partition = %tp,
-                    rewritten = done.rewritten,
-                    freed_bytes = done.freed_bytes,
-                    log_start = done.log_start.get(),
-                    "compacted committed offsets"
-                ),
-                Err(e) => {
-                    warn!(shard = %shard.id, partition = %tp, error = %e, "compacting committed offsets failed")
-                }
-            }
-            runtime::yield_if_needed().await;
-        }
-    }
-
-    /// Compaction of one `__consumer_offsets` partition, the way Kafka's log
-    /// cleaner keeps that topic bounded, but from the coordinator's own map
-    /// instead of a scan: the map holds, for every live key, the value of its
-    /// latest record and that record's offset.
-    ///
-    /// When the segments before the active one hold at least twice the bytes
-    /// the live offsets need, every live offset whose latest record lies
-    /// below the active segment's base `B` is appended again (same value and
-    /// commit time), group by group holding the group's write order exclusive, so no
-    /// commit or delete of that group interleaves with its copy. Once they
-    /// are durable, every key's latest record is at or above `B`, and
-    /// tombstoned keys have no record left that could bring them back below
-    /// it: the log start moves to `B` (DeleteRecords) and the older segments
-    /// are deleted. A crash before that only leaves duplicate records;
-    /// replay from the log start gives the same map either way.
-    ///
-    /// Returns None when there was nothing worth doing.
-    async fn compact_partition(
-        &self,
-        log: &Rc<PartitionLog>,
-        partition: i32,
-        partitions: i32,
-        replica: Option<(Rc<crate::replication::driver::Driver>, u64)>,
-    ) -> Result<Option<Compacted>, OffsetsWriteError> {
-        let serving = |leading: &HashMap<i32, Coordinating>| match &replica {
-            None => Ok(()),
-            Some((d, term)) => {
-                if leading.get(&partition) == Some(&Coordinating::Serving(*term))
-                    && d.replica().is_leader()
-                    && d.replica().term() == *term
-                {
-                    Ok(())
-                } else {
-                    Err(OffsetsWriteError::NotServing(*term))
-                }
-            }
-        };
-        let (active_base, older_bytes) = log.active_segment();
-        if older_bytes == 0
-            || active_base <= log.log_start_offset()
-            || log.high_watermark() < active_base
-        {
-            return Ok(None);
-        }
-        let (locks, live_bytes) = {
-            let groups = self.groups.borrow();
-            let mut live_bytes = 0u64;
-            let mut locks = Vec::new();
-            for (id, g) in groups
-                .iter()
-                .filter(|(id, _)| offsets_partition(id, partitions) == partition)
-            {
-                for ((topic, _), c) in &g.offsets {
-                    live_bytes += records::record_size_estimate_parts(id, topic, &c.metadata);
-                }
-                if let Some((_, v)) = &g.membership_record {
-                    live_bytes += (32 + 4 + id.len() + v.len()) as u64;
-                }
-                locks.push((id.clone(), g.write_order.clone()));
-            }
-            (locks, live_bytes)
-        };
-        if older_bytes < live_bytes.saturating_mul(2) {
-            return Ok(None);
-        }
-        if self.transactions_hold(log, partition) {
-            return Ok(None);
-        }
-        let mut rewritten = 0usize;
-        for (group_id, order) in locks {
-            let _granted = order.enter(Mode::Exclusive).granted().await;
-            // Held exclusive, no write of this group is in flight: its map
-            // entries are its latest records.
-            let stale: Vec<((String, i32), CommittedOffset)> = self
-                .groups
-                .borrow()
-                .get(&group_id)
-                .map(|g| {
-                    g.offsets
-                        .iter()
-                        .filter(|(_, c)| c.log_offset < active_base.get())
-                        .map(|(tp, c)| (tp.clone(), c.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            // The latest group metadata record, if below too.
-            let membership: Option<Bytes> = self
-                .groups
-                .borrow()
-                .get(&group_id)
-                .and_then(|g| g.membership_record.clone())
-                .filter(|(at, _)| *at < active_base.get())
-                .map(|(_, v)| v);
-            if stale.is_empty() && membership.is_none() {
-                continue;
-            }
-            let mut copies = stale
-                .iter()
-                .map(|((topic, partition), c)| offset_record(&group_id, topic, *partition, c))
-                .collect::<Result<Vec<_>, _>>()?;
-            if let Some(v) = &membership {
-                copies.push((records::encode_group_key(&group_id)?, Some(v.clone())));
-            }
-            serving(&self.leading.borrow())?;
-            let base = match &replica {
-                None => append_durable(log, &copies, self.clock.wall_ms()).await?,
-                Some((d, _)) => {
-                    let bytes = records::encode_batches(
-                        &copies,
-                        self.clock.wall_ms(),
-                        OFFSETS_BATCH_BYTES_MAX,
-                    )?;
-                    let info = d.propose(bytes, crate::replication::Acks::All).await?;
-                    info.base_offset.get()
-                }
-            };
-            self.with_group(&group_id, false, |g| {
-                for (i, (tp, old)) in stale.iter().enumerate() {
-                    if let Some(c) = g.offsets.get_mut(tp)
-                        && c.log_offset == old.log_offset
-                    {
-                        c.log_offset = base + i as i64;
-                    }
-                }
-                if let Some(v) = membership {
-                    let at = base + stale.len() as i64;
-                    if g.membership_record.as_ref().is_some_and(|(o, _)| *o < at) {
-                        g.membership_record = Some((at, v));
-                    }
-                }
-            });
-            rewritten += stale.len();
-        }
-        serving(&self.leading.borrow())?;
-        // Checked again with no await before the log start moves: a transaction's offsets
-        // that took effect while the copies were written (their records below `B`, never
-        // copied) would be lost with the old segments. The copies made stay as duplicates.
-        if self.transactions_hold(log, partition)
-            || self.live_below(partition, partitions, active_base.get())
-        {
-            return Ok(None);
-        }
-        let log_start = match &replica {
-            None => log.delete_records(active_base.get()).await?,
-            Some((d, _)) => {
-                d.propose_log_start(active_base).await?;
-                log.log_start_offset()
-            }
-        };
-        Ok(Some(Compacted {
-            rewritten,
-            freed_bytes: older_bytes,
-            log_start,
-        }))
-    }
-
-    /// Whether transactional offset commits keep a `__consumer_offsets` partition from being
-    /// compacted: a transaction open in it, offsets pending a marker, or a commit whose task
-    /// has not registered them yet. Those offsets exist only as their records until the
-    /// marker and apply by their records' offsets: no copy may overtake them, and the log
-    /// start waits for them.
-    fn transactions_hold(&self, log: &PartitionLog, partition: i32) -> bool {
-        !log.open_transactions().is_empty()
-            || self
-                .pending_txn
-                .borrow()
-                .keys()
-                .any(|(p, _)| *p == partition)
-            || self
-                .txn_commits_in_flight
-                .borrow()
-                .get(&partition)
-                .is_some_and(|n| *n > 0)
-    }
-
-    /// Whether a live offset or group record of `partition` still lies below `base`.
-    fn live_below(&self, partition: i32, partitions: i32, base: i64) -> bool {
-        self.groups
-            .borrow()
-            .iter()
-            .filter(|(id, _)| offsets_partition(id, partitions) == partition)
-            .any(|(_, g)| {
-                g.offsets.values().any(|c| c.log_offset < base)
-                    || g.membership_record
-                        .as_ref()
-                        .is_some_and(|(at, _)| *at < base)
-            })
     }
 
     /// Deadlines of every group; forget groups with nothing left.

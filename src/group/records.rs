@@ -363,15 +363,6 @@ fn record_size_estimate(key: &Bytes, value: &Option<Bytes>) -> usize {
     32 + key.len() + value.as_ref().map_or(0, Bytes::len)
 }
 
-/// About the bytes one committed offset takes in the log as a record, from
-/// its parts (the [`encode_key`] and [`encode_value`] layouts plus the
-/// per-record overhead of [`record_size_estimate`]).
-pub fn record_size_estimate_parts(group: &str, topic: &str, metadata: &str) -> u64 {
-    let key = 2 + 2 + group.len() + 2 + topic.len() + 4;
-    let value = 2 + 8 + 4 + 2 + metadata.len() + 8;
-    (32 + key + value) as u64
-}
-
 /// Encode `(key, value)` records (value None = tombstone) as one or more
 /// RecordBatches, each at most about `batch_bytes_max`, back to back. The
 /// batches are meant for one `PartitionLog::append`, which assigns their

@@ -118,14 +118,20 @@ impl Driver {
     }
 
     /// [`Replica::request_compaction`], waking the task.
-    pub fn request_compaction(&self, offset: crate::types::Offset) {
-        self.replica.request_compaction(offset);
+    pub fn request_compaction(
+        &self,
+        remove_below: crate::types::Offset,
+        base_to: crate::types::Offset,
+    ) {
+        self.replica.request_compaction(remove_below, base_to);
         self.wake.notify_all();
     }
 
-    /// Ask the task to end after its current round.
+    /// Ask the task to end after its current round (a compacted prefix being copied gives
+    /// up: the install goes on at the next open).
     pub fn stop(&self) {
         self.stop.set(true);
+        self.replica.stop_installing();
         self.wake.notify_all();
     }
 
@@ -197,6 +203,8 @@ mod tests {
         cut: Cell<Option<u64>>,
         /// Each replica's environment (its disk), to reopen it.
         envs: RefCell<Vec<Env>>,
+        /// Each replica's simulated disk (to cut its power).
+        disks: RefCell<Vec<SimDisk>>,
     }
 
     impl Transport for LocalNet {
@@ -285,6 +293,7 @@ mod tests {
         let mut tasks = Vec::new();
         for id in 1..=3u64 {
             let disk = SimDisk::new(id, Faults::default());
+            net.disks.borrow_mut().push(disk.clone());
             let env = Env::new(Rc::new(disk), clock.clone(), SyncScope::default());
             net.envs.borrow_mut().push(env.clone());
             let cfg = ReplicaConfig {
@@ -684,6 +693,268 @@ mod tests {
         });
     }
 
+    /// The leader's log, read as a consumer would (a follower's compacted prefix source).
+    struct LeaderLog(Rc<LocalNet>);
+
+    impl crate::replication::prefix::PrefixSource for LeaderLog {
+        fn fetch(
+            &self,
+            leader: Option<u64>,
+            from: i64,
+        ) -> futures::future::LocalBoxFuture<
+            'static,
+            Result<crate::replication::prefix::PrefixChunk, String>,
+        > {
+            let d = leader.and_then(|l| {
+                self.0
+                    .drivers
+                    .borrow()
+                    .get(l as usize - 1)
+                    .cloned()
+                    .flatten()
+            });
+            Box::pin(async move {
+                let d = d.ok_or("no leader")?;
+                let log = d.replica().log().clone();
+                let data = log
+                    .read(
+                        crate::types::Offset(from.max(log.log_start_offset().0)),
+                        4096,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(crate::replication::prefix::PrefixChunk {
+                    log_start: data.log_start_offset.0,
+                    records: data.records,
+                })
+            })
+        }
+    }
+
+    /// Keyed batches for a compacted partition: `n` batches of two records, keys from a set
+    /// of 5.
+    async fn produce_keyed(d: &Driver, n: i64, from: i64) -> i64 {
+        use kafka_protocol::records::Compression;
+        let mut last = -1;
+        for i in from..from + n {
+            let (k1, k2) = (format!("k{}", i % 5), format!("k{}", (i + 2) % 5));
+            let v = format!("v{i}-{}", "x".repeat(60));
+            let b = crate::storage::cleaner::test_util::batch(
+                0,
+                &[(Some(&k1), Some(&v)), (Some(&k2), Some(&v))],
+                Compression::None,
+                1_700_000_000_000 + i,
+                None,
+            );
+            let fut = d.propose(Bytes::from(b), Acks::All);
+            let info = crate::runtime::timeout(Duration::from_secs(5), fut)
+                .await
+                .expect("acknowledged within 5 s")
+                .expect("acknowledged");
+            last = info.last_offset.0;
+        }
+        last
+    }
+
+    /// Compaction on a replicated partition: the replicas' Raft base moves to their active
+    /// segment while their sealed segments stay (the compacted prefix), and the leader's
+    /// cleaner rewrites them below its base. A follower cut off meanwhile is behind the
+    /// leader's base: back, it installs the snapshot, copies the leader's compacted prefix
+    /// through its prefix source, and then holds the leader's bytes from the same log start;
+    /// reopened from its disk, it keeps them.
+    #[test]
+    fn a_follower_behind_a_compacted_base_copies_the_compacted_prefix() {
+        crate::runtime::block_on_test(|| async {
+            assert!(!compacted_prefix_scenario(None).await);
+        });
+    }
+
+    /// [`a_follower_behind_a_compacted_base_copies_the_compacted_prefix`] with the
+    /// follower's power cut at its k-th disk change after it is back, for every k up to the
+    /// end of its install: reopened (unsynced writes lost as a power loss loses them), it
+    /// finishes or repeats the install and ends with the leader's bytes all the same.
+    #[test]
+    fn a_power_cut_during_a_prefix_install_loses_nothing() {
+        crate::runtime::block_on_test(|| async {
+            let mut k = 0;
+            while compacted_prefix_scenario(Some(k)).await {
+                k += 1;
+                assert!(k < 2_000, "the install ends within 2,000 disk changes");
+            }
+            assert!(k > 10, "the power was cut at {k} points");
+            eprintln!("power cut at each of {k} disk changes of a prefix install");
+        });
+    }
+
+    /// The scenario of the compacted-prefix tests; with `crash_at`, the follower's disk
+    /// loses its power at that change after the follower is back. Returns whether it did.
+    async fn compacted_prefix_scenario(crash_at: Option<u64>) -> bool {
+        use crate::storage::cleaner::OffsetMap;
+        use crate::storage::log::CleanerThrottle;
+        let log_cfg = LogConfig {
+            segment_bytes: 2048,
+            compact: true,
+            ..LogConfig::default()
+        };
+        let (net, mut tasks) = start_cfg(None, None, log_cfg).await;
+        for d in net.drivers.borrow().iter().flatten() {
+            d.replica()
+                .set_prefix_source(Some(Rc::new(LeaderLog(net.clone()))));
+        }
+        let leader = wait_for_leader(&net, None).await;
+        produce_keyed(&leader, 10, 0).await;
+        let behind = (1..=3u64).find(|&i| i != leader.replica().id()).unwrap();
+        let slot = behind as usize - 1;
+        net.cut.set(Some(behind));
+        let last = produce_keyed(&leader, 80, 10).await;
+        let live: Vec<Rc<Driver>> = net
+            .drivers
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|d| d.replica().id() != behind)
+            .cloned()
+            .collect();
+        for _ in 0..500 {
+            for d in &live {
+                let log = d.replica().log();
+                d.request_compaction(log.first_segment_base(), log.active_segment().0);
+            }
+            if live.iter().all(|d| d.replica().base().offset > last / 2) {
+                break;
+            }
+            crate::runtime::sleep(Duration::from_millis(10)).await;
+        }
+        for d in &live {
+            let base = d.replica().base();
+            let log = d.replica().log();
+            assert!(
+                base.offset > last / 2,
+                "replica {} compacted",
+                d.replica().id()
+            );
+            assert_eq!(base.log_start, 0, "the base keeps the log start below it");
+            assert_eq!(log.first_segment_base().0, 0, "the prefix stays");
+        }
+        // The leader cleans below its base, never past it.
+        let base = leader.replica().base().offset;
+        let stats = leader
+            .replica()
+            .log()
+            .clean(
+                &mut OffsetMap::with_memory(1 << 20),
+                1_800_000_000_000,
+                &CleanerThrottle::new(u64::MAX),
+            )
+            .await
+            .expect("cleans")
+            .expect("something to clean");
+        assert!(stats.records_removed > 0);
+        assert!(leader.replica().log().cleaner_checkpoint().0 <= base);
+        let disk = net.disks.borrow()[slot].clone();
+        if let Some(k) = crash_at {
+            disk.crash_after(k);
+        }
+        net.cut.set(None);
+        let mut follower = net.drivers.borrow()[slot].clone().unwrap();
+        let last = produce_keyed(&leader, 5, 90).await;
+        for _ in 0..500 {
+            if follower.replica().log().high_watermark().0 > last || disk.crashed_as_planned() {
+                break;
+            }
+            crate::runtime::sleep(Duration::from_millis(10)).await;
+        }
+        let crashed = disk.crashed_as_planned();
+        if !crashed {
+            // The install and the catch-up ended before the k-th change: no cut from here on.
+            disk.resume();
+        }
+        if crashed {
+            // The follower's process ends; a new one opens what the disk kept.
+            follower.stop();
+            let _ = tasks.remove(slot).await;
+            let _ = follower.replica().close().await;
+            disk.resume();
+            // A new process: nothing of the old one's sync errors is left.
+            let old = net.envs.borrow()[slot].clone();
+            let env = Env::new(
+                Rc::new(disk.clone()),
+                old.clock.clone(),
+                SyncScope::default(),
+            );
+            net.envs.borrow_mut()[slot] = env.clone();
+            let cfg = ReplicaConfig::new(behind, vec![1, 2, 3]);
+            let r = Replica::open(env, PathBuf::from("/data/t-0"), log_cfg, &cfg)
+                .await
+                .expect("reopens after the power cut");
+            r.set_prefix_source(Some(Rc::new(LeaderLog(net.clone()))));
+            follower = Driver::new(r, 1024);
+            net.drivers.borrow_mut()[slot] = Some(follower.clone());
+            let transport: Rc<dyn Transport> = net.clone();
+            tasks.insert(
+                slot,
+                crate::runtime::spawn(follower.clone().run(
+                    transport,
+                    Duration::from_millis(10),
+                    None,
+                )),
+            );
+            let last = produce_keyed(&leader, 1, 95).await;
+            for _ in 0..500 {
+                if follower.replica().log().high_watermark().0 > last {
+                    break;
+                }
+                crate::runtime::sleep(Duration::from_millis(10)).await;
+            }
+        } else {
+            assert_eq!(
+                follower.replica().snapshot_counts().0,
+                1,
+                "installed a snapshot"
+            );
+        }
+        let at = format!("power cut at change {crash_at:?}: {crashed}");
+        assert!(!follower.replica().prefix_pending(), "{at}");
+        assert_eq!(
+            follower.replica().log().high_watermark(),
+            leader.replica().log().high_watermark(),
+            "{at}"
+        );
+        assert_eq!(follower.replica().log().log_start_offset().0, 0, "{at}");
+        let copied = committed_bytes(&follower).await;
+        assert_eq!(
+            copied,
+            committed_bytes(&leader).await,
+            "the leader's compacted bytes from the same log start ({at})"
+        );
+        // Reopened from its disk, the follower keeps the prefix and its base.
+        let base = follower.replica().base();
+        follower.stop();
+        tasks.remove(slot).await.expect("stops cleanly");
+        follower.replica().close().await.expect("closes");
+        net.drivers.borrow_mut()[slot] = None;
+        let env = net.envs.borrow()[slot].clone();
+        let cfg = ReplicaConfig::new(behind, vec![1, 2, 3]);
+        let r = Replica::open(env, PathBuf::from("/data/t-0"), log_cfg, &cfg)
+            .await
+            .expect("reopens");
+        assert_eq!(r.base(), base, "{at}");
+        assert!(!r.prefix_pending(), "{at}");
+        assert_eq!(
+            crate::replication::committed_log(r.log()).await,
+            copied,
+            "{at}"
+        );
+        r.close().await.expect("closes");
+        for d in net.drivers.borrow().iter().flatten() {
+            d.stop();
+        }
+        for t in tasks {
+            t.await.expect("no replica failed");
+        }
+        crashed
+    }
+
     /// Retention on a replicated partition: the leader moves the log start (DeleteRecords, a
     /// Raft entry every replica applies) and compacts its Raft log below it while a follower
     /// is cut off; back, the follower is behind the leader's base and catches up from a
@@ -725,7 +996,8 @@ mod tests {
             for _ in 0..500 {
                 for d in &live {
                     let log = d.replica().log();
-                    d.request_compaction(log.segment_base_at(log.log_start_offset()));
+                    let at = log.segment_base_at(log.log_start_offset());
+                    d.request_compaction(at, at);
                 }
                 if live.iter().all(|d| d.replica().base().index > 0) {
                     break;

@@ -15,6 +15,7 @@
 
 pub mod driver;
 pub mod entry;
+pub mod prefix;
 pub mod replica;
 pub mod store;
 pub mod wire;

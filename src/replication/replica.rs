@@ -243,9 +243,19 @@ pub struct Replica {
     ticks: Cell<u64>,
     heard: RefCell<HashMap<u64, u64>>,
     election_tick: u64,
-    /// A compaction asked for ([`Replica::request_compaction`]): the log should begin at
-    /// this offset; done by the next ready round.
-    compact_request: Cell<Option<i64>>,
+    /// A compaction asked for ([`Replica::request_compaction`]): the segments below the
+    /// first offset go, and the Raft base moves to the second; done by the next ready round.
+    compact_request: Cell<Option<(i64, i64)>>,
+    /// Where a compacted prefix is copied from ([`super::prefix`]).
+    prefix_source: RefCell<Option<Rc<dyn super::prefix::PrefixSource>>>,
+    /// A snapshot install whose compacted prefix is not copied yet: the ready rounds wait
+    /// for it.
+    pending_prefix: Cell<Option<LogBase>>,
+    /// The driver is stopping: a prefix copy gives up.
+    stopping: Cell<bool>,
+    /// A failed prefix copy is tried again at this tick, and the backoff of the next one.
+    prefix_retry_tick: Cell<u64>,
+    prefix_backoff_ticks: Cell<u64>,
     /// Snapshots installed and compactions done since the replica opened.
     snapshots_installed: Cell<u64>,
     compactions: Cell<u64>,
@@ -337,9 +347,12 @@ impl Replica {
             }
         };
         let log = PartitionLog::open_in(env.clone(), dir.clone(), log_cfg).await?;
+        // The cleaner never takes Raft's entries (moved to the base below).
+        log.set_clean_limit(Offset(0));
         // Without a base, index 1 is the first batch on disk (the log start may be inside it).
         let store = RaftStore::new(&state, log.first_segment_base().0);
         let base = store.base();
+        let mut pending_prefix = None;
         if base.index > 0 {
             // The log begins after the base: finish what a crash interrupted (an install, or
             // a compaction that persisted its base and had not removed the segments below).
@@ -350,13 +363,30 @@ impl Replica {
                     tracing::warn!(dir = %dir.display(), base = base.offset, log_end = log.log_end_offset().get(), "the log does not reach its Raft base: starting empty there");
                 }
                 log.reset_to_empty(Offset(base.offset)).await?;
-                store.installed();
-                write_state(&env, &state_path, &store.state_file()).await?;
+                if Replica::has_prefix(&base) {
+                    // A compacted prefix to copy from the leader first (`prefix`): the
+                    // install stays unfinished until it is in.
+                    pending_prefix = Some(base);
+                } else {
+                    store.installed();
+                    write_state(&env, &state_path, &store.state_file()).await?;
+                }
             }
-            log.move_log_start(Offset(base.log_start.min(log.log_end_offset().0)))
+            if pending_prefix.is_none() {
+                log.move_log_start(Offset(base.log_start.min(log.log_end_offset().0)))
+                    .await?;
+            }
+            // A compacted log keeps its segments below the base (its prefix) but those below
+            // its log start.
+            let keep_from = if Replica::has_prefix(&base) {
+                log.segment_base_at(log.log_start_offset()).0
+            } else {
+                base.offset
+            };
+            log.remove_segments_below(Offset(keep_from.min(base.offset)))
                 .await?;
-            log.remove_segments_below(Offset(base.offset)).await?;
         }
+        log.set_clean_limit(Offset(base.offset));
         // Every batch of the log after the base is an entry; what was applied is let go below.
         rebuild(&log, &store).await?;
         // `raft-state` may name a commit beyond what the log kept: it is written while
@@ -436,6 +466,11 @@ impl Replica {
             heard: RefCell::new(HashMap::new()),
             election_tick: cfg.election_tick as u64,
             compact_request: Cell::new(None),
+            prefix_source: RefCell::new(None),
+            pending_prefix: Cell::new(pending_prefix),
+            stopping: Cell::new(false),
+            prefix_retry_tick: Cell::new(0),
+            prefix_backoff_ticks: Cell::new(1),
             snapshots_installed: Cell::new(0),
             compactions: Cell::new(0),
             caught_up_at: RefCell::new(HashMap::new()),
@@ -628,6 +663,10 @@ impl Replica {
 
     /// Whether Raft has work for [`Replica::process_ready`].
     pub fn has_ready(&self) -> bool {
+        if self.pending_prefix.get().is_some() {
+            // Nothing else runs until the compacted prefix is in.
+            return self.prefix_due();
+        }
         self.node.borrow().has_ready()
             || self.store.fetches_pending()
             || self.compact_request.get().is_some()
@@ -649,19 +688,78 @@ impl Replica {
         *self.on_durable.borrow_mut() = f;
     }
 
-    /// Ask for the log to begin at `offset` (a segment base: retention, or the segments
-    /// below a moved log start): the next ready round moves the Raft base there, or as far
-    /// toward it as the applied entries allow, then removes the segments below (see
+    /// Ask for the log to begin at `remove_below` on disk (a segment base: retention, or the
+    /// segments below a moved log start) and for the Raft base to move to `base_to` (at
+    /// least `remove_below`; further on a compacted log, whose segments below the base stay
+    /// as its compacted prefix): the next ready round moves the Raft base, as far toward
+    /// `base_to` as the applied entries allow, then removes the segments below both (see
     /// [`Replica::compact`]).
-    pub fn request_compaction(&self, offset: Offset) {
+    pub fn request_compaction(&self, remove_below: Offset, base_to: Offset) {
         let base = self.store.base().offset;
-        if offset.0 > base || self.log.first_segment_base().0 < base {
+        let base_to = base_to.0.max(remove_below.0);
+        if base_to > base || self.log.first_segment_base().0 < remove_below.0.min(base) {
             self.compact_request.set(Some(
                 self.compact_request
                     .get()
-                    .map_or(offset.0, |o| o.max(offset.0)),
+                    .map_or((remove_below.0, base_to), |(r, b)| {
+                        (r.max(remove_below.0), b.max(base_to))
+                    }),
             ));
         }
+    }
+
+    /// Where a compacted prefix is copied from when a snapshot needs one.
+    pub fn set_prefix_source(&self, source: Option<Rc<dyn super::prefix::PrefixSource>>) {
+        *self.prefix_source.borrow_mut() = source;
+    }
+
+    pub(super) fn prefix_source(&self) -> Option<Rc<dyn super::prefix::PrefixSource>> {
+        self.prefix_source.borrow().clone()
+    }
+
+    pub(super) fn set_pending_prefix(&self, base: Option<LogBase>) {
+        self.pending_prefix.set(base);
+    }
+
+    /// Whether a copy of the pending compacted prefix is due: a leader is known (the source)
+    /// and the backoff after a failed copy is over.
+    fn prefix_due(&self) -> bool {
+        self.leader().is_some() && self.ticks.get() >= self.prefix_retry_tick.get()
+    }
+
+    /// After a failed prefix copy: the next one after a backoff (doubling, at most
+    /// `max_ticks`).
+    pub(super) fn back_off_prefix(&self, max_ticks: u64) -> u64 {
+        let b = self.prefix_backoff_ticks.get();
+        self.prefix_retry_tick.set(self.ticks.get() + b);
+        self.prefix_backoff_ticks.set((b * 2).min(max_ticks));
+        b
+    }
+
+    /// A snapshot install waits for its compacted prefix (the replica takes part in nothing
+    /// until it is copied).
+    pub fn prefix_pending(&self) -> bool {
+        self.pending_prefix.get().is_some()
+    }
+
+    /// The driver is stopping: a prefix copy in progress gives up.
+    pub fn stop_installing(&self) {
+        self.stopping.set(true);
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The last step of a snapshot install: `raft-state` without the `installing` flag.
+    pub(super) async fn finish_install(&self) -> Result<(), ReplicaError> {
+        self.store.installed();
+        self.write_state().await
     }
 
     /// The Raft base: the entry before the first one the log keeps.
@@ -1397,7 +1495,17 @@ impl Replica {
         if self.busy.replace(true) {
             return Ok(());
         }
-        let r = self.ready_loop().await;
+        let r = match self.pending_prefix.get() {
+            // An install waiting for its compacted prefix: nothing else until it is in (the
+            // driver still steps messages meanwhile: what they bring waits in raft-rs).
+            Some(_) if !self.prefix_due() => Ok(()),
+            Some(base) => match self.install_prefix(base).await {
+                Ok(true) => self.ready_loop().await,
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            },
+            None => self.ready_loop().await,
+        };
         self.busy.set(false);
         if let Err(e) = &r {
             tracing::error!(dir = %self.dir.display(), "replica failed: {e}");
@@ -1676,9 +1784,18 @@ impl Replica {
         self.store
             .install(base, snap.get_metadata().get_conf_state().clone());
         self.write_state().await?;
+        self.log.set_clean_limit(Offset(base.offset));
         self.log.reset_to_empty(Offset(base.offset)).await?;
-        self.store.installed();
-        self.write_state().await?;
+        if Replica::has_prefix(&base) {
+            // The compacted prefix is copied by the next rounds, before anything else
+            // (`prefix`); `raft-state` keeps the install unfinished until then. The snapshot
+            // is acknowledged: Raft's part of it (the base) is durable.
+            self.pending_prefix.set(Some(base));
+            self.prefix_retry_tick.set(0);
+            self.prefix_backoff_ticks.set(1);
+        } else {
+            self.finish_install().await?;
+        }
         self.proposed_producers.borrow_mut().clear();
         self.proposed_markers.borrow_mut().clear();
         self.snapshots_installed
@@ -1693,7 +1810,7 @@ impl Replica {
     /// (one it has not heard from does not hold the log back). The base is durable in
     /// `raft-state` before any segment goes.
     async fn compact(&self) -> Result<(), ReplicaError> {
-        let Some(want) = self.compact_request.take() else {
+        let Some((remove_below, want)) = self.compact_request.take() else {
             return Ok(());
         };
         let keep_from = {
@@ -1714,9 +1831,9 @@ impl Replica {
         let to = self.log.segment_base_at(Offset(want.min(applied_end))).0;
         if to <= self.store.base().offset {
             // Segments below the base a removal skipped (one not sealed yet then) go now.
-            let base = self.store.base().offset;
-            if self.log.first_segment_base().0 < base {
-                self.log.remove_segments_below(Offset(base)).await?;
+            let below = remove_below.min(self.store.base().offset);
+            if self.log.first_segment_base().0 < below {
+                self.log.remove_segments_below(Offset(below)).await?;
             }
             return Ok(());
         }
@@ -1725,9 +1842,17 @@ impl Replica {
                 "segment base {to} is not the end of an entry"
             )));
         };
-        self.store.compact_to(index, self.log.log_start_offset().0);
+        // A compacted log keeps what lies below its base: the base's log start stays where
+        // the log's is (a snapshot then carries that prefix).
+        let keep_prefix = remove_below < to;
+        self.store
+            .compact_to(index, self.log.log_start_offset().0, keep_prefix);
         self.write_state().await?;
-        let removed = self.log.remove_segments_below(Offset(to)).await?;
+        self.log.set_clean_limit(Offset(to));
+        let removed = self
+            .log
+            .remove_segments_below(Offset(remove_below.min(to)))
+            .await?;
         self.compactions.set(self.compactions.get() + 1);
         tracing::info!(dir = %self.dir.display(), index, offset = to, segments = removed, "Raft log compacted");
         Ok(())

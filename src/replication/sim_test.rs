@@ -598,7 +598,8 @@ impl Sim {
         } else {
             log.log_start_offset()
         };
-        r.request_compaction(log.segment_base_at(at));
+        let at = log.segment_base_at(at);
+        r.request_compaction(at, at);
     }
 
     fn crash(&mut self) {

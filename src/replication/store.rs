@@ -84,7 +84,8 @@ impl LogBase {
         let offset = i64::from_be_bytes(d[1..9].try_into().ok()?);
         let log_start = i64::from_be_bytes(d[9..17].try_into().ok()?);
         let meta = s.metadata.as_ref()?;
-        (offset >= 0 && log_start >= offset).then_some(LogBase {
+        // A log start below the offset: the log keeps a compacted prefix below its base.
+        (offset >= 0 && log_start >= 0).then_some(LogBase {
             index: meta.index,
             term: meta.term,
             offset,
@@ -149,7 +150,7 @@ impl RaftStore {
     pub fn new(state: &RaftStateFile, start: i64) -> Self {
         let b = state.base;
         let (prev_index, prev_term, prev_end, base_log_start) = if b.index > 0 {
-            (b.index, b.term, b.offset, b.log_start.max(b.offset))
+            (b.index, b.term, b.offset, b.log_start)
         } else {
             (0, 0, start, start)
         };
@@ -188,7 +189,7 @@ impl RaftStore {
 
     /// Forget the entries up to `index` (at most the last one; the caller made sure they are
     /// applied and persisted the new base), noting the Kafka log start `log_start`.
-    pub fn compact_to(&self, index: u64, log_start: i64) {
+    pub fn compact_to(&self, index: u64, log_start: i64, keep_prefix: bool) {
         let mut s = self.0.borrow_mut();
         if index <= s.prev_index {
             s.base_log_start = s.base_log_start.max(log_start);
@@ -205,7 +206,12 @@ impl RaftStore {
         s.prev_index = index;
         s.prev_term = term;
         s.prev_end = end;
-        s.base_log_start = s.base_log_start.max(log_start).max(end);
+        // A compacted log keeps its segments below the base: its log start stays below it.
+        s.base_log_start = if keep_prefix {
+            s.base_log_start.max(log_start).min(end)
+        } else {
+            s.base_log_start.max(log_start).max(end)
+        };
         s.fetched = None;
     }
 
@@ -216,7 +222,8 @@ impl RaftStore {
         s.prev_index = base.index;
         s.prev_term = base.term;
         s.prev_end = base.offset;
-        s.base_log_start = base.log_start.max(base.offset);
+        // Below the offset: a compacted prefix, copied from the leader (`prefix`).
+        s.base_log_start = base.log_start;
         s.metas.clear();
         s.recent.clear();
         s.recent_bytes = 0;

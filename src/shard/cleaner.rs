@@ -7,11 +7,12 @@
 //! `min.cleanable.dirty.ratio` (one past `max.compaction.lag.ms` first) and runs a pass
 //! ([`PartitionLog::clean`]); when none qualifies it sleeps `log_cleaner_backoff_ms`. A
 //! partition whose pass failed is left alone for [`FAILED_BACKOFF`] (Kafka marks such a log
-//! uncleanable). Replicated partitions are not cleaned yet: their Raft log numbers the
-//! batches, which a cleaner may not remove (see ARCHITECTURE.md, "Log compaction").
+//! uncleanable). A replicated partition's replica (leader or follower) cleans its own log,
+//! below its Raft base only: the entries after it are Raft's, numbered batch by batch (see
+//! ARCHITECTURE.md, "Log compaction").
 
 use std::collections::HashMap;
-use std::rc::Weak;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -20,7 +21,7 @@ use super::Shard;
 use crate::runtime;
 use crate::storage::cleaner::OffsetMap;
 use crate::storage::io::Clock;
-use crate::storage::log::{Cleanable, CleanerThrottle};
+use crate::storage::log::{Cleanable, CleanerThrottle, PartitionLog};
 use crate::types::TopicPartition;
 
 /// How long a partition whose pass failed is left alone.
@@ -45,6 +46,24 @@ pub fn pick<'a>(
                 .unwrap_or(std::cmp::Ordering::Equal)
         })
         .map(|(tp, _, _)| tp)
+}
+
+/// The compacted logs this shard owns: its local partitions, and its replicas (leaders and
+/// followers alike, each cleaning its own log below its Raft base).
+fn compacted_logs(shard: &Shard) -> Vec<(TopicPartition, Rc<PartitionLog>)> {
+    let mut logs = shard.owned_partitions();
+    if let Some(cluster) = shard.cluster() {
+        let metadata = crate::cluster::metadata::metadata_tp();
+        logs.extend(
+            cluster
+                .replicas()
+                .into_iter()
+                .filter(|(tp, _)| *tp != metadata)
+                .map(|(tp, d)| (tp, d.replica().log().clone())),
+        );
+    }
+    logs.retain(|(_, log)| log.cfg().compact);
+    logs
 }
 
 pub(super) async fn cleaner_task(shard: Weak<Shard>) {
@@ -72,10 +91,10 @@ pub(super) async fn cleaner_task(shard: Weak<Shard>) {
         }
         let now = runtime::SystemClock.wall_ms();
         failed.retain(|_, at| at.elapsed() < FAILED_BACKOFF);
-        let logs = shard.owned_partitions();
+        let logs = compacted_logs(&shard);
         let candidates: Vec<_> = logs
             .iter()
-            .filter(|(tp, _)| !failed.contains_key(tp) && shard.replica(tp).is_none())
+            .filter(|(tp, _)| !failed.contains_key(tp))
             .filter_map(|(tp, log)| {
                 let c = log.cleanable(now)?;
                 Some((tp, c, log.cfg().min_cleanable_dirty_ratio))
@@ -85,8 +104,7 @@ pub(super) async fn cleaner_task(shard: Weak<Shard>) {
             continue;
         };
         drop(candidates);
-        drop(logs);
-        let Some(log) = shard.partition(&tp) else {
+        let Some(log) = logs.into_iter().find(|(t, _)| *t == tp).map(|(_, l)| l) else {
             continue;
         };
         let map = map.get_or_insert_with(|| OffsetMap::with_memory(memory));

@@ -458,6 +458,14 @@ impl Shard {
             .await
         {
             tracing::error!(shard = %self.id, partition = %tp, error = %e, "cannot open replica");
+            return;
+        }
+        if let Some(d) = cluster.replica(tp) {
+            d.replica()
+                .set_prefix_source(Some(Rc::new(crate::cluster::node::LeaderFetch {
+                    shard: self.self_ref.clone(),
+                    tp: tp.clone(),
+                })));
         }
     }
 
@@ -520,14 +528,12 @@ impl Shard {
     }
 }
 
-/// Each shard's retention pass, every `retention_check_interval_ms`: lets the
-/// group coordinator compact its `__consumer_offsets` partitions
-/// ([`crate::group::GroupCoordinator::compact_offsets`]) and the transaction
-/// coordinator its `__transaction_state` ones ([`crate::txn::TxnCoordinator::compact`]),
-/// then asks each
+/// Each shard's retention pass, every `retention_check_interval_ms`: asks each
 /// partition it owns to delete its expired sealed segments
-/// ([`PartitionLog::enforce_retention`]). Bounded: one pass per period, one
-/// partition at a time; exits when the shard stops or is dropped.
+/// ([`PartitionLog::enforce_retention`]), and each replica to move its Raft base
+/// ([`crate::replication::Replica::request_compaction`]). Bounded: one pass per period, one
+/// partition at a time; exits when the shard stops or is dropped. (`__consumer_offsets` and
+/// `__transaction_state` are compacted by the log cleaner, `shard::cleaner`.)
 async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
     loop {
         runtime::sleep(every).await;
@@ -538,8 +544,6 @@ async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        shard.groups.compact_offsets(&shard).await;
-        shard.txns.compact(&shard).await;
         for (tp, log) in shard.owned_partitions() {
             crate::txn::abort_hanging(&shard, &tp, &log).await;
             match log.enforce_retention(now_ms).await {
@@ -568,9 +572,17 @@ async fn retention_task(shard: Weak<Shard>, every: std::time::Duration) {
                 let target = log
                     .retention_target(now_ms)
                     .map_or(below_start, |t| t.max(below_start));
-                if target > log.first_segment_base() {
-                    tracing::debug!(shard = %shard.id, partition = %tp, offset = target.get(), "compacting a replicated log");
-                    d.request_compaction(target);
+                // A compacted log keeps its sealed segments (the cleaner rewrites them below
+                // the Raft base): the base moves to the active segment, the segments below
+                // `target` go.
+                let base_to = if log.cfg().compact {
+                    log.active_segment().0.max(target)
+                } else {
+                    target
+                };
+                if target > log.first_segment_base() || base_to.0 > d.replica().base().offset {
+                    tracing::debug!(shard = %shard.id, partition = %tp, offset = target.get(), base = base_to.get(), "compacting a replicated log");
+                    d.request_compaction(target, base_to);
                 }
             }
         }

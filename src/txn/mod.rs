@@ -164,7 +164,7 @@ struct Entry {
     /// The token of the turn in flight (see [`Busy`]).
     turn: u64,
     /// Offset of the id's latest record in its partition (a lower bound while a record
-    /// written behind is in flight): compaction copies the ids whose record is older.
+    /// written behind is in flight).
     log_offset: i64,
 }
 
@@ -349,9 +349,8 @@ impl TxnCoordinator {
                 warn!(transactional_id = %tid, error = ?e, "a transaction's Complete record was not written: the restarted coordinator completes it again");
             }
         });
-        // The entry's record offset stays the last one known durable: compaction copies the id
-        // again if that is below its cut (a duplicate at worst), and never counts on this
-        // record, which a replicated log may still refuse.
+        // The entry's record offset stays the last one known durable (a replicated log may
+        // still refuse this record).
         if let Some(e) = self.txns.borrow_mut().get_mut(id) {
             e.meta = meta;
         }
@@ -380,171 +379,6 @@ impl TxnCoordinator {
     fn coordinator_epoch(&self, shard: &Shard, id: &str) -> i32 {
         self.serving_term(shard, id)
             .map_or(0, |t| i32::try_from(t).unwrap_or(i32::MAX))
-    }
-
-    /// Compaction of the `__transaction_state` partitions this shard owns, as the group
-    /// coordinator compacts `__consumer_offsets` (run by the shard's retention pass): when a
-    /// partition's segments before the active one (base `B`) hold at least twice the bytes
-    /// of its ids' latest states, every id whose latest record is below `B` has its current
-    /// state appended again (holding its turn, so no transition of it interleaves), and once
-    /// those are durable the log start moves to `B`, deleting the older segments. An id busy
-    /// with a transition puts the partition off to the next pass. A crash in between only
-    /// leaves duplicates: replay keeps each id's last record.
-    pub async fn compact(&self, shard: &Shard) {
-        let Some(meta) = shard.catalog().get(TXN_TOPIC).cloned() else {
-            return;
-        };
-        for p in 0..meta.partitions {
-            let tp = TopicPartition::new(TXN_TOPIC, p);
-            if shard.owner_of(&tp) != shard.id || shard.stopping.get() {
-                continue;
-            }
-            let Some(log) = shard.partition(&tp) else {
-                continue;
-            };
-            // A replicated partition: only by its coordinator, serving in the current term;
-            // copies are proposals and the log start moves by a Raft entry every replica
-            // applies (as `__consumer_offsets`).
-            let replica = match shard.replica(&tp) {
-                // A local partition: the shard's log cleaner compacts it like any compacted
-                // topic (`shard::cleaner`).
-                None if shard.config.log_cleaner_enable => continue,
-                None => None,
-                Some(d) => {
-                    let term = d.replica().term();
-                    if self.leading.borrow().get(&p) != Some(&Coordinating::Serving(term))
-                        || !d.replica().is_leader()
-                    {
-                        continue;
-                    }
-                    Some((d, term))
-                }
-            };
-            match self
-                .compact_partition(&log, p, meta.partitions, replica)
-                .await
-            {
-                Ok(None) => {}
-                Ok(Some((rewritten, freed))) => info!(
-                    shard = %shard.id,
-                    partition = %tp,
-                    rewritten,
-                    freed_bytes = freed,
-                    "compacted transaction states"
-                ),
-                Err(e) => {
-                    warn!(shard = %shard.id, partition = %tp, error = ?e, "compacting transaction states failed")
-                }
-            }
-            runtime::yield_if_needed().await;
-        }
-    }
-
-    /// One partition's compaction: (records appended again, bytes freed), None if there was
-    /// nothing worth doing or an id was busy.
-    async fn compact_partition(
-        &self,
-        log: &Rc<PartitionLog>,
-        partition: i32,
-        partitions: i32,
-        replica: Option<(Rc<crate::replication::driver::Driver>, u64)>,
-    ) -> TxnResult<Option<(usize, u64)>> {
-        let serving = || match &replica {
-            None => Ok(()),
-            Some((d, term)) => {
-                let r = d.replica();
-                if self.leading.borrow().get(&partition) == Some(&Coordinating::Serving(*term))
-                    && r.is_leader()
-                    && r.term() == *term
-                {
-                    Ok(())
-                } else {
-                    Err(ResponseError::NotCoordinator)
-                }
-            }
-        };
-        let (active_base, older_bytes) = log.active_segment();
-        let base = active_base.get();
-        if older_bytes == 0
-            || active_base <= log.log_start_offset()
-            || log.high_watermark() < active_base
-        {
-            return Ok(None);
-        }
-        let in_partition = |id: &str| crate::group::offsets_partition(id, partitions) == partition;
-        let (live_bytes, stale) = {
-            let txns = self.txns.borrow();
-            let mut live = 0u64;
-            let mut stale = Vec::new();
-            for (id, e) in txns.iter().filter(|(id, _)| in_partition(id)) {
-                let parts: usize = e.meta.partitions.iter().map(|(t, _)| t.len() + 8).sum();
-                live += (80 + id.len() + parts) as u64;
-                if e.log_offset < base {
-                    stale.push(id.clone());
-                }
-            }
-            (live, stale)
-        };
-        if older_bytes < live_bytes.saturating_mul(2) {
-            return Ok(None);
-        }
-        // Every stale id's turn, or none: a busy one is left to the next pass.
-        let mut turns = Vec::with_capacity(stale.len());
-        for id in &stale {
-            match self.take_turn(id) {
-                Some(t) => turns.push(t),
-                None => return Ok(None),
-            }
-        }
-        let mut copies = Vec::with_capacity(stale.len());
-        for id in &stale {
-            let Some(m) = self.meta(id) else { continue };
-            let key = records::encode_key(id).map_err(|_| ResponseError::InvalidRequest)?;
-            let value = records::encode_value(&m).map_err(|_| ResponseError::InvalidRequest)?;
-            copies.push((key, Some(value)));
-        }
-        if !copies.is_empty() {
-            let bytes = crate::group::records::encode_batches(
-                &copies,
-                self.clock.wall_ms(),
-                OFFSETS_BATCH_BYTES_MAX,
-            )
-            .map_err(|_| ResponseError::InvalidRequest)?;
-            serving()?;
-            let info = match &replica {
-                None => {
-                    let info = log.append(bytes).await.map_err(|e| write_error(&e))?;
-                    log.wait_durable(&info).await.map_err(|e| write_error(&e))?;
-                    info
-                }
-                Some((d, _)) => d
-                    .propose(bytes, crate::replication::Acks::All)
-                    .await
-                    .map_err(|_| ResponseError::NotCoordinator)?,
-            };
-            serving()?;
-            let mut txns = self.txns.borrow_mut();
-            for (i, id) in stale.iter().enumerate() {
-                if let Some(e) = txns.get_mut(id) {
-                    e.log_offset = e.log_offset.max(info.base_offset.get() + i as i64);
-                }
-            }
-        }
-        drop(turns);
-        serving()?;
-        match &replica {
-            None => {
-                log.delete_records(base)
-                    .await
-                    .map_err(|e| write_error(&e))?;
-            }
-            Some((d, _)) => {
-                d.propose_log_start(active_base)
-                    .await
-                    .map_err(|_| ResponseError::NotCoordinator)?;
-            }
-        }
-        Ok(Some((copies.len(), older_bytes)))
     }
 
     /// Check a request's producer id and epoch against `meta` (Kafka's order): another

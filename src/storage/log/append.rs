@@ -311,7 +311,10 @@ impl PartitionLog {
         if st.closing {
             return Err(StorageError::Closed);
         }
-        if st.truncate_request.is_some() || st.reset_request.is_some() {
+        if st.truncate_request.is_some()
+            || st.reset_request.is_some()
+            || st.prefix_request.is_some()
+        {
             return Err(StorageError::Truncated { offset: st.log_end });
         }
         if let Some(since) = st.full_since {

@@ -170,6 +170,12 @@ impl PartitionLog {
         Offset(self.state.borrow().clean_end)
     }
 
+    /// A replicated log: the cleaner takes nothing at or past `offset` (the Raft base; the
+    /// entries after it are Raft's, numbered batch by batch, and must stay as they are).
+    pub fn set_clean_limit(&self, offset: Offset) {
+        self.state.borrow_mut().clean_limit = offset.0;
+    }
+
     /// What the cleaner did here since the log was opened.
     pub fn cleaner_status(&self) -> CleanerStatus {
         self.cleaner.get()
@@ -187,7 +193,11 @@ impl PartitionLog {
             return None;
         }
         let hw = st.high_watermark;
-        let limit = st.producers.last_stable_offset(hw).min(hw);
+        let limit = st
+            .producers
+            .last_stable_offset(hw)
+            .min(hw)
+            .min(st.clean_limit);
         let young = now_ms.saturating_sub(cfg.min_compaction_lag_ms.max(0));
         let sealed = st.segments.len() - 1;
         let mut end = None;
@@ -659,7 +669,8 @@ async fn finish_swap(env: &Env, dir: &Path, base: i64, end: i64) -> Result<(), S
 }
 
 /// At open, before any segment is read: finish a swap past its commit point, remove the
-/// files of one that did not reach it.
+/// files of one that did not reach it, and the prefix files of an unfinished snapshot
+/// install (`prefix`; the install starts again).
 pub(in crate::storage) async fn recover_swap(env: &Env, dir: &Path) -> Result<(), StorageError> {
     let swap = dir.join(SWAP_FILE);
     match env.disk.read(&swap).await {
@@ -690,6 +701,13 @@ pub(in crate::storage) async fn recover_swap(env: &Env, dir: &Path) -> Result<()
     for n in names {
         if let Some(name) = n.to_str().filter(|n| n.ends_with(CLEANED_SUFFIX)) {
             info!(dir = %dir.display(), file = name, "removing a log cleaner file a crash left before its swap");
+            remove_if_exists(env, &dir.join(name)).await?;
+        }
+        if let Some(name) = n
+            .to_str()
+            .filter(|n| n.ends_with(super::prefix::PREFIX_SUFFIX))
+        {
+            info!(dir = %dir.display(), file = name, "removing a prefix file of an unfinished snapshot install");
             remove_if_exists(env, &dir.join(name)).await?;
         }
     }
@@ -737,7 +755,7 @@ async fn write_checkpoint(
 /// Writes a stream of bytes to a new file with aligned direct I/O: whole aligned blocks as
 /// they fill up, the last partial block padded with zeros, then the file cut to its length
 /// and fsynced.
-struct AlignedWriter {
+pub(super) struct AlignedWriter {
     file: SegmentFile,
     pending: Vec<u8>,
     /// File position of `pending[0]` (aligned).
@@ -745,7 +763,7 @@ struct AlignedWriter {
 }
 
 impl AlignedWriter {
-    fn new(file: SegmentFile) -> Self {
+    pub(super) fn new(file: SegmentFile) -> Self {
         AlignedWriter {
             file,
             pending: Vec::with_capacity(CHUNK * 2),
@@ -754,12 +772,12 @@ impl AlignedWriter {
     }
 
     /// Bytes pushed so far.
-    fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         self.at + self.pending.len() as u64
     }
 
     /// Append `bytes`; true if a chunk went to the file.
-    async fn push(&mut self, bytes: &[u8]) -> Result<bool, StorageError> {
+    pub(super) async fn push(&mut self, bytes: &[u8]) -> Result<bool, StorageError> {
         self.pending.extend_from_slice(bytes);
         if self.pending.len() < CHUNK {
             return Ok(false);
@@ -786,7 +804,7 @@ impl AlignedWriter {
     }
 
     /// Write what is left, cut the file to its length, fsync it; returns the length.
-    async fn finish(mut self) -> io::Result<u64> {
+    pub(super) async fn finish(mut self) -> io::Result<u64> {
         let total = self.len();
         if !self.pending.is_empty() {
             let n = self.pending.len();

@@ -42,6 +42,7 @@
 
 mod append;
 mod clean;
+mod prefix;
 mod read;
 mod replay;
 mod replica;
@@ -76,6 +77,7 @@ pub(crate) use writer::preallocation_target;
 use writer::{Pending, Writer, flusher};
 
 pub use clean::{Cleanable, CleanerStatus, CleanerThrottle};
+pub use prefix::PrefixWriter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
@@ -363,6 +365,12 @@ struct State {
     /// Bumped by every segment swap of the cleaner: a reader that opened a segment file by
     /// its path during one does not trust what it opened.
     swaps: u64,
+    /// The cleaner takes nothing at or past this offset: a replicated log's Raft base (its
+    /// entries are numbered from there), `i64::MAX` for a local log.
+    clean_limit: i64,
+    /// `adopt_prefix` is waiting for the flusher to take the prefix files in: the log start
+    /// and the files' bases.
+    prefix_request: Option<(i64, Vec<i64>)>,
 }
 
 impl State {
@@ -591,6 +599,8 @@ impl PartitionLog {
                 pending_snapshots: VecDeque::new(),
                 clean_end,
                 replay_floor,
+                clean_limit: i64::MAX,
+                prefix_request: None,
                 swaps: 0,
             }),
             hw_notify: Notify::new(),

@@ -703,6 +703,13 @@ impl PartitionLog {
             self.hw_notify.notify_all();
             result?;
         }
+        let prefix = self.state.borrow().prefix_request.clone();
+        if let Some((log_start, bases)) = prefix {
+            let result = self.take_prefix_in(w, log_start, &bases).await;
+            self.state.borrow_mut().prefix_request = None;
+            self.hw_notify.notify_all();
+            result?;
+        }
         Ok(())
     }
 
@@ -753,6 +760,8 @@ impl PartitionLog {
             remove(self.dir.join(snapshot_file_name(o))).await?;
         }
         remove(self.dir.join(crate::constants::LOG_START_OFFSET_FILE)).await?;
+        // What the cleaner did here is gone with the segments.
+        remove(self.dir.join(super::clean::CHECKPOINT_FILE)).await?;
         let path = segment_path(&self.dir, at, crate::storage::segment::LOG_SUFFIX);
         let f = self
             .env
@@ -779,6 +788,8 @@ impl PartitionLog {
             st.tail.clear();
             st.epochs = Default::default();
             st.epochs_version += 1;
+            st.clean_end = 0;
+            st.replay_floor = 0;
         })
         .await?;
         debug!(dir = %self.dir.display(), at, "log reset to empty");
@@ -799,7 +810,7 @@ impl PartitionLog {
     /// truncation at `cut` (appends past it fail their wait for durability), let `adjust` set
     /// the rest of the state, and close the files no longer used (`dropped`: segments taken
     /// out before).
-    async fn adopt_disk_state(
+    pub(super) async fn adopt_disk_state(
         &self,
         w: &mut Writer,
         end: i64,
