@@ -365,6 +365,22 @@ async fn produce_tagged(
 /// Read every partition from the beginning to its high watermark: (partition, offset) →
 /// payload. Checks that offsets only go forward within a partition.
 fn read_all(bootstrap: &str, topic: &str) -> HashMap<(i32, i64), String> {
+    let mut seen = HashMap::new();
+    read_each(bootstrap, topic, |p, o, _, payload| {
+        let payload = String::from_utf8(payload.unwrap_or_default().to_vec()).unwrap();
+        seen.insert((p, o), payload);
+    });
+    seen
+}
+
+/// Read every partition from the beginning to its high watermark, handing each record
+/// (partition, offset, key, value) to `on`. Checks that offsets only go forward within a
+/// partition.
+fn read_each(
+    bootstrap: &str,
+    topic: &str,
+    mut on: impl FnMut(i32, i64, Option<&[u8]>, Option<&[u8]>),
+) {
     let consumer = assign_consumer(bootstrap, "cluster-check");
     let mut ends = BTreeMap::new();
     for p in 0..PARTITIONS {
@@ -389,7 +405,6 @@ fn read_all(bootstrap: &str, topic: &str) -> HashMap<(i32, i64), String> {
             .unwrap();
     }
     consumer.assign(&tpl).expect("assign");
-    let mut seen = HashMap::new();
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     // Done when the consumer's position reached each high watermark: the last offsets may
@@ -415,10 +430,8 @@ fn read_all(bootstrap: &str, topic: &str) -> HashMap<(i32, i64), String> {
             assert!(o > *prev, "partition {p}: offset {o} after {prev}");
         }
         last.insert(p, o);
-        let payload = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
-        seen.insert((p, o), payload);
+        on(p, o, m.key(), m.payload());
     }
-    seen
 }
 
 /// The record batches of one replica of a partition, in order, as stored.
@@ -1436,7 +1449,7 @@ fn first_segment(broker: &Broker, topic: &str, partition: i32) -> i64 {
 /// segments below it, moving their Raft base past what the stopped broker holds. Back, that
 /// broker is behind its leaders' base and catches up from a snapshot (its log reset to the
 /// base). Meanwhile one group commits offsets often enough that the replicated
-/// `__consumer_offsets` partition is compacted by its coordinator. Checked: the low
+/// `__consumer_offsets` partition is compacted by the log cleaner. Checked: the low
 /// watermark is the deleted-to offset on every partition, consumers read from there, every
 /// acknowledged record at or past it is in place, the group's latest offsets survive, and
 /// after a clean stop the replicas hold the same bytes from the highest first segment on.
@@ -1445,7 +1458,11 @@ async fn retention_and_delete_records_on_replicated_partitions() {
     let _one = one_cluster_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, "retention_check_interval_ms = 300\n").expect("config");
+    std::fs::write(
+        &config,
+        "retention_check_interval_ms = 300\nlog_cleaner_backoff_ms = 300\n",
+    )
+    .expect("config");
     let mut cluster = Cluster::start_args(
         &[1, 1, 1],
         &[
@@ -1570,7 +1587,7 @@ async fn retention_and_delete_records_on_replicated_partitions() {
     while !cluster
         .brokers
         .iter()
-        .any(|b| b.logs_contain("compacted committed offsets"))
+        .any(|b| b.logs_have_line(&["log cleaner pass", "__consumer_offsets-0"]))
     {
         assert!(
             Instant::now() < deadline,
@@ -1631,6 +1648,213 @@ async fn retention_and_delete_records_on_replicated_partitions() {
             );
         }
     }
+}
+
+/// Keyed updates (and tombstones) of `keys` keys for `rounds`, acks=all: the latest value
+/// (None: deleted) of each key goes into `table`, the records acknowledged per partition into
+/// `produced`; returns how many were not acknowledged.
+async fn update_table(
+    producer: &FutureProducer,
+    topic: &str,
+    rounds: std::ops::Range<usize>,
+    keys: usize,
+    deleted: &[usize],
+    table: &mut BTreeMap<String, Option<String>>,
+    produced: &mut BTreeMap<i32, usize>,
+) -> usize {
+    let mut failed = 0;
+    for r in rounds.clone() {
+        let last = r + 1 == rounds.end;
+        let sends = (0..keys).map(|k| {
+            let key = format!("key-{k}");
+            let value = (!(last && deleted.contains(&k)))
+                .then(|| format!("{key}-round-{r}-{}", "v".repeat(700)));
+            async move {
+                let mut record = FutureRecord::to(topic).key(&key);
+                if let Some(v) = &value {
+                    record = record.payload(v);
+                }
+                let res = producer.send(record, Duration::from_secs(30)).await;
+                (key, value, res)
+            }
+        });
+        for (key, value, res) in futures::future::join_all(sends).await {
+            match res {
+                Ok(d) => {
+                    *produced.entry(d.partition).or_default() += 1;
+                    table.insert(key, value);
+                }
+                Err((e, _)) => {
+                    eprintln!("not acknowledged: {key}: {e}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    failed
+}
+
+/// Log compaction on replicated partitions: a compacted topic (16 KiB segments) with every
+/// partition on three brokers takes many updates of 60 keys, and tombstones, while one
+/// broker is down (`kill -9`). The running replicas move their Raft base and clean their
+/// logs below it (leaders and followers alike). Back, the stopped broker is behind its
+/// leaders' base: it installs their snapshot and copies the compacted prefix from the
+/// leader. Once it leads the partition it is preferred for, a consumer reading every
+/// partition from the beginning (a Kafka Streams-style restore) gets exactly the table (the
+/// latest value of every live key, no deleted key with a value), with fewer records than
+/// were produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_topic_restores_its_table_from_a_replica_seeded_by_a_snapshot() {
+    let _one = one_cluster_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "retention_check_interval_ms = 300\nlog_cleaner_backoff_ms = 300\n",
+    )
+    .expect("config");
+    let mut cluster = Cluster::start_args(
+        &[1, 1, 1],
+        &["--config".into(), config.to_str().unwrap().into()],
+    );
+    let bootstrap = cluster.bootstrap();
+    let topic = "table";
+    wait_for_brokers(&bootstrap, 3);
+    let admin = admin_client(&bootstrap);
+    let opts = rdkafka::admin::AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(15)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    let mut created = false;
+    for _ in 0..20 {
+        let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3))
+            .set("cleanup.policy", "compact")
+            .set("segment.bytes", "16384")
+            .set("min.cleanable.dirty.ratio", "0.1");
+        if admin
+            .create_topics(&[t], &opts)
+            .await
+            .expect("CreateTopics")[0]
+            .is_ok()
+        {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(created, "topic not created\n{}", cluster.logs());
+    wait_for_leaders(&bootstrap, topic, 3);
+    let producer = retrying_producer(&bootstrap);
+    let (keys, deleted) = (60, [0, 1, 2, 3, 4]);
+    let mut table = BTreeMap::new();
+    let mut produced = BTreeMap::new();
+    let failed = update_table(&producer, topic, 0..3, keys, &[], &mut table, &mut produced).await;
+    assert_eq!(failed, 0, "no failure before any fault\n{}", cluster.logs());
+
+    let down = 3;
+    cluster.node(down).kill9();
+    let failed = update_table(
+        &producer,
+        topic,
+        3..30,
+        keys,
+        &deleted,
+        &mut table,
+        &mut produced,
+    )
+    .await;
+    assert_eq!(failed, 0, "no failure with two brokers\n{}", cluster.logs());
+
+    // The running replicas move their base and clean below it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(1..=2).all(|n| {
+        let b = &cluster.brokers[n - 1];
+        b.logs_have_line(&["log cleaner pass", "table-"])
+            && b.logs_have_line(&["Raft log compacted", "table-"])
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the running replicas did not compact and clean\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Back, the stopped broker installs a snapshot and copies the compacted prefix.
+    cluster.node(down).restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .node(down)
+        .logs_contain("copied the compacted prefix from the leader")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {down} did not copy a compacted prefix\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A few more updates, then the broker leads the partition it is preferred for.
+    let failed = update_table(
+        &producer,
+        topic,
+        30..31,
+        keys,
+        &deleted,
+        &mut table,
+        &mut produced,
+    )
+    .await;
+    assert_eq!(
+        failed,
+        0,
+        "no failure with every broker back\n{}",
+        cluster.logs()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let led = loop {
+        let leaders = tokio::task::block_in_place(|| leaders_now(&bootstrap, topic));
+        if let Some((&p, _)) = leaders.iter().find(|(_, l)| **l == down) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {down} leads no partition: {leaders:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    let mut restored: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut read: BTreeMap<i32, usize> = BTreeMap::new();
+    tokio::task::block_in_place(|| {
+        read_each(&bootstrap, topic, |p, _, key, value| {
+            let key = String::from_utf8(key.expect("every record has a key").to_vec()).unwrap();
+            let value = value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+            *read.entry(p).or_default() += 1;
+            restored.insert(key, value);
+        })
+    });
+    let live = |t: &BTreeMap<String, Option<String>>| -> BTreeMap<String, String> {
+        t.iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect()
+    };
+    assert_eq!(
+        live(&restored),
+        live(&table),
+        "the restored table (partition {led} read from node {down})"
+    );
+    assert_eq!(live(&table).len(), keys - deleted.len());
+    eprintln!(
+        "partition {led} (led by node {down}, seeded by a snapshot): {} records read of {} produced",
+        read[&led], produced[&led]
+    );
+    assert!(
+        read[&led] < produced[&led] / 2,
+        "partition {led} was compacted: {} records read of {} produced",
+        read[&led],
+        produced[&led]
+    );
 }
 
 /// Spawn a client script that prints "ACK <partition> <offset> <value>" lines and a final

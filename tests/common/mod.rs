@@ -297,6 +297,17 @@ impl Broker {
         })
     }
 
+    /// Whether one line of the broker's logs (any run) holds every one of `parts`.
+    pub fn logs_have_line(&self, parts: &[&str]) -> bool {
+        (1..=self.runs).any(|run| {
+            std::fs::read(self.log_path(run)).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .lines()
+                    .any(|l| parts.iter().all(|p| l.contains(p)))
+            })
+        })
+    }
+
     pub fn logs_text(&self) -> String {
         const TAIL_BYTES: usize = 64 * 1024;
         let mut text = String::new();
