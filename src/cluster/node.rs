@@ -533,7 +533,10 @@ impl PrefixSource for LeaderFetch {
                 PREFIX_FETCH_VERSION,
                 "sluice-replica",
                 crate::replication::prefix::PREFIX_FETCH_TIMEOUT,
-                PREFIX_FETCH_BYTES as usize + (1 << 20),
+                // The first batch comes whole whatever its size (KIP-74): up to the largest
+                // request a broker takes.
+                crate::constants::REQUEST_BYTES_MAX_DEFAULT.max(PREFIX_FETCH_BYTES as usize)
+                    + (1 << 20),
             )
             .await
             .map_err(|e| format!("Fetch from {addr}: {e}"))?;

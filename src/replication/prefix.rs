@@ -84,6 +84,7 @@ impl Replica {
         }
         self.set_pending_prefix(None);
         self.finish_install().await?;
+        self.count_prefix_copied();
         Ok(true)
     }
 
@@ -94,6 +95,9 @@ impl Replica {
             .ok_or_else(|| CopyError::Source("no prefix source".into()))?;
         let log = self.log().clone();
         if log.log_end_offset().0 != base.offset || log.size_bytes() > 0 {
+            // An earlier copy's half (taken in at once, or not at all: this is a prefix
+            // adopted but not recorded as such, or a log that moved on; never entries past
+            // the base, which wait for the copy).
             log.reset_to_empty(Offset(base.offset)).await?;
         }
         let mut w = log.prefix_writer().await?;

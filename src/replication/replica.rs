@@ -256,6 +256,8 @@ pub struct Replica {
     /// A failed prefix copy is tried again at this tick, and the backoff of the next one.
     prefix_retry_tick: Cell<u64>,
     prefix_backoff_ticks: Cell<u64>,
+    /// Compacted prefixes copied since the replica opened.
+    prefixes_copied: Cell<u64>,
     /// Snapshots installed and compactions done since the replica opened.
     snapshots_installed: Cell<u64>,
     compactions: Cell<u64>,
@@ -361,6 +363,12 @@ impl Replica {
             if state.installing || lost {
                 if lost && !state.installing {
                     tracing::warn!(dir = %dir.display(), base = base.offset, log_end = log.log_end_offset().get(), "the log does not reach its Raft base: starting empty there");
+                }
+                if Replica::has_prefix(&base) && !state.installing {
+                    // Durable before the reset: a stop or crash before the copy is done
+                    // must find the install unfinished.
+                    store.reinstalling();
+                    write_state(&env, &state_path, &store.state_file()).await?;
                 }
                 log.reset_to_empty(Offset(base.offset)).await?;
                 if Replica::has_prefix(&base) {
@@ -471,6 +479,7 @@ impl Replica {
             stopping: Cell::new(false),
             prefix_retry_tick: Cell::new(0),
             prefix_backoff_ticks: Cell::new(1),
+            prefixes_copied: Cell::new(0),
             snapshots_installed: Cell::new(0),
             compactions: Cell::new(0),
             caught_up_at: RefCell::new(HashMap::new()),
@@ -740,6 +749,15 @@ impl Replica {
     /// until it is copied).
     pub fn prefix_pending(&self) -> bool {
         self.pending_prefix.get().is_some()
+    }
+
+    /// Compacted prefixes copied from a leader since the replica opened.
+    pub fn prefixes_copied(&self) -> u64 {
+        self.prefixes_copied.get()
+    }
+
+    pub(super) fn count_prefix_copied(&self) {
+        self.prefixes_copied.set(self.prefixes_copied.get() + 1);
     }
 
     /// The driver is stopping: a prefix copy in progress gives up.
@@ -1552,7 +1570,8 @@ impl Replica {
                 // Everything written before is settled first: the install replaces the log.
                 self.settle_persisting().await?;
                 let snap = rd.snapshot().clone();
-                self.install_snapshot(&snap).await?;
+                let with_entries = !rd.entries().is_empty() || !rd.committed_entries().is_empty();
+                self.install_snapshot(&snap, with_entries).await?;
             }
             let committed = rd.take_committed_entries();
             let applied_to = committed.last().map(|e| e.index);
@@ -1774,10 +1793,16 @@ impl Replica {
     /// Install the leader's snapshot: the log continues at its base (Raft's `restore` already
     /// dropped every entry of this replica's log: they are below the leader's base, or not
     /// committed). Crash-safe in three steps: `raft-state` names the new base with
-    /// `installing` set (durable), the log is reset to an empty one at the base's offset, and
+    /// `installing` set (durable), the log is reset to an empty one at the base's offset (and
+    /// a compacted prefix below the base is copied from the leader, `prefix`), and
     /// `raft-state` is written again without the flag; a restart in between repeats the reset
-    /// ([`Replica::open`]).
-    async fn install_snapshot(&self, snap: &raft::eraftpb::Snapshot) -> Result<(), ReplicaError> {
+    /// (and the copy) ([`Replica::open`]). `with_entries`: the same ready carries entries
+    /// after the base.
+    async fn install_snapshot(
+        &self,
+        snap: &raft::eraftpb::Snapshot,
+        with_entries: bool,
+    ) -> Result<(), ReplicaError> {
         let base = LogBase::from_snapshot(snap)
             .ok_or_else(|| ReplicaError::Raft("a snapshot that is not a log base".into()))?;
         tracing::info!(dir = %self.dir.display(), index = base.index, term = base.term, offset = base.offset, "installing the leader's snapshot: the log continues at its base");
@@ -1787,12 +1812,23 @@ impl Replica {
         self.log.set_clean_limit(Offset(base.offset));
         self.log.reset_to_empty(Offset(base.offset)).await?;
         if Replica::has_prefix(&base) {
-            // The compacted prefix is copied by the next rounds, before anything else
-            // (`prefix`); `raft-state` keeps the install unfinished until then. The snapshot
-            // is acknowledged: Raft's part of it (the base) is durable.
+            // The compacted prefix is copied now, from the leader that sent the snapshot
+            // (`prefix`); `raft-state` keeps the install unfinished until it is in.
             self.pending_prefix.set(Some(base));
             self.prefix_retry_tick.set(0);
             self.prefix_backoff_ticks.set(1);
+            // Entries in the same ready follow the base: they are written (and acknowledged)
+            // only once the prefix is in, so the copy is retried here until it is (or the
+            // replica stops). Without any, a failed copy is left to the next rounds, which
+            // step messages meanwhile (the leader may change) and take part in nothing else.
+            while !self.install_prefix(base).await? && with_entries {
+                if self.is_stopping() {
+                    return Err(ReplicaError::Failed(
+                        "stopped while copying a compacted prefix".into(),
+                    ));
+                }
+                crate::runtime::sleep(std::time::Duration::from_millis(200)).await;
+            }
         } else {
             self.finish_install().await?;
         }
@@ -1804,7 +1840,8 @@ impl Replica {
     }
 
     /// Move the Raft base toward the offset [`Replica::request_compaction`] asked for, then
-    /// remove the segments below it. Only applied entries are compacted, at a segment base
+    /// remove the segments below the offset asked for there (a compacted log keeps those
+    /// between that offset and its base: its compacted prefix). Only applied entries are compacted, at a segment base
     /// (every segment begins with an entry); a leader also keeps what the followers it heard
     /// from lately still need, so a follower a little behind is sent entries, not a snapshot
     /// (one it has not heard from does not hold the log back). The base is durable in

@@ -42,6 +42,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft::eraftpb::Message;
 
+use super::prefix::{PrefixChunk, PrefixSource};
 use super::replica::{Replica, ReplicaConfig};
 use super::wire;
 use crate::cluster::catalog::Catalog;
@@ -152,6 +153,8 @@ struct Stats {
     /// Snapshots installed, and compactions of a replica's own log.
     snapshots: u64,
     compactions: u64,
+    /// Compacted prefixes copied from a leader (prefix seeds).
+    prefixes: u64,
     /// Metadata seeds: records applied, and refused (another change came first).
     meta_applied: u64,
     meta_refused: u64,
@@ -175,9 +178,18 @@ struct Sim {
     producers: Vec<Producer>,
     /// Proposals made inside a leader's ready cycle.
     deferred_proposals: u64,
-    /// Snapshots and compactions of replicas since crashed.
+    /// Snapshots, compactions and prefix copies of replicas since crashed.
     snapshots: u64,
     compactions: u64,
+    prefixes: u64,
+    /// A quarter of the seeds keep a compacted prefix: a replica's Raft base moves up to its
+    /// high watermark's segment while its segments below stay (as a compacted topic's do), so
+    /// a replica behind a base copies that prefix from the leader ([`SimPrefixSource`]).
+    prefix: bool,
+    /// The running replicas by node (the prefix source reads the leader's log), and the node
+    /// cut off, as the prefix source sees them.
+    running: Rc<RefCell<Vec<Option<Rc<Replica>>>>>,
+    cut: Rc<Cell<Option<u64>>>,
     /// A quarter of the seeds run the metadata group instead: every proposal is a catalog
     /// change (a producer-id block) made on top of a random node's applied catalog, as a
     /// broker forwards it to the leader; nodes apply the committed log with the brokers'
@@ -205,6 +217,44 @@ fn frame_of(msg: Message) -> Bytes {
     };
     assert!(b.push(&m).expect("encode").is_none());
     b.finish().expect("a frame")
+}
+
+/// A prefix seed's [`PrefixSource`]: the hinted leader's log, read below its high watermark
+/// as a Fetch reads it; unreachable while either side is cut off, and failing now and then
+/// (a lost connection).
+struct SimPrefixSource {
+    me: u64,
+    running: Rc<RefCell<Vec<Option<Rc<Replica>>>>>,
+    cut: Rc<Cell<Option<u64>>>,
+    rng: RefCell<SimRng>,
+}
+
+impl PrefixSource for SimPrefixSource {
+    fn fetch(
+        &self,
+        leader: Option<u64>,
+        from: i64,
+    ) -> futures::future::LocalBoxFuture<'static, Result<PrefixChunk, String>> {
+        let unreachable = leader
+            .is_none_or(|l| self.cut.get().is_some_and(|c| c == l || c == self.me))
+            || self.rng.borrow_mut().chance(0.1);
+        let source = leader.and_then(|l| self.running.borrow()[(l - 1) as usize].clone());
+        Box::pin(async move {
+            if unreachable {
+                return Err("unreachable".into());
+            }
+            let r = source.ok_or("the leader is down")?;
+            let log = r.log().clone();
+            let data = log
+                .read(Offset(from.max(log.log_start_offset().0)), 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(PrefixChunk {
+                log_start: data.log_start_offset.0,
+                records: data.records,
+            })
+        })
+    }
 }
 
 fn dir() -> PathBuf {
@@ -236,7 +286,7 @@ impl Sim {
         let mut rng = SimRng::new(seed);
         let drop_p = [0.0, 0.02, 0.1][rng.below(3) as usize];
         let dup_p = [0.0, 0.02, 0.05][rng.below(3) as usize];
-        Sim {
+        let sim = Sim {
             seed,
             rng,
             clock,
@@ -255,9 +305,34 @@ impl Sim {
             deferred_proposals: 0,
             snapshots: 0,
             compactions: 0,
+            prefixes: 0,
+            prefix: seed % 4 == 1,
+            running: Rc::new(RefCell::new(vec![None; NODES as usize])),
+            cut: Rc::default(),
             metadata: seed % 4 == 3,
             refused: Rc::default(),
             markers: Rc::default(),
+        };
+        for i in 0..sim.nodes.len() {
+            let r = sim.nodes[i].replica.clone().expect("up");
+            sim.register(i, &r);
+        }
+        sim
+    }
+
+    /// A replica (re)opened on node `i`: the prefix source knows it, and a prefix seed's
+    /// replica copies from the others.
+    fn register(&self, i: usize, r: &Rc<Replica>) {
+        self.running.borrow_mut()[i] = Some(r.clone());
+        if self.prefix {
+            r.set_prefix_source(Some(Rc::new(SimPrefixSource {
+                me: self.nodes[i].id,
+                running: self.running.clone(),
+                cut: self.cut.clone(),
+                rng: RefCell::new(SimRng::new(
+                    self.seed.wrapping_mul(7).wrapping_add(i as u64),
+                )),
+            })));
         }
     }
 
@@ -599,7 +674,13 @@ impl Sim {
             log.log_start_offset()
         };
         let at = log.segment_base_at(at);
-        r.request_compaction(at, at);
+        if self.prefix {
+            // A compacted log: its sealed segments stay below the base.
+            let keep = log.segment_base_at(log.log_start_offset());
+            r.request_compaction(keep, log.segment_base_at(log.high_watermark()));
+        } else {
+            r.request_compaction(at, at);
+        }
     }
 
     fn crash(&mut self) {
@@ -610,12 +691,14 @@ impl Sim {
         let i = up[self.rng.below(up.len() as u64) as usize];
         let node = &mut self.nodes[i];
         node.disk.crash();
+        self.running.borrow_mut()[i] = None;
         if let Some(r) = node.replica.take() {
             self.log_reads += r.log_reads();
             self.deferred_proposals += r.deferred_proposals();
             let (s, c) = r.snapshot_counts();
             self.snapshots += s;
             self.compactions += c;
+            self.prefixes += r.prefixes_copied();
         }
         node.down_for = 20 + self.rng.below(200);
         self.crashes += 1;
@@ -643,7 +726,8 @@ impl Sim {
             r.set_yield_after_write(self.seed % 3 != 2);
             node.hw = r.log().high_watermark().0;
             node.meta = (0, Catalog::default());
-            node.replica = Some(r);
+            node.replica = Some(r.clone());
+            self.register(i, &r);
         }
     }
 
@@ -664,7 +748,8 @@ impl Sim {
                     self.isolated = match self.isolated {
                         Some(_) => None,
                         None => Some(1 + self.rng.below(NODES)),
-                    }
+                    };
+                    self.cut.set(self.isolated);
                 }
                 90..=91 => self.crash(),
                 _ => self
@@ -682,6 +767,7 @@ impl Sim {
     /// committed.
     async fn converge(&mut self) {
         self.isolated = None;
+        self.cut.set(None);
         self.drop_p = 0.0;
         self.dup_p = 0.0;
         self.restart_due(true).await;
@@ -959,7 +1045,9 @@ impl Sim {
         let (snapshots, compactions) = counts.fold((self.snapshots, self.compactions), |a, c| {
             (a.0 + c.0, a.1 + c.1)
         });
+        let prefixes = self.prefixes + live().map(|r| r.prefixes_copied()).sum::<u64>();
         Stats {
+            prefixes,
             meta_applied,
             meta_refused,
             snapshots,
@@ -1018,6 +1106,7 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
                 total.aborted_txns += s.aborted_txns;
                 total.snapshots += s.snapshots;
                 total.compactions += s.compactions;
+                total.prefixes += s.prefixes;
                 total.meta_applied += s.meta_applied;
                 total.meta_refused += s.meta_refused;
             }
@@ -1031,7 +1120,8 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
     eprintln!(
         "raft simulation: {} acknowledged proposals ({} idempotent batches, {} transaction \
          markers, {} aborted transactions compared), {} deferred proposals, {} terms with a leader, {} crashes, {} catch-up reads of a log, {} \
-         compactions, {} snapshots installed, {} metadata records applied and {} refused",
+         compactions, {} snapshots installed ({} with a compacted prefix copied), {} metadata \
+         records applied and {} refused",
         total.acked,
         total.idempotent,
         total.markers,
@@ -1042,6 +1132,7 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
         total.log_reads,
         total.compactions,
         total.snapshots,
+        total.prefixes,
         total.meta_applied,
         total.meta_refused
     );
@@ -1059,8 +1150,8 @@ fn replicas_agree_and_keep_every_acknowledged_write() {
         "transactions were written, and some aborted"
     );
     assert!(
-        total.compactions > 0 && total.snapshots > 0,
-        "compaction and snapshots were exercised"
+        total.compactions > 0 && total.snapshots > 0 && total.prefixes > 0,
+        "compaction, snapshots and compacted prefixes were exercised"
     );
     assert!(
         total.meta_applied > 0 && total.meta_refused > 0,

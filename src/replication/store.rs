@@ -234,6 +234,12 @@ impl RaftStore {
         s.installing = true;
     }
 
+    /// An install is (again) unfinished: a log found short of its base that still needs its
+    /// compacted prefix copied.
+    pub fn reinstalling(&self) {
+        self.0.borrow_mut().installing = true;
+    }
+
     /// The log was reset to the installed snapshot's base.
     pub fn installed(&self) {
         self.0.borrow_mut().installing = false;

@@ -1535,6 +1535,53 @@ fn the_journal_replays_what_its_segments_lack() {
     });
 }
 
+/// A compacted prefix taken into a journaled log (a replica seeded by a snapshot): the reset
+/// before it journaled a cut below the prefix, and a power loss after the prefix is in must
+/// not let the journal's replay apply that cut to it.
+#[test]
+fn a_power_loss_after_a_prefix_is_taken_in_keeps_the_prefix() {
+    crate::runtime::block_on_test(|| async {
+        let (disk, env, log) = journaled_log(11, "/data/p-0").await;
+        for i in 0..10 {
+            produce(&log, test_util::encode_batch(0, 3, i, 100))
+                .await
+                .unwrap();
+        }
+        log.reset_to_empty(Offset(100)).await.unwrap();
+        let mut w = log.prefix_writer().await.unwrap();
+        w.skip_to(0);
+        // Batches at 0, 10, 20, ... (compaction's gaps between them), each of 3 records.
+        let mut bases = Vec::new();
+        for base in (0..90).step_by(10) {
+            let b = test_util::encode_batch(base, 3, base, 100);
+            assert_eq!(w.push(&b).await.unwrap(), 1);
+            bases.push(base);
+        }
+        assert!(!w.is_complete());
+        log.adopt_prefix(w, Offset(0)).await.unwrap();
+        assert_eq!(log.log_start_offset().get(), 0);
+        assert_eq!(log.log_end_offset().get(), 100);
+        disk.crash();
+        drop(log);
+        let env = env.restarted();
+        let log = open_sim(&env, "/data/p-0").await;
+        assert_eq!(
+            log.log_end_offset().get(),
+            100,
+            "the log still ends at its base"
+        );
+        assert_eq!(log.log_start_offset().get(), 0);
+        for base in bases {
+            let data = log.read_replicated(Offset(base), 1).await.unwrap();
+            assert_eq!(
+                headers(&data.records)[0].base_offset,
+                base,
+                "the prefix's batch at {base} is there"
+            );
+        }
+    });
+}
+
 /// Reused journal files are reclaimed and reused again, cycle after cycle: the files on disk
 /// stay bounded (a reused file's size is known without its first path, which is gone).
 #[test]

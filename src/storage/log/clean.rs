@@ -280,16 +280,25 @@ impl PartitionLog {
         now_ms: i64,
         throttle: &CleanerThrottle,
     ) -> Result<Option<CleanStats>, StorageError> {
-        let _admin = self.admin_lock.lock().await;
-        let Some(c) = self.cleanable(now_ms) else {
-            return Ok(None);
+        // The admin lock is held only for the short steps that change the log's files (the
+        // start, the checkpoint, each swap), never while the pass reads or writes: retention,
+        // a replica's Raft compaction and truncations wait for it (a replica's ready round
+        // among them). What changed in between is found before each step: a truncation or
+        // reset (the log's generation), or another segment list (`swap_in`).
+        let (c, sources, generation) = {
+            let _admin = self.admin_lock.lock().await;
+            let Some(c) = self.cleanable(now_ms) else {
+                return Ok(None);
+            };
+            // An earlier pass that failed after a commit point (a rename or removal failed)
+            // left its swap to finish: done first, so a new swap file never replaces an
+            // unfinished one.
+            recover_swap(&self.env, &self.dir).await?;
+            let sources = self.sources_below(c.end).await?;
+            (c, sources, self.state.borrow().generation)
         };
-        // An earlier pass that failed after a commit point (a rename or removal failed) left
-        // its swap to finish: done first, so a new swap file never replaces an unfinished one.
-        recover_swap(&self.env, &self.dir).await?;
         map.clear();
         let cfg = self.cfg();
-        let sources = self.sources_below(c.end).await?;
         // The offset map of the dirty part.
         let producers = self.state.borrow().producers.clone();
         let mut map_end = c.first_dirty;
@@ -343,9 +352,15 @@ impl PartitionLog {
         }
         // Before any swap: the journal's replay must not compare what it holds below
         // map_end with segments that may be cleaned from now on.
-        let clean_end = self.state.borrow().clean_end;
-        write_checkpoint(&self.env, &self.dir, clean_end, map_end).await?;
-        self.state.borrow_mut().replay_floor = map_end;
+        {
+            let _admin = self.admin_lock.lock().await;
+            if !self.unchanged_since(generation, &sources) {
+                return Ok(None);
+            }
+            let clean_end = self.state.borrow().clean_end;
+            write_checkpoint(&self.env, &self.dir, clean_end, map_end).await?;
+            self.state.borrow_mut().replay_floor = map_end;
+        }
         let rules = Rules {
             map,
             map_end,
@@ -377,11 +392,21 @@ impl PartitionLog {
                     return Err(e);
                 }
             };
+            let _admin = self.admin_lock.lock().await;
+            if self.state.borrow().generation != generation {
+                remove_cleaned(&self.env, &self.dir, cleaned.base).await;
+                info!(dir = %self.dir.display(), "the log was cut during a cleaning pass: the pass stops");
+                return Ok(None);
+            }
             self.swap_in(group, cleaned).await?;
         }
         // Every group is swapped in: the dirty part now starts at map_end. (A crash before
         // this leaves the old checkpoint, and the next pass cleans from there again: every
         // key in the clean part is then at most once.)
+        let _admin = self.admin_lock.lock().await;
+        if self.state.borrow().generation != generation {
+            return Ok(None);
+        }
         write_checkpoint(&self.env, &self.dir, map_end, map_end).await?;
         self.state.borrow_mut().clean_end = map_end;
         info!(dir = %self.dir.display(), from = c.first_dirty, to = map_end,
@@ -391,6 +416,19 @@ impl PartitionLog {
             elapsed_ms = self.env.clock.now().duration_since(started).as_millis() as u64,
             "log cleaner pass");
         Ok(Some(stats))
+    }
+
+    /// Whether the log was neither cut nor reset since `generation` and still holds the
+    /// pass's `sources` as they were (retention may have removed some meanwhile).
+    fn unchanged_since(&self, generation: u64, sources: &[Source]) -> bool {
+        let st = self.state.borrow();
+        st.generation == generation
+            && sources.iter().all(|src| {
+                let i = st.segments.partition_point(|s| s.base_offset < src.base);
+                st.segments
+                    .get(i)
+                    .is_some_and(|s| s.base_offset == src.base && s.size == src.size)
+            })
     }
 
     /// The sealed segments below `end`, each with its file open (so a reader never opens one
@@ -491,8 +529,8 @@ impl PartitionLog {
     /// Commit the swap of `group` for `cleaned`, replace the segments in memory, then finish
     /// on disk.
     async fn swap_in(&self, group: &[Source], cleaned: Cleaned) -> Result<(), StorageError> {
-        // Nothing else changes sealed segments while the admin lock is held; checked before
-        // the commit point all the same.
+        // Checked under the admin lock, before the commit point: retention may have removed
+        // segments since the pass began.
         let same = {
             let st = self.state.borrow();
             let i = st

@@ -11,8 +11,10 @@
 //!    when it is full.
 //! 3. [`PartitionLog::adopt_prefix`]: the last file is fdatasynced, then the flusher (under
 //!    the admin lock, nothing queued) renames every file to its segment name, syncs the
-//!    directory, writes the log start, and rebuilds the log's state from the disk with the
-//!    recovery code (which builds the prefix segments' indexes and the producer state).
+//!    directory, writes the log start, journals a cut at the log's end (the reset journaled
+//!    one below the prefix, which a replay would otherwise apply to it), and rebuilds the
+//!    log's state from the disk with the recovery code (which builds the prefix segments'
+//!    indexes and the producer state).
 //!
 //! Crash safety is the caller's flag (the replica's `installing` in `raft-state`): until the
 //! prefix is adopted, a restart empties the log again and the copy starts over; prefix files
@@ -27,6 +29,7 @@ use super::*;
 use crate::storage::batch;
 use crate::storage::error::{IoContext, StorageError};
 use crate::storage::io::Env;
+use crate::storage::journal::Entry;
 use crate::storage::segment::{LOG_SUFFIX, segment_file_name, segment_path};
 
 /// The suffix of a prefix segment file not yet taken in.
@@ -256,6 +259,23 @@ impl PartitionLog {
             .await
             .ctx(|| format!("syncing {}", self.dir.display()))?;
         retention::write_log_start_file(&self.env, &self.dir, log_start).await?;
+        // The reset journaled a cut below the prefix: a replay ending with it would cut the
+        // prefix off again. A cut at the end, journaled after it, leaves the prefix alone
+        // (until then a crash finds the install unfinished, and it starts over).
+        if let Some(j) = self.journal() {
+            j.record(Entry::Truncate {
+                name: self.name.clone(),
+                to: end,
+            })
+            .await
+            .map_err(|e| {
+                StorageError::io(
+                    format!("journaling the prefix of {}", self.dir.display()),
+                    e,
+                )
+            })?;
+            self.state.borrow_mut().journal_after_cut = true;
+        }
         self.adopt_disk_state(w, end, end, Vec::new(), |st| {
             st.log_start = log_start;
             st.clean_end = 0;
