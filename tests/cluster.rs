@@ -814,16 +814,22 @@ fn retrying_producer(bootstrap: &str) -> FutureProducer {
 /// Create `topic` with PARTITIONS partitions and replication factor 3, retrying while the
 /// metadata log elects its first leader.
 async fn create_replicated(cluster: &Cluster, topic: &str) {
+    create_replicated_with(cluster, topic, &[]).await
+}
+
+/// [`create_replicated`] with topic configs.
+async fn create_replicated_with(cluster: &Cluster, topic: &str, configs: &[(&str, &str)]) {
     let admin = admin_client(&cluster.bootstrap());
     for _ in 0..20 {
         let opts = rdkafka::admin::AdminOptions::new()
             .operation_timeout(Some(Duration::from_secs(15)))
             .request_timeout(Some(Duration::from_secs(15)));
+        let t = configs.iter().fold(
+            NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3)),
+            |t, (k, v)| t.set(k, v),
+        );
         let r = admin
-            .create_topics(
-                &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3))],
-                &opts,
-            )
+            .create_topics(&[t], &opts)
             .await
             .expect("CreateTopics request");
         match &r[0] {
@@ -1477,27 +1483,12 @@ async fn retention_and_delete_records_on_replicated_partitions() {
     let bootstrap = cluster.bootstrap();
     let topic = "trimmed";
     wait_for_brokers(&bootstrap, 3);
+    create_replicated_with(&cluster, topic, &[("segment.bytes", "16384")]).await;
+    wait_for_leaders(&bootstrap, topic, 3);
     let admin = admin_client(&bootstrap);
     let opts = rdkafka::admin::AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(15)))
         .request_timeout(Some(Duration::from_secs(15)));
-    let mut created = false;
-    for _ in 0..20 {
-        let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3))
-            .set("segment.bytes", "16384");
-        if admin
-            .create_topics(&[t], &opts)
-            .await
-            .expect("CreateTopics")[0]
-            .is_ok()
-        {
-            created = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert!(created, "topic not created\n{}", cluster.logs());
-    wait_for_leaders(&bootstrap, topic, 3);
     let producer = retrying_producer(&bootstrap);
     let tag = "x".repeat(900);
     let (mut acked, failed) = produce_tagged(&producer, topic, &tag, 0, PER_PHASE).await;
@@ -1720,28 +1711,16 @@ async fn a_compacted_topic_restores_its_table_from_a_replica_seeded_by_a_snapsho
     let bootstrap = cluster.bootstrap();
     let topic = "table";
     wait_for_brokers(&bootstrap, 3);
-    let admin = admin_client(&bootstrap);
-    let opts = rdkafka::admin::AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(15)))
-        .request_timeout(Some(Duration::from_secs(15)));
-    let mut created = false;
-    for _ in 0..20 {
-        let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(3))
-            .set("cleanup.policy", "compact")
-            .set("segment.bytes", "16384")
-            .set("min.cleanable.dirty.ratio", "0.1");
-        if admin
-            .create_topics(&[t], &opts)
-            .await
-            .expect("CreateTopics")[0]
-            .is_ok()
-        {
-            created = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert!(created, "topic not created\n{}", cluster.logs());
+    create_replicated_with(
+        &cluster,
+        topic,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "16384"),
+            ("min.cleanable.dirty.ratio", "0.1"),
+        ],
+    )
+    .await;
     wait_for_leaders(&bootstrap, topic, 3);
     let producer = retrying_producer(&bootstrap);
     let (keys, deleted) = (60, [0, 1, 2, 3, 4]);

@@ -219,6 +219,17 @@ mod tests {
         }
     }
 
+    /// The running replicas but `not`.
+    fn others(net: &LocalNet, not: u64) -> Vec<Rc<Driver>> {
+        net.drivers
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|d| d.replica().id() != not)
+            .cloned()
+            .collect()
+    }
+
     /// A leader other than `not`.
     fn leader(net: &LocalNet, not: Option<u64>) -> Option<Rc<Driver>> {
         net.drivers
@@ -807,14 +818,7 @@ mod tests {
         let slot = behind as usize - 1;
         net.cut.set(Some(behind));
         let last = produce_keyed(&leader, 80, 10).await;
-        let live: Vec<Rc<Driver>> = net
-            .drivers
-            .borrow()
-            .iter()
-            .flatten()
-            .filter(|d| d.replica().id() != behind)
-            .cloned()
-            .collect();
+        let live = others(&net, behind);
         for _ in 0..500 {
             for d in &live {
                 let log = d.replica().log();
@@ -983,14 +987,7 @@ mod tests {
             .expect("answered")
             .expect("the log start moves");
             assert_eq!(leader.replica().log().log_start_offset().0, start);
-            let live: Vec<Rc<Driver>> = net
-                .drivers
-                .borrow()
-                .iter()
-                .flatten()
-                .filter(|d| d.replica().id() != behind)
-                .cloned()
-                .collect();
+            let live = others(&net, behind);
             // The cut-off follower stops holding the leader's compaction back once it has
             // not been heard from for an election timeout.
             for _ in 0..500 {

@@ -201,27 +201,11 @@ impl PartitionLog {
         log_start: Offset,
     ) -> Result<(), StorageError> {
         w.finish_file().await?;
-        let generation = {
-            let mut st = self.state.borrow_mut();
-            if let Some(e) = st.failed_error() {
-                return Err(e);
-            }
-            if st.closing || self.closed.get() {
-                return Err(StorageError::Closed);
-            }
-            st.prefix_request = Some((log_start.0, std::mem::take(&mut w.done)));
-            st.generation
-        };
-        self.work_notify.notify_all();
-        self.wait_until(|st| {
-            if st.prefix_request.is_some() || st.generation == generation {
-                return None;
-            }
-            if let Some(e) = st.failed_error() {
-                return Some(Err(e));
-            }
-            Some(Ok(()))
-        })
+        let bases = std::mem::take(&mut w.done);
+        self.flusher_request(
+            |st| st.prefix_request = Some((log_start.0, bases)),
+            |st| st.prefix_request.is_some(),
+        )
         .await
     }
 

@@ -103,6 +103,20 @@ impl PartitionLog {
     /// (`Truncated`) until it is done; appends not yet durable fail their
     /// [`PartitionLog::wait_durable`].
     pub async fn reset_to_empty(&self, offset: Offset) -> Result<(), StorageError> {
+        self.flusher_request(
+            |st| st.reset_request = Some(offset.0),
+            |st| st.reset_request.is_some(),
+        )
+        .await
+    }
+
+    /// Hand the flusher a request that rebuilds the log (`ask` sets it in the state) and wait
+    /// until it is done (`asked` no longer holds and the generation moved) or failed.
+    pub(super) async fn flusher_request(
+        &self,
+        ask: impl FnOnce(&mut super::State),
+        asked: impl Fn(&super::State) -> bool,
+    ) -> Result<(), StorageError> {
         let generation = {
             let mut st = self.state.borrow_mut();
             if let Some(e) = st.failed_error() {
@@ -111,12 +125,12 @@ impl PartitionLog {
             if st.closing || self.closed.get() {
                 return Err(StorageError::Closed);
             }
-            st.reset_request = Some(offset.0);
+            ask(&mut st);
             st.generation
         };
         self.work_notify.notify_all();
         self.wait_until(|st| {
-            if st.reset_request.is_some() || st.generation == generation {
+            if asked(st) || st.generation == generation {
                 return None;
             }
             if let Some(e) = st.failed_error() {
