@@ -83,6 +83,17 @@ const SPARE_FILES: usize = 2;
 /// A reclaimed file kept for reuse is renamed to end with this (replay reads only
 /// [`JOURNAL_SUFFIX`] files).
 const SPARE_SUFFIX: &str = "spare";
+/// The write-behind of a file the flush mark left behind is spread over the next file's fill
+/// in this many steps: each partition writes behind at its own step (its slot, from its
+/// name), not every partition of the shard at once (that burst of writes held the journal's
+/// next round, and every produce waiting for it, for about 100 ms at 1,024 partitions).
+pub const PRESSURE_SLOTS: usize = 32;
+
+/// The write-behind slot of a partition directory's name.
+pub fn pressure_slot(name: &str) -> usize {
+    crc32c::crc32c(name.as_bytes()) as usize % PRESSURE_SLOTS
+}
+
 /// Files left behind beyond this many: a warning (a failed partition pins its file).
 const FILES_WARN: usize = 8;
 
@@ -197,9 +208,26 @@ pub struct Receipt {
     done: RefCell<Option<Result<(), (io::ErrorKind, String)>>>,
 }
 
+/// A partition whose queued batches the journal writer takes itself when a round starts
+/// ([`Journal::offer`]), and completes itself when the round is durable: no task of the
+/// partition's wakes for a round.
+pub trait Source {
+    /// The entry for this round, if the partition may journal what it has queued now (else
+    /// it leaves the round to its own flusher, and wakes it).
+    fn take(&self) -> Option<Entry>;
+    /// The round holding the entry last taken is durable in `file`, or failed.
+    fn done(&self, result: Result<u64, (io::ErrorKind, String)>);
+}
+
+/// Who is told when a submission's round is durable.
+enum Waiter {
+    Receipt(Rc<Receipt>),
+    Source(Rc<dyn Source>),
+}
+
 struct Submission {
     entry: Entry,
-    receipt: Rc<Receipt>,
+    waiter: Waiter,
 }
 
 struct JFile {
@@ -220,11 +248,16 @@ struct JFile {
 #[derive(Default)]
 struct State {
     queue: Vec<Submission>,
+    /// Partitions offered for the next round ([`Journal::offer`]).
+    offered: Vec<Weak<dyn Source>>,
     /// Oldest first; the last one takes rounds.
     files: VecDeque<JFile>,
     next_round: u64,
     /// Partitions with deferred batches journaled in a file below this write them out.
     flush_below: u64,
+    /// How far the current file is filled, in [`PRESSURE_SLOTS`]: a partition whose slot
+    /// this reached writes behind what the file before holds.
+    fill_slot: usize,
     /// A write or fdatasync failed: nothing more is acknowledged through this journal.
     failed: Option<(io::ErrorKind, String)>,
     writer_running: bool,
@@ -251,8 +284,9 @@ pub struct Journal {
     st: RefCell<State>,
     /// Receipts completed.
     durable: Notify,
-    /// The flush mark moved.
-    pressure: Notify,
+    /// The flush mark moved (every slot's listeners), or the current file's fill reached a
+    /// slot: its partitions write behind what the file before holds.
+    pressure: Vec<Notify>,
     /// Load once.
     loading: futures::lock::Mutex<()>,
 }
@@ -332,7 +366,7 @@ impl Journal {
             dir,
             st: RefCell::new(State::default()),
             durable: Notify::new(),
-            pressure: Notify::new(),
+            pressure: (0..PRESSURE_SLOTS).map(|_| Notify::new()).collect(),
             loading: futures::lock::Mutex::new(()),
         })
     }
@@ -367,7 +401,7 @@ impl Journal {
             let mut st = self.st.borrow_mut();
             st.queue.push(Submission {
                 entry,
-                receipt: receipt.clone(),
+                waiter: Waiter::Receipt(receipt.clone()),
             });
             !std::mem::replace(&mut st.writer_running, true)
         };
@@ -375,6 +409,19 @@ impl Journal {
             crate::runtime::spawn_detached(writer(Rc::downgrade(self)));
         }
         receipt
+    }
+
+    /// Ask the writer to take `source`'s entry ([`Source::take`]) when the next round starts.
+    /// The caller offers a partition once until it is taken.
+    pub fn offer(self: &Rc<Self>, source: Weak<dyn Source>) {
+        let start = {
+            let mut st = self.st.borrow_mut();
+            st.offered.push(source);
+            !std::mem::replace(&mut st.writer_running, true)
+        };
+        if start {
+            crate::runtime::spawn_detached(writer(Rc::downgrade(self)));
+        }
     }
 
     /// [`Journal::submit`] and [`Journal::wait`]: `entry` is durable when this returns, in
@@ -398,14 +445,20 @@ impl Journal {
         }
     }
 
-    /// Partitions holding deferred batches journaled in a file below this write them out.
-    pub fn flush_below(&self) -> u64 {
-        self.st.borrow().flush_below
+    /// Fires when the flush mark moves. Register before checking it.
+    pub fn pressure(&self, slot: usize) -> event_listener::EventListener {
+        self.pressure[slot % PRESSURE_SLOTS].listen()
     }
 
-    /// Fires when the flush mark moves. Register before checking it.
-    pub fn pressure(&self) -> event_listener::EventListener {
-        self.pressure.listen()
+    /// Whether a partition in `slot` whose oldest batch not yet in its segments is in
+    /// `oldest` writes behind now: it is in a file before the one the flush mark just left
+    /// behind, or in that one and the current file's fill has reached the slot.
+    pub fn behind_due(&self, oldest: u64, slot: usize) -> bool {
+        let st = self.st.borrow();
+        // Files are numbered by their first round: the one before the current file is the
+        // second to last in the list.
+        let previous = st.files.iter().rev().nth(1).map(|f| f.seq);
+        oldest < st.flush_below && (Some(oldest) != previous || st.fill_slot >= slot)
     }
 
     /// `n` batches entries journaled in `file` are written to their segments (or void: the
@@ -644,7 +697,17 @@ impl Journal {
         let f = st.files.back_mut().expect("current file");
         f.written = pos + padded as u64;
         f.outstanding += batches;
-        Ok(f.seq)
+        let seq = f.seq;
+        let fill = ((f.written as u128 * PRESSURE_SLOTS as u128)
+            / self.cfg.file_bytes.max(1) as u128)
+            .min(PRESSURE_SLOTS as u128 - 1) as usize;
+        let reached = st.fill_slot + 1..=fill;
+        st.fill_slot = st.fill_slot.max(fill);
+        drop(st);
+        for slot in reached {
+            self.pressure[slot].notify_all();
+        }
+        Ok(seq)
     }
 
     /// Make sure the current file can take `len` more bytes: the first file, or the next one
@@ -732,13 +795,16 @@ impl Journal {
                 outstanding: 0,
             });
             st.flush_below = seq;
+            st.fill_slot = 0;
             st.files.len()
         };
         if count > FILES_WARN {
             warn!(files = count, dir = %self.dir.display(),
                 "journal files pile up: a partition holds back their reclamation");
         }
-        self.pressure.notify_all();
+        for p in &self.pressure {
+            p.notify_all();
+        }
         Ok(())
     }
 
@@ -925,13 +991,34 @@ fn apply_round(
 /// submission starts another).
 async fn writer(journal: Weak<Journal>) {
     loop {
-        // Let the flushers woken in this same turn join the round.
+        // Let the flushers and appends woken in this same turn join the round.
         crate::runtime::yield_now().await;
         let Some(j) = journal.upgrade() else { return };
-        let subs = std::mem::take(&mut j.st.borrow_mut().queue);
+        let (mut subs, offered) = {
+            let mut st = j.st.borrow_mut();
+            (
+                std::mem::take(&mut st.queue),
+                std::mem::take(&mut st.offered),
+            )
+        };
+        // Offered partitions hand over what they queued (each may decline, and then its
+        // flusher takes over). Their entries go after the submitted ones: a partition is
+        // never both (its flusher submits only while nothing of it is offered or taken).
+        for source in offered.iter().filter_map(Weak::upgrade) {
+            if let Some(entry) = source.take() {
+                subs.push(Submission {
+                    entry,
+                    waiter: Waiter::Source(source),
+                });
+            }
+        }
         if subs.is_empty() {
-            j.st.borrow_mut().writer_running = false;
-            return;
+            let mut st = j.st.borrow_mut();
+            if st.queue.is_empty() && st.offered.is_empty() {
+                st.writer_running = false;
+                return;
+            }
+            continue;
         }
         let failed = j.st.borrow().failed.clone();
         let result = match failed {
@@ -941,25 +1028,25 @@ async fn writer(journal: Weak<Journal>) {
                 .await
                 .map_err(|e| (e.kind(), e.to_string())),
         };
-        match result {
-            Ok(file) => {
-                for s in &subs {
-                    s.receipt.file.set(file);
-                    *s.receipt.done.borrow_mut() = Some(Ok(()));
-                }
+        if let Err((kind, msg)) = &result {
+            // A full disk is not the journal's end (space may come back); any other
+            // failure is: nothing written since the last good sync can be trusted.
+            if *kind != io::ErrorKind::StorageFull && j.st.borrow().failed.is_none() {
+                error!(dir = %j.dir.display(), error = %msg,
+                    "journal write failed: its partitions acknowledge nothing more until \
+                     restarted");
+                j.st.borrow_mut().failed = Some((*kind, msg.clone()));
             }
-            Err((kind, msg)) => {
-                // A full disk is not the journal's end (space may come back); any other
-                // failure is: nothing written since the last good sync can be trusted.
-                if kind != io::ErrorKind::StorageFull && j.st.borrow().failed.is_none() {
-                    error!(dir = %j.dir.display(), error = %msg,
-                        "journal write failed: its partitions acknowledge nothing more until \
-                         restarted");
-                    j.st.borrow_mut().failed = Some((kind, msg.clone()));
+        }
+        for s in &subs {
+            match &s.waiter {
+                Waiter::Receipt(receipt) => {
+                    if let Ok(file) = &result {
+                        receipt.file.set(*file);
+                    }
+                    *receipt.done.borrow_mut() = Some(result.clone().map(|_| ()));
                 }
-                for s in &subs {
-                    *s.receipt.done.borrow_mut() = Some(Err((kind, msg.clone())));
-                }
+                Waiter::Source(source) => source.done(result.clone()),
             }
         }
         j.durable.notify_all();

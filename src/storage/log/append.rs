@@ -436,8 +436,7 @@ impl PartitionLog {
             log_append_time_ms,
             generation: st.generation,
         };
-        drop(st);
-        self.work_notify.notify_all();
+        self.queued(st);
         Ok(info)
     }
 

@@ -54,7 +54,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -312,6 +312,24 @@ struct State {
     journal_pinned: std::collections::BTreeMap<u64, usize>,
     /// A cut was journaled and no round since: the next one goes through the journal.
     journal_after_cut: bool,
+    /// Offered to the journal writer, which takes the queue itself when its next round
+    /// starts (`writer::Source`); the flusher leaves the queue alone meanwhile.
+    journal_offered: bool,
+    /// Rounds the journal writer took from the queue, not durable yet (oldest first). The
+    /// flusher runs no round and no cut of its own while there is one.
+    journal_taken: VecDeque<Vec<Pending>>,
+    /// Durable in the journal by rounds the writer took, not yet handed to the flusher's
+    /// write-behind list (`Writer::behind`), with their bytes and their journal files.
+    journaled: Vec<Pending>,
+    journaled_bytes: usize,
+    journaled_pins: std::collections::BTreeMap<u64, usize>,
+    /// The segment of the last batch put behind the journal: a batch of another one means
+    /// the log rolled, and the flusher writes behind at once.
+    behind_segment: i64,
+    /// A round the writer took failed: the flusher fails the log.
+    journal_failure: Option<(io::ErrorKind, String)>,
+    /// The flusher is in a round or a cut of its own: the journal writer takes nothing.
+    flusher_busy: bool,
     /// First offset not visible to consumers: the durable end, or with a caller-managed high
     /// watermark (replication) the smaller of the caller's and the durable end. Only moves
     /// forward, but for a truncation below it.
@@ -433,11 +451,16 @@ impl State {
 
 /// One partition's log. See the module documentation for the contracts.
 pub struct PartitionLog {
+    /// Itself, for the journal writer's list of offered partitions.
+    me: Weak<PartitionLog>,
     /// The disk and clock it runs on (`storage::io`).
     env: Env,
     dir: PathBuf,
     /// The directory's name: the partition's name in the shard journal.
     name: Rc<str>,
+    /// When in a journal file's fill it writes behind what the file before holds
+    /// (`journal::pressure_slot`).
+    slot: usize,
     /// Replaying the journal at open: rounds go to the segments (synced), not the journal.
     replaying: Cell<bool>,
     /// Current settings; replaced by `update_config` (read, never borrowed).
@@ -561,7 +584,10 @@ impl PartitionLog {
             .file_name()
             .map_or_else(|| dir.to_string_lossy(), |n| n.to_string_lossy())
             .into();
-        let log = Rc::new(PartitionLog {
+        let active_base = writer.segment_base;
+        let log = Rc::new_cyclic(|me| PartitionLog {
+            me: me.clone(),
+            slot: crate::storage::journal::pressure_slot(&name),
             env,
             dir,
             name,
@@ -574,6 +600,14 @@ impl PartitionLog {
                 written_end: rec.log_end,
                 journal_pinned: Default::default(),
                 journal_after_cut: false,
+                journal_offered: false,
+                journal_taken: VecDeque::new(),
+                journaled: Vec::new(),
+                journaled_bytes: 0,
+                journaled_pins: Default::default(),
+                behind_segment: active_base,
+                journal_failure: None,
+                flusher_busy: false,
                 high_watermark: rec.log_end,
                 hw_target: None,
                 generation: 0,
@@ -951,7 +985,7 @@ impl PartitionLog {
             .await
             .ctx(|| format!("journaling the deletion of {}", self.dir.display()))?;
             // Whatever of it the journal still holds is void now.
-            self.release_journal_pins();
+            self.release_all_journal_pins();
         }
         self.env
             .disk

@@ -14,7 +14,7 @@ use crate::storage::clean_shutdown::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use crate::storage::error::{IoContext, StorageError};
 use crate::storage::index::{self};
 use crate::storage::io::SegmentFile;
-use crate::storage::journal::{Entry, Journal};
+use crate::storage::journal::{Entry, Journal, Source};
 use crate::storage::producer_state::snapshot_file_name;
 use crate::storage::recovery;
 use crate::storage::segment::{
@@ -231,6 +231,7 @@ impl PartitionLog {
             let mut st = self.state.borrow_mut();
             *st.journal_pinned.entry(file).or_default() += 1;
             st.mark_durable(&batches);
+            st.behind_segment = batches.last().expect("a round has batches").segment_base;
         }
         self.hw_notify.notify_all();
         self.room_notify.notify_all();
@@ -280,6 +281,18 @@ impl PartitionLog {
     /// or the partition deleted): release the files it pinned.
     pub(super) fn release_journal_pins(&self) {
         let pinned = std::mem::take(&mut self.state.borrow_mut().journal_pinned);
+        self.release_pins(pinned);
+    }
+
+    /// [`PartitionLog::release_journal_pins`], and those of rounds the journal writer
+    /// completed that the flusher has not taken yet: the partition is deleted.
+    pub(super) fn release_all_journal_pins(&self) {
+        self.release_journal_pins();
+        let pinned = std::mem::take(&mut self.state.borrow_mut().journaled_pins);
+        self.release_pins(pinned);
+    }
+
+    fn release_pins(&self, pinned: std::collections::BTreeMap<u64, usize>) {
         if let Some(j) = &self.env.journal {
             for (file, n) in pinned {
                 j.release(file, n);
@@ -310,7 +323,7 @@ impl PartitionLog {
         ) else {
             return false;
         };
-        oldest < j.flush_below()
+        j.behind_due(oldest, self.slot)
     }
 
     /// Write `batches` to their segments, rolling segments as they change. With `durable`
@@ -1095,96 +1108,270 @@ impl PartitionLog {
 
 /// The partition's flusher: one task per log, holding only a weak
 /// reference so a dropped log lets it exit.
+///
+/// Small rounds under the shard journal are not the flusher's: the log is offered to the
+/// journal writer, which takes the queue when its round starts and completes it when the
+/// round is durable (`Source`), so no task of the partition wakes per round. The flusher
+/// writes those batches behind the journal, runs every round the writer cannot take (large
+/// ones, those after a cut, under another flush policy), and every cut, close and request,
+/// each only while the writer holds no round of the log (`journal_taken`).
 pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
     loop {
         let listener;
         let pressure;
         let mut sleep_for = None;
+        let mut round_wait = None;
         {
             let Some(log) = log.upgrade() else { return };
             listener = log.work_notify.listen();
+            log.merge_journaled(&mut w);
             // Registered before the check below: a flush mark moving later wakes the wait.
-            pressure = log
-                .env
-                .journal
-                .as_ref()
-                .filter(|_| !w.behind.is_empty())
-                .map(|j| j.pressure());
-            let (batches, closing) = {
+            // Always, under a journal: the journal writer's rounds put batches behind it
+            // without waking the flusher.
+            pressure = log.env.journal.as_ref().map(|j| j.pressure(log.slot));
+            let failure = log.state.borrow_mut().journal_failure.take();
+            if let Some((kind, msg)) = failure {
+                let e = StorageError::io(
+                    format!("journal round of {}", log.dir.display()),
+                    io::Error::new(kind, msg),
+                );
+                log.fail(&e);
+                log.state.borrow_mut().flusher_done = true;
+                log.done_notify.notify_all();
+                return;
+            }
+            // Hand the queue to the journal writer when it may take it; else the flusher
+            // takes it, once the writer holds no round of the log.
+            let (batches, closing, own_work) = {
                 let mut st = log.state.borrow_mut();
-                (st.queue.drain(..).collect::<Vec<_>>(), st.closing)
-            };
-            let had_work = !batches.is_empty();
-            let mut result = Ok(());
-            if had_work {
-                result = log.flush_round(&mut w, batches).await;
-                if result.is_ok() {
-                    result = log.reserve_ahead(&mut w).await;
+                if !st.journal_offered && log.journal_takes(&st) {
+                    st.journal_offered = true;
+                    let j = log.env.journal.clone().expect("journal_takes checked it");
+                    drop(st);
+                    j.offer(log.me.clone());
+                    st = log.state.borrow_mut();
                 }
-            }
-            if result.is_ok()
-                && let FlushPolicy::Interval(d) = log.cfg().flush
-                && w.dirty
-            {
-                let due = w.last_sync + d;
-                let now = log.env.clock.now();
-                if now >= due {
-                    result = log.sync(&mut w).await;
+                let own_work = (!st.queue.is_empty() && !st.journal_offered)
+                    || st.closing
+                    || st.probe_requested
+                    || st.truncate_request.is_some()
+                    || st.reset_request.is_some()
+                    || st.prefix_request.is_some()
+                    || st.epochs_version != st.epochs_written;
+                if own_work && !st.journal_taken.is_empty() {
+                    round_wait = Some(log.hw_notify.listen());
+                    (Vec::new(), false, false)
                 } else {
-                    sleep_for = Some(log.env.clock.sleep(due - now));
+                    st.flusher_busy = own_work;
+                    let batches = if st.journal_offered {
+                        Vec::new()
+                    } else {
+                        st.queue.drain(..).collect::<Vec<_>>()
+                    };
+                    (batches, st.closing, own_work)
                 }
-            }
-            // A full disk gives back what it could not write and stays up.
-            if let Err(e) = &result
-                && !w.sync_failed
-                && e.is_disk_full()
-            {
-                warn!(dir = %log.dir.display(), error = %e,
-                    "disk full: giving back the appends not yet written; the partition takes \
-                     writes again once space is freed");
-                log.state.borrow_mut().full_since = Some(log.env.clock.now());
-                let to = log.state.borrow().durable_end;
-                result = log.reset_to(&mut w, to).await.map(|_| ());
-            }
-            if result.is_ok() && log.journal_wants_behind(&w) {
-                result = log.write_behind(&mut w).await.map(|_| ());
-            }
-            if result.is_ok() {
-                result = log.serve_requests(&mut w).await;
-            }
-            let more = !log.state.borrow().queue.is_empty();
-            match result {
-                Err(e) => {
-                    log.fail(&e);
-                    log.state.borrow_mut().flusher_done = true;
-                    log.done_notify.notify_all();
-                    return;
-                }
-                Ok(()) if closing && !more => {
-                    if let Err(e) = log.finish(&mut w).await {
-                        log.fail(&e);
+            };
+            if round_wait.is_none() {
+                let had_work = !batches.is_empty();
+                let mut result = Ok(());
+                if had_work {
+                    result = log.flush_round(&mut w, batches).await;
+                    if result.is_ok() {
+                        result = log.reserve_ahead(&mut w).await;
                     }
-                    log.state.borrow_mut().flusher_done = true;
-                    log.done_notify.notify_all();
-                    log.hw_notify.notify_all();
-                    return;
                 }
-                Ok(()) => {}
-            }
-            if had_work || more {
-                continue;
+                if result.is_ok()
+                    && let FlushPolicy::Interval(d) = log.cfg().flush
+                    && w.dirty
+                {
+                    let due = w.last_sync + d;
+                    let now = log.env.clock.now();
+                    if now >= due {
+                        result = log.sync(&mut w).await;
+                    } else {
+                        sleep_for = Some(log.env.clock.sleep(due - now));
+                    }
+                }
+                // A full disk gives back what it could not write and stays up.
+                if let Err(e) = &result
+                    && !w.sync_failed
+                    && e.is_disk_full()
+                {
+                    warn!(dir = %log.dir.display(), error = %e,
+                        "disk full: giving back the appends not yet written; the partition takes \
+                         writes again once space is freed");
+                    log.state.borrow_mut().full_since = Some(log.env.clock.now());
+                    let to = log.state.borrow().durable_end;
+                    result = log.reset_to(&mut w, to).await.map(|_| ());
+                }
+                if result.is_ok() {
+                    log.merge_journaled(&mut w);
+                    if log.behind_due(&w) || log.journal_wants_behind(&w) {
+                        result = log.write_behind(&mut w).await.map(|_| ());
+                    }
+                }
+                if result.is_ok() && own_work {
+                    result = log.serve_requests(&mut w).await;
+                }
+                log.state.borrow_mut().flusher_busy = false;
+                let more = {
+                    let st = log.state.borrow();
+                    !st.queue.is_empty() && !st.journal_offered
+                };
+                match result {
+                    Err(e) => {
+                        log.fail(&e);
+                        log.state.borrow_mut().flusher_done = true;
+                        log.done_notify.notify_all();
+                        return;
+                    }
+                    Ok(()) if closing && !more => {
+                        if let Err(e) = log.finish(&mut w).await {
+                            log.fail(&e);
+                        }
+                        log.state.borrow_mut().flusher_done = true;
+                        log.done_notify.notify_all();
+                        log.hw_notify.notify_all();
+                        return;
+                    }
+                    Ok(()) => {}
+                }
+                if had_work || more {
+                    continue;
+                }
             }
         }
-        match (sleep_for, pressure) {
+        match (round_wait, sleep_for, pressure) {
+            // The journal writer's round of this log is done (or it failed).
+            (Some(done), _, _) => {
+                futures::future::select(std::pin::pin!(listener), done).await;
+            }
             // New work or the next periodic fdatasync, whichever comes first.
-            (Some(sleep), _) => {
+            (None, Some(sleep), _) => {
                 futures::future::select(std::pin::pin!(listener), sleep).await;
             }
             // New work, or the journal asks for what waits behind it.
-            (None, Some(pressure)) => {
+            (None, None, Some(pressure)) => {
                 futures::future::select(std::pin::pin!(listener), pressure).await;
             }
-            (None, None) => listener.await,
+            (None, None, None) => listener.await,
+        }
+    }
+}
+
+impl PartitionLog {
+    /// Whether the journal writer may take the queue now: a small round under the journal,
+    /// and nothing of the flusher's own in the way (a round, a cut, a request, a close, a
+    /// leader-epoch checkpoint to write first).
+    fn journal_takes(&self, st: &State) -> bool {
+        !st.queue.is_empty()
+            && !st.flusher_busy
+            && !st.closing
+            && st.failed.is_none()
+            && st.journal_failure.is_none()
+            && st.full_since.is_none()
+            && !st.probe_requested
+            && !st.journal_after_cut
+            && st.truncate_request.is_none()
+            && st.reset_request.is_none()
+            && st.prefix_request.is_none()
+            && st.epochs_version == st.epochs_written
+            && self.journal().is_some()
+            && st.queue.iter().map(|p| p.bytes.len()).sum::<usize>()
+                < self.cfg().journal_below_bytes
+    }
+
+    /// After an append: offer the log to the journal writer, or wake the flusher.
+    pub(super) fn queued(&self, mut st: std::cell::RefMut<'_, State>) {
+        if st.journal_offered {
+            return;
+        }
+        if self.journal_takes(&st) {
+            st.journal_offered = true;
+            drop(st);
+            let j = self.env.journal.clone().expect("journal_takes checked it");
+            j.offer(self.me.clone());
+        } else {
+            drop(st);
+            self.work_notify.notify_all();
+        }
+    }
+
+    /// Move what the journal writer made durable onto the flusher's write-behind list.
+    fn merge_journaled(&self, w: &mut Writer) {
+        let mut st = self.state.borrow_mut();
+        if st.journaled.is_empty() {
+            return;
+        }
+        w.behind.append(&mut st.journaled);
+        w.behind_bytes += std::mem::take(&mut st.journaled_bytes);
+        for (file, n) in std::mem::take(&mut st.journaled_pins) {
+            *st.journal_pinned.entry(file).or_default() += n;
+        }
+    }
+
+    /// Enough waits behind the journal for one good write, or the log rolled: the sealed
+    /// segment and the new one's file come now (retention and DeleteRecords wait for both).
+    fn behind_due(&self, w: &Writer) -> bool {
+        w.behind_bytes >= self.cfg().behind_write_bytes
+            || w.behind
+                .last()
+                .is_some_and(|p| p.segment_base != w.segment_base)
+    }
+}
+
+impl Source for PartitionLog {
+    fn take(&self) -> Option<Entry> {
+        let mut st = self.state.borrow_mut();
+        st.journal_offered = false;
+        if !self.journal_takes(&st) {
+            drop(st);
+            self.work_notify.notify_all();
+            return None;
+        }
+        let batches: Vec<Pending> = st.queue.drain(..).collect();
+        let entry = Entry::Batches {
+            name: self.name.clone(),
+            base: batches[0].base_offset,
+            next: batches.last().expect("a round has batches").next_offset,
+            parts: batches.iter().map(|p| p.bytes.clone()).collect(),
+        };
+        st.journal_taken.push_back(batches);
+        Some(entry)
+    }
+
+    fn done(&self, result: Result<u64, (io::ErrorKind, String)>) {
+        let mut st = self.state.borrow_mut();
+        let Some(batches) = st.journal_taken.pop_front() else {
+            return;
+        };
+        let mut wake_flusher = false;
+        if st.failed.is_none() {
+            match result {
+                Ok(file) => {
+                    *st.journaled_pins.entry(file).or_default() += 1;
+                    st.mark_durable(&batches);
+                    let bytes: usize = batches.iter().map(|p| p.bytes.len()).sum();
+                    let mut rolled = false;
+                    for p in &batches {
+                        rolled |= p.segment_base != st.behind_segment;
+                        st.behind_segment = p.segment_base;
+                    }
+                    st.journaled_bytes += bytes;
+                    st.journaled.extend(batches);
+                    wake_flusher = rolled || st.journaled_bytes >= self.cfg().behind_write_bytes;
+                }
+                Err(e) => {
+                    st.journal_failure = Some(e);
+                    wake_flusher = true;
+                }
+            }
+        }
+        drop(st);
+        self.hw_notify.notify_all();
+        self.room_notify.notify_all();
+        if wake_flusher {
+            self.work_notify.notify_all();
         }
     }
 }
