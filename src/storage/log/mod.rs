@@ -326,8 +326,10 @@ struct State {
     /// The segment of the last batch put behind the journal: a batch of another one means
     /// the log rolled, and the flusher writes behind at once.
     behind_segment: i64,
-    /// A round the writer took failed: the flusher fails the log.
-    journal_failure: Option<(io::ErrorKind, String)>,
+    /// A round the writer took failed: its batches are back at the head of the queue and the
+    /// flusher runs the next round itself (a full disk gives back what is not durable, any
+    /// other failure fails the log, as for its own rounds).
+    journal_retry: bool,
     /// The flusher is in a round or a cut of its own: the journal writer takes nothing.
     flusher_busy: bool,
     /// First offset not visible to consumers: the durable end, or with a caller-managed high
@@ -606,7 +608,7 @@ impl PartitionLog {
                 journaled_bytes: 0,
                 journaled_pins: Default::default(),
                 behind_segment: active_base,
-                journal_failure: None,
+                journal_retry: false,
                 flusher_busy: false,
                 high_watermark: rec.log_end,
                 hw_target: None,

@@ -1129,17 +1129,6 @@ pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
             // Always, under a journal: the journal writer's rounds put batches behind it
             // without waking the flusher.
             pressure = log.env.journal.as_ref().map(|j| j.pressure(log.slot));
-            let failure = log.state.borrow_mut().journal_failure.take();
-            if let Some((kind, msg)) = failure {
-                let e = StorageError::io(
-                    format!("journal round of {}", log.dir.display()),
-                    io::Error::new(kind, msg),
-                );
-                log.fail(&e);
-                log.state.borrow_mut().flusher_done = true;
-                log.done_notify.notify_all();
-                return;
-            }
             // Hand the queue to the journal writer when it may take it; else the flusher
             // takes it, once the writer holds no round of the log.
             let (batches, closing, own_work) = {
@@ -1166,6 +1155,7 @@ pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
                     let batches = if st.journal_offered {
                         Vec::new()
                     } else {
+                        st.journal_retry = false;
                         st.queue.drain(..).collect::<Vec<_>>()
                     };
                     (batches, st.closing, own_work)
@@ -1268,7 +1258,7 @@ impl PartitionLog {
             && !st.flusher_busy
             && !st.closing
             && st.failed.is_none()
-            && st.journal_failure.is_none()
+            && !st.journal_retry
             && st.full_since.is_none()
             && !st.probe_requested
             && !st.journal_after_cut
@@ -1361,8 +1351,13 @@ impl Source for PartitionLog {
                     st.journaled.extend(batches);
                     wake_flusher = rolled || st.journaled_bytes >= self.cfg().behind_write_bytes;
                 }
-                Err(e) => {
-                    st.journal_failure = Some(e);
+                Err(_) => {
+                    // Back at the head of the queue, for the flusher's own round (which
+                    // meets the same failure and handles it as it handles its own).
+                    for p in batches.into_iter().rev() {
+                        st.queue.push_front(p);
+                    }
+                    st.journal_retry = true;
                     wake_flusher = true;
                 }
             }
