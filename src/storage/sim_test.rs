@@ -1613,3 +1613,65 @@ fn reused_journal_files_keep_cycling() {
         assert!(recycled >= 50, "files reused {recycled} times");
     });
 }
+
+/// The batches of a journal file the flush mark left behind are written to their segments
+/// while the next file fills, each partition at its own slot of the fill: right after the
+/// mark moves, a partition of slot 0 has written behind and one of the last slot has not;
+/// it does before the next file is full.
+#[test]
+fn write_behind_follows_the_next_files_fill() {
+    crate::runtime::block_on_test(|| async {
+        use super::journal::{PRESSURE_SLOTS, pressure_slot};
+        let (_disk, env, _) = sim_env(11);
+        let env = env.with_journal(sim_journal(64 << 10));
+        let name = |slot: usize| {
+            (0..)
+                .map(|i| format!("w-{i}"))
+                .find(|n| pressure_slot(n) == slot)
+                .expect("some name hashes to every slot")
+        };
+        let early = open_sim(&env, &format!("/data/{}", name(0))).await;
+        let late = open_sim(&env, &format!("/data/{}", name(PRESSURE_SLOTS - 1))).await;
+        let settle = || async {
+            for _ in 0..8 {
+                crate::runtime::yield_now().await;
+            }
+        };
+        let mut i = 0;
+        // Until the mark moves: slot 0 writes behind at once, the last slot waits.
+        while early.written_end() == 0 {
+            assert!(i < 100, "the journal never moved to a second file");
+            produce(&early, test_util::encode_batch(0, 1, i, 100))
+                .await
+                .unwrap();
+            produce(&late, test_util::encode_batch(0, 1, i, 100))
+                .await
+                .unwrap();
+            settle().await;
+            i += 1;
+        }
+        assert_eq!(
+            late.written_end(),
+            0,
+            "a partition of the last slot wrote behind when the mark moved"
+        );
+        // Its turn comes within the next file's fill (a round of both is 8 KiB, a file 64 KiB).
+        let mut rounds = 0;
+        while late.written_end() == 0 {
+            assert!(rounds < 8, "the last slot never wrote behind");
+            produce(&early, test_util::encode_batch(0, 1, i, 100))
+                .await
+                .unwrap();
+            produce(&late, test_util::encode_batch(0, 1, i, 100))
+                .await
+                .unwrap();
+            settle().await;
+            i += 1;
+            rounds += 1;
+        }
+        assert!(
+            rounds >= 4,
+            "the last slot wrote behind after {rounds} rounds only"
+        );
+    });
+}

@@ -685,6 +685,12 @@ impl PartitionLog {
 
     /// Per segment: base, size, next offset, offset index, time index as
     /// sealed, visible max timestamp (tests compare the two open paths).
+    /// Offsets below are in the segment files (tests).
+    #[cfg(test)]
+    pub(super) fn written_end(&self) -> i64 {
+        self.state.borrow().written_end
+    }
+
     #[cfg(test)]
     pub(super) fn segment_summaries(&self) -> Vec<SegmentSummary> {
         self.state
