@@ -5,10 +5,13 @@
 //! With a segment file per partition, a shard with a thousand partitions receiving a batch
 //! each per round writes a thousand small blocks per round (each rewriting the 4 KiB block
 //! its last round ended in), and the disk's work per byte produced grows with the partition
-//! count. The journal turns a round into one write: each partition's flusher submits its
-//! round's batches ([`Journal::submit`]); the shard's journal writer takes every submission
-//! queued, lays them out one after the other in one aligned buffer, writes it at the end of
-//! the current journal file and fdatasyncs it; then every partition of the round is durable.
+//! count. The journal turns a round into one write: a partition with a small queue is
+//! offered to the shard's journal writer ([`Journal::offer`]), which takes its batches when
+//! the next round starts ([`Source::take`]), together with the entries flushers submitted
+//! ([`Journal::submit`], e.g. the first round after a cut); it lays them out one after the
+//! other in one aligned buffer, writes it at the end of the current journal file and
+//! fdatasyncs it; then every partition of the round is durable, and the writer completes the
+//! partitions it took itself ([`Source::done`]).
 //! Appends arriving meanwhile ride the next round (group commit across partitions).
 //!
 //! The partitions' segment files are then written *behind* the journal, without a sync per
@@ -25,8 +28,10 @@
 //! [`JournalConfig::file_bytes`] (4 MiB at a time); a round that does not fit starts the next
 //! file. When a file
 //! is left behind, the journal raises its *flush mark*: every partition holding batches
-//! journaled in an older file writes them to its segment (so memory held for deferred writes
-//! is bounded by about one journal file per shard). The reclaimer deletes the oldest file once
+//! journaled in an older file writes them to its segment, each at its own step
+//! ([`pressure_slot`]) of the next file's fill, so the shard's partitions do not all write at
+//! once (memory held for deferred writes is bounded by about two journal files per shard).
+//! The reclaimer deletes the oldest file once
 //! nothing in it is outstanding, after a file-system sync.
 //!
 //! # Format
