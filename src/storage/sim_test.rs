@@ -1675,3 +1675,41 @@ fn write_behind_follows_the_next_files_fill() {
         );
     });
 }
+
+/// A log closed while it is offered to the journal writer (appended, not taken yet, the
+/// writer busy with another log's round) takes its queue back and writes it before it closes:
+/// nothing panics, nothing queued is lost. Tried at several points of the writer's round.
+#[test]
+fn a_close_while_offered_to_the_journal_writes_the_queue() {
+    crate::runtime::block_on_test(|| async {
+        let (_disk, env, _) = sim_env(13);
+        let env = env.with_journal(sim_journal(16 << 10));
+        for k in 0..8 {
+            let dir = format!("/data/c-{k}");
+            let log = open_sim(&env, &dir).await;
+            let other = open_sim(&env, &format!("/data/o-{k}")).await;
+            produce(&log, test_util::encode_batch(0, 3, 0, 100))
+                .await
+                .unwrap();
+            // The writer starts a round of the other log...
+            let busy = other.append(test_util::encode_batch(0, 3, 0, 100));
+            for _ in 0..k {
+                crate::runtime::yield_now().await;
+            }
+            // ...while this one is assigned and offered, then closed.
+            let appended = log.append(test_util::encode_batch(0, 3, 1, 100));
+            log.close().await.unwrap();
+            assert_eq!(appended.await.unwrap().base_offset.get(), 3);
+            busy.await.unwrap();
+            other.close().await.unwrap();
+            drop(log);
+            let log = open_sim(&env, &dir).await;
+            assert_eq!(
+                log.log_end_offset().get(),
+                6,
+                "k {k}: the queued batch was written"
+            );
+            log.close().await.unwrap();
+        }
+    });
+}

@@ -845,6 +845,7 @@ impl PartitionLog {
             st.log_end = end;
             st.durable_end = end;
             st.written_end = end;
+            st.behind_segment = w.segment_base;
             st.producers = std::mem::take(&mut rec.producers);
             st.generation += 1;
             let generation = st.generation;
@@ -1152,11 +1153,15 @@ pub(super) async fn flusher(log: Weak<PartitionLog>, mut w: Writer) {
                     (Vec::new(), false, false)
                 } else {
                     st.flusher_busy = own_work;
-                    let batches = if st.journal_offered {
-                        Vec::new()
-                    } else {
+                    // Work of its own (a close, a cut, a request) takes the queue back from
+                    // the journal writer: an offer it has not taken yet is left stale (its
+                    // `take` finds the flusher busy or the queue empty, and declines).
+                    let batches = if own_work {
+                        st.journal_offered = false;
                         st.journal_retry = false;
                         st.queue.drain(..).collect::<Vec<_>>()
+                    } else {
+                        Vec::new()
                     };
                     (batches, st.closing, own_work)
                 }
@@ -1336,10 +1341,14 @@ impl Source for PartitionLog {
             return;
         };
         let mut wake_flusher = false;
+        // The round counts in its file whatever became of the log: the pin is released when
+        // the batches are written behind or the partition is deleted.
+        if let Ok(file) = &result {
+            *st.journaled_pins.entry(*file).or_default() += 1;
+        }
         if st.failed.is_none() {
             match result {
-                Ok(file) => {
-                    *st.journaled_pins.entry(file).or_default() += 1;
+                Ok(_) => {
                     st.mark_durable(&batches);
                     let bytes: usize = batches.iter().map(|p| p.bytes.len()).sum();
                     let mut rolled = false;
