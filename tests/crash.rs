@@ -17,6 +17,8 @@ const PRODUCER_TASKS: u32 = 4;
 const IN_FLIGHT_PER_TASK: usize = 64;
 /// Kill the broker once this many acknowledgements came back.
 const ACKS_BEFORE_KILL: u64 = 5_000;
+/// How long the load may run before a journal file has been reused (reused-files test).
+const REUSE_WAIT: Duration = Duration::from_secs(60);
 /// With 1 MiB journal files: enough rounds that files are reclaimed and reused before the kill.
 const REUSE_ACKS_BEFORE_KILL: u64 = 30_000;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(90);
@@ -43,15 +45,24 @@ async fn load_then_kill(
     load.wait_for_acks(broker, acks_before_kill, &format!("round {round}"))
         .await;
     if expect_reuse {
-        // The files were reclaimed and reused (renamed spares holding older rounds) before
-        // the kill.
-        let (_, _, body) = broker.scrape("/metrics");
-        let reused: f64 = body
-            .lines()
-            .filter(|l| l.starts_with("sluice_journal_files_reused_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        assert!(reused > 0.0, "no journal file was reused before the kill");
+        // Journal files were reclaimed and reused (renamed spares holding older rounds)
+        // before the kill: the load goes on until one was (a file is reclaimed once the next
+        // one has filled, and reused at the switch after that).
+        let reused = || {
+            let (_, _, body) = broker.scrape("/metrics");
+            body.lines()
+                .filter(|l| l.starts_with("sluice_journal_files_reused_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let deadline = std::time::Instant::now() + REUSE_WAIT;
+        while reused() == 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no journal file was reused within {REUSE_WAIT:?} of load"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     broker.kill9();
     let acks_at_kill = load.acks();
