@@ -1632,22 +1632,25 @@ fn write_behind_follows_the_next_files_fill() {
         };
         let early = open_sim(&env, &format!("/data/{}", name(0))).await;
         let late = open_sim(&env, &format!("/data/{}", name(PRESSURE_SLOTS - 1))).await;
-        let settle = || async {
-            for _ in 0..8 {
-                crate::runtime::yield_now().await;
+        // One batch on each, then let the flushers woken by the fill run.
+        let round = |i: i64| {
+            let (early, late) = (early.clone(), late.clone());
+            async move {
+                for log in [&early, &late] {
+                    produce(log, test_util::encode_batch(0, 1, i, 100))
+                        .await
+                        .unwrap();
+                }
+                for _ in 0..8 {
+                    crate::runtime::yield_now().await;
+                }
             }
         };
         let mut i = 0;
         // Until the mark moves: slot 0 writes behind at once, the last slot waits.
         while early.written_end() == 0 {
             assert!(i < 100, "the journal never moved to a second file");
-            produce(&early, test_util::encode_batch(0, 1, i, 100))
-                .await
-                .unwrap();
-            produce(&late, test_util::encode_batch(0, 1, i, 100))
-                .await
-                .unwrap();
-            settle().await;
+            round(i).await;
             i += 1;
         }
         assert_eq!(
@@ -1659,13 +1662,7 @@ fn write_behind_follows_the_next_files_fill() {
         let mut rounds = 0;
         while late.written_end() == 0 {
             assert!(rounds < 8, "the last slot never wrote behind");
-            produce(&early, test_util::encode_batch(0, 1, i, 100))
-                .await
-                .unwrap();
-            produce(&late, test_util::encode_batch(0, 1, i, 100))
-                .await
-                .unwrap();
-            settle().await;
+            round(i).await;
             i += 1;
             rounds += 1;
         }
